@@ -1,0 +1,5 @@
+"""Lightning callbacks of the project."""
+
+from rmsprop_lightning.callbacks.update_report import UpdateReport
+
+__all__ = ["UpdateReport"]

@@ -1,0 +1,41 @@
+"""Prints the loss on a batch before and after the update it drives (the seed example's output)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class UpdateReport(Callback):
+    """For the first ``num_steps`` steps, prints the batch loss before and after the optimizer step."""
+
+    def __init__(self, num_steps: int = 1) -> None:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+        self.num_steps = num_steps
+        self._before: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _batch_loss(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
+        features, targets = batch
+        return pl_module.criterion(pl_module(features), targets)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self.num_steps:
+            self._before = self._batch_loss(pl_module, batch)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._before is None or not trainer.is_global_zero:
+            return
+        after = self._batch_loss(pl_module, batch)
+        print(f"Loss before the update: {self._before.item():.4f}")
+        label = "one update" if trainer.global_step == 1 else f"{trainer.global_step} updates"
+        print(f"Loss after {label}: {after.item():.4f}", flush=True)
+        self._before = None

@@ -1,0 +1,151 @@
+"""The Lightning data module: split, standardise and serve an in-memory regression table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+
+from rmsprop_lightning.data.loader import InMemoryBatchLoader
+from rmsprop_lightning.data.sources import Table, synthetic
+
+
+class RegressionDataModule(pl.LightningDataModule):
+    """Splits a :class:`Table` into train/val/test by fractions with a fixed seed.
+
+    ``source`` is a table or a function returning one (e.g. a Hydra ``_partial_`` of
+    :func:`~rmsprop_lightning.data.sources.synthetic`); it is loaded once, on first use.
+    Standardisation statistics are fitted on the training split only.
+    """
+
+    def __init__(
+        self,
+        source: Table | Callable[[], Table] = synthetic,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        standardize_features: bool = True,
+        standardize_targets: bool = False,
+        drop_last: bool = False,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and (not isinstance(size, int) or size < 1):
+                raise ValueError(f"data.{name} must be a positive integer, got {size!r}")
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise ValueError(f"data.{name} must lie in [0, 1), got {fraction!r}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}"
+            )
+        self.source = source
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.standardize_features = standardize_features
+        self.standardize_targets = standardize_targets
+        self.drop_last = drop_last
+        self.shuffle_seed = shuffle_seed
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._loaders: dict[str, InMemoryBatchLoader] = {}
+
+    @property
+    def num_features(self) -> int:
+        """Input width, for the model's ``in_features``."""
+        return self.splits["train"][0].shape[1]
+
+    @property
+    def num_targets(self) -> int:
+        """Output width, for the model's ``out_features``."""
+        return self.splits["train"][1].shape[1]
+
+    @property
+    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
+        if self._splits is None:
+            table = self.source if isinstance(self.source, Table) else self.source()
+            self._splits = split_and_standardize(
+                table,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                seed=self.split_seed,
+                standardize_features=self.standardize_features,
+                standardize_targets=self.standardize_targets,
+                min_train_rows=self.batch_size if self.drop_last else 1,
+            )
+        return self._splits
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        for split, (features, targets) in self.splits.items():
+            if split in self._loaders or len(features) == 0:
+                continue
+            training = split == "train"
+            self._loaders[split] = InMemoryBatchLoader(
+                features.to(device),
+                targets.to(device),
+                self.batch_size if training else self.eval_batch_size,
+                shuffle=training,
+                drop_last=self.drop_last and training,
+                seed=self.shuffle_seed,
+                rank=rank,
+                world_size=world,
+            )
+
+    def _loader(self, split: str) -> InMemoryBatchLoader | list:
+        return self._loaders.get(split, [])
+
+    def train_dataloader(self) -> InMemoryBatchLoader:
+        return self._loaders["train"]
+
+    def val_dataloader(self) -> InMemoryBatchLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> InMemoryBatchLoader | list:
+        return self._loader("test")
+
+
+def split_and_standardize(
+    table: Table,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    standardize_features: bool,
+    standardize_targets: bool,
+    min_train_rows: int = 1,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Splits rows by a seeded permutation and standardises with training-split statistics."""
+    count = len(table.features)
+    num_val = round(count * val_fraction)
+    num_test = round(count * test_fraction)
+    num_train = count - num_val - num_test
+    if num_train < max(min_train_rows, 2) or (val_fraction > 0 and num_val == 0):
+        raise ValueError(
+            f"{count} rows are too few for the split (train {num_train}, val {num_val}, "
+            f"test {num_test}); use more data or smaller data.val_fraction/test_fraction"
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
+    features, targets = table.features, table.targets
+    if standardize_features:
+        features = _standardize(features, features[parts["train"]])
+    if standardize_targets:
+        targets = _standardize(targets, targets[parts["train"]])
+    return {name: (features[index], targets[index]) for name, index in parts.items()}
+
+
+def _standardize(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Centres and scales columns by the reference rows' mean and std (constant columns kept)."""
+    mean = reference.mean(0)
+    std = reference.std(0, unbiased=False)
+    return (values - mean) / torch.where(std > 0, std, torch.ones_like(std))

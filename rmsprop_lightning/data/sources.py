@@ -1,0 +1,150 @@
+"""Tabular regression data sources: each returns float32 features ``X`` (n, d) and targets ``y`` (n, k)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Table:
+    """Features and targets of one data set, with the names of their columns."""
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    feature_names: tuple[str, ...]
+    target_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or self.targets.ndim != 2:
+            raise ValueError("features and targets must be 2-D (samples × columns)")
+        if len(self.features) != len(self.targets):
+            raise ValueError(f"features have {len(self.features)} rows but targets have {len(self.targets)}")
+        for kind, values in (("features", self.features), ("targets", self.targets)):
+            bad = ~torch.isfinite(values)
+            if bad.any():
+                row, col = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(f"{kind} hold a NaN or inf value (first at row {row}, column {col})")
+
+
+def synthetic(
+    num_samples: int = 4096,
+    num_features: int = 10,
+    num_targets: int = 1,
+    teacher_hidden: int = 16,
+    noise_std: float = 0.1,
+    seed: int = 0,
+) -> Table:
+    """Inputs ``randn(n, d)``; targets from a fixed random tanh teacher network plus Gaussian noise."""
+    if num_samples < 1 or num_features < 1 or num_targets < 1 or teacher_hidden < 1:
+        raise ValueError("data.num_samples, num_features, num_targets and teacher_hidden must be ≥ 1")
+    if noise_std < 0:
+        raise ValueError(f"data.noise_std must be ≥ 0, got {noise_std}")
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(num_samples, num_features, generator=generator)
+    w1 = torch.randn(num_features, teacher_hidden, generator=generator) / math.sqrt(num_features)
+    w2 = torch.randn(teacher_hidden, num_targets, generator=generator) / math.sqrt(teacher_hidden)
+    targets = torch.tanh(inputs @ w1) @ w2 + inputs[:, :num_targets] * 0.5
+    targets = targets + noise_std * torch.randn(num_samples, num_targets, generator=generator)
+    return Table(
+        inputs,
+        targets,
+        tuple(f"x{i}" for i in range(num_features)),
+        tuple(f"y{i}" for i in range(num_targets)),
+    )
+
+
+def from_csv(
+    path: str | Path,
+    target: str | list[str] = "target",
+    features: list[str] | None = None,
+    delimiter: str = ",",
+) -> Table:
+    """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path: no such file: {path}")
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    rows = [row for row in rows if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"data.path: {path} is empty (a header row and data rows are required)")
+    header = [name.strip() for name in rows[0]]
+    if len(rows) < 2:
+        raise ValueError(f"data.path: {path} has a header but no data rows")
+    targets = [target] if isinstance(target, str) else list(target)
+    columns = {name: index for index, name in enumerate(header)}
+    for name in targets + list(features or []):
+        if name not in columns:
+            raise ValueError(f"column {name!r} not found in {path}; columns found: {', '.join(header)}")
+    feature_names = list(features) if features else [c for c in header if c not in targets]
+    if not feature_names:
+        raise ValueError(f"{path} has no feature columns besides the target(s) {targets}")
+    values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{path} line {line}: {len(row)} cells, the header has {len(header)}")
+        for col, cell in enumerate(row):
+            try:
+                values[line - 2, col] = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"{path} line {line}, column {header[col]!r}: {cell!r} is not a number"
+                ) from None
+    return Table(
+        torch.from_numpy(values[:, [columns[c] for c in feature_names]]).float(),
+        torch.from_numpy(values[:, [columns[c] for c in targets]]).float(),
+        tuple(feature_names),
+        tuple(targets),
+    )
+
+
+def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
+    """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``.
+
+    Files are parsed as data only: pickled objects are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path: no such file: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"data.path: {path} is not a numeric NumPy file ({error})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            missing = [key for key in (features_key, targets_key) if key not in loaded.files]
+            if missing:
+                raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
+            features, targets = loaded[features_key], loaded[targets_key]
+    else:
+        if loaded.ndim != 2 or loaded.shape[1] < 2:
+            raise ValueError(f"{path}: an .npy file must be 2-D with the target in the last column")
+        features, targets = loaded[:, :-1], loaded[:, -1]
+    if not (np.issubdtype(features.dtype, np.number) and np.issubdtype(targets.dtype, np.number)):
+        raise ValueError(f"{path}: arrays must be numeric, got {features.dtype} and {targets.dtype}")
+    features = features.reshape(len(features), -1)
+    targets = targets.reshape(len(targets), -1)
+    return Table(
+        torch.as_tensor(features, dtype=torch.float32),
+        torch.as_tensor(targets, dtype=torch.float32),
+        tuple(f"x{i}" for i in range(features.shape[1])),
+        tuple(f"y{i}" for i in range(targets.shape[1])),
+    )
+
+
+def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int = 1) -> Table:
+    """``randn(n, d)`` inputs and ``randn(n, k)`` targets from the global RNG (the seed snippet's batch)."""
+    inputs = torch.randn(num_samples, num_features)
+    targets = torch.randn(num_samples, num_targets)
+    return Table(
+        inputs,
+        targets,
+        tuple(f"x{i}" for i in range(num_features)),
+        tuple(f"y{i}" for i in range(num_targets)),
+    )

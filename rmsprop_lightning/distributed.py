@@ -1,0 +1,109 @@
+"""DDP that works inside Hydra runs and multiruns.
+
+Lightning starts each extra rank by re-running ``sys.argv``; in a Hydra multirun that
+re-runs the whole sweep in every child (Lightning issues #11300, #18175). The
+:class:`HydraDDPStrategy` here starts each child as a single Hydra run of exactly the
+current job — its own overrides, its own output folder, no Hydra logs of its own — and
+:func:`clean_distributed_state` leaves the process ready for the next job of a sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import torch.distributed
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+DISTRIBUTED_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
+    """The command and working directory that re-run the current Hydra job as one rank.
+
+    Only the job's own task overrides are passed (never ``-m`` or the sweep's lists),
+    with ``hydra.run.dir`` set to the job's output folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    import __main__
+
+    hydra_cfg = HydraConfig.get()
+    if __main__.__spec__ is None:
+        command = [sys.executable, os.path.abspath(sys.argv[0])]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    command += _config_location_args(hydra_cfg)
+    command += list(hydra_cfg.overrides.task)
+    command += [
+        f"hydra.run.dir={_quote(hydra_cfg.runtime.output_dir)}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
+    return command, get_original_cwd()
+
+
+def _config_location_args(hydra_cfg) -> list[str]:
+    """``--config-name`` and any command-line ``--config-dir`` of the parent run."""
+    args = [f"--config-name={hydra_cfg.job.config_name}"]
+    for source in hydra_cfg.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            args.append(f"--config-dir={source.path}")
+    return args
+
+
+def _quote(value: str) -> str:
+    """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+class _HydraJobLauncher(_SubprocessScriptLauncher):
+    """Starts ranks 1..N-1 with :func:`hydra_job_command` when Hydra is running."""
+
+    def _call_children_scripts(self) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            super()._call_children_scripts()
+            return
+        self._check_can_spawn_children()
+        environment = self.cluster_environment
+        os.environ["MASTER_ADDR"] = environment.main_address
+        os.environ["MASTER_PORT"] = str(environment.main_port)
+        os.environ["NODE_RANK"] = str(environment.node_rank())
+        os.environ["LOCAL_RANK"] = str(environment.local_rank())
+        os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
+        for local_rank in range(1, self.num_processes):
+            command, cwd = hydra_job_command(local_rank)
+            child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+            self.procs.append(subprocess.Popen(command, env=child_env, cwd=cwd))
+
+
+class HydraDDPStrategy(DDPStrategy):
+    """Lightning's DDP whose child processes run exactly the current Hydra job."""
+
+    strategy_name = "hydra_ddp"
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+def clean_distributed_state(variables: Sequence[str] = DISTRIBUTED_ENV_VARS) -> None:
+    """Destroys the process group and forgets the rank variables a launcher set.
+
+    Without this a later job in the same process would take itself for a child rank
+    (``LOCAL_RANK`` is set) and reuse a stale port.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for name in variables:
+        os.environ.pop(name, None)

@@ -1,0 +1,159 @@
+"""The LightningModule: a regressor, its loss, per-step loss logging and optimizer set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
+from rmsprop_lightning.specs import from_spec, to_spec
+from rmsprop_lightning.step_metrics import BufferedStepLogger
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "huber": nn.HuberLoss,
+}
+
+
+class StepLossLogger(BufferedStepLogger):
+    """Logs ``train/loss`` at every optimizer step without a host synchronisation per step."""
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if loss is not None:
+            self.buffer.record(trainer.global_step - 1, {"train/loss": loss})
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class RegressionModule(pl.LightningModule):
+    """Trains ``model`` on a regression loss with an optimizer built from a factory.
+
+    ``optimizer`` is called with the parameter groups (a Hydra ``_partial_`` config or
+    any ``params -> Optimizer`` callable); ``scheduler``, if given, with the optimizer.
+    ``scheduler_interval``/``scheduler_monitor`` go into Lightning's scheduler dict.
+    ``train/loss`` is logged at every step through :class:`StepLossLogger`, flushed
+    every ``loss_flush_every`` steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_frequency: int = 1,
+        scheduler_monitor: str | None = None,
+        loss: str = "mse",
+        no_weight_decay_on_bias: bool = False,
+        lr_multipliers: Mapping[str, float] | None = None,
+        loss_flush_every: int = 100,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler interval={scheduler_interval!r} is unknown; allowed: step, epoch")
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            {
+                name: to_spec(value)
+                for name, value in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler))
+            }
+        )
+        self.model: nn.Module = from_spec(model)
+        self.optimizer_factory: OptimizerFactory = from_spec(optimizer)
+        self.scheduler_factory: SchedulerFactory | None = from_spec(scheduler)
+        self.criterion = LOSSES[loss]()
+        self.loss_flush_every = loss_flush_every
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model(features)
+
+    def configure_callbacks(self) -> list[Callback]:
+        if any(isinstance(callback, StepLossLogger) for callback in self.trainer.callbacks):
+            return []
+        return [StepLossLogger(flush_every=self.loss_flush_every)]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        features, targets = batch
+        return self.criterion(self(features), targets)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Logs the loss and sums of squares for epoch-level RMSE and R² on ``stage``."""
+        features, targets = batch
+        predictions = self(features).float()
+        loss = self.criterion(predictions, targets)
+        size = len(targets)
+        self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True, prog_bar=stage == "val")
+        return {"sse": (predictions - targets).pow(2).sum(), "n": size}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._accumulate("val", self._evaluate(batch, "val"), batch[1])
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._accumulate("test", self._evaluate(batch, "test"), batch[1])
+
+    def _accumulate(self, stage: str, sums: dict[str, Any], targets: torch.Tensor) -> None:
+        """Adds this batch's error and target sums to the running epoch totals."""
+        totals = self._totals.setdefault(stage, torch.zeros(4, dtype=torch.float64, device=self.device))
+        targets = targets.double()
+        totals += torch.stack(
+            [sums["sse"].double(), targets.new_tensor(targets.numel()), targets.sum(), targets.pow(2).sum()]
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._totals = {}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _log_epoch_scores(self, stage: str) -> None:
+        """Logs RMSE (and R² on test) from totals reduced over all ranks."""
+        totals = self.all_gather(self._totals[stage]).reshape(-1, 4).sum(0)
+        sse, count, total, total_sq = totals.unbind()
+        self.log(f"{stage}/rmse", (sse / count).sqrt().float(), sync_dist=False, rank_zero_only=True)
+        if stage == "test":
+            variance_sum = total_sq - total * total / count
+            self.log("test/r2", (1 - sse / variance_sum).float(), rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if "val" in self._totals:
+            self._log_epoch_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        if "test" in self._totals:
+            self._log_epoch_scores("test")
+
+    def configure_optimizers(self) -> Any:
+        groups = build_param_groups(
+            self.model,
+            no_weight_decay_on_bias=self.hparams.no_weight_decay_on_bias,
+            lr_multipliers=self.hparams.lr_multipliers,
+        )
+        optimizer = self.optimizer_factory(groups)
+        apply_lr_multipliers(optimizer)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler: dict[str, Any] = {
+            "scheduler": self.scheduler_factory(optimizer),
+            "interval": self.hparams.scheduler_interval,
+            "frequency": self.hparams.scheduler_frequency,
+        }
+        if self.hparams.scheduler_monitor is not None:
+            scheduler["monitor"] = self.hparams.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,63 @@
+"""Parameter groups: no weight decay on biases and per-group learning-rate multipliers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+LR_MULTIPLIER_KEY = "lr_multiplier"
+
+
+def build_param_groups(
+    model: nn.Module,
+    *,
+    no_weight_decay_on_bias: bool = False,
+    lr_multipliers: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Splits ``model``'s trainable parameters into named optimizer groups.
+
+    ``lr_multipliers`` maps a regular expression on parameter names to a factor; the
+    first pattern that matches a parameter decides its group. Biases (and other 1-D
+    parameters such as norm scales) go into groups with ``weight_decay=0`` when
+    ``no_weight_decay_on_bias`` is set. Without either option one group holds all.
+    """
+    patterns = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_multipliers or {}).items()]
+    for pattern, factor in patterns:
+        if not factor > 0:
+            raise ValueError(f"lr_multipliers[{pattern.pattern!r}] must be > 0, got {factor}")
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        factor = next((f for pattern, f in patterns if pattern.search(name)), 1.0)
+        exempt = no_weight_decay_on_bias and parameter.ndim <= 1
+        group = groups.get((factor, exempt))
+        if group is None:
+            group = {"params": [], "name": _group_name(factor, exempt)}
+            if exempt:
+                group["weight_decay"] = 0.0
+            if factor != 1.0:
+                group[LR_MULTIPLIER_KEY] = factor
+            groups[(factor, exempt)] = group
+        group["params"].append(parameter)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return list(groups.values())
+
+
+def _group_name(factor: float, exempt: bool) -> str:
+    """A short, stable group name for logs: ``decay``/``no_decay`` and the lr factor."""
+    name = "no_decay" if exempt else "decay"
+    return name if factor == 1.0 else f"{name}_lrx{factor:g}"
+
+
+def apply_lr_multipliers(optimizer: torch.optim.Optimizer) -> None:
+    """Scales each group's ``lr`` by its ``lr_multiplier`` once, after the optimizer set it."""
+    for group in optimizer.param_groups:
+        factor = group.pop(LR_MULTIPLIER_KEY, None)
+        if factor is not None:
+            group["lr"] = group["lr"] * factor

@@ -1,0 +1,110 @@
+"""Per-step scalars kept on the device and handed to the Lightning loggers in batches.
+
+Calling ``self.log`` on every step costs a host synchronisation and Lightning's result
+bookkeeping each time. :class:`StepMetricBuffer` instead keeps each step's values as
+device tensors and, on :meth:`flush`, moves all of them to the host in one transfer
+and writes every value at its own step number, so TensorBoard still shows every step.
+:class:`BufferedStepLogger` is the Lightning callback that flushes such a buffer at
+the right moments: every ``flush_every`` steps, before a checkpoint, at the end of
+fit and when training stops on an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class StepMetricBuffer:
+    """Collects ``{name: scalar tensor}`` per step without touching the host."""
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []
+        self._names: list[tuple[str, ...]] = []
+        self._values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Keeps the detached ``metrics`` of ``step``; nothing is copied to the host."""
+        names = tuple(metrics)
+        values = [value.detach().reshape(()) for value in metrics.values()]
+        self.record_vector(step, names, torch.stack(values) if len(values) > 1 else values[0])
+
+    def record_vector(self, step: int, names: Sequence[str], values: torch.Tensor) -> None:
+        """Keeps one vector whose entries are the metrics ``names`` of ``step``."""
+        self._steps.append(int(step))
+        self._names.append(tuple(names))
+        self._values.append(values.detach().reshape(-1).float())
+
+    def drain(self) -> list[tuple[int, dict[str, float]]]:
+        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
+
+        All values reach the host through a single concatenation and transfer.
+        """
+        if not self._steps:
+            return []
+        flat = torch.cat(self._values).tolist()
+        entries: list[tuple[int, dict[str, float]]] = []
+        offset = 0
+        for step, names in zip(self._steps, self._names, strict=True):
+            entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
+            offset += len(names)
+        self.clear()
+        return entries
+
+    def clear(self) -> None:
+        """Forgets every recorded value without a transfer."""
+        self._steps.clear()
+        self._names.clear()
+        self._values.clear()
+
+
+class BufferedStepLogger(Callback):
+    """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
+
+    Only global rank zero transfers and writes; other ranks drop their values, so no
+    collective is ever added. Subclasses record into :attr:`buffer`.
+    """
+
+    def __init__(self, flush_every: int = 100) -> None:
+        if not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
+        self.flush_every = flush_every
+        self.buffer = StepMetricBuffer()
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Writes everything buffered so far, each value at its own step."""
+        if not trainer.is_global_zero or not trainer.loggers:
+            self.buffer.clear()
+            return
+        for step, metrics in self.buffer.drain():
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if len(self.buffer) >= self.flush_every:
+            self.flush(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.flush(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.flush(trainer)

@@ -1,0 +1,68 @@
+"""Shared fixtures: composing the template's configs and running ``train.py`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+import rmsprop_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+TRAIN = ROOT / "train.py"
+
+# a few dozen steps on a small data set: seconds per run
+QUICK = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+)
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Composes ``conf/train.yaml`` with overrides, with Hydra's run-time keys filled in."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+
+        def _compose(*overrides: str) -> DictConfig:
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(tmp_path / "run")
+                cfg.paths.root_dir = str(tmp_path)
+                del cfg["hydra"]
+            return cfg
+
+        yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_train(cwd: Path, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``python train.py overrides...`` in ``cwd``; fails the test with its output on error."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"train.py {' '.join(overrides)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_dirs(root: Path, task: str = "train") -> list[Path]:
+    """The single-run folders written below ``root``."""
+    return sorted((root / "logs" / task / "runs").glob("*"))

@@ -1,0 +1,121 @@
+"""Every config group option composes and instantiates into working objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.model import FeedForward
+from rmsprop_lightning.train import build_model, build_module, build_trainer, instantiate_entries
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def build_all(cfg):
+    """Instantiates data, model, module, callbacks, loggers and trainer as ``run`` does."""
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, build_model(cfg, datamodule))
+    callbacks = instantiate_entries(cfg.get("callbacks"))
+    loggers = instantiate_entries(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    return datamodule, module, callbacks, loggers, trainer
+
+
+def test_default_config_builds_every_object(compose_cfg):
+    cfg = compose_cfg()
+    datamodule, module, callbacks, loggers, trainer = build_all(cfg)
+    assert isinstance(datamodule, RegressionDataModule)
+    assert isinstance(module.model, FeedForward)
+    assert [type(layer).__name__ for layer in module.model] == ["Linear", "ReLU", "Linear"]
+    assert (module.model[0].in_features, module.model[0].out_features) == (10, 5)
+    assert (module.model[2].in_features, module.model[2].out_features) == (5, 1)
+    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor", "TQDMProgressBar"}
+    assert [type(logger).__name__ for logger in loggers] == ["TensorBoardLogger"]
+    assert isinstance(trainer, pl.Trainer)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["alpha"] == 0.99
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["optimizer", "scheduler", "model", "logger", "callbacks", "trainer", "debug"],
+)
+def test_every_group_option_instantiates(compose_cfg, group):
+    for option in group_options(group):
+        overrides = [f"{group}={option}"]
+        if group == "trainer" and option in ("gpu", "ddp"):
+            overrides += ["trainer.accelerator=cpu", "trainer.devices=1"]
+        cfg = compose_cfg(*overrides)
+        _, module, _, _, trainer = build_all(cfg)
+        configured = module.configure_optimizers()
+        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+        assert isinstance(optimizer, torch.optim.Optimizer), option
+        assert isinstance(trainer, pl.Trainer), option
+
+
+def test_data_options_instantiate(compose_cfg, tmp_path):
+    csv_path = tmp_path / "table.csv"
+    rows = ["a,b,c,target"] + [f"{i},{i % 3},{i * 0.5},{i * 2}" for i in range(40)]
+    csv_path.write_text("\n".join(rows))
+    npz_path = tmp_path / "arrays.npz"
+    generator = torch.Generator().manual_seed(0)
+    import numpy as np
+
+    np.savez(npz_path, X=torch.randn(40, 7, generator=generator).numpy(), y=torch.randn(40, generator=generator).numpy())
+    for overrides, features in (
+        (["data=synthetic"], 10),
+        (["data=random_normal", "data.source.num_samples=16", "data.val_fraction=0.25"], 10),
+        (["data=csv", f"data.source.path={csv_path}"], 3),
+        (["data=npy", f"data.source.path={npz_path}"], 7),
+    ):
+        cfg = compose_cfg(*overrides)
+        datamodule, module, *_ = build_all(cfg)
+        assert datamodule.num_features == features
+        assert module.model[0].in_features == features
+
+
+def test_centered_preset_yields_centered_torch_rmsprop(compose_cfg):
+    cfg = compose_cfg("optimizer=rmsprop_centered")
+    _, module, *_ = build_all(cfg)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert all(group["centered"] is True for group in optimizer.param_groups)
+
+
+def test_optimizer_override_reaches_the_optimizer(compose_cfg):
+    cfg = compose_cfg("optimizer=rmsprop_momentum", "optimizer.alpha=0.9", "optimizer.lr=0.003")
+    _, module, *_ = build_all(cfg)
+    optimizer = module.configure_optimizers()
+    for group in optimizer.param_groups:
+        assert (group["alpha"], group["lr"], group["momentum"]) == (0.9, 0.003, 0.9)
+
+
+def test_biases_are_exempt_from_weight_decay_in_the_template(compose_cfg):
+    cfg = compose_cfg("optimizer.weight_decay=0.1", "module.lr_multipliers={weight:0.5}")
+    _, module, *_ = build_all(cfg)
+    optimizer = module.configure_optimizers()
+    by_name = {group["name"]: group for group in optimizer.param_groups}
+    assert set(by_name) == {"decay_lrx0.5", "no_decay"}
+    assert by_name["decay_lrx0.5"]["weight_decay"] == 0.1 and by_name["no_decay"]["weight_decay"] == 0.0
+    assert by_name["decay_lrx0.5"]["lr"] == pytest.approx(0.005) and by_name["no_decay"]["lr"] == 0.01
+    weights = {id(module.model[0].weight), id(module.model[2].weight)}
+    assert {id(p) for p in by_name["decay_lrx0.5"]["params"]} == weights
+
+
+def test_scheduler_dict_takes_interval_and_monitor_from_config(compose_cfg):
+    configured = build_all(compose_cfg("scheduler=plateau"))[1].configure_optimizers()
+    assert configured["lr_scheduler"]["monitor"] == "val/loss"
+    assert configured["lr_scheduler"]["interval"] == "epoch"
+    configured = build_all(compose_cfg("scheduler=warmup_cosine"))[1].configure_optimizers()
+    assert configured["lr_scheduler"]["interval"] == "step"
+    assert "monitor" not in configured["lr_scheduler"]
