@@ -24,6 +24,9 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+LOSS_KEY = ("train/loss",)
+
+
 class StepLossLogger(BufferedStepLogger):
     """Logs ``train/loss`` at every optimizer step without a host synchronisation per step."""
 
@@ -37,7 +40,7 @@ class StepLossLogger(BufferedStepLogger):
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is not None:
-            self.buffer.record(trainer.global_step - 1, {"train/loss": loss})
+            self.buffer.record_vector(trainer.global_step - 1, LOSS_KEY, loss)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
@@ -126,10 +129,10 @@ class RegressionModule(pl.LightningModule):
         """Logs RMSE (and R² on test) from totals reduced over all ranks."""
         totals = self.all_gather(self._totals[stage]).reshape(-1, 4).sum(0)
         sse, count, total, total_sq = totals.unbind()
-        self.log(f"{stage}/rmse", (sse / count).sqrt().float(), sync_dist=False, rank_zero_only=True)
+        self.log(f"{stage}/rmse", (sse / count).sqrt().float(), sync_dist=True)
         if stage == "test":
             variance_sum = total_sq - total * total / count
-            self.log("test/r2", (1 - sse / variance_sum).float(), rank_zero_only=True)
+            self.log("test/r2", (1 - sse / variance_sum).float(), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if "val" in self._totals:

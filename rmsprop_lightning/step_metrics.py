@@ -31,16 +31,15 @@ class StepMetricBuffer:
         return len(self._steps)
 
     def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
-        """Keeps the detached ``metrics`` of ``step``; nothing is copied to the host."""
-        names = tuple(metrics)
-        values = [value.detach().reshape(()) for value in metrics.values()]
-        self.record_vector(step, names, torch.stack(values) if len(values) > 1 else values[0])
+        """Keeps the detached scalar ``metrics`` of ``step``; nothing is copied to the host."""
+        values = [value.detach() for value in metrics.values()]
+        self.record_vector(step, tuple(metrics), values[0] if len(values) == 1 else torch.stack(values))
 
     def record_vector(self, step: int, names: Sequence[str], values: torch.Tensor) -> None:
-        """Keeps one vector whose entries are the metrics ``names`` of ``step``."""
+        """Keeps ``values`` (a scalar, or one entry per name) as the metrics ``names`` of ``step``."""
         self._steps.append(int(step))
         self._names.append(tuple(names))
-        self._values.append(values.detach().reshape(-1).float())
+        self._values.append(values.detach())
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
         """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
@@ -49,7 +48,7 @@ class StepMetricBuffer:
         """
         if not self._steps:
             return []
-        flat = torch.cat(self._values).tolist()
+        flat = torch.cat([value.reshape(-1).float() for value in self._values]).tolist()
         entries: list[tuple[int, dict[str, float]]] = []
         offset = 0
         for step, names in zip(self._steps, self._names, strict=True):

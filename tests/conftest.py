@@ -47,7 +47,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
-def run_train(cwd: Path, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run_train(
+    cwd: Path, *overrides: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
     """Runs ``python train.py overrides...`` in ``cwd``; fails the test with its output on error."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
@@ -59,7 +61,9 @@ def run_train(cwd: Path, *overrides: str, timeout: float = 300, check: bool = Tr
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        pytest.fail(f"train.py {' '.join(overrides)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        pytest.fail(
+            f"train.py {' '.join(overrides)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

@@ -38,7 +38,11 @@ def test_default_config_builds_every_object(compose_cfg):
     assert [type(layer).__name__ for layer in module.model] == ["Linear", "ReLU", "Linear"]
     assert (module.model[0].in_features, module.model[0].out_features) == (10, 5)
     assert (module.model[2].in_features, module.model[2].out_features) == (5, 1)
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor", "TQDMProgressBar"}
+    assert {type(c).__name__ for c in callbacks} == {
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "TQDMProgressBar",
+    }
     assert [type(logger).__name__ for logger in loggers] == ["TensorBoardLogger"]
     assert isinstance(trainer, pl.Trainer)
     optimizer = module.configure_optimizers()
@@ -71,7 +75,11 @@ def test_data_options_instantiate(compose_cfg, tmp_path):
     generator = torch.Generator().manual_seed(0)
     import numpy as np
 
-    np.savez(npz_path, X=torch.randn(40, 7, generator=generator).numpy(), y=torch.randn(40, generator=generator).numpy())
+    np.savez(
+        npz_path,
+        X=torch.randn(40, 7, generator=generator).numpy(),
+        y=torch.randn(40, generator=generator).numpy(),
+    )
     for overrides, features in (
         (["data=synthetic"], 10),
         (["data=random_normal", "data.source.num_samples=16", "data.val_fraction=0.25"], 10),

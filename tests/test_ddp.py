@@ -1,0 +1,43 @@
+"""DDP inside Hydra: one folder per job, one set of logs, no stray sweep folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from rmsprop_lightning.events import read_scalars
+from tests.conftest import run_dirs, run_train
+
+DDP_QUICK = (
+    "trainer=ddp_cpu",
+    "data.source.num_samples=512",
+    "trainer.max_steps=20",
+    "callbacks.progress_bar.refresh_rate=0",
+)
+
+
+def assert_one_set_of_logs(job_dir):
+    """A job folder with its checkpoint and exactly one TensorBoard run holding every step."""
+    assert (job_dir / "checkpoints" / "last.ckpt").is_file()
+    event_dirs = {path.parent for path in job_dir.rglob("events.out.tfevents.*")}
+    assert event_dirs == {job_dir / "tensorboard"}
+    assert [step for step, _ in read_scalars(job_dir / "tensorboard")["train/loss"]] == list(range(20))
+    assert not list(job_dir.glob("*rank*.log"))
+
+
+def test_ddp_cpu_run_writes_one_folder(tmp_path):
+    run_train(tmp_path, *DDP_QUICK)
+    (run_dir,) = run_dirs(tmp_path)
+    assert_one_set_of_logs(run_dir)
+    assert not (tmp_path / "logs" / "train" / "multiruns").exists()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_multirun_writes_one_folder_per_job(tmp_path):
+    run_train(tmp_path, "-m", *DDP_QUICK, "optimizer=rmsprop,rmsprop_centered", "seed=0,1", timeout=600)
+    assert not (tmp_path / "logs" / "train" / "runs").exists()
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
+    assert [job.name.split("_", 1)[0] for job in jobs] == ["0", "1", "2", "3"]
+    assert ["optimizer=rmsprop_centered" in job.name for job in jobs] == [False, False, True, True]
+    for job in jobs:
+        assert_one_set_of_logs(job)

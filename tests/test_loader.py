@@ -1,0 +1,78 @@
+"""The in-memory loader: every sample once per epoch, a new order each epoch, disjoint rank shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmsprop_lightning.data import InMemoryBatchLoader, RegressionDataModule, Table
+
+
+def rows_seen(loader: InMemoryBatchLoader) -> list[int]:
+    """The sample ids of one epoch, in order (column 0 of the features holds the id)."""
+    return [int(i) for features, _ in loader for i in features[:, 0]]
+
+
+def make_loader(count: int = 103, batch_size: int = 8, **kwargs) -> InMemoryBatchLoader:
+    ids = torch.arange(count, dtype=torch.float32).unsqueeze(1)
+    return InMemoryBatchLoader(ids.repeat(1, 3), ids * 2, batch_size, **kwargs)
+
+
+def test_every_sample_once_per_epoch_in_a_new_order():
+    loader = make_loader()
+    epochs = [rows_seen(loader) for _ in range(3)]
+    assert all(sorted(epoch) == list(range(103)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert len(loader) == 13
+    features, targets = next(iter(loader))
+    assert torch.equal(targets[:, 0], features[:, 0] * 2)
+
+
+def test_same_seed_same_order_and_drop_last():
+    assert rows_seen(make_loader(seed=5)) == rows_seen(make_loader(seed=5))
+    loader = make_loader(drop_last=True)
+    assert len(loader) == 12 and len(rows_seen(loader)) == 96
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_rank_shards_are_disjoint_and_cover_the_epoch(world_size):
+    loaders = [make_loader(rank=rank, world_size=world_size, seed=1) for rank in range(world_size)]
+    shards = [rows_seen(loader) for loader in loaders]
+    assert len({len(shard) for shard in shards}) == 1
+    padded = -(-103 // world_size) * world_size
+    assert sum(len(shard) for shard in shards) == padded
+    assert set().union(*shards) == set(range(103))
+    distinct = [set(shard) for shard in shards]
+    assert sum(len(shard) for shard in distinct) - len(set().union(*distinct)) == padded - 103
+
+
+def test_rank_batches_together_form_the_single_process_batches():
+    single = make_loader(count=96, batch_size=8, seed=2)
+    ranks = [make_loader(count=96, batch_size=4, seed=2, rank=rank, world_size=2) for rank in range(2)]
+    for (whole, _), (part0, _), (part1, _) in zip(single, *ranks, strict=True):
+        assert sorted(whole[:, 0].tolist()) == sorted(part0[:, 0].tolist() + part1[:, 0].tolist())
+
+
+def test_state_dict_resumes_mid_epoch():
+    reference = make_loader(seed=3)
+    expected = rows_seen(reference)[40:] + rows_seen(reference)
+    loader = make_loader(seed=3)
+    iterator = iter(loader)
+    for _ in range(5):
+        next(iterator)
+    resumed = make_loader(seed=3)
+    resumed.load_state_dict(loader.state_dict())
+    assert rows_seen(resumed) + rows_seen(resumed) == expected
+
+
+def test_datamodule_splits_and_standardises_on_training_rows():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 4, generator=generator) * 5 + 3
+    table = Table(features, features[:, :1] * 2, ("a", "b", "c", "d"), ("y",))
+    datamodule = RegressionDataModule(table, batch_size=10, val_fraction=0.2, test_fraction=0.1)
+    splits = datamodule.splits
+    assert [len(splits[name][0]) for name in ("train", "val", "test")] == [140, 40, 20]
+    train_features = splits["train"][0]
+    assert torch.allclose(train_features.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(train_features.std(0, unbiased=False), torch.ones(4), atol=1e-5)
+    assert not torch.allclose(splits["val"][0].mean(0), torch.zeros(4), atol=1e-5)

@@ -1,0 +1,56 @@
+"""``train.py`` run as a user would, in a temporary directory."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.module import RegressionModule
+from tests.conftest import QUICK, run_dirs, run_train
+
+
+def test_default_run_writes_checkpoints_and_every_step_loss(tmp_path):
+    run_train(tmp_path, *QUICK, "module.loss_flush_every=7")
+    (run_dir,) = run_dirs(tmp_path)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    scalars = read_scalars(run_dir / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == list(range(30))
+    assert all(value > 0 for _, value in scalars["train/loss"])
+    assert [step for step, _ in scalars["val/loss"]] == [9, 19, 29]
+    assert {"val/rmse", "test/loss", "test/rmse", "test/r2"} <= set(scalars)
+
+
+def test_checkpoint_reloads_weights_only(tmp_path):
+    run_train(tmp_path, *QUICK)
+    (run_dir,) = run_dirs(tmp_path)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    module = RegressionModule.load_from_checkpoint(checkpoint, weights_only=True)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[name], tensor) for name, tensor in state.items())
+    assert module.configure_optimizers().defaults["lr"] == 0.01
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    run_train(tmp_path, "trainer=debug", "callbacks=none", "logger=none")
+    run_train(tmp_path, "trainer=debug", "callbacks=none", "logger=none")
+    folders = run_dirs(tmp_path)
+    assert len(folders) == 2
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", folder.name) for folder in folders)
+
+
+def test_seed_example_prints_the_snippets_losses(tmp_path):
+    outputs = [run_train(tmp_path, "experiment=seed_example", f"seed={seed}").stdout for seed in (0, 0, 1)]
+    lines = [re.search(r"Loss after one update: (\d+\.\d{4})", out) for out in outputs]
+    assert all(lines), outputs[0]
+    assert lines[0].group(1) == lines[1].group(1) != lines[2].group(1)
+    assert "Loss before the update: 1.8270" in outputs[0]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.Linear(5, 1))
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.99, momentum=0.9)
+    inputs, targets = torch.randn(2, 10), torch.randn(2, 1)
+    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+    optimizer.step()
+    assert lines[0].group(1) == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
