@@ -142,7 +142,8 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     loop, bare = medians["hand-written loop"], medians["Lightning, no logging"]
     print(
-        f"{args.steps} steps, batch {BATCH_SIZE}, median of {args.repeats}, torch threads {torch.get_num_threads()}"
+        f"{args.steps} steps, batch {BATCH_SIZE}, median of {args.repeats},"
+        f" torch threads {torch.get_num_threads()}"
     )
     print(f"{'variant':<52} {'µs/step':>9} {'vs bare':>8} {'loop speed':>11}")
     for name, median in medians.items():

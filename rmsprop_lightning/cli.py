@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from rmsprop_lightning.entry import run_app
+from rmsprop_lightning.errors import reported_errors
+from rmsprop_lightning.extras import exit_if_plugin_missing
+from rmsprop_lightning.jobs import run_job
 from rmsprop_lightning.resolvers import PROJECT_ROOT
-from rmsprop_lightning.train import run
 
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def train_main(cfg: DictConfig) -> float | None:
+def _hydra_train(cfg: DictConfig) -> float | None:
+    with reported_errors():
+        return run_job(cfg)
+
+
+def train_main() -> None:
     """``rmsprop-train [overrides]``: the template's training job."""
-    return run(cfg)
+    exit_if_plugin_missing(sys.argv[1:])
+    run_app(_hydra_train, CONFIG_DIR)

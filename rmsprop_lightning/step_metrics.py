@@ -23,12 +23,13 @@ class StepMetricBuffer:
     """Collects ``{name: scalar tensor}`` per step without touching the host."""
 
     def __init__(self) -> None:
-        self._steps: list[int] = []
+        self._steps: list[tuple[int, ...]] = []
         self._names: list[tuple[str, ...]] = []
         self._values: list[torch.Tensor] = []
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return self._count
 
     def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
         """Keeps the detached scalar ``metrics`` of ``step``; nothing is copied to the host."""
@@ -37,9 +38,14 @@ class StepMetricBuffer:
 
     def record_vector(self, step: int, names: Sequence[str], values: torch.Tensor) -> None:
         """Keeps ``values`` (a scalar, or one entry per name) as the metrics ``names`` of ``step``."""
-        self._steps.append(int(step))
+        self.record_rows((step,), names, values)
+
+    def record_rows(self, steps: Sequence[int], names: Sequence[str], values: torch.Tensor) -> None:
+        """Keeps ``values`` (one row per step, one column per name) as the metrics ``names`` of ``steps``."""
+        self._steps.append(tuple(int(step) for step in steps))
         self._names.append(tuple(names))
         self._values.append(values.detach())
+        self._count += len(steps)
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
         """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
@@ -51,9 +57,10 @@ class StepMetricBuffer:
         flat = torch.cat([value.reshape(-1).float() for value in self._values]).tolist()
         entries: list[tuple[int, dict[str, float]]] = []
         offset = 0
-        for step, names in zip(self._steps, self._names, strict=True):
-            entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
-            offset += len(names)
+        for steps, names in zip(self._steps, self._names, strict=True):
+            for step in steps:
+                entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
+                offset += len(names)
         self.clear()
         return entries
 
@@ -62,6 +69,7 @@ class StepMetricBuffer:
         self._steps.clear()
         self._names.clear()
         self._values.clear()
+        self._count = 0
 
 
 class BufferedStepLogger(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,9 +12,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from rmsprop_lightning.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.distributed import clean_distributed_state
 from rmsprop_lightning.module import RegressionModule
+from rmsprop_lightning.safeguards import safeguards
+from rmsprop_lightning.tensorboard import finish_tensorboard, run_hparams
+from rmsprop_lightning.validation import check_data, input_errors, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +58,36 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
-    """The Trainer from the ``trainer`` group, with the instantiated callbacks and loggers."""
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    """The Trainer from the ``trainer`` group, with the instantiated callbacks and loggers.
+
+    Checkpoints are written atomically (:class:`AtomicCheckpointIO`).
+    """
+    plugins = [AtomicCheckpointIO()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
     """Trains and tests one experiment; returns ``cfg.optimized_metric`` for sweepers.
 
     Resumes from ``cfg.ckpt_path`` when set and tests the best checkpoint when a
-    checkpoint callback kept one.
+    checkpoint callback kept one. ``extra_callbacks`` join those of the config. Bad
+    input raises :class:`~rmsprop_lightning.errors.InputError` before any work.
     """
     try:
+        validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data)
-        module = build_module(cfg, build_model(cfg, datamodule))
-        callbacks = instantiate_entries(cfg.get("callbacks"))
-        loggers = instantiate_entries(cfg.get("logger"))
-        trainer = build_trainer(cfg, callbacks, loggers)
+        with input_errors():
+            datamodule = instantiate(cfg.data)
+            model = build_model(cfg, datamodule)
+            check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
+            module = build_module(cfg, model)
+            callbacks = [
+                *instantiate_entries(cfg.get("callbacks")),
+                *extra_callbacks,
+                *safeguards(cfg, module),
+            ]
+            loggers = instantiate_entries(cfg.get("logger"))
+            trainer = build_trainer(cfg, callbacks, loggers)
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -80,6 +98,7 @@ def run(cfg: DictConfig) -> float | None:
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
             metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+        finish_tensorboard(trainer.loggers, run_hparams(cfg))
         if trainer.is_global_zero:
             log.info("Final metrics: %s", ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
         return metrics.get(cfg.get("optimized_metric") or "")

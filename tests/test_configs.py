@@ -40,10 +40,12 @@ def test_default_config_builds_every_object(compose_cfg):
     assert (module.model[2].in_features, module.model[2].out_features) == (5, 1)
     assert {type(c).__name__ for c in callbacks} == {
         "ModelCheckpoint",
+        "LastCheckpoint",
         "LearningRateMonitor",
+        "OptimizerStateMonitor",
         "TQDMProgressBar",
     }
-    assert [type(logger).__name__ for logger in loggers] == ["TensorBoardLogger"]
+    assert [type(logger).__name__ for logger in loggers] == ["TensorBoardRunLogger"]
     assert isinstance(trainer, pl.Trainer)
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.RMSprop)

@@ -54,3 +54,11 @@ def test_seed_example_prints_the_snippets_losses(tmp_path):
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     optimizer.step()
     assert lines[0].group(1) == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    result = run_train(tmp_path, *QUICK, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed")
+    assert "bfloat16 Automatic Mixed Precision" in result.stdout + result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    losses = [value for _, value in read_scalars(run_dir / "tensorboard")["train/loss"]]
+    assert len(losses) == 30 and all(0 < value < 100 for value in losses)

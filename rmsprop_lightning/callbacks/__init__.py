@@ -1,5 +1,17 @@
 """Lightning callbacks of the project."""
 
+from rmsprop_lightning.callbacks.divergence import DivergenceGuard
+from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
+from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor
+from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.callbacks.update_report import UpdateReport
 
-__all__ = ["UpdateReport"]
+__all__ = [
+    "DivergenceGuard",
+    "GracefulInterrupt",
+    "LastCheckpoint",
+    "OptimizerStateMonitor",
+    "RandomState",
+    "UpdateReport",
+]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 import torch
 
+from rmsprop_lightning.data.cache import cached, source_key
 from rmsprop_lightning.data.loader import InMemoryBatchLoader
 from rmsprop_lightning.data.sources import Table, synthetic
 
@@ -68,17 +69,25 @@ class RegressionDataModule(pl.LightningDataModule):
 
     @property
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
+        """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access.
+
+        Splits of a reproducible source are shared by every job of the process (read-only).
+        """
         if self._splits is None:
-            table = self.source if isinstance(self.source, Table) else self.source()
-            self._splits = split_and_standardize(
-                table,
-                val_fraction=self.val_fraction,
-                test_fraction=self.test_fraction,
-                seed=self.split_seed,
-                standardize_features=self.standardize_features,
-                standardize_targets=self.standardize_targets,
-                min_train_rows=self.batch_size if self.drop_last else 1,
+            options = {
+                "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction,
+                "seed": self.split_seed,
+                "standardize_features": self.standardize_features,
+                "standardize_targets": self.standardize_targets,
+                "min_train_rows": self.batch_size if self.drop_last else 1,
+            }
+            key = source_key(self.source)
+            self._splits = cached(
+                None if key is None else (key, tuple(options.items())),
+                lambda: split_and_standardize(
+                    self.source if isinstance(self.source, Table) else self.source(), **options
+                ),
             )
         return self._splits
 

@@ -16,7 +16,8 @@ class InMemoryBatchLoader:
     has as many batches — gathers the shard once and yields contiguous slices. That
     avoids ``DataLoader``'s per-sample collation, which dominates a small net's step.
     Each ``iter()`` starts the next epoch, except right after :meth:`load_state_dict`,
-    where it continues the restored epoch from the restored position.
+    where it continues the restored epoch from the restored position (unless that epoch
+    was finished: a checkpoint taken after an epoch's last batch resumes in the next).
     """
 
     def __init__(
@@ -72,15 +73,15 @@ class InMemoryBatchLoader:
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._restored:
-            self._restored = False
-        elif self._position > 0:
+        end = min(len(self) * self.batch_size, self.shard_size)
+        continuing = self._restored and self._position < end
+        self._restored = False
+        if not continuing and self._position > 0:
             self.epoch += int(self.shuffle)
             self._position = 0
         indices = self.shard_indices(self.epoch).to(self.features.device)
         features = self.features.index_select(0, indices)
         targets = self.targets.index_select(0, indices)
-        end = min(len(self) * self.batch_size, self.shard_size)
         while self._position < end:
             start = self._position
             self._position = min(start + self.batch_size, end)

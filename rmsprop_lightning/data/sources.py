@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rmsprop_lightning.data.cache import reproducible
+
 
 @dataclass(frozen=True)
 class Table:
@@ -32,6 +34,7 @@ class Table:
                 raise ValueError(f"{kind} hold a NaN or inf value (first at row {row}, column {col})")
 
 
+@reproducible
 def synthetic(
     num_samples: int = 4096,
     num_features: int = 10,
@@ -59,6 +62,7 @@ def synthetic(
     )
 
 
+@reproducible
 def from_csv(
     path: str | Path,
     target: str | list[str] = "target",
@@ -104,6 +108,7 @@ def from_csv(
     )
 
 
+@reproducible
 def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
     """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``.
 
@@ -114,7 +119,7 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
         raise FileNotFoundError(f"data.path: no such file: {path}")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, EOFError) as error:
         raise ValueError(f"data.path: {path} is not a numeric NumPy file ({error})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -147,4 +152,22 @@ def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int
         targets,
         tuple(f"x{i}" for i in range(num_features)),
         tuple(f"y{i}" for i in range(num_targets)),
+    )
+
+
+@reproducible
+def diabetes() -> Table:
+    """scikit-learn's diabetes data (442 patients × 10 raw features, disease progression after a year).
+
+    Read from the files shipped inside scikit-learn (extra ``datasets``): nothing is downloaded.
+    """
+    from rmsprop_lightning.extras import require
+
+    datasets = require("sklearn.datasets", "datasets", "data=diabetes")
+    bunch = datasets.load_diabetes(scaled=False)
+    return Table(
+        torch.as_tensor(bunch.data, dtype=torch.float32),
+        torch.as_tensor(bunch.target, dtype=torch.float32).reshape(-1, 1),
+        tuple(bunch.feature_names),
+        ("progression",),
     )

@@ -1,0 +1,124 @@
+"""Step time with and without the OptimizerStateMonitor, on the canonical net and on a 1e6-parameter net.
+
+    python benchmarks/monitor_overhead.py [--rounds 10] [--repeats 3]
+
+Each fit trains the template's module (``torch.optim.RMSprop``, lr 0.01, biases in their own
+no-decay group) on batches of 32 sliced from in-memory tensors, logging ``train/loss`` every
+step to the template's TensorBoard logger. Within the fit, the monitor is switched between three
+modes every block of steps — removed from the trainer (off), every step, every 50 steps — in
+rotating order, so drifts in machine load hit all modes alike. Each block is timed (wall clock
+and process CPU time, which leaves out time spent waiting for a core) and ends with a flush of
+the monitor's buffer, so its transfers and writes count where they were made. The table gives
+the median µs/step over blocks and the median over rounds of each block's ratio to the off
+block of the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from functools import partial
+
+import lightning.pytorch as pl
+import torch
+from train_loop import make_loader
+
+from rmsprop_lightning import FeedForward, RegressionModule
+from rmsprop_lightning.callbacks import OptimizerStateMonitor
+from rmsprop_lightning.tensorboard import TensorBoardRunLogger
+
+NETS = {  # name: (hidden widths, steps per block)
+    "canonical Linear(10,5)-ReLU-Linear(5,1)": (5, 200),
+    "1e6 parameters: hidden [1000, 1000]": ([1000, 1000], 50),
+}
+MODES = {"off": None, "every step": 1, "every 50 steps": 50}
+
+
+class AlternatingModule(RegressionModule):
+    """The template's module; every ``block`` steps it switches the monitor's mode and times the block."""
+
+    def __init__(self, hidden: int | list[int], monitor: OptimizerStateMonitor, block: int) -> None:
+        super().__init__(
+            FeedForward(hidden=hidden), partial(torch.optim.RMSprop, lr=0.01), no_weight_decay_on_bias=True
+        )
+        self.monitor, self.block = monitor, block
+        self.blocks: list[tuple[int, str, float, float]] = []  # (round, mode, wall s/step, CPU s/step)
+        self._mode: str | None = None
+        self._round = 0
+        self._start = (0.0, 0.0)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        step = self.trainer.global_step
+        if step % self.block:
+            return
+        callbacks = self.trainer.callbacks
+        if self.monitor in callbacks:
+            self.monitor.flush(self.trainer)
+        wall, cpu = time.perf_counter(), time.process_time()
+        if self._mode is not None and step > self.block:  # the first block warms up
+            seconds = ((wall - self._start[0]) / self.block, (cpu - self._start[1]) / self.block)
+            self.blocks.append((self._round, self._mode, *seconds))
+        self._round, position = divmod(step // self.block, len(MODES))
+        self._mode = list(MODES)[(position + self._round) % len(MODES)]
+        every = MODES[self._mode]
+        if every is None:
+            if self.monitor in callbacks:
+                callbacks.remove(self.monitor)
+        else:
+            if self.monitor not in callbacks:
+                callbacks.append(self.monitor)
+            self.monitor.every_n_steps = every
+            self.monitor.on_train_batch_start(self.trainer, self, batch, batch_idx)
+        self._start = (time.perf_counter(), time.process_time())
+
+
+def measure(hidden: int | list[int], block: int, rounds: int) -> list[tuple[int, str, float, float]]:
+    """One fit of ``rounds`` rounds of the three modes after a warm-up block; the timed blocks."""
+    torch.manual_seed(0)
+    monitor = OptimizerStateMonitor()
+    module = AlternatingModule(hidden, monitor, block)
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = pl.Trainer(
+            max_steps=block * (1 + rounds * len(MODES)) + 1,
+            accelerator="cpu",
+            logger=TensorBoardRunLogger(log_dir, name="", version=""),
+            callbacks=[monitor],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=make_loader())
+    return module.blocks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of the three modes per fit")
+    parser.add_argument("--repeats", type=int, default=3, help="fits per net")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    threads = torch.get_num_threads()
+    print(f"batch 32, {args.repeats} fits × {args.rounds} rounds of the modes, torch threads {threads}")
+    print(f"{'net':<40} {'monitor':<15} {'blocks':>6} {'wall µs':>8} {'ratio':>7} {'CPU µs':>8} {'ratio':>7}")
+    for net, (hidden, block) in NETS.items():
+        blocks = [(fit, *b) for fit in range(args.repeats) for b in measure(hidden, block, args.rounds)]
+        rounds: dict[tuple[int, int], dict[str, tuple[float, float]]] = {}
+        for fit, round_, mode, wall, cpu in blocks:
+            rounds.setdefault((fit, round_), {})[mode] = (wall, cpu)
+        for mode in MODES:
+            cells = []
+            for kind in (0, 1):
+                times = [r[mode][kind] for r in rounds.values() if mode in r]
+                ratios = [r[mode][kind] / r["off"][kind] for r in rounds.values() if mode in r and "off" in r]
+                cells.append(f"{statistics.median(times) * 1e6:8.0f} {statistics.median(ratios):6.3f}×")
+            print(f"{net:<40} {mode:<15} {len(times):>6} {cells[0]} {cells[1]}")
+
+
+if __name__ == "__main__":
+    main()

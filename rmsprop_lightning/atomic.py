@@ -1,0 +1,63 @@
+"""Replacing a file atomically: readers and a crash mid-write only ever see the old or the new version."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name prefix of the temporary files that :func:`replace_atomically` writes next to ``path``."""
+    return f".{path.name}."
+
+
+def new_file_mode() -> int:
+    """The permissions ``open()`` would give a new file under the process's umask (mkstemp uses 0600)."""
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write`` on a temporary file beside ``path``, syncs it to disk and renames it over ``path``.
+
+    The rename is atomic on POSIX file systems; the folder is synced too, so the new
+    name survives a power cut. On any error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temporary_prefix(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=TEMPORARY_SUFFIX)
+    try:
+        os.fchmod(handle, new_file_mode())
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Deletes temporary files a killed :func:`replace_atomically` left beside ``path``; returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{temporary_prefix(path)}*{TEMPORARY_SUFFIX}"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale

@@ -1,0 +1,81 @@
+"""Collects what a job summary reports about training: fit time, steps, final and best metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+MAXIMIZED_SUFFIXES = ("r2",)
+
+
+def metric_is_better(tag: str, value: float, incumbent: float | None) -> bool:
+    """Whether ``value`` beats ``incumbent`` for ``tag`` (R² is maximised, losses and errors minimised)."""
+    if math.isnan(value):
+        return False
+    if incumbent is None or math.isnan(incumbent):
+        return True
+    return value > incumbent if tag.endswith(MAXIMIZED_SUFFIXES) else value < incumbent
+
+
+class FitStats(Callback):
+    """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
+
+    Read :meth:`fields` after the run, also after an exception: it then holds what was
+    reached before the failure.
+    """
+
+    def __init__(self) -> None:
+        self.fit_seconds: float | None = None
+        self.steps = 0
+        self.final: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.best_step: dict[str, int] = {}
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for tag, value in _scalars(trainer).items():
+            if tag.startswith("val/") and metric_is_better(tag, value, self.best.get(tag)):
+                self.best[tag] = value
+                self.best_step[tag] = trainer.global_step
+
+    def _end_fit(self, trainer: pl.Trainer) -> None:
+        if self._fit_start is not None:
+            self.fit_seconds = time.perf_counter() - self._fit_start
+            self._fit_start = None
+        self.steps = trainer.global_step
+        self.final.update(_scalars(trainer))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_fit(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.final.update({tag: value for tag, value in _scalars(trainer).items() if tag.startswith("test/")})
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._end_fit(trainer)
+
+    def fields(self) -> dict[str, Any]:
+        """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best`` and ``best_step``."""
+        return {
+            "fit_seconds": self.fit_seconds,
+            "steps": self.steps,
+            "final": dict(self.final),
+            "best": dict(self.best),
+            "best_step": dict(self.best_step),
+        }
+
+
+def _scalars(trainer: pl.Trainer) -> dict[str, float]:
+    """The trainer's current scalar ``callback_metrics`` as floats."""
+    return {tag: float(value) for tag, value in trainer.callback_metrics.items() if value.numel() == 1}

@@ -1,0 +1,103 @@
+"""SIGTERM and Ctrl-C: finish the current step, save ``last.ckpt``, stop, and say how to resume."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
+from rmsprop_lightning.errors import InterruptedRun
+from rmsprop_lightning.summary import write_summary
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class GracefulInterrupt(Callback):
+    """Turns SIGTERM/SIGINT during training into a checkpoint and a clean stop after the current step.
+
+    The handler only records the signal. At the end of the step the ranks agree to stop
+    (one all-reduce per step under DDP, so a signal sent to one rank is enough),
+    :class:`~rmsprop_lightning.callbacks.LastCheckpoint` is asked to save that step, as
+    it would save any other (after the step's validation if one is scheduled), and the
+    next batch does not start: an :class:`~rmsprop_lightning.errors.InterruptedRun`
+    carries the resume command to the entry point. Nothing extra runs on the way out
+    (no unscheduled validation), so the resumed run is the run that was stopped. A
+    second Ctrl-C stops at once, without a checkpoint.
+    """
+
+    def __init__(self, run_dir: str | Path | None = None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.received: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(
+            "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
+            signal.Signals(signum).name,
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self.stopped_at is None:
+            self.stopped_at = trainer.global_step
+            last = self._last_checkpoint(trainer)
+            if last is not None:
+                last.request_save()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.stopped_at is not None:
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    @staticmethod
+    def _last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
+        return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        signum = self.received or signal.SIGTERM
+        last = self._last_checkpoint(trainer)
+        if last is not None and last.saved_step == self.stopped_at:
+            saved = f"checkpoint saved to {last.path}"
+        else:
+            saved = "no checkpoint saved (no last_checkpoint callback)"
+        resume = f"; resume with: python train.py resume={self.run_dir}" if self.run_dir is not None else ""
+        message = f"stopped by {signal.Signals(signum).name} after step {self.stopped_at}; {saved}{resume}"
+        if self.run_dir is not None and trainer.is_global_zero:
+            write_summary(self.run_dir, status="interrupted", error=message, steps=self.stopped_at)
+        raise InterruptedRun(message, signum)

@@ -1,0 +1,155 @@
+"""``last.ckpt``, kept current for ``resume=<run dir>``: every N optimizer steps and when training stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+from rmsprop_lightning.atomic import remove_stale_temporaries
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether the training loop validates right after the batch that just ended (Lightning's own test)."""
+    loop = trainer.fit_loop
+    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+
+
+def training_stops(trainer: pl.Trainer) -> bool:
+    """Whether the optimizer step that just finished is the last one of ``fit``."""
+    if trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps):
+        return True
+    max_epochs = trainer.max_epochs
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return bool(last_batch and max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs)
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
+
+    It also saves after the last step, when training is told to stop (early stopping)
+    and on :meth:`request_save` (Ctrl-C, SIGTERM). It saves at the end of the training batch, or, when
+    validation follows that batch, at the end of that validation: Lightning does not
+    repeat a validation that was due at a checkpoint's step, and it feeds plateau
+    schedulers and the best checkpoint. Being a ``Checkpoint``, it runs after the other
+    callbacks, so a step they reject is never saved.
+
+    Lightning's resume skips two pieces of end-of-epoch work that these checkpoints
+    come before: the plateau-scheduler step of an epoch whose last batch the checkpoint
+    holds, and the one at the end of the epoch the run resumes in (it has no metrics to
+    feed them). The checkpoint keeps the metrics, and this callback makes those steps.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
+        if (
+            isinstance(every_n_train_steps, bool)
+            or not isinstance(every_n_train_steps, int)
+            or every_n_train_steps < 1
+        ):
+            raise ValueError(
+                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid; "
+                "allowed: a positive integer"
+            )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self.saved_step: int | None = None
+        self._requested = False
+        self._after_validation = False
+        self._saving_now = False
+        self._resumed_from_mine = False
+        self._restored_metrics: dict[str, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file."""
+        return self.dirpath / LAST_CHECKPOINT
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            remove_stale_temporaries(self.path)
+
+    def _may_save(self, trainer: pl.Trainer) -> bool:
+        return (
+            not trainer.fast_dev_run
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and trainer.global_step != self.saved_step
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        due = (
+            self._requested or trainer.global_step % self.every_n_train_steps == 0 or training_stops(trainer)
+        )
+        self._requested = False
+        if not (due and self._may_save(trainer)):
+            return
+        if validation_follows(trainer):
+            self._after_validation = True
+        else:
+            self.save(trainer)
+
+    def request_save(self) -> None:
+        """Saves the state of the batch now ending, even if no save is due (a stop is coming)."""
+        self._requested = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish(trainer)
+
+    def finish(self, trainer: pl.Trainer) -> None:
+        """Writes a checkpoint that was waiting for the end of a validation, if any."""
+        if self._after_validation and self._may_save(trainer):
+            self.save(trainer)
+        self._after_validation = False
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Writes the checkpoint now (every rank must call it under DDP; rank zero writes)."""
+        self._saving_now = True
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        finally:
+            self._saving_now = False
+        self.saved_step = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"written_by_me": self._saving_now}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning keeps no metrics in checkpoints, but a plateau scheduler or early
+        # stopping reads the last validation's metrics long after it ran
+        metrics = {name: value.detach().cpu() for name, value in trainer.callback_metrics.items()}
+        checkpoint["callbacks"][self.state_key]["callback_metrics"] = metrics
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_from_mine = bool(state_dict.get("written_by_me"))
+        self._restored_metrics = dict(state_dict.get("callback_metrics", {}))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for name, value in self._restored_metrics.items():
+            trainer.callback_metrics.setdefault(name, value.to(pl_module.device))
+        self._restored_metrics = {}
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if (
+            self._resumed_from_mine
+            and epoch_loop.restarted_on_train_batch_end
+            and epoch_loop.batch_progress.is_last_batch
+        ):
+            # saved at the end of an epoch's last batch: Lightning counts that epoch as
+            # finished on resume without its end-of-epoch plateau step
+            epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed_from_mine and trainer.fit_loop.restarting:
+            trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+        self._resumed_from_mine = False

@@ -1,0 +1,225 @@
+"""``OptimizerStateMonitor``: norms of every optimizer state, the gradient, the update and the step size.
+
+On a logged step the parameters are copied into a preallocated buffer just before the
+optimizer step, and right after it :class:`~rmsprop_lightning.callbacks.state_norms.OptimizerProbe`
+copies what it needs into a row of its history on the device. At each flush the rows are
+turned into values with whole-matrix operations and handed, with the
+:class:`~rmsprop_lightning.step_metrics.BufferedStepLogger`'s one transfer, to every
+logger at their own steps. Other steps cost a modulo.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, OptimizerProbe, ParameterSnapshot
+from rmsprop_lightning.step_metrics import BufferedStepLogger
+
+PREFIX = "optim/"
+
+
+def optimizer_prefixes(optimizers: Sequence[torch.optim.Optimizer]) -> list[str]:
+    """``optim/`` for a single optimizer; ``optim/<Class>/``, ``optim/<Class>-1/``, … for several."""
+    if len(optimizers) == 1:
+        return [PREFIX]
+    seen: dict[str, int] = {}
+    prefixes = []
+    for optimizer in optimizers:
+        name = type(optimizer).__name__
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        prefixes.append(f"{PREFIX}{name}-{count}/" if count else f"{PREFIX}{name}/")
+    return prefixes
+
+
+def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    """A custom-scalars layout: losses together, one chart per optimizer state, one per step quantity.
+
+    Each chart holds every optimizer, group and parameter of its quantity (its regular
+    expression skips the scope in ``optim/<scope>/<quantity>``).
+    """
+    quantities: list[str] = []
+    for key in keys:
+        leaf = key.rsplit("/", 1)[-1]
+        if leaf.endswith("_norm") and leaf[: -len("_norm")] not in quantities:
+            quantities.append(leaf[: -len("_norm")])
+
+    def chart(leaf: str) -> list[Any]:
+        return ["Multiline", [rf"^optim/(.+/)?{leaf}$"]]
+
+    states = [q for q in quantities if q not in BASE_QUANTITIES]
+    step = {f"{q} norm": chart(f"{re.escape(q)}_norm") for q in BASE_QUANTITIES if q in quantities}
+    if "update" in quantities:
+        step["update / param norm"] = chart("update_to_param_ratio")
+    if any(key.rsplit("/", 1)[-1].startswith("effective_lr_") for key in keys):
+        step["effective lr: mean, max, min"] = chart("effective_lr_(mean|max|min)")
+    return {
+        "Loss": {"loss (train every step, val, test)": ["Multiline", [r"^(.+/)?loss$"]]},
+        "Optimizer state": {f"{q} norm": chart(f"{re.escape(q)}_norm") for q in states},
+        "Optimizer step": step,
+    }
+
+
+class OptimizerStateMonitor(BufferedStepLogger):
+    """Logs the norms of every optimizer state, the gradient, the update and RMSprop's step size.
+
+    Keys (``optim/`` becomes ``optim/<Class>/`` with several optimizers; every ``<x>``
+    below also comes as ``optim/<group>/<x>`` with several parameter groups and as
+    ``optim/param/<name>/<x>`` for parameters selected by ``per_parameter``):
+
+    - ``optim/<state>_norm`` — L2 norm of each tensor state (``square_avg``, ``momentum_buffer``,
+      ``grad_avg``, Adam's ``exp_avg``/``exp_avg_sq``, …) over all parameters;
+    - ``optim/grad_norm`` (the gradients the optimizer stepped with), ``optim/param_norm``
+      (after the step), ``optim/update_norm`` (‖θ_after − θ_before‖) and
+      ``optim/update_to_param_ratio`` (update_norm / param_norm);
+    - for RMSprop-like groups, ``optim/effective_lr_mean`` (also per group and parameter) and
+      ``optim/effective_lr_max``/``_min``: the per-element step size ``lr / (sqrt(v) + eps)``
+      (``lr / sqrt(v + eps)`` with ``eps_in_sqrt``), ``v`` being ``square_avg``, or the variance
+      ``square_avg − grad_avg²`` when centered, both bias-corrected with ``bias_correction``;
+      the step size applied to the gradient, before momentum.
+
+    Only global rank zero measures and writes; no collective is added. Raises
+    ``MisconfigurationException`` at the start of training when the trainer has no logger.
+
+    Args:
+        every_n_steps: log every this many optimizer steps (steps ``n−1, 2n−1, …`` as
+            Lightning counts); ``None`` follows the trainer's ``log_every_n_steps``.
+        per_parameter: ``True`` for per-parameter keys of all parameters, or a regular
+            expression searched in the parameter names (e.g. ``"weight$"``).
+        flush_every: logged steps kept on the device before one transfer to the loggers.
+        tensorboard_layout: write a custom-scalars layout (one chart per state) to
+            TensorBoard loggers.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 1,
+        per_parameter: bool | str = False,
+        flush_every: int = 100,
+        tensorboard_layout: bool = True,
+    ) -> None:
+        super().__init__(flush_every=flush_every)
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps must be a positive integer or None, got {every_n_steps!r}")
+        if isinstance(per_parameter, str):
+            try:
+                self.per_parameter: re.Pattern[str] | None = re.compile(per_parameter)
+            except re.error as error:
+                raise ValueError(
+                    f"per_parameter={per_parameter!r} is not a valid regular expression: {error}"
+                ) from error
+        elif isinstance(per_parameter, bool):
+            self.per_parameter = re.compile("") if per_parameter else None
+        else:
+            raise ValueError(f"per_parameter must be a bool or a regular expression, got {per_parameter!r}")
+        self.every_n_steps = every_n_steps
+        self.tensorboard_layout = tensorboard_layout
+        self._probes: dict[int, OptimizerProbe] = {}
+        self._snapshots: dict[int, ParameterSnapshot] = {}
+        self._pending: list[torch.optim.Optimizer] = []
+        self._captured = 0  # steps captured (over all optimizers) since the last flush
+        self._logging = False
+        self._decided = False  # whether this batch's first optimizer step has decided on logging
+        self._prefixes: dict[int, str] = {}
+        self._param_names: dict[int, str] = {}
+        self._layout: dict[str, Any] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """The keys logged so far, over all optimizers."""
+        return [name for probe in self._probes.values() for name in probe.names]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.loggers:
+            raise MisconfigurationException(
+                "OptimizerStateMonitor needs a logger, but the Trainer has none; pass logger=... "
+                "(or drop the callback)"
+            )
+        optimizers = trainer.optimizers
+        self._prefixes = {id(o): p for o, p in zip(optimizers, optimizer_prefixes(optimizers), strict=True)}
+        self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
+        self._probes.clear()
+        self._snapshots.clear()
+        self._pending.clear()
+        self._captured = 0
+
+    def _interval(self, trainer: pl.Trainer) -> int:
+        return self.every_n_steps if self.every_n_steps is not None else max(trainer.log_every_n_steps, 1)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self._decided:  # the batch's first optimizer step decides for all of them
+            interval = self._interval(trainer)
+            self._logging = trainer.is_global_zero and (trainer.global_step + 1) % interval == 0
+            self._decided = True
+        if not self._logging:
+            return
+        snapshot = self._snapshots.get(id(optimizer))
+        if snapshot is None or snapshot.groups != len(optimizer.param_groups):
+            snapshot = self._snapshots[id(optimizer)] = ParameterSnapshot(optimizer.param_groups)
+        snapshot.take()
+        if optimizer not in self._pending:
+            self._pending.append(optimizer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._decided = False
+        if not self._pending:
+            return
+        step = trainer.global_step - 1
+        for optimizer in self._pending:
+            probe = self._probe(optimizer)
+            probe.capture(step)
+            if probe.full:
+                self._collect(probe)
+        self._captured += len(self._pending)
+        self._pending.clear()
+        if self._captured >= self.flush_every:
+            self.flush(trainer)
+
+    def _collect(self, probe: OptimizerProbe) -> None:
+        """Computes the probe's captured steps into the buffer (still on the device)."""
+        if probe.steps:
+            steps, values = probe.compute()
+            self.buffer.record_rows(steps, probe.names, values)
+
+    def _probe(self, optimizer: torch.optim.Optimizer) -> OptimizerProbe:
+        """The optimizer's probe, rebuilt (after collecting its steps) when it no longer describes it."""
+        probe = self._probes.get(id(optimizer))
+        snapshot = self._snapshots[id(optimizer)]
+        if probe is None or not probe.matches(optimizer) or probe.snapshot is not snapshot:
+            if probe is not None:
+                self._collect(probe)
+            prefix = self._prefixes.get(id(optimizer), PREFIX)
+            probe = OptimizerProbe(
+                optimizer, snapshot, prefix, self._param_names, self.per_parameter, capacity=self.flush_every
+            )
+            self._probes[id(optimizer)] = probe
+        return probe
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        """Computes every captured step, then hands all buffered steps to the loggers in one transfer."""
+        self._captured = 0
+        for key, probe in list(self._probes.items()):
+            self._collect(probe)
+            if not probe.same_structure():
+                del self._probes[key]
+        if self.tensorboard_layout and trainer.is_global_zero and len(self.buffer):
+            layout = custom_scalars_layout(self.names)
+            if layout != self._layout:
+                self._layout = layout
+                for logger in trainer.loggers:
+                    if isinstance(logger, TensorBoardLogger):
+                        logger.experiment.add_custom_scalars(layout)
+        super().flush(trainer)

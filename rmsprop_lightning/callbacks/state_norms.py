@@ -1,0 +1,477 @@
+"""The measurement behind the OptimizerStateMonitor: the values of logged steps, computed on the device.
+
+A logged step copies its tensors of at most :data:`SMALL_NUMEL` elements (on the canonical
+net, all of them) into one row of a preallocated history with three tensor operations; the
+norms and step sizes of all rows are computed together, with whole-matrix operations, when
+the monitor collects them (at its flushes). Larger tensors are reduced at once with
+multi-tensor norms, so the history stays small. Nothing is read back to the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+# tensors up to this size are copied into the history; above it a per-tensor reduction is cheaper
+SMALL_NUMEL = 1 << 10
+# the history of logged steps waiting for their reduction stays below this size
+MAX_HISTORY_BYTES = 64 << 20
+# quantities every parameter has; the optimizer's states follow under their own keys
+BASE_QUANTITIES = ("grad", "param", "update")
+
+
+def is_monitored_state(key: str, value: Any) -> bool:
+    """A state is monitored when it is a tensor of several elements, or a floating one but ``step``."""
+    if not isinstance(value, Tensor):
+        return False
+    return value.numel() > 1 or (value.is_floating_point() and key != "step")
+
+
+def is_rmsprop_like(group: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether ``lr / (sqrt(square_avg) + eps)`` is the group's per-element step size."""
+    return "square_avg" in state and all(key in group for key in ("lr", "eps", "alpha"))
+
+
+def group_scopes(groups: Sequence[dict[str, Any]]) -> list[str]:
+    """Key infixes of the parameter groups: their distinct ``name``s, else ``pg1/``, ``pg2/``, …"""
+    if len(groups) < 2:
+        return []
+    names = [group.get("name") for group in groups]
+    if all(isinstance(name, str) and name for name in names) and len(set(names)) == len(names):
+        return [f"{name}/" for name in names]
+    return [f"pg{index}/" for index in range(1, len(groups) + 1)]
+
+
+def common_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """The floating dtype all of ``tensors`` fit in, at least float32."""
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` copied from the CPU to ``device`` without making the host wait (pinned, non-blocking)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+class FlatViews:
+    """1-D views of a fixed list of tensors, for ``torch.cat``: made once (non-contiguous ones at each call).
+
+    Parameters and optimizer states are updated in place, so their views keep showing
+    their current values. The views are detached: copying them needs no autograd context.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.tensors = [t.detach() for t in tensors]
+        self._views = [t.view(-1) if t.is_contiguous() else None for t in self.tensors]
+        self._all_views = all(view is not None for view in self._views)
+
+    def __call__(self) -> list[Tensor]:
+        if self._all_views:
+            return self._views  # type: ignore[return-value]
+        return [
+            t.reshape(-1) if view is None else view for t, view in zip(self.tensors, self._views, strict=True)
+        ]
+
+
+class ParameterSnapshot:
+    """A preallocated copy of an optimizer's parameters, taken just before its step.
+
+    Small parameters are concatenated into one flat buffer; large ones have a copy
+    each, which :meth:`large_updates` turns into ``θ_before − θ_after`` in place.
+    """
+
+    def __init__(self, param_groups: Sequence[dict[str, Any]]) -> None:
+        self.groups = len(param_groups)
+        self.params = params = [param for group in param_groups for param in group["params"]]
+        self.small = [p for p in params if p.numel() <= SMALL_NUMEL]
+        self.large = [p for p in params if p.numel() > SMALL_NUMEL]
+        size = sum(p.numel() for p in self.small)
+        self.flat = torch.empty(size, dtype=common_dtype(self.small), device=params[0].device)
+        self.large_before = [torch.empty_like(p) for p in self.large]
+        self._views = FlatViews(self.small)
+
+    def take(self) -> None:
+        if self.small:
+            torch.cat(self._views(), out=self.flat)
+        if self.large:
+            with torch.no_grad():
+                torch._foreach_copy_(self.large_before, self.large)
+
+    @torch.no_grad()
+    def large_updates(self) -> list[Tensor]:
+        """``θ_before − θ_after`` of the large parameters, computed in place of their copies."""
+        if self.large:
+            torch._foreach_sub_(self.large_before, self.large)
+        return self.large_before
+
+
+def structure(groups: Sequence[dict[str, Any]]) -> tuple[tuple[bool, bool, bool], ...]:
+    """``(eps_in_sqrt, centered, bias_correction)`` of each group: the form of its step size."""
+    return tuple(
+        (
+            bool(g.get("eps_in_sqrt", False)),
+            bool(g.get("centered", False)),
+            bool(g.get("bias_correction", False)),
+        )
+        for g in groups
+    )
+
+
+SETTINGS = ("lr", "eps", "alpha")  # the numbers a group's step size depends on, read at every logged step
+
+
+class StepSizeJob(NamedTuple):
+    """The step sizes of one large tensor: an output and the state it is computed from."""
+
+    out: Tensor
+    param: Tensor
+    group: int
+
+
+@torch.no_grad()
+def step_sizes_(
+    out: Tensor,
+    grad_avg: Tensor | None,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    correction: Tensor | None,
+    eps_in_sqrt: bool | Tensor,
+) -> None:
+    """Turns ``out``, holding ``square_avg``, into the step size ``lr / (sqrt(v) + eps)`` in place.
+
+    ``v`` is ``square_avg / correction`` with bias correction (``correction = 1 − alphaᵗ``),
+    minus ``(grad_avg / correction)²`` for centered groups, clamped at 0; with ``eps_in_sqrt``
+    (a bool, or a mask per element) the step size is ``lr / sqrt(v + eps)``. ``lr`` and
+    ``eps`` are numbers or tensors broadcasting against ``out``; nothing goes to the host.
+    """
+    if correction is not None:
+        out.div_(correction)
+    if grad_avg is not None:
+        mean = grad_avg / correction if correction is not None else grad_avg
+        out.addcmul_(mean, mean, value=-1).clamp_min_(0.0)
+    if eps_in_sqrt is True:
+        out.add_(eps).sqrt_()
+    elif eps_in_sqrt is False:
+        out.sqrt_().add_(eps)
+    else:
+        torch.where(eps_in_sqrt, (out + eps).sqrt_(), out.sqrt().add_(eps), out=out)
+    if isinstance(lr, Tensor):
+        torch.div(lr, out, out=out)
+    else:
+        out.reciprocal_().mul_(lr)
+
+
+class OptimizerProbe:
+    """The keys of one optimizer, and the history and maps that turn its logged steps into their values.
+
+    Built from the optimizer's current state; :meth:`matches` tells when it is stale. With
+    ``<s>`` running over the scopes (total, each group when there are several, each
+    selected parameter) the keys are ``<s><quantity>_norm`` quantity by quantity (grad,
+    param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
+    ``<s>update_to_param_ratio``, and over the whole optimizer ``effective_lr_max`` and
+    ``effective_lr_min``. :meth:`capture` adds a step after the optimizer stepped;
+    :meth:`compute` turns the captured steps into one row of values each.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        snapshot: ParameterSnapshot,
+        prefix: str,
+        param_names: dict[int, str],
+        per_parameter: re.Pattern[str] | None,
+        capacity: int,
+    ) -> None:
+        self.optimizer = optimizer
+        self.snapshot = snapshot
+        self.state_count = len(optimizer.state)
+        groups = optimizer.param_groups
+        self.structure = structure(groups)
+        params = self.params = snapshot.params
+        group_of = [index for index, group in enumerate(groups) for _ in group["params"]]
+        names = [param_names.get(id(p), f"param{index}") for index, p in enumerate(params)]
+        scopes: list[tuple[str, set[int]]] = [("", set(range(len(params))))]
+        for index, infix in enumerate(group_scopes(groups)):
+            scopes.append((infix, {i for i, g in enumerate(group_of) if g == index}))
+        if per_parameter is not None:
+            scopes += [(f"param/{name}/", {i}) for i, name in enumerate(names) if per_parameter.search(name)]
+        states = [optimizer.state.get(p, {}) for p in params]
+        keys: list[str] = []
+        for state in states:
+            keys += [
+                key for key, value in state.items() if is_monitored_state(key, value) and key not in keys
+            ]
+
+        def tensor(quantity: str, i: int) -> Tensor:
+            return params[i] if quantity in BASE_QUANTITIES else states[i][quantity]
+
+        def small(quantity: str, i: int) -> bool:
+            return tensor(quantity, i).numel() <= SMALL_NUMEL
+
+        # history rows: small gradients, small parameters and states, parameters before the step, a zero
+        state_columns = [(key, i) for key in keys for i, state in enumerate(states) if key in state]
+        every = [(q, i) for q in ("grad", "param") for i in range(len(params))] + state_columns
+        every += [("update", i) for i in range(len(params))]
+        small_params = [i for i in range(len(params)) if params[i].numel() <= SMALL_NUMEL]
+        rms = [i for i, state in enumerate(states) if is_rmsprop_like(groups[group_of[i]], state)]
+        small_rms = [i for i in rms if small("square_avg", i)]
+        large_rms = [i for i in rms if not small("square_avg", i)]
+        self.step_groups = sorted({group_of[i] for i in rms})
+        # the step count of each bias-corrected group (from its first parameter) rides along in the rows
+        counters = {}
+        for i in rms:
+            if self.structure[group_of[i]][2] and isinstance(states[i].get("step"), Tensor):
+                counters.setdefault(group_of[i], ("step", i))
+        self.copied = [c for c in every if small(*c) and c[0] not in ("grad", "update")]
+        self.copied += list(counters.values())
+        row_columns = (
+            [("grad", i) for i in small_params] + self.copied + [("update", i) for i in small_params]
+        )
+        self.large_columns = [c for c in every if not small(*c)]
+
+        dtype = common_dtype([tensor(*c) for c in every])
+        device = self.device = params[0].device
+        offset, offsets = 0, {}
+        for column in row_columns:
+            offsets[column] = offset
+            offset += tensor(*column).numel()
+        width = self.width = offset
+        steps_width = sum(tensor("square_avg", i).numel() for i in small_rms)
+        row_bytes = (2 * width + steps_width + 2) * torch.finfo(dtype).bits // 8
+        self.capacity = max(1, min(capacity, MAX_HISTORY_BYTES // row_bytes))
+        self.history = torch.zeros(self.capacity, width + 1, dtype=dtype, device=device)
+        self._rows = list(self.history[:, :width].unbind(0))
+        self.work = torch.empty(self.capacity, width + 1 + steps_width, dtype=dtype, device=device)
+        # small parameters are in a row twice: after the step, and before it (turned into updates)
+        self._param_start = offsets[("param", small_params[0])] if small_params else 0
+        self._update_start = offsets[("update", small_params[0])] if small_params else 0
+        self.grad_params = [params[i] for i in small_params]
+        self._grad_flat = torch.empty(sum(p.numel() for p in self.grad_params), dtype=dtype, device=device)
+        self._grad_views = list(self._grad_flat.split([p.numel() for p in self.grad_params]))
+        self._grad_views = [
+            view.view(p.shape) for view, p in zip(self._grad_views, self.grad_params, strict=True)
+        ]
+        self._zero_grads = [torch.zeros_like(p) for p in self.grad_params]
+        self._state = optimizer.state
+        self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
+
+        # the column vector of a row: small norms², a dummy for the zero, small step-size sums, large ones
+        columns = [*row_columns, ("zero", -1), *(("steps", i) for i in small_rms)]
+        columns += [*self.large_columns, *(("steps", i) for i in large_rms)]
+        column_of = {c: k for k, c in enumerate(columns)}
+        ids = [column_of[c] for c in row_columns for _ in range(tensor(*c).numel())] + [
+            column_of[("zero", -1)]
+        ]
+        ids += [column_of[("steps", i)] for i in small_rms for _ in range(tensor("square_avg", i).numel())]
+        self.ids = to_device(torch.tensor(ids, dtype=torch.long), device)
+        self.columns = torch.zeros(self.capacity, len(columns), dtype=dtype, device=device)
+        num_small = self.num_small = len(row_columns) + 1 + len(small_rms)
+        num_large = len(self.large_columns)
+        self._large_norms = list(self.columns[:, num_small : num_small + num_large].unbind(0))
+        self._large_sums = list(self.columns[:, num_small + num_large :].unbind(0))
+        self._plan_step_sizes(small_rms, large_rms, offsets, group_of, tensor, counters)
+
+        # weight rows: norm keys (sums of squares), then step-size means (sums / counts)
+        self.names: list[str] = []
+        rows: list[dict[int, float]] = []
+        for quantity in (*BASE_QUANTITIES, *keys):
+            for infix, members in scopes:
+                row = {column_of[(q, i)]: 1.0 for q, i in every if q == quantity and i in members}
+                if row:
+                    rows.append(row)
+                    self.names.append(f"{prefix}{infix}{quantity}_norm")
+        self.num_norms = len(rows)
+        for infix, members in scopes:
+            chosen = [i for i in rms if i in members]
+            if chosen:
+                count = sum(tensor("square_avg", i).numel() for i in chosen)
+                rows.append({column_of[("steps", i)]: 1.0 / count for i in chosen})
+                self.names.append(f"{prefix}{infix}effective_lr_mean")
+        self.names += [f"{prefix}{infix}update_to_param_ratio" for infix, _ in scopes]
+        if rms:
+            self.names += [f"{prefix}effective_lr_max", f"{prefix}effective_lr_min"]
+        weights = torch.zeros(len(columns), len(rows), dtype=torch.float64)
+        for r, row in enumerate(rows):
+            weights[list(row), r] = torch.tensor(list(row.values()), dtype=torch.float64)
+        self.weights = to_device(weights.to(dtype), device)
+        self.out = torch.empty(self.capacity, len(self.names), dtype=dtype, device=device)
+        self.num_sums, self.num_scopes = len(rows), len(scopes)
+        self.steps: list[int] = []
+        self._settings: list[list[float]] = []
+
+    def _plan_step_sizes(self, small_rms, large_rms, offsets, group_of, tensor, counters) -> None:
+        """Per-element maps for the small step sizes; scratch tensors and per-row extremes for large ones."""
+        position = {g: k for k, g in enumerate(self.step_groups)}
+        v_index, m_index, element_group, in_sqrt = [], [], [], []
+        for i in small_rms:
+            size = tensor("square_avg", i).numel()
+            start = offsets[("square_avg", i)]
+            v_index += range(start, start + size)
+            eps_in_sqrt, is_centered, _ = self.structure[group_of[i]]
+            mean = offsets.get(("grad_avg", i)) if is_centered else None
+            # grad_avg of centered groups; the zero at the end of the row for the others
+            m_index += range(mean, mean + size) if mean is not None else [self.width] * size
+            element_group += [position[group_of[i]]] * size
+            in_sqrt += [eps_in_sqrt] * size
+        device = self.device
+        self.v_index = to_device(torch.tensor(v_index, dtype=torch.long), device)
+        centered = any(index != self.width for index in m_index)
+        self.m_index = to_device(torch.tensor(m_index, dtype=torch.long), device) if centered else None
+        self.element_group = to_device(torch.tensor(element_group, dtype=torch.long), device)
+        self.in_sqrt: bool | Tensor = (
+            all(in_sqrt) if len(set(in_sqrt)) < 2 else to_device(torch.tensor(in_sqrt), device)
+        )
+        # per step group: where its step count sits in a row (the zero when it has no bias correction)
+        self.counter_index = to_device(
+            torch.tensor([offsets[counters[g]] if g in counters else self.width for g in self.step_groups]),
+            device,
+        )
+        self.corrected = (
+            to_device(torch.tensor([g in counters for g in self.step_groups]), device) if counters else None
+        )
+        self.large_jobs = [
+            StepSizeJob(torch.empty_like(tensor("square_avg", i)), self.params[i], group_of[i])
+            for i in large_rms
+        ]
+        self.large_extremes = torch.empty(self.capacity, 2, dtype=self.history.dtype, device=device)
+        self._large_extremes = list(self.large_extremes.unbind(0))
+
+    def matches(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether the probe still describes ``optimizer``: no parameter gained state since it was made.
+
+        A group switching ``centered`` or ``eps_in_sqrt`` is seen by :meth:`same_structure`,
+        which the monitor asks at each flush (it is not worth a check per step).
+        """
+        return len(optimizer.state) == self.state_count
+
+    def same_structure(self) -> bool:
+        return structure(self.optimizer.param_groups) == self.structure
+
+    @property
+    def full(self) -> bool:
+        return len(self.steps) == self.capacity
+
+    def _tensor(self, quantity: str, index: int) -> Tensor:
+        """The current tensor of a column; a missing gradient counts as zero."""
+        param = self.params[index]
+        if quantity == "param":
+            return param
+        if quantity == "grad":
+            return param.grad if param.grad is not None else param.new_zeros(())
+        return self.optimizer.state[param][quantity]
+
+    def capture(self, step: int) -> None:
+        """Keeps the state right after the optimizer step of ``step`` (the snapshot holds the one before)."""
+        row = len(self.steps)
+        if self.grad_params:
+            grads = [p.grad for p in self.grad_params]
+            if any(g is None for g in grads):
+                grads = [zero if g is None else g for g, zero in zip(grads, self._zero_grads, strict=True)]
+            torch._foreach_copy_(self._grad_views, grads)
+        if self.width:
+            if self.optimizer.state is not self._state:  # reloaded: the states are other tensors now
+                self._state = self.optimizer.state
+                self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
+            torch.cat([self._grad_flat, *self._views(), self.snapshot.flat], out=self._rows[row])
+        groups = self.optimizer.param_groups
+        self._settings.append([float(groups[g][key]) for key in SETTINGS for g in self.step_groups])
+        if self.large_columns or self.large_jobs:
+            with torch.no_grad():
+                self._capture_large(row, groups)
+        self.steps.append(step)
+
+    def _capture_large(self, row: int, groups: Sequence[dict[str, Any]]) -> None:
+        """Norms and step-size sums and extremes of the large tensors, reduced at once into ``row``."""
+        if self.large_columns:
+            updates = iter(self.snapshot.large_updates())
+            tensors = [next(updates) if q == "update" else self._tensor(q, i) for q, i in self.large_columns]
+            norms = torch._foreach_norm(tensors, 2, dtype=self.columns.dtype)
+            torch.stack(norms, out=self._large_norms[row]).square_()
+        if self.large_jobs:
+            state = self.optimizer.state
+            for job in self.large_jobs:
+                group, param_state = groups[job.group], state[job.param]
+                eps_in_sqrt, centered, bias_correction = self.structure[job.group]
+                job.out.copy_(param_state["square_avg"])
+                correction = 1 - group["alpha"] ** param_state["step"] if bias_correction else None
+                means = param_state.get("grad_avg") if centered else None
+                step_sizes_(job.out, means, float(group["lr"]), float(group["eps"]), correction, eps_in_sqrt)
+            torch.stack([job.out.sum() for job in self.large_jobs], out=self._large_sums[row])
+            extremes = [torch.aminmax(job.out) for job in self.large_jobs]
+            highest = torch.stack([high for _, high in extremes]).amax()
+            lowest = torch.stack([low for low, _ in extremes]).amin()
+            torch.stack([highest, lowest], out=self._large_extremes[row])
+
+    @torch.no_grad()
+    def compute(self) -> tuple[list[int], Tensor]:
+        """The captured steps and their values, a row each in the order of :attr:`names`; clears them."""
+        rows, steps = len(self.steps), self.steps
+        history, work, columns, out = (
+            self.history[:rows],
+            self.work[:rows],
+            self.columns[:rows],
+            self.out[:rows],
+        )
+        width = self.width
+        if self.snapshot.small:
+            count = self.snapshot.flat.numel()
+            params = history[:, self._param_start : self._param_start + count]
+            updates = history[:, self._update_start : self._update_start + count]
+            torch.sub(params, updates, out=updates)
+        torch.mul(history, history, out=work[:, : width + 1])
+        step_sizes = work[:, width + 1 :]
+        if step_sizes.shape[1]:
+            self._step_sizes(history, step_sizes)
+        columns[:, : self.num_small].zero_().index_add_(1, self.ids, work)
+        torch.matmul(columns, self.weights, out=out[:, : self.num_sums])
+        out[:, : self.num_norms].sqrt_()
+        scopes = self.num_scopes
+        torch.div(
+            out[:, 2 * scopes : 3 * scopes],
+            out[:, scopes : 2 * scopes],
+            out=out[:, self.num_sums : self.num_sums + scopes],
+        )
+        if len(self.names) > self.num_sums + scopes:
+            self._extremes(step_sizes, out[:, -2], out[:, -1])
+        values = out.clone()
+        self.steps, self._settings = [], []
+        return steps, values
+
+    def _step_sizes(self, history: Tensor, out: Tensor) -> None:
+        """The step sizes of each small element of each captured row, into ``out``.
+
+        The settings and ``1 − alphaᵗ`` are worked out in float64 (where the device has it),
+        as optimizers do in Python, then per element in the history's dtype.
+        """
+        precise = torch.float32 if self.device.type == "mps" else torch.float64
+        settings = to_device(torch.tensor(self._settings, dtype=precise), self.device)
+        lr, eps, alpha = settings.split(len(self.step_groups), dim=1)
+        correction = None
+        if self.corrected is not None:
+            steps = history.index_select(1, self.counter_index).to(precise)
+            correction = torch.where(self.corrected, 1 - alpha.pow(steps), 1.0)
+            correction = correction.index_select(1, self.element_group).to(out.dtype)
+        lr = lr.index_select(1, self.element_group).to(out.dtype)
+        eps = eps.index_select(1, self.element_group).to(out.dtype)
+        torch.index_select(history, 1, self.v_index, out=out)
+        means = history.index_select(1, self.m_index) if self.m_index is not None else None
+        step_sizes_(out, means, lr, eps, correction, self.in_sqrt)
+
+    def _extremes(self, step_sizes: Tensor, highest: Tensor, lowest: Tensor) -> None:
+        """The largest and smallest step size of each row, over small and large tensors."""
+        if step_sizes.shape[1]:
+            torch.amax(step_sizes, 1, out=highest)
+            torch.amin(step_sizes, 1, out=lowest)
+            if self.large_jobs:
+                rows = len(highest)
+                torch.maximum(highest, self.large_extremes[:rows, 0], out=highest)
+                torch.minimum(lowest, self.large_extremes[:rows, 1], out=lowest)
+        else:
+            highest.copy_(self.large_extremes[: len(highest), 0])
+            lowest.copy_(self.large_extremes[: len(lowest), 1])

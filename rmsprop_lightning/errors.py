@@ -1,0 +1,119 @@
+"""Errors reported to the user as one line, and the entry points' handling of them.
+
+A bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug: the user needs
+one line saying what happened and what to do, not a traceback. Entry points run the
+job inside :func:`reported_errors`, which prints that line to stderr (and the run's
+log file), exits with the error's code, and removes the folder Hydra created for a
+run that was rejected before any work. ``HYDRA_FULL_ERROR=1`` re-raises instead, so
+the full traceback is still one variable away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+# what Hydra writes into a run folder before the job starts, and the job wrapper's summary
+HYDRA_RUN_FILES = frozenset({".hydra", "metrics.json"})
+
+
+class RunError(Exception):
+    """A run that ended for a reason the user can act on; ``exit_code`` is the process's exit status."""
+
+    exit_code = 1
+
+
+class InputError(RunError):
+    """A bad config value, data file, checkpoint, resume folder or output folder, found before any work."""
+
+    exit_code = 2
+
+
+class DivergedError(RunError):
+    """Training produced a non-finite loss or parameter and stopped at that step."""
+
+    exit_code = 3
+
+
+class InterruptedRun(BaseException):
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: a multirun's job wrapper, which
+    records failed jobs and goes on with the sweep, must let it through so that
+    Ctrl-C stops the whole sweep.
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the first (or only) rank; Lightning's record outlives the rank variables."""
+    return rank_zero_only.rank == 0
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turns :class:`RunError` and :class:`InterruptedRun` into one line on stderr and ``sys.exit``."""
+    try:
+        yield
+    except (RunError, InterruptedRun) as error:
+        if is_rank_zero():
+            if isinstance(error, InputError):
+                discard_rejected_run()
+            else:
+                write_to_log_files(f"{type(error).__name__}: {error}")
+        exit_with(error)
+
+
+def exit_with(error: RunError | InterruptedRun) -> None:
+    """Prints ``error`` in one line (first rank only) and exits with its code; HYDRA_FULL_ERROR=1 raises."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    if is_rank_zero():
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(error.exit_code)
+
+
+def write_to_log_files(message: str) -> None:
+    """Appends ``message`` to the run's log files only (the console gets it once, on stderr)."""
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def discard_rejected_run() -> None:
+    """Removes the folder Hydra created for a single run rejected before any work.
+
+    Only a fresh run's folder holding nothing but Hydra's files, its log and the job
+    summary is removed; a resumed run, a multirun job or any folder with other content
+    is left as it is.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN or hydra_cfg.output_subdir is None:
+        return
+    folder = Path(hydra_cfg.runtime.output_dir)
+    allowed = HYDRA_RUN_FILES | {f"{hydra_cfg.job.name}.log"}
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= allowed:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
+                root.removeHandler(handler)
+                handler.close()
+        shutil.rmtree(folder)

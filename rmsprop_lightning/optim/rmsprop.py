@@ -1,0 +1,156 @@
+"""RMSprop: a superset of ``torch.optim.RMSprop`` that also reproduces TF/Keras, timm, optax and Graves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rmsprop_lightning.optim.compiled import FastStep
+from rmsprop_lightning.optim.functional import Hyper, Scratch, State, advance, init_state, rows, update
+from rmsprop_lightning.optim.validation import validate_options
+
+
+class RMSprop(torch.optim.RMSprop):
+    r"""RMSprop with the variants that papers and other libraries use.
+
+    Per element, with gradient :math:`g` (negated if ``maximize``), learning rate
+    :math:`\gamma`, step :math:`t`::
+
+        g ← g + λθ                                   (weight_decay λ; decoupled: θ ← (1-γλ)θ)
+        v ← αv + (1-α)g²                             (square_avg, starts at initial_square_avg)
+        m ← αm + (1-α)g                              (grad_avg, centered only)
+        v̂, m̂ = v/(1-αᵗ), m/(1-αᵗ)                    (bias_correction; else v, m)
+        s = max(v̂ - m̂², 0) if centered else v̂
+        d = √(s + ε) if eps_in_sqrt else √s + ε
+        no momentum:      θ ← θ - γ g/d
+        momentum μ:       b ← μb + c g/d,  c = γ if lr_in_momentum else 1
+                          θ ← θ - (γ/c)·b                      (plain)
+                          θ ← θ - γ g/d - (γ/c)·μb              (nesterov, optax's form)
+
+    With every keyword-only option at its default the parameters and the state (torch's
+    names ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``) are bit-identical
+    to ``torch.optim.RMSprop``'s, so checkpoints move between the two. The one deliberate
+    difference: the centered variance is clamped at zero, where torch takes the root of a
+    negative number and returns NaN.
+
+    Args:
+        params: parameters or parameter groups.
+        lr, alpha, eps, weight_decay, momentum, centered, maximize, foreach: as in torch
+            (``foreach`` picks the multi-tensor eager path, ``None`` per tensor by size;
+            every path gives the same bits).
+        eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
+        initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
+        lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
+            differs from torch's placement once the learning rate changes.
+        nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
+        bias_correction: divide the running averages by ``1 - alpha**t`` as optax does.
+        decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of
+            adding ``weight_decay * θ`` to the gradient.
+        fast: run each step as one fused kernel (see :mod:`~rmsprop_lightning.optim.compiled`);
+            ``None`` does so only where the compile cost is repaid, ``False`` never.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        *,
+        eps_in_sqrt: bool = False,
+        initial_square_avg: float = 0.0,
+        lr_in_momentum: bool = False,
+        nesterov: bool = False,
+        bias_correction: bool = False,
+        decoupled_weight_decay: bool = False,
+        fast: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": False,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": False,
+            "eps_in_sqrt": eps_in_sqrt,
+            "initial_square_avg": initial_square_avg,
+            "lr_in_momentum": lr_in_momentum,
+            "nesterov": nesterov,
+            "bias_correction": bias_correction,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "fast": fast,
+        }
+        validate_options(defaults)
+        self._scratch = Scratch()
+        self._fast = FastStep()
+        torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group after checking its options (with the defaults it inherits)."""
+        validate_options({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a pickled optimizer or a loaded state dict, also one written by torch's RMSprop."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self.__dict__.setdefault("_scratch", Scratch())
+        self.__dict__.setdefault("_fast", FastStep())
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[State]]:
+        """The group's parameters that have a gradient, their gradients and their (initialised) states."""
+        params, grads, states = [], [], []
+        for param in group["params"]:
+            grad = param.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError("RMSprop does not support sparse gradients")
+            state = self.state[param]
+            init_state(
+                state,
+                param,
+                momentum=group["momentum"],
+                centered=group["centered"],
+                initial_square_avg=group["initial_square_avg"],
+            )
+            params.append(param)
+            grads.append(grad)
+            states.append(state)
+        return params, grads, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Performs one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._gather(group)
+            if not params:
+                continue
+            hyper = Hyper.from_group(group)
+            corrections = advance(states, hyper.alpha, hyper.bias_correction)
+            rows_ = rows(params, grads, states)
+            if group["fast"] is not False:
+                left = self._fast(group["fast"], rows_, corrections, hyper, states[0]["step"])
+                rows_ = [row for row, _ in left]
+                corrections = [correction for _, correction in left]
+            if rows_:
+                update(rows_, corrections, hyper, foreach=group["foreach"], scratch=self._scratch)
+        return loss

@@ -1,0 +1,62 @@
+"""Checks of RMSprop's hyper-parameters, so that a bad value fails at construction, by name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
+
+# name -> (lowest allowed, highest allowed, whether the highest is excluded)
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, math.inf, False),
+    "alpha": (0.0, 1.0, True),
+    "eps": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, False),
+    "momentum": (0.0, 1.0, True),
+    "initial_square_avg": (0.0, math.inf, False),
+}
+_FLAGS = (
+    "centered",
+    "maximize",
+    "eps_in_sqrt",
+    "lr_in_momentum",
+    "nesterov",
+    "bias_correction",
+    "decoupled_weight_decay",
+)
+_OPTIONAL_FLAGS = ("foreach", "fast")
+
+
+def _range_text(low: float, high: float, open_high: bool) -> str:
+    """The allowed interval in words, e.g. ``in [0, 1)`` or ``>= 0 and finite``."""
+    if math.isinf(high):
+        return f">= {low:g} and finite"
+    return f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def validate_options(options: Mapping[str, Any]) -> None:
+    """Raises ``ValueError`` naming the first option in ``options`` that is out of range or mistyped.
+
+    Only the options present are checked, so a parameter group's overrides can be
+    validated on their own; keys this optimizer does not know are left alone.
+    """
+    for name, (low, high, open_high) in _RANGES.items():
+        if name not in options:
+            continue
+        value = options[name]
+        allowed = _range_text(low, high, open_high)
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
+        value = float(value)
+        above = value >= high if open_high else value > high
+        if not math.isfinite(value) or value < low or above:
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    for name in _FLAGS:
+        if name in options and not isinstance(options[name], bool):
+            raise ValueError(f"{name} must be True or False, got {options[name]!r}")
+    for name in _OPTIONAL_FLAGS:
+        if name in options and options[name] is not None and not isinstance(options[name], bool):
+            raise ValueError(f"{name} must be True, False or None, got {options[name]!r}")
+    if options.get("nesterov") and not options.get("momentum", 0.0) > 0.0:
+        raise ValueError("nesterov must be False when momentum is 0 (Nesterov momentum needs momentum > 0)")

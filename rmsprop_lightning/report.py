@@ -1,0 +1,267 @@
+"""``rmsprop-report SWEEP_DIR``: one table row per configuration (over seeds), plots, timings.
+
+Writes ``report.md`` and ``report.csv`` (and, with the ``plots`` extra, ``loss_curves.png``,
+``optimizer_state.png`` and, for a two-parameter grid, ``heatmap.png``) into the sweep
+folder, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmsprop_lightning.extras import install_hint, is_installed
+from rmsprop_lightning.sweep_results import Configuration, Sweep, load_sweep, mean_std, sweep_timing
+
+THRESHOLD_TAG = "val/loss"
+# losses on different data sets are on different scales: each data set gets its own threshold
+SCALE_KEY = "data"
+
+
+@dataclass
+class Row:
+    """The aggregated results of one configuration."""
+
+    configuration: Configuration
+    cells: dict[str, Any]
+
+
+def default_threshold(configurations: Sequence[Configuration], tag: str = THRESHOLD_TAG) -> float:
+    """The median over configurations of their mean best ``tag``: about half the configurations reach it."""
+    means = [mean_std(c.values("best", tag))[0] for c in configurations]
+    finite = [value for value in means if math.isfinite(value)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def scale_of(configuration: Configuration) -> str:
+    """The data set a configuration trains on, when the sweep varies it (``""`` otherwise)."""
+    return configuration.setting.get(SCALE_KEY, "")
+
+
+def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> dict[str, float]:
+    """``{data set: threshold}``: ``fixed`` for all, or each data set's :func:`default_threshold`."""
+    groups: dict[str, list[Configuration]] = {}
+    for configuration in configurations:
+        groups.setdefault(scale_of(configuration), []).append(configuration)
+    return {
+        scale: default_threshold(members) if fixed is None else fixed for scale, members in groups.items()
+    }
+
+
+def build_rows(
+    configurations: Sequence[Configuration], limits: dict[str, float], tag: str = THRESHOLD_TAG
+) -> list[Row]:
+    """One row per configuration, by data set, then by mean best ``val/loss`` (missing ones last)."""
+    rows = []
+    for configuration in configurations:
+        completed = configuration.with_status("completed")
+        limit = limits[scale_of(configuration)]
+        reached = [steps for job in completed if (steps := job.steps_to(tag, limit)) is not None]
+        cells: dict[str, Any] = {
+            "n": len(configuration.jobs),
+            "completed": len(completed),
+            "failed": len(configuration.with_status("failed")),
+            "diverged": len(configuration.with_status("diverged")),
+            "best_val_loss": mean_std(configuration.values("best", "val/loss")),
+            "final_val_loss": mean_std(configuration.values("final", "val/loss")),
+            "test_loss": mean_std(configuration.values("final", "test/loss")),
+            "steps_to_threshold": mean_std(reached),
+            "reached": len(reached),
+            "wall_seconds": mean_std([job.summary.get("wall_seconds") or math.nan for job in completed]),
+            "fit_seconds": mean_std([job.summary.get("fit_seconds") or math.nan for job in completed]),
+        }
+        rows.append(Row(configuration, cells))
+    return sorted(
+        rows, key=lambda row: (scale_of(row.configuration), _sort_key(row.cells["best_val_loss"][0]))
+    )
+
+
+def _sort_key(value: float) -> tuple[bool, float]:
+    return (not math.isfinite(value), value if math.isfinite(value) else 0.0)
+
+
+def _pm(pair: tuple[float, float], spec: str = ".4g", std_spec: str = ".2g") -> str:
+    """``mean ± std`` (just the mean for a single run; ``—`` for none)."""
+    mean, std = pair
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:{spec}}" if math.isnan(std) else f"{mean:{spec}} ± {std:{std_spec}}"
+
+
+MARKDOWN_COLUMNS = (
+    "configuration",
+    "n",
+    "best val/loss",
+    "final val/loss",
+    "test/loss",
+    "steps to threshold",
+    "wall s",
+    "failed",
+    "diverged",
+)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a GitHub Markdown table."""
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    for row in rows:
+        cells = row.cells
+        steps = _pm(cells["steps_to_threshold"], ".0f", ".0f")
+        wall_mean = cells["wall_seconds"][0]
+        values = [
+            row.configuration.label,
+            str(cells["n"]),
+            _pm(cells["best_val_loss"]),
+            _pm(cells["final_val_loss"]),
+            _pm(cells["test_loss"]),
+            f"{steps} ({cells['reached']}/{cells['completed']})",
+            f"{wall_mean:.2f}" if math.isfinite(wall_mean) else "—",
+            str(cells["failed"]),
+            str(cells["diverged"]),
+        ]
+        lines.append("| " + " | ".join(value.replace("|", "\\|") for value in values) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
+    """One line per configuration: the varying keys, counts, then mean and std of each measure."""
+    measures = (
+        "best_val_loss",
+        "final_val_loss",
+        "test_loss",
+        "steps_to_threshold",
+        "wall_seconds",
+        "fit_seconds",
+    )
+    header = ["configuration", *keys, "n", "completed", "failed", "diverged", "reached_threshold"]
+    header += [f"{measure}_{stat}" for measure in measures for stat in ("mean", "std")]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            cells = row.cells
+            line = [row.configuration.label, *(row.configuration.setting.get(key, "") for key in keys)]
+            line += [cells["n"], cells["completed"], cells["failed"], cells["diverged"], cells["reached"]]
+            line += [f"{value:.6g}" for measure in measures for value in cells[measure]]
+            writer.writerow(line)
+
+
+def timing_lines(timing: dict[str, float]) -> list[str]:
+    """The multirun's cost against the sum of its jobs' fit times, as report lines."""
+    lines = [
+        f"- jobs: {int(timing['jobs'])}; sum of fit times: {timing['fit_seconds']:.2f} s; "
+        f"sum of job wall times: {timing['job_wall_seconds']:.2f} s"
+    ]
+    if "multirun_seconds" in timing:
+        lines.append(
+            f"- multirun wall time from process start: {timing['multirun_seconds']:.2f} s "
+            f"(start-up before the first job: {timing['startup_seconds']:.2f} s)"
+        )
+    if "ratio" in timing:
+        lines.append(f"- multirun cost / sum of fit times: {timing['ratio']:.3f}×")
+    return lines
+
+
+def failure_lines(sweep: Sweep) -> list[str]:
+    """One line per failed, diverged or unfinished job, with its error."""
+    lines = []
+    for job in sweep.jobs:
+        if job.status != "completed":
+            error = job.summary.get("error") or ("never finished" if job.status == "running" else "")
+            lines.append(f"- `{job.folder.name}`: **{job.status}** {error}".rstrip())
+    return lines
+
+
+def optuna_lines(optuna: dict[str, Any] | None) -> list[str]:
+    """The Optuna sweeper's best parameters and value."""
+    if not optuna or "best_params" not in optuna:
+        return []
+    lines = [f"- best value: {optuna['best_value']:.6g}"]
+    lines += [f"- `{name}={value}`" for name, value in optuna["best_params"].items()]
+    return lines
+
+
+def build_report(
+    sweep: Sweep, over: Sequence[str], threshold: float | None, plots: Sequence[str]
+) -> tuple[str, list[Row], list[str]]:
+    """The Markdown report, its rows and the varying keys."""
+    configurations = sweep.configurations(over)
+    limits = thresholds(configurations, threshold)
+    rows = build_rows(configurations, limits)
+    keys = sweep.varying_keys(over)
+    folders = ", ".join(f"`{folder.name}`" for folder in sweep.folders)
+    limit_text = ", ".join(
+        f"{limit:.4g}" + (f" ({SCALE_KEY}={scale})" if scale else "") for scale, limit in limits.items()
+    )
+    sections = [
+        f"# Sweep report: {folders}",
+        "",
+        f"{len(sweep.jobs)} jobs in {len(configurations)} configurations, aggregated over "
+        f"{', '.join(over) or 'nothing'}; mean ± std over completed runs. Steps to threshold: first "
+        f"validation step with {THRESHOLD_TAG} ≤ {limit_text} (runs that reached it / completed runs).",
+        "",
+        markdown_table(rows),
+    ]
+    for title, lines in (
+        ("Best parameters (Optuna)", optuna_lines(sweep.optuna)),
+        ("Failed, diverged or unfinished runs", failure_lines(sweep)),
+        ("Timing", timing_lines(sweep_timing(sweep))),
+        ("Plots", [f"![{Path(name).stem}]({name})" for name in plots]),
+    ):
+        if lines:
+            sections += ["", f"## {title}", "", *lines]
+    return "\n".join(sections) + "\n", rows, keys
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rmsprop-report`` and ``python -m rmsprop_lightning.report``."""
+    parser = argparse.ArgumentParser(prog="rmsprop-report", description=__doc__)
+    parser.add_argument(
+        "sweep_dirs", nargs="+", type=Path, help="multirun folder(s), e.g. logs/train/multiruns/…"
+    )
+    parser.add_argument(
+        "--over", nargs="*", default=["seed"], help="override keys aggregated over (default: seed)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help=f"{THRESHOLD_TAG} threshold for steps-to-threshold"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="output folder (default: the first sweep folder)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep_dirs)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    output = args.output or args.sweep_dirs[0]
+    output.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    if args.no_plots:
+        pass
+    elif is_installed("matplotlib"):
+        from rmsprop_lightning.report_plots import write_plots
+
+        plots = write_plots(sweep, args.over, output)
+    else:
+        print(f"Plots skipped: they need matplotlib: {install_hint('plots')}", file=sys.stderr)
+    text, rows, keys = build_report(sweep, args.over, args.threshold, plots)
+    (output / "report.md").write_text(text)
+    write_csv(rows, keys, output / "report.csv")
+    print(text)
+    print(
+        f"Written: {output / 'report.md'}, {output / 'report.csv'}"
+        + "".join(f", {output / p}" for p in plots)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

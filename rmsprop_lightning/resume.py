@@ -1,0 +1,169 @@
+"""``resume=<run dir>``: continue a run in its own folder, from its last checkpoint, with its own config.
+
+The entry point rewrites the command line before Hydra starts (:func:`resume_arguments`):
+the run's saved ``.hydra/config.yaml`` becomes the primary config, its folder the output
+folder (Hydra leaves its ``.hydra`` records alone) and its ``last.ckpt`` the checkpoint.
+Overrides that would change the experiment are refused; those in :data:`SAFE_KEYS` (how
+long to train, how often to save, what to show) are allowed, and :func:`record_resume`
+writes them into the saved config so that the next resume keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rmsprop_lightning.atomic import replace_atomically
+from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
+from rmsprop_lightning.distributed import _quote
+from rmsprop_lightning.errors import InputError, is_rank_zero
+from rmsprop_lightning.validation import check_steps_left, load_checkpoint
+
+RESUME_KEY = "resume"
+CHECKPOINT_FOLDER = "checkpoints"
+HYDRA_FOLDER = ".hydra"
+# overrides that leave the experiment as it is: when to stop, how often to save, what to show
+SAFE_KEYS = (
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "callbacks.progress_bar.refresh_rate",
+    "callbacks.last_checkpoint.every_n_train_steps",
+    "on_nonfinite",
+    "test",
+    "hydra.verbose",
+)
+# command-line options that pick another config, which a resume replaces with the run's own
+CONFIG_OPTIONS = ("config_path", "config_name", "config_dir", "multirun")
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run keeps the checkpoint a resume starts from."""
+    return Path(run_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
+
+
+def find_resume(overrides: Sequence[str]) -> int | None:
+    """The position of a user's ``resume=...`` (or ``+resume=...``) among the overrides, if any.
+
+    The ``++resume=`` that :func:`resume_arguments` writes is not one: DDP ranks re-run
+    the rewritten command line, which must not be rewritten again.
+    """
+    for index, argument in enumerate(overrides):
+        if argument.startswith((f"{RESUME_KEY}=", f"+{RESUME_KEY}=")):
+            return index
+    return None
+
+
+def resume_arguments(arguments: Sequence[str]) -> list[str]:
+    """The command line with ``resume=<run dir>`` turned into the run's own config, folder and checkpoint.
+
+    Raises :class:`~rmsprop_lightning.errors.InputError` when the folder is not a run or
+    an override would change the experiment. Without ``resume=`` the arguments are returned as they are.
+    """
+    parsed = get_args_parser().parse_args(list(arguments))
+    position = find_resume(parsed.overrides)
+    if position is None:
+        return list(arguments)
+    run_dir = Path(parsed.overrides[position].split("=", 1)[1]).expanduser().absolute()
+    saved_config = run_dir / HYDRA_FOLDER / "config.yaml"
+    if not saved_config.is_file():
+        raise InputError(
+            f"resume={run_dir} is not a run folder (it has no {HYDRA_FOLDER}/config.yaml); "
+            "allowed: a folder under logs/<task>/runs/ or a multirun job folder"
+        )
+    for option in CONFIG_OPTIONS:
+        if getattr(parsed, option):
+            flag = "--" + option.replace("_", "-")
+            raise InputError(
+                f"resume= continues one run with its own config; it cannot be combined with {flag}"
+            )
+    saved = OmegaConf.load(saved_config)
+    overrides = [argument for index, argument in enumerate(parsed.overrides) if index != position]
+    parsed_overrides = OverridesParser.create().parse_overrides(overrides)
+    for override in parsed_overrides:
+        check_override(override, saved)
+    flags = [argument for argument in arguments if argument not in parsed.overrides]
+    rewritten = [
+        f"--config-dir={run_dir / HYDRA_FOLDER}",
+        "--config-name=config",
+        *flags,
+        *overrides,
+        f"++{RESUME_KEY}={_quote(str(run_dir))}",
+        f"hydra.run.dir={_quote(str(run_dir))}",
+        "hydra.output_subdir=null",
+    ]
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint.is_file():
+        max_steps = next(
+            (o.value() for o in parsed_overrides if o.key_or_group == "trainer.max_steps"),
+            OmegaConf.select(saved, "trainer.max_steps", default=-1),
+        )
+        state = load_checkpoint(checkpoint)
+        if isinstance(max_steps, int):  # anything else is reported by the config check
+            check_steps_left(state, max_steps, f"resume={run_dir}: its {checkpoint.name}")
+        rewritten.append(f"++ckpt_path={_quote(str(checkpoint))}")
+    else:
+        print(
+            f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
+        )
+    return rewritten
+
+
+def check_override(override: Override, saved: DictConfig) -> None:
+    """Refuses an override that would make the resumed run a different experiment."""
+    key = override.key_or_group
+    if key in SAFE_KEYS and override.type == OverrideType.CHANGE:
+        return
+    if override.type == OverrideType.CHANGE and not override.is_sweep_override():
+        current = OmegaConf.select(saved, key, default=None, throw_on_resolution_failure=False)
+        if (
+            current is not None
+            and not isinstance(current, DictConfig | ListConfig)
+            and current == override.value()
+        ):
+            return
+    raise InputError(
+        f"resume: {override.input_line} would change the experiment; allowed when resuming: "
+        f"{', '.join(SAFE_KEYS)} (to branch off, start a new run with ckpt_path=<run>/{CHECKPOINT_FOLDER}/"
+        f"{LAST_CHECKPOINT})"
+    )
+
+
+def record_resume(cfg: DictConfig) -> None:
+    """Writes the safe keys a resume changed into the run's saved config and overrides (first rank only)."""
+    if not is_rank_zero():
+        return
+    hydra_dir = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER
+    saved = OmegaConf.load(hydra_dir / "config.yaml")
+    changed: dict[str, Any] = {}
+    for key in SAFE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if OmegaConf.select(saved, key, default=None, throw_on_resolution_failure=False) != value:
+            changed[key] = value
+    if not changed:
+        return
+    for key, value in changed.items():
+        OmegaConf.update(saved, key, value, force_add=True)
+    replace_atomically(hydra_dir / "config.yaml", lambda file: file.write(OmegaConf.to_yaml(saved).encode()))
+    overrides_file = hydra_dir / "overrides.yaml"
+    previous = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    kept = [line for line in previous if line.split("=", 1)[0].lstrip("+~") not in changed]
+    lines = kept + [f"{key}={_override_value(value)}" for key, value in changed.items()]
+    replace_atomically(overrides_file, lambda file: file.write(OmegaConf.to_yaml(lines).encode()))
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as Hydra's override grammar reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return _quote(value) if isinstance(value, str) else str(value)

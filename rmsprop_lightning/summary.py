@@ -1,0 +1,79 @@
+"""``metrics.json``: the small machine-readable summary each job leaves in its folder.
+
+Several writers add to it (the job wrapper, the divergence check), so every write
+merges new fields into what is there and replaces the file atomically: a reader never
+sees a half-written file, and a crash mid-write leaves the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rmsprop_lightning.atomic import replace_atomically
+
+SUMMARY_FILE = "metrics.json"
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+# set by what stopped the run (the divergence check, the signal handler); the job wrapper's
+# later, generic end status ("completed" or "failed") keeps them
+STOP_STATUSES = ("diverged", "interrupted")
+END_STATUSES = ("completed", "failed")
+
+
+def summary_path(output_dir: str | Path) -> Path:
+    """Where the summary of the job writing to ``output_dir`` lives."""
+    return Path(output_dir) / SUMMARY_FILE
+
+
+def read_summary(output_dir: str | Path) -> dict[str, Any]:
+    """The job's summary, or ``{}`` when it has none yet."""
+    path = summary_path(output_dir)
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def write_summary(output_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merges ``fields`` into the job's ``metrics.json`` and returns the whole summary.
+
+    Top-level keys replace what was there, except mappings, which are updated key by
+    key (so two writers can each add entries to ``final`` or ``best``). An end
+    status (``completed``, ``failed``) does not replace one in :data:`STOP_STATUSES`,
+    which says more. Non-finite floats are stored as the strings ``"nan"``/``"inf"``
+    so the file stays strict JSON (:func:`as_float` reads them back).
+    """
+    status = fields.get("status")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status={status!r} is unknown; allowed: {', '.join(STATUSES)}")
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = read_summary(directory)
+    if status in END_STATUSES and summary.get("status") in STOP_STATUSES:
+        fields = {**fields, "status": summary["status"]}
+    for key, value in fields.items():
+        if isinstance(value, Mapping) and isinstance(summary.get(key), dict):
+            summary[key] = {**summary[key], **value}
+        else:
+            summary[key] = value
+    text = json.dumps(_jsonable(summary), indent=2, sort_keys=True) + "\n"
+    replace_atomically(summary_path(directory), lambda file: file.write(text.encode()))
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as strings and tuples as lists, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def as_float(value: Any) -> float:
+    """A summary number back as a float (``"nan"``/``"inf"`` strings included; ``None`` is NaN)."""
+    return math.nan if value is None else float(value)

@@ -1,0 +1,82 @@
+"""A Hydra callback that records a multirun in ``<sweep dir>/sweep.json`` for the report.
+
+It notes when the process and the multirun started and ended (so the report can set
+the multirun's cost against its jobs' fit times), creates the folder of a SQLite
+Optuna storage before the sweeper opens it, and ends with a one-line tally of the
+jobs' statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rmsprop_lightning.summary import read_summary
+
+SWEEP_FILE = "sweep.json"
+SQLITE_PREFIX = "sqlite:///"
+
+log = logging.getLogger(__name__)
+
+
+def process_started_at() -> float | None:
+    """This process's start as Unix time, from ``/proc`` (Linux); ``None`` where that is unavailable."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(after_name[19])  # field 22 of stat(5); fields after the name start at 3
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def sqlite_folder(storage: Any) -> Path | None:
+    """The folder of a ``sqlite:///path`` storage URL, or ``None`` for any other storage."""
+    if not isinstance(storage, str) or not storage.startswith(SQLITE_PREFIX):
+        return None
+    return Path(storage[len(SQLITE_PREFIX) :]).parent
+
+
+def job_folders(sweep_dir: str | Path) -> list[Path]:
+    """The folders below ``sweep_dir`` holding a job summary, in job order."""
+    folders = [path.parent for path in Path(sweep_dir).glob("*/metrics.json")]
+    return sorted(folders, key=lambda folder: (read_summary(folder).get("job_num") or 0, folder.name))
+
+
+class SweepRecord(Callback):
+    """Writes ``sweep.json`` at the start and end of every multirun."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        folder = sqlite_folder(config.hydra.sweeper.get("storage"))
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        params = config.hydra.sweeper.get("params")
+        record = {
+            "process_started_at": process_started_at(),
+            "started_at": time.time(),
+            "overrides": list(config.hydra.overrides.task),
+            "launcher": config.hydra.launcher.get("_target_"),
+            "sweeper": config.hydra.sweeper.get("_target_"),
+            "sweeper_params": OmegaConf.to_container(params, resolve=True) if params else {},
+        }
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        path = sweep_dir / SWEEP_FILE
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        statuses = Counter(read_summary(folder).get("status", "unknown") for folder in job_folders(sweep_dir))
+        record.update(finished_at=time.time(), statuses=dict(statuses))
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        tally = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "no jobs"
+        log.info("Multirun finished: %s. Report: rmsprop-report %s", tally, sweep_dir)

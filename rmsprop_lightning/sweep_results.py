@@ -1,0 +1,178 @@
+"""A sweep folder as data: its jobs (summary + TensorBoard scalars) grouped into configurations.
+
+A configuration is a set of jobs whose overrides agree on every key except those
+aggregated over (the seed, by default); only keys that vary across the sweep name it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmsprop_lightning.events import Series, read_scalars
+from rmsprop_lightning.summary import as_float, read_summary
+from rmsprop_lightning.sweep_record import SWEEP_FILE, job_folders
+
+OPTUNA_RESULTS = "optimization_results.yaml"
+
+
+@dataclass
+class Job:
+    """One job of a sweep: its folder, ``metrics.json`` and TensorBoard scalars."""
+
+    folder: Path
+    summary: dict[str, Any]
+    scalars: dict[str, Series]
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """The job's task overrides as ``{key: value}``."""
+        return parse_overrides(self.summary.get("overrides", []))
+
+    @property
+    def status(self) -> str:
+        """``completed``, ``failed``, ``diverged`` or ``running`` (a job that never finished)."""
+        status = self.summary.get("status", "running")
+        if status == "completed" and not math.isfinite(self.final("val/loss")):
+            return "diverged" if "val/loss" in self.summary.get("final", {}) else status
+        return status
+
+    def final(self, tag: str) -> float:
+        return as_float(self.summary.get("final", {}).get(tag))
+
+    def best(self, tag: str) -> float:
+        return as_float(self.summary.get("best", {}).get(tag))
+
+    def steps_to(self, tag: str, threshold: float) -> int | None:
+        """The first logged step at which ``tag`` is at or below ``threshold``."""
+        return next((step for step, value in self.scalars.get(tag, []) if value <= threshold), None)
+
+
+@dataclass
+class Configuration:
+    """The jobs sharing one setting of the varying keys."""
+
+    setting: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``key=value, ...`` of the setting, long numbers (Optuna's draws) to 4 significant digits."""
+        return ", ".join(f"{key}={short_number(value)}" for key, value in self.setting.items()) or "all jobs"
+
+    def with_status(self, status: str) -> list[Job]:
+        return [job for job in self.jobs if job.status == status]
+
+    def values(self, read: str, tag: str) -> list[float]:
+        """Finite ``best``/``final`` values of ``tag`` over the completed jobs."""
+        values = [getattr(job, read)(tag) for job in self.with_status("completed")]
+        return [value for value in values if math.isfinite(value)]
+
+
+@dataclass
+class Sweep:
+    """The jobs of one or more sweep folders and what Hydra recorded about the sweeps."""
+
+    folders: list[Path]
+    jobs: list[Job]
+    records: list[dict[str, Any]]
+    optuna: dict[str, Any] | None
+
+    def varying_keys(self, over: Sequence[str]) -> list[str]:
+        """Override keys that take more than one value across the jobs, except ``over``."""
+        keys: dict[str, set[str]] = {}
+        for job in self.jobs:
+            for key, value in job.overrides.items():
+                keys.setdefault(key, set()).add(value)
+        missing = {key for key in keys if any(key not in job.overrides for job in self.jobs)}
+        return [
+            key for key, values in keys.items() if key not in over and (len(values) > 1 or key in missing)
+        ]
+
+    def configurations(self, over: Sequence[str] = ("seed",)) -> list[Configuration]:
+        """Jobs grouped by the varying keys (in first-seen order of settings)."""
+        keys = self.varying_keys(over)
+        groups: dict[tuple[str, ...], Configuration] = {}
+        for job in self.jobs:
+            setting = {key: job.overrides.get(key, "-") for key in keys}
+            groups.setdefault(tuple(setting.values()), Configuration(setting)).jobs.append(job)
+        return list(groups.values())
+
+
+def short_number(value: str, width: int = 8) -> str:
+    """``value`` as is, or to 4 significant digits when it is a number longer than ``width`` characters."""
+    if len(value) <= width:
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "+b=x"]`` → ``{"a": "1", "b": "x"}`` (Hydra's ``+``/``~``/``++`` prefixes dropped)."""
+    parsed = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def load_sweep(folders: Sequence[str | Path]) -> Sweep:
+    """Reads every job below the sweep ``folders`` (``metrics.json`` and event files)."""
+    paths = [Path(folder) for folder in folders]
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"sweep folder not found: {path}")
+    jobs = [
+        Job(folder, read_summary(folder), read_scalars(folder))
+        for path in paths
+        for folder in job_folders(path)
+    ]
+    if not jobs:
+        raise ValueError(f"no job with a metrics.json below {', '.join(map(str, paths))}")
+    records = [json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()]
+    return Sweep(paths, jobs, records, _optuna_results(paths))
+
+
+def _optuna_results(paths: Sequence[Path]) -> dict[str, Any] | None:
+    """The Optuna sweeper's ``optimization_results.yaml`` of the last folder that has one."""
+    from omegaconf import OmegaConf
+
+    found = [path / OPTUNA_RESULTS for path in paths if (path / OPTUNA_RESULTS).is_file()]
+    return OmegaConf.to_container(OmegaConf.load(found[-1])) if found else None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (std NaN for a single value; both NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def sweep_timing(sweep: Sweep) -> dict[str, float]:
+    """The multirun's cost against its jobs' fit times.
+
+    ``multirun_seconds`` runs from the process start (imports included) to the end of
+    the last job; ``startup_seconds`` is the part before the first job could start.
+    """
+    fit = sum(
+        as_float(job.summary.get("fit_seconds")) for job in sweep.jobs if job.summary.get("fit_seconds")
+    )
+    wall = sum(
+        as_float(job.summary.get("wall_seconds")) for job in sweep.jobs if job.summary.get("wall_seconds")
+    )
+    timing = {"fit_seconds": fit, "job_wall_seconds": wall, "jobs": float(len(sweep.jobs))}
+    complete = [r for r in sweep.records if r.get("finished_at") and r.get("started_at")]
+    if complete:
+        starts = [r.get("process_started_at") or r["started_at"] for r in complete]
+        timing["multirun_seconds"] = sum(r["finished_at"] - s for r, s in zip(complete, starts, strict=True))
+        timing["startup_seconds"] = sum(r["started_at"] - s for r, s in zip(complete, starts, strict=True))
+        if fit > 0:
+            timing["ratio"] = timing["multirun_seconds"] / fit
+    return timing

@@ -1,0 +1,251 @@
+"""Bad input → one clear line, a non-zero exit, no traceback, and no other run touched.
+
+Every case of the corpus runs ``train.py``'s ``__main__`` in this process (the same code
+path as the command line, without paying the ~4 s start-up of a new interpreter per
+case); a subset also runs as real subprocesses. Next to the cases lives a real earlier
+run whose folder must come out of every case byte for byte as it went in.
+"""
+
+from __future__ import annotations
+
+import fractions
+import hashlib
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from rmsprop_lightning.errors import InputError
+from tests.conftest import TRAIN, run_dirs, run_train
+
+EARLIER_RUN = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.last_checkpoint.every_n_train_steps=10",
+)
+
+# (case id, command-line arguments, words the message must contain); {files} and {earlier} are filled in
+CASES = [
+    # optimizer hyper-parameters, keys and options
+    ("negative lr", ["optimizer.lr=-0.1"], ["optimizer.lr", "-0.1", ">= 0"]),
+    ("negative eps", ["optimizer.eps=-1e-8"], ["optimizer.eps", ">= 0"]),
+    ("alpha of 1", ["optimizer.alpha=1.0"], ["optimizer.alpha", "[0, 1)"]),
+    ("negative alpha", ["optimizer.alpha=-0.5"], ["optimizer.alpha", "[0, 1)"]),
+    ("negative momentum", ["optimizer.momentum=-0.9"], ["optimizer.momentum", "[0, 1)"]),
+    ("negative weight decay", ["optimizer.weight_decay=-1"], ["optimizer.weight_decay", ">= 0"]),
+    ("lr not a number", ["optimizer.lr=abc"], ["optimizer.lr", "'abc'", "real number"]),
+    ("centered not a flag", ["optimizer.centered=maybe"], ["optimizer.centered", "'maybe'", "true or false"]),
+    ("unknown optimizer key", ["optimizer.lrr=0.1"], ["optimizer.lrr", "did you mean optimizer.lr", "alpha"]),
+    (
+        "added unknown key",
+        ["+optimizer.betas=[0.9,0.99]"],
+        ["optimizer.betas", "not an option", "eps_in_sqrt"],
+    ),
+    ("nesterov without momentum", ["optimizer.nesterov=true"], ["optimizer.nesterov", "momentum > 0"]),
+    (
+        "option of another optimizer",
+        ["optimizer=rmsprop_keras", "optimizer._target_=torch.optim.RMSprop"],
+        ["not an option of torch.optim.RMSprop", "allowed", "centered"],
+    ),
+    ("unknown optimizer preset", ["optimizer=adamx"], ["optimizer/adamx", "rmsprop_centered"]),
+    ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
+    ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1)", "parsing"]),
+    # data
+    ("missing csv", ["data=csv", "data.source.path={files}/missing.csv"], ["missing.csv", "no such file"]),
+    ("empty csv", ["data=csv", "data.source.path={files}/empty.csv"], ["empty.csv", "empty"]),
+    (
+        "text in a cell",
+        ["data=csv", "data.source.path={files}/text.csv"],
+        ["line 3", "'b'", "'oops'", "number"],
+    ),
+    (
+        "missing target column",
+        ["data=csv", "data.source.path={files}/good.csv", "data.source.target=price"],
+        ["'price'", "columns found", "a, b, target"],
+    ),
+    ("nan in csv", ["data=csv", "data.source.path={files}/nan.csv"], ["nan", "row 1", "column 1"]),
+    ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
+    ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
+    ("empty npy", ["data=npy", "data.source.path={files}/empty.npy"], ["empty.npy"]),
+    ("features vs in_features", ["model.in_features=12"], ["model.in_features=12", "10 feature columns"]),
+    ("val fraction above 1", ["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
+    ("zero batch size", ["data.batch_size=0"], ["data.batch_size", "positive integer"]),
+    ("negative batch size", ["data.batch_size=-4"], ["data.batch_size", "positive integer"]),
+    # model
+    ("zero width", ["model.hidden=0"], ["model.hidden", "positive"]),
+    ("negative width in list", ["model.hidden=[64,-1]"], ["model.hidden", "positive"]),
+    ("unknown activation", ["model.activation=relu6"], ["model.activation", "'relu6'", "tanh"]),
+    ("dropout of 1.5", ["model.dropout=1.5"], ["model.dropout", "[0, 1)"]),
+    # trainer
+    ("zero steps", ["trainer.max_steps=0"], ["trainer.max_steps=0", "integer ≥ 1 or -1"]),
+    ("steps not a number", ["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
+    ("train forever", ["trainer.max_steps=-1", "trainer.max_epochs=-1"], ["forever", "trainer.max_steps"]),
+    ("negative epochs", ["trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "integer ≥ 1"]),
+    (
+        "min above max",
+        ["+trainer.min_steps=50", "trainer.max_steps=10"],
+        ["trainer.min_steps=50", "max_steps=10"],
+    ),
+    (
+        "val interval above 1",
+        ["trainer.val_check_interval=1.5"],
+        ["trainer.val_check_interval=1.5", "(0, 1]"],
+    ),
+    ("no accumulation", ["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0"]),
+    ("unknown precision", ["trainer.precision=33"], ["precision", "33", "bf16-mixed"]),
+    ("unknown accelerator", ["trainer.accelerator=gpx"], ["accelerator='gpx'", "cpu"]),
+    (
+        "checkpoint every 0 steps",
+        ["callbacks.last_checkpoint.every_n_train_steps=0"],
+        ["every_n_train_steps=0"],
+    ),
+    # other top-level keys
+    ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),
+    ("unknown nonfinite mode", ["on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop or skip"]),
+    ("unknown loss", ["module.loss=mae"], ["loss='mae'", "huber"]),
+    ("lr monitor without logger", ["logger=none"], ["learning_rate_monitor", "needs a logger"]),
+    # checkpoints
+    ("missing checkpoint", ["ckpt_path={files}/missing.ckpt"], ["missing.ckpt", "no such file"]),
+    (
+        "truncated checkpoint",
+        ["ckpt_path={files}/truncated.ckpt"],
+        ["truncated.ckpt", "truncated or corrupt"],
+    ),
+    ("garbage checkpoint", ["ckpt_path={files}/garbage.ckpt"], ["garbage.ckpt", "truncated or corrupt"]),
+    ("pickled checkpoint", ["ckpt_path={files}/pickled.ckpt"], ["pickled.ckpt", "weights-only"]),
+    (
+        "checkpoint of another shape",
+        ["ckpt_path={earlier}/checkpoints/last.ckpt", "model.hidden=7", "trainer.max_steps=60"],
+        ["different model", "model.0.weight", "[5, 10]", "[7, 10]"],
+    ),
+    (
+        "checkpoint already at max_steps",
+        ["ckpt_path={earlier}/checkpoints/last.ckpt", "trainer.max_steps=30"],
+        ["step 30", "nothing left to train", "trainer.max_steps > 30"],
+    ),
+    # resume
+    ("resume a non-run folder", ["resume={files}"], ["not a run folder", ".hydra/config.yaml"]),
+    ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
+    ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
+    ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
+    ("resume as a multirun", ["-m", "resume={earlier}"], ["--multirun"]),
+    # output
+    (
+        "log dir under a file",
+        ["paths.log_dir={files}/good.csv/logs"],
+        ["good.csv is a file", "cannot be written"],
+    ),
+]
+# cases that also run as real processes: refused by Hydra, in the job (its folder removed), before Hydra
+SUBPROCESS_CASES = ("unknown optimizer key", "text in a cell", "resume changing lr")
+
+
+def write_bad_files(folder: Path, earlier: Path) -> None:
+    """The broken data and checkpoint files the corpus points at."""
+    folder.mkdir()
+    rows = ["a,b,target", *(f"{i},{i % 3},{i * 0.5}" for i in range(40))]
+    (folder / "good.csv").write_text("\n".join(rows) + "\n")
+    (folder / "empty.csv").write_text("")
+    (folder / "text.csv").write_text("a,b,target\n1,2,3\n4,oops,6\n")
+    (folder / "nan.csv").write_text("a,b,target\n1,2,3\n4,nan,6\n" + "\n".join(rows[1:]) + "\n")
+    (folder / "tiny.csv").write_text("a,b,target\n1,2,3\n4,5,6\n7,8,9\n")
+    np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+    (folder / "empty.npy").write_bytes(b"")
+    checkpoint = (earlier / "checkpoints" / "last.ckpt").read_bytes()
+    (folder / "truncated.ckpt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    (folder / "garbage.ckpt").write_bytes(bytes(range(256)) * 40)
+    torch.save({"state_dict": {}, "note": fractions.Fraction(1, 3)}, folder / "pickled.ckpt")
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with the hash of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    """A folder holding one real finished run (30 steps) and the broken files."""
+    root = tmp_path_factory.mktemp("corpus")
+    run_train(root, *EARLIER_RUN)
+    (earlier,) = run_dirs(root)
+    write_bad_files(root / "files", earlier)
+    return root, earlier
+
+
+def fill(arguments: list[str], root: Path, earlier: Path) -> list[str]:
+    return [argument.format(files=root / "files", earlier=earlier) for argument in arguments]
+
+
+def run_in_process(arguments: list[str], capfd) -> tuple[int, str]:
+    """Runs ``train.py`` as ``__main__`` with ``arguments``; returns its exit code and all it printed."""
+    GlobalHydra.instance().clear()
+    saved_argv = sys.argv
+    sys.argv = [str(TRAIN), *arguments]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(TRAIN), run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()
+    out, err = capfd.readouterr()
+    return exit_info.value.code, out + err
+
+
+def assert_clear_rejection(
+    code: int, output: str, words: list[str], root: Path, earlier: Path, before
+) -> None:
+    assert code not in (0, None), output
+    assert "Traceback" not in output, output
+    for word in words:
+        assert word.lower() in output.lower(), f"{word!r} missing from:\n{output}"
+    assert run_dirs(root) == [earlier], "a rejected run left a folder behind"
+    assert snapshot(earlier) == before, "the earlier run's folder changed"
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 30
+    assert len({case for case, _, _ in CASES}) == len(CASES)
+    assert set(SUBPROCESS_CASES) <= {case for case, _, _ in CASES}
+
+
+@pytest.mark.parametrize(("case", "arguments", "words"), CASES, ids=[case for case, _, _ in CASES])
+def test_bad_input_is_one_clear_line(case, arguments, words, corpus_root, monkeypatch, capfd):
+    root, earlier = corpus_root
+    before = snapshot(earlier)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, output = run_in_process(fill(arguments, root, earlier), capfd)
+    assert_clear_rejection(code, output, words, root, earlier, before)
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_in_a_real_process(case, corpus_root, monkeypatch):
+    root, earlier = corpus_root
+    _, arguments, words = next(entry for entry in CASES if entry[0] == case)
+    before = snapshot(earlier)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    result = run_train(root, *fill(arguments, root, earlier), check=False)
+    assert_clear_rejection(result.returncode, result.stdout + result.stderr, words, root, earlier, before)
+
+
+def test_full_error_variable_brings_the_traceback_back(corpus_root, monkeypatch, capfd):
+    root, earlier = corpus_root
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", [str(TRAIN), "optimizer.lr=-0.1"])
+    with pytest.raises(InputError, match=r"optimizer\.lr"):
+        runpy.run_path(str(TRAIN), run_name="__main__")
+    GlobalHydra.instance().clear()
+    assert run_dirs(root) == [earlier]

@@ -1,0 +1,98 @@
+"""DDP: two CPU processes train like one with the same global batch, and resume exactly after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TRAIN, run_dirs, run_train
+from tests.test_resume import assert_same_training_state, last_checkpoint, train
+
+RUN = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.last_checkpoint.every_n_train_steps=4",
+    "+callbacks.self_kill._target_=tests.self_kill.SelfKill",
+)
+GLOBAL_BATCH = 32
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm())
+
+
+@pytest.mark.slow
+def test_ddp_matches_one_process_and_resumes_exactly_after_sigkill(tmp_path):
+    single, ddp, killed = (tmp_path / name for name in ("single", "ddp", "killed"))
+    for folder in (single, ddp, killed):
+        folder.mkdir()
+    train(single, *RUN, "trainer=cpu", f"data.batch_size={GLOBAL_BATCH}")
+    ddp_run = (*RUN, "trainer=ddp_cpu", f"data.batch_size={GLOBAL_BATCH // 2}")
+    train(ddp, *ddp_run)
+    (one,), (two,) = run_dirs(single), run_dirs(ddp)
+    one_state, two_state = last_checkpoint(one), last_checkpoint(two)
+    assert one_state["global_step"] == two_state["global_step"] == 30
+    for name, tensor in one_state["state_dict"].items():
+        assert relative_difference(tensor, two_state["state_dict"][name]) <= 1e-6, name
+
+    # SIGKILL to every rank at once (a lost node), then resume under DDP
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SELF_KILL": "train_batch_end:14", "SELF_KILL_GROUP": "1"}
+    process = subprocess.run(
+        [sys.executable, str(TRAIN), *ddp_run],
+        cwd=killed,
+        env=env,
+        start_new_session=True,
+        capture_output=True,
+    )
+    assert process.returncode == -9, process.stderr[-2000:]
+    (run_dir,) = run_dirs(killed)
+    assert last_checkpoint(run_dir)["global_step"] == 12
+    run_train(killed, f"resume={run_dir}")
+    assert_same_training_state(two_state, last_checkpoint(run_dir))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
+    command = [
+        sys.executable,
+        str(TRAIN),
+        *RUN[:1],
+        "trainer.max_steps=100000",
+        "callbacks.progress_bar.refresh_rate=0",
+        "trainer=ddp_cpu",
+        f"data.batch_size={GLOBAL_BATCH // 2}",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: stopped by SIGTERM")]
+    assert len(lines) == 1, stderr[-2000:]
+    step = int(re.search(r"after step (\d+);", lines[0]).group(1))
+    (run_dir,) = run_dirs(tmp_path)
+    assert last_checkpoint(run_dir)["global_step"] == step
+    deadline = time.monotonic() + 60
+    with pytest.raises(ProcessLookupError):  # no rank is left running
+        while time.monotonic() < deadline:
+            os.killpg(process.pid, 0)
+            time.sleep(0.2)

@@ -1,0 +1,164 @@
+"""A non-finite loss or parameter is caught at its step: the run stops (or skips that update)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+
+from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
+from rmsprop_lightning.errors import DivergedError
+from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.model import FeedForward
+from rmsprop_lightning.module import RegressionModule
+from tests.conftest import QUICK, run_dirs, run_train
+
+
+class MemoryLogger(Logger):
+    """Keeps every ``log_metrics`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    name = "memory"
+    version = 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+class ParameterRecorder(pl.Callback):
+    """The flattened parameters after every step."""
+
+    def __init__(self) -> None:
+        self.after: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after.append(torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()]).clone())
+
+
+class Batches:
+    """A plain iterable of ready batches (Lightning would wrap a list in a DataLoader)."""
+
+    def __init__(self, data: list) -> None:
+        self.data = data
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def batches(count: int = 6, poisoned: int | None = None, zero_feature: bool = False) -> Batches:
+    """``count`` batches of 8 rows; the ``poisoned`` one has an infinite target."""
+    generator = torch.Generator().manual_seed(0)
+    data = []
+    for index in range(count):
+        features = torch.randn(8, 4, generator=generator)
+        if zero_feature:
+            features[:, 0] = 0.0
+        targets = torch.randn(8, 1, generator=generator)
+        if index == poisoned:
+            targets[3, 0] = math.inf
+        data.append((features, targets))
+    return Batches(data)
+
+
+def fit(
+    guard: DivergenceGuard, data: list, **optimizer_options
+) -> tuple[RegressionModule, ParameterRecorder, MemoryLogger]:
+    torch.manual_seed(0)
+    options = {"lr": 0.01, **optimizer_options}
+    module = RegressionModule(FeedForward(4, 3, 1), partial(torch.optim.RMSprop, **options))
+    recorder, logger = ParameterRecorder(), MemoryLogger()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=logger,
+        callbacks=[guard, recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, train_dataloaders=data)
+    return module, recorder, logger
+
+
+def test_skip_leaves_the_parameters_of_that_step_unchanged_and_counts_it():
+    guard = DivergenceGuard("skip")
+    module, recorder, logger = fit(guard, batches(poisoned=2))
+    assert guard.skipped == 1
+    steps = [recorder.after[i] for i in range(6)]
+    assert torch.equal(steps[1], steps[2])
+    assert all(not torch.equal(steps[i], steps[i + 1]) for i in (0, 2, 3, 4))
+    optimizer = module.trainer.optimizers[0]
+    assert {int(state["step"]) for state in optimizer.state.values()} == {5}
+    assert (2, {"train/skipped_steps": 1.0}) in logger.logged
+
+
+def test_stop_raises_at_the_first_nonfinite_loss(tmp_path):
+    guard = DivergenceGuard("stop", summary_dir=tmp_path)
+    with pytest.raises(DivergedError, match=r"diverged at step 2: non-finite loss \(loss inf\)"):
+        fit(guard, batches(poisoned=2))
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 2
+
+
+def test_stop_catches_nonfinite_parameters_with_a_finite_loss():
+    # eps=0 and a feature that is always 0: that weight's update is 0/0
+    with pytest.raises(DivergedError, match=r"step 0: non-finite parameters .*eps=0 is tiny"):
+        fit(DivergenceGuard("stop"), batches(zero_feature=True), eps=0.0)
+
+
+def test_skip_still_stops_on_nonfinite_parameters():
+    with pytest.raises(DivergedError, match="non-finite parameters"):
+        fit(DivergenceGuard("skip"), batches(zero_feature=True), eps=0.0)
+
+
+@pytest.mark.parametrize(
+    ("group", "loss_finite", "words"),
+    [
+        ({"lr": 0.01, "eps": 1e-8, "alpha": 0.99, "centered": True}, True, "centered=True"),
+        ({"lr": 0.01, "eps": 1e-12, "alpha": 0.99}, False, "eps=1e-12 is tiny"),
+        ({"lr": 1000.0, "eps": 1e-8, "alpha": 0.99}, False, "lr=1000 is too large for eps=1e-08"),
+        ({"lr": 0.001, "eps": 1e-8, "alpha": 0.99}, False, "trainer.gradient_clip_val"),
+    ],
+)
+def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):
+    optimizer = torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], **group)
+    assert words in likely_cause(optimizer, loss_finite)
+
+
+def test_forced_divergence_stops_at_the_first_nonfinite_step_keeping_the_last_good_checkpoint(tmp_path):
+    result = run_train(
+        tmp_path, *QUICK, "optimizer.lr=1e10", "callbacks.last_checkpoint.every_n_train_steps=1", check=False
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    match = re.search(r"error: training diverged at step (\d+): non-finite (loss|parameters)", result.stderr)
+    assert match, result.stderr[-2000:]
+    step = int(match.group(1))
+    assert "lr=1e+10 is too large" in result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == step
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert f"The last good state is kept in {checkpoint}" in result.stderr
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["global_step"] == step
+    assert all(torch.isfinite(tensor).all() for tensor in state["state_dict"].values())
+    RegressionModule.load_from_checkpoint(checkpoint, weights_only=True)
+    losses = read_scalars(run_dir / "tensorboard")["train/loss"]
+    assert [s for s, _ in losses] == list(range(step))
+    assert all(math.isfinite(value) for _, value in losses)

@@ -1,0 +1,178 @@
+"""The job wrapper's pieces: summaries, thread limits, extras messages, the data cache, job isolation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from rmsprop_lightning import extras
+from rmsprop_lightning.data import RegressionDataModule, cache
+from rmsprop_lightning.data.sources import from_csv, random_normal, synthetic
+from rmsprop_lightning.jobs import resolve_threads, run_job, torch_threads
+from rmsprop_lightning.summary import read_summary, write_summary
+from tests.conftest import QUICK
+
+
+def test_write_summary_merges_fields_and_leaves_no_temporary_file(tmp_path):
+    write_summary(tmp_path, status="running", final={"val/loss": 0.5}, overrides=["seed=1"])
+    summary = write_summary(tmp_path, status="completed", final={"test/loss": 0.25}, steps=7)
+    assert summary == read_summary(tmp_path)
+    assert summary["final"] == {"val/loss": 0.5, "test/loss": 0.25}
+    assert (summary["status"], summary["steps"], summary["overrides"]) == ("completed", 7, ["seed=1"])
+    assert [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_write_summary_keeps_strict_json_and_rejects_unknown_status(tmp_path):
+    write_summary(tmp_path, final={"val/loss": math.nan, "test/loss": math.inf})
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["final"] == {"val/loss": "nan", "test/loss": "inf"}
+    with pytest.raises(
+        ValueError, match="status='done' is unknown; allowed: running, completed, failed, diverged"
+    ):
+        write_summary(tmp_path, status="done")
+
+
+@pytest.mark.parametrize(
+    ("setting", "launcher", "expected"),
+    [
+        (None, {"n_jobs": 2}, None),
+        (3, None, 3),
+        ("auto", None, None),
+        ("auto", {"n_jobs": 2}, 4),
+        ("auto", {"n_jobs": 3}, 2),
+        ("auto", {"n_jobs": -1}, 1),
+        ("auto", {"n_jobs": -2}, 1),
+        ("auto", {"n_jobs": 16}, 1),
+        ("auto", {"cpus_per_task": 6}, 6),
+    ],
+)
+def test_threads_per_job(setting, launcher, expected):
+    config = OmegaConf.create(launcher) if launcher is not None else None
+    assert resolve_threads(setting, config, cores=8) == expected
+
+
+@pytest.mark.parametrize("setting", [0, -1, "many", True, 1.5])
+def test_threads_per_job_rejects_bad_values(setting):
+    with pytest.raises(ValueError, match=r"threads_per_job=.* allowed: auto, null or a positive integer"):
+        resolve_threads(setting, None)
+
+
+def test_torch_threads_are_restored_after_the_job(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_missing_plugin_names_the_extra(monkeypatch):
+    monkeypatch.setattr(extras, "is_installed", lambda module: False)
+    with pytest.raises(extras.MissingExtraError, match=r"pip install -e '\.\[sweeps\]'"):
+        extras.check_plugin_overrides(["seed=1", "hparams_search=rmsprop_optuna"])
+    with pytest.raises(extras.MissingExtraError, match=r"hydra/launcher=slurm needs .*\[slurm\]"):
+        extras.check_plugin_overrides(["hydra/launcher=slurm"])
+    with pytest.raises(SystemExit, match=r"joblib_local needs .*\[sweeps\]"):
+        extras.exit_if_plugin_missing(["hydra/launcher=joblib_local"])
+    with pytest.raises(extras.MissingExtraError, match=r"data=diabetes needs .*\[datasets\]"):
+        extras.require("sklearn.datasets", "datasets", "data=diabetes")
+    extras.check_plugin_overrides(["optimizer=rmsprop", "seed=0,1"])
+
+
+def data_module(source, **options) -> RegressionDataModule:
+    return RegressionDataModule(source=source, **options)
+
+
+def test_splits_of_a_reproducible_source_are_built_once_per_process(tmp_path):
+    from functools import partial
+
+    cache.clear()
+    first = data_module(partial(synthetic, num_samples=256)).splits
+    assert data_module(partial(synthetic, num_samples=256)).splits is first
+    assert data_module(partial(synthetic, num_samples=256), split_seed=1).splits is not first
+    assert data_module(partial(synthetic, num_samples=128)).splits is not first
+    drawn = [data_module(partial(random_normal, num_samples=64)).splits for _ in range(2)]
+    assert not torch.equal(drawn[0]["train"][0], drawn[1]["train"][0])
+
+    path = tmp_path / "table.csv"
+    path.write_text("a,target\n" + "\n".join(f"{i},{2 * i}" for i in range(20)))
+    before = data_module(partial(from_csv, path=str(path)), val_fraction=0.2, test_fraction=0.0).splits
+    path.write_text("a,target\n" + "\n".join(f"{i},{3 * i}" for i in range(21)))
+    after = data_module(partial(from_csv, path=str(path)), val_fraction=0.2, test_fraction=0.0).splits
+    assert len(before["train"][0]) + len(before["val"][0]) == 20
+    assert len(after["train"][0]) + len(after["val"][0]) == 21
+
+
+def test_diabetes_data_is_read_from_scikit_learn(compose_cfg):
+    pytest.importorskip("sklearn")
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(compose_cfg("data=diabetes").data)
+    sizes = {split: len(features) for split, (features, _) in datamodule.splits.items()}
+    assert sizes == {"train": 310, "val": 66, "test": 66}
+    assert (datamodule.num_features, datamodule.num_targets) == (10, 1)
+    train_targets = datamodule.splits["train"][1]
+    assert (
+        abs(float(train_targets.mean())) < 1e-5 and abs(float(train_targets.std(unbiased=False)) - 1) < 1e-4
+    )
+
+
+def quick_job(compose_cfg, folder: Path, seed: int):
+    cfg = compose_cfg(*QUICK, f"seed={seed}")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder)
+    run_job(cfg)
+    return read_summary(folder)
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_jobs_in_one_process_do_not_leak_seeds_threads_or_files(compose_cfg, tmp_path):
+    threads = torch.get_num_threads()
+    first = quick_job(compose_cfg, tmp_path / "a", seed=0)
+    files = open_files()
+    other = quick_job(compose_cfg, tmp_path / "b", seed=1)
+    again = quick_job(compose_cfg, tmp_path / "c", seed=0)
+    assert open_files() == files
+    assert torch.get_num_threads() == threads
+    assert [s["status"] for s in (first, other, again)] == ["completed"] * 3
+    assert again["final"] == first["final"] != other["final"]
+    assert again["best"] == first["best"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "module", "target", "expected"),
+    [
+        (
+            "joblib_local",
+            "hydra_plugins.hydra_joblib_launcher",
+            "JoblibLauncher",
+            {"n_jobs": 2, "backend": "loky"},
+        ),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher", "SlurmLauncher", {"array_parallelism": 64}),
+    ],
+)
+def test_launcher_configs_extend_the_plugins(launcher, module, target, expected):
+    pytest.importorskip(module)
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    overrides = [f"hydra/launcher={launcher}", "hydra.launcher.timeout_min=5"] if launcher == "slurm" else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra/launcher={launcher}", *overrides[1:]], return_hydra_config=True
+        )
+    settings = cfg.hydra.launcher
+    assert settings._target_.endswith(target)
+    assert {key: settings[key] for key in expected} == expected
+    if launcher == "slurm":
+        assert settings.timeout_min == 5 and settings.partition is None and settings.gpus_per_task is None

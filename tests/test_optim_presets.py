@@ -1,0 +1,69 @@
+"""Every preset in conf/optimizer builds our RMSprop and steps; the torch presets match torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rmsprop_lightning.optim import RMSprop
+
+PRESETS = sorted((Path(__file__).resolve().parent.parent / "conf" / "optimizer").glob("*.yaml"))
+TORCH_PRESETS = ["rmsprop", "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum"]
+TORCH_KEYS = ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize", "foreach"]
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+
+
+def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5) -> None:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        inputs = torch.randn(16, 10, generator=generator)
+        model(inputs).square().mean().backward()
+        optimizer.step()
+
+
+def test_the_expected_presets_exist() -> None:
+    names = {path.stem for path in PRESETS}
+    assert names >= {*TORCH_PRESETS, "rmsprop_tf", "rmsprop_keras", "rmsprop_graves"}
+    assert names >= {"rmsprop_nesterov", "rmsprop_bias_corrected"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
+def test_preset_composes_into_an_optimizer_and_steps(path: Path) -> None:
+    assert path.read_text().startswith("# "), "each preset starts with a comment saying what it reproduces"
+    config = OmegaConf.load(path)
+    assert config._partial_ is True
+    model = net()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = instantiate(config)(model.parameters())
+    assert isinstance(optimizer, RMSprop)
+    train(model, optimizer)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TORCH_PRESETS)
+def test_torch_presets_are_bit_identical_to_torch(name: str) -> None:
+    config = OmegaConf.load(PRESETS[0].parent / f"{name}.yaml")
+    ours, theirs = net(), net()
+    our_optimizer = instantiate(config)(ours.parameters())
+    their_optimizer = torch.optim.RMSprop(theirs.parameters(), **{key: config[key] for key in TORCH_KEYS})
+    train(ours, our_optimizer, 20)
+    train(theirs, their_optimizer, 20)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_tf_preset_has_tf_semantics() -> None:
+    optimizer = instantiate(OmegaConf.load(PRESETS[0].parent / "rmsprop_tf.yaml"))(net().parameters())
+    defaults = optimizer.defaults
+    assert (defaults["alpha"], defaults["eps"], defaults["initial_square_avg"]) == (0.9, 1e-10, 1.0)
+    assert defaults["eps_in_sqrt"] and defaults["lr_in_momentum"]

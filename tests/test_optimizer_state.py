@@ -1,0 +1,407 @@
+"""OptimizerStateMonitor: its keys, its values against norms computed independently, and its host syncs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.callbacks import OptimizerStateMonitor, state_norms
+from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
+from rmsprop_lightning.callbacks.state_norms import SMALL_NUMEL
+from rmsprop_lightning.data import synthetic
+from rmsprop_lightning.optim import RMSprop
+from rmsprop_lightning.step_metrics import StepMetricBuffer
+from rmsprop_lightning.train import build_model, build_module
+from tests.test_step_loss import RecordingLogger
+
+SCOPES = ("", "decay/", "no_decay/")
+
+
+def scoped(*leaves: str) -> set[str]:
+    """``optim/<leaf>`` for the whole optimizer and each of the template's two groups."""
+    return {f"optim/{scope}{leaf}" for scope in SCOPES for leaf in leaves}
+
+
+BASE = ("grad_norm", "param_norm", "update_norm", "update_to_param_ratio")
+RMSPROP = (*BASE, "square_avg_norm", "effective_lr_mean")
+EXTREMES = {"optim/effective_lr_max", "optim/effective_lr_min"}
+TEMPLATE_KEYS = {
+    "rmsprop": scoped(*RMSPROP) | EXTREMES,
+    "rmsprop_momentum": scoped(*RMSPROP, "momentum_buffer_norm") | EXTREMES,
+    "rmsprop_centered": scoped(*RMSPROP, "grad_avg_norm") | EXTREMES,
+    "rmsprop_centered_momentum": scoped(*RMSPROP, "momentum_buffer_norm", "grad_avg_norm") | EXTREMES,
+}
+
+
+def fit(
+    module: pl.LightningModule, monitor: OptimizerStateMonitor, steps: int, **trainer: Any
+) -> RecordingLogger:
+    logger = RecordingLogger()
+    options = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    pl.Trainer(
+        max_steps=steps, logger=logger, callbacks=[monitor], limit_val_batches=0, **options, **trainer
+    ).fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
+    return logger
+
+
+def logged(logger: RecordingLogger) -> dict[int, dict[str, float]]:
+    """``{step: {key: value}}`` of the monitor's keys."""
+    steps: dict[int, dict[str, float]] = {}
+    for step, metrics in logger.calls:
+        steps.setdefault(step, {}).update({k: v for k, v in metrics.items() if k.startswith("optim/")})
+    return {step: values for step, values in steps.items() if values}
+
+
+@pytest.mark.parametrize("preset", sorted(TEMPLATE_KEYS))
+def test_keys_of_the_template_presets(compose_cfg, preset):
+    cfg = compose_cfg(f"optimizer={preset}", "data.source.num_samples=256")
+    module = build_module(cfg, build_model(cfg, instantiate(cfg.data)))
+    logger = fit(module, OptimizerStateMonitor(), steps=3)
+    values = logged(logger)
+    assert sorted(values) == [0, 1, 2]
+    assert set(values[2]) == TEMPLATE_KEYS[preset]
+
+
+def test_keys_for_adam_have_its_states_and_no_step_size():
+    module = RegressionModule(FeedForward(), partial(torch.optim.Adam, lr=0.01), no_weight_decay_on_bias=True)
+    values = logged(fit(module, OptimizerStateMonitor(), steps=2))
+    assert set(values[1]) == scoped(*BASE, "exp_avg_norm", "exp_avg_sq_norm")
+
+
+def test_one_group_has_no_group_keys_and_per_parameter_selects_by_regex():
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    values = logged(fit(module, OptimizerStateMonitor(per_parameter=r"weight$"), steps=2))
+    leaves = (*RMSPROP, "square_avg_norm")
+    expected = {f"optim/{leaf}" for leaf in leaves} | EXTREMES
+    expected |= {f"optim/param/model.{i}.weight/{leaf}" for i in (0, 2) for leaf in leaves}
+    assert set(values[1]) == expected
+
+
+class ManualTwoOptimizers(RegressionModule):
+    """Manual optimization with two optimizers of the same class, as with GAN-style training."""
+
+    def __init__(self) -> None:
+        super().__init__(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in self.optimizers():
+            optimizer.step()
+        return loss
+
+    def configure_optimizers(self):
+        first, second = self.model[0].parameters(), self.model[2].parameters()
+        return [torch.optim.RMSprop(first, lr=0.01), torch.optim.RMSprop(second, lr=0.001)]
+
+
+def test_several_optimizers_get_their_class_and_index_in_the_keys():
+    module = ManualTwoOptimizers()
+    values = logged(fit(module, OptimizerStateMonitor(), steps=2))
+    last = values[1]
+    assert {key.split("/")[1] for key in last} == {"RMSprop", "RMSprop-1"}
+    assert "optim/RMSprop/square_avg_norm" in last and "optim/RMSprop-1/square_avg_norm" in last
+    for prefix, layer in (("optim/RMSprop/", module.model[0]), ("optim/RMSprop-1/", module.model[2])):
+        norm = torch.cat([p.detach().flatten() for p in layer.parameters()]).norm().item()
+        assert last[f"{prefix}param_norm"] == pytest.approx(norm, rel=1e-6)
+
+
+class Recorder(pl.Callback):
+    """Copies everything the monitor reads, independently: parameters before the step, the rest after."""
+
+    def __init__(self) -> None:
+        self.before: dict[int, list[torch.Tensor]] = {}
+        self.after: dict[int, dict[str, Any]] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.before[trainer.global_step] = [p.detach().double().clone() for p in params]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        (optimizer,) = trainer.optimizers
+        names = {id(p): name for name, p in pl_module.named_parameters()}
+        params = []
+        for group_index, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                state = {k: v.detach().double().clone() for k, v in optimizer.state[p].items()}
+                params.append(
+                    {
+                        "name": names[id(p)],
+                        "group": group.get("name", f"pg{group_index + 1}"),
+                        "param": p.detach().double().clone(),
+                        "grad": p.grad.detach().double().clone(),
+                        "state": state,
+                        "settings": {
+                            k: group.get(k)
+                            for k in ("lr", "eps", "alpha", "eps_in_sqrt", "centered", "bias_correction")
+                        },
+                    }
+                )
+        self.after[trainer.global_step - 1] = params
+
+
+def expected_value(key: str, params: list[dict[str, Any]], before: list[torch.Tensor]) -> float:
+    """The value ``key`` should have, from float64 copies of the tensors."""
+    leaf = key.rsplit("/", 1)[-1]
+    scope = key[len("optim/") : -len(leaf)]
+    chosen = [
+        (p, b)
+        for p, b in zip(params, before, strict=True)
+        if scope == "" or scope == f"{p['group']}/" or scope == f"param/{p['name']}/"
+    ]
+
+    def tensors(quantity: str) -> list[torch.Tensor]:
+        if quantity == "update":
+            return [p["param"] - b for p, b in chosen]
+        if quantity in ("grad", "param"):
+            return [p[quantity] for p, _ in chosen]
+        return [p["state"][quantity] for p, _ in chosen if quantity in p["state"]]
+
+    def norm(quantity: str) -> float:
+        return math.sqrt(sum(t.pow(2).sum().item() for t in tensors(quantity)))
+
+    if leaf.endswith("_norm"):
+        return norm(leaf[: -len("_norm")])
+    if leaf == "update_to_param_ratio":
+        return norm("update") / norm("param")
+    step_sizes = []
+    for p, _ in chosen:
+        settings, state = p["settings"], p["state"]
+        correction = 1 - settings["alpha"] ** state["step"].item() if settings["bias_correction"] else 1.0
+        v = state["square_avg"] / correction
+        if settings["centered"]:
+            v = (v - (state["grad_avg"] / correction) ** 2).clamp_min(0)
+        eps = settings["eps"]
+        denominator = (v + eps).sqrt() if p["settings"]["eps_in_sqrt"] else v.sqrt() + eps
+        step_sizes.append((p["settings"]["lr"] / denominator).flatten())
+    values = torch.cat(step_sizes)
+    return {
+        "effective_lr_mean": values.mean(),
+        "effective_lr_max": values.max(),
+        "effective_lr_min": values.min(),
+    }[leaf].item()
+
+
+OPTIMIZERS = {
+    "rmsprop": partial(torch.optim.RMSprop, lr=0.01),
+    "ours_tf": partial(
+        RMSprop, lr=0.01, alpha=0.9, eps=1e-10, momentum=0.9, eps_in_sqrt=True, initial_square_avg=1.0
+    ),
+    "ours_bias_corrected_nesterov": partial(
+        RMSprop, lr=0.01, alpha=0.9, momentum=0.9, nesterov=True, bias_correction=True
+    ),
+    "centered_momentum_decay": partial(
+        torch.optim.RMSprop, lr=0.01, momentum=0.9, centered=True, weight_decay=0.1
+    ),
+    "adam": partial(torch.optim.Adam, lr=0.01),
+}
+
+
+class EpsInSqrtModule(RegressionModule):
+    """RMSprop, one group with eps inside the square root (as our optimizer can), one centered."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        optimizer.param_groups[1]["eps_in_sqrt"] = True
+        optimizer.param_groups[1]["eps"] = 1e-3
+        optimizer.param_groups[0]["centered"] = True  # and one centered group beside a plain one
+        return optimizer
+
+
+@pytest.mark.parametrize("name", [*OPTIMIZERS, "eps_in_sqrt", "large_tensors", "short_history"])
+def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch):
+    if name == "short_history":  # room for two steps: the history is reduced before each flush is due
+        # a row: 61 values each of grad, param, 3 states and θ_before, twice, plus 61 step sizes and 2
+        monkeypatch.setattr(state_norms, "MAX_HISTORY_BYTES", 2 * 4 * (2 * 6 * 61 + 61 + 2))
+    pl.seed_everything(0, verbose=False)
+    large = name in ("large_tensors", "ours_bias_corrected_nesterov")
+    hidden = [40, 40] if large else 5  # a 40×40 weight takes the per-tensor path
+    model = FeedForward(hidden=hidden)
+    assert (max(p.numel() for p in model.parameters()) > SMALL_NUMEL) == large
+    options = {"no_weight_decay_on_bias": True, "lr_multipliers": {"^2": 0.5}}
+    if name == "eps_in_sqrt":
+        module = EpsInSqrtModule(model, OPTIMIZERS["rmsprop"], **options)
+    else:
+        optimizer = OPTIMIZERS.get(name, OPTIMIZERS["centered_momentum_decay"])
+        module = RegressionModule(model, optimizer, **options)
+    recorder = Recorder()
+    monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3)
+    logger = RecordingLogger()
+    pl.Trainer(
+        max_steps=5,
+        logger=logger,
+        callbacks=[recorder, monitor],
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
+    values = logged(logger)
+    assert sorted(values) == [0, 1, 2, 3, 4]
+    capacity = max(probe.capacity for probe in monitor._probes.values())
+    assert capacity == (2 if name == "short_history" else 3)
+    groups = {p["group"] for p in recorder.after[4]}
+    assert len(groups) > 1 and all(f"optim/{group}/update_norm" in values[4] for group in groups)
+    for step in (0, 4):
+        for key, value in values[step].items():
+            expected = expected_value(key, recorder.after[step], recorder.before[step])
+            assert value == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, key)
+    assert values[4]["optim/update_norm"] > 0
+
+
+def test_buffer_keeps_rows_of_several_steps_in_order():
+    buffer = StepMetricBuffer()
+    buffer.record_vector(1, ["a"], torch.tensor(0.5))
+    buffer.record_rows([2, 3], ["a", "b"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert len(buffer) == 3
+    assert buffer.drain() == [(1, {"a": 0.5}), (2, {"a": 1.0, "b": 2.0}), (3, {"a": 3.0, "b": 4.0})]
+    assert len(buffer) == 0
+
+
+def test_every_n_steps_and_the_trainer_interval():
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    assert sorted(logged(fit(module, OptimizerStateMonitor(every_n_steps=3), steps=10))) == [2, 5, 8]
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    logger = fit(module, OptimizerStateMonitor(every_n_steps=None), steps=10, log_every_n_steps=4)
+    assert sorted(logged(logger)) == [3, 7]
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    logger = fit(module, OptimizerStateMonitor(every_n_steps=2), steps=6, accumulate_grad_batches=3)
+    assert sorted(logged(logger)) == [1, 3, 5]
+
+
+def test_no_logger_is_a_clear_error():
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, callbacks=[OptimizerStateMonitor()], enable_progress_bar=False
+    )
+    with pytest.raises(MisconfigurationException, match="OptimizerStateMonitor needs a logger"):
+        trainer.fit(
+            module, datamodule=RegressionDataModule(partial(synthetic, num_samples=64), batch_size=16)
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"every_n_steps": 0}, "every_n_steps must be a positive integer or None, got 0"),
+        ({"every_n_steps": 2.5}, "every_n_steps must be a positive integer or None, got 2.5"),
+        ({"per_parameter": "weight("}, "per_parameter='weight(' is not a valid regular expression"),
+        ({"per_parameter": 3}, "per_parameter must be a bool or a regular expression, got 3"),
+        ({"flush_every": 0}, "flush_every must be a positive integer, got 0"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OptimizerStateMonitor(**options)
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that make the host wait for a value of the device."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.events.append("item")
+        return func(*args, **(kwargs or {}))
+
+
+class CountingMonitor(OptimizerStateMonitor):
+    """Records, per hook call, how many host reads happened inside it (a flush is its own call)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[tuple[str, int, int]] = []  # (hook, entries flushed, host reads)
+
+    @contextlib.contextmanager
+    def _counting(self, hook: str, entries: int = 0) -> Iterator[None]:
+        events: list[str] = []
+        outer = getattr(self, "_events", None)
+        self._events = events
+        with SyncCounter(events):
+            yield
+        self._events = outer
+        self.calls.append((hook, entries, len(events)))
+
+    def on_before_optimizer_step(self, *args):
+        with self._counting("before"):
+            super().on_before_optimizer_step(*args)
+
+    def on_train_batch_end(self, *args):
+        with self._counting("end"):
+            super().on_train_batch_end(*args)
+
+    def flush(self, trainer):
+        waiting = len(self.buffer) + sum(len(probe.steps) for probe in self._probes.values())
+        with self._counting("flush", waiting):
+            super().flush(trainer)
+
+
+def test_one_host_read_per_flush_and_none_on_other_steps(monkeypatch):
+    monitor = CountingMonitor(flush_every=4)
+    for method in ("tolist", "item", "cpu", "numpy"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            if monitor.__dict__.get("_events") is not None:
+                monitor._events.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01, centered=True))
+    logger = fit(module, monitor, steps=10)
+    assert sorted(logged(logger)) == list(range(10))
+    hooks = [hook for hook, _, _ in monitor.calls]
+    assert hooks.count("before") == 10 and hooks.count("end") == 10
+    assert all(reads == 0 for hook, _, reads in monitor.calls if hook in ("before", "end"))
+    flushes = [(entries, reads) for hook, entries, reads in monitor.calls if hook == "flush" and entries]
+    assert [entries for entries, _ in flushes] == [4, 4, 2]
+    assert all(reads == 1 for _, reads in flushes)
+
+
+def test_layout_charts_every_state_and_the_losses():
+    keys = [
+        "optim/square_avg_norm",
+        "optim/decay/momentum_buffer_norm",
+        "optim/grad_norm",
+        "optim/update_norm",
+    ]
+    keys += ["optim/param_norm", "optim/update_to_param_ratio", "optim/effective_lr_max"]
+    layout = custom_scalars_layout(keys)
+    assert list(layout["Optimizer state"]) == ["square_avg norm", "momentum_buffer norm"]
+    assert list(layout["Optimizer step"]) == [
+        "grad norm",
+        "param norm",
+        "update norm",
+        "update / param norm",
+        "effective lr: mean, max, min",
+    ]
+    (pattern,) = layout["Optimizer state"]["momentum_buffer norm"][1]
+    assert re.match(pattern, "optim/decay/momentum_buffer_norm") and re.match(
+        pattern, "optim/momentum_buffer_norm"
+    )
+    assert not re.match(pattern, "optim/square_avg_norm")
+    (loss,) = layout["Loss"]["loss (train every step, val, test)"][1]
+    # TensorBoard's custom-scalars plugin matches from the start of the tag
+    assert [bool(re.match(loss, tag)) for tag in ("train/loss", "val/loss", "val/rmse")] == [
+        True,
+        True,
+        False,
+    ]

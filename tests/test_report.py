@@ -1,0 +1,143 @@
+"""The sweep report on sweep folders built here: grouping over seeds, statistics, failures, plots, timing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from rmsprop_lightning import report
+from rmsprop_lightning.summary import write_summary
+from rmsprop_lightning.sweep_results import load_sweep
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_job(
+    sweep: Path, num: int, overrides: list[str], status: str = "completed", scale: float = 1.0, **fields
+):
+    """A job folder with a summary and TensorBoard curves whose loss is ``scale / (1 + step)``."""
+    folder = sweep / f"{num}_job"
+    losses = [scale / (1 + step) for step in range(40)]
+    validation = {step: scale / (1 + step) for step in (9, 19, 29, 39)}
+    if status != "failed":
+        writer = SummaryWriter(str(folder / "tensorboard"))
+        for step, loss in enumerate(losses):
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("optim/square_avg_norm", scale * 0.1, step)
+            writer.add_scalar("optim/grad_norm", scale, step)
+        for step, loss in validation.items():
+            writer.add_scalar("val/loss", loss, step)
+        writer.close()
+    summary = {
+        "status": status,
+        "job_num": num,
+        "overrides": overrides,
+        "wall_seconds": 2.0,
+        "fit_seconds": 1.5,
+        "steps": 40,
+    }
+    if status == "completed":
+        summary |= {
+            "best": {"val/loss": min(validation.values())},
+            "final": {"val/loss": losses[-1], "test/loss": scale},
+        }
+    write_summary(folder, **(summary | fields))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    folder = tmp_path / "sweep"
+    scales = {
+        ("rmsprop", 0): 1.0,
+        ("rmsprop", 1): 2.0,
+        ("rmsprop", 2): 4.0,
+        ("centered", 0): 0.5,
+        ("centered", 1): 1.0,
+    }
+    for num, ((optimizer, seed), scale) in enumerate(scales.items()):
+        make_job(folder, num, [f"optimizer={optimizer}", f"seed={seed}", "trainer.max_steps=40"], scale=scale)
+    make_job(
+        folder,
+        5,
+        ["optimizer=centered", "seed=2", "trainer.max_steps=40"],
+        status="failed",
+        error="ValueError: bad",
+    )
+    record = {"process_started_at": 100.0, "started_at": 104.0, "finished_at": 116.0}
+    (folder / "sweep.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_jobs_are_grouped_over_seeds_by_the_keys_that_vary(sweep):
+    loaded = load_sweep([sweep])
+    assert loaded.varying_keys(["seed"]) == ["optimizer"]
+    groups = {c.label: len(c.jobs) for c in loaded.configurations()}
+    assert groups == {"optimizer=rmsprop": 3, "optimizer=centered": 3}
+    assert {c.label: len(c.jobs) for c in loaded.configurations(over=[])} == {
+        f"optimizer={o}, seed={s}": 1
+        for o, s in [
+            ("rmsprop", 0),
+            ("rmsprop", 1),
+            ("rmsprop", 2),
+            ("centered", 0),
+            ("centered", 1),
+            ("centered", 2),
+        ]
+    }
+
+
+def test_report_table_holds_mean_and_std_over_seeds(sweep, capsys):
+    assert report.main([str(sweep), "--threshold", "0.06"]) == 0
+    rows = {row["configuration"]: row for row in csv.DictReader((sweep / "report.csv").open())}
+    assert list(rows) == ["optimizer=centered", "optimizer=rmsprop"]
+    rmsprop, centered = rows["optimizer=rmsprop"], rows["optimizer=centered"]
+    assert (rmsprop["n"], rmsprop["completed"], rmsprop["failed"]) == ("3", "3", "0")
+    assert (centered["n"], centered["completed"], centered["failed"]) == ("3", "2", "1")
+    best = [scale / 40 for scale in (1.0, 2.0, 4.0)]
+    assert float(rmsprop["best_val_loss_mean"]) == pytest.approx(statistics.fmean(best), rel=1e-5)
+    assert float(rmsprop["best_val_loss_std"]) == pytest.approx(statistics.stdev(best), rel=1e-5)
+    assert float(rmsprop["test_loss_mean"]) == pytest.approx(7 / 3, rel=1e-5)
+    # val/loss = scale / (1 + step) reaches 0.06 at step 19 for scale 1 and at 39 for scale 2; never for 4
+    assert (rmsprop["reached_threshold"], float(rmsprop["steps_to_threshold_mean"])) == ("2", 29.0)
+    table = (sweep / "report.md").read_text()
+    assert "- `5_job`: **failed** ValueError: bad" in table
+    assert "multirun cost / sum of fit times: 1.778×" in table
+    assert "sum of fit times: 9.00 s" in table
+    assert "| optimizer=centered | 3 |" in capsys.readouterr().out
+    for name in ("loss_curves.png", "optimizer_state.png"):
+        assert (sweep / name).read_bytes().startswith(PNG_SIGNATURE)
+    assert not (sweep / "heatmap.png").exists()
+
+
+def test_report_without_matplotlib_writes_the_table_and_says_how_to_get_plots(sweep, monkeypatch, capsys):
+    monkeypatch.setattr(report, "is_installed", lambda module: module != "matplotlib")
+    assert report.main([str(sweep)]) == 0
+    assert (sweep / "report.md").is_file() and (sweep / "report.csv").is_file()
+    assert not list(sweep.glob("*.png"))
+    assert "pip install -e '.[plots]'" in capsys.readouterr().err
+
+
+def test_a_two_parameter_grid_gets_a_heat_map(tmp_path):
+    folder = tmp_path / "grid"
+    num = 0
+    for optimizer in ("rmsprop", "centered"):
+        for lr in ("0.001", "0.01"):
+            for alpha in ("0.9", "0.99", "0.999"):
+                overrides = [f"optimizer={optimizer}", f"optimizer.lr={lr}", f"optimizer.alpha={alpha}"]
+                make_job(folder, num, overrides, scale=float(lr) * float(alpha))
+                num += 1
+    assert report.main([str(folder)]) == 0
+    assert (folder / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "![heatmap](heatmap.png)" in (folder / "report.md").read_text()
+
+
+def test_report_refuses_a_folder_without_jobs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path)])
+    assert "no job with a metrics.json" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""Resume in place after SIGKILL, SIGTERM and Ctrl-C ends bit-identical to the run never stopped.
+
+A run is killed (``tests/self_kill.py`` sends the signal from inside the process at an
+exact hook and step), ``python train.py resume=<run dir>`` finishes it in its own
+folder, and its final ``last.ckpt`` is compared tensor by tensor with that of the same
+run done in one go: parameters, optimizer state, scheduler, random generator states,
+the data loader's position and Lightning's step counters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, run_dirs, run_train
+
+# dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
+# fed by validation every 10 steps, a checkpoint every 5 steps, 13 batches an epoch
+RUN = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.last_checkpoint.every_n_train_steps=5",
+    "model.dropout=0.1",
+    "optimizer=rmsprop_centered_momentum",
+    "optimizer.lr=0.05",
+    "scheduler=plateau",
+    "scheduler.scheduler.patience=0",
+    "+callbacks.self_kill._target_=tests.self_kill.SelfKill",
+)
+
+
+def replaced(overrides: tuple[str, ...], *changes: str) -> tuple[str, ...]:
+    """``overrides`` with the keys of ``changes`` dropped (``key=`` alone drops it) and ``changes`` added."""
+    keys = {change.split("=")[0] for change in changes}
+    kept = tuple(o for o in overrides if o.split("=")[0] not in keys)
+    return kept + tuple(change for change in changes if not change.endswith("="))
+
+
+# validation at each epoch end and a checkpoint at each epoch's last batch (13)
+EPOCH_END_RUN = replaced(
+    RUN,
+    "trainer.val_check_interval=",
+    "trainer.check_val_every_n_epoch=",
+    "callbacks.last_checkpoint.every_n_train_steps=13",
+)
+# kill points of the default run and the checkpoint each resumes from: mid-epoch between
+# checkpoints, right after the checkpoint of step 15, during the validation at step 20
+# (whose checkpoint waits for the validation's end)
+DEFAULT_KILLS = (("train_batch_end:17", 15), ("train_batch_start:15", 15), ("validation_batch_end:20", 15))
+HOOKS = ("train_batch_start", "before_optimizer_step", "train_batch_end")
+
+
+def train(cwd: Path, *overrides: str, kill: str | None = None, check: bool = True):
+    """``run_train`` with the test callback importable and, if given, ``SELF_KILL=kill``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(ROOT))
+        if kill is None:
+            patch.delenv("SELF_KILL", raising=False)
+        else:
+            patch.setenv("SELF_KILL", kill)
+        return run_train(cwd, *overrides, check=check)
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def assert_same(a, b, path: str = "") -> None:
+    """Deep equality; tensors must be bit-identical."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{index}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def assert_same_training_state(expected: dict, actual: dict) -> None:
+    """What decides the rest of training is identical: weights, optimizer, schedulers, RNG, loader, steps."""
+    for key in ("global_step", "epoch", "state_dict", "optimizer_states", "lr_schedulers"):
+        assert_same(expected[key], actual[key], key)
+    assert_same(expected["callbacks"]["RandomState"], actual["callbacks"]["RandomState"], "rng")
+    for key in (
+        "state_dict",
+        "epoch_loop.state_dict",
+        "epoch_loop.batch_progress",
+        "epoch_loop.scheduler_progress",
+    ):
+        assert_same(expected["loops"]["fit_loop"][key], actual["loops"]["fit_loop"][key], key)
+
+
+class References(dict):
+    """The final checkpoint of each run done in one go, trained on first use."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, name: str) -> dict:
+        folder = self.factory.mktemp(name)
+        train(folder, *{"run": RUN, "epoch_end_run": EPOCH_END_RUN}[name])
+        (run_dir,) = run_dirs(folder)
+        self[name] = last_checkpoint(run_dir)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    return References(tmp_path_factory)
+
+
+def kill_and_resume(
+    tmp_path: Path, overrides: tuple[str, ...], kill: str, resumed_step: int | None = None
+) -> Path:
+    """Runs until ``kill`` strikes, resumes in the same folder; returns the run folder."""
+    killed = train(tmp_path, *overrides, kill=kill, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    if resumed_step is not None:
+        assert last_checkpoint(run_dir)["global_step"] == resumed_step
+    train(tmp_path, f"resume={run_dir}")
+    assert run_dirs(tmp_path) == [run_dir]
+    return run_dir
+
+
+@pytest.mark.parametrize(("kill", "resumed_step"), DEFAULT_KILLS)
+def test_sigkill_then_resume_is_bit_identical(kill, resumed_step, references, tmp_path):
+    run_dir = kill_and_resume(tmp_path, RUN, kill, resumed_step)
+    assert_same_training_state(references["run"], last_checkpoint(run_dir))
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def random_kill_points(count: int, seed: int = 6) -> list[str]:
+    """``count`` distinct hook:step kill points over the 40 steps, drawn with a fixed seed.
+
+    Two of them fall right after a checkpoint (the start of the batch after a step that
+    is a multiple of 5), the others anywhere.
+    """
+    generator = random.Random(seed)
+    points: set[str] = set()
+    while len(points) < 2:
+        points.add(f"train_batch_start:{5 * generator.randrange(1, 8)}")
+    while len(points) < count:
+        points.add(f"{generator.choice(HOOKS)}:{generator.randrange(1, 40)}")
+    return sorted(points)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", random_kill_points(10))
+def test_sigkill_at_random_steps_then_resume_is_bit_identical(kill, references, tmp_path):
+    run_dir = kill_and_resume(tmp_path, RUN, kill)
+    assert_same_training_state(references["run"], last_checkpoint(run_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["train_batch_start:13", "validation_batch_end:26", "train_batch_end:30"])
+def test_sigkill_around_epoch_end_checkpoints_then_resume_is_bit_identical(kill, references, tmp_path):
+    run_dir = kill_and_resume(tmp_path, EPOCH_END_RUN, kill)
+    assert_same_training_state(references["epoch_end_run"], last_checkpoint(run_dir))
+
+
+def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_path):
+    stopped = train(tmp_path, *RUN, kill="train_batch_end:17:TERM", check=False)
+    (run_dir,) = run_dirs(tmp_path)
+    assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert f"stopped by SIGTERM after step 17; checkpoint saved to {run_dir}" in stopped.stderr
+    assert f"resume with: python train.py resume={run_dir}" in stopped.stderr
+    assert last_checkpoint(run_dir)["global_step"] == 17
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    train(tmp_path, f"resume={run_dir}")
+    assert_same_training_state(references["run"], last_checkpoint(run_dir))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_stops_with_the_resume_command(tmp_path):
+    stopped = train(tmp_path, *RUN, kill="before_optimizer_step:8:INT", check=False)
+    (run_dir,) = run_dirs(tmp_path)
+    assert stopped.returncode == 128 + 2, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert "stopped by SIGINT after step 9" in stopped.stderr
+    assert last_checkpoint(run_dir)["global_step"] == 9
+
+
+@pytest.mark.slow
+def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(references, tmp_path):
+    train(tmp_path, *replaced(RUN, "trainer.max_steps=25"))
+    (run_dir,) = run_dirs(tmp_path)
+    train(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
+    assert_same_training_state(references["run"], last_checkpoint(run_dir))
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 40
+    assert list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))[-1] == "trainer.max_steps=40"
+    again = train(tmp_path, f"resume={run_dir}", check=False)
+    assert again.returncode == 2 and "nothing left to train" in again.stderr
+    assert run_dirs(tmp_path) == [run_dir]

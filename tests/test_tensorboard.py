@@ -1,0 +1,245 @@
+"""TensorBoard output: one event file per run, HPARAMS with real metrics, what a real server serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.callbacks import OptimizerStateMonitor
+from rmsprop_lightning.data import synthetic
+from rmsprop_lightning.event_crc import MaskedCRC32C
+from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
+from tests.conftest import QUICK, run_train
+
+HPARAMS_COLUMNS = ["val/loss_best", "test/loss", "test/rmse"]
+
+
+def event_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def test_fit_test_and_hparams_share_one_event_file(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module = RegressionModule(
+        FeedForward(), partial(torch.optim.RMSprop, lr=0.01), no_weight_decay_on_bias=True
+    )
+    data = RegressionDataModule(partial(synthetic, num_samples=512), batch_size=32)
+    logger = TensorBoardRunLogger(tmp_path, name="", version="", default_hp_metric=False)
+    trainer = pl.Trainer(
+        max_steps=24,
+        val_check_interval=8,
+        check_val_every_n_epoch=None,
+        logger=logger,
+        callbacks=[OptimizerStateMonitor(flush_every=5)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data, verbose=False)
+    finish_tensorboard(trainer.loggers, {"optimizer/lr": 0.01, "optimizer/centered": False, "seed": 0})
+    (event_file,) = event_files(tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert [step for step, _ in scalars["optim/square_avg_norm"]] == list(range(24))
+    assert [step for step, _ in scalars["val/loss"]] == [7, 15, 23]
+    assert scalars["val/loss_best"] == [(24, pytest.approx(min(v for _, v in scalars["val/loss"])))]
+    assert len(scalars["test/loss"]) == 1
+    accumulator = EventAccumulator(str(event_file.parent))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.EXPERIMENT_TAG]).experiment
+    assert [info.name.tag for info in experiment.metric_infos] == HPARAMS_COLUMNS
+    types = {info.name: info.type for info in experiment.hparam_infos}
+    assert types == {"optimizer/lr": 3, "optimizer/centered": 2, "seed": 3}  # FLOAT64, BOOL, FLOAT64
+    start = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
+    assert start.session_start_info.hparams["optimizer/centered"].bool_value is False
+    assert start.session_start_info.hparams["optimizer/lr"].number_value == 0.01
+
+
+def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
+    logger = TensorBoardRunLogger(
+        tmp_path, name="", version="", hparams_metrics={"a": "min", "b": "max", "c": "last"}
+    )
+    for step, (a, b) in enumerate([(3.0, 1.0), (1.0, 5.0), (float("nan"), 2.0), (2.0, 4.0)]):
+        logger.log_metrics({"a": a, "b": torch.tensor(b)}, step=step)
+    assert logger.best == {"a": 1.0, "b": 5.0}
+    assert logger.metric_tags == ["a_best", "b_best", "c"]
+    logger.close()
+    with pytest.raises(
+        ValueError, match=r"hparams_metrics\['a'\]='best' is unknown; allowed: last, min, max"
+    ):
+        TensorBoardRunLogger(tmp_path, hparams_metrics={"a": "best"})
+
+
+def test_flattened_hparams_name_the_class_and_keep_types():
+    config = {
+        "_target_": "torch.optim.RMSprop",
+        "_partial_": True,
+        "lr": 0.01,
+        "centered": True,
+        "foreach": None,
+    }
+    assert flatten_hparams(config, "optimizer") == {
+        "optimizer/class": "torch.optim.RMSprop",
+        "optimizer/lr": 0.01,
+        "optimizer/centered": True,
+        "optimizer/foreach": "null",
+    }
+    assert flatten_hparams([64, 64], "model/hidden") == {"model/hidden": "[64, 64]"}
+
+
+@pytest.mark.parametrize("size", [0, 1, 8, 31, 32, 33, 200, 1500, 4096, 4097, 9000])
+def test_vectorised_crc_equals_tensorboards(size):
+    data = os.urandom(size)
+    assert MaskedCRC32C(masked_crc32c)(data) == masked_crc32c(data)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def tensorboard_server(log_dir: Path) -> Iterator[str]:
+    """A real ``tensorboard`` serving ``log_dir`` on 127.0.0.1; stopped by its PID afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.kill(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def get(url: str, payload: dict | None = None) -> object:
+    data = json.dumps(payload).encode() if payload is not None else None
+    headers = {"Content-Type": "application/json"}
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=10) as reply:
+        return json.load(reply)
+
+
+def poll(url: str, ready, timeout: float = 90.0, payload: dict | None = None) -> object:
+    """GETs (or POSTs) ``url`` until ``ready(answer)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = get(url, payload)
+            if ready(answer):
+                return answer
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"TensorBoard did not serve {url} in {timeout} s")
+        time.sleep(0.5)
+
+
+SESSION_QUERY = {
+    "experimentName": "",
+    "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+    "colParams": [],
+    "startIndex": 0,
+    "sliceSize": 100,
+}
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_curves_and_lists_every_run_of_a_multirun(tmp_path):
+    run_train(tmp_path, "-m", *QUICK, "optimizer=rmsprop_centered_momentum", "optimizer.lr=0.01,0.003")
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(path for path in sweep.iterdir() if path.is_dir())
+    assert [len(event_files(job)) for job in jobs] == [1, 1]
+    expected_runs = {f"{job.name}/tensorboard" for job in jobs}
+    # runs are named by their job folder: number and overrides, the swept ones among them
+    assert [
+        name.startswith(f"{num}_") and f"optimizer.lr={lr}," in name
+        for num, lr, name in zip((0, 1), ("0.01", "0.003"), sorted(expected_runs), strict=True)
+    ] == [True, True]
+    with tensorboard_server(sweep) as server:
+        tags = poll(
+            f"{server}/data/plugin/scalars/tags",
+            lambda answer: set(answer) == expected_runs and all("test/rmse" in t for t in answer.values()),
+        )
+        for run in expected_runs:
+            assert {
+                "train/loss",
+                "optim/square_avg_norm",
+                "optim/decay/momentum_buffer_norm",
+                "optim/no_decay/grad_avg_norm",
+                "optim/update_norm",
+                "optim/update_to_param_ratio",
+                "optim/effective_lr_mean",
+                "optim/effective_lr_min",
+                "val/loss_best",
+            } <= set(tags[run])
+        run = sorted(expected_runs)[0]
+        query = urllib.parse.urlencode({"run": run, "tag": "optim/update_norm"})
+        points = get(f"{server}/data/plugin/scalars/scalars?{query}")
+        assert [step for _, step, _ in points] == list(range(30))
+        layout = get(f"{server}/data/plugin/custom_scalars/layout")
+        charts = {c["title"]: c["chart"] for c in layout["category"]}
+        assert [chart["title"] for chart in charts["Optimizer state"]] == [
+            "square_avg norm",
+            "momentum_buffer norm",
+            "grad_avg norm",
+        ]
+        (loss_chart,) = charts["Loss"]
+        query = urllib.parse.urlencode({"run": run, "tag": loss_chart["multiline"]["tag"][0]})
+        matched = get(f"{server}/data/plugin/custom_scalars/scalars?{query}")["tag_to_events"]
+        assert {"train/loss", "val/loss", "test/loss"} <= set(matched) and "val/rmse" not in matched
+        experiment = get(f"{server}/data/plugin/hparams/experiment", {"experimentName": ""})
+        assert [info["name"]["tag"] for info in experiment["metricInfos"]] == HPARAMS_COLUMNS
+        assert {"optimizer/lr", "optimizer/alpha", "optimizer/centered", "optimizer/momentum"} <= {
+            info["name"] for info in experiment["hparamInfos"]
+        }
+        groups = poll(
+            f"{server}/data/plugin/hparams/session_groups",
+            lambda answer: answer.get("totalSize") == 2,
+            payload=SESSION_QUERY,
+        )["sessionGroups"]
+    assert {group["name"] for group in groups} == expected_runs
+    for group in groups:
+        job = sweep / group["name"].split("/")[0]
+        scalars = read_scalars(job / "tensorboard")
+        metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
+        assert metrics == {
+            "val/loss_best": pytest.approx(min(v for _, v in scalars["val/loss"])),
+            "test/loss": pytest.approx(scalars["test/loss"][-1][1]),
+            "test/rmse": pytest.approx(scalars["test/rmse"][-1][1]),
+        }
+        lr = float(group["name"].split("optimizer.lr=")[1].split(",")[0])
+        assert group["hparams"]["optimizer/lr"] == pytest.approx(lr)
+        assert group["hparams"]["optimizer/centered"] is True
+
+
+@pytest.mark.slow
+def test_ddp_cpu_run_with_the_monitor_writes_one_set_of_curves(tmp_path):
+    run_train(tmp_path, *QUICK, "trainer=ddp_cpu", timeout=600)
+    (run_dir,) = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    (event_file,) = event_files(run_dir)
+    scalars = read_scalars(event_file.parent)
+    optim = [tag for tag in scalars if tag.startswith("optim/")]
+    assert "optim/no_decay/square_avg_norm" in optim and len(optim) == 20
+    assert all([step for step, _ in scalars[tag]] == list(range(30)) for tag in optim)
+    assert all(value == value for tag in optim for _, value in scalars[tag])  # no NaN
