@@ -36,7 +36,7 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_a
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
 # callbacks Lightning refuses to run without a logger
-NEEDS_LOGGER = (".LearningRateMonitor",)
+NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # errors that, raised while objects are built from the config and the data is read, mean bad input
 INPUT_ERRORS = (
     ValueError,
