@@ -1,4 +1,4 @@
-"""A vectorised masked CRC-32C for TensorBoard event records.
+"""A vectorised masked CRC-32C for TensorBoard event records, and records framed in bulk.
 
 Without TensorFlow, TensorBoard's record writer checksums every event with a pure-Python
 CRC-32C loop (about 0.3 µs per byte): an event holding a few dozen scalars costs more
@@ -6,11 +6,13 @@ than a training step of a small net. The CRC is linear over GF(2), so the checks
 ``n`` bytes is the XOR of one table lookup per byte (a table per distance from the end)
 and a constant for the initial register: one NumPy gather and one XOR reduction.
 :func:`install` makes TensorBoard's record writer use it; results are bit-identical.
+:func:`frame_records` frames many records at once, for a single write to an event file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,18 +56,64 @@ class MaskedCRC32C:
 
     def crc32c(self, data: bytes) -> int:
         """The plain CRC-32C of ``data`` (at most ``max_bytes`` long); tables are built on first use."""
+        return int(self._registers(np.frombuffer(data, dtype=np.uint8)[None, :])[0])
+
+    def _registers(self, rows: np.ndarray) -> np.ndarray:
+        """The plain CRC-32C of each row of a ``(records, bytes)`` array of ``uint8``, in one gather."""
         if self._by_distance is None:
             self._by_distance, self._initial = _tables(self.max_bytes)
-        size = len(data)
-        values = np.frombuffer(data, dtype=np.uint8)
-        register = np.bitwise_xor.reduce(self._by_distance[self._distances[self.max_bytes - size :], values])
-        return int(register ^ self._initial[size]) ^ 0xFFFFFFFF
+        size = rows.shape[1]
+        lookups = self._by_distance[self._distances[self.max_bytes - size :], rows]
+        return np.bitwise_xor.reduce(lookups, axis=1) ^ self._initial[size] ^ np.uint32(0xFFFFFFFF)
 
     def __call__(self, data: bytes) -> int:
         if not MIN_BYTES <= len(data) <= self.max_bytes:
             return self.fallback(data)
-        crc = self.crc32c(data)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+        return _mask(self.crc32c(data))
+
+    def many(self, payloads: Sequence[bytes]) -> list[int]:
+        """``[self(data) for data in payloads]``, with one gather per distinct length."""
+        masked = [0] * len(payloads)
+        by_length: dict[int, list[int]] = {}
+        for index, data in enumerate(payloads):
+            by_length.setdefault(len(data), []).append(index)
+        for size, indices in by_length.items():
+            if not MIN_BYTES <= size <= self.max_bytes:
+                for index in indices:
+                    masked[index] = self.fallback(payloads[index])
+                continue
+            joined = b"".join(payloads[index] for index in indices)
+            rows = np.frombuffer(joined, dtype=np.uint8).reshape(len(indices), size)
+            for index, crc in zip(indices, self._registers(rows).tolist(), strict=True):
+                masked[index] = _mask(crc)
+        return masked
+
+
+def _mask(crc: int) -> int:
+    """TensorBoard's masking of a CRC-32C."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_records(payloads: Sequence[bytes]) -> bytes:
+    """``payloads`` framed as consecutive event-file records, as TensorBoard's record writer frames each.
+
+    A record is its length (uint64), the masked CRC of the length, the data and the masked
+    CRC of the data, little-endian; the data CRCs of equal-length records are computed together.
+    """
+    from tensorboard.summary.writer import record_writer
+
+    install()
+    checksum = record_writer.masked_crc32c
+    crcs = checksum.many(payloads) if isinstance(checksum, MaskedCRC32C) else map(checksum, payloads)
+    headers: dict[int, bytes] = {}
+    parts = []
+    for data, crc in zip(payloads, crcs, strict=True):
+        header = headers.get(len(data))
+        if header is None:
+            length = struct.pack("<Q", len(data))
+            header = headers[len(data)] = length + struct.pack("<I", checksum(length))
+        parts += (header, data, struct.pack("<I", crc))
+    return b"".join(parts)
 
 
 def install() -> None:

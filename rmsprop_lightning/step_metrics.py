@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 
 
 class StepMetricBuffer:
@@ -72,6 +73,16 @@ class StepMetricBuffer:
         self._count = 0
 
 
+def log_steps(logger: Logger, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    """Hands ``(step, metrics)`` entries to ``logger``: in one call where it has ``log_metrics_steps``."""
+    log_metrics_steps = getattr(logger, "log_metrics_steps", None)
+    if log_metrics_steps is not None:
+        log_metrics_steps(entries)
+        return
+    for step, metrics in entries:
+        logger.log_metrics(metrics, step=step)
+
+
 class BufferedStepLogger(Callback):
     """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
 
@@ -90,9 +101,9 @@ class BufferedStepLogger(Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             self.buffer.clear()
             return
-        for step, metrics in self.buffer.drain():
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+        entries = self.buffer.drain()
+        for logger in trainer.loggers:
+            log_steps(logger, entries)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

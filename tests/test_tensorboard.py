@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -20,12 +21,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.data import synthetic
-from rmsprop_lightning.event_crc import MaskedCRC32C
+from rmsprop_lightning.event_crc import MaskedCRC32C, frame_records
 from rmsprop_lightning.events import read_scalars
 from rmsprop_lightning.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
 from tests.conftest import QUICK, run_train
@@ -111,6 +114,31 @@ def test_flattened_hparams_name_the_class_and_keep_types():
 def test_vectorised_crc_equals_tensorboards(size):
     data = os.urandom(size)
     assert MaskedCRC32C(masked_crc32c)(data) == masked_crc32c(data)
+
+
+def test_batched_crcs_and_framing_equal_tensorboards_record_writer():
+    sizes = [5, 31, 32, 33, 200, 200, 200, 1500, 4096, 4097]
+    payloads = [os.urandom(size) for size in sizes]
+    assert MaskedCRC32C(masked_crc32c).many(payloads) == [masked_crc32c(p) for p in payloads]
+    blob = io.BytesIO()
+    writer = RecordWriter(blob)
+    for payload in payloads:
+        writer.write(payload)
+    assert frame_records(payloads) == blob.getvalue()
+
+
+def test_a_batch_of_steps_lands_after_the_queued_events_in_one_file(tmp_path):
+    logger = TensorBoardRunLogger(tmp_path, name="", version="")
+    logger.log_metrics({"a": 0.5}, step=0)  # still queued in TensorBoard's writer
+    logger.log_metrics_steps([(step, {"a": step * 2.0, "b": -step}) for step in range(1, 201)])
+    logger.log_metrics({"a": 1.5}, step=201)
+    logger.close()
+    (event_file,) = event_files(tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert scalars["a"] == [(0, 0.5)] + [(step, step * 2.0) for step in range(1, 201)] + [(201, 1.5)]
+    assert scalars["b"] == [(step, -step) for step in range(1, 201)]
+    steps = [event.step for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
+    assert steps == list(range(202))  # in the order written
 
 
 def free_port() -> int:

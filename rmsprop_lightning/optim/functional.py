@@ -26,6 +26,11 @@ State = MutableMapping[str, Any]
 # Bytes of one tensor slice: large enough to amortise the per-operation overhead, small
 # enough that the slices of all tensors of one update stay in the last-level cache.
 CHUNK_BYTES = 1 << 20
+# With foreach=None, tensors up to this size take the multi-tensor path: for them the
+# per-call overhead dominates, which batching saves; larger ones are faster one by one,
+# where out= operations spare the copies the foreach kernels need (measured on the 2-core
+# CPU machine: batching wins at 100 KB per tensor, loses at 250 KB).
+SMALL_BYTES = 128 << 10
 
 
 class Variant(NamedTuple):
@@ -395,18 +400,16 @@ def update(
 ) -> None:
     """Applies one eager step to :func:`rows` whose step counters were already advanced.
 
-    ``foreach`` picks the multi-tensor path; ``None`` takes it for the tensors of at most
-    an eighth of a slice (batching saves a call per tensor and operation, which is what
-    small tensors cost) and the single-tensor path for the others (its ``out=``
-    operations save the copies the foreach path needs). ``chunk_bytes`` is the slice size
-    (default :data:`CHUNK_BYTES`).
+    ``foreach`` picks the multi-tensor path; ``None`` takes it for tensors of at most
+    :data:`SMALL_BYTES` and the single-tensor path for the others. ``chunk_bytes`` is the
+    slice size (default :data:`CHUNK_BYTES`).
     """
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     if foreach is not None:
         path = _multi_tensor if foreach else _single_tensor
         path(rows_, corrections, hyper, scratch, chunk_bytes)
         return
-    small = [row[0].numel() * row[0].element_size() * 8 <= chunk_bytes for row in rows_]
+    small = [row[0].numel() * row[0].element_size() <= SMALL_BYTES for row in rows_]
     for path, wanted in ((_multi_tensor, True), (_single_tensor, False)):
         indices = [k for k, is_small in enumerate(small) if is_small is wanted]
         if indices:

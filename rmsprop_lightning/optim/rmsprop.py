@@ -148,9 +148,7 @@ class RMSprop(torch.optim.RMSprop):
             corrections = advance(states, hyper.alpha, hyper.bias_correction)
             rows_ = rows(params, grads, states)
             if group["fast"] is not False:
-                left = self._fast(group["fast"], rows_, corrections, hyper, states[0]["step"])
-                rows_ = [row for row, _ in left]
-                corrections = [correction for _, correction in left]
+                rows_, corrections = self._fast(group["fast"], rows_, corrections, hyper, states[0]["step"])
             if rows_:
                 update(rows_, corrections, hyper, foreach=group["foreach"], scratch=self._scratch)
         return loss
