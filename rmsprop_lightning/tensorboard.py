@@ -180,7 +180,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
             target.write(event_crc.frame_records(events))
 
     def _summary(self, metrics: Mapping[str, Any], step: int | None) -> Summary:
-        """The summary of scalar ``metrics`` (a reused one per tag set); tracks the best values and last step."""
+        """The summary of scalar ``metrics`` (one reused per tag set); tracks best values and last step."""
         tags = tuple(metrics)
         cached = self._summaries.get(tags)
         if cached is None:
