@@ -129,6 +129,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._captured = 0  # steps captured (over all optimizers) since the last flush
         self._logging = False
         self._decided = False  # whether this batch's first optimizer step has decided on logging
+        self._global_zero = True  # trainer.is_global_zero, read once at the start of training
         self._prefixes: dict[int, str] = {}
         self._param_names: dict[int, str] = {}
         self._layout: dict[str, Any] = {}
@@ -144,6 +145,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
                 "OptimizerStateMonitor needs a logger, but the Trainer has none; pass logger=... "
                 "(or drop the callback)"
             )
+        self._global_zero = trainer.is_global_zero
         optimizers = trainer.optimizers
         self._prefixes = {id(o): p for o, p in zip(optimizers, optimizer_prefixes(optimizers), strict=True)}
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
@@ -160,7 +162,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
     ) -> None:
         if not self._decided:  # the batch's first optimizer step decides for all of them
             interval = self._interval(trainer)
-            self._logging = trainer.is_global_zero and (trainer.global_step + 1) % interval == 0
+            self._logging = self._global_zero and (trainer.global_step + 1) % interval == 0
             self._decided = True
         if not self._logging:
             return

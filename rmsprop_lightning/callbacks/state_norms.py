@@ -252,12 +252,7 @@ class OptimizerProbe:
         self._param_start = offsets[("param", small_params[0])] if small_params else 0
         self._update_start = offsets[("update", small_params[0])] if small_params else 0
         self.grad_params = [params[i] for i in small_params]
-        self._grad_flat = torch.empty(sum(p.numel() for p in self.grad_params), dtype=dtype, device=device)
-        self._grad_views = list(self._grad_flat.split([p.numel() for p in self.grad_params]))
-        self._grad_views = [
-            view.view(p.shape) for view, p in zip(self._grad_views, self.grad_params, strict=True)
-        ]
-        self._zero_grads = [torch.zeros_like(p) for p in self.grad_params]
+        self._zero_grads = [p.new_zeros(p.numel()) for p in self.grad_params]
         self._state = optimizer.state
         self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
 
@@ -369,16 +364,15 @@ class OptimizerProbe:
     def capture(self, step: int) -> None:
         """Keeps the state right after the optimizer step of ``step`` (the snapshot holds the one before)."""
         row = len(self.steps)
-        if self.grad_params:
-            grads = [p.grad for p in self.grad_params]
-            if any(g is None for g in grads):
-                grads = [zero if g is None else g for g, zero in zip(grads, self._zero_grads, strict=True)]
-            torch._foreach_copy_(self._grad_views, grads)
         if self.width:
             if self.optimizer.state is not self._state:  # reloaded: the states are other tensors now
                 self._state = self.optimizer.state
                 self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
-            torch.cat([self._grad_flat, *self._views(), self.snapshot.flat], out=self._rows[row])
+            grads = [
+                zero if p.grad is None else p.grad.reshape(-1)
+                for p, zero in zip(self.grad_params, self._zero_grads, strict=True)
+            ]
+            torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
         groups = self.optimizer.param_groups
         self._settings.append([float(groups[g][key]) for key in SETTINGS for g in self.step_groups])
         if self.large_columns or self.large_jobs:
