@@ -12,12 +12,25 @@ fit and when training stops on an exception.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+
+
+class StepRows(NamedTuple):
+    """Values of several steps under the same names: ``rows[k]`` holds step ``steps[k]``'s values."""
+
+    names: tuple[str, ...]
+    steps: tuple[int, ...]
+    rows: list[list[float]]
+
+    def entries(self) -> list[tuple[int, dict[str, float]]]:
+        """``(step, {name: value})`` per step."""
+        pairs = zip(self.steps, self.rows, strict=True)
+        return [(step, dict(zip(self.names, row, strict=True))) for step, row in pairs]
 
 
 class StepMetricBuffer:
@@ -48,22 +61,27 @@ class StepMetricBuffer:
         self._values.append(values.detach())
         self._count += len(steps)
 
-    def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
+    def drain_rows(self) -> list[StepRows]:
+        """Empties the buffer and returns what was recorded, in order, as host numbers.
 
         All values reach the host through a single concatenation and transfer.
         """
         if not self._steps:
             return []
         flat = torch.cat([value.reshape(-1).float() for value in self._values]).tolist()
-        entries: list[tuple[int, dict[str, float]]] = []
+        groups: list[StepRows] = []
         offset = 0
         for steps, names in zip(self._steps, self._names, strict=True):
-            for step in steps:
-                entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
-                offset += len(names)
+            width = len(names)
+            rows = [flat[offset + k * width : offset + (k + 1) * width] for k in range(len(steps))]
+            groups.append(StepRows(names, steps, rows))
+            offset += width * len(steps)
         self.clear()
-        return entries
+        return groups
+
+    def drain(self) -> list[tuple[int, dict[str, float]]]:
+        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order."""
+        return [entry for group in self.drain_rows() for entry in group.entries()]
 
     def clear(self) -> None:
         """Forgets every recorded value without a transfer."""
@@ -73,14 +91,15 @@ class StepMetricBuffer:
         self._count = 0
 
 
-def log_steps(logger: Logger, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-    """Hands ``(step, metrics)`` entries to ``logger``: in one call where it has ``log_metrics_steps``."""
-    log_metrics_steps = getattr(logger, "log_metrics_steps", None)
-    if log_metrics_steps is not None:
-        log_metrics_steps(entries)
+def log_steps(logger: Logger, groups: Sequence[StepRows]) -> None:
+    """Hands drained steps to ``logger``: in one call where it has ``log_metrics_rows``, else step by step."""
+    log_metrics_rows = getattr(logger, "log_metrics_rows", None)
+    if log_metrics_rows is not None:
+        log_metrics_rows(groups)
         return
-    for step, metrics in entries:
-        logger.log_metrics(metrics, step=step)
+    for group in groups:
+        for step, metrics in group.entries():
+            logger.log_metrics(metrics, step=step)
 
 
 class BufferedStepLogger(Callback):
@@ -101,9 +120,9 @@ class BufferedStepLogger(Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             self.buffer.clear()
             return
-        entries = self.buffer.drain()
+        groups = self.buffer.drain_rows()
         for logger in trainer.loggers:
-            log_steps(logger, entries)
+            log_steps(logger, groups)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -24,11 +24,12 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from rmsprop_lightning import event_crc
+from rmsprop_lightning.step_metrics import StepRows
 
 HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")
-# summaries kept for reuse, one per set of tags logged together
-MAX_SUMMARIES = 32
+# events kept for reuse, one per set of tags logged together
+MAX_EVENTS = 32
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
 # config entries besides the optimizer and scheduler shown on the HPARAMS tab
 RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden", "trainer.max_steps")
@@ -122,7 +123,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the
     run). The writer stays open across ``fit`` and ``test``; :meth:`write_hparams`
     finishes the run and closes it. Each ``log_metrics`` call is one event,
-    :meth:`log_metrics_steps` writes a batch of steps in one go, and event records are
+    :meth:`log_metrics_rows` writes a batch of steps in one go, and event records are
     checksummed with :mod:`rmsprop_lightning.event_crc` (bit-identical,
     many times faster than TensorBoard's pure-Python loop). Other keyword arguments
     are ``TensorBoardLogger``'s.
@@ -138,7 +139,9 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.hparams_metrics = metrics
         self.best: dict[str, float] = {}
         self._last_step = 0
-        self._summaries: dict[tuple[str, ...], tuple[Summary, list[Summary.Value]]] = {}
+        self._events: dict[
+            tuple[str, ...], tuple[Event, list[Summary.Value], list[tuple[int, str, str]]]
+        ] = {}
 
     @property
     def metric_tags(self) -> list[str]:
@@ -147,56 +150,63 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Writes ``metrics`` as one event (Lightning writes one per value), reusing a summary per tag set."""
+        """Writes ``metrics`` as one event (Lightning writes one per value), reusing an event per tag set."""
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         if any(isinstance(value, Mapping) for value in metrics.values()):
             super().log_metrics(metrics, step)
             return
-        self.experiment._get_file_writer().add_summary(self._summary(metrics, step), step)
+        event = self._event(tuple(metrics), [float(value) for value in metrics.values()], step)
+        self.experiment._get_file_writer().add_event(event, step)
 
     @rank_zero_only
-    def log_metrics_steps(self, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-        """Writes each ``(step, metrics)`` of ``entries`` as one event, all of them in one file write.
+    def log_metrics_rows(self, groups: Sequence[StepRows]) -> None:
+        """Writes every step of ``groups`` as one event, all of them in one write to the event file.
 
-        TensorBoard's writer hands every event to a background thread through a short
-        queue and reopens the file for each record, which costs ~100 µs per event; a
-        buffer of logged steps is framed here and appended at once, after the events
-        still queued, so the file keeps its order.
+        TensorBoard's writer hands each event to a background thread through a short queue
+        and reopens the file for each record: ~100 µs an event. Here the records are
+        framed together and appended after the events still queued, so the file keeps its
+        order; the events carry the time of this call.
         """
-        file_writer = self.experiment._get_file_writer()
-        event_writer = file_writer.event_writer
+        event_writer = self.experiment._get_file_writer().event_writer
         target = getattr(event_writer, "_general_file_writer", None)
         wall_time = time.time()
-        events = []
-        for step, metrics in entries:
-            metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-            event = Event(wall_time=wall_time, step=int(step), summary=self._summary(metrics, step))
-            if target is None:  # a TensorBoard without that file object: one record at a time
-                event_writer.add_event(event)
-            else:
-                events.append(event.SerializeToString())  # now: the summary is reused
-        if events:
+        payloads = []
+        for group in groups:
+            tags = tuple(_add_prefix(dict.fromkeys(group.names), self._prefix, self.LOGGER_JOIN_CHAR))
+            for step, row in zip(group.steps, group.rows, strict=True):
+                event = self._event(tags, row, step)
+                event.wall_time = wall_time
+                if target is None:  # a TensorBoard without that file object: one record at a time
+                    event_writer.add_event(event)
+                else:
+                    payloads.append(event.SerializeToString())  # now: the event is reused
+        if payloads:
             event_writer.flush()
-            target.write(event_crc.frame_records(events))
+            target.write(event_crc.frame_records(payloads))
 
-    def _summary(self, metrics: Mapping[str, Any], step: int | None) -> Summary:
-        """The summary of scalar ``metrics`` (one reused per tag set); tracks best values and last step."""
-        tags = tuple(metrics)
-        cached = self._summaries.get(tags)
+    def _event(self, tags: tuple[str, ...], values: Sequence[float], step: int | None) -> Event:
+        """The event of one step's scalars (one reused per tag set); tracks best values and last step."""
+        cached = self._events.get(tags)
         if cached is None:
-            summary = Summary(value=[Summary.Value(tag=tag) for tag in tags])
-            if len(self._summaries) >= MAX_SUMMARIES:
-                self._summaries.clear()
-            cached = self._summaries[tags] = (summary, list(summary.value))
-        summary, entries = cached
-        for entry, value in zip(entries, metrics.values(), strict=True):
-            entry.simple_value = float(value)
-        if step is not None:
+            event = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
+            if len(self._events) >= MAX_EVENTS:
+                self._events.clear()
+            tracked = [
+                (tags.index(tag), tag, mode) for tag, mode in self.hparams_metrics.items() if tag in tags
+            ]
+            cached = self._events[tags] = (event, list(event.summary.value), tracked)
+        event, entries, tracked = cached
+        for entry, value in zip(entries, values, strict=True):
+            entry.simple_value = value
+        if step is None:
+            event.ClearField("step")
+        else:
+            event.step = int(step)
             self._last_step = max(self._last_step, step)
-        for tag, mode in self.hparams_metrics.items():
-            if mode != "last" and tag in metrics and is_better(float(metrics[tag]), self.best.get(tag), mode):
-                self.best[tag] = float(metrics[tag])
-        return summary
+        for index, tag, mode in tracked:
+            if is_better(values[index], self.best.get(tag), mode):
+                self.best[tag] = values[index]
+        return event
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -30,6 +30,7 @@ from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.event_crc import MaskedCRC32C, frame_records
 from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.step_metrics import StepRows
 from rmsprop_lightning.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
 from tests.conftest import QUICK, run_train
 
@@ -130,15 +131,17 @@ def test_batched_crcs_and_framing_equal_tensorboards_record_writer():
 def test_a_batch_of_steps_lands_after_the_queued_events_in_one_file(tmp_path):
     logger = TensorBoardRunLogger(tmp_path, name="", version="")
     logger.log_metrics({"a": 0.5}, step=0)  # still queued in TensorBoard's writer
-    logger.log_metrics_steps([(step, {"a": step * 2.0, "b": -step}) for step in range(1, 201)])
+    logger.log_metrics_rows(
+        [StepRows(("a", "b"), tuple(range(1, 201)), [[s * 2.0, -s] for s in range(1, 201)])]
+    )
     logger.log_metrics({"a": 1.5}, step=201)
     logger.close()
     (event_file,) = event_files(tmp_path)
     scalars = read_scalars(tmp_path)
     assert scalars["a"] == [(0, 0.5)] + [(step, step * 2.0) for step in range(1, 201)] + [(201, 1.5)]
     assert scalars["b"] == [(step, -step) for step in range(1, 201)]
-    steps = [event.step for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
-    assert steps == list(range(202))  # in the order written
+    written = [event.step for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
+    assert written == list(range(202))  # in the order written
 
 
 def free_port() -> int:
