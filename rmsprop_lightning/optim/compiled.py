@@ -73,6 +73,9 @@ def _graph() -> Callable[..., None]:
     return _compiled_graph
 
 
+_CPU = torch.device("cpu")
+
+
 def _route(row: tuple) -> tuple[str, torch.device, torch.dtype]:
     """Which back-end takes ``row`` (``kernel``, ``graph`` or ``eager``), with its device and dtype.
 
@@ -80,14 +83,14 @@ def _route(row: tuple) -> tuple[str, torch.device, torch.dtype]:
     dtype and size.
     """
     param = row[0]
-    dtype, device = param.dtype, param.device
+    dtype = param.dtype
     if not param.is_cpu or dtype not in cpu_kernel.DTYPES:
-        return "graph", device, dtype
+        return "graph", param.device, dtype
     numel = param.numel()
     for t in row:
         if t is not None and not (t.is_contiguous() and t.dtype is dtype and t.numel() == numel and t.is_cpu):
-            return "eager", device, dtype
-    return "kernel", device, dtype
+            return "eager", _CPU, dtype
+    return "kernel", _CPU, dtype
 
 
 def worthwhile(backend: str, numel: int, steps: float) -> bool:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rmsprop_lightning.optim.functional import Coefficients, Variant
@@ -226,12 +227,17 @@ class Kernel:
     ) -> None:
         """Runs one step on ``rows_`` of contiguous ``(param, grad, square_avg, grad_avg, buffer)``."""
         n = len(rows_)
-        pointers = [0 if t is None else t.data_ptr() for column in zip(*rows_, strict=True) for t in column]
+        pointers = np.array(
+            [0 if t is None else t.data_ptr() for column in zip(*rows_, strict=True) for t in column],
+            dtype=np.uint64,
+        )
+        sizes = np.array([row[0].numel() for row in rows_], dtype=np.int64)
+        scalars = np.array(corrections, dtype=np.float64)
         self.function(
             n,
-            (ctypes.c_void_p * (5 * n))(*pointers),
-            (ctypes.c_int64 * n)(*[row[0].numel() for row in rows_]),
-            (ctypes.c_double * n)(*corrections),
+            pointers.ctypes.data,
+            sizes.ctypes.data,
+            scalars.ctypes.data,
             (ctypes.c_double * len(coefficients))(*coefficients),
             threads,
         )
