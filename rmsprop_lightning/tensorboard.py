@@ -139,6 +139,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.hparams_metrics = metrics
         self.best: dict[str, float] = {}
         self._last_step = 0
+        # per tag set: the event, its values, and (index, tag, mode) of the tags whose best is kept
         self._events: dict[
             tuple[str, ...], tuple[Event, list[Summary.Value], list[tuple[int, str, str]]]
         ] = {}
@@ -191,9 +192,10 @@ class TensorBoardRunLogger(TensorBoardLogger):
             event = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
             if len(self._events) >= MAX_EVENTS:
                 self._events.clear()
-            tracked = [
-                (tags.index(tag), tag, mode) for tag, mode in self.hparams_metrics.items() if tag in tags
+            best = [
+                (tag, mode) for tag, mode in self.hparams_metrics.items() if mode != "last" and tag in tags
             ]
+            tracked = [(tags.index(tag), tag, mode) for tag, mode in best]
             cached = self._events[tags] = (event, list(event.summary.value), tracked)
         event, entries, tracked = cached
         for entry, value in zip(entries, values, strict=True):

@@ -85,7 +85,8 @@ def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
     )
     for step, (a, b) in enumerate([(3.0, 1.0), (1.0, 5.0), (float("nan"), 2.0), (2.0, 4.0)]):
         logger.log_metrics({"a": a, "b": torch.tensor(b)}, step=step)
-    assert logger.best == {"a": 1.0, "b": 5.0}
+    logger.log_metrics_rows([StepRows(("c", "a"), (4, 5), [[7.0, 0.5], [8.0, 9.0]])])
+    assert logger.best == {"a": 0.5, "b": 5.0}
     assert logger.metric_tags == ["a_best", "b_best", "c"]
     logger.close()
     with pytest.raises(

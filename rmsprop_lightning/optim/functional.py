@@ -13,6 +13,7 @@ and square average), and a step allocates nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, fields
@@ -79,12 +80,24 @@ class Hyper:
 
     @classmethod
     def from_group(cls, group: MutableMapping[str, Any]) -> Hyper:
-        """Reads the hyper-parameters out of an optimizer parameter group."""
-        return cls(*[group[name] for name in _HYPER_NAMES])
+        """Reads the hyper-parameters out of an optimizer parameter group, as Python floats and bools.
+
+        Plain values keep :attr:`variant` and :attr:`coefficients`, which are cached per
+        configuration, right when a scheduler sets a learning rate (even as a 0-dim tensor).
+        """
+        return cls(*[kind(group[name]) for name, kind in _HYPER_FIELDS])
 
     @property
     def variant(self) -> Variant:
-        """The operations this configuration needs."""
+        """The operations this configuration needs (computed once per distinct configuration)."""
+        return _derived(self)[0]
+
+    @property
+    def coefficients(self) -> Coefficients:
+        """The scalars of the update, as torch's RMSprop passes them to ATen where it has them."""
+        return _derived(self)[1]
+
+    def _variant(self) -> Variant:
         decay = self.weight_decay != 0
         return Variant(
             maximize=self.maximize,
@@ -97,9 +110,7 @@ class Hyper:
             nesterov=self.nesterov,
         )
 
-    @property
-    def coefficients(self) -> Coefficients:
-        """The scalars of the update, as torch's RMSprop passes them to ATen where it has them."""
+    def _coefficients(self) -> Coefficients:
         lr_outside = 1.0 if self.lr_in_momentum else self.lr
         return Coefficients(
             grad_decay=self.weight_decay,
@@ -114,7 +125,13 @@ class Hyper:
         )
 
 
-_HYPER_NAMES = tuple(field.name for field in fields(Hyper))
+_HYPER_FIELDS = tuple((field.name, float if field.type == "float" else bool) for field in fields(Hyper))
+
+
+@functools.lru_cache(maxsize=256)
+def _derived(hyper: Hyper) -> tuple[Variant, Coefficients]:
+    """``hyper``'s variant and coefficients; a step reads them for every group, so they are kept."""
+    return hyper._variant(), hyper._coefficients()
 
 
 def state_dtype() -> torch.dtype:
@@ -157,6 +174,8 @@ def advance(states: Sequence[State], alpha: float, bias_correction: bool) -> lis
 
 # the coefficients that reach ATen as a plain scalar operand (mul_, add), not as value=/alpha=
 _OPERANDS = ("alpha", "eps", "momentum", "param_decay")
+# operand sets kept by a Scratch (one per distinct coefficients and dtype)
+MAX_OPERAND_SETS = 64
 
 
 class Scratch:
@@ -165,28 +184,27 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._views: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
-        self._operands: dict[torch.dtype, dict[str, tuple[float, Tensor]]] = {}
+        self._operands: dict[tuple[Coefficients, torch.dtype], Coefficients] = {}
 
     def operands(self, coeffs: Coefficients, dtype: torch.dtype) -> Coefficients:
-        """``coeffs`` with its scalar operands as reused 0-dim CPU tensors of ``dtype``.
+        """``coeffs`` with its scalar operands as 0-dim CPU tensors of ``dtype``, kept for reuse.
 
         ATen wraps a Python number into a fresh 0-dim tensor on every call and rounds it
-        to the tensor's dtype; a reused tensor holding the rounded value computes the same
+        to the tensor's dtype; a kept tensor holding the rounded value computes the same
         bits without the allocation. Only for float32/float64, where that rounding is the
-        one ATen applies (reduced-precision tensors compute with float32 scalars).
+        one ATen applies (reduced-precision tensors compute with float32 scalars). A
+        scheduled learning rate makes new operands at every step, so the store is bounded.
         """
         if dtype not in (torch.float32, torch.float64):
             return coeffs
-        operands = self._operands.setdefault(dtype, {})
-        for name in _OPERANDS:
-            value = getattr(coeffs, name)
-            held = operands.get(name)
-            if held is None:
-                operands[name] = (value, torch.tensor(value, dtype=dtype))
-            elif held[0] != value:
-                held[1].fill_(value)
-                operands[name] = (value, held[1])
-        return coeffs._replace(**{name: operand for name, (_, operand) in operands.items()})
+        key = (coeffs, dtype)
+        held = self._operands.get(key)
+        if held is None:
+            if len(self._operands) >= MAX_OPERAND_SETS:
+                self._operands.clear()
+            tensors = {name: torch.tensor(getattr(coeffs, name), dtype=dtype) for name in _OPERANDS}
+            held = self._operands[key] = coeffs._replace(**tensors)
+        return held
 
     def pair(self, shapes: tuple[torch.Size, ...], like: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Two lists of scratch tensors of ``shapes`` (work and denominator), the same on every step."""
@@ -352,6 +370,9 @@ def _batches(
     rows_: list[tuple], corrections: list[float], chunk_bytes: int
 ) -> list[list[tuple[tuple, float]]]:
     """Groups the slices of same-kind rows into batches of at most one slice's bytes in all."""
+    sizes = [row[0].numel() * row[0].element_size() for row in rows_]
+    if sum(sizes) <= chunk_bytes:  # the common case of small tensors: one batch, no slicing
+        return [list(zip(rows_, corrections, strict=True))]
     batches: list[list[tuple[tuple, float]]] = []
     current: list[tuple[tuple, float]] = []
     size = 0
