@@ -185,6 +185,7 @@ class Scratch:
         self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._views: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
         self._operands: dict[tuple[Coefficients, torch.dtype], Coefficients] = {}
+        self._scalars: dict[tuple[float, torch.dtype], Tensor] = {}
 
     def operands(self, coeffs: Coefficients, dtype: torch.dtype) -> Coefficients:
         """``coeffs`` with its scalar operands as 0-dim CPU tensors of ``dtype``, kept for reuse.
@@ -202,9 +203,17 @@ class Scratch:
         if held is None:
             if len(self._operands) >= MAX_OPERAND_SETS:
                 self._operands.clear()
-            tensors = {name: torch.tensor(getattr(coeffs, name), dtype=dtype) for name in _OPERANDS}
+                self._scalars.clear()
+            tensors = {name: self._scalar(getattr(coeffs, name), dtype) for name in _OPERANDS}
             held = self._operands[key] = coeffs._replace(**tensors)
         return held
+
+    def _scalar(self, value: float, dtype: torch.dtype) -> Tensor:
+        """A kept 0-dim tensor holding ``value`` in ``dtype`` (a changing lr leaves the others alone)."""
+        scalar = self._scalars.get((value, dtype))
+        if scalar is None:
+            scalar = self._scalars[(value, dtype)] = torch.tensor(value, dtype=dtype)
+        return scalar
 
     def pair(self, shapes: tuple[torch.Size, ...], like: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Two lists of scratch tensors of ``shapes`` (work and denominator), the same on every step."""
