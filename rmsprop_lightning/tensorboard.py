@@ -30,6 +30,8 @@ HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")
 # events kept for reuse, one per set of tags logged together
 MAX_EVENTS = 32
+# scalar events held by the logger before they are written together
+MAX_PENDING = 100
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
 # config entries besides the optimizer and scheduler shown on the HPARAMS tab
 RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden", "trainer.max_steps")
@@ -122,9 +124,9 @@ class TensorBoardRunLogger(TensorBoardLogger):
     ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the
     run). The writer stays open across ``fit`` and ``test``; :meth:`write_hparams`
-    finishes the run and closes it. Each ``log_metrics`` call is one event,
-    :meth:`log_metrics_rows` writes a batch of steps in one go, and event records are
-    checksummed with :mod:`rmsprop_lightning.event_crc` (bit-identical,
+    finishes the run and closes it. Each ``log_metrics`` call is one event; events are
+    written in batches (see :meth:`log_metrics` and :meth:`log_metrics_rows`), and event
+    records are checksummed with :mod:`rmsprop_lightning.event_crc` (bit-identical,
     many times faster than TensorBoard's pure-Python loop). Other keyword arguments
     are ``TensorBoardLogger``'s.
     """
@@ -139,6 +141,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.hparams_metrics = metrics
         self.best: dict[str, float] = {}
         self._last_step = 0
+        self._pending: list[bytes] = []  # serialized events not yet in the event file
         # per tag set: the event, its values, and (index, tag, mode) of the tags whose best is kept
         self._events: dict[
             tuple[str, ...], tuple[Event, list[Summary.Value], list[tuple[int, str, str]]]
@@ -149,15 +152,35 @@ class TensorBoardRunLogger(TensorBoardLogger):
         """The HPARAMS columns: ``<tag>`` for ``last``, ``<tag>_best`` for ``min``/``max``."""
         return [tag if mode == "last" else f"{tag}_best" for tag, mode in self.hparams_metrics.items()]
 
+    @property
+    def experiment(self) -> Any:
+        """TensorBoard's ``SummaryWriter``; the events this logger still holds are written first.
+
+        So whatever is written through it directly (layouts, HPARAMS, images) keeps its
+        place after the scalars logged before it.
+        """
+        writer = super().experiment
+        self._write_pending()
+        return writer
+
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Writes ``metrics`` as one event (Lightning writes one per value), reusing an event per tag set."""
+        """Logs ``metrics`` as one event (Lightning writes one per value), reusing an event per tag set.
+
+        The event is held with others and written with them (see :meth:`log_metrics_rows`)
+        once :data:`MAX_PENDING` are held, and before anything else reaches the event file:
+        at every ``save`` (Lightning calls it after its own logging and at checkpoints),
+        ``finalize`` and ``close``, and before any use of :attr:`experiment`.
+        """
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         if any(isinstance(value, Mapping) for value in metrics.values()):
             super().log_metrics(metrics, step)
             return
         event = self._event(tuple(metrics), [float(value) for value in metrics.values()], step)
-        self.experiment._get_file_writer().add_event(event, step)
+        event.wall_time = time.time()
+        self._hold(event)
+        if len(self._pending) >= MAX_PENDING:
+            self._write_pending()
 
     @rank_zero_only
     def log_metrics_rows(self, groups: Sequence[StepRows]) -> None:
@@ -168,22 +191,35 @@ class TensorBoardRunLogger(TensorBoardLogger):
         framed together and appended after the events still queued, so the file keeps its
         order; the events carry the time of this call.
         """
-        event_writer = self.experiment._get_file_writer().event_writer
-        target = getattr(event_writer, "_general_file_writer", None)
         wall_time = time.time()
-        payloads = []
         for group in groups:
             tags = tuple(_add_prefix(dict.fromkeys(group.names), self._prefix, self.LOGGER_JOIN_CHAR))
             for step, row in zip(group.steps, group.rows, strict=True):
                 event = self._event(tags, row, step)
                 event.wall_time = wall_time
-                if target is None:  # a TensorBoard without that file object: one record at a time
-                    event_writer.add_event(event)
-                else:
-                    payloads.append(event.SerializeToString())  # now: the event is reused
-        if payloads:
-            event_writer.flush()
-            target.write(event_crc.frame_records(payloads))
+                self._hold(event)
+        self._write_pending()
+
+    def _hold(self, event: Event) -> None:
+        """Keeps ``event`` (serialized now: it is reused) until the next write of held events.
+
+        A TensorBoard whose writer lacks the file object appended to here gets the event
+        through its own queue at once.
+        """
+        event_writer = super().experiment._get_file_writer().event_writer
+        if getattr(event_writer, "_general_file_writer", None) is None:
+            event_writer.add_event(event)
+        else:
+            self._pending.append(event.SerializeToString())
+
+    def _write_pending(self) -> None:
+        """Appends the held events to the event file in one write, after the events TensorBoard queued."""
+        if not self._pending or self._experiment is None:
+            return
+        payloads, self._pending = self._pending, []
+        event_writer = self._experiment._get_file_writer().event_writer
+        event_writer.flush()
+        event_writer._general_file_writer.write(event_crc.frame_records(payloads))
 
     def _event(self, tags: tuple[str, ...], values: Sequence[float], step: int | None) -> Event:
         """The event of one step's scalars (one reused per tag set); tracks best values and last step."""
@@ -232,6 +268,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
     @rank_zero_only
     def close(self) -> None:
         """Flushes and closes the event file; logging after this starts a new one."""
+        self._write_pending()
         if self._experiment is not None:
             self._experiment.close()
             self._experiment = None

@@ -26,6 +26,7 @@ from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning import tensorboard as run_logger
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.event_crc import MaskedCRC32C, frame_records
@@ -131,7 +132,7 @@ def test_batched_crcs_and_framing_equal_tensorboards_record_writer():
 
 def test_a_batch_of_steps_lands_after_the_queued_events_in_one_file(tmp_path):
     logger = TensorBoardRunLogger(tmp_path, name="", version="")
-    logger.log_metrics({"a": 0.5}, step=0)  # still queued in TensorBoard's writer
+    logger.log_metrics({"a": 0.5}, step=0)  # held by the logger
     logger.log_metrics_rows(
         [StepRows(("a", "b"), tuple(range(1, 201)), [[s * 2.0, -s] for s in range(1, 201)])]
     )
@@ -141,8 +142,27 @@ def test_a_batch_of_steps_lands_after_the_queued_events_in_one_file(tmp_path):
     scalars = read_scalars(tmp_path)
     assert scalars["a"] == [(0, 0.5)] + [(step, step * 2.0) for step in range(1, 201)] + [(201, 1.5)]
     assert scalars["b"] == [(step, -step) for step in range(1, 201)]
-    written = [event.step for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
-    assert written == list(range(202))  # in the order written
+    assert steps_in_file(event_file) == list(range(202))  # in the order written
+
+
+def steps_in_file(event_file: Path) -> list[int]:
+    return [event.step for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
+
+
+def test_held_events_reach_the_file_in_order_with_direct_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_logger, "MAX_PENDING", 10)
+    logger = TensorBoardRunLogger(tmp_path, name="", version="")
+    logger.log_metrics({"a": 0.0}, step=0)
+    logger.experiment.add_scalar("direct", 5.0, global_step=1)  # through TensorBoard's own queue
+    for step in range(2, 12):
+        logger.log_metrics({"a": float(step)}, step=step)
+    (event_file,) = event_files(tmp_path)
+    assert steps_in_file(event_file) == list(range(12))  # the tenth held event wrote them all
+    logger.log_metrics({"a": 12.0}, step=12)
+    assert steps_in_file(event_file) == list(range(12))
+    logger.close()
+    assert steps_in_file(event_file) == list(range(13))
+    assert read_scalars(tmp_path)["a"] == [(step, float(step)) for step in range(13) if step != 1]
 
 
 def free_port() -> int:
