@@ -22,7 +22,9 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -47,7 +49,8 @@ class TimedMonitor(OptimizerStateMonitor):
         self.seconds = 0.0
         self._depth = 0  # flush runs inside on_train_batch_end too: time the outermost call only
 
-    def _timed(self, hook, *args):
+    def _timed(self, hook: Callable[..., Any], *args: Any) -> Any:
+        """Runs ``hook`` and adds its wall time to :attr:`seconds` (outermost calls only)."""
         self._depth += 1
         start = time.perf_counter()
         try:
@@ -57,14 +60,14 @@ class TimedMonitor(OptimizerStateMonitor):
             if not self._depth:
                 self.seconds += time.perf_counter() - start
 
-    def on_before_optimizer_step(self, *args):
-        return self._timed(super().on_before_optimizer_step, *args)
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        self._timed(super().on_before_optimizer_step, *args)
 
-    def on_train_batch_end(self, *args):
-        return self._timed(super().on_train_batch_end, *args)
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._timed(super().on_train_batch_end, *args)
 
-    def flush(self, *args):
-        return self._timed(super().flush, *args)
+    def flush(self, *args: Any) -> None:
+        self._timed(super().flush, *args)
 
 
 class AlternatingModule(RegressionModule):

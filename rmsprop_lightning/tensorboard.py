@@ -178,7 +178,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
             return
         event = self._event(tuple(metrics), [float(value) for value in metrics.values()], step)
         event.wall_time = time.time()
-        self._hold(event)
+        self._hold(self._event_writer(), event)
         if len(self._pending) >= MAX_PENDING:
             self._write_pending()
 
@@ -191,22 +191,25 @@ class TensorBoardRunLogger(TensorBoardLogger):
         framed together and appended after the events still queued, so the file keeps its
         order; the events carry the time of this call.
         """
-        wall_time = time.time()
+        event_writer, wall_time = self._event_writer(), time.time()
         for group in groups:
             tags = tuple(_add_prefix(dict.fromkeys(group.names), self._prefix, self.LOGGER_JOIN_CHAR))
             for step, row in zip(group.steps, group.rows, strict=True):
                 event = self._event(tags, row, step)
                 event.wall_time = wall_time
-                self._hold(event)
+                self._hold(event_writer, event)
         self._write_pending()
 
-    def _hold(self, event: Event) -> None:
+    def _event_writer(self) -> Any:
+        """TensorBoard's ``EventFileWriter`` of this run (created on first use), reached without a write."""
+        return super().experiment._get_file_writer().event_writer
+
+    def _hold(self, event_writer: Any, event: Event) -> None:
         """Keeps ``event`` (serialized now: it is reused) until the next write of held events.
 
-        A TensorBoard whose writer lacks the file object appended to here gets the event
-        through its own queue at once.
+        A TensorBoard whose ``event_writer`` lacks the file object appended to here gets the
+        event through its own queue at once.
         """
-        event_writer = super().experiment._get_file_writer().event_writer
         if getattr(event_writer, "_general_file_writer", None) is None:
             event_writer.add_event(event)
         else:
