@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rmsprop_lightning.optim import cpu_kernel
-from rmsprop_lightning.optim.functional import Coefficients, Hyper, Variant, update_piece
+from rmsprop_lightning.optim.functional import Coefficients, Hyper, Variant, split_rows, update_piece
 
 # below this many elements per group the automatic mode never compiles
 AUTO_MIN_NUMEL = 1 << 16
@@ -117,11 +117,7 @@ class FastStep:
         """
         if mode is None and sum(row[0].numel() for row in rows_) < AUTO_MIN_NUMEL:
             return rows_, corrections
-        routes: dict[tuple, tuple[list[tuple], list[float]]] = {}
-        for row, correction in zip(rows_, corrections, strict=True):
-            route = routes.setdefault(_route(row), ([], []))
-            route[0].append(row)
-            route[1].append(correction)
+        routes = split_rows(rows_, corrections, _route)
         left_rows: list[tuple] = []
         left_corrections: list[float] = []
         for (backend, device, dtype), (chosen, chosen_corrections) in routes.items():

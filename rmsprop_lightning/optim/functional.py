@@ -347,6 +347,18 @@ def rows(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[Sta
     return result
 
 
+def split_rows(
+    rows_: list[tuple], corrections: list[float], key: Callable[[tuple], Any]
+) -> dict[Any, tuple[list[tuple], list[float]]]:
+    """``rows_`` and their ``corrections`` split by ``key(row)``, in order of first appearance."""
+    parts: dict[Any, tuple[list[tuple], list[float]]] = {}
+    for row, correction in zip(rows_, corrections, strict=True):
+        part = parts.setdefault(key(row), ([], []))
+        part[0].append(row)
+        part[1].append(correction)
+    return parts
+
+
 def _pieces(row: tuple, chunk_bytes: int) -> list[tuple]:
     """``row`` as flat slices of at most ``chunk_bytes`` each; whole if small or not contiguous."""
     numel = row[0].numel()
@@ -403,11 +415,7 @@ def _multi_tensor(
 ) -> None:
     """The multi-tensor path: batches of parameters (slices) per ``_foreach`` call."""
     variant, base = hyper.variant, hyper.coefficients
-    kinds: dict[tuple[torch.device, torch.dtype], tuple[list[tuple], list[float]]] = {}
-    for row, correction in zip(rows_, corrections, strict=True):
-        kind = kinds.setdefault((row[0].device, row[0].dtype), ([], []))
-        kind[0].append(row)
-        kind[1].append(correction)
+    kinds = split_rows(rows_, corrections, lambda row: (row[0].device, row[0].dtype))
     for (_, dtype), (kind_rows, kind_corrections) in kinds.items():
         coeffs = scratch.operands(base, dtype)
         for batch in _batches(kind_rows, kind_corrections, chunk_bytes):
@@ -439,11 +447,12 @@ def update(
         path = _multi_tensor if foreach else _single_tensor
         path(rows_, corrections, hyper, scratch, chunk_bytes)
         return
-    small = [row[0].numel() * row[0].element_size() <= SMALL_BYTES for row in rows_]
-    for path, wanted in ((_multi_tensor, True), (_single_tensor, False)):
-        indices = [k for k, is_small in enumerate(small) if is_small is wanted]
-        if indices:
-            path([rows_[k] for k in indices], [corrections[k] for k in indices], hyper, scratch, chunk_bytes)
+    by_size = split_rows(
+        rows_, corrections, lambda row: row[0].numel() * row[0].element_size() <= SMALL_BYTES
+    )
+    for small, (chosen, chosen_corrections) in by_size.items():
+        path = _multi_tensor if small else _single_tensor
+        path(chosen, chosen_corrections, hyper, scratch, chunk_bytes)
 
 
 def rmsprop(
