@@ -6,13 +6,15 @@ than a training step of a small net. The CRC is linear over GF(2), so the checks
 ``n`` bytes is the XOR of one table lookup per byte (a table per distance from the end)
 and a constant for the initial register: one NumPy gather and one XOR reduction.
 :func:`install` makes TensorBoard's record writer use it; results are bit-identical.
-:func:`frame_records` frames many records at once, for a single write to an event file.
+:func:`frame_rows` frames many records at once, for a single write to an event file.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,49 +73,68 @@ class MaskedCRC32C:
             return self.fallback(data)
         return _mask(self.crc32c(data))
 
-    def many(self, payloads: Sequence[bytes]) -> list[int]:
-        """``[self(data) for data in payloads]``, with one gather per distinct length."""
-        masked = [0] * len(payloads)
-        by_length: dict[int, list[int]] = {}
-        for index, data in enumerate(payloads):
-            by_length.setdefault(len(data), []).append(index)
-        for size, indices in by_length.items():
-            if not MIN_BYTES <= size <= self.max_bytes:
-                for index in indices:
-                    masked[index] = self.fallback(payloads[index])
-                continue
-            joined = b"".join(payloads[index] for index in indices)
-            rows = np.frombuffer(joined, dtype=np.uint8).reshape(len(indices), size)
-            for index, crc in zip(indices, self._registers(rows).tolist(), strict=True):
-                masked[index] = _mask(crc)
-        return masked
+    def rows(self, rows: np.ndarray, variable: np.ndarray | None = None) -> np.ndarray:
+        """The masked CRC of each row of a ``(records, bytes)`` array of ``uint8``, as ``uint32``.
+
+        ``variable`` lists the only columns in which the rows differ. The CRC is linear, so
+        the rest is checksummed once, from the first row, and each row costs one lookup
+        per variable byte.
+        """
+        size = rows.shape[1]
+        if size > self.max_bytes:
+            return np.array([self.fallback(row.tobytes()) for row in rows], dtype=np.uint32)
+        if variable is None or len(rows) < 2:
+            return _mask(self._registers(rows))
+        base = rows[:1].copy()
+        base[:, variable] = 0  # a zero byte adds nothing to the CRC register
+        constant = self._registers(base)[0]
+        assert self._by_distance is not None  # built by _registers
+        distances = self._distances[self.max_bytes - size :][variable]
+        lookups = self._by_distance[distances, rows[:, variable]]
+        return _mask(np.bitwise_xor.reduce(lookups, axis=1) ^ constant)
 
 
-def _mask(crc: int) -> int:
-    """TensorBoard's masking of a CRC-32C."""
+def _mask(crc: Any) -> Any:
+    """TensorBoard's masking of a CRC-32C (an ``int``, or a ``uint32`` array element-wise)."""
+    if isinstance(crc, np.ndarray):
+        return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def frame_records(payloads: Sequence[bytes]) -> bytes:
-    """``payloads`` framed as consecutive event-file records, as TensorBoard's record writer frames each.
-
-    A record is its length (uint64), the masked CRC of the length, the data and the masked
-    CRC of the data, little-endian; the data CRCs of equal-length records are computed together.
-    """
+def _checksum() -> Callable[[bytes], int]:
+    """TensorBoard's record checksum, after :func:`install` made it a :class:`MaskedCRC32C`."""
     from tensorboard.summary.writer import record_writer
 
     install()
-    checksum = record_writer.masked_crc32c
-    crcs = checksum.many(payloads) if isinstance(checksum, MaskedCRC32C) else map(checksum, payloads)
-    headers: dict[int, bytes] = {}
-    parts = []
-    for data, crc in zip(payloads, crcs, strict=True):
-        header = headers.get(len(data))
-        if header is None:
-            length = struct.pack("<Q", len(data))
-            header = headers[len(data)] = length + struct.pack("<I", checksum(length))
-        parts += (header, data, struct.pack("<I", crc))
-    return b"".join(parts)
+    return record_writer.masked_crc32c
+
+
+def frame_payloads(payloads: Sequence[bytes]) -> bytes:
+    """``payloads`` framed in order (see :func:`frame_rows`); each run of equal lengths is framed at once."""
+    runs = itertools.groupby(payloads, key=len)
+    return b"".join(
+        frame_rows(np.frombuffer(b"".join(run), dtype=np.uint8).reshape(-1, size)) for size, run in runs
+    )
+
+
+def frame_rows(payloads: np.ndarray, variable: np.ndarray | None = None) -> bytes:
+    """Each row of ``payloads`` (``uint8``) framed as an event-file record, as TensorBoard's writer frames it.
+
+    A record is its length (uint64), the masked CRC of the length, the data and the masked
+    CRC of the data, little-endian; ``variable`` is passed to :meth:`MaskedCRC32C.rows`.
+    """
+    checksum = _checksum()
+    count, size = payloads.shape
+    length = struct.pack("<Q", size)
+    framed = np.empty((count, size + 16), dtype=np.uint8)
+    framed[:, :8] = np.frombuffer(length, dtype=np.uint8)
+    framed[:, 8:12] = np.frombuffer(struct.pack("<I", checksum(length)), dtype=np.uint8)
+    framed[:, 12:-4] = payloads
+    crcs = checksum.rows(payloads, variable) if isinstance(checksum, MaskedCRC32C) else None
+    if crcs is None:
+        crcs = np.array([checksum(row.tobytes()) for row in payloads], dtype=np.uint32)
+    framed[:, -4:] = crcs.astype("<u4").view(np.uint8).reshape(count, 4)
+    return framed.tobytes()
 
 
 def install() -> None:

@@ -11,25 +11,27 @@ fit and when training stops on an exception.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
 
 class StepRows(NamedTuple):
-    """Values of several steps under the same names: ``rows[k]`` holds step ``steps[k]``'s values."""
+    """Values of several steps under the same names: row ``k`` of ``values`` holds step ``steps[k]``'s."""
 
     names: tuple[str, ...]
     steps: tuple[int, ...]
-    rows: list[list[float]]
+    values: np.ndarray  # float32, one row per step and one column per name
 
     def entries(self) -> list[tuple[int, dict[str, float]]]:
         """``(step, {name: value})`` per step."""
-        pairs = zip(self.steps, self.rows, strict=True)
+        pairs = zip(self.steps, self.values.tolist(), strict=True)
         return [(step, dict(zip(self.names, row, strict=True))) for step, row in pairs]
 
 
@@ -62,20 +64,36 @@ class StepMetricBuffer:
         self._count += len(steps)
 
     def drain_rows(self) -> list[StepRows]:
-        """Empties the buffer and returns what was recorded, in order, as host numbers.
+        """Empties the buffer and returns what was recorded, in order, as float32 host arrays.
 
-        All values reach the host through a single concatenation and transfer.
+        All values reach the host through a single concatenation and transfer; runs of
+        scalars (one per step, as the loss is kept) are stacked in one operation, and
+        consecutive records under the same names come back as one group.
         """
         if not self._steps:
             return []
-        flat = torch.cat([value.reshape(-1).float() for value in self._values]).tolist()
+        parts: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []
+        for value in self._values:
+            if value.dim() == 0:
+                scalars.append(value)
+                continue
+            if scalars:
+                parts.append(torch.stack(scalars))
+                scalars = []
+            parts.append(value.reshape(-1))
+        if scalars:
+            parts.append(torch.stack(scalars))
+        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).float().numpy(force=True)
         groups: list[StepRows] = []
         offset = 0
-        for steps, names in zip(self._steps, self._names, strict=True):
-            width = len(names)
-            rows = [flat[offset + k * width : offset + (k + 1) * width] for k in range(len(steps))]
-            groups.append(StepRows(names, steps, rows))
-            offset += width * len(steps)
+        for names, runs in itertools.groupby(zip(self._names, self._steps, strict=True), key=lambda r: r[0]):
+            steps = tuple(step for _, run_steps in runs for step in run_steps)
+            size = len(names) * len(steps)
+            groups.append(
+                StepRows(names, steps, flat[offset : offset + size].reshape(len(steps), len(names)))
+            )
+            offset += size
         self.clear()
         return groups
 

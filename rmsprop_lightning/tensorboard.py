@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from lightning.fabric.utilities.logger import _add_prefix
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -24,12 +25,13 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from rmsprop_lightning import event_crc
+from rmsprop_lightning.scalar_events import ScalarSummaryTemplate
 from rmsprop_lightning.step_metrics import StepRows
 
 HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")
-# events kept for reuse, one per set of tags logged together
-MAX_EVENTS = 32
+# summary templates kept for reuse, one per set of tags logged together
+MAX_TEMPLATES = 32
 # scalar events held by the logger before they are written together
 MAX_PENDING = 100
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
@@ -141,11 +143,10 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.hparams_metrics = metrics
         self.best: dict[str, float] = {}
         self._last_step = 0
-        self._pending: list[bytes] = []  # serialized events not yet in the event file
-        # per tag set: the event, its values, and (index, tag, mode) of the tags whose best is kept
-        self._events: dict[
-            tuple[str, ...], tuple[Event, list[Summary.Value], list[tuple[int, str, str]]]
-        ] = {}
+        self._pending: list[bytes] = []  # framed records of events not yet in the event file
+        self._unframed: list[bytes] = []  # single events held after those, not yet framed
+        # per tag set: its summary template and (index, tag, mode) of the tags whose best is kept
+        self._templates: dict[tuple[str, ...], tuple[ScalarSummaryTemplate, list[tuple[int, str, str]]]] = {}
 
     @property
     def metric_tags(self) -> list[str]:
@@ -165,7 +166,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Logs ``metrics`` as one event (Lightning writes one per value), reusing an event per tag set.
+        """Logs ``metrics`` as one event (Lightning writes one per value).
 
         The event is held with others and written with them (see :meth:`log_metrics_rows`)
         once :data:`MAX_PENDING` are held, and before anything else reaches the event file:
@@ -176,10 +177,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
         if any(isinstance(value, Mapping) for value in metrics.values()):
             super().log_metrics(metrics, step)
             return
-        event = self._event(tuple(metrics), [float(value) for value in metrics.values()], step)
-        event.wall_time = time.time()
-        self._hold(self._event_writer(), event)
-        if len(self._pending) >= MAX_PENDING:
+        self._hold(tuple(metrics), [step], [[float(value) for value in metrics.values()]], time.time())
+        if len(self._unframed) >= MAX_PENDING:
             self._write_pending()
 
     @rank_zero_only
@@ -187,67 +186,84 @@ class TensorBoardRunLogger(TensorBoardLogger):
         """Writes every step of ``groups`` as one event, all of them in one write to the event file.
 
         TensorBoard's writer hands each event to a background thread through a short queue
-        and reopens the file for each record: ~100 µs an event. Here the records are
-        framed together and appended after the events still queued, so the file keeps its
-        order; the events carry the time of this call.
+        and reopens the file for each record: ~100 µs an event. Here the events of a group
+        are encoded together (:mod:`rmsprop_lightning.scalar_events`), framed together and
+        appended after the events still queued, so the file keeps its order; the events
+        carry the time of this call.
         """
-        event_writer, wall_time = self._event_writer(), time.time()
+        wall_time = time.time()
         for group in groups:
             tags = tuple(_add_prefix(dict.fromkeys(group.names), self._prefix, self.LOGGER_JOIN_CHAR))
-            for step, row in zip(group.steps, group.rows, strict=True):
-                event = self._event(tags, row, step)
-                event.wall_time = wall_time
-                self._hold(event_writer, event)
+            self._hold(tags, group.steps, group.values, wall_time)
         self._write_pending()
+
+    def _hold(
+        self,
+        tags: tuple[str, ...],
+        steps: Sequence[int | None],
+        values: np.ndarray | list[list[float]],
+        wall_time: float,
+    ) -> None:
+        """Encodes the events of ``steps`` (a row of ``values`` each) and keeps them until the next write.
+
+        Tracks the best values and the last step. A TensorBoard whose ``event_writer`` lacks
+        the file object appended to here gets the events through its own queue at once.
+        """
+        cached = self._templates.get(tags)
+        if cached is None:
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            best = [
+                (tag, mode) for tag, mode in self.hparams_metrics.items() if mode != "last" and tag in tags
+            ]
+            cached = self._templates[tags] = (
+                ScalarSummaryTemplate(tags),
+                [(tags.index(tag), tag, mode) for tag, mode in best],
+            )
+        template, tracked = cached
+        for index, tag, mode in tracked:
+            for value in (float(row[index]) for row in values):
+                if is_better(value, self.best.get(tag), mode):
+                    self.best[tag] = value
+        numbered = [step for step in steps if step is not None]
+        if numbered:
+            self._last_step = max(self._last_step, *numbered)
+        event_writer = self._event_writer()
+        direct = getattr(event_writer, "_general_file_writer", None) is not None
+        if len(steps) == 1:  # one event: plain bytes are quicker than arrays; framed with the next write
+            payload = template.payload(steps[0] or 0, values[0], wall_time)
+            if direct:
+                self._unframed.append(payload)
+            else:
+                event_writer.add_event(Event.FromString(payload))
+            return
+        self._frame_held()
+        for payloads, variable in template.payloads([step or 0 for step in steps], values, wall_time):
+            if direct:
+                self._pending.append(event_crc.frame_rows(payloads, variable))
+            else:
+                for payload in payloads:
+                    event_writer.add_event(Event.FromString(payload.tobytes()))
 
     def _event_writer(self) -> Any:
         """TensorBoard's ``EventFileWriter`` of this run (created on first use), reached without a write."""
         return super().experiment._get_file_writer().event_writer
 
-    def _hold(self, event_writer: Any, event: Event) -> None:
-        """Keeps ``event`` (serialized now: it is reused) until the next write of held events.
-
-        A TensorBoard whose ``event_writer`` lacks the file object appended to here gets the
-        event through its own queue at once.
-        """
-        if getattr(event_writer, "_general_file_writer", None) is None:
-            event_writer.add_event(event)
-        else:
-            self._pending.append(event.SerializeToString())
+    def _frame_held(self) -> None:
+        """Frames the events held one by one, together, so that they keep their place before what follows."""
+        if self._unframed:
+            self._pending.append(event_crc.frame_payloads(self._unframed))
+            self._unframed = []
 
     def _write_pending(self) -> None:
         """Appends the held events to the event file in one write, after the events TensorBoard queued."""
+        self._frame_held()
         if not self._pending or self._experiment is None:
             return
-        payloads, self._pending = self._pending, []
+        records, self._pending = self._pending, []
         event_writer = self._experiment._get_file_writer().event_writer
         event_writer.flush()
-        event_writer._general_file_writer.write(event_crc.frame_records(payloads))
-
-    def _event(self, tags: tuple[str, ...], values: Sequence[float], step: int | None) -> Event:
-        """The event of one step's scalars (one reused per tag set); tracks best values and last step."""
-        cached = self._events.get(tags)
-        if cached is None:
-            event = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
-            if len(self._events) >= MAX_EVENTS:
-                self._events.clear()
-            best = [
-                (tag, mode) for tag, mode in self.hparams_metrics.items() if mode != "last" and tag in tags
-            ]
-            tracked = [(tags.index(tag), tag, mode) for tag, mode in best]
-            cached = self._events[tags] = (event, list(event.summary.value), tracked)
-        event, entries, tracked = cached
-        for entry, value in zip(entries, values, strict=True):
-            entry.simple_value = value
-        if step is None:
-            event.ClearField("step")
-        else:
-            event.step = int(step)
-            self._last_step = max(self._last_step, step)
-        for index, tag, mode in tracked:
-            if is_better(values[index], self.best.get(tag), mode):
-                self.best[tag] = values[index]
-        return event
+        event_writer._general_file_writer.write(b"".join(records))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

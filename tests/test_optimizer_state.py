@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -46,12 +46,22 @@ TEMPLATE_KEYS = {
 
 
 def fit(
-    module: pl.LightningModule, monitor: OptimizerStateMonitor, steps: int, **trainer: Any
+    module: pl.LightningModule,
+    monitor: OptimizerStateMonitor,
+    steps: int,
+    callbacks: Sequence[pl.Callback] = (),
+    **trainer: Any,
 ) -> RecordingLogger:
+    """Fits ``module`` for ``steps`` steps with ``callbacks`` before ``monitor``; what the logger got."""
     logger = RecordingLogger()
     options = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
     pl.Trainer(
-        max_steps=steps, logger=logger, callbacks=[monitor], limit_val_batches=0, **options, **trainer
+        max_steps=steps,
+        logger=logger,
+        callbacks=[*callbacks, monitor],
+        limit_val_batches=0,
+        **options,
+        **trainer,
     ).fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
     return logger
 
@@ -122,19 +132,26 @@ def test_several_optimizers_get_their_class_and_index_in_the_keys():
 
 
 class Recorder(pl.Callback):
-    """Copies everything the monitor reads, independently: parameters before the step, the rest after."""
+    """Copies everything the monitor reads, independently: the parameters before the step, the rest after.
+
+    Both are taken in torch's own step hooks, registered before the monitor's.
+    """
 
     def __init__(self) -> None:
         self.before: dict[int, list[torch.Tensor]] = {}
-        self.after: dict[int, dict[str, Any]] = {}
+        self.after: dict[int, list[dict[str, Any]]] = {}
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+    def on_train_start(self, trainer, pl_module):
+        (optimizer,) = trainer.optimizers
+        names = {id(p): name for name, p in pl_module.named_parameters()}
+        optimizer.register_step_pre_hook(lambda *_: self._before(trainer, optimizer))
+        optimizer.register_step_post_hook(lambda *_: self._after(trainer, optimizer, names))
+
+    def _before(self, trainer, optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.before[trainer.global_step] = [p.detach().double().clone() for p in params]
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        (optimizer,) = trainer.optimizers
-        names = {id(p): name for name, p in pl_module.named_parameters()}
+    def _after(self, trainer, optimizer, names):
         params = []
         for group_index, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
@@ -152,7 +169,7 @@ class Recorder(pl.Callback):
                         },
                     }
                 )
-        self.after[trainer.global_step - 1] = params
+        self.after[trainer.global_step] = params
 
 
 def expected_value(key: str, params: list[dict[str, Any]], before: list[torch.Tensor]) -> float:
@@ -223,7 +240,45 @@ class EpsInSqrtModule(RegressionModule):
         return optimizer
 
 
-@pytest.mark.parametrize("name", [*OPTIMIZERS, "eps_in_sqrt", "large_tensors", "short_history"])
+class ShrinkBetweenSteps(pl.Callback):
+    """Changes the parameters in place before every other step: that step cannot start from the last one."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % 2:
+            with torch.no_grad():
+                for param in pl_module.parameters():
+                    param.mul_(0.9)
+
+
+class TwoStepsPerBatch(RegressionModule):
+    """Manual optimization stepping one optimizer twice per batch: the monitor logs the second step."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        for _ in range(2):
+            loss = super().training_step(batch, batch_idx)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss
+
+
+class ZeroGradInPlace(RegressionModule):
+    """Gradients zeroed in place (``set_to_none=False``): the same tensors at every step."""
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        optimizer.zero_grad(set_to_none=False)
+
+
+VARIANTS = [*OPTIMIZERS, "eps_in_sqrt", "large_tensors", "short_history", "lr_scheduled_every_step"]
+VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "grads_zeroed_in_place"]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch):
     if name == "short_history":  # room for two steps: the history is reduced before each flush is due
         # a row: 61 values each of grad, param, 3 states and θ_before, twice, plus 61 step sizes and 2
@@ -236,32 +291,45 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     options = {"no_weight_decay_on_bias": True, "lr_multipliers": {"^2": 0.5}}
     if name == "eps_in_sqrt":
         module = EpsInSqrtModule(model, OPTIMIZERS["rmsprop"], **options)
+    elif name == "two_steps_per_batch":
+        module = TwoStepsPerBatch(model, OPTIMIZERS["rmsprop"], **options)
+    elif name == "grads_zeroed_in_place":
+        module = ZeroGradInPlace(model, OPTIMIZERS["rmsprop"], **options)
+    elif name == "lr_scheduled_every_step":  # the step size is the one of the lr the step used
+        halving = partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)
+        module = RegressionModule(
+            model, OPTIMIZERS["rmsprop"], scheduler=halving, scheduler_interval="step", **options
+        )
     else:
         optimizer = OPTIMIZERS.get(name, OPTIMIZERS["centered_momentum_decay"])
         module = RegressionModule(model, optimizer, **options)
     recorder = Recorder()
     monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3)
     logger = RecordingLogger()
+    steps = 10 if name == "two_steps_per_batch" else 5  # Lightning counts every optimizer step
+    shrink = [ShrinkBetweenSteps()] if name == "params_changed_between_steps" else []
     pl.Trainer(
-        max_steps=5,
+        max_steps=steps,
         logger=logger,
-        callbacks=[recorder, monitor],
+        callbacks=[*shrink, recorder, monitor],
         limit_val_batches=0,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
     values = logged(logger)
-    assert sorted(values) == [0, 1, 2, 3, 4]
+    # each batch's last optimizer step, as Lightning counts them
+    assert sorted(values) == (list(range(1, 10, 2)) if name == "two_steps_per_batch" else list(range(5)))
     capacity = max(probe.capacity for probe in monitor._probes.values())
     assert capacity == (2 if name == "short_history" else 3)
-    groups = {p["group"] for p in recorder.after[4]}
-    assert len(groups) > 1 and all(f"optim/{group}/update_norm" in values[4] for group in groups)
-    for step in (0, 4):
-        for key, value in values[step].items():
+    last = max(values)
+    groups = {p["group"] for p in recorder.after[last]}
+    assert len(groups) > 1 and all(f"optim/{group}/update_norm" in values[last] for group in groups)
+    for step, step_values in values.items():
+        for key, value in step_values.items():
             expected = expected_value(key, recorder.after[step], recorder.before[step])
             assert value == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, key)
-    assert values[4]["optim/update_norm"] > 0
+    assert values[last]["optim/update_norm"] > 0
 
 
 def test_buffer_keeps_rows_of_several_steps_in_order():
@@ -340,9 +408,13 @@ class CountingMonitor(OptimizerStateMonitor):
         self._events = outer
         self.calls.append((hook, entries, len(events)))
 
-    def on_before_optimizer_step(self, *args):
+    def _before_step(self, *args):
         with self._counting("before"):
-            super().on_before_optimizer_step(*args)
+            super()._before_step(*args)
+
+    def _after_step(self, *args):
+        with self._counting("after"):
+            super()._after_step(*args)
 
     def on_train_batch_end(self, *args):
         with self._counting("end"):
@@ -369,8 +441,8 @@ def test_one_host_read_per_flush_and_none_on_other_steps(monkeypatch):
     logger = fit(module, monitor, steps=10)
     assert sorted(logged(logger)) == list(range(10))
     hooks = [hook for hook, _, _ in monitor.calls]
-    assert hooks.count("before") == 10 and hooks.count("end") == 10
-    assert all(reads == 0 for hook, _, reads in monitor.calls if hook in ("before", "end"))
+    assert hooks.count("before") == hooks.count("after") == hooks.count("end") == 10
+    assert all(reads == 0 for hook, _, reads in monitor.calls if hook in ("before", "after", "end"))
     flushes = [(entries, reads) for hook, entries, reads in monitor.calls if hook == "flush" and entries]
     assert [entries for entries, _ in flushes] == [4, 4, 2]
     assert all(reads == 1 for _, reads in flushes)

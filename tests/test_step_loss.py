@@ -75,8 +75,14 @@ def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
     buffer.record_vector(4, ["a", "b"], torch.tensor([3.0, 4.0]))
     buffer.record(5, {"c": torch.tensor(-1.0)})
     transfers = []
-    original = torch.Tensor.tolist
-    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: transfers.append(1) or original(self))
+    for method in ("tolist", "item", "cpu", "numpy"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            transfers.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
     assert buffer.drain() == [(3, {"a": 1.5, "b": 2.0}), (4, {"a": 3.0, "b": 4.0}), (5, {"c": -1.0})]
-    assert len(transfers) == 1
+    assert transfers == ["numpy"]
     assert len(buffer) == 0 and buffer.drain() == []

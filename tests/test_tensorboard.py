@@ -17,10 +17,13 @@ from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -29,8 +32,9 @@ from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModul
 from rmsprop_lightning import tensorboard as run_logger
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.data import synthetic
-from rmsprop_lightning.event_crc import MaskedCRC32C, frame_records
+from rmsprop_lightning.event_crc import MaskedCRC32C, frame_payloads, frame_rows
 from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.scalar_events import ScalarSummaryTemplate, varint
 from rmsprop_lightning.step_metrics import StepRows
 from rmsprop_lightning.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
 from tests.conftest import QUICK, run_train
@@ -86,7 +90,7 @@ def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
     )
     for step, (a, b) in enumerate([(3.0, 1.0), (1.0, 5.0), (float("nan"), 2.0), (2.0, 4.0)]):
         logger.log_metrics({"a": a, "b": torch.tensor(b)}, step=step)
-    logger.log_metrics_rows([StepRows(("c", "a"), (4, 5), [[7.0, 0.5], [8.0, 9.0]])])
+    logger.log_metrics_rows([StepRows(("c", "a"), (4, 5), np.array([[7.0, 0.5], [8.0, 9.0]], np.float32))])
     assert logger.best == {"a": 0.5, "b": 5.0}
     assert logger.metric_tags == ["a_best", "b_best", "c"]
     logger.close()
@@ -119,22 +123,48 @@ def test_vectorised_crc_equals_tensorboards(size):
     assert MaskedCRC32C(masked_crc32c)(data) == masked_crc32c(data)
 
 
-def test_batched_crcs_and_framing_equal_tensorboards_record_writer():
-    sizes = [5, 31, 32, 33, 200, 200, 200, 1500, 4096, 4097]
-    payloads = [os.urandom(size) for size in sizes]
-    assert MaskedCRC32C(masked_crc32c).many(payloads) == [masked_crc32c(p) for p in payloads]
-    blob = io.BytesIO()
-    writer = RecordWriter(blob)
-    for payload in payloads:
-        writer.write(payload)
-    assert frame_records(payloads) == blob.getvalue()
+def test_encoded_and_framed_scalar_events_equal_tensorboards_record_writer():
+    tags = ["train/loss", "optim/" + "x" * 150, "ünïcode/λ", ""]
+    steps = [0, 1, 127, 128, 129, 16384, 5, 2**31, 2**40, -3]
+    values = np.array([[0.0, -0.0, 1.5, 3e38], [float("nan"), float("inf"), -float("inf"), 1e-40]] * 5)
+    for wall_time in (1.7e9 + 0.123, 0.0):
+        blob = io.BytesIO()
+        writer = RecordWriter(blob)
+        for step, row in zip(steps, values.astype(np.float32).tolist(), strict=True):
+            entries = [Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row, strict=True)]
+            writer.write(
+                Event(wall_time=wall_time, step=step, summary=Summary(value=entries)).SerializeToString()
+            )
+        template = ScalarSummaryTemplate(tags)
+        single = [template.payload(step, row, wall_time) for step, row in zip(steps, values, strict=True)]
+        assert frame_payloads(single) == blob.getvalue()
+        runs = list(template.payloads(steps, values, wall_time))
+        assert [len(payloads) for payloads, _ in runs] == [1, 2, 2, 1, 1, 1, 1, 1]  # by varint length
+        assert b"".join(frame_rows(payloads, variable) for payloads, variable in runs) == blob.getvalue()
+        assert b"".join(frame_rows(payloads) for payloads, _ in runs) == blob.getvalue()
+    assert varint(300) == b"\xac\x02" and varint(0) == b"\x00"
+
+
+@pytest.mark.parametrize("size", [1, 8, 32, 200, 4096, 4097])
+def test_crcs_of_rows_equal_tensorboards(size):
+    rows = np.frombuffer(os.urandom(3 * size), dtype=np.uint8).reshape(3, size).copy()
+    variable = np.arange(0, size, 7)
+    fixed = np.setdiff1d(np.arange(size), variable)
+    rows[:, fixed] = rows[0, fixed]
+    expected = [masked_crc32c(row.tobytes()) for row in rows]
+    assert MaskedCRC32C(masked_crc32c).rows(rows, variable).tolist() == expected
+    assert MaskedCRC32C(masked_crc32c).rows(rows).tolist() == expected
 
 
 def test_a_batch_of_steps_lands_after_the_queued_events_in_one_file(tmp_path):
     logger = TensorBoardRunLogger(tmp_path, name="", version="")
     logger.log_metrics({"a": 0.5}, step=0)  # held by the logger
     logger.log_metrics_rows(
-        [StepRows(("a", "b"), tuple(range(1, 201)), [[s * 2.0, -s] for s in range(1, 201)])]
+        [
+            StepRows(
+                ("a", "b"), tuple(range(1, 201)), np.array([[s * 2.0, -s] for s in range(1, 201)], np.float32)
+            )
+        ]
     )
     logger.log_metrics({"a": 1.5}, step=201)
     logger.close()

@@ -1,11 +1,12 @@
 """``OptimizerStateMonitor``: norms of every optimizer state, the gradient, the update and the step size.
 
-On a logged step the parameters are copied into a preallocated buffer just before the
-optimizer step, and right after it :class:`~rmsprop_lightning.callbacks.state_norms.OptimizerProbe`
-copies what it needs into a row of its history on the device. At each flush the rows are
-turned into values with whole-matrix operations and handed, with the
+On a logged step, torch's step hooks of each optimizer copy its parameters into a
+preallocated buffer just before the step and, right after it,
+:class:`~rmsprop_lightning.callbacks.state_norms.OptimizerProbe` copies what it needs into
+a row of its history on the device. At each flush the rows are turned into values with
+whole-matrix operations and handed, with the
 :class:`~rmsprop_lightning.step_metrics.BufferedStepLogger`'s one transfer, to every
-logger at their own steps. Other steps cost a modulo.
+logger at their own steps. Other steps cost a modulo and two empty hook calls.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.hooks import RemovableHandle
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, OptimizerProbe, ParameterSnapshot
 from rmsprop_lightning.step_metrics import BufferedStepLogger
@@ -125,11 +127,10 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self.tensorboard_layout = tensorboard_layout
         self._probes: dict[int, OptimizerProbe] = {}
         self._snapshots: dict[int, ParameterSnapshot] = {}
-        self._pending: list[torch.optim.Optimizer] = []
+        self._stepped: list[OptimizerProbe] = []  # probes that captured a step in this batch
         self._captured = 0  # steps captured (over all optimizers) since the last flush
-        self._logging = False
-        self._decided = False  # whether this batch's first optimizer step has decided on logging
-        self._global_zero = True  # trainer.is_global_zero, read once at the start of training
+        self._logging = False  # whether this batch's optimizer steps are logged
+        self._hooks: list[RemovableHandle] = []  # torch's step hooks on the trainer's optimizers
         self._prefixes: dict[int, str] = {}
         self._param_names: dict[int, str] = {}
         self._layout: dict[str, Any] = {}
@@ -145,50 +146,90 @@ class OptimizerStateMonitor(BufferedStepLogger):
                 "OptimizerStateMonitor needs a logger, but the Trainer has none; pass logger=... "
                 "(or drop the callback)"
             )
-        self._global_zero = trainer.is_global_zero
+        self._remove_hooks()
         optimizers = trainer.optimizers
         self._prefixes = {id(o): p for o, p in zip(optimizers, optimizer_prefixes(optimizers), strict=True)}
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
         self._probes.clear()
         self._snapshots.clear()
-        self._pending.clear()
+        self._stepped.clear()
         self._captured = 0
+        if trainer.is_global_zero:  # other ranks neither measure nor write
+            for optimizer in optimizers:
+                self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+                self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        self._logging = False
 
     def _interval(self, trainer: pl.Trainer) -> int:
         return self.every_n_steps if self.every_n_steps is not None else max(trainer.log_every_n_steps, 1)
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self._decided:  # the batch's first optimizer step decides for all of them
-            interval = self._interval(trainer)
-            self._logging = self._global_zero and (trainer.global_step + 1) % interval == 0
-            self._decided = True
+        """Decides whether the optimizer steps of this batch are logged (all of them, or none)."""
+        interval = self._interval(trainer)
+        self._logging = bool(self._hooks) and (interval == 1 or (trainer.global_step + 1) % interval == 0)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Torch's pre-step hook: on a logged step, copies the parameters the step is about to change."""
         if not self._logging:
             return
         snapshot = self._snapshots.get(id(optimizer))
         if snapshot is None or snapshot.groups != len(optimizer.param_groups):
             snapshot = self._snapshots[id(optimizer)] = ParameterSnapshot(optimizer.param_groups)
-        snapshot.take()
-        if optimizer not in self._pending:
-            self._pending.append(optimizer)
+        # a second step of one optimizer in a batch replaces its first one's row: nothing to start from
+        snapshot.take(reuse=self._probes.get(id(optimizer)) not in self._stepped)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Torch's post-step hook: on a logged step, keeps what the step left (numbered at batch end).
+
+        Here the gradients are those the optimizer stepped with (clipped, unscaled) and the
+        learning rate is the one it used (a scheduler may change it before the batch ends).
+        """
+        if not self._logging:
+            return
+        probe = self._probe(optimizer)
+        probe.capture()
+        if probe not in self._stepped:
+            self._stepped.append(probe)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._decided = False
-        if not self._pending:
-            return
-        step = trainer.global_step - 1
-        for optimizer in self._pending:
-            probe = self._probe(optimizer)
-            probe.capture(step)
-            if probe.full:
-                self._collect(probe)
-        self._captured += len(self._pending)
-        self._pending.clear()
+        self._logging = False
+        self._commit(trainer)
         if self._captured >= self.flush_every:
             self.flush(trainer)
+
+    def _commit(self, trainer: pl.Trainer) -> None:
+        """Numbers the steps captured in this batch as Lightning counts them (its last optimizer step)."""
+        if not self._stepped:
+            return
+        step = trainer.global_step - 1
+        for probe in self._stepped:
+            probe.commit(step)
+            if probe.full:
+                self._collect(probe)
+        self._captured += len(self._stepped)
+        self._stepped.clear()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._remove_hooks()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
 
     def _collect(self, probe: OptimizerProbe) -> None:
         """Computes the probe's captured steps into the buffer (still on the device)."""
@@ -203,6 +244,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         if probe is None or not probe.matches(optimizer) or probe.snapshot is not snapshot:
             if probe is not None:
                 self._collect(probe)
+                if probe in self._stepped:  # its uncommitted step is captured again by the new probe
+                    self._stepped.remove(probe)
             prefix = self._prefixes.get(id(optimizer), PREFIX)
             probe = OptimizerProbe(
                 optimizer, snapshot, prefix, self._param_names, self.per_parameter, capacity=self.flush_every
@@ -212,6 +255,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     def flush(self, trainer: pl.Trainer) -> None:
         """Computes every captured step, then hands all buffered steps to the loggers in one transfer."""
+        self._commit(trainer)
         self._captured = 0
         for key, probe in list(self._probes.items()):
             self._collect(probe)

@@ -59,6 +59,11 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor.to(device)
 
 
+def flat(tensor: Tensor) -> Tensor:
+    """``tensor`` as one dimension: a view (a copy only when its layout allows no view)."""
+    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
+
+
 class FlatViews:
     """1-D views of a fixed list of tensors, for ``torch.cat``: made once (non-contiguous ones at each call).
 
@@ -74,16 +79,19 @@ class FlatViews:
     def __call__(self) -> list[Tensor]:
         if self._all_views:
             return self._views  # type: ignore[return-value]
-        return [
-            t.reshape(-1) if view is None else view for t, view in zip(self.tensors, self._views, strict=True)
-        ]
+        return [flat(t) if view is None else view for t, view in zip(self.tensors, self._views, strict=True)]
 
 
 class ParameterSnapshot:
-    """A preallocated copy of an optimizer's parameters, taken just before its step.
+    """The parameters of an optimizer just before its step: copied, or known from the last captured step.
 
     Small parameters are concatenated into one flat buffer; large ones have a copy
-    each, which :meth:`large_updates` turns into ``θ_before − θ_after`` in place.
+    each, which :meth:`large_updates` turns into ``θ_before − θ_after`` in place. When
+    no small parameter changed since the last captured step (their version counters,
+    bumped by every in-place operation of torch, are as that step left them), the step
+    starts from the values that step captured, and :meth:`take` copies nothing for them.
+    Changes made through ``.data`` bypass version counters and count as part of the next
+    update.
     """
 
     def __init__(self, param_groups: Sequence[dict[str, Any]]) -> None:
@@ -93,15 +101,25 @@ class ParameterSnapshot:
         self.large = [p for p in params if p.numel() > SMALL_NUMEL]
         size = sum(p.numel() for p in self.small)
         self.flat = torch.empty(size, dtype=common_dtype(self.small), device=params[0].device)
+        # the small parameters as the last step reduced by a probe left them
+        self.carry = torch.empty_like(self.flat)
         self.large_before = [torch.empty_like(p) for p in self.large]
+        self.reused = False  # whether the last take found the small parameters as the last capture left them
         self._views = FlatViews(self.small)
+        self._versions: list[int] | None = None
 
-    def take(self) -> None:
-        if self.small:
+    def take(self, reuse: bool = True) -> None:
+        """Copies the parameters the step is about to change (the small ones unless ``reuse`` knows them)."""
+        self.reused = reuse and self._versions == [p._version for p in self.small]
+        if self.small and not self.reused:
             torch.cat(self._views(), out=self.flat)
         if self.large:
             with torch.no_grad():
                 torch._foreach_copy_(self.large_before, self.large)
+
+    def seal(self) -> None:
+        """Notes a step just captured: until the small parameters change, it is where the next one starts."""
+        self._versions = [p._version for p in self.small]
 
     @torch.no_grad()
     def large_updates(self) -> list[Tensor]:
@@ -175,8 +193,9 @@ class OptimizerProbe:
     selected parameter) the keys are ``<s><quantity>_norm`` quantity by quantity (grad,
     param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
     ``<s>update_to_param_ratio``, and over the whole optimizer ``effective_lr_max`` and
-    ``effective_lr_min``. :meth:`capture` adds a step after the optimizer stepped;
-    :meth:`compute` turns the captured steps into one row of values each.
+    ``effective_lr_min``. :meth:`capture` keeps a step right after the optimizer stepped,
+    :meth:`commit` numbers it, and :meth:`compute` turns the numbered steps into one row
+    of values each.
     """
 
     def __init__(
@@ -251,6 +270,7 @@ class OptimizerProbe:
         # small parameters are in a row twice: after the step, and before it (turned into updates)
         self._param_start = offsets[("param", small_params[0])] if small_params else 0
         self._update_start = offsets[("update", small_params[0])] if small_params else 0
+        self._rows_after = list(self.history[:, : self._update_start].unbind(0))
         self.grad_params = [params[i] for i in small_params]
         self._zero_grads = [p.new_zeros(p.numel()) for p in self.grad_params]
         self._state = optimizer.state
@@ -299,6 +319,9 @@ class OptimizerProbe:
         self.num_sums, self.num_scopes = len(rows), len(scopes)
         self.steps: list[int] = []
         self._settings: list[list[float]] = []
+        self._reused: list[bool] = []  # per row: whether θ before its step is the previous row's θ after
+        self._captured_settings: list[float] = []
+        self._captured_reuse = False
 
     def _plan_step_sizes(self, small_rms, large_rms, offsets, group_of, tensor, counters) -> None:
         """Per-element maps for the small step sizes; scratch tensors and per-row extremes for large ones."""
@@ -361,23 +384,36 @@ class OptimizerProbe:
             return param.grad if param.grad is not None else param.new_zeros(())
         return self.optimizer.state[param][quantity]
 
-    def capture(self, step: int) -> None:
-        """Keeps the state right after the optimizer step of ``step`` (the snapshot holds the one before)."""
+    def capture(self) -> None:
+        """Keeps the state right after an optimizer step (the snapshot holds the one before) in the next row.
+
+        The row counts once :meth:`commit` numbers it; a second capture before that replaces it.
+        """
         row = len(self.steps)
+        self._captured_reuse = self.snapshot.reused
         if self.width:
             if self.optimizer.state is not self._state:  # reloaded: the states are other tensors now
                 self._state = self.optimizer.state
                 self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
             grads = [
-                zero if p.grad is None else p.grad.reshape(-1)
+                zero if (grad := p.grad) is None else flat(grad)
                 for p, zero in zip(self.grad_params, self._zero_grads, strict=True)
             ]
-            torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
+            if self._captured_reuse:  # θ before the step is the previous row's θ after (or the carry)
+                torch.cat([*grads, *self._views()], out=self._rows_after[row])
+            else:
+                torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
+        self.snapshot.seal()
         groups = self.optimizer.param_groups
-        self._settings.append([float(groups[g][key]) for key in SETTINGS for g in self.step_groups])
+        self._captured_settings = [float(groups[g][key]) for key in SETTINGS for g in self.step_groups]
         if self.large_columns or self.large_jobs:
             with torch.no_grad():
                 self._capture_large(row, groups)
+
+    def commit(self, step: int) -> None:
+        """Numbers the captured row ``step``; the next capture goes to a new row."""
+        self._settings.append(self._captured_settings)
+        self._reused.append(self._captured_reuse)
         self.steps.append(step)
 
     def _capture_large(self, row: int, groups: Sequence[dict[str, Any]]) -> None:
@@ -417,6 +453,11 @@ class OptimizerProbe:
             count = self.snapshot.flat.numel()
             params = history[:, self._param_start : self._param_start + count]
             updates = history[:, self._update_start : self._update_start + count]
+            if any(self._reused):  # those rows start from the previous row's parameters
+                previous = torch.cat([self.snapshot.carry[None], params[:-1]])
+                reused = to_device(torch.tensor(self._reused)[:, None], self.device)
+                torch.where(reused, previous, updates, out=updates)
+            self.snapshot.carry.copy_(params[-1])
             torch.sub(params, updates, out=updates)
         torch.mul(history, history, out=work[:, : width + 1])
         step_sizes = work[:, width + 1 :]
@@ -434,7 +475,7 @@ class OptimizerProbe:
         if len(self.names) > self.num_sums + scopes:
             self._extremes(step_sizes, out[:, -2], out[:, -1])
         values = out.clone()
-        self.steps, self._settings = [], []
+        self.steps, self._settings, self._reused = [], [], []
         return steps, values
 
     def _step_sizes(self, history: Tensor, out: Tensor) -> None:
