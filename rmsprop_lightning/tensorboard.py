@@ -126,11 +126,11 @@ class TensorBoardRunLogger(TensorBoardLogger):
     ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the
     run). The writer stays open across ``fit`` and ``test``; :meth:`write_hparams`
-    finishes the run and closes it. Each ``log_metrics`` call is one event; events are
-    written in batches (see :meth:`log_metrics` and :meth:`log_metrics_rows`), and event
-    records are checksummed with :mod:`rmsprop_lightning.event_crc` (bit-identical,
-    many times faster than TensorBoard's pure-Python loop). Other keyword arguments
-    are ``TensorBoardLogger``'s.
+    finishes the run and closes it. Each ``log_metrics`` call is one event; scalar events
+    are encoded straight to bytes (:mod:`rmsprop_lightning.scalar_events`), written in
+    batches (see :meth:`log_metrics` and :meth:`log_metrics_rows`) and checksummed with
+    :mod:`rmsprop_lightning.event_crc`, bit-identical to TensorBoard's own writer and many
+    times faster. Other keyword arguments are ``TensorBoardLogger``'s.
     """
 
     def __init__(self, *args: Any, hparams_metrics: Mapping[str, str] | None = None, **kwargs: Any) -> None:

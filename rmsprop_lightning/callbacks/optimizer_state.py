@@ -87,6 +87,15 @@ class OptimizerStateMonitor(BufferedStepLogger):
       ``square_avg − grad_avg²`` when centered, both bias-corrected with ``bias_correction``;
       the step size applied to the gradient, before momentum.
 
+    It measures in torch's step hooks of the trainer's optimizers (registered at the start
+    of training, removed at its end), so a step's values are those of the step itself: the
+    gradients it used (after clipping and unscaling), the learning rate it used (before a
+    scheduler moves it), the parameters just before and after it. Steps of a batch are
+    logged at Lightning's step count after the batch, less one. When every step is logged,
+    the parameters before a step are those the previous step left, unless something changed
+    them in place in between (seen from their version counters; a change through ``.data``
+    is not seen and counts as part of the next update).
+
     Only global rank zero measures and writes; no collective is added. Raises
     ``MisconfigurationException`` at the start of training when the trainer has no logger.
 
