@@ -60,7 +60,9 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
 
 
 def flat(tensor: Tensor) -> Tensor:
-    """``tensor`` as one dimension: a view (a copy only when its layout allows no view)."""
+    """``tensor`` as one dimension: itself when it has one, else a view (a copy only if none can be made)."""
+    if tensor.dim() == 1:  # concatenated as it is, whatever its stride
+        return tensor
     return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
 
 
