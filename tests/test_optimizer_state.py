@@ -332,6 +332,22 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     assert values[last]["optim/update_norm"] > 0
 
 
+def test_only_large_tensors_with_bias_correction():
+    pl.seed_everything(0, verbose=False)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 1100, bias=False), torch.nn.ReLU(), torch.nn.Linear(1100, 1, bias=False)
+    )
+    assert min(p.numel() for p in model.parameters()) > SMALL_NUMEL
+    module = RegressionModule(model, partial(RMSprop, lr=0.01, bias_correction=True))
+    recorder = Recorder()
+    values = logged(fit(module, OptimizerStateMonitor(flush_every=2), steps=3, callbacks=[recorder]))
+    assert sorted(values) == [0, 1, 2]
+    for step, step_values in values.items():
+        for key, value in step_values.items():
+            expected = expected_value(key, recorder.after[step], recorder.before[step])
+            assert value == pytest.approx(expected, rel=1e-5, abs=1e-12), (step, key)
+
+
 def test_buffer_keeps_rows_of_several_steps_in_order():
     buffer = StepMetricBuffer()
     buffer.record_vector(1, ["a"], torch.tensor(0.5))

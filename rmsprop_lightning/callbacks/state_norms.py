@@ -112,7 +112,7 @@ class ParameterSnapshot:
 
     def take(self, reuse: bool = True) -> None:
         """Copies the parameters the step is about to change (the small ones unless ``reuse`` knows them)."""
-        self.reused = reuse and self._versions == [p._version for p in self.small]
+        self.reused = bool(self.small) and reuse and self._versions == [p._version for p in self.small]
         if self.small and not self.reused:
             torch.cat(self._views(), out=self.flat)
         if self.large:
