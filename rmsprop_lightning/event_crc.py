@@ -130,8 +130,9 @@ def frame_rows(payloads: np.ndarray, variable: np.ndarray | None = None) -> byte
     framed[:, :8] = np.frombuffer(length, dtype=np.uint8)
     framed[:, 8:12] = np.frombuffer(struct.pack("<I", checksum(length)), dtype=np.uint8)
     framed[:, 12:-4] = payloads
-    crcs = checksum.rows(payloads, variable) if isinstance(checksum, MaskedCRC32C) else None
-    if crcs is None:
+    if isinstance(checksum, MaskedCRC32C):
+        crcs = checksum.rows(payloads, variable)
+    else:  # TensorBoard's own loop, where it could not be replaced
         crcs = np.array([checksum(row.tobytes()) for row in payloads], dtype=np.uint32)
     framed[:, -4:] = crcs.astype("<u4").view(np.uint8).reshape(count, 4)
     return framed.tobytes()

@@ -209,6 +209,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
         Tracks the best values and the last step. A TensorBoard whose ``event_writer`` lacks
         the file object appended to here gets the events through its own queue at once.
         """
+        if not steps:
+            return
         cached = self._templates.get(tags)
         if cached is None:
             if len(self._templates) >= MAX_TEMPLATES:

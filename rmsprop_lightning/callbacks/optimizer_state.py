@@ -1,7 +1,8 @@
 """``OptimizerStateMonitor``: norms of every optimizer state, the gradient, the update and the step size.
 
 On a logged step, torch's step hooks of each optimizer copy its parameters into a
-preallocated buffer just before the step and, right after it,
+preallocated buffer just before the step (unless the previous logged step left them as
+they are) and, right after it,
 :class:`~rmsprop_lightning.callbacks.state_norms.OptimizerProbe` copies what it needs into
 a row of its history on the device. At each flush the rows are turned into values with
 whole-matrix operations and handed, with the
@@ -169,6 +170,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
                 self._hooks.append(optimizer.register_step_post_hook(self._after_step))
 
     def _remove_hooks(self) -> None:
+        """Takes the monitor's step hooks off the optimizers: it measures nothing until the next fit."""
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
