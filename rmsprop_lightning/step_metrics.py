@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+
+from rmsprop_lightning.lean_callback import LeanCallback
 
 
 class StepRows(NamedTuple):
@@ -120,7 +121,7 @@ def log_steps(logger: Logger, groups: Sequence[StepRows]) -> None:
             logger.log_metrics(metrics, step=step)
 
 
-class BufferedStepLogger(Callback):
+class BufferedStepLogger(LeanCallback):
     """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
 
     Only global rank zero transfers and writes; other ranks drop their values, so no

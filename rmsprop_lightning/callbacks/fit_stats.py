@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+
+from rmsprop_lightning.lean_callback import LeanCallback
 
 MAXIMIZED_SUFFIXES = ("r2",)
 
@@ -21,7 +22,7 @@ def metric_is_better(tag: str, value: float, incumbent: float | None) -> bool:
     return value > incumbent if tag.endswith(MAXIMIZED_SUFFIXES) else value < incumbent
 
 
-class FitStats(Callback):
+class FitStats(LeanCallback):
     """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
 
     Read :meth:`fields` after the run, also after an exception: it then holds what was

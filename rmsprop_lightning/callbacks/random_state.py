@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+
+from rmsprop_lightning.lean_callback import LeanCallback
 
 
-class RandomState(Callback):
+class RandomState(LeanCallback):
     """Puts the torch (CPU and CUDA), NumPy and Python generator states into checkpoints.
 
     Lightning restores weights, optimizer, schedulers and loops but not these, so dropout
