@@ -281,8 +281,9 @@ VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "grads_zeroe
 @pytest.mark.parametrize("name", VARIANTS)
 def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch):
     if name == "short_history":  # room for two steps: the history is reduced before each flush is due
-        # a row: 61 values each of grad, param, 3 states and θ_before, twice, plus 61 step sizes and 2
-        monkeypatch.setattr(state_norms, "MAX_HISTORY_BYTES", 2 * 4 * (2 * 6 * 61 + 61 + 2))
+        # a row: 61 values each of grad, param, 3 states and θ_before and a zero, in float32; their
+        # squares and 61 step sizes in float64
+        monkeypatch.setattr(state_norms, "MAX_HISTORY_BYTES", 2 * (4 * (6 * 61 + 1) + 8 * (6 * 61 + 1 + 61)))
     pl.seed_everything(0, verbose=False)
     large = name in ("large_tensors", "ours_bias_corrected_nesterov")
     hidden = [40, 40] if large else 5  # a 40×40 weight takes the per-tensor path

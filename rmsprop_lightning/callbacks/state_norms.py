@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -258,17 +259,22 @@ class OptimizerProbe:
 
         dtype = common_dtype([tensor(*c) for c in every])
         device = self.device = params[0].device
+        # settings and 1 − alphaᵗ are worked out in float64 where the device has it, as optimizers do
+        self.precise = torch.float32 if device.type == "mps" else torch.float64
         offset, offsets = 0, {}
         for column in row_columns:
             offsets[column] = offset
             offset += tensor(*column).numel()
         width = self.width = offset
         steps_width = sum(tensor("square_avg", i).numel() for i in small_rms)
-        row_bytes = (2 * width + steps_width + 2) * torch.finfo(dtype).bits // 8
+        # a history row, and its work row of squares and step sizes
+        row_bytes = (width + 1) * dtype.itemsize + (width + 1 + steps_width) * self.precise.itemsize
         self.capacity = max(1, min(capacity, MAX_HISTORY_BYTES // row_bytes))
         self.history = torch.zeros(self.capacity, width + 1, dtype=dtype, device=device)
         self._rows = list(self.history[:, :width].unbind(0))
-        self.work = torch.empty(self.capacity, width + 1 + steps_width, dtype=dtype, device=device)
+        # squares and step sizes, summed and reduced in the precise dtype (float32 sums of thousands
+        # of terms drift by 1e-6)
+        self.work = torch.empty(self.capacity, width + 1 + steps_width, dtype=self.precise, device=device)
         # small parameters are in a row twice: after the step, and before it (turned into updates)
         self._param_start = offsets[("param", small_params[0])] if small_params else 0
         self._update_start = offsets[("update", small_params[0])] if small_params else 0
@@ -286,12 +292,12 @@ class OptimizerProbe:
             column_of[("zero", -1)]
         ]
         ids += [column_of[("steps", i)] for i in small_rms for _ in range(tensor("square_avg", i).numel())]
-        self.ids = to_device(torch.tensor(ids, dtype=torch.long), device)
-        self.columns = torch.zeros(self.capacity, len(columns), dtype=dtype, device=device)
-        num_small = self.num_small = len(row_columns) + 1 + len(small_rms)
+        num_small = len(row_columns) + 1 + len(small_rms)
         num_large = len(self.large_columns)
-        self._large_norms = list(self.columns[:, num_small : num_small + num_large].unbind(0))
-        self._large_sums = list(self.columns[:, num_small + num_large :].unbind(0))
+        # the large columns are reduced at the step; the small ones are the elements of the work rows
+        self.columns = torch.zeros(self.capacity, len(columns) - num_small, dtype=dtype, device=device)
+        self._large_norms = list(self.columns[:, :num_large].unbind(0))
+        self._large_sums = list(self.columns[:, num_large:].unbind(0))
         self._plan_step_sizes(small_rms, large_rms, offsets, group_of, tensor, counters)
 
         # weight rows: norm keys (sums of squares), then step-size means (sums / counts)
@@ -316,11 +322,13 @@ class OptimizerProbe:
         weights = torch.zeros(len(columns), len(rows), dtype=torch.float64)
         for r, row in enumerate(rows):
             weights[list(row), r] = torch.tensor(list(row.values()), dtype=torch.float64)
-        self.weights = to_device(weights.to(dtype), device)
-        self.out = torch.empty(self.capacity, len(self.names), dtype=dtype, device=device)
+        # an element of a work row counts with the weights of its column: one product gives every sum
+        self.element_weights = to_device(weights[torch.tensor(ids)].to(self.precise), device)
+        self.large_weights = to_device(weights[num_small:].to(self.precise), device)
+        self.out = torch.empty(self.capacity, len(self.names), dtype=self.precise, device=device)
         self.num_sums, self.num_scopes = len(rows), len(scopes)
         self.steps: list[int] = []
-        self._settings: list[list[float]] = []
+        self._settings: list[float] = []  # the captured settings of the rows, one after the other
         self._reused: list[bool] = []  # per row: whether θ before its step is the previous row's θ after
         self._captured_settings: list[float] = []
         self._captured_reuse = False
@@ -343,7 +351,9 @@ class OptimizerProbe:
         self.v_index = to_device(torch.tensor(v_index, dtype=torch.long), device)
         centered = any(index != self.width for index in m_index)
         self.m_index = to_device(torch.tensor(m_index, dtype=torch.long), device) if centered else None
-        self.element_group = to_device(torch.tensor(element_group, dtype=torch.long), device)
+        group_elements = torch.zeros(len(self.step_groups), len(element_group), dtype=torch.float64)
+        group_elements[element_group, range(len(element_group))] = 1.0
+        self.group_elements = to_device(group_elements.to(self.precise), device)
         self.in_sqrt: bool | Tensor = (
             all(in_sqrt) if len(set(in_sqrt)) < 2 else to_device(torch.tensor(in_sqrt), device)
         )
@@ -414,7 +424,7 @@ class OptimizerProbe:
 
     def commit(self, step: int) -> None:
         """Numbers the captured row ``step``; the next capture goes to a new row."""
-        self._settings.append(self._captured_settings)
+        self._settings += self._captured_settings
         self._reused.append(self._captured_reuse)
         self.steps.append(step)
 
@@ -444,18 +454,16 @@ class OptimizerProbe:
     def compute(self) -> tuple[list[int], Tensor]:
         """The captured steps and their values, a row each in the order of :attr:`names`; clears them."""
         rows, steps = len(self.steps), self.steps
-        history, work, columns, out = (
-            self.history[:rows],
-            self.work[:rows],
-            self.columns[:rows],
-            self.out[:rows],
-        )
+        history, work, out = self.history[:rows], self.work[:rows], self.out[:rows]
         width = self.width
         if self.snapshot.small:
             count = self.snapshot.flat.numel()
             params = history[:, self._param_start : self._param_start + count]
             updates = history[:, self._update_start : self._update_start + count]
-            if any(self._reused):  # those rows start from the previous row's parameters
+            if all(self._reused):  # every row starts from the previous row's parameters
+                updates[0].copy_(self.snapshot.carry)
+                updates[1:].copy_(params[:-1])
+            elif any(self._reused):
                 previous = torch.cat([self.snapshot.carry[None], params[:-1]])
                 reused = to_device(torch.tensor(self._reused)[:, None], self.device)
                 torch.where(reused, previous, updates, out=updates)
@@ -465,8 +473,10 @@ class OptimizerProbe:
         step_sizes = work[:, width + 1 :]
         if step_sizes.shape[1]:
             self._step_sizes(history, step_sizes)
-        columns[:, : self.num_small].zero_().index_add_(1, self.ids, work)
-        torch.matmul(columns, self.weights, out=out[:, : self.num_sums])
+        sums = out[:, : self.num_sums]
+        torch.matmul(work, self.element_weights, out=sums)
+        if self.columns.shape[1]:
+            sums.addmm_(self.columns[:rows].to(self.precise), self.large_weights)
         out[:, : self.num_norms].sqrt_()
         scopes = self.num_scopes
         torch.div(
@@ -483,20 +493,21 @@ class OptimizerProbe:
     def _step_sizes(self, history: Tensor, out: Tensor) -> None:
         """The step sizes of each small element of each captured row, into ``out``.
 
-        The settings and ``1 − alphaᵗ`` are worked out in float64 (where the device has it),
-        as optimizers do in Python, then per element in the history's dtype.
+        The settings and ``1 − alphaᵗ`` are worked out in :attr:`precise`, as optimizers do in
+        Python, then per element in the history's dtype.
         """
-        precise = torch.float32 if self.device.type == "mps" else torch.float64
-        settings = to_device(torch.tensor(self._settings, dtype=precise), self.device)
-        lr, eps, alpha = settings.split(len(self.step_groups), dim=1)
+        precise, rows, groups = self.precise, len(out), len(self.step_groups)
+        numbers = np.array(self._settings, dtype=np.float32 if precise == torch.float32 else np.float64)
+        settings = to_device(torch.from_numpy(numbers), self.device).view(rows * len(SETTINGS), groups)
+        # a group's numbers spread over its elements: a product with the groups' one-hot rows
+        lr, eps, _ = (settings @ self.group_elements).view(rows, len(SETTINGS), -1).unbind(1)
+        settings = settings.view(rows, len(SETTINGS), groups)
         correction = None
         if self.corrected is not None:
             steps = history.index_select(1, self.counter_index).to(precise)
-            correction = torch.where(self.corrected, 1 - alpha.pow(steps), 1.0)
-            correction = correction.index_select(1, self.element_group).to(out.dtype)
-        lr = lr.index_select(1, self.element_group).to(out.dtype)
-        eps = eps.index_select(1, self.element_group).to(out.dtype)
-        torch.index_select(history, 1, self.v_index, out=out)
+            correction = torch.where(self.corrected, 1 - settings[:, 2].pow(steps), 1.0)
+            correction = correction @ self.group_elements
+        out.copy_(history.index_select(1, self.v_index))
         means = history.index_select(1, self.m_index) if self.m_index is not None else None
         step_sizes_(out, means, lr, eps, correction, self.in_sqrt)
 
