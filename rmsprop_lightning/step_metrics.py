@@ -5,14 +5,15 @@ bookkeeping each time. :class:`StepMetricBuffer` instead keeps each step's value
 device tensors and, on :meth:`flush`, moves all of them to the host in one transfer
 and writes every value at its own step number, so TensorBoard still shows every step.
 :class:`BufferedStepLogger` is the Lightning callback that flushes such a buffer at
-the right moments: every ``flush_every`` steps, before a checkpoint, at the end of
-fit and when training stops on an exception.
+the right moments: every ``flush_every`` steps or ``flush_secs`` seconds, before a
+checkpoint, at the end of fit and when training stops on an exception.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from time import monotonic
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
@@ -124,18 +125,35 @@ def log_steps(logger: Logger, groups: Sequence[StepRows]) -> None:
 class BufferedStepLogger(LeanCallback):
     """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
 
-    Only global rank zero transfers and writes; other ranks drop their values, so no
-    collective is ever added. Subclasses record into :attr:`buffer`.
+    It flushes once ``flush_every`` steps are buffered, or at the first step ``flush_secs``
+    seconds after the last flush (``None``: no time limit), so slow steps still reach the
+    loggers soon. Only global rank zero transfers and writes; other ranks drop their
+    values, so no collective is ever added. Subclasses record into :attr:`buffer`.
     """
 
-    def __init__(self, flush_every: int = 100) -> None:
-        if not isinstance(flush_every, int) or flush_every < 1:
+    def __init__(self, flush_every: int = 100, flush_secs: float | None = 30.0) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
             raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
+        if flush_secs is not None and (
+            isinstance(flush_secs, bool) or not isinstance(flush_secs, int | float) or not flush_secs > 0
+        ):
+            raise ValueError(f"flush_secs must be a positive number of seconds or None, got {flush_secs!r}")
         self.flush_every = flush_every
+        self.flush_secs = flush_secs
         self.buffer = StepMetricBuffer()
+        self._flushed_at = monotonic()
+
+    def flush_due(self, steps: int) -> bool:
+        """Whether ``steps`` buffered steps call for a flush: enough of them, or the time since the last."""
+        if steps >= self.flush_every:
+            return True
+        return (
+            bool(steps) and self.flush_secs is not None and monotonic() - self._flushed_at >= self.flush_secs
+        )
 
     def flush(self, trainer: pl.Trainer) -> None:
         """Writes everything buffered so far, each value at its own step."""
+        self._flushed_at = monotonic()
         if not trainer.is_global_zero or not trainer.loggers:
             self.buffer.clear()
             return
@@ -146,7 +164,7 @@ class BufferedStepLogger(LeanCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if len(self.buffer) >= self.flush_every:
+        if self.flush_due(len(self.buffer)):
             self.flush(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

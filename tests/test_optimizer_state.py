@@ -388,6 +388,8 @@ def test_no_logger_is_a_clear_error():
         ({"per_parameter": "weight("}, "per_parameter='weight(' is not a valid regular expression"),
         ({"per_parameter": 3}, "per_parameter must be a bool or a regular expression, got 3"),
         ({"flush_every": 0}, "flush_every must be a positive integer, got 0"),
+        ({"flush_secs": 0}, "flush_secs must be a positive number of seconds or None, got 0"),
+        ({"flush_secs": "1"}, "flush_secs must be a positive number of seconds or None, got '1'"),
     ],
 )
 def test_bad_options_are_refused(options, message):

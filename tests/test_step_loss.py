@@ -10,8 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule, step_metrics
 from rmsprop_lightning.data import synthetic
+from rmsprop_lightning.module import StepLossLogger
 from rmsprop_lightning.step_metrics import StepMetricBuffer
 
 
@@ -67,6 +68,50 @@ def test_each_step_logged_once_at_its_step(max_steps, flush_every):
     assert [step for step, _ in logged] == list(range(max_steps))
     assert [step for step, _ in module.seen] == list(range(max_steps))
     assert [value for _, value in logged] == pytest.approx([value for _, value in module.seen], rel=1e-6)
+
+
+class FlushSizes(StepLossLogger):
+    """Remembers how many steps each flush wrote."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sizes: list[int] = []
+
+    def flush(self, trainer):
+        if len(self.buffer):
+            self.sizes.append(len(self.buffer))
+        super().flush(trainer)
+
+
+class Clock(pl.Callback):
+    """A clock that moves 0.4 s at every batch."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.now += 0.4
+
+
+def test_a_flush_comes_flush_secs_after_the_last_one(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(step_metrics, "monotonic", lambda: clock.now)
+    loss_logger = FlushSizes(flush_every=100, flush_secs=1.0)
+    trainer = pl.Trainer(
+        max_steps=10,
+        logger=RecordingLogger(),
+        callbacks=[clock, loss_logger],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
+    # 1.2 s after the last flush at every third step; the last step at the end of fit
+    assert loss_logger.sizes == [3, 3, 3, 1]
+    steps = [step for step, metrics in trainer.logger.calls if "train/loss" in metrics]
+    assert steps == list(range(10))
 
 
 def test_buffer_drains_in_order_with_one_transfer(monkeypatch):

@@ -105,7 +105,11 @@ class OptimizerStateMonitor(BufferedStepLogger):
             Lightning counts); ``None`` follows the trainer's ``log_every_n_steps``.
         per_parameter: ``True`` for per-parameter keys of all parameters, or a regular
             expression searched in the parameter names (e.g. ``"weight$"``).
-        flush_every: logged steps kept on the device before one transfer to the loggers.
+        flush_every: logged steps kept on the device before one transfer to the loggers (the
+            history holds at most 64 MiB of them); a flush has a fixed cost, so rarer flushes
+            cost less per step.
+        flush_secs: flush at the first logged step this many seconds after the last flush
+            (``None``: only every ``flush_every`` steps).
         tensorboard_layout: write a custom-scalars layout (one chart per state) to
             TensorBoard loggers.
     """
@@ -114,10 +118,11 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self,
         every_n_steps: int | None = 1,
         per_parameter: bool | str = False,
-        flush_every: int = 100,
+        flush_every: int = 1000,
+        flush_secs: float | None = 30.0,
         tensorboard_layout: bool = True,
     ) -> None:
-        super().__init__(flush_every=flush_every)
+        super().__init__(flush_every=flush_every, flush_secs=flush_secs)
         if every_n_steps is not None and (
             isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
         ):
@@ -214,7 +219,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
     ) -> None:
         self._logging = False
         self._commit(trainer)
-        if self._captured >= self.flush_every:
+        if self.flush_due(self._captured):
             self.flush(trainer)
 
     def _commit(self, trainer: pl.Trainer) -> None:
