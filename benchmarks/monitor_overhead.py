@@ -58,18 +58,16 @@ def timed(hook: str) -> Callable[..., None]:
 class TimedMonitor(OptimizerStateMonitor):
     """The monitor, adding up the wall time spent inside its hooks: its own cost, without Lightning's.
 
-    A flush inside ``on_train_batch_end`` counts as part of that hook; :meth:`timed_flush`
-    is a flush from outside the hooks (at the end of a block), timed as they are.
+    A flush inside the post-step hook counts as part of that hook; :meth:`timed_flush` is a
+    flush from outside the hooks (at the end of a block), timed as they are.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds = 0.0
 
-    on_train_batch_start = timed("on_train_batch_start")
     _before_step = timed("_before_step")
     _after_step = timed("_after_step")
-    on_train_batch_end = timed("on_train_batch_end")
     timed_flush = timed("flush")
 
 
@@ -111,7 +109,6 @@ class AlternatingModule(RegressionModule):
                 trainer.callbacks.append(monitor)
                 monitor.on_train_start(trainer, self)  # registers its step hooks
             monitor.every_n_steps = every
-            monitor.on_train_batch_start(trainer, self, batch, batch_idx)
 
 
 def measure(hidden: int | list[int], block: int, rounds: int) -> list[tuple[int, str, float, float]]:

@@ -104,7 +104,7 @@ def test_lightning_calls_only_the_implemented_batch_hooks(counter, tmp_path):
         (FitStats(), []),
         (GracefulInterrupt(), ["on_train_batch_start", "on_train_batch_end"]),
         (LastCheckpoint("ckpt"), ["on_train_batch_end"]),
-        (OptimizerStateMonitor(), ["on_train_batch_start", "on_train_batch_end"]),
+        (OptimizerStateMonitor(), []),
         (RandomState(), []),
         (UpdateReport(), ["on_train_batch_start", "on_train_batch_end"]),
         (StepLossLogger(), ["on_train_batch_end"]),

@@ -7,7 +7,8 @@ they are) and, right after it,
 a row of its history on the device. At each flush the rows are turned into values with
 whole-matrix operations and handed, with the
 :class:`~rmsprop_lightning.step_metrics.BufferedStepLogger`'s one transfer, to every
-logger at their own steps. Other steps cost a modulo and two empty hook calls.
+logger at their own steps. Other steps cost a modulo in the pre-step hook and an empty
+post-step hook; Lightning calls none of the monitor's hooks at a batch.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class OptimizerStateMonitor(BufferedStepLogger):
     It measures in torch's step hooks of the trainer's optimizers (registered at the start
     of training, removed at its end), so a step's values are those of the step itself: the
     gradients it used (after clipping and unscaling), the learning rate it used (before a
-    scheduler moves it), the parameters just before and after it. Steps of a batch are
-    logged at Lightning's step count after the batch, less one. When every step is logged,
+    scheduler moves it), the parameters just before and after it. Each step is logged at
+    Lightning's count of the optimizer steps before it (``global_step`` during the step,
+    as the loss of its batch is). When every step is logged,
     the parameters before a step are those the previous step left, unless something changed
     them in place in between (seen from their version counters; a change through ``.data``
     is not seen and counts as part of the next update).
@@ -142,9 +144,10 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self.tensorboard_layout = tensorboard_layout
         self._probes: dict[int, OptimizerProbe] = {}
         self._snapshots: dict[int, ParameterSnapshot] = {}
-        self._stepped: list[OptimizerProbe] = []  # probes that captured a step in this batch
         self._captured = 0  # steps captured (over all optimizers) since the last flush
-        self._logging = False  # whether this batch's optimizer steps are logged
+        self._logging = False  # whether the optimizer step under way is logged
+        self._trainer: pl.Trainer | None = None  # the trainer of the fit, whose step count numbers the rows
+        self._log_every = 1  # the trainer's log_every_n_steps, for every_n_steps=None
         self._hooks: list[RemovableHandle] = []  # torch's step hooks on the trainer's optimizers
         self._prefixes: dict[int, str] = {}
         self._param_names: dict[int, str] = {}
@@ -167,8 +170,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
         self._probes.clear()
         self._snapshots.clear()
-        self._stepped.clear()
         self._captured = 0
+        self._trainer, self._log_every = trainer, max(trainer.log_every_n_steps, 1)
         if trainer.is_global_zero:  # other ranks neither measure nor write
             for optimizer in optimizers:
                 self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
@@ -179,60 +182,41 @@ class OptimizerStateMonitor(BufferedStepLogger):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
-        self._logging = False
 
-    def _interval(self, trainer: pl.Trainer) -> int:
-        return self.every_n_steps if self.every_n_steps is not None else max(trainer.log_every_n_steps, 1)
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Decides whether the optimizer steps of this batch are logged (all of them, or none)."""
-        interval = self._interval(trainer)
-        self._logging = bool(self._hooks) and (interval == 1 or (trainer.global_step + 1) % interval == 0)
+    # it works in torch's step hooks and flushes from there: Lightning need not call it at batch end
+    on_train_batch_end = None  # type: ignore[assignment]
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Torch's pre-step hook: on a logged step, copies the parameters the step is about to change."""
+        """Torch's pre-step hook: decides whether the step is logged; then copies what it is about to change.
+
+        The step is Lightning's ``global_step``-th (counting from 0): logged when every step is,
+        else when ``global_step + 1`` is a multiple of the interval.
+        """
+        interval = self.every_n_steps or self._log_every
+        self._logging = interval == 1 or (self._trainer.global_step + 1) % interval == 0
         if not self._logging:
             return
         snapshot = self._snapshots.get(id(optimizer))
         if snapshot is None or snapshot.groups != len(optimizer.param_groups):
             snapshot = self._snapshots[id(optimizer)] = ParameterSnapshot(optimizer.param_groups)
-        # a second step of one optimizer in a batch replaces its first one's row: nothing to start from
-        snapshot.take(reuse=self._probes.get(id(optimizer)) not in self._stepped)
+        snapshot.take()
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Torch's post-step hook: on a logged step, keeps what the step left (numbered at batch end).
+        """Torch's post-step hook: on a logged step, keeps what the step left, at Lightning's step number.
 
         Here the gradients are those the optimizer stepped with (clipped, unscaled) and the
-        learning rate is the one it used (a scheduler may change it before the batch ends).
+        learning rate is the one it used (a scheduler may change it before the batch ends);
+        Lightning counts the step once it returns, so ``global_step`` is still its number.
         """
         if not self._logging:
             return
         probe = self._probe(optimizer)
-        probe.capture()
-        if probe not in self._stepped:
-            self._stepped.append(probe)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._logging = False
-        self._commit(trainer)
+        probe.capture(self._trainer.global_step)
+        if probe.full:
+            self._collect(probe)
+        self._captured += 1
         if self.flush_due(self._captured):
-            self.flush(trainer)
-
-    def _commit(self, trainer: pl.Trainer) -> None:
-        """Numbers the steps captured in this batch as Lightning counts them (its last optimizer step)."""
-        if not self._stepped:
-            return
-        step = trainer.global_step - 1
-        for probe in self._stepped:
-            probe.commit(step)
-            if probe.full:
-                self._collect(probe)
-        self._captured += len(self._stepped)
-        self._stepped.clear()
+            self.flush(self._trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -260,8 +244,6 @@ class OptimizerStateMonitor(BufferedStepLogger):
         if probe is None or not probe.matches(optimizer) or probe.snapshot is not snapshot:
             if probe is not None:
                 self._collect(probe)
-                if probe in self._stepped:  # its uncommitted step is captured again by the new probe
-                    self._stepped.remove(probe)
             prefix = self._prefixes.get(id(optimizer), PREFIX)
             probe = OptimizerProbe(
                 optimizer, snapshot, prefix, self._param_names, self.per_parameter, capacity=self.flush_every
@@ -271,7 +253,6 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     def flush(self, trainer: pl.Trainer) -> None:
         """Computes every captured step, then hands all buffered steps to the loggers in one transfer."""
-        self._commit(trainer)
         self._captured = 0
         for key, probe in list(self._probes.items()):
             self._collect(probe)

@@ -10,6 +10,7 @@ multi-tensor norms, so the history stays small. Nothing is read back to the host
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from torch import Tensor
 SMALL_NUMEL = 1 << 10
 # the history of logged steps waiting for their reduction stays below this size
 MAX_HISTORY_BYTES = 64 << 20
+VERSION = operator.attrgetter("_version")  # a tensor's version counter, bumped by every in-place write
 # quantities every parameter has; the optimizer's states follow under their own keys
 BASE_QUANTITIES = ("grad", "param", "update")
 
@@ -111,9 +113,9 @@ class ParameterSnapshot:
         self._views = FlatViews(self.small)
         self._versions: list[int] | None = None
 
-    def take(self, reuse: bool = True) -> None:
-        """Copies the parameters the step is about to change (the small ones unless ``reuse`` knows them)."""
-        self.reused = bool(self.small) and reuse and self._versions == [p._version for p in self.small]
+    def take(self) -> None:
+        """Copies the parameters the step is about to change (small ones unless the last capture has them)."""
+        self.reused = bool(self.small) and self._versions == list(map(VERSION, self.small))
         if self.small and not self.reused:
             torch.cat(self._views(), out=self.flat)
         if self.large:
@@ -122,7 +124,7 @@ class ParameterSnapshot:
 
     def seal(self) -> None:
         """Notes a step just captured: until the small parameters change, it is where the next one starts."""
-        self._versions = [p._version for p in self.small]
+        self._versions = list(map(VERSION, self.small))
 
     @torch.no_grad()
     def large_updates(self) -> list[Tensor]:
@@ -197,8 +199,7 @@ class OptimizerProbe:
     param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
     ``<s>update_to_param_ratio``, and over the whole optimizer ``effective_lr_max`` and
     ``effective_lr_min``. :meth:`capture` keeps a step right after the optimizer stepped,
-    :meth:`commit` numbers it, and :meth:`compute` turns the numbered steps into one row
-    of values each.
+    and :meth:`compute` turns the captured steps into one row of values each.
     """
 
     def __init__(
@@ -330,8 +331,6 @@ class OptimizerProbe:
         self.steps: list[int] = []
         self._settings: list[float] = []  # the captured settings of the rows, one after the other
         self._reused: list[bool] = []  # per row: whether θ before its step is the previous row's θ after
-        self._captured_settings: list[float] = []
-        self._captured_reuse = False
 
     def _plan_step_sizes(self, small_rms, large_rms, offsets, group_of, tensor, counters) -> None:
         """Per-element maps for the small step sizes; scratch tensors and per-row extremes for large ones."""
@@ -396,13 +395,10 @@ class OptimizerProbe:
             return param.grad if param.grad is not None else param.new_zeros(())
         return self.optimizer.state[param][quantity]
 
-    def capture(self) -> None:
-        """Keeps the state right after an optimizer step (the snapshot holds the one before) in the next row.
-
-        The row counts once :meth:`commit` numbers it; a second capture before that replaces it.
-        """
+    def capture(self, step: int) -> None:
+        """Keeps the state right after optimizer step ``step`` (the snapshot has the one before) in a row."""
         row = len(self.steps)
-        self._captured_reuse = self.snapshot.reused
+        reused = self.snapshot.reused
         if self.width:
             if self.optimizer.state is not self._state:  # reloaded: the states are other tensors now
                 self._state = self.optimizer.state
@@ -411,21 +407,17 @@ class OptimizerProbe:
                 zero if (grad := p.grad) is None else flat(grad)
                 for p, zero in zip(self.grad_params, self._zero_grads, strict=True)
             ]
-            if self._captured_reuse:  # θ before the step is the previous row's θ after (or the carry)
+            if reused:  # θ before the step is the previous row's θ after (or the carry)
                 torch.cat([*grads, *self._views()], out=self._rows_after[row])
             else:
                 torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
         self.snapshot.seal()
         groups = self.optimizer.param_groups
-        self._captured_settings = [float(groups[g][key]) for key in SETTINGS for g in self.step_groups]
+        self._settings += [float(groups[g][key]) for key in SETTINGS for g in self.step_groups]
         if self.large_columns or self.large_jobs:
             with torch.no_grad():
                 self._capture_large(row, groups)
-
-    def commit(self, step: int) -> None:
-        """Numbers the captured row ``step``; the next capture goes to a new row."""
-        self._settings += self._captured_settings
-        self._reused.append(self._captured_reuse)
+        self._reused.append(reused)
         self.steps.append(step)
 
     def _capture_large(self, row: int, groups: Sequence[dict[str, Any]]) -> None:
