@@ -23,7 +23,7 @@ from functools import partial
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from train_loop import make_loader
+from train_loop import cpu_fit
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.callbacks import (
@@ -93,16 +93,8 @@ def measure(rounds: int) -> list[tuple[int, str, float]]:
             DivergenceGuard(),
             GracefulInterrupt(),
         ]
-        trainer = pl.Trainer(
-            max_steps=BLOCK * (1 + 2 * rounds) + 1,
-            accelerator="cpu",
-            logger=TensorBoardRunLogger(log_dir, name="", version=""),
-            callbacks=callbacks,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, train_dataloaders=make_loader())
+        logger = TensorBoardRunLogger(log_dir, name="", version="")
+        cpu_fit(module, BLOCK * (1 + 2 * rounds) + 1, logger, callbacks)
     return module.blocks
 
 

@@ -20,7 +20,8 @@ from functools import partial
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
 from rmsprop_lightning import FeedForward, RegressionModule
@@ -90,24 +91,29 @@ class StepClock(pl.Callback):
         self.seconds_per_step = (time.perf_counter() - self.start) / trainer.global_step
 
 
+def cpu_fit(
+    module: pl.LightningModule, steps: int, logger: Logger | bool, callbacks: list[Callback], **options
+) -> None:
+    """Fits ``module`` for ``steps`` steps on the CPU, on the in-memory batches, without validation."""
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **options,
+    )
+    trainer.fit(module, train_dataloaders=make_loader())
+
+
 def lightning_fit(module: pl.LightningModule, steps: int, tensorboard: bool) -> float:
     """Fits ``module`` for ``steps`` steps; returns seconds per step."""
     clock = StepClock()
     with tempfile.TemporaryDirectory() as log_dir:
         logger = TensorBoardLogger(log_dir, name="", version="") if tensorboard else False
-        trainer = pl.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=logger,
-            log_every_n_steps=1,
-            callbacks=[clock],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        loader = make_loader()
-        trainer.fit(module, train_dataloaders=loader)
+        cpu_fit(module, steps, logger, [clock], log_every_n_steps=1, enable_checkpointing=False)
     return clock.seconds_per_step
 
 

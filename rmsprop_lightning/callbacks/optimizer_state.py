@@ -182,6 +182,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        self._trainer = None
 
     # it works in torch's step hooks and flushes from there: Lightning need not call it at batch end
     on_train_batch_end = None  # type: ignore[assignment]
