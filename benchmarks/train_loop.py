@@ -4,7 +4,8 @@
 
 Every variant trains ``Linear(10,5) → ReLU → Linear(5,1)`` with MSE and ``torch.optim.RMSprop``
 on batches of 32 sliced from in-memory tensors (the project's ``InMemoryBatchLoader``), so only
-the training machinery differs. Prints the median µs/step over repeats (set-up excluded: the clock
+the training machinery differs; TensorBoard is Lightning's logger for ``self.log`` and the
+template's (``TensorBoardRunLogger``) for its module. Prints the median µs/step over repeats (set-up excluded: the clock
 runs from the first to the last training batch) and ratios, side by side from one run.
 """
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.data import InMemoryBatchLoader, synthetic
+from rmsprop_lightning.tensorboard import TensorBoardRunLogger
 
 BATCH_SIZE = 32
 
@@ -108,11 +110,13 @@ def cpu_fit(
     trainer.fit(module, train_dataloaders=make_loader())
 
 
-def lightning_fit(module: pl.LightningModule, steps: int, tensorboard: bool) -> float:
-    """Fits ``module`` for ``steps`` steps; returns seconds per step."""
+def lightning_fit(
+    module: pl.LightningModule, steps: int, tensorboard: type[TensorBoardLogger] | None
+) -> float:
+    """Fits ``module`` for ``steps`` steps, logging to a ``tensorboard`` logger if given; seconds per step."""
     clock = StepClock()
     with tempfile.TemporaryDirectory() as log_dir:
-        logger = TensorBoardLogger(log_dir, name="", version="") if tensorboard else False
+        logger = tensorboard(log_dir, name="", version="") if tensorboard else False
         cpu_fit(module, steps, logger, [clock], log_every_n_steps=1, enable_checkpointing=False)
     return clock.seconds_per_step
 
@@ -123,13 +127,13 @@ def ours() -> RegressionModule:
 
 VARIANTS: dict[str, Callable[[int], float]] = {
     "hand-written loop": hand_written,
-    "Lightning, no logging": lambda steps: lightning_fit(BareModule(), steps, tensorboard=False),
-    "Lightning, self.log every step": lambda steps: lightning_fit(SelfLogModule(), steps, tensorboard=False),
+    "Lightning, no logging": lambda steps: lightning_fit(BareModule(), steps, tensorboard=None),
+    "Lightning, self.log every step": lambda steps: lightning_fit(SelfLogModule(), steps, tensorboard=None),
     "Lightning, self.log + TensorBoard every step": lambda steps: lightning_fit(
-        SelfLogModule(), steps, tensorboard=True
+        SelfLogModule(), steps, tensorboard=TensorBoardLogger
     ),
     "rmsprop-lightning module + TensorBoard, every step": lambda steps: lightning_fit(
-        ours(), steps, tensorboard=True
+        ours(), steps, tensorboard=TensorBoardRunLogger
     ),
 }
 
