@@ -5,8 +5,9 @@
 Every variant trains ``Linear(10,5) → ReLU → Linear(5,1)`` with MSE and ``torch.optim.RMSprop``
 on batches of 32 sliced from in-memory tensors (the project's ``InMemoryBatchLoader``), so only
 the training machinery differs; TensorBoard is Lightning's logger for ``self.log`` and the
-template's (``TensorBoardRunLogger``) for its module. Prints the median µs/step over repeats (set-up excluded: the clock
-runs from the first to the last training batch) and ratios, side by side from one run.
+template's (``TensorBoardRunLogger``) for its module. Prints the median µs/step over repeats
+(set-up excluded: the clock runs from the first to the last training batch) and ratios, side
+by side from one run.
 """
 
 from __future__ import annotations
