@@ -485,19 +485,19 @@ class OptimizerProbe:
     def _step_sizes(self, history: Tensor, out: Tensor) -> None:
         """The step sizes of each small element of each captured row, into ``out``.
 
-        The settings and ``1 − alphaᵗ`` are worked out in :attr:`precise`, as optimizers do in
-        Python, then per element in the history's dtype.
+        The settings, ``1 − alphaᵗ`` and the step sizes are worked out in :attr:`precise`, as
+        optimizers work the settings out in Python.
         """
         precise, rows, groups = self.precise, len(out), len(self.step_groups)
-        numbers = np.array(self._settings, dtype=np.float32 if precise == torch.float32 else np.float64)
-        settings = to_device(torch.from_numpy(numbers), self.device).view(rows * len(SETTINGS), groups)
+        numbers = torch.from_numpy(np.array(self._settings)).to(precise)  # NumPy reads a list faster
+        settings = to_device(numbers, self.device).view(rows * len(SETTINGS), groups)
         # a group's numbers spread over its elements: a product with the groups' one-hot rows
         lr, eps, _ = (settings @ self.group_elements).view(rows, len(SETTINGS), -1).unbind(1)
-        settings = settings.view(rows, len(SETTINGS), groups)
         correction = None
         if self.corrected is not None:
             steps = history.index_select(1, self.counter_index).to(precise)
-            correction = torch.where(self.corrected, 1 - settings[:, 2].pow(steps), 1.0)
+            alpha = settings.view(rows, len(SETTINGS), groups)[:, 2]
+            correction = torch.where(self.corrected, 1 - alpha.pow(steps), 1.0)
             correction = correction @ self.group_elements
         out.copy_(history.index_select(1, self.v_index))
         means = history.index_select(1, self.m_index) if self.m_index is not None else None
