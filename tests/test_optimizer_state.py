@@ -165,7 +165,9 @@ class Recorder(pl.Callback):
                         "name": names[id(p)],
                         "group": group.get("name", f"pg{group_index + 1}"),
                         "param": p.detach().double().clone(),
-                        "grad": p.grad.detach().double().clone(),
+                        "grad": torch.zeros_like(p, dtype=torch.float64)
+                        if p.grad is None
+                        else p.grad.detach().double().clone(),
                         "state": state,
                         "settings": {
                             k: group.get(k)
@@ -203,6 +205,8 @@ def expected_value(key: str, params: list[dict[str, Any]], before: list[torch.Te
     step_sizes = []
     for p, _ in chosen:
         settings, state = p["settings"], p["state"]
+        if "square_avg" not in state:  # a parameter the optimizer never stepped has no step size
+            continue
         correction = 1 - settings["alpha"] ** state["step"].item() if settings["bias_correction"] else 1.0
         v = state["square_avg"] / correction
         if settings["centered"]:
@@ -280,6 +284,7 @@ class ZeroGradInPlace(RegressionModule):
 
 VARIANTS = [*OPTIMIZERS, "eps_in_sqrt", "large_tensors", "short_history", "lr_scheduled_every_step"]
 VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "grads_zeroed_in_place"]
+VARIANTS += ["param_without_grad"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -293,6 +298,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     hidden = [40, 40] if large else 5  # a 40×40 weight takes the per-tensor path
     model = FeedForward(hidden=hidden)
     assert (max(p.numel() for p in model.parameters()) > SMALL_NUMEL) == large
+    if name == "param_without_grad":  # in the optimizer, never used: no gradient, no state, no update
+        model.register_parameter("unused", torch.nn.Parameter(torch.ones(2, 3)))
     options = {"no_weight_decay_on_bias": True, "lr_multipliers": {"^2": 0.5}}
     if name == "eps_in_sqrt":
         module = EpsInSqrtModule(model, OPTIMIZERS["rmsprop"], **options)

@@ -111,11 +111,12 @@ class ParameterSnapshot:
         self.large_before = [torch.empty_like(p) for p in self.large]
         self.reused = False  # whether the last take found the small parameters as the last capture left them
         self._views = FlatViews(self.small)
-        self._versions: list[int] | None = None
+        self._versions: int | None = None  # the small parameters' version total at the last capture
 
     def take(self) -> None:
         """Copies the parameters the step is about to change (small ones unless the last capture has them)."""
-        self.reused = bool(self.small) and self._versions == list(map(VERSION, self.small))
+        # version counters only grow: an unchanged total means no in-place write to any of them
+        self.reused = bool(self.small) and self._versions == sum(map(VERSION, self.small))
         if self.small and not self.reused:
             torch.cat(self._views(), out=self.flat)
         if self.large:
@@ -124,7 +125,7 @@ class ParameterSnapshot:
 
     def seal(self) -> None:
         """Notes a step just captured: until the small parameters change, it is where the next one starts."""
-        self._versions = list(map(VERSION, self.small))
+        self._versions = sum(map(VERSION, self.small))
 
     @torch.no_grad()
     def large_updates(self) -> list[Tensor]:
@@ -147,6 +148,7 @@ def structure(groups: Sequence[dict[str, Any]]) -> tuple[tuple[bool, bool, bool]
 
 
 SETTINGS = ("lr", "eps", "alpha")  # the numbers a group's step size depends on, read at every logged step
+group_settings = operator.itemgetter(*SETTINGS)
 
 
 class StepSizeJob(NamedTuple):
@@ -280,8 +282,10 @@ class OptimizerProbe:
         self._param_start = offsets[("param", small_params[0])] if small_params else 0
         self._update_start = offsets[("update", small_params[0])] if small_params else 0
         self._rows_after = list(self.history[:, : self._update_start].unbind(0))
-        self.grad_params = [params[i] for i in small_params]
-        self._zero_grads = [p.new_zeros(p.numel()) for p in self.grad_params]
+        # per small parameter: itself, zeros for a missing gradient, whether its gradient needs a 1-D view
+        self._grad_sources = [
+            (params[i], params[i].new_zeros(params[i].numel()), params[i].dim() != 1) for i in small_params
+        ]
         self._state = optimizer.state
         self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
 
@@ -329,7 +333,7 @@ class OptimizerProbe:
         self.out = torch.empty(self.capacity, len(self.names), dtype=self.precise, device=device)
         self.num_sums, self.num_scopes = len(rows), len(scopes)
         self.steps: list[int] = []
-        self._settings: list[float] = []  # the captured settings of the rows, one after the other
+        self._settings: list[tuple[Any, ...]] = []  # the captured settings of the rows, group by group
         self._reused: list[bool] = []  # per row: whether θ before its step is the previous row's θ after
 
     def _plan_step_sizes(self, small_rms, large_rms, offsets, group_of, tensor, counters) -> None:
@@ -404,16 +408,16 @@ class OptimizerProbe:
                 self._state = self.optimizer.state
                 self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
             grads = [
-                zero if (grad := p.grad) is None else flat(grad)
-                for p, zero in zip(self.grad_params, self._zero_grads, strict=True)
+                zero if (grad := p.grad) is None else grad.reshape(-1) if reshaped else grad
+                for p, zero, reshaped in self._grad_sources
             ]
             if reused:  # θ before the step is the previous row's θ after (or the carry)
-                torch.cat([*grads, *self._views()], out=self._rows_after[row])
+                torch.cat(grads + self._views(), out=self._rows_after[row])
             else:
                 torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
         self.snapshot.seal()
         groups = self.optimizer.param_groups
-        self._settings += [float(groups[g][key]) for key in SETTINGS for g in self.step_groups]
+        self._settings += [group_settings(groups[g]) for g in self.step_groups]
         if self.large_columns or self.large_jobs:
             with torch.no_grad():
                 self._capture_large(row, groups)
@@ -489,8 +493,10 @@ class OptimizerProbe:
         optimizers work the settings out in Python.
         """
         precise, rows, groups = self.precise, len(out), len(self.step_groups)
-        numbers = torch.from_numpy(np.array(self._settings)).to(precise)  # NumPy reads a list faster
-        settings = to_device(numbers, self.device).view(rows * len(SETTINGS), groups)
+        # NumPy reads the list faster; a row's settings go setting by setting, then group by group
+        numbers = np.array(self._settings, dtype=np.float64).reshape(rows, groups, len(SETTINGS))
+        numbers = torch.from_numpy(numbers.transpose(0, 2, 1).reshape(rows * len(SETTINGS), groups))
+        settings = to_device(numbers.to(precise), self.device)
         # a group's numbers spread over its elements: a product with the groups' one-hot rows
         lr, eps, _ = (settings @ self.group_elements).view(rows, len(SETTINGS), -1).unbind(1)
         correction = None
