@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.callbacks import OptimizerStateMonitor, state_norms
-from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
+from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout, global_step_reader
 from rmsprop_lightning.callbacks.state_norms import SMALL_NUMEL
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.optim import RMSprop
@@ -378,6 +378,35 @@ def test_every_n_steps_and_the_trainer_interval():
     module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
     logger = fit(module, OptimizerStateMonitor(every_n_steps=2), steps=6, accumulate_grad_batches=3)
     assert sorted(logged(logger)) == [1, 3, 5]
+
+
+class StepReads(pl.Callback):
+    """Reads the step count both ways at every batch end and in every optimizer step."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.read = global_step_reader(trainer)
+        self.reads = [(self.read(), trainer.global_step)]
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_post_hook(
+                lambda *_: self.reads.append((self.read(), trainer.global_step))
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.reads.append((self.read(), trainer.global_step))
+
+
+@pytest.mark.parametrize("module_class", [RegressionModule, TwoStepsPerBatch])
+def test_the_step_reader_reads_the_global_step(module_class):
+    reads = StepReads()
+    module = module_class(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    fit(module, OptimizerStateMonitor(), steps=6, callbacks=[reads])
+    steps = [step for _, step in reads.reads]
+    assert [read for read, _ in reads.reads] == steps and max(steps) == 6 and len(set(steps)) == 7
+
+
+def test_the_step_reader_falls_back_to_the_property():
+    trainer = type("Trainer", (), {"global_step": 7})()  # no loops where this Lightning keeps the counter
+    assert global_step_reader(trainer)() == 7
 
 
 def test_no_logger_is_a_clear_error():

@@ -13,8 +13,9 @@ post-step hook; Lightning calls none of the monitor's hooks at a batch.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -41,6 +42,26 @@ def optimizer_prefixes(optimizers: Sequence[torch.optim.Optimizer]) -> list[str]
         seen[name] = count + 1
         prefixes.append(f"{PREFIX}{name}-{count}/" if count else f"{PREFIX}{name}/")
     return prefixes
+
+
+def global_step_reader(trainer: pl.Trainer) -> Callable[[], int]:
+    """A function returning ``trainer.global_step``, read from the counter behind it where it can be.
+
+    ``global_step`` goes through a chain of properties, about 5 µs inside a training step; the
+    progress counter it ends at is one attribute read. Where a Lightning version keeps that
+    counter elsewhere, or it disagrees with ``global_step``, the function reads the property.
+    """
+    try:
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.lightning_module.automatic_optimization:
+            total = loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            total = loop.manual_optimization.optim_step_progress.total
+        if total.completed == trainer.global_step:
+            return functools.partial(getattr, total, "completed")
+    except AttributeError:
+        pass
+    return lambda: trainer.global_step
 
 
 def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
@@ -146,7 +167,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._snapshots: dict[int, ParameterSnapshot] = {}
         self._captured = 0  # steps captured (over all optimizers) since the last flush
         self._logging = False  # whether the optimizer step under way is logged
-        self._trainer: pl.Trainer | None = None  # the trainer of the fit, whose step count numbers the rows
+        self._trainer: pl.Trainer | None = None  # the trainer of the fit
+        self._global_step: Callable[[], int] = int  # its step count, which numbers the rows (0 outside a fit)
         self._log_every = 1  # the trainer's log_every_n_steps, for every_n_steps=None
         self._hooks: list[RemovableHandle] = []  # torch's step hooks on the trainer's optimizers
         self._prefixes: dict[int, str] = {}
@@ -172,6 +194,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._snapshots.clear()
         self._captured = 0
         self._trainer, self._log_every = trainer, max(trainer.log_every_n_steps, 1)
+        self._global_step = global_step_reader(trainer)
         if trainer.is_global_zero:  # other ranks neither measure nor write
             for optimizer in optimizers:
                 self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
@@ -182,7 +205,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
-        self._trainer = None
+        self._trainer, self._global_step = None, int
 
     # it works in torch's step hooks and flushes from there: Lightning need not call it at batch end
     on_train_batch_end = None  # type: ignore[assignment]
@@ -194,7 +217,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         else when ``global_step + 1`` is a multiple of the interval.
         """
         interval = self.every_n_steps or self._log_every
-        self._logging = interval == 1 or (self._trainer.global_step + 1) % interval == 0
+        self._logging = interval == 1 or (self._global_step() + 1) % interval == 0
         if not self._logging:
             return
         snapshot = self._snapshots.get(id(optimizer))
@@ -212,7 +235,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         if not self._logging:
             return
         probe = self._probe(optimizer)
-        probe.capture(self._trainer.global_step)
+        probe.capture(self._global_step())
         if probe.full:
             self._collect(probe)
         self._captured += 1
