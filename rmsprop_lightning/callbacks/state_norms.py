@@ -63,10 +63,11 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
 
 
 def flat(tensor: Tensor) -> Tensor:
-    """``tensor`` as one dimension: itself when it has one, else a view (a copy only if none can be made)."""
-    if tensor.dim() == 1:  # concatenated as it is, whatever its stride
-        return tensor
-    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
+    """``tensor`` as one dimension: itself when it has one, else a view (a copy when it is not contiguous).
+
+    ``ravel`` takes no arguments, so torch parses its call in about half the time of ``view(-1)``.
+    """
+    return tensor if tensor.dim() == 1 else tensor.ravel()  # a 1-D tensor is concatenated at any stride
 
 
 class FlatViews:
@@ -408,8 +409,8 @@ class OptimizerProbe:
                 self._state = self.optimizer.state
                 self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
             grads = [
-                zero if (grad := p.grad) is None else grad.reshape(-1) if reshaped else grad
-                for p, zero, reshaped in self._grad_sources
+                zero if (grad := p.grad) is None else grad.ravel() if ravel else grad
+                for p, zero, ravel in self._grad_sources
             ]
             if reused:  # θ before the step is the previous row's θ after (or the carry)
                 torch.cat(grads + self._views(), out=self._rows_after[row])
