@@ -101,12 +101,14 @@ class TimedMonitor(OptimizerStateMonitor):
         self.heavy_seconds += seconds
 
     def pause(self, trainer: pl.Trainer) -> None:
+        """Off for the next blocks: no step hooks, not a callback; the history stays."""
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
         trainer.callbacks.remove(self)
 
     def resume(self, trainer: pl.Trainer) -> None:
+        """On again, with the history it had."""
         trainer.callbacks.append(self)
         for optimizer in trainer.optimizers:
             self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
@@ -163,6 +165,8 @@ class AlternatingModule(RegressionModule):
 
 
 class ModeResult(NamedTuple):
+    """A mode's line of the table: seconds per step, the ratio to off with its quartiles, seconds inside."""
+
     wall: float
     ratio: float
     quartiles: tuple[float, float]
