@@ -23,7 +23,7 @@ from functools import partial
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from train_loop import cpu_fit
+from train_loop import cpu_fit, rotating_mode
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.callbacks import (
@@ -69,8 +69,7 @@ class AlternatingModule(RegressionModule):
         if block > 1:
             seconds = (time.perf_counter() - self._start) / (BLOCK - WARMUP)
             self.blocks.append(((block - 2) // 2, self._mode, seconds))
-        round_, position = divmod(max(block - 1, 0), 2)
-        self._mode = MODES[(position + round_) % 2]
+        _, self._mode = rotating_mode(max(block - 1, 0), MODES)
         for cls, hook in self.hooks:
             setattr(cls, hook, None if self._mode == "lean" else getattr(Callback, hook))
 

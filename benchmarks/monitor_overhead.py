@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
-from train_loop import cpu_fit
+from train_loop import cpu_fit, rotating_mode
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
@@ -158,8 +158,7 @@ class AlternatingModule(RegressionModule):
                 monitor.timed_flush(trainer)
             self._mode = "off"
             return
-        self._round, position = divmod(step // BLOCK, len(MODES))
-        self._mode = list(MODES)[(position + self._round) % len(MODES)]
+        self._round, self._mode = rotating_mode(step // BLOCK, list(MODES))
         if self._mode in self.monitors:
             self.monitors[self._mode].resume(trainer)
 

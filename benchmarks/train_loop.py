@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import lightning.pytorch as pl
@@ -109,6 +109,16 @@ def cpu_fit(
         **options,
     )
     trainer.fit(module, train_dataloaders=make_loader())
+
+
+def rotating_mode(block: int, modes: Sequence[str]) -> tuple[int, str]:
+    """The round of the ``block``-th block of a rotation and its mode.
+
+    Each round runs every mode once, starting one mode later than the round before, so a
+    drift of the machine's speed within a round hits no mode more than the others.
+    """
+    round_, position = divmod(block, len(modes))
+    return round_, modes[(position + round_) % len(modes)]
 
 
 def lightning_fit(
