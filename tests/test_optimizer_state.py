@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -17,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
-from rmsprop_lightning.callbacks import OptimizerStateMonitor, state_norms
+from rmsprop_lightning.callbacks import OptimizerStateMonitor, row_copy, state_norms
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout, global_step_reader
 from rmsprop_lightning.callbacks.state_norms import SMALL_NUMEL
 from rmsprop_lightning.data import synthetic
@@ -275,6 +276,17 @@ class TwoStepsPerBatch(RegressionModule):
         return loss
 
 
+class StridedGradients(pl.Callback):
+    """Replaces each gradient by a copy that is every other column of a twice wider tensor of ones."""
+
+    def on_after_backward(self, trainer, pl_module):
+        for param in pl_module.parameters():
+            if param.grad is not None:
+                wide = param.grad.new_ones(*param.shape[:-1], 2 * param.shape[-1])
+                wide[..., ::2] = param.grad
+                param.grad = wide[..., ::2]
+
+
 class ZeroGradInPlace(RegressionModule):
     """Gradients zeroed in place (``set_to_none=False``): the same tensors at every step."""
 
@@ -284,7 +296,7 @@ class ZeroGradInPlace(RegressionModule):
 
 VARIANTS = [*OPTIMIZERS, "eps_in_sqrt", "large_tensors", "short_history", "lr_scheduled_every_step"]
 VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "grads_zeroed_in_place"]
-VARIANTS += ["param_without_grad"]
+VARIANTS += ["param_without_grad", "strided_grads", "row_copy_by_torch"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -293,6 +305,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
         # a row: 61 values each of grad, param, 3 states and θ_before and a zero, in float32; their
         # squares and 61 step sizes in float64
         monkeypatch.setattr(state_norms, "MAX_HISTORY_BYTES", 2 * (4 * (6 * 61 + 1) + 8 * (6 * 61 + 1 + 61)))
+    if name == "row_copy_by_torch":  # as without a C compiler
+        monkeypatch.setattr(row_copy, "native_gather", lambda: None)
     pl.seed_everything(0, verbose=False)
     large = name in ("large_tensors", "ours_bias_corrected_nesterov")
     hidden = [40, 40] if large else 5  # a 40×40 weight takes the per-tensor path
@@ -320,6 +334,7 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     logger = RecordingLogger()
     steps = 10 if name == "two_steps_per_batch" else 5  # Lightning counts every optimizer step
     shrink = [ShrinkBetweenSteps()] if name == "params_changed_between_steps" else []
+    shrink += [StridedGradients()] if name == "strided_grads" else []
     pl.Trainer(
         max_steps=steps,
         logger=logger,
@@ -342,6 +357,79 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
             expected = expected_value(key, recorder.after[step], recorder.before[step])
             assert value == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, key)
     assert values[last]["optim/update_norm"] > 0
+    # the C copy serves every probe on the CPU where it can be built
+    copies = {probe._copy.native for probe in monitor._probes.values()}
+    assert copies == {name != "row_copy_by_torch" and row_copy.native_gather() is not None}
+
+
+def row_copies(monkeypatch) -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
+    """The canonical net's parameters, and their copies by C and by torch into histories of 6 rows of -1.
+
+    A row holds the gradients, the parameters, one state each, then θ before the step.
+    """
+    if row_copy.native_gather() is None:
+        pytest.skip("no C compiler here: torch.cat copies the rows")
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(5, 10), (5,), (1, 5), (1,)]]
+    tensors, before = [*params, *map(torch.rand_like, params)], torch.randn(61)
+    histories = {path: torch.full((6, 4 * 61 + 2), -1.0) for path in ("c", "torch")}
+    copies = {"c": row_copy.RowCopy(params, tensors, before, histories["c"])}
+    monkeypatch.setattr(row_copy, "native_gather", lambda: None)
+    copies["torch"] = row_copy.RowCopy(params, tensors, before, histories["torch"])
+    assert copies["c"].native and not copies["torch"].native
+    return params, {"copies": copies, "histories": histories}
+
+
+def test_the_c_row_copy_writes_what_torch_cat_writes(monkeypatch):
+    params, made = row_copies(monkeypatch)
+    c, torch_history = made["histories"]["c"], made["histories"]["torch"]
+    for row, with_before in [(0, True), (1, False), (3, True), (5, False)]:
+        # fresh gradients at each step: one missing; in row 3 one is every other column of a wider one
+        for k, param in enumerate(params):
+            param.grad = None if k == row % 4 else torch.randn_like(param)
+        params[0].grad = torch.randn(5, 20)[:, ::2] if row == 3 else params[0].grad
+        for copy in made["copies"].values():
+            copy(row, with_before)
+        torch.testing.assert_close(c, torch_history, rtol=0, atol=0)
+    written = c != -1.0
+    assert written[[0, 3], : 4 * 61].all() and written[[1, 5], : 3 * 61].all()
+    # nothing past a row's end, and no other row, is written
+    assert not written[[1, 5], 3 * 61 :].any() and not written[:, 4 * 61 :].any()
+    assert not written[[2, 4]].any()
+    for copy in made["copies"].values():  # a row past the history is refused, as torch's indexing does
+        with pytest.raises(IndexError):
+            copy(6, True)
+    assert torch.equal(written, c != -1.0)
+
+
+def test_the_c_row_copy_leaves_a_gradient_of_another_size_to_torch(monkeypatch):
+    params, made = row_copies(monkeypatch)
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    params[1].grad.data = torch.ones(50)  # ``.data`` bypasses the check of a gradient's size
+    for copy in made["copies"].values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns that it resizes the row it cannot fill
+            copy(0, True)
+    torch.testing.assert_close(made["histories"]["c"], made["histories"]["torch"], rtol=0, atol=0)
+
+
+def test_rows_too_short_for_the_copy_are_refused():
+    param = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="rows of 8 elements cannot hold 9"):
+        row_copy.RowCopy([param], [param], torch.zeros(3), torch.zeros(2, 8))
+
+
+def test_without_a_c_compiler_torch_copies_the_rows(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("RMSPROP_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    row_copy.native_gather.cache_clear()
+    try:
+        assert row_copy.native_gather() is None
+        param = torch.nn.Parameter(torch.zeros(3))
+        assert not row_copy.RowCopy([param], [param], torch.zeros(3), torch.zeros(2, 9)).native
+    finally:
+        row_copy.native_gather.cache_clear()
 
 
 def test_only_large_tensors_with_bias_correction():

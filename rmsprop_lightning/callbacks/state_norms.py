@@ -1,10 +1,11 @@
 """The measurement behind the OptimizerStateMonitor: the values of logged steps, computed on the device.
 
 A logged step copies its tensors of at most :data:`SMALL_NUMEL` elements (on the canonical
-net, all of them) into one row of a preallocated history with three tensor operations; the
-norms and step sizes of all rows are computed together, with whole-matrix operations, when
-the monitor collects them (at its flushes). Larger tensors are reduced at once with
-multi-tensor norms, so the history stays small. Nothing is read back to the host.
+net, all of them) into one row of a preallocated history in one call
+(:class:`~rmsprop_lightning.callbacks.row_copy.RowCopy`); the norms and step sizes of all
+rows are computed together, with whole-matrix operations, when the monitor collects them (at
+its flushes). Larger tensors are reduced at once with multi-tensor norms, so the history stays
+small. Nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from rmsprop_lightning.callbacks.row_copy import FlatViews, RowCopy
 
 # tensors up to this size are copied into the history; above it a per-tensor reduction is cheaper
 SMALL_NUMEL = 1 << 10
@@ -61,32 +64,6 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def flat(tensor: Tensor) -> Tensor:
-    """``tensor`` as one dimension: itself when it has one, else a view (a copy when it is not contiguous).
-
-    ``ravel`` takes no arguments, so torch parses its call in about half the time of ``view(-1)``.
-    """
-    return tensor if tensor.dim() == 1 else tensor.ravel()  # a 1-D tensor is concatenated at any stride
-
-
-class FlatViews:
-    """1-D views of a fixed list of tensors, for ``torch.cat``: made once (non-contiguous ones at each call).
-
-    Parameters and optimizer states are updated in place, so their views keep showing
-    their current values. The views are detached: copying them needs no autograd context.
-    """
-
-    def __init__(self, tensors: Sequence[Tensor]) -> None:
-        self.tensors = [t.detach() for t in tensors]
-        self._views = [t.view(-1) if t.is_contiguous() else None for t in self.tensors]
-        self._all_views = all(view is not None for view in self._views)
-
-    def __call__(self) -> list[Tensor]:
-        if self._all_views:
-            return self._views  # type: ignore[return-value]
-        return [flat(t) if view is None else view for t, view in zip(self.tensors, self._views, strict=True)]
 
 
 class ParameterSnapshot:
@@ -276,20 +253,15 @@ class OptimizerProbe:
         row_bytes = (width + 1) * dtype.itemsize + (width + 1 + steps_width) * self.precise.itemsize
         self.capacity = max(1, min(capacity, MAX_HISTORY_BYTES // row_bytes))
         self.history = torch.zeros(self.capacity, width + 1, dtype=dtype, device=device)
-        self._rows = list(self.history[:, :width].unbind(0))
         # squares and step sizes, summed and reduced in the precise dtype (float32 sums of thousands
         # of terms drift by 1e-6)
         self.work = torch.empty(self.capacity, width + 1 + steps_width, dtype=self.precise, device=device)
         # small parameters are in a row twice: after the step, and before it (turned into updates)
         self._param_start = offsets[("param", small_params[0])] if small_params else 0
         self._update_start = offsets[("update", small_params[0])] if small_params else 0
-        self._rows_after = list(self.history[:, : self._update_start].unbind(0))
-        # per small parameter: itself, zeros for a missing gradient, whether its gradient needs a 1-D view
-        self._grad_sources = [
-            (params[i], params[i].new_zeros(params[i].numel()), params[i].dim() != 1) for i in small_params
-        ]
+        self._small_params = [params[i] for i in small_params]
         self._state = optimizer.state
-        self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
+        self._copy = self._row_copy()
 
         # the column vector of a row: small norms², a dummy for the zero, small step-size sums, large ones
         columns = [*row_columns, ("zero", -1), *(("steps", i) for i in small_rms)]
@@ -377,6 +349,11 @@ class OptimizerProbe:
         self.large_extremes = torch.empty(self.capacity, 2, dtype=self.history.dtype, device=device)
         self._large_extremes = list(self.large_extremes.unbind(0))
 
+    def _row_copy(self) -> RowCopy:
+        """The copy of a step's small gradients, parameters and states (and θ before it) into a row."""
+        copied = [self._tensor(q, i) for q, i in self.copied]
+        return RowCopy(self._small_params, copied, self.snapshot.flat, self.history)
+
     def matches(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether the probe still describes ``optimizer``: no parameter gained state since it was made.
 
@@ -408,15 +385,8 @@ class OptimizerProbe:
         if self.width:
             if self.optimizer.state is not self._state:  # reloaded: the states are other tensors now
                 self._state = self.optimizer.state
-                self._views = FlatViews([self._tensor(q, i) for q, i in self.copied])
-            grads = [
-                zero if (grad := p.grad) is None else grad.ravel() if ravel else grad
-                for p, zero, ravel in self._grad_sources
-            ]
-            if reused:  # θ before the step is the previous row's θ after (or the carry)
-                torch.cat(grads + self._views(), out=self._rows_after[row])
-            else:
-                torch.cat([*grads, *self._views(), self.snapshot.flat], out=self._rows[row])
+                self._copy = self._row_copy()
+            self._copy(row, not reused)  # θ before the step is the previous row's θ after when reused
         self.snapshot.seal()
         groups = self.optimizer.param_groups
         self._settings += [group_settings(groups[g]) for g in self.step_groups]

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rmsprop_lightning.native import KernelUnavailable
 from rmsprop_lightning.optim import cpu_kernel
 from rmsprop_lightning.optim.functional import Coefficients, Hyper, Variant, split_rows, update_piece
 
@@ -171,7 +172,7 @@ class FastStep:
             try:
                 self._kernels[key] = cpu_kernel.load(hyper.variant, dtype)
                 self.kernel_loads += 1
-            except cpu_kernel.KernelUnavailable as error:
+            except KernelUnavailable as error:
                 self._kernels[key] = None
                 self._warn_once("kernel", str(error))
         return self._kernels[key]

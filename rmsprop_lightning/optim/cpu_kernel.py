@@ -14,27 +14,20 @@ therefore equal the eager step's bit for bit where torch's square root is IEEE (
 without MKL) and differ by rounding otherwise (see ``tests/test_optim_fast.py``).
 
 It is compiled with the system C compiler once per option combination and dtype,
-then cached on disk (``$RMSPROP_LIGHTNING_CACHE``, else ``~/.cache/rmsprop_lightning``),
-so later processes only load it.
+then cached on disk (:mod:`rmsprop_lightning.native`), so later processes only load it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rmsprop_lightning import native
 from rmsprop_lightning.optim.functional import Coefficients, Variant
 
 DTYPES = {torch.float32: "float", torch.float64: "double"}
@@ -145,71 +138,11 @@ void rmsprop_step(int64_t n, T *const *pointers, const int64_t *sizes, const dou
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 
 
-class KernelUnavailable(RuntimeError):
-    """The C kernel cannot be built or loaded here (e.g. no C compiler)."""
-
-
-def _compiler() -> str:
-    """The C compiler to use: ``$CC``, else gcc, else cc."""
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not compiler:
-        raise KernelUnavailable("no C compiler found (set CC or install gcc)")
-    return compiler
-
-
-def _cache_dir() -> Path:
-    """Where built kernels are kept across processes."""
-    root = os.environ.get("RMSPROP_LIGHTNING_CACHE")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rmsprop_lightning"
-
-
-def _machine() -> str:
-    """Describes the CPU, so that a shared cache never serves a build for another CPU (-march=native)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
-
-
 def _defines(variant: Variant, dtype: torch.dtype) -> list[str]:
     """Preprocessor switches selecting the operations of ``variant`` for ``dtype``."""
     switches = {name.upper(): int(on) for name, on in variant._asdict().items()}
     switches["IS_DOUBLE"] = int(dtype == torch.float64)
     return [f"-D{name}={value}" for name, value in sorted(switches.items())]
-
-
-def _build(variant: Variant, dtype: torch.dtype) -> Path:
-    """Compiles the kernel for ``variant`` and ``dtype`` unless a cached build exists; returns its path."""
-    compiler = _compiler()
-    command = [*_FLAGS, *_defines(variant, dtype)]
-    key = hashlib.sha256("\n".join([_SOURCE, compiler, *command, _machine()]).encode()).hexdigest()[:24]
-    directory = _cache_dir()
-    library = directory / f"rmsprop_{key}.so"
-    if library.exists():
-        return library
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory) as work:
-            source = Path(work) / "rmsprop.c"
-            source.write_text(_SOURCE)
-            output = Path(work) / "rmsprop.so"
-            result = subprocess.run(
-                [compiler, *command, str(source), "-o", str(output), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if result.returncode != 0:
-                raise KernelUnavailable(f"{compiler} failed:\n{result.stderr.strip()}")
-            os.replace(output, library)  # atomic: concurrent builders never see a partial file
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise KernelUnavailable(f"building with {compiler} in {directory} failed: {error}") from error
-    return library
 
 
 @dataclass(frozen=True)
@@ -245,18 +178,6 @@ class Kernel:
 
 def load(variant: Variant, dtype: torch.dtype) -> Kernel:
     """Builds (or finds in the cache) and loads the kernel for ``variant`` and ``dtype``."""
-    path = _build(variant, dtype)
-    try:
-        function = ctypes.CDLL(str(path)).rmsprop_step
-    except OSError as error:
-        raise KernelUnavailable(f"loading {path} failed: {error}") from error
-    function.restype = None
-    function.argtypes = [
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    return Kernel(function)
+    library = native.build("rmsprop", _SOURCE, [*_FLAGS, *_defines(variant, dtype)])
+    argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 4, ctypes.c_int]
+    return Kernel(native.load_function(library, "rmsprop_step", argtypes))

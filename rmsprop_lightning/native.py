@@ -1,0 +1,97 @@
+"""Small C sources built into shared libraries with the system compiler, once per machine.
+
+A build is cached on disk (``$RMSPROP_LIGHTNING_CACHE``, else ``~/.cache/rmsprop_lightning``)
+under a hash of its source, compiler, flags and CPU, so later processes only load it, and
+it is moved into place atomically, so processes building at once never load a partial file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class KernelUnavailable(RuntimeError):
+    """A C library cannot be built or loaded here (e.g. no C compiler)."""
+
+
+def compiler() -> str:
+    """The C compiler to use: ``$CC``, else gcc, else cc."""
+    found = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not found:
+        raise KernelUnavailable("no C compiler found (set CC or install gcc)")
+    return found
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept across processes."""
+    root = os.environ.get("RMSPROP_LIGHTNING_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rmsprop_lightning"
+
+
+def machine() -> str:
+    """Describes the CPU, so that a shared cache never serves a build for another CPU (-march=native)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def build(name: str, source: str, flags: Sequence[str]) -> Path:
+    """Compiles ``source`` with ``flags`` into ``<name>_<hash>.so`` unless a cached build exists; its path."""
+    cc = compiler()
+    key = hashlib.sha256("\n".join([source, cc, *flags, machine()]).encode()).hexdigest()[:24]
+    directory = cache_dir()
+    library = directory / f"{name}_{key}.so"
+    if library.exists():
+        return library
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as work:
+            source_file = Path(work) / f"{name}.c"
+            source_file.write_text(source)
+            output = Path(work) / f"{name}.so"
+            result = subprocess.run(
+                [cc, *flags, str(source_file), "-o", str(output), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if result.returncode != 0:
+                raise KernelUnavailable(f"{cc} failed:\n{result.stderr.strip()}")
+            os.replace(output, library)  # atomic: concurrent builders never see a partial file
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise KernelUnavailable(f"building with {cc} in {directory} failed: {error}") from error
+    return library
+
+
+def load_function(library: Path, name: str, argtypes: Sequence[Any] | None, hold_gil: bool = False) -> Any:
+    """The C function ``name`` of ``library`` as a ctypes function returning nothing.
+
+    ``argtypes`` declares its arguments' C types; ``None`` leaves the conversion to ctypes'
+    defaults (pointers stay pointers, Python ints become C ints).
+    ``hold_gil`` keeps the interpreter lock during the call: right for calls of a few
+    microseconds, where handing the lock to another thread would cost more than the call.
+    """
+    try:
+        loaded = (ctypes.PyDLL if hold_gil else ctypes.CDLL)(str(library))
+        function = getattr(loaded, name)
+    except (OSError, AttributeError) as error:
+        raise KernelUnavailable(f"loading {name} from {library} failed: {error}") from error
+    function.restype = None
+    if argtypes is not None:
+        function.argtypes = list(argtypes)
+    return function
