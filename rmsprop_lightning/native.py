@@ -82,9 +82,9 @@ def load_function(library: Path, name: str, argtypes: Sequence[Any] | None, hold
     """The C function ``name`` of ``library`` as a ctypes function returning nothing.
 
     ``argtypes`` declares its arguments' C types; ``None`` leaves the conversion to ctypes'
-    defaults (pointers stay pointers, Python ints become C ints).
-    ``hold_gil`` keeps the interpreter lock during the call: right for calls of a few
-    microseconds, where handing the lock to another thread would cost more than the call.
+    defaults (pointers stay pointers, Python ints become C ints). ``hold_gil`` keeps the
+    interpreter lock during the call: right for calls of a few microseconds, where handing
+    the lock to another thread would cost more than the call.
     """
     try:
         loaded = (ctypes.PyDLL if hold_gil else ctypes.CDLL)(str(library))

@@ -1,11 +1,11 @@
 """Copies of a logged step's small tensors into one row of a preallocated history.
 
 Inside a CPU training step of the canonical net, ``torch.cat`` of its dozen tensors (with
-the two ``ravel`` calls its 2-D gradients need) takes about 35 µs, nearly all of it torch's
+the two ``ravel`` calls its 2-D gradients need) takes about 38 µs, nearly all of it torch's
 dispatch, not the copy. On the CPU a C function given the tensors' addresses copies them
 in one call for about a third of that; it is built with the system C compiler once per
-machine (:mod:`rmsprop_lightning.native`). On other devices, without a compiler, or for
-a gradient that is not a contiguous block of the parameter's dtype, ``torch.cat`` does it.
+machine (:mod:`rmsprop_lightning.native`). On other devices, without a compiler, or for a
+gradient that is not one contiguous block of its parameter's size, ``torch.cat`` does it.
 """
 
 from __future__ import annotations
@@ -117,14 +117,14 @@ class RowCopy:
         self._rows_with_before = list(history[:, : length + before.numel()].unbind(0))
         self._rows_without = list(history[:, :length].unbind(0))
         sources = [*zeros, *self._views.tensors, before]
-        native = (
+        addressable = (
             history.device.type == "cpu"
             and history.is_contiguous()
             and self._views.stable
             and all(t.dtype == history.dtype and t.device == history.device for t in sources)
             and all(p.is_contiguous() for p in params)
         )
-        self._gather = native_gather() if native else None
+        self._gather = native_gather() if addressable else None
         if self._gather is not None:
             self._pointers = (ctypes.c_void_p * len(sources))(*(t.data_ptr() for t in sources))
             self._sizes = (ctypes.c_int64 * len(sources))(*(t.nbytes for t in sources))
