@@ -4,13 +4,14 @@
 
 Each fit trains the template's module (``torch.optim.RMSprop``, lr 0.01, biases in their own
 no-decay group) on batches of 32 sliced from in-memory tensors, logging ``train/loss`` every
-step to the template's TensorBoard logger. Two monitors, one logging every step and one every
-50 steps, take turns with no monitor at all in blocks of 50 steps, in rotating order. A shared
-VM's speed drifts at every time scale, so the three modes meet it alike, and short blocks give
-many rounds to take medians over. Outside its blocks a monitor has its step hooks off and is out
-of the trainer's callbacks; it keeps its history, so it flushes at its own cadence (every 1000
-logged steps, or 30 s). Each block is timed from its second step: the first logged step after
-a pause copies the parameters, which steady logging does not.
+step to the template's TensorBoard logger. Three monitors, one logging every step, one logging
+every step with ``torch.cat`` copies instead of its C copy (``native_copy=False``, as without a
+C compiler), and one every 50 steps, take turns with no monitor at all in blocks of 50 steps, in
+rotating order. A shared VM's speed drifts at every time scale, so the four modes meet it alike,
+and short blocks give many rounds to take medians over. Outside its blocks a monitor has its
+step hooks off and is out of the trainer's callbacks; it keeps its history, so it flushes at its
+own cadence (every 1000 logged steps, or 30 s). Each block is timed from its second step: the
+first logged step after a pause copies the parameters, which steady logging does not.
 
 Hooks that reduced or flushed (one logged step in 1000 at every step) are taken out of their
 block's time and spread over all steps of their mode, so the medians see the steady steps and
@@ -45,7 +46,13 @@ NETS = {
     "canonical Linear(10,5)-ReLU-Linear(5,1)": (5, 1.0),
     "1e6 parameters: hidden [1000, 1000]": ([1000, 1000], 0.1),
 }
-MODES = {"off": None, "every step": 1, "every 50 steps": 50}
+# name: (every_n_steps, native_copy) of its monitor
+MODES = {
+    "off": None,
+    "every step": (1, True),
+    "every step, torch.cat": (1, False),
+    "every 50 steps": (50, True),
+}
 BLOCK = 50  # steps per block, a multiple of every logging interval, so each block logs alike
 
 
@@ -66,8 +73,8 @@ class TimedMonitor(OptimizerStateMonitor):
     out of and into the trainer's callbacks, keeping its history.
     """
 
-    def __init__(self, every_n_steps: int) -> None:
-        super().__init__(every_n_steps=every_n_steps)
+    def __init__(self, every_n_steps: int, native_copy: bool) -> None:
+        super().__init__(every_n_steps=every_n_steps, native_copy=native_copy)
         self.seconds = self.heavy_seconds = 0.0
         self._reductions = 0  # reductions and flushes so far
 
@@ -180,7 +187,7 @@ def measure(hidden: int | list[int], rounds: int) -> tuple[list[Block], dict[str
     (the flush at the end of the fit).
     """
     torch.manual_seed(0)
-    monitors = {mode: TimedMonitor(every) for mode, every in MODES.items() if every is not None}
+    monitors = {mode: TimedMonitor(*options) for mode, options in MODES.items() if options is not None}
     module = AlternatingModule(hidden, monitors)
     with tempfile.TemporaryDirectory() as log_dir:
         logger = TensorBoardRunLogger(log_dir, name="", version="")
@@ -231,7 +238,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"batch 32, blocks of {BLOCK} steps, {args.repeats} fits per net, torch threads {threads}")
     columns = f"{'blocks':>6} {'µs/step':>8} {'ratio':>7} {'quartiles':>13} {'in monitor':>10} {'share':>6}"
-    print(f"{'net':<40} {'monitor':<15} {columns}")
+    print(f"{'net':<40} {'monitor':<22} {columns}")
     nets = list(NETS.items())[:1] if args.canonical_only else NETS.items()
     for net, (hidden, share) in nets:
         blocks: list[tuple[int, Block]] = []
@@ -244,7 +251,7 @@ def main() -> None:
         for mode, result in summarise(blocks, outside).items():
             (low, high), share = result.quartiles, 100 * result.inside / result.wall
             print(
-                f"{net:<40} {mode:<15} {result.blocks:>6} {result.wall * 1e6:8.0f} {result.ratio:6.3f}×"
+                f"{net:<40} {mode:<22} {result.blocks:>6} {result.wall * 1e6:8.0f} {result.ratio:6.3f}×"
                 f" {low:6.3f}–{high:.3f} {result.inside * 1e6:10.1f} {share:5.1f}%"
             )
 

@@ -305,8 +305,6 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
         # a row: 61 values each of grad, param, 3 states and θ_before and a zero, in float32; their
         # squares and 61 step sizes in float64
         monkeypatch.setattr(state_norms, "MAX_HISTORY_BYTES", 2 * (4 * (6 * 61 + 1) + 8 * (6 * 61 + 1 + 61)))
-    if name == "row_copy_by_torch":  # as without a C compiler
-        monkeypatch.setattr(row_copy, "native_gather", lambda: None)
     pl.seed_everything(0, verbose=False)
     large = name in ("large_tensors", "ours_bias_corrected_nesterov")
     hidden = [40, 40] if large else 5  # a 40×40 weight takes the per-tensor path
@@ -330,7 +328,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
         optimizer = OPTIMIZERS.get(name, OPTIMIZERS["centered_momentum_decay"])
         module = RegressionModule(model, optimizer, **options)
     recorder = Recorder()
-    monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3)
+    native_copy = name != "row_copy_by_torch"  # else torch.cat, as without a C compiler
+    monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3, native_copy=native_copy)
     logger = RecordingLogger()
     steps = 10 if name == "two_steps_per_batch" else 5  # Lightning counts every optimizer step
     shrink = [ShrinkBetweenSteps()] if name == "params_changed_between_steps" else []
@@ -359,10 +358,10 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     assert values[last]["optim/update_norm"] > 0
     # the C copy serves every probe on the CPU where it can be built
     copies = {probe._copy.native for probe in monitor._probes.values()}
-    assert copies == {name != "row_copy_by_torch" and row_copy.native_gather() is not None}
+    assert copies == {native_copy and row_copy.native_gather() is not None}
 
 
-def row_copies(monkeypatch) -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
+def row_copies() -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
     """The canonical net's parameters, and their copies by C and by torch into histories of 6 rows of -1.
 
     A row holds the gradients, the parameters, one state each, then θ before the step.
@@ -373,15 +372,16 @@ def row_copies(monkeypatch) -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
     params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(5, 10), (5,), (1, 5), (1,)]]
     tensors, before = [*params, *map(torch.rand_like, params)], torch.randn(61)
     histories = {path: torch.full((6, 4 * 61 + 2), -1.0) for path in ("c", "torch")}
-    copies = {"c": row_copy.RowCopy(params, tensors, before, histories["c"])}
-    monkeypatch.setattr(row_copy, "native_gather", lambda: None)
-    copies["torch"] = row_copy.RowCopy(params, tensors, before, histories["torch"])
+    copies = {
+        "c": row_copy.RowCopy(params, tensors, before, histories["c"]),
+        "torch": row_copy.RowCopy(params, tensors, before, histories["torch"], native=False),
+    }
     assert copies["c"].native and not copies["torch"].native
     return params, {"copies": copies, "histories": histories}
 
 
-def test_the_c_row_copy_writes_what_torch_cat_writes(monkeypatch):
-    params, made = row_copies(monkeypatch)
+def test_the_c_row_copy_writes_what_torch_cat_writes():
+    params, made = row_copies()
     c, torch_history = made["histories"]["c"], made["histories"]["torch"]
     for row, with_before in [(0, True), (1, False), (3, True), (5, False)]:
         # fresh gradients at each step: one missing; in row 3 one is every other column of a wider one
@@ -402,8 +402,8 @@ def test_the_c_row_copy_writes_what_torch_cat_writes(monkeypatch):
     assert torch.equal(written, c != -1.0)
 
 
-def test_the_c_row_copy_leaves_a_gradient_of_another_size_to_torch(monkeypatch):
-    params, made = row_copies(monkeypatch)
+def test_the_c_row_copy_leaves_a_gradient_of_another_size_to_torch():
+    params, made = row_copies()
     for param in params:
         param.grad = torch.zeros_like(param)
     params[1].grad.data = torch.ones(50)  # ``.data`` bypasses the check of a gradient's size
@@ -518,6 +518,7 @@ def test_no_logger_is_a_clear_error():
         ({"flush_every": 0}, "flush_every must be a positive integer, got 0"),
         ({"flush_secs": 0}, "flush_secs must be a positive number of seconds or None, got 0"),
         ({"flush_secs": "1"}, "flush_secs must be a positive number of seconds or None, got '1'"),
+        ({"native_copy": "no"}, "native_copy must be a bool, got 'no'"),
     ],
 )
 def test_bad_options_are_refused(options, message):

@@ -135,6 +135,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
             (``None``: only every ``flush_every`` steps).
         tensorboard_layout: write a custom-scalars layout (one chart per state) to
             TensorBoard loggers.
+        native_copy: on the CPU, copy a logged step's small tensors with a C function built
+            once with the system compiler (``False``: with ``torch.cat``, as on other devices).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         flush_every: int = 1000,
         flush_secs: float | None = 30.0,
         tensorboard_layout: bool = True,
+        native_copy: bool = True,
     ) -> None:
         super().__init__(flush_every=flush_every, flush_secs=flush_secs)
         if every_n_steps is not None and (
@@ -162,7 +165,10 @@ class OptimizerStateMonitor(BufferedStepLogger):
         else:
             raise ValueError(f"per_parameter must be a bool or a regular expression, got {per_parameter!r}")
         self.every_n_steps = every_n_steps
+        if not isinstance(native_copy, bool):
+            raise ValueError(f"native_copy must be a bool, got {native_copy!r}")
         self.tensorboard_layout = tensorboard_layout
+        self.native_copy = native_copy
         self._probes: dict[int, OptimizerProbe] = {}
         self._snapshots: dict[int, ParameterSnapshot] = {}
         self._captured = 0  # steps captured (over all optimizers) since the last flush
@@ -270,7 +276,13 @@ class OptimizerStateMonitor(BufferedStepLogger):
                 self._collect(probe)
             prefix = self._prefixes.get(id(optimizer), PREFIX)
             probe = OptimizerProbe(
-                optimizer, snapshot, prefix, self._param_names, self.per_parameter, capacity=self.flush_every
+                optimizer,
+                snapshot,
+                prefix,
+                self._param_names,
+                self.per_parameter,
+                capacity=self.flush_every,
+                native_copy=self.native_copy,
             )
             self._probes[id(optimizer)] = probe
         return probe

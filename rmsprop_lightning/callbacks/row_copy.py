@@ -100,11 +100,16 @@ class RowCopy:
     """Writes a step's gradients of ``params``, ``tensors`` and on request ``before`` into a history row.
 
     A missing gradient counts as zeros. The rows that leave ``before`` out are shorter by
-    its length; both must fit in a row of ``history``.
+    its length; both must fit in a row of ``history``. ``native=False`` keeps to ``torch.cat``.
     """
 
     def __init__(
-        self, params: Sequence[Tensor], tensors: Sequence[Tensor], before: Tensor, history: Tensor
+        self,
+        params: Sequence[Tensor],
+        tensors: Sequence[Tensor],
+        before: Tensor,
+        history: Tensor,
+        native: bool = True,
     ) -> None:
         zeros = [p.new_zeros(p.numel()) for p in params]
         # per parameter: itself, zeros for a missing gradient, whether its gradient needs a 1-D view
@@ -118,7 +123,8 @@ class RowCopy:
         self._rows_without = list(history[:, :length].unbind(0))
         sources = [*zeros, *self._views.tensors, before]
         addressable = (
-            history.device.type == "cpu"
+            native
+            and history.device.type == "cpu"
             and history.is_contiguous()
             and self._views.stable
             and all(t.dtype == history.dtype and t.device == history.device for t in sources)

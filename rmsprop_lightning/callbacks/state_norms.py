@@ -191,8 +191,10 @@ class OptimizerProbe:
         param_names: dict[int, str],
         per_parameter: re.Pattern[str] | None,
         capacity: int,
+        native_copy: bool = True,
     ) -> None:
         self.optimizer = optimizer
+        self._native_copy = native_copy
         self.snapshot = snapshot
         self.state_count = len(optimizer.state)
         groups = optimizer.param_groups
@@ -352,7 +354,7 @@ class OptimizerProbe:
     def _row_copy(self) -> RowCopy:
         """The copy of a step's small gradients, parameters and states (and θ before it) into a row."""
         copied = [self._tensor(q, i) for q, i in self.copied]
-        return RowCopy(self._small_params, copied, self.snapshot.flat, self.history)
+        return RowCopy(self._small_params, copied, self.snapshot.flat, self.history, self._native_copy)
 
     def matches(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether the probe still describes ``optimizer``: no parameter gained state since it was made.
