@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.hooks import RemovableHandle
 
+from rmsprop_lightning.callbacks.row_copy import native_gather
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, OptimizerProbe, ParameterSnapshot
 from rmsprop_lightning.step_metrics import BufferedStepLogger
 
@@ -202,6 +203,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._trainer, self._log_every = trainer, max(trainer.log_every_n_steps, 1)
         self._global_step = global_step_reader(trainer)
         if trainer.is_global_zero:  # other ranks neither measure nor write
+            if self.native_copy:
+                native_gather()  # built (once per machine) or loaded now, not inside the first step
             for optimizer in optimizers:
                 self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
                 self._hooks.append(optimizer.register_step_post_hook(self._after_step))
