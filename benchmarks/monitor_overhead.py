@@ -5,8 +5,8 @@
 Each fit trains the template's module (``torch.optim.RMSprop``, lr 0.01, biases in their own
 no-decay group) on batches of 32 sliced from in-memory tensors, logging ``train/loss`` every
 step to the template's TensorBoard logger. Three monitors, one logging every step, one logging
-every step with ``torch.cat`` copies instead of its C copy (``native_copy=False``, as without a
-C compiler), and one every 50 steps, take turns with no monitor at all in blocks of 50 steps, in
+every step with ``torch.cat`` copies instead of its C++ copy (``native_copy=False``, as without a
+C++ compiler), and one every 50 steps, take turns with no monitor at all in blocks of 50 steps, in
 rotating order. A shared VM's speed drifts at every time scale, so the four modes meet it alike,
 and short blocks give many rounds to take medians over. Outside its blocks a monitor has its
 step hooks off and is out of the trainer's callbacks; it keeps its history, so it flushes at its
@@ -117,9 +117,7 @@ class TimedMonitor(OptimizerStateMonitor):
     def resume(self, trainer: pl.Trainer) -> None:
         """On again, with the history it had."""
         trainer.callbacks.append(self)
-        for optimizer in trainer.optimizers:
-            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
-            self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+        self._add_hooks()
 
 
 class AlternatingModule(RegressionModule):

@@ -1,14 +1,17 @@
-"""Small C sources built into shared libraries with the system compiler, once per machine.
+"""Small C and C++ sources built into shared libraries with the system compiler, once per machine.
 
 A build is cached on disk (``$RMSPROP_LIGHTNING_CACHE``, else ``~/.cache/rmsprop_lightning``)
-under a hash of its source, compiler, flags and CPU, so later processes only load it, and
-it is moved into place atomically, so processes building at once never load a partial file.
+under a hash of its source, compiler, flags, CPU and what else it was built against, so later
+processes only load it, and it is moved into place atomically, so processes building at once
+never load a partial file.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shutil
@@ -16,15 +19,21 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
 class KernelUnavailable(RuntimeError):
-    """A C library cannot be built or loaded here (e.g. no C compiler)."""
+    """A C or C++ library cannot be built or loaded here (e.g. no compiler)."""
 
 
-def compiler() -> str:
-    """The C compiler to use: ``$CC``, else gcc, else cc."""
+def compiler(cplusplus: bool = False) -> str:
+    """The compiler to use: ``$CC``, else gcc, else cc; for C++ ``$CXX``, else g++, else c++."""
+    if cplusplus:
+        found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        if not found:
+            raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
+        return found
     found = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not found:
         raise KernelUnavailable("no C compiler found (set CC or install gcc)")
@@ -50,10 +59,23 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
-def build(name: str, source: str, flags: Sequence[str]) -> Path:
-    """Compiles ``source`` with ``flags`` into ``<name>_<hash>.so`` unless a cached build exists; its path."""
-    cc = compiler()
-    key = hashlib.sha256("\n".join([source, cc, *flags, machine()]).encode()).hexdigest()[:24]
+def build(
+    name: str,
+    source: str,
+    flags: Sequence[str],
+    *,
+    cplusplus: bool = False,
+    libraries: Sequence[str] = (),
+    depends_on: Sequence[str] = (),
+) -> Path:
+    """Compiles ``source`` with ``flags`` into ``<name>_<hash>.so`` unless a cached build exists; its path.
+
+    ``libraries`` (``-l``/``-L`` options) follow the source, as linkers want them;
+    ``depends_on`` names what else the build must match (e.g. the version of the headers).
+    """
+    cc = compiler(cplusplus)
+    parts = [source, cc, *flags, *libraries, *depends_on, machine()]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
     directory = cache_dir()
     library = directory / f"{name}_{key}.so"
     if library.exists():
@@ -61,11 +83,11 @@ def build(name: str, source: str, flags: Sequence[str]) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory) as work:
-            source_file = Path(work) / f"{name}.c"
+            source_file = Path(work) / f"{name}.{'cpp' if cplusplus else 'c'}"
             source_file.write_text(source)
             output = Path(work) / f"{name}.so"
             result = subprocess.run(
-                [cc, *flags, str(source_file), "-o", str(output), "-lm"],
+                [cc, *flags, str(source_file), "-o", str(output), *libraries, "-lm"],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -95,3 +117,17 @@ def load_function(library: Path, name: str, argtypes: Sequence[Any] | None, hold
     if argtypes is not None:
         function.argtypes = list(argtypes)
     return function
+
+
+def load_module(library: Path, name: str) -> ModuleType:
+    """The Python extension module ``name`` (its ``PyInit_<name>``) built into ``library``."""
+    try:
+        loader = importlib.machinery.ExtensionFileLoader(name, str(library))
+        spec = importlib.util.spec_from_file_location(name, library, loader=loader)
+        if spec is None:
+            raise ImportError(f"no module spec for {library}")
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except ImportError as error:
+        raise KernelUnavailable(f"loading the module {name} from {library} failed: {error}") from error
+    return module

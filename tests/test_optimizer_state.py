@@ -8,6 +8,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -328,7 +329,7 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
         optimizer = OPTIMIZERS.get(name, OPTIMIZERS["centered_momentum_decay"])
         module = RegressionModule(model, optimizer, **options)
     recorder = Recorder()
-    native_copy = name != "row_copy_by_torch"  # else torch.cat, as without a C compiler
+    native_copy = name != "row_copy_by_torch"  # else torch.cat, as without a C++ compiler
     monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3, native_copy=native_copy)
     logger = RecordingLogger()
     steps = 10 if name == "two_steps_per_batch" else 5  # Lightning counts every optimizer step
@@ -346,7 +347,7 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     values = logged(logger)
     # every optimizer step, as Lightning counts them
     assert sorted(values) == list(range(steps))
-    capacity = max(probe.capacity for probe in monitor._probes.values())
+    capacity = max(probe.capacity for probe in monitor.probes)
     assert capacity == (2 if name == "short_history" else 3)
     last = max(values)
     groups = {p["group"] for p in recorder.after[last]}
@@ -356,33 +357,33 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
             expected = expected_value(key, recorder.after[step], recorder.before[step])
             assert value == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, key)
     assert values[last]["optim/update_norm"] > 0
-    # the C copy serves every probe on the CPU where it can be built
-    copies = {probe._copy.native for probe in monitor._probes.values()}
-    assert copies == {native_copy and row_copy.native_gather() is not None}
+    # the native copy serves every probe on the CPU where it can be built
+    copies = {probe._copy.native for probe in monitor.probes}
+    assert copies == {native_copy and row_copy.native_module() is not None}
 
 
 def row_copies() -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
-    """The canonical net's parameters, and their copies by C and by torch into histories of 6 rows of -1.
+    """The canonical net's parameters, and their copies by C++ and by torch into histories of 6 rows of -1.
 
     A row holds the gradients, the parameters, one state each, then θ before the step.
     """
-    if row_copy.native_gather() is None:
-        pytest.skip("no C compiler here: torch.cat copies the rows")
+    if row_copy.native_module() is None:
+        pytest.skip("no C++ compiler or Python headers here: torch.cat copies the rows")
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(5, 10), (5,), (1, 5), (1,)]]
     tensors, before = [*params, *map(torch.rand_like, params)], torch.randn(61)
-    histories = {path: torch.full((6, 4 * 61 + 2), -1.0) for path in ("c", "torch")}
+    histories = {path: torch.full((6, 4 * 61 + 2), -1.0) for path in ("native", "torch")}
     copies = {
-        "c": row_copy.RowCopy(params, tensors, before, histories["c"]),
+        "native": row_copy.RowCopy(params, tensors, before, histories["native"]),
         "torch": row_copy.RowCopy(params, tensors, before, histories["torch"], native=False),
     }
-    assert copies["c"].native and not copies["torch"].native
+    assert copies["native"].native and not copies["torch"].native
     return params, {"copies": copies, "histories": histories}
 
 
-def test_the_c_row_copy_writes_what_torch_cat_writes():
+def test_the_native_row_copy_writes_what_torch_cat_writes():
     params, made = row_copies()
-    c, torch_history = made["histories"]["c"], made["histories"]["torch"]
+    c, torch_history = made["histories"]["native"], made["histories"]["torch"]
     for row, with_before in [(0, True), (1, False), (3, True), (5, False)]:
         # fresh gradients at each step: one missing; in row 3 one is every other column of a wider one
         for k, param in enumerate(params):
@@ -402,16 +403,21 @@ def test_the_c_row_copy_writes_what_torch_cat_writes():
     assert torch.equal(written, c != -1.0)
 
 
-def test_the_c_row_copy_leaves_a_gradient_of_another_size_to_torch():
+@pytest.mark.parametrize(
+    "swapped",
+    [torch.ones(50), torch.ones(25, dtype=torch.float64)],
+    ids=["another_size", "another_dtype_same_bytes"],
+)
+def test_the_native_row_copy_leaves_a_gradient_laid_out_otherwise_to_torch(swapped):
     params, made = row_copies()
     for param in params:
         param.grad = torch.zeros_like(param)
-    params[1].grad.data = torch.ones(50)  # ``.data`` bypasses the check of a gradient's size
+    params[0].grad.data = swapped  # ``.data`` bypasses torch's checks of a gradient's size and dtype
     for copy in made["copies"].values():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns that it resizes the row it cannot fill
             copy(0, True)
-    torch.testing.assert_close(made["histories"]["c"], made["histories"]["torch"], rtol=0, atol=0)
+    torch.testing.assert_close(made["histories"]["native"], made["histories"]["torch"], rtol=0, atol=0)
 
 
 def test_rows_too_short_for_the_copy_are_refused():
@@ -420,16 +426,47 @@ def test_rows_too_short_for_the_copy_are_refused():
         row_copy.RowCopy([param], [param], torch.zeros(3), torch.zeros(2, 8))
 
 
-def test_without_a_c_compiler_torch_copies_the_rows(monkeypatch, tmp_path):
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+@pytest.mark.parametrize("missing", ["compiler", "python_headers", "tensor_layout"])
+def test_without_the_native_module_torch_copies_and_python_counts(monkeypatch, tmp_path, missing):
     monkeypatch.setenv("RMSPROP_LIGHTNING_CACHE", str(tmp_path / "cache"))
-    row_copy.native_gather.cache_clear()
+    if missing == "compiler":
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    elif missing == "python_headers":
+        monkeypatch.setattr(row_copy.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    else:  # a torch whose Python tensor object is laid out otherwise than the module reads it
+        monkeypatch.setattr(
+            row_copy.native, "load_module", lambda *args: SimpleNamespace(tensor_impl=lambda t: t._cdata + 8)
+        )
+    row_copy.native_module.cache_clear()
     try:
-        assert row_copy.native_gather() is None
+        assert row_copy.native_module() is None
         param = torch.nn.Parameter(torch.zeros(3))
         assert not row_copy.RowCopy([param], [param], torch.zeros(3), torch.zeros(2, 9)).native
+        versions = row_copy.version_total([param, param[:2]])
+        assert not isinstance(versions, partial)
+        before = versions()
+        param.data.mul_(2)  # through ``.data``: not counted
+        with torch.no_grad():
+            param.add_(1)
+        assert versions() == before + 2  # the parameter and its view share a counter
     finally:
-        row_copy.native_gather.cache_clear()
+        row_copy.native_module.cache_clear()
+
+
+def test_the_native_version_total_adds_up_what_python_reads():
+    if row_copy.native_module() is None:
+        pytest.skip("no C++ compiler or Python headers here: Python adds the versions up")
+    tensors = [torch.zeros(3), torch.nn.Parameter(torch.zeros(2, 2)), torch.zeros(4)[1:]]
+    versions = row_copy.version_total(tensors)
+    assert isinstance(versions, partial)
+    with torch.no_grad():
+        for k, tensor in enumerate(tensors):
+            for _ in range(k + 1):
+                tensor.add_(1)
+    assert versions() == sum(t._version for t in tensors) == 6
+    assert row_copy.version_total([])() == 0
+    with pytest.raises(TypeError, match="tuple of tensors"):
+        row_copy.native_module().version_total((torch.zeros(1), 3))
 
 
 def test_only_large_tensors_with_bias_correction():
@@ -566,7 +603,7 @@ class CountingMonitor(OptimizerStateMonitor):
             super()._after_step(*args)
 
     def flush(self, trainer):
-        waiting = len(self.buffer) + sum(len(probe.steps) for probe in self._probes.values())
+        waiting = len(self.buffer) + sum(len(probe.steps) for probe in self.probes)
         with self._counting("flush", waiting):
             super().flush(trainer)
 

@@ -13,6 +13,7 @@ post-step hook; Lightning calls none of the monitor's hooks at a batch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.hooks import RemovableHandle
 
-from rmsprop_lightning.callbacks.row_copy import native_gather
+from rmsprop_lightning.callbacks.row_copy import native_module
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, OptimizerProbe, ParameterSnapshot
 from rmsprop_lightning.step_metrics import BufferedStepLogger
 
@@ -93,6 +94,17 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]
     }
 
 
+@dataclasses.dataclass(slots=True)
+class OptimizerWatch:
+    """What the monitor keeps of one optimizer from step to step, at hand for its step hooks."""
+
+    optimizer: torch.optim.Optimizer
+    prefix: str  # of its keys
+    logging: bool = False  # whether the step under way is logged
+    snapshot: ParameterSnapshot | None = None  # its parameters before the logged step
+    probe: OptimizerProbe | None = None  # its keys and captured steps; rebuilt when stale
+
+
 class OptimizerStateMonitor(BufferedStepLogger):
     """Logs the norms of every optimizer state, the gradient, the update and RMSprop's step size.
 
@@ -136,8 +148,9 @@ class OptimizerStateMonitor(BufferedStepLogger):
             (``None``: only every ``flush_every`` steps).
         tensorboard_layout: write a custom-scalars layout (one chart per state) to
             TensorBoard loggers.
-        native_copy: on the CPU, copy a logged step's small tensors with a C function built
-            once with the system compiler (``False``: with ``torch.cat``, as on other devices).
+        native_copy: copy a logged step's small tensors on the CPU, and read the parameters'
+            version counters, with a C++ extension built once against the installed torch
+            (``False``: with ``torch.cat`` and Python, as without a C++ compiler).
     """
 
     def __init__(
@@ -170,22 +183,24 @@ class OptimizerStateMonitor(BufferedStepLogger):
             raise ValueError(f"native_copy must be a bool, got {native_copy!r}")
         self.tensorboard_layout = tensorboard_layout
         self.native_copy = native_copy
-        self._probes: dict[int, OptimizerProbe] = {}
-        self._snapshots: dict[int, ParameterSnapshot] = {}
+        self._watches: list[OptimizerWatch] = []  # one per optimizer of the fit
         self._captured = 0  # steps captured (over all optimizers) since the last flush
-        self._logging = False  # whether the optimizer step under way is logged
         self._trainer: pl.Trainer | None = None  # the trainer of the fit
         self._global_step: Callable[[], int] = int  # its step count, which numbers the rows (0 outside a fit)
         self._log_every = 1  # the trainer's log_every_n_steps, for every_n_steps=None
         self._hooks: list[RemovableHandle] = []  # torch's step hooks on the trainer's optimizers
-        self._prefixes: dict[int, str] = {}
         self._param_names: dict[int, str] = {}
         self._layout: dict[str, Any] = {}
 
     @property
+    def probes(self) -> list[OptimizerProbe]:
+        """The probes of the optimizers that have logged a step (since their last change of structure)."""
+        return [watch.probe for watch in self._watches if watch.probe is not None]
+
+    @property
     def names(self) -> list[str]:
         """The keys logged so far, over all optimizers."""
-        return [name for probe in self._probes.values() for name in probe.names]
+        return [name for probe in self.probes for name in probe.names]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.loggers:
@@ -195,19 +210,23 @@ class OptimizerStateMonitor(BufferedStepLogger):
             )
         self._remove_hooks()
         optimizers = trainer.optimizers
-        self._prefixes = {id(o): p for o, p in zip(optimizers, optimizer_prefixes(optimizers), strict=True)}
+        prefixes = optimizer_prefixes(optimizers)
+        self._watches = [OptimizerWatch(o, prefix) for o, prefix in zip(optimizers, prefixes, strict=True)]
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
-        self._probes.clear()
-        self._snapshots.clear()
         self._captured = 0
         self._trainer, self._log_every = trainer, max(trainer.log_every_n_steps, 1)
         self._global_step = global_step_reader(trainer)
         if trainer.is_global_zero:  # other ranks neither measure nor write
             if self.native_copy:
-                native_gather()  # built (once per machine) or loaded now, not inside the first step
-            for optimizer in optimizers:
-                self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
-                self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+                native_module()  # built (once per machine) or loaded now, not inside the first step
+            self._add_hooks()
+
+    def _add_hooks(self) -> None:
+        """Puts the monitor's step hooks on every watched optimizer, each hook given its watch."""
+        for watch in self._watches:
+            optimizer = watch.optimizer
+            self._hooks.append(optimizer.register_step_pre_hook(functools.partial(self._before_step, watch)))
+            self._hooks.append(optimizer.register_step_post_hook(functools.partial(self._after_step, watch)))
 
     def _remove_hooks(self) -> None:
         """Takes the monitor's step hooks off the optimizers: it measures nothing until the next fit."""
@@ -219,33 +238,38 @@ class OptimizerStateMonitor(BufferedStepLogger):
     # it works in torch's step hooks and flushes from there: Lightning need not call it at batch end
     on_train_batch_end = None  # type: ignore[assignment]
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(
+        self, watch: OptimizerWatch, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
         """Torch's pre-step hook: decides whether the step is logged; then copies what it is about to change.
 
         The step is Lightning's ``global_step``-th (counting from 0): logged when every step is,
         else when ``global_step + 1`` is a multiple of the interval.
         """
         interval = self.every_n_steps or self._log_every
-        self._logging = interval == 1 or (self._global_step() + 1) % interval == 0
-        if not self._logging:
+        watch.logging = interval == 1 or (self._global_step() + 1) % interval == 0
+        if not watch.logging:
             return
-        snapshot = self._snapshots.get(id(optimizer))
+        snapshot = watch.snapshot
         if snapshot is None or snapshot.groups != len(optimizer.param_groups):
-            snapshot = self._snapshots[id(optimizer)] = ParameterSnapshot(optimizer.param_groups)
+            snapshot = watch.snapshot = ParameterSnapshot(optimizer.param_groups, self.native_copy)
         snapshot.take()
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _after_step(
+        self, watch: OptimizerWatch, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
         """Torch's post-step hook: on a logged step, keeps what the step left, at Lightning's step number.
 
         Here the gradients are those the optimizer stepped with (clipped, unscaled) and the
         learning rate is the one it used (a scheduler may change it before the batch ends);
         Lightning counts the step once it returns, so ``global_step`` is still its number.
         """
-        if not self._logging:
+        if not watch.logging:
             return
-        probe = self._probe(optimizer)
-        probe.capture(self._global_step())
-        if probe.full:
+        probe = watch.probe
+        if probe is None or not probe.matches(optimizer) or probe.snapshot is not watch.snapshot:
+            probe = self._renew_probe(watch)
+        if probe.capture(self._global_step()):  # its history is full
             self._collect(probe)
         self._captured += 1
         if self.flush_due(self._captured):
@@ -270,33 +294,29 @@ class OptimizerStateMonitor(BufferedStepLogger):
             steps, values = probe.compute()
             self.buffer.record_rows(steps, probe.names, values)
 
-    def _probe(self, optimizer: torch.optim.Optimizer) -> OptimizerProbe:
-        """The optimizer's probe, rebuilt (after collecting its steps) when it no longer describes it."""
-        probe = self._probes.get(id(optimizer))
-        snapshot = self._snapshots[id(optimizer)]
-        if probe is None or not probe.matches(optimizer) or probe.snapshot is not snapshot:
-            if probe is not None:
-                self._collect(probe)
-            prefix = self._prefixes.get(id(optimizer), PREFIX)
-            probe = OptimizerProbe(
-                optimizer,
-                snapshot,
-                prefix,
-                self._param_names,
-                self.per_parameter,
-                capacity=self.flush_every,
-                native_copy=self.native_copy,
-            )
-            self._probes[id(optimizer)] = probe
-        return probe
+    def _renew_probe(self, watch: OptimizerWatch) -> OptimizerProbe:
+        """A probe of the watched optimizer as it is now; the stale one's steps are collected first."""
+        if watch.probe is not None:
+            self._collect(watch.probe)
+        watch.probe = OptimizerProbe(
+            watch.optimizer,
+            watch.snapshot,
+            watch.prefix,
+            self._param_names,
+            self.per_parameter,
+            capacity=self.flush_every,
+            native_copy=self.native_copy,
+        )
+        return watch.probe
 
     def flush(self, trainer: pl.Trainer) -> None:
         """Computes every captured step, then hands all buffered steps to the loggers in one transfer."""
         self._captured = 0
-        for key, probe in list(self._probes.items()):
-            self._collect(probe)
-            if not probe.same_structure():
-                del self._probes[key]
+        for watch in self._watches:
+            if watch.probe is not None:
+                self._collect(watch.probe)
+                if not watch.probe.same_structure():
+                    watch.probe = None
         if self.tensorboard_layout and trainer.is_global_zero and len(self.buffer):
             layout = custom_scalars_layout(self.names)
             if layout != self._layout:

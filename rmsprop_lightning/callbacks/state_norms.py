@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.callbacks.row_copy import FlatViews, RowCopy
+from rmsprop_lightning.callbacks.row_copy import FlatViews, RowCopy, version_total
 
 # tensors up to this size are copied into the history; above it a per-tensor reduction is cheaper
 SMALL_NUMEL = 1 << 10
 # the history of logged steps waiting for their reduction stays below this size
 MAX_HISTORY_BYTES = 64 << 20
-VERSION = operator.attrgetter("_version")  # a tensor's version counter, bumped by every in-place write
 # quantities every parameter has; the optimizer's states follow under their own keys
 BASE_QUANTITIES = ("grad", "param", "update")
 
@@ -75,10 +74,11 @@ class ParameterSnapshot:
     bumped by every in-place operation of torch, are as that step left them), the step
     starts from the values that step captured, and :meth:`take` copies nothing for them.
     Changes made through ``.data`` bypass version counters and count as part of the next
-    update.
+    update. The counters are added up by one C++ call where it is built, unless
+    ``native_versions`` is false.
     """
 
-    def __init__(self, param_groups: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, param_groups: Sequence[dict[str, Any]], native_versions: bool = True) -> None:
         self.groups = len(param_groups)
         self.params = params = [param for group in param_groups for param in group["params"]]
         self.small = [p for p in params if p.numel() <= SMALL_NUMEL]
@@ -90,12 +90,13 @@ class ParameterSnapshot:
         self.large_before = [torch.empty_like(p) for p in self.large]
         self.reused = False  # whether the last take found the small parameters as the last capture left them
         self._views = FlatViews(self.small)
+        self._version_total = version_total(self.small, native_versions)
         self._versions: int | None = None  # the small parameters' version total at the last capture
 
     def take(self) -> None:
         """Copies the parameters the step is about to change (small ones unless the last capture has them)."""
         # version counters only grow: an unchanged total means no in-place write to any of them
-        self.reused = bool(self.small) and self._versions == sum(map(VERSION, self.small))
+        self.reused = bool(self.small) and self._versions == self._version_total()
         if self.small and not self.reused:
             torch.cat(self._views(), out=self.flat)
         if self.large:
@@ -104,7 +105,7 @@ class ParameterSnapshot:
 
     def seal(self) -> None:
         """Notes a step just captured: until the small parameters change, it is where the next one starts."""
-        self._versions = sum(map(VERSION, self.small))
+        self._versions = self._version_total()
 
     @torch.no_grad()
     def large_updates(self) -> list[Tensor]:
@@ -367,10 +368,6 @@ class OptimizerProbe:
     def same_structure(self) -> bool:
         return structure(self.optimizer.param_groups) == self.structure
 
-    @property
-    def full(self) -> bool:
-        return len(self.steps) == self.capacity
-
     def _tensor(self, quantity: str, index: int) -> Tensor:
         """The current tensor of a column; a missing gradient counts as zero."""
         param = self.params[index]
@@ -380,8 +377,11 @@ class OptimizerProbe:
             return param.grad if param.grad is not None else param.new_zeros(())
         return self.optimizer.state[param][quantity]
 
-    def capture(self, step: int) -> None:
-        """Keeps the state right after optimizer step ``step`` (the snapshot has the one before) in a row."""
+    def capture(self, step: int) -> bool:
+        """Keeps the state right after optimizer step ``step`` (the snapshot has the one before) in a row.
+
+        Returns whether the history is full now: the next capture needs :meth:`compute` first.
+        """
         row = len(self.steps)
         reused = self.snapshot.reused
         if self.width:
@@ -397,6 +397,7 @@ class OptimizerProbe:
                 self._capture_large(row, groups)
         self._reused.append(reused)
         self.steps.append(step)
+        return row + 1 == self.capacity
 
     def _capture_large(self, row: int, groups: Sequence[dict[str, Any]]) -> None:
         """Norms and step-size sums and extremes of the large tensors, reduced at once into ``row``."""
