@@ -360,6 +360,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(name, monkeypatch)
     # the native copy serves every probe on the CPU where it can be built
     copies = {probe._copy.native for probe in monitor.probes}
     assert copies == {native_copy and row_copy.native_module() is not None}
+    # and adds up the version counters
+    assert {isinstance(probe.snapshot._version_total, partial) for probe in monitor.probes} == copies
 
 
 def row_copies() -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
