@@ -29,14 +29,10 @@ class KernelUnavailable(RuntimeError):
 
 def compiler(cplusplus: bool = False) -> str:
     """The compiler to use: ``$CC``, else gcc, else cc; for C++ ``$CXX``, else g++, else c++."""
-    if cplusplus:
-        found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-        if not found:
-            raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
-        return found
-    found = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    language, variable, names = ("C++", "CXX", ("g++", "c++")) if cplusplus else ("C", "CC", ("gcc", "cc"))
+    found = os.environ.get(variable) or next(filter(None, map(shutil.which, names)), None)
     if not found:
-        raise KernelUnavailable("no C compiler found (set CC or install gcc)")
+        raise KernelUnavailable(f"no {language} compiler found (set {variable} or install {names[0]})")
     return found
 
 
