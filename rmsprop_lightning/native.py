@@ -96,22 +96,14 @@ def build(
     return library
 
 
-def load_function(library: Path, name: str, argtypes: Sequence[Any] | None, hold_gil: bool = False) -> Any:
-    """The C function ``name`` of ``library`` as a ctypes function returning nothing.
-
-    ``argtypes`` declares its arguments' C types; ``None`` leaves the conversion to ctypes'
-    defaults (pointers stay pointers, Python ints become C ints). ``hold_gil`` keeps the
-    interpreter lock during the call: right for calls of a few microseconds, where handing
-    the lock to another thread would cost more than the call.
-    """
+def load_function(library: Path, name: str, argtypes: Sequence[Any]) -> Any:
+    """The C function ``name`` of ``library`` as a ctypes function of ``argtypes`` returning nothing."""
     try:
-        loaded = (ctypes.PyDLL if hold_gil else ctypes.CDLL)(str(library))
-        function = getattr(loaded, name)
+        function = getattr(ctypes.CDLL(str(library)), name)
     except (OSError, AttributeError) as error:
         raise KernelUnavailable(f"loading {name} from {library} failed: {error}") from error
     function.restype = None
-    if argtypes is not None:
-        function.argtypes = list(argtypes)
+    function.argtypes = list(argtypes)
     return function
 
 

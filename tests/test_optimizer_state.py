@@ -385,7 +385,7 @@ def row_copies() -> tuple[list[torch.nn.Parameter], dict[str, Any]]:
 
 def test_the_native_row_copy_writes_what_torch_cat_writes():
     params, made = row_copies()
-    c, torch_history = made["histories"]["native"], made["histories"]["torch"]
+    native_history, torch_history = made["histories"]["native"], made["histories"]["torch"]
     for row, with_before in [(0, True), (1, False), (3, True), (5, False)]:
         # fresh gradients at each step: one missing; in row 3 one is every other column of a wider one
         for k, param in enumerate(params):
@@ -393,8 +393,8 @@ def test_the_native_row_copy_writes_what_torch_cat_writes():
         params[0].grad = torch.randn(5, 20)[:, ::2] if row == 3 else params[0].grad
         for copy in made["copies"].values():
             copy(row, with_before)
-        torch.testing.assert_close(c, torch_history, rtol=0, atol=0)
-    written = c != -1.0
+        torch.testing.assert_close(native_history, torch_history, rtol=0, atol=0)
+    written = native_history != -1.0
     assert written[[0, 3], : 4 * 61].all() and written[[1, 5], : 3 * 61].all()
     # nothing past a row's end, and no other row, is written
     assert not written[[1, 5], 3 * 61 :].any() and not written[:, 4 * 61 :].any()
@@ -402,7 +402,7 @@ def test_the_native_row_copy_writes_what_torch_cat_writes():
     for copy in made["copies"].values():  # a row past the history is refused, as torch's indexing does
         with pytest.raises(IndexError):
             copy(6, True)
-    assert torch.equal(written, c != -1.0)
+    assert torch.equal(written, native_history != -1.0)
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,7 @@ class RowCopy:
         self._gather = None if module is None else module.gather_row
         if module is not None:
             self._params = tuple(params)
+            # the arrays the plan points into, kept with it
             self._grad_bytes = (ctypes.c_int64 * len(params))(*(p.nbytes for p in params))
             self._zeros = (ctypes.c_void_p * len(params))(*(z.data_ptr() for z in zeros))
             self._pointers = (ctypes.c_void_p * len(sources))(*(t.data_ptr() for t in sources))
