@@ -39,7 +39,7 @@ from train_loop import cpu_fit, rotating_mode
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
-from rmsprop_lightning.tensorboard import TensorBoardRunLogger
+from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
 
 # name: (hidden widths, share of --rounds)
 NETS = {

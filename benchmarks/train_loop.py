@@ -28,7 +28,7 @@ from torch import nn
 
 from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.data import InMemoryBatchLoader, synthetic
-from rmsprop_lightning.tensorboard import TensorBoardRunLogger
+from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
 
 BATCH_SIZE = 32
 

@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
 from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
 from rmsprop_lightning.specs import from_spec, to_spec
-from rmsprop_lightning.step_metrics import BufferedStepLogger
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]

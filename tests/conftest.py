@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import rmsprop_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
+import rmsprop_lightning.app.resolvers  # noqa: F401  (registers the configs' resolvers)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

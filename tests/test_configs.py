@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.model import FeedForward
-from rmsprop_lightning.train import build_model, build_module, build_trainer, instantiate_entries
+from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

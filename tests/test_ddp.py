@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.logging.events import read_scalars
 from tests.conftest import run_dirs, run_train
 
 DDP_QUICK = (

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import Logger
 
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
 from rmsprop_lightning.errors import DivergedError
-from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.model import FeedForward
 from rmsprop_lightning.module import RegressionModule
 from tests.conftest import QUICK, run_dirs, run_train

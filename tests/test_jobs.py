@@ -1,4 +1,4 @@
-"""The job wrapper's pieces: summaries, thread limits, extras messages, the data cache, job isolation."""
+"""The job wrapper's pieces: summaries, thread limits, extras messages job isolation."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from rmsprop_lightning import extras
-from rmsprop_lightning.data import RegressionDataModule, cache
-from rmsprop_lightning.data.sources import from_csv, random_normal, synthetic
-from rmsprop_lightning.jobs import resolve_threads, run_job, torch_threads
+from rmsprop_lightning.app.jobs import resolve_threads, run_job, torch_threads
+from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.summary import read_summary, write_summary
 from tests.conftest import QUICK
 
@@ -86,26 +85,6 @@ def test_missing_plugin_names_the_extra(monkeypatch):
 
 def data_module(source, **options) -> RegressionDataModule:
     return RegressionDataModule(source=source, **options)
-
-
-def test_splits_of_a_reproducible_source_are_built_once_per_process(tmp_path):
-    from functools import partial
-
-    cache.clear()
-    first = data_module(partial(synthetic, num_samples=256)).splits
-    assert data_module(partial(synthetic, num_samples=256)).splits is first
-    assert data_module(partial(synthetic, num_samples=256), split_seed=1).splits is not first
-    assert data_module(partial(synthetic, num_samples=128)).splits is not first
-    drawn = [data_module(partial(random_normal, num_samples=64)).splits for _ in range(2)]
-    assert not torch.equal(drawn[0]["train"][0], drawn[1]["train"][0])
-
-    path = tmp_path / "table.csv"
-    path.write_text("a,target\n" + "\n".join(f"{i},{2 * i}" for i in range(20)))
-    before = data_module(partial(from_csv, path=str(path)), val_fraction=0.2, test_fraction=0.0).splits
-    path.write_text("a,target\n" + "\n".join(f"{i},{3 * i}" for i in range(21)))
-    after = data_module(partial(from_csv, path=str(path)), val_fraction=0.2, test_fraction=0.0).splits
-    assert len(before["train"][0]) + len(before["val"][0]) == 20
-    assert len(after["train"][0]) + len(after["val"][0]) == 21
 
 
 def test_diabetes_data_is_read_from_scikit_learn(compose_cfg):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 
-from rmsprop_lightning.train import run
+from rmsprop_lightning.app.run import run
 
 
 def test_validation_loss_falls_well_below_target_variance(compose_cfg):

@@ -24,8 +24,8 @@ from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout, g
 from rmsprop_lightning.callbacks.state_norms import SMALL_NUMEL
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.optim import RMSprop
-from rmsprop_lightning.step_metrics import StepMetricBuffer
-from rmsprop_lightning.train import build_model, build_module
+from rmsprop_lightning.logging.step_metrics import StepMetricBuffer
+from rmsprop_lightning.app.run import build_model, build_module
 from tests.test_step_loss import RecordingLogger
 
 SCOPES = ("", "decay/", "no_decay/")

@@ -6,7 +6,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from rmsprop_lightning.optuna_sampler import TrialSeededTPESampler  # noqa: E402
+from rmsprop_lightning.app.optuna_sampler import TrialSeededTPESampler  # noqa: E402
 
 
 def objective(trial) -> float:

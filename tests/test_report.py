@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rmsprop_lightning import report
 from rmsprop_lightning.summary import write_summary
-from rmsprop_lightning.sweep_results import load_sweep
+from rmsprop_lightning.report.results import load_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

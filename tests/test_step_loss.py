@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule, step_metrics
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.module import StepLossLogger
-from rmsprop_lightning.step_metrics import StepMetricBuffer
+from rmsprop_lightning.logging.step_metrics import StepMetricBuffer
 
 
 class RecordingLogger(Logger):

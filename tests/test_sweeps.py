@@ -12,7 +12,7 @@ import pytest
 
 from rmsprop_lightning import report
 from rmsprop_lightning.summary import read_summary
-from rmsprop_lightning.sweep_record import job_folders
+from rmsprop_lightning.app.sweep_record import job_folders
 from tests.conftest import QUICK, run_train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +51,7 @@ def test_multirun_writes_one_summary_per_job_and_a_report(tmp_path):
     assert record["process_started_at"] < record["started_at"] < record["finished_at"]
 
     report_run = subprocess.run(
-        [sys.executable, "-m", "rmsprop_lightning.report", str(sweep)],
+        [sys.executable, "-m", "rmsprop_lightning.report.cli", str(sweep)],
         capture_output=True,
         text=True,
         check=True,

@@ -33,10 +33,10 @@ from rmsprop_lightning import tensorboard as run_logger
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.event_crc import MaskedCRC32C, frame_payloads, frame_rows
-from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.scalar_events import ScalarSummaryTemplate, varint
-from rmsprop_lightning.step_metrics import StepRows
-from rmsprop_lightning.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
+from rmsprop_lightning.logging.step_metrics import StepRows
+from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
 from tests.conftest import QUICK, run_train
 
 HPARAMS_COLUMNS = ["val/loss_best", "test/loss", "test/rmse"]

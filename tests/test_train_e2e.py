@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from rmsprop_lightning.events import read_scalars
+from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import RegressionModule
 from tests.conftest import QUICK, run_dirs, run_train
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.errors import DivergedError
-from rmsprop_lightning.lean_callback import LeanCallback
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
     return "lower optimizer.lr, raise optimizer.eps, or clip gradients with trainer.gradient_clip_val"
 
 
-class DivergenceGuard(LeanCallback):
+class DivergenceGuard(Callback):
     """Checks the loss, the gradients and the parameters for NaN/inf at every step.
 
     ``on_nonfinite="stop"`` raises :class:`~rmsprop_lightning.errors.DivergedError` at

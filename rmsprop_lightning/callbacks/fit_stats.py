@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-
-from rmsprop_lightning.lean_callback import LeanCallback
+from lightning.pytorch.callbacks import Callback
 
 MAXIMIZED_SUFFIXES = ("r2",)
 
@@ -22,7 +21,7 @@ def metric_is_better(tag: str, value: float, incumbent: float | None) -> bool:
     return value > incumbent if tag.endswith(MAXIMIZED_SUFFIXES) else value < incumbent
 
 
-class FitStats(LeanCallback):
+class FitStats(Callback):
     """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
 
     Read :meth:`fields` after the run, also after an exception: it then holds what was

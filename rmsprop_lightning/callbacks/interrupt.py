@@ -10,10 +10,10 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
 from rmsprop_lightning.errors import InterruptedRun
-from rmsprop_lightning.lean_callback import LeanCallback
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class GracefulInterrupt(LeanCallback):
+class GracefulInterrupt(Callback):
     """Turns SIGTERM/SIGINT during training into a checkpoint and a clean stop after the current step.
 
     The handler only records the signal. At the end of the step the ranks agree to stop

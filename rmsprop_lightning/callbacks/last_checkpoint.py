@@ -10,7 +10,6 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.atomic import remove_stale_temporaries
-from rmsprop_lightning.lean_callback import LeanCallback
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -30,7 +29,7 @@ def training_stops(trainer: pl.Trainer) -> bool:
     return bool(last_batch and max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs)
 
 
-class LastCheckpoint(LeanCallback, Checkpoint):
+class LastCheckpoint(Checkpoint):
     """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
 
     It also saves after the last step, when training is told to stop (early stopping)

@@ -6,7 +6,7 @@ they are) and, right after it,
 :class:`~rmsprop_lightning.callbacks.state_norms.OptimizerProbe` copies what it needs into
 a row of its history on the device. At each flush the rows are turned into values with
 whole-matrix operations and handed, with the
-:class:`~rmsprop_lightning.step_metrics.BufferedStepLogger`'s one transfer, to every
+:class:`~rmsprop_lightning.logging.step_metrics.BufferedStepLogger`'s one transfer, to every
 logger at their own steps. Other steps cost a modulo in the pre-step hook and an empty
 post-step hook; Lightning calls none of the monitor's hooks at a batch.
 """
@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from rmsprop_lightning.callbacks.row_copy import native_module
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, OptimizerProbe, ParameterSnapshot
-from rmsprop_lightning.step_metrics import BufferedStepLogger
+from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
 
 PREFIX = "optim/"
 

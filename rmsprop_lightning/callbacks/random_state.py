@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from rmsprop_lightning.lean_callback import LeanCallback
 
-
-class RandomState(LeanCallback):
+class RandomState(Callback):
     """Puts the torch (CPU and CUDA), NumPy and Python generator states into checkpoints.
 
     Lightning restores weights, optimizer, schedulers and loops but not these, so dropout

@@ -6,11 +6,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from rmsprop_lightning.lean_callback import LeanCallback
 
-
-class UpdateReport(LeanCallback):
+class UpdateReport(Callback):
     """For the first ``num_steps`` steps, prints the batch loss before and after the optimizer step."""
 
     def __init__(self, num_steps: int = 1) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 import torch
 
-from rmsprop_lightning.data.cache import cached, source_key
 from rmsprop_lightning.data.loader import InMemoryBatchLoader
 from rmsprop_lightning.data.sources import Table, synthetic
 
@@ -69,10 +68,7 @@ class RegressionDataModule(pl.LightningDataModule):
 
     @property
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access.
-
-        Splits of a reproducible source are shared by every job of the process (read-only).
-        """
+        """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
         if self._splits is None:
             options = {
                 "val_fraction": self.val_fraction,
@@ -82,13 +78,8 @@ class RegressionDataModule(pl.LightningDataModule):
                 "standardize_targets": self.standardize_targets,
                 "min_train_rows": self.batch_size if self.drop_last else 1,
             }
-            key = source_key(self.source)
-            self._splits = cached(
-                None if key is None else (key, tuple(options.items())),
-                lambda: split_and_standardize(
-                    self.source if isinstance(self.source, Table) else self.source(), **options
-                ),
-            )
+            table = self.source if isinstance(self.source, Table) else self.source()
+            self._splits = split_and_standardize(table, **options)
         return self._splits
 
     def setup(self, stage: str) -> None:

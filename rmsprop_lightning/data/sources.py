@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rmsprop_lightning.data.cache import reproducible
-
 
 @dataclass(frozen=True)
 class Table:
@@ -34,7 +32,6 @@ class Table:
                 raise ValueError(f"{kind} hold a NaN or inf value (first at row {row}, column {col})")
 
 
-@reproducible
 def synthetic(
     num_samples: int = 4096,
     num_features: int = 10,
@@ -62,7 +59,6 @@ def synthetic(
     )
 
 
-@reproducible
 def from_csv(
     path: str | Path,
     target: str | list[str] = "target",
@@ -108,7 +104,6 @@ def from_csv(
     )
 
 
-@reproducible
 def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
     """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``.
 
@@ -155,13 +150,12 @@ def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int
     )
 
 
-@reproducible
 def diabetes() -> Table:
     """scikit-learn's diabetes data (442 patients × 10 raw features, disease progression after a year).
 
     Read from the files shipped inside scikit-learn (extra ``datasets``): nothing is downloaded.
     """
-    from rmsprop_lightning.extras import require
+    from rmsprop_lightning.app.extras import require
 
     datasets = require("sklearn.datasets", "datasets", "data=diabetes")
     bunch = datasets.load_diabetes(scaled=False)

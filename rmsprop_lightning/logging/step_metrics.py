@@ -19,9 +19,8 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-
-from rmsprop_lightning.lean_callback import LeanCallback
 
 
 class StepRows(NamedTuple):
@@ -122,7 +121,7 @@ def log_steps(logger: Logger, groups: Sequence[StepRows]) -> None:
             logger.log_metrics(metrics, step=step)
 
 
-class BufferedStepLogger(LeanCallback):
+class BufferedStepLogger(Callback):
     """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
 
     It flushes once ``flush_every`` steps are buffered, or at the first step ``flush_secs``

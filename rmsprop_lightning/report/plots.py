@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES
-from rmsprop_lightning.events import Series
-from rmsprop_lightning.sweep_results import Configuration, Sweep, mean_std
+from rmsprop_lightning.logging.events import Series
+from rmsprop_lightning.report.results import Configuration, Sweep, mean_std
 
 # OptimizerStateMonitor's norm of each state over all parameter groups
 STATE_TAG = re.compile(r"^optim/(?P<state>[^/]+)_norm$")

@@ -19,11 +19,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rmsprop_lightning.app.distributed import _quote
+from rmsprop_lightning.app.validation import check_steps_left, load_checkpoint
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
-from rmsprop_lightning.distributed import _quote
 from rmsprop_lightning.errors import InputError, is_rank_zero
-from rmsprop_lightning.validation import check_steps_left, load_checkpoint
 
 RESUME_KEY = "resume"
 CHECKPOINT_FOLDER = "checkpoints"

@@ -25,8 +25,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from rmsprop_lightning import event_crc
+from rmsprop_lightning.logging.step_metrics import StepRows
 from rmsprop_lightning.scalar_events import ScalarSummaryTemplate
-from rmsprop_lightning.step_metrics import StepRows
 
 HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")

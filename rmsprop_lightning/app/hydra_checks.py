@@ -7,8 +7,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from rmsprop_lightning.app.validation import check_writable
 from rmsprop_lightning.errors import InputError, exit_with
-from rmsprop_lightning.validation import check_writable
 
 
 class OutputFolderCheck(Callback):

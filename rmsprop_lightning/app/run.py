@@ -12,13 +12,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.distributed import clean_distributed_state
+from rmsprop_lightning.app.safeguards import safeguards
+from rmsprop_lightning.app.validation import check_data, input_errors, validate_config
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.distributed import clean_distributed_state
+from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
-from rmsprop_lightning.safeguards import safeguards
-from rmsprop_lightning.tensorboard import finish_tensorboard, run_hparams
-from rmsprop_lightning.validation import check_data, input_errors, validate_config
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmsprop_lightning.events import Series, read_scalars
+from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
+from rmsprop_lightning.logging.events import Series, read_scalars
 from rmsprop_lightning.summary import as_float, read_summary
-from rmsprop_lightning.sweep_record import SWEEP_FILE, job_folders
 
 OPTUNA_RESULTS = "optimization_results.yaml"
 

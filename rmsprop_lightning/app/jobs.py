@@ -1,4 +1,4 @@
-"""The task wrapper around :func:`~rmsprop_lightning.train.run` that both entry points call.
+"""The task wrapper around :func:`~rmsprop_lightning.app.run.run` that both entry points call.
 
 It writes each job's ``metrics.json`` (status, error, metrics, steps, times, the
 resolved optimizer and the overrides), limits the job's CPU threads, and keeps a
@@ -21,9 +21,9 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from rmsprop_lightning.app.run import run
 from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.summary import write_summary
-from rmsprop_lightning.train import run
 
 log = logging.getLogger(__name__)
 

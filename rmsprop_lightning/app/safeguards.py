@@ -7,11 +7,11 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
+from rmsprop_lightning.app.resume import RESUME_KEY, record_resume
+from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer, check_writable
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.callbacks.random_state import RandomState
-from rmsprop_lightning.resume import RESUME_KEY, record_resume
-from rmsprop_lightning.validation import check_checkpoint, check_optimizer, check_writable
 
 
 def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmsprop_lightning.extras import install_hint, is_installed
-from rmsprop_lightning.sweep_results import Configuration, Sweep, load_sweep, mean_std, sweep_timing
+from rmsprop_lightning.app.extras import install_hint, is_installed
+from rmsprop_lightning.report.results import Configuration, Sweep, load_sweep, mean_std, sweep_timing
 
 THRESHOLD_TAG = "val/loss"
 # losses on different data sets are on different scales: each data set gets its own threshold
@@ -221,7 +221,7 @@ def build_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rmsprop-report`` and ``python -m rmsprop_lightning.report``."""
+    """Entry point of ``rmsprop-report`` and ``python -m rmsprop_lightning.report.cli``."""
     parser = argparse.ArgumentParser(prog="rmsprop-report", description=__doc__)
     parser.add_argument(
         "sweep_dirs", nargs="+", type=Path, help="multirun folder(s), e.g. logs/train/multiruns/…"
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_plots:
         pass
     elif is_installed("matplotlib"):
-        from rmsprop_lightning.report_plots import write_plots
+        from rmsprop_lightning.report.plots import write_plots
 
         plots = write_plots(sweep, args.over, output)
     else:

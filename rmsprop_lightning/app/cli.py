@@ -1,19 +1,20 @@
-"""Console entry points: ``rmsprop-train`` runs the same Hydra app as ``train.py``."""
+"""Console entry points: ``rmsprop-train`` (and ``python train.py``) run the template's Hydra app."""
 
 from __future__ import annotations
 
 import sys
+from importlib.resources import files
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from rmsprop_lightning.entry import run_app
+from rmsprop_lightning.app.entry import run_app
+from rmsprop_lightning.app.extras import exit_if_plugin_missing
+from rmsprop_lightning.app.jobs import run_job
 from rmsprop_lightning.errors import reported_errors
-from rmsprop_lightning.extras import exit_if_plugin_missing
-from rmsprop_lightning.jobs import run_job
-from rmsprop_lightning.resolvers import PROJECT_ROOT
 
-CONFIG_DIR = PROJECT_ROOT / "conf"
+CONFIG_DIR = Path(str(files("rmsprop_lightning.conf")))
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")

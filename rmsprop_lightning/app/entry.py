@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
-from rmsprop_lightning.resume import resume_arguments
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:

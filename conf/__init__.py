@@ -1,0 +1,1 @@
+"""The template's Hydra configs, installed as ``rmsprop_lightning.conf``."""

@@ -1,0 +1,1 @@
+"""Sweep results: loading job records, the comparison table and the plots of ``rmsprop-report``."""
