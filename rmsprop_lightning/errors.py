@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-
 log = logging.getLogger(__name__)
 
 # what Hydra writes into a run folder before the job starts, and the job wrapper's summary
@@ -57,9 +55,20 @@ class InterruptedRun(BaseException):
         self.exit_code = 128 + signal_number
 
 
+# the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank
+RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+
+
 def is_rank_zero() -> bool:
-    """Whether this process is the first (or only) rank; Lightning's record outlives the rank variables."""
-    return rank_zero_only.rank == 0
+    """Whether this process is the first (or only) rank.
+
+    Once Lightning is loaded its record decides (it outlives the rank variables a finished DDP
+    job removes); before, no DDP ran in this process and the launch variables tell.
+    """
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    if rank_zero is not None:
+        return rank_zero.rank_zero_only.rank == 0
+    return all(os.environ.get(name, "0") == "0" for name in RANK_ENV_VARS)
 
 
 @contextmanager

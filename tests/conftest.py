@@ -13,11 +13,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import rmsprop_lightning.app.resolvers  # noqa: F401  (registers the configs' resolvers)
+from rmsprop_lightning.app.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 TRAIN = ROOT / "train.py"
+register_resolvers()
 
 # a few dozen steps on a small data set: seconds per run
 QUICK = (

@@ -54,7 +54,14 @@ CASES = [
         ["optimizer=rmsprop_keras", "optimizer._target_=torch.optim.RMSprop"],
         ["not an option of torch.optim.RMSprop", "allowed", "centered"],
     ),
-    ("unknown optimizer preset", ["optimizer=adamx"], ["optimizer/adamx", "rmsprop_centered"]),
+    ("unknown optimizer preset", ["optimizer=adamx"], ["optimizer=adamx", "rmsprop_centered"]),
+    ("misspelt preset", ["optimizer=rmsprp"], ["optimizer=rmsprp", "did you mean rmsprop?"]),
+    (
+        "misspelt preset in a sweep",
+        ["-m", "optimizer=rmsprop,rmsprop_centred"],
+        ["did you mean rmsprop_centered"],
+    ),
+    ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
     ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1)", "parsing"]),
     # data
@@ -140,7 +147,7 @@ CASES = [
     (
         "log dir under a file",
         ["paths.log_dir={files}/good.csv/logs"],
-        ["good.csv is a file", "cannot be written"],
+        ["paths.log_dir=", "good.csv/logs", "cannot be written"],
     ),
 ]
 # cases that also run as real processes: refused by Hydra, in the job (its folder removed), before Hydra
@@ -205,8 +212,10 @@ def run_in_process(arguments: list[str], capfd) -> tuple[int, str]:
 def assert_clear_rejection(
     code: int, output: str, words: list[str], root: Path, earlier: Path, before
 ) -> None:
-    assert code not in (0, None), output
+    assert code == 2, output
     assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
     for word in words:
         assert word.lower() in output.lower(), f"{word!r} missing from:\n{output}"
     assert run_dirs(root) == [earlier], "a rejected run left a folder behind"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from rmsprop_lightning import extras
+from rmsprop_lightning.app import extras
 from rmsprop_lightning.app.jobs import resolve_threads, run_job, torch_threads
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.summary import read_summary, write_summary

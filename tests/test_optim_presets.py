@@ -6,12 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.optim import RMSprop
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "conf" / "optimizer").glob("*.yaml"))
+BASE = "rmsprop"
+
+
+def preset(name: str) -> DictConfig:
+    """The optimizer config of preset ``name`` as the template composes it (inherited keys included)."""
+    with initialize_config_dir(config_dir=str(PRESETS[0].parent.parent), version_base="1.3"):
+        return compose("train", overrides=[f"optimizer={name}"]).optimizer
+
+
 TORCH_PRESETS = ["rmsprop", "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum"]
 TORCH_KEYS = ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize", "foreach"]
 
@@ -36,10 +46,20 @@ def test_the_expected_presets_exist() -> None:
     assert names >= {"rmsprop_nesterov", "rmsprop_bias_corrected"}
 
 
+@pytest.mark.parametrize("path", [p for p in PRESETS if p.stem != BASE], ids=lambda path: path.stem)
+def test_preset_inherits_the_base_and_lists_only_what_differs(path: Path) -> None:
+    own = OmegaConf.load(path)
+    assert list(own.defaults) == [BASE, "_self_"]
+    base = OmegaConf.load(path.parent / f"{BASE}.yaml")
+    listed = {key: value for key, value in own.items() if key != "defaults"}
+    assert listed, "a preset changes at least one option"
+    assert all(base[key] != value for key, value in listed.items()), listed
+
+
 @pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
 def test_preset_composes_into_an_optimizer_and_steps(path: Path) -> None:
     assert path.read_text().startswith("# "), "each preset starts with a comment saying what it reproduces"
-    config = OmegaConf.load(path)
+    config = preset(path.stem)
     assert config._partial_ is True
     model = net()
     before = [p.detach().clone() for p in model.parameters()]
@@ -52,7 +72,7 @@ def test_preset_composes_into_an_optimizer_and_steps(path: Path) -> None:
 
 @pytest.mark.parametrize("name", TORCH_PRESETS)
 def test_torch_presets_are_bit_identical_to_torch(name: str) -> None:
-    config = OmegaConf.load(PRESETS[0].parent / f"{name}.yaml")
+    config = preset(name)
     ours, theirs = net(), net()
     our_optimizer = instantiate(config)(ours.parameters())
     their_optimizer = torch.optim.RMSprop(theirs.parameters(), **{key: config[key] for key in TORCH_KEYS})
@@ -63,7 +83,7 @@ def test_torch_presets_are_bit_identical_to_torch(name: str) -> None:
 
 
 def test_tf_preset_has_tf_semantics() -> None:
-    optimizer = instantiate(OmegaConf.load(PRESETS[0].parent / "rmsprop_tf.yaml"))(net().parameters())
+    optimizer = instantiate(preset("rmsprop_tf"))(net().parameters())
     defaults = optimizer.defaults
     assert (defaults["alpha"], defaults["eps"], defaults["initial_square_avg"]) == (0.9, 1e-10, 1.0)
     assert defaults["eps_in_sqrt"] and defaults["lr_in_momentum"]

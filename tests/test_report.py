@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rmsprop_lightning import report
+from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import write_summary
 from rmsprop_lightning.report.results import load_sweep
 

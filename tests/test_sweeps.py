@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rmsprop_lightning import report
+from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
 from rmsprop_lightning.app.sweep_record import job_folders
 from tests.conftest import QUICK, run_train

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from omegaconf import DictConfig
 from rmsprop_lightning.app.entry import run_app
 from rmsprop_lightning.app.extras import exit_if_plugin_missing
 from rmsprop_lightning.app.jobs import run_job
+from rmsprop_lightning.app.resolvers import register_resolvers
 from rmsprop_lightning.errors import reported_errors
 
 CONFIG_DIR = Path(str(files("rmsprop_lightning.conf")))
@@ -23,7 +26,22 @@ def _hydra_train(cfg: DictConfig) -> float | None:
         return run_job(cfg)
 
 
+class AdvertisementFilter(logging.Filter):
+    """Drops Lightning's advertisement of its cloud service from the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_dependencies() -> None:
+    """No advertisement and no deprecation warning of a dependency's internals in a run's output."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(AdvertisementFilter())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def train_main() -> None:
     """``rmsprop-train [overrides]``: the template's training job."""
     exit_if_plugin_missing(sys.argv[1:])
+    register_resolvers()
+    quiet_dependencies()
     run_app(_hydra_train, CONFIG_DIR)

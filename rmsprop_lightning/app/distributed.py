@@ -16,7 +16,11 @@ from collections.abc import Sequence
 
 import torch.distributed
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+from rmsprop_lightning.app.resume import quote
+from rmsprop_lightning.internals import subprocess_script_launcher
+
+SubprocessScriptLauncher = subprocess_script_launcher()
 
 DISTRIBUTED_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -40,7 +44,7 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     command += _config_location_args(hydra_cfg)
     command += list(hydra_cfg.overrides.task)
     command += [
-        f"hydra.run.dir={_quote(hydra_cfg.runtime.output_dir)}",
+        f"hydra.run.dir={quote(hydra_cfg.runtime.output_dir)}",
         "hydra.output_subdir=null",
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
         "hydra/job_logging=disabled",
@@ -58,13 +62,7 @@ def _config_location_args(hydra_cfg) -> list[str]:
     return args
 
 
-def _quote(value: str) -> str:
-    """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
-
-
-class _HydraJobLauncher(_SubprocessScriptLauncher):
+class _HydraJobLauncher(SubprocessScriptLauncher):
     """Starts ranks 1..N-1 with :func:`hydra_job_command` when Hydra is running."""
 
     def _call_children_scripts(self) -> None:
@@ -93,7 +91,7 @@ class HydraDDPStrategy(DDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
+        if isinstance(self._launcher, SubprocessScriptLauncher):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 

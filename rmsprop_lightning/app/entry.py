@@ -1,4 +1,9 @@
-"""What the entry points do around the Hydra app: ``resume=`` and a clearer word on unknown keys."""
+"""What the entry points do before Hydra starts: ``resume=``, and one line for a bad command line.
+
+Hydra answers an unknown config option or key with a block of text and exit status 1;
+here the command line is checked against the config first, so the user gets one line
+naming what they typed, what is allowed and a close match, with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,55 +13,102 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
+from rmsprop_lightning.errors import InputError, exit_with
+from rmsprop_lightning.internals import hydra_argument_parser
+
+# flags that choose another primary config: the command line is then Hydra's to check
+OTHER_CONFIG = ("config_path", "config_name", "config_dir")
+# the keys left out of a multirun job's folder name
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
-    """Runs a ``@hydra.main`` function on ``sys.argv`` with ``resume=<run dir>`` rewritten first.
-
-    When Hydra rejects the command line it prints its own message and exits with 1; for
-    an override of a key the config does not have, one more line then lists the keys
-    that exist there (Hydra names the key but not the alternatives).
-    """
+    """Runs a ``@hydra.main`` function on ``sys.argv``: ``resume=<run dir>`` rewritten, overrides checked."""
     arguments = sys.argv[1:]
     try:
         sys.argv[1:] = resume_arguments(arguments)
+        if sys.argv[1:] == arguments:
+            sys.argv[1:] = checked_command_line(Path(config_dir), config_name, arguments)
     except InputError as error:
         exit_with(error)
-    try:
-        hydra_main()
-    except SystemExit as exit_:
-        if exit_.code == 1 and is_rank_zero() and sys.argv[1:] == arguments:
-            explanation = unknown_key_explanation(config_dir, config_name, arguments)
-            if explanation:
-                print(f"error: {explanation}", file=sys.stderr, flush=True)
-        raise
+    hydra_main()
 
 
-def unknown_key_explanation(config_dir: str | Path, config_name: str, arguments: Sequence[str]) -> str | None:
-    """Names the first ``key=value`` override whose key the composed config lacks, and what it has there."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
+def close_match(word: str, allowed: Sequence[str], prefix: str = "") -> str:
+    """`` (did you mean <prefix><closest>?)`` for the closest of ``allowed`` to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, allowed, n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def group_options(config_dir: Path) -> dict[str, list[str]]:
+    """``{group: [option, ...]}`` for every config group folder (Hydra's own ``hydra/`` groups aside)."""
+    groups = {}
+    for folder in sorted(path for path in config_dir.rglob("*") if path.is_dir()):
+        group = folder.relative_to(config_dir).as_posix()
+        if not group.startswith("hydra") and not folder.name.startswith("__"):
+            groups[group] = sorted(path.stem for path in folder.glob("*.yaml"))
+    return groups
+
+
+def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
+    """The command line to run, once no override names a config option or a key that does not exist.
+
+    A multirun's job folders (and so its TensorBoard runs) are named by the keys that vary
+    across the sweep only: the overrides common to all jobs join ``exclude_keys``.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-    from omegaconf import DictConfig, OmegaConf
 
+    parsed = hydra_argument_parser().parse_args(list(arguments))
+    if any(getattr(parsed, option) for option in OTHER_CONFIG):
+        return list(arguments)
     try:
-        overrides = OverridesParser.create().parse_overrides(
-            get_args_parser().parse_args(arguments).overrides
-        )
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(Path(config_dir).absolute()), version_base="1.3"):
-            groups = set(compose(config_name, return_hydra_config=True).hydra.runtime.choices)
-            selections = [
-                o.input_line
-                for o in overrides
-                if not o.is_sweep_override() and (o.key_or_group in groups or "/" in o.key_or_group)
-            ]
-            cfg = compose(config_name, overrides=selections)
-    except Exception:
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except Exception as error:  # Hydra's grammar error says where the override is malformed
+        raise InputError(str(error).strip().splitlines()[0]) from None
+    groups = group_options(config_dir)
+    selections = []
+    for override in overrides:
+        group = override.key_or_group
+        if group not in groups or override.value() is None:
+            continue
+        try:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        except Exception:  # glob() and other sweeps Hydra expands itself
+            continue
+        for value in values or [override.get_value_element_as_str()]:
+            if value not in groups[group] and value != "null":
+                raise InputError(
+                    f"{group}={value} is not an option of {group}{close_match(value, groups[group])}; "
+                    f"allowed: {', '.join(groups[group])}"
+                )
+        selections.append(f"{override.get_key_element()}={(values or [override.value()])[0]}")
+    cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
+    if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
+        return list(arguments)
+    common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
+    excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]
+    return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
+
+
+def check_keys(
+    config_dir: Path, config_name: str, selections: list[str], overrides: Sequence[Any], groups: set[str]
+) -> DictConfig | None:
+    """Refuses ``key=value`` where the config composed with the group ``selections`` lacks the key.
+
+    Returns that config (Hydra's part included), or ``None`` when Hydra cannot compose it.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.types import OverrideType
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
+            cfg = compose(config_name, overrides=selections, return_hydra_config=True)
+    except Exception:  # anything else Hydra finds wrong, it reports itself
         return None
     finally:
         GlobalHydra.instance().clear()
@@ -64,19 +116,23 @@ def unknown_key_explanation(config_dir: str | Path, config_name: str, arguments:
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or override.is_hydra_override() or key in groups:
             continue
-        parts = key.split(".")
-        for depth in range(1, len(parts) + 1):
-            path = ".".join(parts[:depth])
-            if OmegaConf.select(cfg, path, default=KeyError) is KeyError:
-                parent_path = ".".join(parts[: depth - 1])
-                parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
-                names = parent if isinstance(parent, DictConfig) else []
-                allowed = sorted(str(name) for name in names if not str(name).startswith("_"))
-                close = difflib.get_close_matches(parts[depth - 1], allowed, n=1)
-                hint = f" (did you mean {'.'.join([*parts[: depth - 1], close[0]])}?)" if close else ""
-                where = f"{parent_path}" if parent_path else "the config's top level"
-                return (
-                    f"{path} is not a key of {where}{hint}; allowed: {', '.join(allowed)} "
-                    f"(+{key}=... adds a new key)"
-                )
-    return None
+        check_key(cfg, key)
+    return cfg
+
+
+def check_key(cfg: DictConfig, key: str) -> None:
+    """Refuses ``key`` when ``cfg`` lacks it, naming the keys that exist where it goes."""
+    parts = key.split(".")
+    for depth in range(1, len(parts) + 1):
+        parent_path = ".".join(parts[: depth - 1])
+        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+        names = [str(name) for name in parent] if isinstance(parent, DictConfig) else []
+        if parts[depth - 1] in names:
+            continue
+        allowed = sorted(name for name in names if not name.startswith("_"))
+        hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
+        where = parent_path or "the config's top level"
+        raise InputError(
+            f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
+            f"allowed: {', '.join(allowed)} (+{key}=... adds a new key)"
+        )

@@ -17,12 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.run import run
-from rmsprop_lightning.callbacks.fit_stats import FitStats
+from rmsprop_lightning.app.config_checks import validate_config
+from rmsprop_lightning.errors import is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -66,6 +64,8 @@ def torch_threads(count: int | None) -> Iterator[None]:
     if count is None:
         yield
         return
+    import torch
+
     previous_threads = torch.get_num_threads()
     previous_env = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     torch.set_num_threads(count)
@@ -98,14 +98,16 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Runs ``run(cfg)`` and records the job; returns the optimized metric, ``None`` when it is not finite."""
+    """Checks the config, runs ``run(cfg)`` and records the job; returns the optimized metric, if finite.
+
+    torch and Lightning are imported only once the config passed its checks, so a typo answers at once.
+    """
     started = time.time()
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
     output_dir = cfg.paths.output_dir
-    writes = rank_zero_only.rank == 0
-    stats = FitStats()
-    threads = None
+    writes = is_rank_zero()
+    fields: dict[str, Any] = {}
     if writes:
         write_summary(
             output_dir,
@@ -118,31 +120,52 @@ def run_job(cfg: DictConfig) -> float | None:
             **job_fields,
         )
     try:
+        validate_config(cfg)
+        from rmsprop_lightning.app.run import run
+        from rmsprop_lightning.callbacks.fit_stats import FitStats
+
+        stats = FitStats()
         threads = resolve_threads(cfg.get("threads_per_job"), launcher)
         with torch_threads(threads):
-            value = run(cfg, extra_callbacks=[stats])
+            fields["threads"] = threads or torch_thread_count()
+            try:
+                value = run(cfg, extra_callbacks=[stats])
+            finally:
+                fields.update(stats.fields())
     except Exception as error:
         if writes:
-            _finish(output_dir, "failed", clock, stats, threads, error=f"{type(error).__name__}: {error}")
+            _finish(output_dir, "failed", clock, error=f"{type(error).__name__}: {error}", **fields)
         if not multirun:
             raise
         log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
     if writes:
-        _finish(output_dir, "completed", clock, stats, threads, value=value)
+        summary = _finish(output_dir, "completed", clock, value=value, **fields)
+        log.info(closing_line(output_dir, summary))
     return value if value is not None and math.isfinite(value) else None
 
 
-def _finish(
-    output_dir: str, status: str, clock: float, stats: FitStats, threads: int | None, **fields: Any
-) -> None:
+def torch_thread_count() -> int:
+    """torch's CPU threads in this process."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
+    """The run in one line: its end metrics, its folder and how to look at it in TensorBoard."""
+    metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}
+    metrics.update({tag: value for tag, value in summary.get("final", {}).items() if tag.startswith("test/")})
+    shown = ", ".join(f"{tag}={value:.4g}" for tag, value in metrics.items())
+    return (
+        f"Done: {summary.get('steps')} steps in {summary['wall_seconds']:.1f} s"
+        f"{'; ' + shown if shown else ''}; folder {output_dir}; "
+        f"tensorboard --logdir {output_dir} --samples_per_plugin scalars=0"
+    )
+
+
+def _finish(output_dir: str, status: str, clock: float, **fields: Any) -> dict[str, Any]:
     """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept)."""
-    write_summary(
-        output_dir,
-        status=status,
-        finished_at=time.time(),
-        wall_seconds=time.perf_counter() - clock,
-        threads=threads or torch.get_num_threads(),
-        **stats.fields(),
-        **fields,
+    return write_summary(
+        output_dir, status=status, finished_at=time.time(), wall_seconds=time.perf_counter() - clock, **fields
     )

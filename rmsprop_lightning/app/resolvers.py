@@ -1,19 +1,25 @@
-"""OmegaConf resolvers used by the configs, registered once on import."""
+"""OmegaConf resolvers used by the configs."""
 
 from __future__ import annotations
 
 import secrets
+import sys
 
 from omegaconf import OmegaConf
 
 
-def register_resolvers() -> None:
-    """Registers ``${run_id:}``: a random 6-hex-digit token, fixed per config.
+def on_terminal(on: object, off: object) -> object:
+    """``on`` when the error stream (where progress bars draw) is a terminal, else ``off``."""
+    return on if sys.stderr.isatty() else off
 
-    Two runs started in the same second then never share a folder.
+
+def register_resolvers() -> None:
+    """Registers ``${run_id:}`` and ``${on_terminal:a,b}``.
+
+    ``run_id`` is a random 6-hex-digit token, fixed per config, so two runs started in the same
+    second never share a folder; ``on_terminal`` picks a value by whether output goes to a terminal.
     """
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
-
-
-register_resolvers()
+    if not OmegaConf.has_resolver("on_terminal"):
+        OmegaConf.register_new_resolver("on_terminal", on_terminal)

@@ -14,19 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rmsprop_lightning.app.distributed import _quote
-from rmsprop_lightning.app.validation import check_steps_left, load_checkpoint
 from rmsprop_lightning.atomic import replace_atomically
-from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from rmsprop_lightning.errors import InputError, is_rank_zero
+from rmsprop_lightning.internals import hydra_argument_parser
 
 RESUME_KEY = "resume"
 CHECKPOINT_FOLDER = "checkpoints"
+# the file name of rmsprop_lightning.callbacks.LastCheckpoint, whose folder the template's config puts here
+LAST_CHECKPOINT = "last.ckpt"
 HYDRA_FOLDER = ".hydra"
 # overrides that leave the experiment as it is: when to stop, how often to save, what to show
 SAFE_KEYS = (
@@ -50,6 +49,12 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
 
 
+def quote(value: str) -> str:
+    """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def find_resume(overrides: Sequence[str]) -> int | None:
     """The position of a user's ``resume=...`` (or ``+resume=...``) among the overrides, if any.
 
@@ -68,7 +73,7 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
     Raises :class:`~rmsprop_lightning.errors.InputError` when the folder is not a run or
     an override would change the experiment. Without ``resume=`` the arguments are returned as they are.
     """
-    parsed = get_args_parser().parse_args(list(arguments))
+    parsed = hydra_argument_parser().parse_args(list(arguments))
     position = find_resume(parsed.overrides)
     if position is None:
         return list(arguments)
@@ -96,8 +101,8 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
         "--config-name=config",
         *flags,
         *overrides,
-        f"++{RESUME_KEY}={_quote(str(run_dir))}",
-        f"hydra.run.dir={_quote(str(run_dir))}",
+        f"++{RESUME_KEY}={quote(str(run_dir))}",
+        f"hydra.run.dir={quote(str(run_dir))}",
         "hydra.output_subdir=null",
     ]
     checkpoint = last_checkpoint(run_dir)
@@ -106,10 +111,12 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
             (o.value() for o in parsed_overrides if o.key_or_group == "trainer.max_steps"),
             OmegaConf.select(saved, "trainer.max_steps", default=-1),
         )
+        from rmsprop_lightning.app.validation import check_steps_left, load_checkpoint
+
         state = load_checkpoint(checkpoint)
         if isinstance(max_steps, int):  # anything else is reported by the config check
             check_steps_left(state, max_steps, f"resume={run_dir}: its {checkpoint.name}")
-        rewritten.append(f"++ckpt_path={_quote(str(checkpoint))}")
+        rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
         print(
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
@@ -166,4 +173,4 @@ def _override_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    return _quote(value) if isinstance(value, str) else str(value)
+    return quote(value) if isinstance(value, str) else str(value)

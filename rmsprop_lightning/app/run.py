@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.distributed import clean_distributed_state
-from rmsprop_lightning.app.safeguards import safeguards
-from rmsprop_lightning.app.validation import check_data, input_errors, validate_config
+from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
+from rmsprop_lightning.app.validation import check_data, check_targets, input_errors, load_checkpoint
 from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.errors import is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 
@@ -57,13 +59,44 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
     )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
+def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
+    """Trainer settings that make a fit which would end before its first validation validate at its end.
+
+    Without a validation there would be no ``val/*``, no best checkpoint and nothing to compare.
+    """
+    trainer = cfg.trainer
+    max_steps = trainer.get("max_steps", -1)
+    if (
+        max_steps < 1
+        or not len(datamodule.splits["val"][0])
+        or trainer.get("limit_train_batches") is not None
+    ):
+        return {}
+    world = trainer.get("num_nodes", 1) * (trainer.devices if isinstance(trainer.get("devices"), int) else 1)
+    shard = math.ceil(len(datamodule.splits["train"][0]) / world)
+    epoch = (
+        shard // datamodule.batch_size if datamodule.drop_last else math.ceil(shard / datamodule.batch_size)
+    )
+    interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
+    within = interval if isinstance(interval, int) else int(epoch * (1.0 if interval is None else interval))
+    first = within if every is None else (every - 1) * epoch + within
+    batches = max_steps * trainer.get("accumulate_grad_batches", 1)
+    if first <= batches:
+        return {}
+    log.info("The first validation would come after the last step: validating at step %d", max_steps)
+    return {"val_check_interval": batches, "check_val_every_n_epoch": None}
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
+) -> pl.Trainer:
     """The Trainer from the ``trainer`` group, with the instantiated callbacks and loggers.
 
     Checkpoints are written atomically (:class:`AtomicCheckpointIO`).
     """
     plugins = [AtomicCheckpointIO()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    settings = validation_at_the_end(cfg, datamodule)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **settings)
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
@@ -74,7 +107,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
     input raises :class:`~rmsprop_lightning.errors.InputError` before any work.
     """
     try:
-        validate_config(cfg)
+        check_targets(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         with input_errors():
             datamodule = instantiate(cfg.data)
@@ -87,9 +120,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 *safeguards(cfg, module),
             ]
             loggers = instantiate_entries(cfg.get("logger"))
-            trainer = build_trainer(cfg, callbacks, loggers)
+            if is_rank_zero():
+                log.info("Run folder: %s", cfg.paths.output_dir)
+            trainer = build_trainer(cfg, callbacks, loggers, datamodule)
+        ckpt_path = cfg.get("ckpt_path")
+        if is_weights_branch(cfg):
+            module.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
+            ckpt_path = None
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback
@@ -99,8 +138,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             )
             metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
         finish_tensorboard(trainer.loggers, run_hparams(cfg))
-        if trainer.is_global_zero:
-            log.info("Final metrics: %s", ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
         return metrics.get(cfg.get("optimized_metric") or "")
     finally:
         clean_distributed_state()

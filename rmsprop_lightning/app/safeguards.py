@@ -7,8 +7,10 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
+from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.app.resume import RESUME_KEY, record_resume
-from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer, check_writable
+from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer
+from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.callbacks.random_state import RandomState
@@ -17,19 +19,30 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     """Checks the optimizer, the checkpoint to start from and the output folder; returns the safety callbacks.
 
+    A new run from a checkpoint takes the new run's optimizer settings (:class:`CheckpointBranch`).
     The callbacks put the random generators' states into checkpoints, stop (or skip) at
     the first non-finite step, and turn SIGTERM/Ctrl-C into a checkpoint and a clean stop.
     A resume's allowed overrides are written into the run's saved config once all checks pass.
     """
     optimizer = check_optimizer(module)
     output_dir = cfg.paths.output_dir
+    callbacks: list[Callback] = []
     if cfg.get("train", True) and cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, module, optimizer, cfg.trainer.max_steps)
+        weights = is_weights_branch(cfg)
+        check_checkpoint(cfg.ckpt_path, module, None if weights else optimizer, cfg.trainer.max_steps)
+        if not weights and not cfg.get(RESUME_KEY):
+            callbacks.append(CheckpointBranch())
     check_writable(output_dir)
     if cfg.get(RESUME_KEY):
         record_resume(cfg)
     return [
+        *callbacks,
         RandomState(),
         DivergenceGuard(cfg.get("on_nonfinite", "stop"), summary_dir=output_dir),
         GracefulInterrupt(run_dir=output_dir),
     ]
+
+
+def is_weights_branch(cfg: DictConfig) -> bool:
+    """Whether the run starts from ``ckpt_path``'s weights only (``ckpt_restore=weights``), at step 0."""
+    return bool(cfg.get("ckpt_path")) and not cfg.get(RESUME_KEY) and cfg.get("ckpt_restore") == "weights"

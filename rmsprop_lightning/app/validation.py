@@ -1,23 +1,20 @@
-"""Up-front checks of the composed config, the data and the checkpoint, each failing with one clear line.
+"""Checks before training that need the built objects: targets' options, the data, the checkpoint.
 
-Everything here runs before training starts, so a typo or a broken file costs seconds,
-not a run. Each check raises :class:`~rmsprop_lightning.errors.InputError` naming the
-key, value or file at fault and what is allowed. Objects that validate their own
-arguments (the model, the data module, the Trainer) are trusted for those: their
-errors are turned into the same one-line form by :func:`input_errors`.
+Each raises :class:`~rmsprop_lightning.errors.InputError` naming the key, value or file at
+fault and what is allowed. Objects that validate their own arguments (the model, the data
+module, the Trainer) are trusted for those: their errors are turned into the same one-line
+form by :func:`input_errors`. The checks of the config alone are in
+:mod:`rmsprop_lightning.app.config_checks`.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import math
-import os
 import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +22,14 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
 from rmsprop_lightning.errors import InputError
-from rmsprop_lightning.optim.validation import validate_options
 
-# keys Hydra's instantiate reads itself, never passed to the target
-HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
-# callbacks Lightning refuses to run without a logger
-NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # errors that, raised while objects are built from the config and the data is read, mean bad input
 INPUT_ERRORS = (
     ValueError,
@@ -50,153 +43,6 @@ INPUT_ERRORS = (
 )
 
 
-@dataclass(frozen=True)
-class Number:
-    """An allowed number: integer or real, within bounds, plus extra allowed values (e.g. -1) or null."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    integer: bool = False
-    low_open: bool = False
-    high_open: bool = False
-    extra: tuple[Any, ...] = ()
-    nullable: bool = False
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if value in self.extra:
-            return True
-        if self.integer and not isinstance(value, int):
-            return False
-        above = value >= self.high if self.high_open else value > self.high
-        below = value <= self.low if self.low_open else value < self.low
-        return math.isfinite(value) and not above and not below
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if math.isinf(self.high):
-            bound = f" {'>' if self.low_open else '≥'} {show(self.low)}" if math.isfinite(self.low) else ""
-        else:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
-        options = [f"{kind}{bound}", *(show(value) for value in self.extra)]
-        if self.nullable:
-            options.append("null")
-        return " or ".join(options)
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """Values allowed by any of several rules, or one of a fixed set of choices."""
-
-    rules: tuple[Number, ...] = ()
-    choices: tuple[Any, ...] = ()
-
-    def accepts(self, value: Any) -> bool:
-        return value in self.choices or any(rule.accepts(value) for rule in self.rules)
-
-    def describe(self) -> str:
-        choices = (choice if isinstance(choice, str) else show(choice) for choice in self.choices)
-        return " or ".join([*(rule.describe() for rule in self.rules), *choices])
-
-
-Rule = Number | OneOf
-
-FRACTION_OR_COUNT = OneOf(
-    (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
-)
-LIMIT_BATCHES = OneOf((Number(integer=True, low=0), Number(low=0, high=1)), choices=(None,))
-RULES: dict[str, Rule] = {
-    "seed": Number(integer=True, low=0, high=2**32 - 1),
-    "on_nonfinite": OneOf(choices=("stop", "skip")),
-    "trainer.max_steps": Number(integer=True, low=1, extra=(-1,)),
-    "trainer.max_epochs": Number(integer=True, low=1, extra=(-1,), nullable=True),
-    "trainer.min_steps": Number(integer=True, low=0, nullable=True),
-    "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
-    "trainer.val_check_interval": FRACTION_OR_COUNT,
-    "trainer.check_val_every_n_epoch": Number(integer=True, low=1, nullable=True),
-    "trainer.log_every_n_steps": Number(integer=True, low=1),
-    "trainer.accumulate_grad_batches": Number(integer=True, low=1),
-    "trainer.gradient_clip_val": Number(low=0, nullable=True),
-    "trainer.limit_train_batches": LIMIT_BATCHES,
-    "trainer.limit_val_batches": LIMIT_BATCHES,
-    "trainer.limit_test_batches": LIMIT_BATCHES,
-}
-
-
-def show(value: Any) -> str:
-    """A value as the user would type it on the command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def select(cfg: DictConfig, key: str) -> Any:
-    """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
-    try:
-        value = OmegaConf.select(cfg, key, default=None)
-    except OmegaConfBaseException as error:
-        raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Checks the composed config before anything is built: keys, value ranges and types, limits."""
-    check_targets(cfg)
-    optimizer = select(cfg, "optimizer")
-    if isinstance(optimizer, Mapping):
-        try:
-            validate_options({key: value for key, value in optimizer.items() if key not in HYDRA_KEYS})
-        except ValueError as error:
-            raise InputError(f"optimizer.{error}") from None
-    for key, rule in RULES.items():
-        absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
-        value = select(cfg, key)
-        if not absent and not rule.accepts(value):
-            raise InputError(f"{key}={show(value)} is invalid; allowed: {rule.describe()}")
-    check_training_length(cfg)
-    check_loggers(cfg)
-
-
-def check_loggers(cfg: DictConfig) -> None:
-    """Refuses a callback that needs a logger when there is none (Lightning would fail at the start)."""
-    loggers = select(cfg, "logger") or {}
-    if any(isinstance(entry, Mapping) and "_target_" in entry for entry in loggers.values()):
-        return
-    for name, entry in (select(cfg, "callbacks") or {}).items():
-        if isinstance(entry, Mapping) and str(entry.get("_target_", "")).endswith(NEEDS_LOGGER):
-            raise InputError(
-                f"callbacks.{name} ({entry['_target_']}) needs a logger but logger is empty; "
-                f"allowed: logger=tensorboard or logger=csv, or drop it with ~callbacks.{name}"
-            )
-
-
-def check_training_length(cfg: DictConfig) -> None:
-    """Refuses limits that train forever or whose minimum exceeds their maximum."""
-    max_steps, max_epochs = select(cfg, "trainer.max_steps"), select(cfg, "trainer.max_epochs")
-    if max_steps == -1 and max_epochs == -1 and select(cfg, "trainer.max_time") is None:
-        raise InputError(
-            "trainer.max_steps=-1 and trainer.max_epochs=-1 would train forever; "
-            "set trainer.max_steps or trainer.max_epochs to a positive number (or trainer.max_time)"
-        )
-    for unit, limit in (("steps", max_steps), ("epochs", max_epochs)):
-        minimum = select(cfg, f"trainer.min_{unit}")
-        if minimum is not None and limit not in (None, -1) and minimum > limit:
-            raise InputError(
-                f"trainer.min_{unit}={minimum} exceeds trainer.max_{unit}={limit}; "
-                f"allowed: min_{unit} ≤ max_{unit}"
-            )
-
-
 def check_targets(cfg: DictConfig, path: str = "") -> None:
     """Every config node with a ``_target_`` names an importable callable that takes each of its keys."""
     node = cfg if not path else OmegaConf.select(cfg, path)
@@ -204,8 +50,8 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
         return
     if "_target_" in node:
         check_options(node, path)
-    for key in node:
-        if isinstance(node._get_node(key), DictConfig):
+    for key, value in node.items_ex(resolve=False):
+        if isinstance(value, DictConfig):
             check_targets(cfg, f"{path}.{key}" if path else str(key))
 
 
@@ -253,15 +99,19 @@ def first_line(error: BaseException) -> str:
 def check_data(cfg: DictConfig, datamodule: Any) -> None:
     """Reads and splits the data (if the model did not need it yet); checks explicit model sizes against it.
 
-    Errors name the file (``data.source.path``) when the reader's message does not.
+    A reader's error is prefixed with the key that names its file, ``data.source.path``.
     """
     path = select(cfg, "data.source.path")
     try:
         datamodule.splits  # noqa: B018  (loads, checks and splits the table)
     except INPUT_ERRORS as error:
         message = first_line(error)
-        if path is not None and str(path) not in message:
-            message = f"data.source.path={path}: {message}"
+        if path is not None and not message.startswith("data."):
+            message = (
+                f"data.source.path: {message}"
+                if str(path) in message
+                else f"data.source.path={path}: {message}"
+            )
         raise InputError(message) from error
     for key, size, what in (
         ("in_features", datamodule.num_features, "feature columns"),
@@ -290,7 +140,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         raise InputError(
-            f"ckpt_path={path} holds objects a weights-only load refuses ({first_line(error)}); "
+            f"ckpt_path={path} holds objects a weights-only load refuses; "
             "allowed: checkpoints written by this project"
         ) from error
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
@@ -301,7 +151,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_checkpoint(path: str | Path, module: Any, optimizer: Any, max_steps: int) -> None:
-    """The checkpoint to resume from fits this model and optimizer and leaves steps to train."""
+    """The checkpoint to start from fits this model (and ``optimizer``, unless ``None``) and leaves steps."""
     checkpoint = load_checkpoint(path)
     saved, current = checkpoint["state_dict"], module.state_dict()
     for name in [*current, *(name for name in saved if name not in current)]:
@@ -314,9 +164,12 @@ def check_checkpoint(path: str | Path, module: Any, optimizer: Any, max_steps: i
                 f"{list(saved[name].shape)} there but {list(current[name].shape)} here "
                 "(model.in_features, model.hidden and model.out_features must match)"
             )
+    if optimizer is None:
+        return
     if not checkpoint.get("optimizer_states"):
         raise InputError(
-            f"ckpt_path={path} holds weights only (no optimizer state); it cannot resume training"
+            f"ckpt_path={path} holds weights only (no optimizer state); it cannot resume training "
+            "(ckpt_restore=weights starts from its weights)"
         )
     saved_sizes = [len(group["params"]) for group in checkpoint["optimizer_states"][0]["param_groups"]]
     optimizer = optimizer["optimizer"] if isinstance(optimizer, Mapping) else optimizer
@@ -337,21 +190,3 @@ def check_steps_left(checkpoint: Mapping[str, Any], max_steps: int, what: str) -
             f"{what} is at step {step} and trainer.max_steps={max_steps}: nothing left to train; "
             f"allowed: trainer.max_steps > {step}"
         )
-
-
-def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:
-    """``path`` is a writable folder or could be created as one (checked before Hydra creates it)."""
-    path = Path(os.path.abspath(path))
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    else:
-        return
-    raise InputError(
-        f"{key}={path} cannot be written: {problem}; allowed: a writable folder "
-        "(set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
-    )

@@ -1,5 +1,6 @@
 """Lightning callbacks of the project."""
 
+from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
@@ -8,6 +9,7 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.callbacks.update_report import UpdateReport
 
 __all__ = [
+    "CheckpointBranch",
     "DivergenceGuard",
     "GracefulInterrupt",
     "LastCheckpoint",

@@ -10,14 +10,15 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.atomic import remove_stale_temporaries
+from rmsprop_lightning.internals import (
+    fit_restarting,
+    is_last_batch,
+    resumed_after_epoch_end,
+    step_epoch_schedulers,
+    validation_follows,
+)
 
 LAST_CHECKPOINT = "last.ckpt"
-
-
-def validation_follows(trainer: pl.Trainer) -> bool:
-    """Whether the training loop validates right after the batch that just ended (Lightning's own test)."""
-    loop = trainer.fit_loop
-    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
 
 
 def training_stops(trainer: pl.Trainer) -> bool:
@@ -25,8 +26,9 @@ def training_stops(trainer: pl.Trainer) -> bool:
     if trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps):
         return True
     max_epochs = trainer.max_epochs
-    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    return bool(last_batch and max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs)
+    return bool(
+        is_last_batch(trainer) and max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs
+    )
 
 
 class LastCheckpoint(Checkpoint):
@@ -139,17 +141,10 @@ class LastCheckpoint(Checkpoint):
         for name, value in self._restored_metrics.items():
             trainer.callback_metrics.setdefault(name, value.to(pl_module.device))
         self._restored_metrics = {}
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if (
-            self._resumed_from_mine
-            and epoch_loop.restarted_on_train_batch_end
-            and epoch_loop.batch_progress.is_last_batch
-        ):
-            # saved at the end of an epoch's last batch: Lightning counts that epoch as
-            # finished on resume without its end-of-epoch plateau step
-            epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+        if self._resumed_from_mine and resumed_after_epoch_end(trainer):
+            step_epoch_schedulers(trainer)  # that epoch's end-of-epoch step was skipped
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._resumed_from_mine and trainer.fit_loop.restarting:
-            trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+        if self._resumed_from_mine and fit_restarting(trainer):
+            step_epoch_schedulers(trainer)  # the epoch resumed in ends without its step
         self._resumed_from_mine = False

@@ -42,9 +42,9 @@ def synthetic(
 ) -> Table:
     """Inputs ``randn(n, d)``; targets from a fixed random tanh teacher network plus Gaussian noise."""
     if num_samples < 1 or num_features < 1 or num_targets < 1 or teacher_hidden < 1:
-        raise ValueError("data.num_samples, num_features, num_targets and teacher_hidden must be ≥ 1")
+        raise ValueError("data.source.num_samples, num_features, num_targets and teacher_hidden must be ≥ 1")
     if noise_std < 0:
-        raise ValueError(f"data.noise_std must be ≥ 0, got {noise_std}")
+        raise ValueError(f"data.source.noise_std must be ≥ 0, got {noise_std}")
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(num_samples, num_features, generator=generator)
     w1 = torch.randn(num_features, teacher_hidden, generator=generator) / math.sqrt(num_features)
@@ -68,15 +68,15 @@ def from_csv(
     """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.path: no such file: {path}")
+        raise FileNotFoundError(f"no such file: {path}")
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle, delimiter=delimiter))
     rows = [row for row in rows if row and any(cell.strip() for cell in row)]
     if not rows:
-        raise ValueError(f"data.path: {path} is empty (a header row and data rows are required)")
+        raise ValueError(f"{path} is empty (a header row and data rows are required)")
     header = [name.strip() for name in rows[0]]
     if len(rows) < 2:
-        raise ValueError(f"data.path: {path} has a header but no data rows")
+        raise ValueError(f"{path} has a header but no data rows")
     targets = [target] if isinstance(target, str) else list(target)
     columns = {name: index for index, name in enumerate(header)}
     for name in targets + list(features or []):
@@ -111,11 +111,11 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.path: no such file: {path}")
+        raise FileNotFoundError(f"no such file: {path}")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, EOFError) as error:
-        raise ValueError(f"data.path: {path} is not a numeric NumPy file ({error})") from None
+        raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             missing = [key for key in (features_key, targets_key) if key not in loaded.files]

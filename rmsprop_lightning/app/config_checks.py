@@ -1,0 +1,220 @@
+"""Checks of the composed config alone, before torch or Lightning is imported: a typo answers at once.
+
+Each check raises :class:`~rmsprop_lightning.errors.InputError` naming the key as the user
+typed it and what is allowed. The checks that need the built objects, the data or a
+checkpoint live in :mod:`rmsprop_lightning.app.validation`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.optim.validation import validate_options
+
+# keys Hydra's instantiate reads itself, never passed to the target
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
+# callbacks Lightning refuses to run without a logger
+NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
+# Lightning's precision settings
+PRECISIONS = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    64,
+    32,
+    16,
+    "64",
+    "32",
+    "16",
+)
+# config keys that name an input file
+INPUT_FILES = ("data.source.path", "ckpt_path")
+
+
+@dataclass(frozen=True)
+class Number:
+    """An allowed number: integer or real, within bounds, plus extra allowed values (e.g. -1) or null."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+    extra: tuple[Any, ...] = ()
+    nullable: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if value in self.extra:
+            return True
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value >= self.high if self.high_open else value > self.high
+        below = value <= self.low if self.low_open else value < self.low
+        return math.isfinite(value) and not above and not below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if math.isinf(self.high):
+            bound = f" {'>' if self.low_open else '≥'} {show(self.low)}" if math.isfinite(self.low) else ""
+        else:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
+        options = [f"{kind}{bound}", *(show(value) for value in self.extra)]
+        if self.nullable:
+            options.append("null")
+        return " or ".join(options)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Values allowed by any of several rules, or one of a fixed set of choices."""
+
+    rules: tuple[Number, ...] = ()
+    choices: tuple[Any, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.choices or any(rule.accepts(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        choices = (choice if isinstance(choice, str) else show(choice) for choice in self.choices)
+        return " or ".join([*(rule.describe() for rule in self.rules), *choices])
+
+
+Rule = Number | OneOf
+
+FRACTION_OR_COUNT = OneOf(
+    (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
+)
+LIMIT_BATCHES = OneOf((Number(integer=True, low=0), Number(low=0, high=1)), choices=(None,))
+RULES: dict[str, Rule] = {
+    "seed": Number(integer=True, low=0, high=2**32 - 1),
+    "on_nonfinite": OneOf(choices=("stop", "skip")),
+    "ckpt_restore": OneOf(choices=("full", "weights")),
+    "trainer.max_steps": Number(integer=True, low=1, extra=(-1,)),
+    "trainer.precision": OneOf(choices=PRECISIONS),
+    "trainer.accelerator": OneOf(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
+    "trainer.max_epochs": Number(integer=True, low=1, extra=(-1,), nullable=True),
+    "trainer.min_steps": Number(integer=True, low=0, nullable=True),
+    "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
+    "trainer.val_check_interval": FRACTION_OR_COUNT,
+    "trainer.check_val_every_n_epoch": Number(integer=True, low=1, nullable=True),
+    "trainer.log_every_n_steps": Number(integer=True, low=1),
+    "trainer.accumulate_grad_batches": Number(integer=True, low=1),
+    "trainer.gradient_clip_val": Number(low=0, nullable=True),
+    "trainer.limit_train_batches": LIMIT_BATCHES,
+    "trainer.limit_val_batches": LIMIT_BATCHES,
+    "trainer.limit_test_batches": LIMIT_BATCHES,
+}
+
+
+def show(value: Any) -> str:
+    """A value as the user would type it on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def select(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
+    try:
+        value = OmegaConf.select(cfg, key, default=None)
+    except OmegaConfBaseException as error:
+        raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks the composed config before anything is built: keys, value ranges and types, limits."""
+    optimizer = select(cfg, "optimizer")
+    if isinstance(optimizer, Mapping):
+        try:
+            validate_options({key: value for key, value in optimizer.items() if key not in HYDRA_KEYS})
+        except ValueError as error:
+            raise InputError(f"optimizer.{error}") from None
+    for key, rule in RULES.items():
+        absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
+        value = select(cfg, key)
+        if not absent and not rule.accepts(value):
+            raise InputError(f"{key}={show(value)} is invalid; allowed: {rule.describe()}")
+    check_training_length(cfg)
+    check_loggers(cfg)
+    check_input_files(cfg)
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """Refuses a callback that needs a logger when there is none (Lightning would fail at the start)."""
+    loggers = select(cfg, "logger") or {}
+    if any(isinstance(entry, Mapping) and "_target_" in entry for entry in loggers.values()):
+        return
+    for name, entry in (select(cfg, "callbacks") or {}).items():
+        if isinstance(entry, Mapping) and str(entry.get("_target_", "")).endswith(NEEDS_LOGGER):
+            raise InputError(
+                f"callbacks.{name} ({entry['_target_']}) needs a logger but logger is empty; "
+                f"allowed: logger=tensorboard or logger=csv, or drop it with ~callbacks.{name}"
+            )
+
+
+def check_training_length(cfg: DictConfig) -> None:
+    """Refuses limits that train forever or whose minimum exceeds their maximum."""
+    max_steps, max_epochs = select(cfg, "trainer.max_steps"), select(cfg, "trainer.max_epochs")
+    if max_steps == -1 and max_epochs == -1 and select(cfg, "trainer.max_time") is None:
+        raise InputError(
+            "trainer.max_steps=-1 and trainer.max_epochs=-1 would train forever; "
+            "set trainer.max_steps or trainer.max_epochs to a positive number (or trainer.max_time)"
+        )
+    for unit, limit in (("steps", max_steps), ("epochs", max_epochs)):
+        minimum = select(cfg, f"trainer.min_{unit}")
+        if minimum is not None and limit not in (None, -1) and minimum > limit:
+            raise InputError(
+                f"trainer.min_{unit}={minimum} exceeds trainer.max_{unit}={limit}; "
+                f"allowed: min_{unit} ≤ max_{unit}"
+            )
+
+
+def check_input_files(cfg: DictConfig) -> None:
+    """Every input file the config names exists."""
+    for key in INPUT_FILES:
+        path = select(cfg, key)
+        if path is not None and not Path(str(path)).expanduser().is_file():
+            raise InputError(f"{key}={path}: no such file")
+
+
+def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:
+    """``path`` is a folder this process can create and write in (checked before Hydra creates it).
+
+    The folder is created, as Hydra would a moment later, and a file is written and removed
+    in it: permissions alone do not tell (root, read-only mounts, ``/proc``).
+    """
+    path = Path(os.path.abspath(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"{key}={path} cannot be written: {error.strerror or error}; allowed: a writable folder "
+            "(set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
+        ) from None

@@ -1,0 +1,110 @@
+"""Branching: a new run from another run's checkpoint trains with the new run's optimizer settings.
+
+torch's ``Optimizer.load_state_dict`` restores every group's hyper-parameters, and Lightning
+calls it when it resumes from ``ckpt_path``: without this callback a branch with another
+``optimizer.lr`` would silently train with the parent's. The callback rewrites the loaded
+checkpoint before Lightning restores the optimizer and schedulers from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
+
+# state entries RMSprop keeps only for some settings, and the setting that needs each
+OPTIONAL_STATES = {"grad_avg": "centered", "momentum_buffer": "momentum"}
+
+
+def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """The optimizers and schedulers in what ``configure_optimizers`` returned (one or a dict)."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return [configured], []
+    if isinstance(configured, Mapping):
+        scheduler = configured.get("lr_scheduler")
+        if isinstance(scheduler, Mapping):
+            scheduler = scheduler["scheduler"]
+        return [configured["optimizer"]], [] if scheduler is None else [scheduler]
+    raise TypeError(
+        f"configure_optimizers returned {type(configured).__name__}; branching needs one optimizer"
+    )
+
+
+def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> list[str]:
+    """Puts ``optimizer``'s group settings into a saved optimizer state; returns what changed, in words.
+
+    State tensors the new settings use are kept; those they no longer use are dropped, and
+    those they need but the checkpoint lacks start at zero (a momentum buffer, the centered
+    gradient average), as they would in a new optimizer.
+    """
+    changes = []
+    for group, fresh in zip(saved["param_groups"], optimizer.param_groups, strict=True):
+        for key, value in fresh.items():
+            if key != "params" and group.get(key) != value:
+                changes.append(f"{key} {group.get(key)!r} → {value!r}")
+                group[key] = value
+        for param_id in group["params"]:
+            state = saved["state"].get(param_id)
+            if not state or "square_avg" not in state:
+                continue
+            for name, setting in OPTIONAL_STATES.items():
+                if not group.get(setting) and name in state:
+                    del state[name]
+                    changes.append(f"dropped {name}")
+                elif group.get(setting) and name not in state:
+                    state[name] = torch.zeros_like(state["square_avg"])
+                    changes.append(f"new {name}")
+    return list(dict.fromkeys(changes))
+
+
+def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any) -> None:
+    """Puts the new run's scheduler settings (constructor arguments, base lrs) into a saved scheduler state.
+
+    Its progress (``last_epoch``, a plateau's best value and counters) stays the checkpoint's.
+    """
+    fresh = scheduler.state_dict()
+    settings = set(inspect.signature(type(scheduler)).parameters) | {"base_lrs"}
+    for key in settings & set(fresh):
+        saved[key] = fresh[key]
+
+
+class CheckpointBranch(Callback):
+    """Applies the module's configured optimizer and scheduler settings to the checkpoint it starts from.
+
+    Weights, state tensors, step counters, random states and the data position come from the
+    checkpoint; learning rate, alpha, eps, momentum, centered... and the scheduler's settings
+    come from the new run. One log line says what changed.
+    """
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        optimizers, schedulers = optimizers_and_schedulers(pl_module.configure_optimizers())
+        saved_optimizers = checkpoint.get("optimizer_states", [])
+        kept = sorted(
+            {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
+        )
+        changes = []
+        for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
+            changes += apply_group_settings(saved, optimizer)
+        for saved, scheduler in zip(checkpoint.get("lr_schedulers", []), schedulers, strict=False):
+            apply_scheduler_settings(saved, scheduler)
+        for callback in trainer.checkpoint_callbacks:  # the new run's best checkpoint is its own
+            if isinstance(callback, ModelCheckpoint):
+                checkpoint.get("callbacks", {}).pop(callback.state_key, None)
+        log.info(
+            "Branching from a checkpoint at step %s: kept %s; %s",
+            checkpoint.get("global_step"),
+            ", ".join(name for name in kept if name != "step") or "no optimizer state",
+            "; ".join(dict.fromkeys(changes)) or "the optimizer settings are the checkpoint's",
+        )

@@ -1,0 +1,67 @@
+"""Every use of another library's private API, in one place, each with the reason and the upstream issue.
+
+``tests/test_internals.py`` checks each of them against the installed versions, so an
+upgrade that moves one fails there, loudly, rather than somewhere in a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+def subprocess_script_launcher() -> type:
+    """Lightning's launcher of the extra DDP ranks, which re-runs ``sys.argv`` for each.
+
+    Inside a Hydra multirun that re-runs the whole sweep in every child (Lightning issues
+    #11300, #18175); the fix subclasses it and overrides the method that starts the children.
+    """
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    return _SubprocessScriptLauncher
+
+
+def hydra_argument_parser() -> argparse.ArgumentParser:
+    """Hydra's own command-line parser: Hydra has no public one, and ``resume=`` must read the
+    command line exactly as Hydra will before Hydra starts."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether the training loop validates right after the batch that just ended.
+
+    A checkpoint written before that validation makes a resumed run skip it (Lightning issues
+    #19549, #20288), so ``last.ckpt`` waits for it; Lightning keeps the decision private.
+    """
+    loop = trainer.fit_loop
+    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+
+
+def is_last_batch(trainer: pl.Trainer) -> bool:
+    """Whether the batch that just ended is the last of its epoch (Lightning's loop progress)."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def resumed_after_epoch_end(trainer: pl.Trainer) -> bool:
+    """Whether the run resumed from a checkpoint of an epoch's last batch (its epoch end counted as done)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return bool(epoch_loop.restarted_on_train_batch_end and is_last_batch(trainer))
+
+
+def fit_restarting(trainer: pl.Trainer) -> bool:
+    """Whether the fit loop is still in the epoch it resumed in."""
+    return bool(trainer.fit_loop.restarting)
+
+
+def step_epoch_schedulers(trainer: pl.Trainer) -> None:
+    """Steps the epoch-interval plateau schedulers, as Lightning does at an epoch's end.
+
+    A resume skips the end-of-epoch steps that a checkpoint came before, since the metrics that
+    feed them are not in Lightning's checkpoint.
+    """
+    trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)

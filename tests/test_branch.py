@@ -1,0 +1,76 @@
+"""A new run from a checkpoint (``ckpt_path=``) trains with its own optimizer settings, and records them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from rmsprop_lightning.app.jobs import run_job
+from rmsprop_lightning.logging.events import read_scalars
+from rmsprop_lightning.summary import read_summary
+from tests.conftest import QUICK
+
+STEPS = ("trainer.max_steps=40", "trainer.log_every_n_steps=5")
+
+
+def job(compose_cfg, folder: Path, *overrides: str) -> dict:
+    """Runs one job in ``folder``; returns its summary."""
+    cfg = compose_cfg(*QUICK, "~callbacks.optimizer_state_monitor", *overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder)
+    run_job(cfg)
+    return read_summary(folder)
+
+
+def last_state(folder: Path) -> dict:
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+
+
+@pytest.fixture
+def parent(compose_cfg, tmp_path) -> Path:
+    """A 30-step run of the centered variant at lr 0.01."""
+    folder = tmp_path / "parent"
+    job(compose_cfg, folder, "optimizer=rmsprop_centered")
+    return folder / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.filterwarnings("error:The dirpath has changed")
+def test_a_branch_trains_and_records_the_new_learning_rate(compose_cfg, parent, tmp_path):
+    slow = job(compose_cfg, tmp_path / "slow", f"ckpt_path={parent}", "optimizer.lr=0.001", *STEPS)
+    same = job(compose_cfg, tmp_path / "same", f"ckpt_path={parent}", "optimizer.lr=0.01", *STEPS)
+    lrs = read_scalars(tmp_path / "slow" / "tensorboard")["lr-RMSprop/decay"]
+    branch_lrs = [value for step, value in lrs if step >= 30]
+    assert branch_lrs and all(value == pytest.approx(0.001) for value in branch_lrs)
+    groups = last_state(tmp_path / "slow")["param_groups"]
+    assert [group["lr"] for group in groups] == [0.001, 0.001]
+    assert [group["centered"] for group in groups] == [False, False]
+    assert slow["optimizer"]["lr"] == groups[0]["lr"] and slow["optimizer"]["centered"] is False
+    assert slow["steps"] == same["steps"] == 40
+    losses = [read_scalars(tmp_path / name / "tensorboard")["train/loss"] for name in ("slow", "same")]
+    assert [step for step, _ in losses[0]] == list(range(30, 40))
+    assert losses[0] != losses[1]
+    assert all("grad_avg" not in state for state in last_state(tmp_path / "slow")["state"].values())
+
+
+def test_switching_to_centered_momentum_creates_the_states_it_needs(compose_cfg, tmp_path):
+    job(compose_cfg, tmp_path / "plain", "optimizer=rmsprop")
+    parent = tmp_path / "plain" / "checkpoints" / "last.ckpt"
+    job(
+        compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", "optimizer=rmsprop_centered_momentum", *STEPS
+    )
+    state = last_state(tmp_path / "branch")
+    assert state["param_groups"][0]["centered"] and state["param_groups"][0]["momentum"] == 0.9
+    assert all({"grad_avg", "momentum_buffer", "square_avg"} <= set(s) for s in state["state"].values())
+
+
+def test_weights_only_branch_starts_at_step_zero_with_a_fresh_optimizer(compose_cfg, parent, tmp_path):
+    summary = job(compose_cfg, tmp_path / "weights", f"ckpt_path={parent}", "ckpt_restore=weights")
+    assert summary["status"] == "completed" and summary["steps"] == 30
+    losses = read_scalars(tmp_path / "weights" / "tensorboard")["train/loss"]
+    assert losses[0][0] == 0
+    job(compose_cfg, tmp_path / "fresh")
+    first = read_scalars(tmp_path / "fresh" / "tensorboard")["train/loss"][0]
+    assert losses[0][1] < first[1], "the branch starts from the parent's trained weights"

@@ -1,0 +1,89 @@
+"""The private APIs of Lightning and Hydra in ``rmsprop_lightning.internals`` still exist and behave.
+
+When a dependency moves one of them, this file fails first, naming it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+from rmsprop_lightning import internals
+from rmsprop_lightning.app.distributed import HydraDDPStrategy
+
+
+def test_the_ddp_launcher_pieces_the_hydra_fix_overrides_exist():
+    launcher = internals.subprocess_script_launcher()
+    for name in ("_call_children_scripts", "_check_can_spawn_children"):
+        assert callable(getattr(launcher, name, None)), f"Lightning's launcher lost {name}"
+    assert "cluster_environment" in inspect.signature(launcher).parameters
+    assert callable(getattr(DDPStrategy, "_configure_launcher", None))
+    strategy = HydraDDPStrategy(accelerator="cpu", process_group_backend="gloo")
+    assert isinstance(strategy, DDPStrategy)
+
+
+def test_hydras_parser_reads_overrides_and_flags():
+    parsed = internals.hydra_argument_parser().parse_args(["-m", "--config-name=x", "a=1", "b=2"])
+    assert parsed.overrides == ["a=1", "b=2"]
+    assert parsed.multirun and parsed.config_name == "x"
+
+
+class LoopProbe(pl.Callback):
+    """Records, after each batch, what the internals say about the loop."""
+
+    def __init__(self) -> None:
+        self.follows: list[bool] = []
+        self.last: list[bool] = []
+        self.validated_after: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.follows.append(internals.validation_follows(trainer))
+        self.last.append(internals.is_last_batch(trainer))
+        assert internals.fit_restarting(trainer) is False
+        assert internals.resumed_after_epoch_end(trainer) is False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validated_after.append(trainer.global_step)
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("v", self.layer(batch[0]).square().mean())
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "v"}}
+
+
+def test_the_loop_internals_report_what_the_loop_does():
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
+    probe = LoopProbe()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        val_check_interval=2,
+        callbacks=[probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    module = Tiny()
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+    steps = [step for step, follows in enumerate(probe.follows, start=1) if follows]
+    assert steps == probe.validated_after == [2, 4, 7, 9]
+    assert probe.last == [False, False, False, False, True] * 2
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    internals.step_epoch_schedulers(trainer)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == lr * 0.1
