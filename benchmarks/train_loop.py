@@ -1,13 +1,13 @@
-"""Per-step cost of training the canonical net: hand-written loop vs Lightning vs this template.
+"""Per-step cost of logging the loss at every step: the template's way against Lightning's.
 
-    python benchmarks/train_loop.py [--steps 2000] [--repeats 5]
+    python benchmarks/train_loop.py [--steps 2000] [--repeats 5] [--threads N]
 
 Every variant trains ``Linear(10,5) → ReLU → Linear(5,1)`` with MSE and ``torch.optim.RMSprop``
 on batches of 32 sliced from in-memory tensors (the project's ``InMemoryBatchLoader``), so only
-the training machinery differs; TensorBoard is Lightning's logger for ``self.log`` and the
-template's (``TensorBoardRunLogger``) for its module. Prints the median µs/step over repeats
-(set-up excluded: the clock runs from the first to the last training batch) and ratios, side
-by side from one run.
+the logging differs: none, Lightning's ``self.log`` to its ``TensorBoardLogger`` at every step,
+or the template's ``StepLossLogger`` to its ``TensorBoardRunLogger``. Prints the median wall and
+CPU µs/step (the clock runs from the first training batch to the end of training) and the ratios
+to no logging. ``--threads`` sets torch's thread count (default: torch's own choice).
 """
 
 from __future__ import annotations
@@ -17,158 +17,128 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from rmsprop_lightning import FeedForward, RegressionModule
+from rmsprop_lightning import FeedForward
 from rmsprop_lightning.data import InMemoryBatchLoader, synthetic
 from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
+from rmsprop_lightning.module import StepLossLogger
 
 BATCH_SIZE = 32
 
 
-def make_loader() -> InMemoryBatchLoader:
-    table = synthetic(num_samples=4096)
-    return InMemoryBatchLoader(table.features, table.targets, BATCH_SIZE, seed=0)
-
-
-def hand_written(steps: int) -> float:
-    """A plain PyTorch loop over the same batches; returns seconds per step."""
-    model = FeedForward()
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
-    criterion = nn.MSELoss()
-    loader = make_loader()
-    done = 0
-    start = time.perf_counter()
-    while done < steps:
-        for features, targets in loader:
-            optimizer.zero_grad()
-            loss = criterion(model(features), targets)
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    return (time.perf_counter() - start) / steps
-
-
 class BareModule(pl.LightningModule):
-    """The smallest LightningModule for the same training: no logging at all."""
+    """The smallest LightningModule for the training: no logging at all."""
 
     def __init__(self) -> None:
         super().__init__()
         self.model = FeedForward()
         self.criterion = nn.MSELoss()
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         features, targets = batch
         return self.criterion(self.model(features), targets)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(self.parameters(), lr=0.01)
 
 
 class SelfLogModule(BareModule):
     """Logs the loss with Lightning's ``self.log`` on every step."""
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss)
         return loss
 
 
-class StepClock(pl.Callback):
-    """Times the training batches only: from the first batch's start to the last batch's end."""
+class StepClock(Callback):
+    """Times the training batches only, from the first batch's start to the end of training.
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == 0 and batch_idx == 0:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.seconds_per_step = (time.perf_counter() - self.start) / trainer.global_step
-
-
-def cpu_fit(
-    module: pl.LightningModule, steps: int, logger: Logger | bool, callbacks: list[Callback], **options
-) -> None:
-    """Fits ``module`` for ``steps`` steps on the CPU, on the in-memory batches, without validation."""
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **options,
-    )
-    trainer.fit(module, train_dataloaders=make_loader())
-
-
-def rotating_mode(block: int, modes: Sequence[str]) -> tuple[int, str]:
-    """The round of the ``block``-th block of a rotation and its mode.
-
-    Each round runs every mode once, starting one mode later than the round before, so a
-    drift of the machine's speed within a round hits no mode more than the others.
+    Wall time and the process's CPU time (all threads, TensorBoard's writer thread included).
     """
-    round_, position = divmod(block, len(modes))
-    return round_, modes[(position + round_) % len(modes)]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.global_step == 0:
+            self.start = time.perf_counter(), time.process_time()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wall, cpu = self.start
+        steps = trainer.global_step
+        self.per_step = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def lightning_fit(
-    module: pl.LightningModule, steps: int, tensorboard: type[TensorBoardLogger] | None
-) -> float:
-    """Fits ``module`` for ``steps`` steps, logging to a ``tensorboard`` logger if given; seconds per step."""
+def fit(
+    steps: int, module: pl.LightningModule, logger: type[TensorBoardLogger] | None, *callbacks: Callback
+) -> tuple[float, float]:
+    """Fits ``module`` on the CPU for ``steps`` steps without validation; wall and CPU seconds per step."""
     clock = StepClock()
+    table = synthetic(num_samples=4096)
     with tempfile.TemporaryDirectory() as log_dir:
-        logger = tensorboard(log_dir, name="", version="") if tensorboard else False
-        cpu_fit(module, steps, logger, [clock], log_every_n_steps=1, enable_checkpointing=False)
-    return clock.seconds_per_step
+        trainer = pl.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=logger(log_dir, name="", version="") if logger else False,
+            callbacks=[*callbacks, clock],  # the clock last, so it includes the loss logger's last flush
+            log_every_n_steps=1,
+            limit_val_batches=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, InMemoryBatchLoader(table.features, table.targets, BATCH_SIZE, seed=0))
+    return clock.per_step
 
 
-def ours() -> RegressionModule:
-    return RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
-
-
-VARIANTS: dict[str, Callable[[int], float]] = {
-    "hand-written loop": hand_written,
-    "Lightning, no logging": lambda steps: lightning_fit(BareModule(), steps, tensorboard=None),
-    "Lightning, self.log every step": lambda steps: lightning_fit(SelfLogModule(), steps, tensorboard=None),
-    "Lightning, self.log + TensorBoard every step": lambda steps: lightning_fit(
-        SelfLogModule(), steps, tensorboard=TensorBoardLogger
+BARE = "Lightning, no logging"
+VARIANTS: dict[str, Callable[[int], tuple[float, float]]] = {
+    BARE: lambda steps: fit(steps, BareModule(), None),
+    "Lightning, self.log + TensorBoardLogger every step": lambda steps: fit(
+        steps, SelfLogModule(), TensorBoardLogger
     ),
-    "rmsprop-lightning module + TensorBoard, every step": lambda steps: lightning_fit(
-        ours(), steps, tensorboard=TensorBoardRunLogger
+    "StepLossLogger + TensorBoardRunLogger every step": lambda steps: fit(
+        steps, BareModule(), TensorBoardRunLogger, StepLossLogger()
     ),
 }
 
 
 def main() -> None:
+    """Warms every variant up, runs them interleaved and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
-        for name, variant in VARIANTS.items():
-            samples[name].append(variant(args.steps) * 1e6)
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    loop, bare = medians["hand-written loop"], medians["Lightning, no logging"]
+    names = list(VARIANTS)
+    for variant in VARIANTS.values():
+        variant(50)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        shift = repeat % len(names)  # each variant takes each place in the order in turn
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(VARIANTS[name](args.steps))
+    wall = {name: statistics.median(w for w, _ in runs) * 1e6 for name, runs in samples.items()}
+    cpu = {name: statistics.median(c for _, c in runs) * 1e6 for name, runs in samples.items()}
     print(
-        f"{args.steps} steps, batch {BATCH_SIZE}, median of {args.repeats},"
+        f"{args.steps} steps, batch {BATCH_SIZE}, median of {args.repeats} interleaved,"
         f" torch threads {torch.get_num_threads()}"
     )
-    print(f"{'variant':<52} {'µs/step':>9} {'vs bare':>8} {'loop speed':>11}")
-    for name, median in medians.items():
-        print(f"{name:<52} {median:9.0f} {median / bare:7.2f}× {loop / median:10.0%}")
+    print(f"{'variant':<52} {'µs/step':>8} {'vs bare':>8} {'CPU µs':>8} {'vs bare':>8}")
+    for name in names:
+        print(
+            f"{name:<52} {wall[name]:8.0f} {wall[name] / wall[BARE]:7.2f}×"
+            f" {cpu[name]:8.0f} {cpu[name] / cpu[BARE]:7.2f}×"
+        )
 
 
 if __name__ == "__main__":

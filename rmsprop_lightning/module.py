@@ -137,6 +137,8 @@ class RegressionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if "val" in self._totals:
             self._log_epoch_scores("val")
+        # a logged ``step`` is the loggers' step: the optimizer steps done (Lightning's default is one less)
+        self.log("step", float(self.trainer.global_step), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         if "test" in self._totals:

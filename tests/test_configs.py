@@ -26,7 +26,7 @@ def build_all(cfg):
     module = build_module(cfg, build_model(cfg, datamodule))
     callbacks = instantiate_entries(cfg.get("callbacks"))
     loggers = instantiate_entries(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, datamodule)
     return datamodule, module, callbacks, loggers, trainer
 
 

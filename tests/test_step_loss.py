@@ -10,10 +10,11 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule, step_metrics
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.data import synthetic
-from rmsprop_lightning.module import StepLossLogger
+from rmsprop_lightning.logging import step_metrics
 from rmsprop_lightning.logging.step_metrics import StepMetricBuffer
+from rmsprop_lightning.module import StepLossLogger
 
 
 class RecordingLogger(Logger):
@@ -114,13 +115,15 @@ def test_a_flush_comes_flush_secs_after_the_last_one(monkeypatch):
     assert steps == list(range(10))
 
 
-def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
-    buffer = StepMetricBuffer()
-    buffer.record(3, {"a": torch.tensor(1.5), "b": torch.tensor(2.0)})
-    buffer.record_vector(4, ["a", "b"], torch.tensor([3.0, 4.0]))
-    buffer.record(5, {"c": torch.tensor(-1.0)})
-    transfers = []
-    for method in ("tolist", "item", "cpu", "numpy"):
+HOST_COPIES = ("tolist", "item", "numpy", "__float__")
+
+
+def count_transfers(
+    monkeypatch: pytest.MonkeyPatch, methods: tuple[str, ...] = (*HOST_COPIES, "cpu")
+) -> list[str]:
+    """Every call of a tensor method among ``methods`` that copies values to the host, from now on."""
+    transfers: list[str] = []
+    for method in methods:
         original = getattr(torch.Tensor, method)
 
         def counted(self, *args, _original=original, _method=method, **kwargs):
@@ -128,6 +131,42 @@ def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, method, counted)
-    assert buffer.drain() == [(3, {"a": 1.5, "b": 2.0}), (4, {"a": 3.0, "b": 4.0}), (5, {"c": -1.0})]
-    assert transfers == ["numpy"]
+    return transfers
+
+
+def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
+    buffer = StepMetricBuffer()
+    buffer.record(3, {"a": torch.tensor(1.5), "b": torch.tensor(2.0)})
+    buffer.record_vector(4, ["a", "b"], torch.tensor([3.0, 4.0]))
+    buffer.record(5, {"c": torch.tensor(-1.0)})
+    buffer.record_rows([6, 7], ["a"], torch.tensor([[0.5], [0.25]], dtype=torch.float64))
+    assert len(buffer) == 5
+    transfers = count_transfers(monkeypatch)
+    assert buffer.drain() == [
+        (3, {"a": 1.5, "b": 2.0}),
+        (4, {"a": 3.0, "b": 4.0}),
+        (5, {"c": -1.0}),
+        (6, {"a": 0.5}),
+        (7, {"a": 0.25}),
+    ]
+    assert transfers == ["tolist"]
     assert len(buffer) == 0 and buffer.drain() == []
+
+
+def test_training_copies_the_loss_to_the_host_once_per_flush(monkeypatch):
+    flushes = FlushSizes(flush_every=5, flush_secs=None)
+    trainer = pl.Trainer(
+        max_steps=20,
+        logger=RecordingLogger(),
+        callbacks=[flushes],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    data = RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16)
+    transfers = count_transfers(monkeypatch, HOST_COPIES)  # not cpu(): Lightning's teardown moves the module
+    trainer.fit(module, datamodule=data)
+    assert flushes.sizes == [5, 5, 5, 5]
+    assert transfers == ["tolist"] * 4

@@ -19,7 +19,7 @@ def test_default_run_writes_checkpoints_and_every_step_loss(tmp_path):
     scalars = read_scalars(run_dir / "tensorboard")
     assert [step for step, _ in scalars["train/loss"]] == list(range(30))
     assert all(value > 0 for _, value in scalars["train/loss"])
-    assert [step for step, _ in scalars["val/loss"]] == [9, 19, 29]
+    assert [step for step, _ in scalars["val/loss"]] == [10, 20, 30]
     assert {"val/rmse", "test/loss", "test/rmse", "test/r2"} <= set(scalars)
 
 

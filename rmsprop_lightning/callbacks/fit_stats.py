@@ -77,5 +77,6 @@ class FitStats(Callback):
 
 
 def _scalars(trainer: pl.Trainer) -> dict[str, float]:
-    """The trainer's current scalar ``callback_metrics`` as floats."""
-    return {tag: float(value) for tag, value in trainer.callback_metrics.items() if value.numel() == 1}
+    """The trainer's current scalar ``callback_metrics`` as floats (the logged step counter aside)."""
+    metrics = trainer.callback_metrics.items()
+    return {tag: float(value) for tag, value in metrics if value.numel() == 1 and tag != "step"}

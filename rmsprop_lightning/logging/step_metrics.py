@@ -1,39 +1,20 @@
 """Per-step scalars kept on the device and handed to the Lightning loggers in batches.
 
-Calling ``self.log`` on every step costs a host synchronisation and Lightning's result
-bookkeeping each time. :class:`StepMetricBuffer` instead keeps each step's values as
-device tensors and, on :meth:`flush`, moves all of them to the host in one transfer
-and writes every value at its own step number, so TensorBoard still shows every step.
-:class:`BufferedStepLogger` is the Lightning callback that flushes such a buffer at
-the right moments: every ``flush_every`` steps or ``flush_secs`` seconds, before a
-checkpoint, at the end of fit and when training stops on an exception.
+Calling ``self.log`` on every step costs a host synchronisation each time.
+:class:`StepMetricBuffer` keeps each step's values as device tensors until a flush moves
+them to the host in one transfer; :class:`BufferedStepLogger` is the callback that flushes
+at the right moments and logs every value at its own step through ``Logger.log_metrics``.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
-
-
-class StepRows(NamedTuple):
-    """Values of several steps under the same names: row ``k`` of ``values`` holds step ``steps[k]``'s."""
-
-    names: tuple[str, ...]
-    steps: tuple[int, ...]
-    values: np.ndarray  # float32, one row per step and one column per name
-
-    def entries(self) -> list[tuple[int, dict[str, float]]]:
-        """``(step, {name: value})`` per step."""
-        pairs = zip(self.steps, self.values.tolist(), strict=True)
-        return [(step, dict(zip(self.names, row, strict=True))) for step, row in pairs]
 
 
 class StepMetricBuffer:
@@ -64,43 +45,22 @@ class StepMetricBuffer:
         self._values.append(values.detach())
         self._count += len(steps)
 
-    def drain_rows(self) -> list[StepRows]:
-        """Empties the buffer and returns what was recorded, in order, as float32 host arrays.
-
-        All values reach the host through a single concatenation and transfer; runs of
-        scalars (one per step, as the loss is kept) are stacked in one operation, and
-        consecutive records under the same names come back as one group.
-        """
-        if not self._steps:
-            return []
-        parts: list[torch.Tensor] = []
-        scalars: list[torch.Tensor] = []
-        for value in self._values:
-            if value.dim() == 0:
-                scalars.append(value)
-                continue
-            if scalars:
-                parts.append(torch.stack(scalars))
-                scalars = []
-            parts.append(value.reshape(-1))
-        if scalars:
-            parts.append(torch.stack(scalars))
-        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).float().numpy(force=True)
-        groups: list[StepRows] = []
-        offset = 0
-        for names, runs in itertools.groupby(zip(self._names, self._steps, strict=True), key=lambda r: r[0]):
-            steps = tuple(step for _, run_steps in runs for step in run_steps)
-            size = len(names) * len(steps)
-            groups.append(
-                StepRows(names, steps, flat[offset : offset + size].reshape(len(steps), len(names)))
-            )
-            offset += size
-        self.clear()
-        return groups
-
     def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order."""
-        return [entry for group in self.drain_rows() for entry in group.entries()]
+        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
+
+        All values reach the host through one concatenation and a single transfer.
+        """
+        if not self._values:
+            return []
+        flat = torch.cat([value.reshape(-1) for value in self._values]).float().tolist()
+        entries: list[tuple[int, dict[str, float]]] = []
+        offset = 0
+        for names, steps in zip(self._names, self._steps, strict=True):
+            for step in steps:
+                entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
+                offset += len(names)
+        self.clear()
+        return entries
 
     def clear(self) -> None:
         """Forgets every recorded value without a transfer."""
@@ -108,17 +68,6 @@ class StepMetricBuffer:
         self._names.clear()
         self._values.clear()
         self._count = 0
-
-
-def log_steps(logger: Logger, groups: Sequence[StepRows]) -> None:
-    """Hands drained steps to ``logger``: in one call where it has ``log_metrics_rows``, else step by step."""
-    log_metrics_rows = getattr(logger, "log_metrics_rows", None)
-    if log_metrics_rows is not None:
-        log_metrics_rows(groups)
-        return
-    for group in groups:
-        for step, metrics in group.entries():
-            logger.log_metrics(metrics, step=step)
 
 
 class BufferedStepLogger(Callback):
@@ -156,9 +105,10 @@ class BufferedStepLogger(Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             self.buffer.clear()
             return
-        groups = self.buffer.drain_rows()
+        entries = self.buffer.drain()
         for logger in trainer.loggers:
-            log_steps(logger, groups)
+            for step, metrics in entries:
+                logger.log_metrics(metrics, step=step)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -198,14 +198,21 @@ def build_report(
     keys = sweep.varying_keys(over)
     folders = ", ".join(f"`{folder.name}`" for folder in sweep.folders)
     limit_text = ", ".join(
-        f"{limit:.4g}" + (f" ({SCALE_KEY}={scale})" if scale else "") for scale, limit in limits.items()
+        f"{limit:.4g}" + (f" ({SCALE_KEY}={scale})" if scale else "")
+        for scale, limit in limits.items()
+        if math.isfinite(limit)
+    )
+    threshold_text = (
+        f"Steps to threshold: the optimizer steps done at the first validation with {THRESHOLD_TAG} ≤ "
+        f"{limit_text} (runs that reached it / completed runs)."
+        if limit_text
+        else f"No run logged {THRESHOLD_TAG}, so there is no threshold to reach."
     )
     sections = [
         f"# Sweep report: {folders}",
         "",
         f"{len(sweep.jobs)} jobs in {len(configurations)} configurations, aggregated over "
-        f"{', '.join(over) or 'nothing'}; mean ± std over completed runs. Steps to threshold: first "
-        f"validation step with {THRESHOLD_TAG} ≤ {limit_text} (runs that reached it / completed runs).",
+        f"{', '.join(over) or 'nothing'}; mean ± std over completed runs. {threshold_text}",
         "",
         markdown_table(rows),
     ]

@@ -1,0 +1,75 @@
+"""What a user sees of a run: quiet, truthful output, one step numbering, job folders named by the sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rmsprop_lightning.logging.events import read_scalars
+from rmsprop_lightning.report.cli import main as report_main
+from tests.conftest import run_train
+
+SHORT = ("data.source.num_samples=2048", "trainer.max_steps=40")
+
+
+def test_a_piped_run_is_quiet_and_says_where_it_wrote(tmp_path):
+    result = run_train(tmp_path, *SHORT)
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[0].startswith("Run folder: ")
+    folder = Path(lines[0].removeprefix("Run folder: "))
+    assert lines[-1].startswith("Done: 40 steps") and str(folder) in lines[-1]
+    assert f"tensorboard --logdir {folder} --samples_per_plugin scalars=0" in lines[-1]
+    for noise in ("💡", "litlogger", "LeafSpec", "\r", "Traceback", "INFO: "):
+        assert noise not in output, noise
+    assert len(lines) == len(set(lines)), "a message was printed twice"
+
+
+def test_a_fit_shorter_than_an_epoch_validates_at_its_end(tmp_path):
+    run_train(tmp_path, *SHORT)  # 1639 training rows, batch 32: the first epoch ends at step 52
+    (folder,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    summary = json.loads((folder / "metrics.json").read_text())
+    scalars = read_scalars(folder / "tensorboard")
+    assert [step for step, _ in scalars["val/loss"]] == [40]
+    assert summary["best_step"]["val/loss"] == 40
+    assert sorted(path.name for path in (folder / "checkpoints").iterdir()) == [
+        "best-000040.ckpt",
+        "last.ckpt",
+    ]
+    assert {"test/loss", "test/rmse"} <= set(summary["final"])
+
+
+def test_steps_agree_between_tensorboard_checkpoints_metrics_and_report(tmp_path, capsys):
+    run_train(
+        tmp_path,
+        "-m",
+        "seed=0,1",
+        *SHORT,
+        "trainer.val_check_interval=20",
+        "trainer.check_val_every_n_epoch=null",
+    )
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job in sorted(path for path in sweep.iterdir() if path.is_dir()):
+        scalars = read_scalars(job / "tensorboard")
+        assert [step for step, _ in scalars["val/loss"]] == [20, 40]
+        best_step = json.loads((job / "metrics.json").read_text())["best_step"]["val/loss"]
+        assert (job / "checkpoints" / f"best-{best_step:06d}.ckpt").is_file()
+        assert [step for step, _ in scalars["train/loss"]] == list(range(40))
+    assert report_main([str(sweep)]) == 0
+    table = (sweep / "report.md").read_text()
+    assert "nan" not in table.split("\n\n")[0]
+
+
+def test_multirun_job_folders_name_only_the_keys_that_vary(tmp_path):
+    run_train(
+        tmp_path,
+        "-m",
+        "optimizer=rmsprop,rmsprop_centered",
+        "trainer=debug",
+        "seed=3",
+        "logger=none",
+        "callbacks=none",
+    )
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    assert jobs == ["0_optimizer=rmsprop", "1_optimizer=rmsprop_centered"]
