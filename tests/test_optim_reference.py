@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from rmsprop_lightning.optim import RMSprop
-from rmsprop_lightning.optim import functional as F
 
 STEPS = 50
 BASE = {"alpha": 0.9, "eps": 1e-6}
@@ -111,17 +110,7 @@ def cases() -> list:
     return result
 
 
-@pytest.fixture(autouse=True)
-def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Slices of 1 KiB, so that the 700-element tensor is updated in slices."""
-    monkeypatch.setattr(F, "CHUNK_BYTES", 1024)
-
-
-@pytest.mark.parametrize(
-    "implementation",
-    [{"fast": False}, {"fast": False, "foreach": True}, {"fast": True}],
-    ids=["single", "multi", "fast"],
-)
+@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}], ids=["single", "multi"])
 @pytest.mark.parametrize("options", cases())
 def test_matches_numpy_reference(options: dict, implementation: dict) -> None:
     generator = torch.Generator().manual_seed(0)

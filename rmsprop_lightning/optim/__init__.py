@@ -1,4 +1,4 @@
-"""RMSprop (a torch-compatible superset with a fused fast step) and its parameter groups."""
+"""RMSprop (a torch-compatible superset with an optional compiled step) and its parameter groups."""
 
 from rmsprop_lightning.optim import functional
 from rmsprop_lightning.optim.functional import init_state

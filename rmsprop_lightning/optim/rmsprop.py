@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.optim.compiled import FastStep
-from rmsprop_lightning.optim.functional import Hyper, Scratch, State, advance, init_state, rows, update
+from rmsprop_lightning.optim import compiled
+from rmsprop_lightning.optim.functional import State, advance, hyper, init_state, rows, update
 from rmsprop_lightning.optim.validation import validate_options
 
 
@@ -39,8 +40,7 @@ class RMSprop(torch.optim.RMSprop):
     Args:
         params: parameters or parameter groups.
         lr, alpha, eps, weight_decay, momentum, centered, maximize, foreach: as in torch
-            (``foreach`` picks the multi-tensor eager path, ``None`` per tensor by size;
-            every path gives the same bits).
+            (``foreach=None`` batches all tensors but large CPU ones; every eager path gives the same bits).
         eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
         initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
         lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
@@ -49,8 +49,9 @@ class RMSprop(torch.optim.RMSprop):
         bias_correction: divide the running averages by ``1 - alpha**t`` as optax does.
         decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of
             adding ``weight_decay * θ`` to the gradient.
-        fast: run each step as one fused kernel (see :mod:`~rmsprop_lightning.optim.compiled`);
-            ``None`` does so only where the compile cost is repaid, ``False`` never.
+        fast: run each step as one ``torch.compile``-d graph (see :mod:`~rmsprop_lightning.optim.compiled`),
+            equal to the eager step up to rounding; worth its compile time for large models on
+            long runs. If compiling fails it warns once and steps eagerly. ``None`` means ``False``.
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class RMSprop(torch.optim.RMSprop):
         nesterov: bool = False,
         bias_correction: bool = False,
         decoupled_weight_decay: bool = False,
-        fast: bool | None = None,
+        fast: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -93,8 +94,7 @@ class RMSprop(torch.optim.RMSprop):
             "fast": fast,
         }
         validate_options(defaults)
-        self._scratch = Scratch()
-        self._fast = FastStep()
+        self._fast_failed = False
         torch.optim.Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -108,8 +108,7 @@ class RMSprop(torch.optim.RMSprop):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        self.__dict__.setdefault("_scratch", Scratch())
-        self.__dict__.setdefault("_fast", FastStep())
+        self.__dict__.setdefault("_fast_failed", False)
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[State]]:
         """The group's parameters that have a gradient, their gradients and their (initialised) states."""
@@ -140,15 +139,32 @@ class RMSprop(torch.optim.RMSprop):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        compiled_parts: list[compiled.Part] = []
         for group in self.param_groups:
             params, grads, states = self._gather(group)
             if not params:
                 continue
-            hyper = Hyper.from_group(group)
-            corrections = advance(states, hyper.alpha, hyper.bias_correction)
-            rows_ = rows(params, grads, states)
-            if group["fast"] is not False:
-                rows_, corrections = self._fast(group["fast"], rows_, corrections, hyper, states[0]["step"])
-            if rows_:
-                update(rows_, corrections, hyper, foreach=group["foreach"], scratch=self._scratch)
+            variant, coefficients = hyper(group)
+            corrections = advance(states, group["alpha"], group["bias_correction"])
+            part = (rows(params, grads, states), corrections, variant, coefficients)
+            if group["fast"] and not self._fast_failed:
+                compiled_parts.append(part)
+            else:
+                update(*part, foreach=group["foreach"])
+        if compiled_parts:
+            self._compiled_step(compiled_parts)
         return loss
+
+    def _compiled_step(self, parts: list[compiled.Part]) -> None:
+        """The fast step of ``parts``; the eager one, after one warning, if ``torch.compile`` fails."""
+        try:
+            compiled.step(parts)
+        except Exception as error:  # any compiler failure (no C++ compiler, unsupported op, ...)
+            self._fast_failed = True
+            warnings.warn(
+                f"RMSprop fast step unavailable (torch.compile failed: {type(error).__name__}: {error}); "
+                "using the eager step",
+                stacklevel=3,
+            )
+            for part in parts:
+                update(*part, foreach=None)

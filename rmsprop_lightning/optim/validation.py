@@ -25,7 +25,7 @@ _FLAGS = (
     "bias_correction",
     "decoupled_weight_decay",
 )
-_OPTIONAL_FLAGS = ("foreach", "fast")
+_OPTIONAL_FLAGS = ("foreach", "fast")  # None: the default path for foreach, off for fast
 
 
 def _range_text(low: float, high: float, open_high: bool) -> str:
