@@ -24,7 +24,7 @@ COMMANDS = {
     "train.py --help": [sys.executable, TRAIN, "--help"],
     "train.py --cfg job": [sys.executable, TRAIN, "--cfg", "job"],
     "train.py --info defaults": [sys.executable, TRAIN, "--info", "defaults"],
-    "train.py -m --cfg job seed=0,1": [sys.executable, TRAIN, "-m", "--cfg", "job", "seed=0,1"],
+    "train.py -m --cfg job seed=0,1 (refused)": [sys.executable, TRAIN, "-m", "--cfg", "job", "seed=0,1"],
     "train.py optimizer=rmsprp (unknown option)": [sys.executable, TRAIN, "optimizer=rmsprp"],
     "train.py optimizer.lrr=0.1 (unknown key)": [sys.executable, TRAIN, "optimizer.lrr=0.1"],
     "train.py optimizer.alpha=1.5 (out of range)": [sys.executable, TRAIN, "optimizer.alpha=1.5"],
@@ -50,7 +50,7 @@ def main() -> None:
     rounds = parser.parse_args().rounds
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     with tempfile.TemporaryDirectory() as folder:
-        for name, command in COMMANDS.items():  # warm the file cache once
+        for command in COMMANDS.values():  # warm the file cache once
             wall_seconds(command, folder)
         for _ in range(rounds):
             for name, command in COMMANDS.items():

@@ -120,9 +120,10 @@ def discard_rejected_run() -> None:
     folder = Path(hydra_cfg.runtime.output_dir)
     allowed = HYDRA_RUN_FILES | {f"{hydra_cfg.job.name}.log"}
     if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= allowed:
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
-                root.removeHandler(handler)
-                handler.close()
+        loggers = [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]
+        for logger in loggers:
+            for handler in list(getattr(logger, "handlers", [])):
+                if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
+                    logger.removeHandler(handler)
+                    handler.close()
         shutil.rmtree(folder)

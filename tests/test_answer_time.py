@@ -15,7 +15,7 @@ COMMANDS = {
     "help": (["--help"], 0, "Configuration groups"),
     "config": (["--cfg", "job"], 0, "optimizer:"),
     "info": (["--info", "defaults"], 0, "Defaults List"),
-    "multirun config": (["-m", "--cfg", "job", "seed=0,1"], 0, "optimizer:"),
+    "multirun config": (["-m", "--cfg", "job", "seed=0,1"], 2, "--multirun and --cfg cannot be combined"),
     "unknown option": (["optimizer=rmsprp"], 2, "did you mean rmsprop?"),
     "unknown key": (["optimizer.lrr=0.1"], 2, "did you mean optimizer.lr?"),
     "out of range": (["optimizer.alpha=1.5"], 2, "optimizer.alpha must be in [0, 1)"),

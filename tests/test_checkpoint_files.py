@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.atomic import remove_stale_temporaries, replace_atomically
 from rmsprop_lightning.callbacks.random_state import RandomState
-from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 
 # rewrites a ~32 MB checkpoint through AtomicCheckpointIO until killed, counting versions
 WRITER = """

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.model import FeedForward
-from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

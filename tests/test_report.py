@@ -11,8 +11,8 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from rmsprop_lightning.report import cli as report
-from rmsprop_lightning.summary import write_summary
 from rmsprop_lightning.report.results import load_sweep
+from rmsprop_lightning.summary import write_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from rmsprop_lightning.app.sweep_record import job_folders
 from tests.conftest import QUICK, run_train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -21,6 +21,8 @@ from rmsprop_lightning.internals import hydra_argument_parser
 
 # flags that choose another primary config: the command line is then Hydra's to check
 OTHER_CONFIG = ("config_path", "config_name", "config_dir")
+# Hydra's flags that choose what the command does, of which one at most may be given
+MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "info"}
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
@@ -62,6 +64,9 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = hydra_argument_parser().parse_args(list(arguments))
+    modes = [flag for flag, given in MODES.items() if getattr(parsed, given)]
+    if len(modes) > 1:
+        raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         return list(arguments)
     try:

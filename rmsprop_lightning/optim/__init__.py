@@ -1,10 +1,24 @@
-"""RMSprop (a torch-compatible superset with an optional compiled step) and its parameter groups."""
+"""RMSprop (a torch-compatible superset with an optional compiled step) and its parameter groups.
 
-from rmsprop_lightning.optim import functional
-from rmsprop_lightning.optim.functional import init_state
-from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
-from rmsprop_lightning.optim.rmsprop import RMSprop
+The names load on first use, so the option checks in :mod:`~rmsprop_lightning.optim.validation`
+import without torch: a bad value on the command line answers before torch loads.
+"""
 
-# the functional core is ``rmsprop_lightning.optim.functional.rmsprop``; the name ``rmsprop`` here
-# stays the submodule defining the class, so ``rmsprop_lightning.optim.rmsprop.RMSprop`` resolves
-__all__ = ["RMSprop", "apply_lr_multipliers", "build_param_groups", "functional", "init_state"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "RMSprop": "rmsprop_lightning.optim.rmsprop",
+    "apply_lr_multipliers": "rmsprop_lightning.optim.param_groups",
+    "build_param_groups": "rmsprop_lightning.optim.param_groups",
+    "init_state": "rmsprop_lightning.optim.functional",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rmsprop_lightning.optim' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
