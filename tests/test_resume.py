@@ -54,7 +54,11 @@ EPOCH_END_RUN = replaced(
 # kill points of the default run and the checkpoint each resumes from: mid-epoch between
 # checkpoints, right after the checkpoint of step 15, during the validation at step 20
 # (whose checkpoint waits for the validation's end)
-DEFAULT_KILLS = (("train_batch_end:17", 15), ("train_batch_start:15", 15), ("validation_batch_end:20", 15))
+DEFAULT_KILLS = (
+    ("train_batch_end:17", 15),
+    pytest.param("train_batch_start:15", 15, marks=pytest.mark.slow),
+    ("validation_batch_end:20", 15),
+)
 HOOKS = ("train_batch_start", "before_optimizer_step", "train_batch_end")
 
 
