@@ -1,15 +1,28 @@
 """rmsprop-lightning: RMSprop for PyTorch Lightning, with a Hydra experiment template.
 
 The main classes are importable from the package; they load on first use, so tools
-that need none of them (``rmsprop-report``) do not pay for importing Lightning.
+that need none of them (``rmsprop-report``, a config check) do not pay for importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports each of ``exports`` (name → module) on first use."""
+
+    def load(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return load
+
 
 _EXPORTS = {
     "FeedForward": "rmsprop_lightning.model",
@@ -19,9 +32,4 @@ _EXPORTS = {
     "RegressionModule": "rmsprop_lightning.module",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rmsprop_lightning' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,10 +4,7 @@ The names load on first use, so the option checks in :mod:`~rmsprop_lightning.op
 import without torch: a bad value on the command line answers before torch loads.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from rmsprop_lightning import lazy_exports
 
 _EXPORTS = {
     "RMSprop": "rmsprop_lightning.optim.rmsprop",
@@ -16,9 +13,4 @@ _EXPORTS = {
     "init_state": "rmsprop_lightning.optim.functional",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rmsprop_lightning.optim' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
