@@ -91,9 +91,6 @@ class CheckpointBranch(Callback):
             return
         optimizers, schedulers = optimizers_and_schedulers(pl_module.configure_optimizers())
         saved_optimizers = checkpoint.get("optimizer_states", [])
-        kept = sorted(
-            {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
-        )
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)
@@ -102,9 +99,11 @@ class CheckpointBranch(Callback):
         for callback in trainer.checkpoint_callbacks:  # the new run's best checkpoint is its own
             if isinstance(callback, ModelCheckpoint):
                 checkpoint.get("callbacks", {}).pop(callback.state_key, None)
+        states = {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
+        kept = sorted(states - {"step"} - {change.removeprefix("new ") for change in changes})
         log.info(
             "Branching from a checkpoint at step %s: kept %s; %s",
             checkpoint.get("global_step"),
-            ", ".join(name for name in kept if name != "step") or "no optimizer state",
+            ", ".join(kept) or "no optimizer state",
             "; ".join(dict.fromkeys(changes)) or "the optimizer settings are the checkpoint's",
         )
