@@ -32,7 +32,15 @@ def only_sweep(root: Path, task: str = "train") -> Path:
 
 @pytest.mark.slow
 def test_multirun_writes_one_summary_per_job_and_a_report(tmp_path):
-    run_train(tmp_path, "-m", "optimizer=rmsprop,rmsprop_centered", "seed=0,1", *QUICK)
+    # the optimizer-state monitor follows log_every_n_steps: every 10 of the 30 steps
+    run_train(
+        tmp_path,
+        "-m",
+        "optimizer=rmsprop,rmsprop_centered",
+        "seed=0,1",
+        *QUICK,
+        "trainer.log_every_n_steps=10",
+    )
     sweep = only_sweep(tmp_path)
     jobs = job_folders(sweep)
     assert len(jobs) == 4
