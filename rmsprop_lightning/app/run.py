@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,10 +72,7 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
     ):
         return {}
     world = trainer.get("num_nodes", 1) * (trainer.devices if isinstance(trainer.get("devices"), int) else 1)
-    shard = math.ceil(len(datamodule.splits["train"][0]) / world)
-    epoch = (
-        shard // datamodule.batch_size if datamodule.drop_last else math.ceil(shard / datamodule.batch_size)
-    )
+    epoch = datamodule.train_batches(world)
     interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
     within = interval if isinstance(interval, int) else int(epoch * (1.0 if interval is None else interval))
     first = within if every is None else (every - 1) * epoch + within

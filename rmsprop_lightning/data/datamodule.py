@@ -104,6 +104,15 @@ class RegressionDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> InMemoryBatchLoader | list:
         return self._loaders.get(split, [])
 
+    def train_batches(self, world_size: int = 1) -> int:
+        """Training batches per epoch on each of ``world_size`` ranks, by the loader's own count."""
+        features, targets = self.splits["train"]
+        return len(
+            InMemoryBatchLoader(
+                features, targets, self.batch_size, drop_last=self.drop_last, world_size=world_size
+            )
+        )
+
     def train_dataloader(self) -> InMemoryBatchLoader:
         return self._loaders["train"]
 
