@@ -9,6 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import hydra
+from hydra_plugins.rmsprop_population.population_launcher import register as register_population_launcher
 from omegaconf import DictConfig
 
 from rmsprop_lightning.app.entry import run_app
@@ -43,5 +44,6 @@ def train_main() -> None:
     """``rmsprop-train [overrides]``: the template's training job."""
     exit_if_plugin_missing(sys.argv[1:])
     register_resolvers()
+    register_population_launcher()
     quiet_dependencies()
     run_app(_hydra_train, CONFIG_DIR)

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,8 @@ from rmsprop_lightning.errors import is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
+
+Trainer = Callable[[DictConfig, dict[str, Any]], "float | None"]
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -97,10 +99,24 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
     return fields, hydra_cfg.get("launcher"), hydra_cfg.mode == RunMode.MULTIRUN
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """Checks the config, runs ``run(cfg)`` and records the job; returns the optimized metric, if finite.
+def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
+    """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails)."""
+    from rmsprop_lightning.app.run import run
+    from rmsprop_lightning.callbacks.fit_stats import FitStats
 
-    torch and Lightning are imported only once the config passed its checks, so a typo answers at once.
+    stats = FitStats()
+    try:
+        return run(cfg, extra_callbacks=[stats])
+    finally:
+        fields.update(stats.fields())
+
+
+def run_job(cfg: DictConfig, train: Trainer = train_alone) -> float | None:
+    """Checks the config, trains (``run(cfg)`` by default) and records the job; returns the optimized
+    metric, if finite.
+
+    ``train(cfg, fields)`` returns the metric and adds the summary's fields. torch and Lightning
+    are imported only once the config passed its checks, so a typo answers at once.
     """
     started = time.time()
     clock = time.perf_counter()
@@ -121,17 +137,10 @@ def run_job(cfg: DictConfig) -> float | None:
         )
     try:
         validate_config(cfg)
-        from rmsprop_lightning.app.run import run
-        from rmsprop_lightning.callbacks.fit_stats import FitStats
-
-        stats = FitStats()
         threads = resolve_threads(cfg.get("threads_per_job"), launcher)
         with torch_threads(threads):
             fields["threads"] = threads or torch_thread_count()
-            try:
-                value = run(cfg, extra_callbacks=[stats])
-            finally:
-                fields.update(stats.fields())
+            value = train(cfg, fields)
     except Exception as error:
         if writes:
             _finish(output_dir, "failed", clock, error=f"{type(error).__name__}: {error}", **fields)

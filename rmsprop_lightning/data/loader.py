@@ -80,8 +80,7 @@ class InMemoryBatchLoader:
             self.epoch += int(self.shuffle)
             self._position = 0
         indices = self.shard_indices(self.epoch).to(self.features.device)
-        features = self.features.index_select(0, indices)
-        targets = self.targets.index_select(0, indices)
+        features, targets = self.features[indices], self.targets[indices]
         while self._position < end:
             start = self._position
             self._position = min(start + self.batch_size, end)

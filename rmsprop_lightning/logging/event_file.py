@@ -1,0 +1,49 @@
+"""A TensorBoard event file written in the caller's thread, for runs whose events are all known at once.
+
+``SummaryWriter`` hands each event to a writer thread through a queue, which costs more than
+the record itself; a population writes every member's whole run in one go, so it writes
+records directly with TensorBoard's :class:`RecordWriter`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+_file_numbers = itertools.count()
+
+
+class EventFile:
+    """One ``events.out.tfevents.*`` file in ``log_dir``, named as TensorBoard names its own."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        self.path = Path(log_dir) / f"{name}.{next(_file_numbers)}"
+        self._file = self.path.open("wb")
+        self._records = RecordWriter(self._file)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def summary(self, summary: Summary, step: int) -> None:
+        """Writes ``summary`` at ``step``."""
+        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        """Writes ``metrics`` at ``step`` as one event."""
+        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
+        self.summary(Summary(value=values), step)
+
+    def close(self) -> None:
+        """Flushes and closes the file."""
+        self._file.close()

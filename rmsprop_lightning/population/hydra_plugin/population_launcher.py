@@ -1,0 +1,41 @@
+"""``hydra/launcher=population``: Hydra's view of the population launcher (imports only Hydra)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class PopulationLauncher(Launcher):
+    """Trains the jobs of a sweep that differ only in optimizer, scheduler and seed as one stacked model.
+
+    ``cpus_per_task``: torch threads of the process (``threads_per_job=auto`` takes it).
+    """
+
+    def __init__(self, cpus_per_task: int | None = 1) -> None:
+        self.cpus_per_task = cpus_per_task
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from rmsprop_lightning.population.launcher import launch
+
+        return launch(self, job_overrides, initial_job_idx)
+
+
+def register() -> Any:
+    """Registers the launcher with Hydra where its plugin scan does not reach (editable installs)."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(PopulationLauncher)

@@ -1,0 +1,111 @@
+"""The sweep as populations: compose every job, group those that can train together, train, write each job.
+
+Jobs whose configs differ only in the optimizer's settings, the scheduler's and the seed (and
+whose data come out the same) form one population. The others, and any job that cannot join
+one (the launcher says why in one line), run one by one as the basic launcher runs them. Every
+job gets its own folder, written through Hydra's ``run_job``, so the sweep looks the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from omegaconf import DictConfig, open_dict
+
+from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
+from rmsprop_lightning.app.jobs import run_job as run_recorded_job
+from rmsprop_lightning.errors import reported_errors
+from rmsprop_lightning.population.members import Member, build_member, solo_reason
+from rmsprop_lightning.population.outputs import PopulationRecord, write_member
+from rmsprop_lightning.population.train import train_population
+
+log = logging.getLogger(__name__)
+
+SWEEP_KEYS = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
+
+
+def job_configs(launcher: Any, job_overrides: Sequence[Sequence[str]], first: int) -> list[DictConfig]:
+    """Every job's composed config, numbered as the basic launcher numbers them."""
+    configs = []
+    for index, overrides in enumerate(job_overrides, start=first):
+        log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = index
+        configs.append(config)
+    return configs
+
+
+def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictConfig]]:
+    """The populations (members in job order) and the jobs that run alone."""
+    populations: dict[str, list[Member]] = {}
+    alone: list[DictConfig] = []
+    for config in configs:
+        number = config.hydra.job.num
+        reason = solo_reason(config)
+        if reason is not None:
+            log.info("Job #%d runs alone: %s", number, reason)
+            alone.append(config)
+            continue
+        HydraConfig.instance().set_config(config)
+        try:
+            member = build_member(number, config)
+        except Exception:  # its own run reports the error in its folder
+            alone.append(config)
+            continue
+        populations.setdefault(member.key, []).append(member)
+    for members in [m for m in populations.values() if len(m) == 1]:
+        alone.append(members[0].cfg)
+    return [m for m in populations.values() if len(m) > 1], alone
+
+
+def write_job(member: Member, record: PopulationRecord, index: int, threads: int, cfg: DictConfig) -> Any:
+    """The member's Hydra task: its job record around the writing of its outputs."""
+
+    def write(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
+        fields["threads"] = threads
+        return write_member(cfg, member, record, index, fields)
+
+    with reported_errors():
+        return run_recorded_job(cfg, train=write)
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """``Launcher.launch``: trains the populations one after another, then the jobs that run alone."""
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    log.info("Launching %d jobs as populations", len(job_overrides))
+    configs = job_configs(launcher, job_overrides, initial_job_idx)
+    populations, alone = group(configs)
+    returns: dict[int, JobReturn] = {}
+    for members in populations:
+        log.info("Population of %d: jobs %s", len(members), ", ".join(f"#{m.job}" for m in members))
+        threads = resolve_threads(members[0].cfg.get("threads_per_job"), config.hydra.launcher) or 1
+        with torch_threads(threads):
+            result = train_population(members)
+        record = PopulationRecord(result)
+        for index, member in enumerate(members):
+            task = functools.partial(write_job, member, record, index, threads)
+            returns[member.job] = run_job(
+                hydra_context=launcher.hydra_context, task_function=task, config=member.cfg, **SWEEP_KEYS
+            )
+            configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        if result.interrupted is not None:
+            raise result.interrupted
+    for job in alone:
+        returns[job.hydra.job.num] = run_job(
+            hydra_context=launcher.hydra_context,
+            task_function=launcher.task_function,
+            config=job,
+            **SWEEP_KEYS,
+        )
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return [returns[number] for number in sorted(returns)]

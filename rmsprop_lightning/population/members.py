@@ -1,0 +1,105 @@
+"""Which jobs of a sweep can train together, and each member's objects built as its solo run builds them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rmsprop_lightning.app.config_checks import validate_config
+from rmsprop_lightning.app.run import build_model, build_module
+from rmsprop_lightning.app.validation import check_data, check_targets, input_errors
+from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.module import RegressionModule
+from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
+
+OPTIMIZERS = ("rmsprop_lightning.optim.RMSprop", "torch.optim.RMSprop")
+MODELS = ("rmsprop_lightning.model.FeedForward",)
+DATA = ("rmsprop_lightning.data.RegressionDataModule",)
+# the callbacks a population reproduces for its members (others need a run of their own)
+CALLBACKS = (
+    "lightning.pytorch.callbacks.ModelCheckpoint",
+    "rmsprop_lightning.callbacks.LastCheckpoint",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
+    "rmsprop_lightning.callbacks.OptimizerStateMonitor",
+    "lightning.pytorch.callbacks.TQDMProgressBar",
+)
+# what members may differ in: the rest of their configs must be equal
+MEMBER_KEYS = ("optimizer", "seed", "hydra")
+
+
+@dataclasses.dataclass
+class Member:
+    """One job of the sweep, built as its solo run would build it."""
+
+    job: int  # its index among the launched jobs
+    cfg: DictConfig
+    datamodule: RegressionDataModule
+    module: RegressionModule
+    optimizer: torch.optim.Optimizer  # its own optimizer: settings, and learning rates its scheduler sets
+    scheduler: Any | None
+    key: str  # members with equal keys form one population
+
+
+def solo_reason(cfg: DictConfig) -> str | None:
+    """Why the job needs a run of its own, or ``None`` when it can join a population."""
+    trainer = cfg.trainer
+    checks = {
+        f"optimizer {cfg.optimizer.get('_target_')} is not RMSprop": cfg.optimizer.get("_target_")
+        in OPTIMIZERS,
+        f"model {cfg.model.get('_target_')} is not FeedForward": cfg.model.get("_target_") in MODELS,
+        "model.dropout > 0": not cfg.model.get("dropout"),
+        f"data {cfg.data.get('_target_')} is not RegressionDataModule": cfg.data.get("_target_") in DATA,
+        "it uses several devices": trainer.get("devices", 1) in (1, "1", "auto", None)
+        and trainer.get("num_nodes", 1) == 1
+        and trainer.get("strategy", "auto") in ("auto", None),
+        "trainer.gradient_clip_val is set": not trainer.get("gradient_clip_val"),
+        "trainer.accumulate_grad_batches > 1": trainer.get("accumulate_grad_batches", 1) == 1,
+        "it starts from a checkpoint": not cfg.get("ckpt_path") and not cfg.get("resume"),
+        "train=false": cfg.get("train", True),
+    }
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if isinstance(entry, DictConfig) and entry.get("_target_") not in (None, *CALLBACKS):
+            checks[f"callbacks.{name} ({entry._target_})"] = False
+    return next((reason for reason, fine in checks.items() if not fine), None)
+
+
+def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
+    """The config but what members may differ in, and a fingerprint of the data's splits."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    for key in MEMBER_KEYS:
+        config.pop(key, None)
+    config.get("scheduler", {}).pop("scheduler", None)
+    digest = hashlib.sha1()
+    for features, targets in datamodule.splits.values():
+        for tensor in (features, targets):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return json.dumps(config, sort_keys=True, default=str) + digest.hexdigest()
+
+
+def build_member(job: int, cfg: DictConfig) -> Member:
+    """Seeds, then builds data, model, module, optimizer and scheduler in the order ``run`` does."""
+    validate_config(cfg)
+    check_targets(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    with input_errors():
+        datamodule = instantiate(cfg.data)
+        model = build_model(cfg, datamodule)
+        check_data(cfg, datamodule)
+        module = build_module(cfg, model)
+        groups = build_param_groups(
+            module.model,
+            no_weight_decay_on_bias=module.hparams.no_weight_decay_on_bias,
+            lr_multipliers=module.hparams.lr_multipliers,
+        )
+        optimizer = module.optimizer_factory(groups)
+        apply_lr_multipliers(optimizer)
+        scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None
+    return Member(job, cfg, datamodule, module, optimizer, scheduler, population_key(cfg, datamodule))

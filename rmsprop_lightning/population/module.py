@@ -1,0 +1,212 @@
+"""The LightningModule of a population: every member's loss, step, validation and test at once.
+
+Lightning runs one loop for all members, so its loop state (steps, epochs, the loader's
+position) is each member's. Per-member values stay on the device until the run ends:
+the loss of every step, the optimizer-state norms and learning rates at the monitor's
+interval, every validation and the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from rmsprop_lightning.module import LOSSES
+from rmsprop_lightning.population.optim import StackedRMSprop, StackedStateNorms
+from rmsprop_lightning.population.stacked import StackedFeedForward
+
+Batch = tuple[Tensor, Tensor]
+
+
+class MemberSchedulers:
+    """Each member's scheduler, stepped together; Lightning times them as it would one member's."""
+
+    def __init__(self, optimizer: StackedRMSprop, schedulers: Sequence[Any]) -> None:
+        self.optimizer = optimizer
+        self.schedulers = list(schedulers)
+
+    def step(self, metrics: Tensor | None = None) -> None:
+        """Steps every member's scheduler; a plateau scheduler gets its member's monitored value."""
+        values = [None] * len(self.schedulers) if metrics is None else metrics.tolist()
+        for scheduler, value in zip(self.schedulers, values, strict=True):
+            scheduler.step() if value is None else scheduler.step(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"members": [scheduler.state_dict() for scheduler in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for scheduler, member in zip(self.schedulers, state["members"], strict=True):
+            scheduler.load_state_dict(member)
+
+
+class PopulationModule(pl.LightningModule):
+    """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` built on the members' optimizers.
+
+    ``shadows`` are the members' own optimizers (their settings and, through their
+    ``schedulers``, their learning rates); ``param_groups`` the stacked parameters' groups,
+    aligned with the shadows'. ``monitor_every`` and ``lr_every`` are the intervals of the
+    optimizer-state norms and of the learning rates (``None``: not recorded).
+    """
+
+    def __init__(
+        self,
+        model: StackedFeedForward,
+        param_groups: list[dict[str, Any]],
+        shadows: Sequence[torch.optim.Optimizer],
+        schedulers: Sequence[Any] = (),
+        scheduler_settings: dict[str, Any] | None = None,
+        loss: str = "mse",
+        monitor_every: int | None = None,
+        lr_every: int | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.param_groups = param_groups
+        self.shadows = list(shadows)
+        self.schedulers = list(schedulers)
+        self.scheduler_settings = scheduler_settings or {}
+        self.criterion = LOSSES[loss](reduction="none")
+        self.monitor_every = monitor_every
+        self.lr_every = lr_every
+        self.skip_nonfinite = skip_nonfinite
+        self.step_losses: list[Tensor] = []  # [P] per step
+        self.norm_records: list[tuple[int, Tensor]] = []  # (step, [P, K])
+        self.norms: StackedStateNorms | None = None
+        self.lr_records: list[tuple[int, list[list[float]]]] = []  # (step, lr per member and group)
+        self.validations: list[tuple[int, dict[str, Tensor]]] = []  # (step, {tag: [P]})
+        self.tests: dict[str, Tensor] = {}
+        self.best_loss: Tensor | None = None
+        self.best_step: Tensor | None = None
+        self.best_params: dict[str, Tensor] = {}
+
+    @property
+    def optimizer(self) -> StackedRMSprop:
+        return self.optimizers().optimizer
+
+    def member_losses(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Each member's mean loss on ``batch`` (``[P]``) and its predictions ``[P, B, out]``."""
+        features, targets = batch
+        if features.dim() == 3:  # [B, P, in] training batches: one batch per member
+            features, targets = features.transpose(0, 1), targets.transpose(0, 1)
+        predictions = self.model(features)
+        targets = targets.expand_as(predictions)
+        return self.criterion(predictions, targets).mean(dim=(1, 2)), predictions
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        losses, _ = self.member_losses(batch)
+        self.step_losses.append(losses.detach())
+        return losses.sum()  # each member's gradient is that of its own loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.lr_every and (self.trainer.global_step + 1) % self.lr_every == 0:
+            lrs = [[group["lr"] for group in shadow.param_groups] for shadow in self.shadows]
+            self.lr_records.append((self.trainer.global_step, lrs))
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        logged = self.monitor_every and (self.trainer.global_step + 1) % self.monitor_every == 0
+        params = [param for group in self.param_groups for param in group["params"]]
+        minus_before = [-param.detach() for param in params] if logged else None
+        optimizer.step(closure=optimizer_closure)
+        if minus_before is not None:
+            self.norms = self.norms or StackedStateNorms(self.optimizer)
+            self.norm_records.append((self.trainer.global_step, self.norms.values(minus_before)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._totals: dict[str, Tensor] = {}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _evaluate(self, batch: Batch) -> None:
+        """Adds the batch's per-member loss sum, squared error and target sums to the epoch's totals."""
+        losses, predictions = self.member_losses(batch)
+        targets = batch[1].double()
+        count = targets.shape[0]
+        errors = (predictions.double() - targets).pow(2).sum(dim=(1, 2))
+        columns = {
+            "loss": losses.double() * count,
+            "sse": errors,
+            "count": targets.new_full(losses.shape, count),
+            "elements": targets.new_full(losses.shape, targets.numel()),
+            "sum": targets.sum().expand_as(errors),
+            "sum_sq": targets.pow(2).sum().expand_as(errors),
+        }
+        for name, value in columns.items():
+            self._totals[name] = self._totals.get(name, 0) + value
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def _scores(self, stage: str) -> dict[str, Tensor]:
+        """``<stage>/loss``, ``/rmse`` (and ``/r2`` on test) per member from the epoch's totals."""
+        t = self._totals
+        scores = {f"{stage}/loss": t["loss"] / t["count"], f"{stage}/rmse": (t["sse"] / t["elements"]).sqrt()}
+        if stage == "test":
+            variance_sum = t["sum_sq"] - t["sum"] * t["sum"] / t["elements"]
+            scores["test/r2"] = 1 - t["sse"] / variance_sum
+        return {tag: value.float() for tag, value in scores.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._totals:
+            return
+        scores = self._scores("val")
+        step = self.trainer.global_step
+        self.validations.append((step, scores))
+        self._keep_best(scores["val/loss"], step)
+        alive = self.optimizer.alive if self.optimizer.state else None
+        loss = scores["val/loss"] if alive is None else scores["val/loss"][alive]
+        self.log("val/loss", loss.mean())  # for Lightning: the plateau scheduler's monitor
+
+    def _keep_best(self, loss: Tensor, step: int) -> None:
+        """Keeps each live member's parameters at its lowest ``val/loss`` (ties keep the earlier)."""
+        alive = self.optimizer.alive
+        if self.best_loss is None:
+            self.best_loss = torch.full_like(loss, float("inf"))
+            self.best_step = torch.full_like(loss, -1, dtype=torch.long)
+        better = alive & (loss < self.best_loss)
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.best_step = torch.where(better, step, self.best_step)
+        for name in self.model.names:
+            param = self.model.stacked(name).detach()
+            mask = better.view(-1, *[1] * (param.dim() - 1))
+            self.best_params[name] = torch.where(mask, param, self.best_params.get(name, param))
+
+    def best_member_state(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s parameters at its best validation, under ``FeedForward``'s names."""
+        return {name: best[index].clone() for name, best in self.best_params.items()}
+
+    def on_test_epoch_end(self) -> None:
+        self.tests = self._scores("test")
+
+    def use_best_parameters(self) -> None:
+        """Puts each member that validated at its best parameters, as testing its best checkpoint does."""
+        if self.best_step is None:
+            return
+        validated = self.best_step >= 0
+        with torch.no_grad():
+            for name, best in self.best_params.items():
+                param = self.model.stacked(name)
+                param.copy_(torch.where(validated.view(-1, *[1] * (param.dim() - 1)), best, param))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = StackedRMSprop(self.param_groups, self.shadows, skip_nonfinite=self.skip_nonfinite)
+        if not self.schedulers:
+            return optimizer
+        scheduler = {"scheduler": MemberSchedulers(optimizer, self.schedulers), **self.scheduler_settings}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def lr_scheduler_step(self, scheduler: MemberSchedulers, metric: Any) -> None:
+        """Steps the members' schedulers; a plateau scheduler follows each member's own ``val/loss``."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(self.validations[-1][1][self.scheduler_settings["monitor"]])

@@ -1,0 +1,239 @@
+"""Each member's outputs, as its solo run leaves them: scalars, TensorBoard events, checkpoints, summary."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+from torch.utils.tensorboard.summary import custom_scalars
+
+from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.run import instantiate_entries
+from rmsprop_lightning.callbacks import LastCheckpoint
+from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
+from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
+from rmsprop_lightning.callbacks.random_state import RandomState
+from rmsprop_lightning.logging.event_file import EventFile
+from rmsprop_lightning.logging.tensorboard import (
+    TensorBoardRunLogger,
+    hparams_summaries,
+    is_better,
+    run_hparams,
+)
+from rmsprop_lightning.population.members import Member
+from rmsprop_lightning.population.train import PopulationResult
+from rmsprop_lightning.summary import write_summary
+
+Scalars = dict[int, dict[str, float]]  # step -> {tag: value}
+
+
+def lr_tags(optimizer: torch.optim.Optimizer) -> list[str]:
+    """The learning-rate keys ``LearningRateMonitor`` gives ``optimizer``'s groups."""
+    name = f"lr-{type(optimizer).__name__}"
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return [name]
+    return [f"{name}/{group.get('name') or f'pg{index + 1}'}" for index, group in enumerate(groups)]
+
+
+class PopulationRecord:
+    """The population's recorded values on the host, read once for all members."""
+
+    def __init__(self, result: PopulationResult) -> None:
+        module = result.module
+        optimizer = module.optimizer
+        self.result = result
+        self.losses = torch.stack(module.step_losses).T.tolist() if module.step_losses else []
+        self.frozen_at = optimizer.frozen_at.tolist()
+        self.skipped = optimizer.skipped.tolist()
+        self.norm_names = module.norms.names if module.norms else []
+        self.norm_applies = module.norms.applies.tolist() if module.norms else []
+        self.norms = [(step, values.tolist()) for step, values in module.norm_records]
+        self.validations = [
+            (s, {tag: v.tolist() for tag, v in scores.items()}) for s, scores in module.validations
+        ]
+        self.tests = {tag: value.tolist() for tag, value in module.tests.items()}
+        self.best_step = module.best_step.tolist() if module.best_step is not None else None
+        checkpoint = result.checkpoint or {}
+        self.global_step = checkpoint.get("global_step", len(self.losses))
+        self.epoch = checkpoint.get("epoch", 0)
+
+    def last_step(self, index: int) -> int:
+        """The member's steps done: all of them, or up to the step it diverged at."""
+        frozen = self.frozen_at[index]
+        return self.global_step if frozen < 0 else frozen
+
+    def scalars(self, index: int, member: Member) -> Scalars:
+        """Every value the member's solo run would log, by step."""
+        end = self.last_step(index)
+        scalars: Scalars = collections.defaultdict(dict)
+        for step, loss in enumerate(self.losses[index][: end + 1]):
+            scalars[step]["train/loss"] = loss
+        for step, lrs in self.result.module.lr_records:
+            if step < end:
+                scalars[step].update(zip(lr_tags(member.optimizer), lrs[index], strict=True))
+        applies = self.norm_applies[index] if self.norm_applies else []
+        for step, rows in self.norms:
+            if step < end:
+                row = zip(self.norm_names, rows[index], applies, strict=True)
+                scalars[step].update({name: value for name, value, used in row if used})
+        for step, scores in self.validations:
+            if step <= end:
+                scalars[step].update({tag: values[index] for tag, values in scores.items()})
+        if self.tests and self.frozen_at[index] < 0:
+            scalars[end].update({tag: values[index] for tag, values in self.tests.items()})
+            scalars[end]["epoch"] = float(self.epoch)
+        return scalars
+
+
+def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> dict[str, Any]:
+    """The ``metrics.json`` fields a solo run's ``FitStats`` gives: steps, final and best values."""
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    best_step: dict[str, int] = {}
+    for step in sorted(scalars):
+        for tag, value in scalars[step].items():
+            if tag.startswith(("val/", "lr-", "test/")):
+                final[tag] = value
+            if tag.startswith("val/") and is_better(
+                value, best.get(tag), "max" if tag.endswith("r2") else "min"
+            ):
+                best[tag], best_step[tag] = value, step
+    return {
+        "fit_seconds": record.result.fit_seconds,
+        "steps": record.last_step(index),
+        "final": final,
+        "best": best,
+        "best_step": best_step,
+        "population": {"members": len(record.frozen_at), "member": index},
+    }
+
+
+def write_tensorboard(logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any]) -> None:
+    """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass."""
+    events = EventFile(logger.log_dir)
+    best: dict[str, float] = {}
+    tracked = [(tag, mode) for tag, mode in logger.hparams_metrics.items() if mode != "last"]
+    for step in sorted(scalars):
+        metrics = scalars[step]
+        for tag, mode in tracked:
+            if tag in metrics and is_better(metrics[tag], best.get(tag), mode):
+                best[tag] = metrics[tag]
+        events.scalars({f"{logger.tag_prefix}{tag}": value for tag, value in metrics.items()}, step)
+    last = max(scalars, default=0)
+    optim = [tag for metrics in scalars.values() for tag in metrics if tag.startswith("optim/")]
+    if optim:
+        events.summary(custom_scalars(custom_scalars_layout(dict.fromkeys(optim))), last)
+    if best:
+        events.scalars({f"{tag}_best": value for tag, value in best.items()}, last)
+    for summary in hparams_summaries(params, logger.metric_tags):
+        events.summary(summary, last)
+    events.close()
+
+
+def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars) -> None:
+    """Hands the member's scalars to the loggers its config names."""
+    for logger in instantiate_entries(cfg.get("logger")):
+        logger: Logger
+        logger.log_hyperparams(member.module.hparams)
+        if isinstance(logger, TensorBoardRunLogger):
+            write_tensorboard(logger, scalars, run_hparams(cfg))
+        else:
+            for step in sorted(scalars):
+                logger.log_metrics(scalars[step], step)
+        logger.save()
+        if not isinstance(logger, TensorBoardRunLogger):
+            logger.finalize("success")
+
+
+def member_weights(
+    record: PopulationRecord, index: int, checkpoint: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The member's ``RegressionModule`` state dict from the population's state dict."""
+    model = record.result.module.model
+    return {
+        f"model.{name}": checkpoint["state_dict"][f"model.{model.attribute(name)}"][index].clone()
+        for name in model.names
+    }
+
+
+def write_checkpoints(
+    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, scalars: Scalars
+) -> None:
+    """``last.ckpt`` (continues as a solo run with ``resume=``) and the best checkpoint (weights)."""
+    population = record.result.checkpoint
+    callbacks = instantiate_entries(cfg.get("callbacks"))
+    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    if population is None or last is None:
+        return
+    module = member.module
+    io = AtomicCheckpointIO()
+    states: dict[str, Any] = {RandomState().state_key: RandomState().state_dict()}
+    guard = DivergenceGuard(cfg.get("on_nonfinite", "stop"))
+    states[guard.state_key] = {"skipped": record.skipped[index]}
+    final = {
+        tag: torch.tensor(value)
+        for step in sorted(scalars)
+        for tag, value in scalars[step].items()
+        if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
+    }
+    states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
+    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_step = record.best_step[index] if record.best_step else -1
+    if best is not None and best_step >= 0:
+        path = Path(best.format_checkpoint_name({"step": torch.tensor(best_step)}))
+        score = torch.tensor(dict(record.validations)[best_step][best.monitor][index])
+        module.load_state_dict(
+            {f"model.{name}": value for name, value in record.result.module.best_member_state(index).items()}
+        )
+        io.save_checkpoint(
+            {
+                "epoch": record.epoch,
+                "global_step": best_step,
+                "pytorch-lightning_version": lightning.__version__,
+                "state_dict": module.state_dict(),
+                "hparams_name": None,
+                "hyper_parameters": dict(module.hparams),
+            },
+            path,
+        )
+        best.best_model_path = best.kth_best_model_path = str(path)
+        best.best_model_score = best.kth_value = best.current_score = score
+        best.best_k_models = {str(path): score}
+        states[best.state_key] = best.state_dict()
+    schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
+    checkpoint = {
+        **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
+        "state_dict": member_weights(record, index, population),
+        "callbacks": states,
+        "optimizer_states": [record.result.module.optimizer.member_state_dict(index)],
+        "lr_schedulers": schedulers,
+        "hparams_name": None,
+        "hyper_parameters": dict(module.hparams),
+    }
+    io.save_checkpoint(checkpoint, last.dirpath / "last.ckpt")
+
+
+def write_member(
+    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, fields: dict[str, Any]
+) -> float | None:
+    """Writes the member's outputs into its job folder; returns its optimized metric."""
+    scalars = record.scalars(index, member)
+    fields.update(summary_fields(record, index, scalars))
+    frozen = record.frozen_at[index]
+    if frozen >= 0:
+        loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
+        message = (
+            f"training diverged at step {frozen}: non-finite loss or parameters (loss {loss:.6g}); "
+            f"{likely_cause(member.optimizer, loss == loss and abs(loss) != float('inf'))}"
+        )
+        write_summary(cfg.paths.output_dir, status="diverged", error=message, diverged_at_step=frozen)
+    write_loggers(cfg, member, scalars)
+    write_checkpoints(cfg, member, record, index, scalars)
+    return fields["final"].get(cfg.get("optimized_metric") or "")

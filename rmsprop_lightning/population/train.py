@@ -1,0 +1,126 @@
+"""Trains one population: the members' solo fits as one Lightning fit of the stacked model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
+from omegaconf import DictConfig
+
+from rmsprop_lightning.app.run import validation_at_the_end
+from rmsprop_lightning.callbacks import LastCheckpoint
+from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
+from rmsprop_lightning.errors import InterruptedRun
+from rmsprop_lightning.population.data import PopulationDataModule
+from rmsprop_lightning.population.members import Member
+from rmsprop_lightning.population.module import PopulationModule
+from rmsprop_lightning.population.stacked import StackedFeedForward
+
+
+class CapturedCheckpoint(CheckpointIO):
+    """Keeps the last checkpoint Lightning saves in memory: the members' checkpoints are cut from it."""
+
+    def __init__(self) -> None:
+        self.checkpoint: dict[str, Any] | None = None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        self.checkpoint = copy.deepcopy(checkpoint)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        raise NotImplementedError("a population starts from scratch")
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Nothing was written."""
+
+
+@dataclasses.dataclass
+class PopulationResult:
+    """What the members' outputs are made of."""
+
+    module: PopulationModule
+    checkpoint: dict[str, Any] | None  # the population's state when training stopped
+    fit_seconds: float
+    interrupted: InterruptedRun | None  # the stop a signal asked for, raised once the members are written
+
+
+def monitor_interval(cfg: Any) -> int | None:
+    """The optimizer-state monitor's interval of the members' solo runs (``None`` without the monitor)."""
+    monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor")
+    if not monitor:
+        return None
+    return monitor.get("every_n_steps") or cfg.trainer.get("log_every_n_steps") or 50
+
+
+def lr_interval(cfg: Any) -> int | None:
+    """The step interval of the solo run's learning-rate curves (``None`` without a monitor)."""
+    callbacks = [c for c in (cfg.get("callbacks") or {}).values() if isinstance(c, DictConfig)]
+    if not any(str(c.get("_target_")).endswith("LearningRateMonitor") for c in callbacks):
+        return None
+    return cfg.trainer.get("log_every_n_steps") or 50
+
+
+def build_population(members: Sequence[Member]) -> PopulationModule:
+    """The stacked model and the members' optimizers, in one module."""
+    first = members[0]
+    stacked = StackedFeedForward([member.module.model for member in members])
+    names = {id(param): name for name, param in first.module.model.named_parameters()}
+    groups = [
+        {
+            "params": [stacked.stacked(names[id(param)]) for param in group["params"]],
+            "name": group.get("name"),
+        }
+        for group in first.optimizer.param_groups
+    ]
+    hparams = first.module.hparams
+    schedulers = [member.scheduler for member in members if member.scheduler is not None]
+    settings = {"interval": hparams.scheduler_interval, "frequency": hparams.scheduler_frequency}
+    if hparams.scheduler_monitor is not None:
+        settings.update(monitor=hparams.scheduler_monitor, reduce_on_plateau=True)
+    return PopulationModule(
+        stacked,
+        groups,
+        [member.optimizer for member in members],
+        schedulers,
+        settings,
+        loss=hparams.loss,
+        monitor_every=monitor_interval(first.cfg),
+        lr_every=lr_interval(first.cfg),
+        skip_nonfinite=first.cfg.get("on_nonfinite") == "skip",
+    )
+
+
+def train_population(members: Sequence[Member]) -> PopulationResult:
+    """Fits the members together, then tests each at its best validation, as its solo run would."""
+    cfg = members[0].cfg
+    module = build_population(members)
+    datamodule = PopulationDataModule(members[0].datamodule, [m.datamodule.shuffle_seed for m in members])
+    captured = CapturedCheckpoint()
+    with tempfile.TemporaryDirectory() as scratch:
+        callbacks = [LastCheckpoint(scratch, every_n_train_steps=10**9), GracefulInterrupt()]
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            plugins=[captured],
+            **validation_at_the_end(cfg, members[0].datamodule),
+        )
+        start = time.perf_counter()
+        interrupted = None
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except InterruptedRun as stop:
+            interrupted = stop
+        fit_seconds = time.perf_counter() - start
+    if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
+        module.use_best_parameters()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted)
