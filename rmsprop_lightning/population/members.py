@@ -30,8 +30,8 @@ CALLBACKS = (
     "rmsprop_lightning.callbacks.OptimizerStateMonitor",
     "lightning.pytorch.callbacks.TQDMProgressBar",
 )
-# what members may differ in: the rest of their configs must be equal
-MEMBER_KEYS = ("optimizer", "seed", "hydra")
+# what members may differ in (where they write, too): the rest of their configs must be equal
+MEMBER_KEYS = ("optimizer", "seed", "hydra", "paths")
 
 
 @dataclasses.dataclass

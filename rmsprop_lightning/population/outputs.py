@@ -9,7 +9,8 @@ from typing import Any
 import lightning
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import custom_scalars
 
@@ -138,18 +139,17 @@ def write_tensorboard(logger: TensorBoardRunLogger, scalars: Scalars, params: di
 
 
 def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars) -> None:
-    """Hands the member's scalars to the loggers its config names."""
+    """Hands the member's scalars and hyper-parameters to the loggers its config names."""
     for logger in instantiate_entries(cfg.get("logger")):
-        logger: Logger
         logger.log_hyperparams(member.module.hparams)
-        if isinstance(logger, TensorBoardRunLogger):
+        if isinstance(logger, TensorBoardRunLogger):  # its writer stays closed: the file is written here
             write_tensorboard(logger, scalars, run_hparams(cfg))
-        else:
-            for step in sorted(scalars):
-                logger.log_metrics(scalars[step], step)
+            save_hparams_to_yaml(Path(logger.log_dir) / TensorBoardLogger.NAME_HPARAMS_FILE, logger.hparams)
+            continue
+        for step in sorted(scalars):
+            logger.log_metrics(scalars[step], step)
         logger.save()
-        if not isinstance(logger, TensorBoardRunLogger):
-            logger.finalize("success")
+        logger.finalize("success")
 
 
 def member_weights(

@@ -1,0 +1,208 @@
+"""The population launcher: members train as their solo runs do, and each job's folder is a solo run's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rmsprop_lightning.app.run import run
+from rmsprop_lightning.app.sweep_record import job_folders
+from rmsprop_lightning.population.members import build_member, solo_reason
+from rmsprop_lightning.population.outputs import PopulationRecord
+from rmsprop_lightning.population.train import train_population
+from rmsprop_lightning.report import cli as report
+from rmsprop_lightning.summary import read_summary
+from tests.conftest import CONF, QUICK, run_train
+from tests.test_sweeps import only_sweep
+
+PRESETS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
+# 200 steps over 13 batches an epoch, validated every 20 steps; no files but the solo runs' checkpoints
+EQUIVALENCE = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=200",
+    "trainer.val_check_interval=20",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+    "logger=none",
+    "~callbacks.learning_rate_monitor",
+    "~callbacks.optimizer_state_monitor",
+)
+
+
+@pytest.fixture(scope="module")
+def composer(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Composes job configs as the launcher does, each with its own output folder."""
+    root = tmp_path_factory.mktemp("population")
+    folders = iter(range(10**6))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+
+        def _compose(*overrides: str) -> DictConfig:
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(root / str(next(folders)))
+                del cfg["hydra"]
+            return cfg
+
+        yield _compose
+    GlobalHydra.instance().clear()
+
+
+def population_weights(
+    composer, precision: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], PopulationRecord]:
+    """Every preset with seeds 0 and 1 trained as one population; the final weights by preset (seed 0)."""
+    jobs = [(preset, seed) for preset in PRESETS for seed in (0, 1)]
+    members = [
+        build_member(index, composer(*EQUIVALENCE, f"optimizer={preset}", f"seed={seed}", precision))
+        for index, (preset, seed) in enumerate(jobs)
+    ]
+    assert len({member.key for member in members}) == 1
+    record = PopulationRecord(train_population(members))
+    weights = {}
+    for index, (preset, seed) in enumerate(jobs):
+        if seed == 0:
+            state = record.result.checkpoint["state_dict"]
+            model = record.result.module.model
+            weights[preset] = {name: state[f"model.{model.attribute(name)}"][index] for name in model.names}
+    return weights, record
+
+
+@pytest.fixture(scope="module")
+def float64_population(composer):
+    return population_weights(composer, "trainer.precision=64-true")
+
+
+@pytest.fixture(scope="module")
+def float32_population(composer):
+    return population_weights(composer, "trainer.precision=32-true")
+
+
+def solo_run(composer, *overrides: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """A solo run's final weights (from its last checkpoint) and the trainer's metrics."""
+    cfg = composer(*EQUIVALENCE, *overrides, "test=false")
+    run(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    state = {name.removeprefix("model."): value for name, value in checkpoint["state_dict"].items()}
+    metrics = checkpoint["callbacks"]["LastCheckpoint"]["callback_metrics"]
+    return state, metrics
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_member_in_float64_ends_where_its_solo_run_ends(composer, float64_population, preset):
+    weights, _ = float64_population
+    solo, _ = solo_run(composer, f"optimizer={preset}", "seed=0", "trainer.precision=64-true")
+    for name, value in solo.items():
+        torch.testing.assert_close(weights[preset][name], value, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["rmsprop", "rmsprop_centered_momentum", "rmsprop_tf"])
+def test_a_member_in_float32_reaches_its_solo_runs_validation_loss(composer, float32_population, preset):
+    _, record = float32_population
+    _, metrics = solo_run(composer, f"optimizer={preset}", "seed=0", "trainer.precision=32-true")
+    _, scores = record.validations[-1]
+    member = 2 * PRESETS.index(preset)
+    assert scores["val/loss"][member] == pytest.approx(float(metrics["val/loss"]), rel=1e-3)
+
+
+def test_jobs_that_cannot_join_a_population_say_why(composer):
+    assert solo_reason(composer()) is None
+    assert solo_reason(composer("model.dropout=0.1")) == "model.dropout > 0"
+    assert solo_reason(composer("trainer=ddp")) == "it uses several devices"
+    assert solo_reason(composer("optimizer._target_=torch.optim.Adam")).startswith(
+        "optimizer torch.optim.Adam"
+    )
+
+
+def scalar_tags(folder: Path) -> dict[str, list[int]]:
+    """The steps of every scalar tag in the run's TensorBoard event files."""
+    (events,) = (folder / "tensorboard").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [e.step for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def files(folder: Path) -> set[str]:
+    """The run's files, event files by their folder only."""
+    names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    return {name if "tfevents" not in name else "tensorboard/<events>" for name in names}
+
+
+def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
+    result = run_train(
+        tmp_path, "-m", "hydra/launcher=population", "optimizer=rmsprop,rmsprop_momentum", "seed=0,1", *QUICK
+    )
+    assert "Population of 4: jobs #0, #1, #2, #3" in result.stdout + result.stderr
+    sweep = only_sweep(tmp_path)
+    jobs = job_folders(sweep)
+    assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 4
+    solo_root = tmp_path / "solo"
+    solo_root.mkdir()
+    run_train(solo_root, "optimizer=rmsprop_momentum", "seed=1", *QUICK)
+    (solo,) = (solo_root / "logs" / "train" / "runs").glob("*")
+    member = jobs[3]
+    assert files(member) == files(solo)
+    assert scalar_tags(member) == scalar_tags(solo)
+    ours, theirs = read_summary(member), read_summary(solo)
+    assert ours["best_step"] == theirs["best_step"] and ours["steps"] == theirs["steps"]
+    assert ours["best"]["val/loss"] == pytest.approx(theirs["best"]["val/loss"], rel=1e-4)
+    assert ours["value"] == pytest.approx(theirs["value"], rel=1e-4)
+    ours_ckpt = torch.load(member / "checkpoints" / "last.ckpt", weights_only=False)
+    theirs_ckpt = torch.load(solo / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours_ckpt["loops"] == theirs_ckpt["loops"]
+    assert ours_ckpt["callbacks"].keys() == theirs_ckpt["callbacks"].keys()
+    run_train(tmp_path, f"resume={member}", "trainer.max_steps=45")
+    assert read_summary(member)["steps"] == 45
+    assert report.main([str(sweep), "--no-plots"]) == 0
+
+
+def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_path):
+    run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30", *QUICK)
+    good, bad = (read_summary(job) for job in job_folders(only_sweep(tmp_path)))
+    assert good["status"] == "completed" and good["steps"] == 30
+    assert bad["status"] == "diverged" and bad["diverged_at_step"] < 30
+    assert "lower optimizer.lr" in bad["error"]
+
+
+def test_a_mixed_sweep_splits_into_populations_and_solo_jobs(tmp_path):
+    result = run_train(
+        tmp_path,
+        "-m",
+        "hydra/launcher=population",
+        "optimizer=rmsprop,rmsprop_centered",
+        "data.batch_size=16,32",
+        "optimizer.lr=-1,0.01",
+        *QUICK,
+    )
+    output = result.stdout + result.stderr
+    assert output.count("Population of 2") == 2
+    summaries = [read_summary(job) for job in job_folders(only_sweep(tmp_path))]
+    assert [s["status"] for s in summaries] == ["failed", "completed"] * 4
+    assert all("optimizer.lr must be >= 0" in s["error"] for s in summaries if s["status"] == "failed")
+
+
+def test_an_optuna_batch_trains_as_one_population(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run_train(
+        tmp_path,
+        "-m",
+        "hparams_search=rmsprop_optuna",
+        "hydra/launcher=population",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=4",
+        *QUICK,
+    )
+    assert "Population of 4" in result.stdout + result.stderr
+    sweep = only_sweep(tmp_path)
+    summaries = [read_summary(job) for job in job_folders(sweep)]
+    best = min(summaries, key=lambda s: s["value"])
+    assert f"best_value: {best['value']}" in (sweep / "optimization_results.yaml").read_text()
+    assert json.loads((sweep / "sweep.json").read_text())["statuses"] == {"completed": 4}
