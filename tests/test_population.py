@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from rmsprop_lightning.population.outputs import PopulationRecord
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import CONF, QUICK, run_train
+from tests.conftest import CONF, QUICK, TRAIN, run_train
 from tests.test_sweeps import only_sweep
 
 PRESETS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
@@ -183,7 +187,7 @@ def test_a_mixed_sweep_splits_into_populations_and_solo_jobs(tmp_path):
         *QUICK,
     )
     output = result.stdout + result.stderr
-    assert output.count("Population of 2") == 2
+    assert output.count("Population of 2: jobs") == 2
     summaries = [read_summary(job) for job in job_folders(only_sweep(tmp_path))]
     assert [s["status"] for s in summaries] == ["failed", "completed"] * 4
     assert all("optimizer.lr must be >= 0" in s["error"] for s in summaries if s["status"] == "failed")
@@ -206,3 +210,32 @@ def test_an_optuna_batch_trains_as_one_population(tmp_path):
     best = min(summaries, key=lambda s: s["value"])
     assert f"best_value: {best['value']}" in (sweep / "optimization_results.yaml").read_text()
     assert json.loads((sweep / "sweep.json").read_text())["statuses"] == {"completed": 4}
+
+
+def test_sigterm_stops_the_population_and_each_job_resumes_alone(tmp_path):
+    command = [
+        sys.executable,
+        str(TRAIN),
+        "-m",
+        "hydra/launcher=population",
+        "seed=0,1",
+        "trainer.max_steps=100000",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "Population of 2: jobs" in line:
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(output)
+    assert "error: stopped by SIGTERM after step" in "".join(output)
+    jobs = job_folders(only_sweep(tmp_path))
+    summaries = [read_summary(job) for job in jobs]
+    assert [s["status"] for s in summaries] == ["interrupted"] * 2
+    stopped = summaries[0]["steps"]
+    assert torch.load(jobs[0] / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == stopped
+    run_train(tmp_path, f"resume={jobs[0]}", f"trainer.max_steps={stopped + 50}")
+    assert read_summary(jobs[0])["steps"] == stopped + 50

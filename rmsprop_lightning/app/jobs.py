@@ -166,8 +166,12 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}
     metrics.update({tag: value for tag, value in summary.get("final", {}).items() if tag.startswith("test/")})
     shown = ", ".join(f"{tag}={value:.4g}" for tag, value in metrics.items())
+    population = summary.get("population")
+    took = (
+        f"in a population of {population['members']}" if population else f"in {summary['wall_seconds']:.1f} s"
+    )
     return (
-        f"Done: {summary.get('steps')} steps in {summary['wall_seconds']:.1f} s"
+        f"Done: {summary.get('steps')} steps {took}"
         f"{'; ' + shown if shown else ''}; folder {output_dir}; "
         f"tensorboard --logdir {output_dir} --samples_per_plugin scalars=0"
     )

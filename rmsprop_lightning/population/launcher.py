@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, open_dict
 
-from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
+from rmsprop_lightning.app.jobs import resolve_threads, torch_thread_count, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
-from rmsprop_lightning.errors import reported_errors
+from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
 from rmsprop_lightning.population.train import train_population
@@ -88,9 +88,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     returns: dict[int, JobReturn] = {}
     for members in populations:
         log.info("Population of %d: jobs %s", len(members), ", ".join(f"#{m.job}" for m in members))
-        threads = resolve_threads(members[0].cfg.get("threads_per_job"), config.hydra.launcher) or 1
+        threads = resolve_threads(members[0].cfg.get("threads_per_job"), config.hydra.launcher)
         with torch_threads(threads):
             result = train_population(members)
+            threads = torch_thread_count()
         record = PopulationRecord(result)
         for index, member in enumerate(members):
             task = functools.partial(write_job, member, record, index, threads)
@@ -98,8 +99,14 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 hydra_context=launcher.hydra_context, task_function=task, config=member.cfg, **SWEEP_KEYS
             )
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-        if result.interrupted is not None:
-            raise result.interrupted
+        if result.interrupted is not None:  # every member is written: the sweep stops here
+            stop = result.interrupted
+            exit_with(
+                InterruptedRun(
+                    f"{stop}; each job's last.ckpt is saved: resume one with python train.py resume=<job>",
+                    stop.exit_code - 128,
+                )
+            )
     for job in alone:
         returns[job.hydra.job.num] = run_job(
             hydra_context=launcher.hydra_context,

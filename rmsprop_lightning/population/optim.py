@@ -10,6 +10,7 @@ order, serves every member.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +29,9 @@ TORCH_DEFAULTS = {
     "bias_correction": False,
     "decoupled_weight_decay": False,
 }
+OPTION_VALUES = operator.itemgetter(
+    "lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize", *TORCH_DEFAULTS
+)
 STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")  # in the order init_state adds them
 
 
@@ -142,30 +146,47 @@ def check_alignment(param_groups: list[dict[str, Any]], shadows: Sequence[torch.
 
 
 def candidate(
-    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], k: MemberCoefficients
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    k: MemberCoefficients,
+    shaped: MemberCoefficients,
 ) -> dict[str, Tensor]:
-    """Every member's new ``param`` and states after one step, by update_piece's operations in its order."""
+    """Every member's new ``param`` and states after one step, by update_piece's operations in its order.
 
-    def each(values: Tensor) -> Tensor:
-        return coefficient(values, param)
-
+    ``k`` holds the coefficients as [P] float64 tensors, ``shaped`` the same in ``param``'s dtype and
+    shaped to broadcast over its member slices.
+    """
     step = state["step"] + 1
     correction = corrections(k, step).reciprocal()
-    grad = torch.addcmul(grad * each(k.sign), param, each(k.grad_decay))
-    square_avg = torch.addcmul(state["square_avg"] * each(k.alpha), grad * each(k.one_minus_alpha), grad)
+    grad = torch.addcmul(grad * shaped.sign, param, shaped.grad_decay)
+    square_avg = torch.addcmul(state["square_avg"] * shaped.alpha, grad * shaped.one_minus_alpha, grad)
     new = {"step": step, "square_avg": square_avg}
-    denom = square_avg * each(correction)
+    denom = square_avg * coefficient(correction, param)
     if "grad_avg" in state:
-        new["grad_avg"] = grad_avg = torch.lerp(state["grad_avg"], grad, each(k.center))
+        new["grad_avg"] = grad_avg = torch.lerp(state["grad_avg"], grad, shaped.center)
         square_scale = -(correction * correction)
-        denom = torch.addcmul(denom, grad_avg * each(square_scale), grad_avg).clamp_min_(0.0)
-    denom = denom.add_(each(k.eps_in)).sqrt_().add_(each(k.eps_out))
-    new["param"] = torch.addcdiv(param * each(k.param_decay), grad * each(k.grad_step), denom)
+        denom = torch.addcmul(denom, grad_avg * coefficient(square_scale, param), grad_avg).clamp_min_(0.0)
+    denom = denom.add_(shaped.eps_in).sqrt_().add_(shaped.eps_out)
+    new["param"] = torch.addcdiv(param * shaped.param_decay, grad * shaped.grad_step, denom)
     if "momentum_buffer" in state:
-        buffer = state["momentum_buffer"] * each(k.momentum)
-        new["momentum_buffer"] = buffer = torch.addcdiv(buffer, grad * each(k.buffer_scale), denom)
-        new["param"] = torch.addcmul(new["param"], buffer, each(k.buffer_step))
+        buffer = state["momentum_buffer"] * shaped.momentum
+        new["momentum_buffer"] = buffer = torch.addcdiv(buffer, grad * shaped.buffer_scale, denom)
+        new["param"] = torch.addcmul(new["param"], buffer, shaped.buffer_step)
     return new
+
+
+def option_values(group: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of a group's options that enter the coefficients."""
+    try:
+        return OPTION_VALUES(group)
+    except KeyError:  # a torch.optim.RMSprop group
+        return OPTION_VALUES({**TORCH_DEFAULTS, **group})
+
+
+def options_signature(shadows: Sequence[torch.optim.Optimizer], group: int) -> tuple[Any, ...]:
+    """Every member's options in group ``group``: the coefficients change only when this does."""
+    return tuple(option_values(shadow.param_groups[group]) for shadow in shadows)
 
 
 class StackedRMSprop(torch.optim.Optimizer):
@@ -198,6 +219,8 @@ class StackedRMSprop(torch.optim.Optimizer):
         self.frozen_at = torch.full((members,), -1, dtype=torch.int64, device=device)
         self.skipped = torch.zeros(members, dtype=torch.int64, device=device)
         self.step_count = 0
+        # per group: the options' signature, their coefficients and those shaped for each parameter
+        self._coefficients: dict[int, tuple[tuple[Any, ...], MemberCoefficients, dict[Tensor, Any]]] = {}
 
     def member_coefficients(self, group: int) -> MemberCoefficients:
         """Every member's coefficients in group ``group``: [P] float64 tensors on the parameters' device."""
@@ -205,6 +228,23 @@ class StackedRMSprop(torch.optim.Optimizer):
         rows = [coefficients(member_options(shadow, group)) for shadow in self.shadows]
         table = torch.tensor(rows, dtype=torch.float64, device=device)
         return MemberCoefficients(*table.unbind(1))
+
+    def coefficients_for(
+        self, group: int
+    ) -> tuple[MemberCoefficients, dict[Tensor, MemberCoefficients], bool]:
+        """The group's coefficients, per parameter the same shaped for it, and whether an option changed
+        (they are rebuilt then)."""
+        signature = options_signature(self.shadows, group)
+        cached = self._coefficients.get(group)
+        changed = cached is None or cached[0] != signature
+        if changed:
+            k = self.member_coefficients(group)
+            shaped = {
+                param: MemberCoefficients(*(coefficient(value, param) for value in k))
+                for param in self.param_groups[group]["params"]
+            }
+            cached = self._coefficients[group] = (signature, k, shaped)
+        return cached[1], cached[2], changed
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -219,11 +259,14 @@ class StackedRMSprop(torch.optim.Optimizer):
             params = [param for param in group["params"] if param.grad is not None]
             if not params:
                 continue
-            options = [member_options(shadow, index) for shadow in self.shadows]
-            k = self.member_coefficients(index)
+            k, shaped, changed = self.coefficients_for(index)
             for param in params:
-                state = self._init_state(param, k, options)
-                new = candidate(param, param.grad, state, k)
+                state = (
+                    self._init_state(param, k, index)
+                    if changed or not self.state.get(param)
+                    else self.state[param]
+                )
+                new = candidate(param, param.grad, state, k, shaped[param])
                 accepted &= finite(param.grad) & finite(new["param"])
                 candidates.append((param, state, new))
         for param, state, new in candidates:
@@ -239,10 +282,9 @@ class StackedRMSprop(torch.optim.Optimizer):
         self.step_count += 1
         return loss
 
-    def _init_state(
-        self, param: Tensor, k: MemberCoefficients, options: list[dict[str, Any]]
-    ) -> dict[str, Any]:
+    def _init_state(self, param: Tensor, k: MemberCoefficients, group: int) -> dict[str, Any]:
         """``param``'s state with the entries it lacks added, as init_state adds them for each member."""
+        options = [member_options(shadow, group) for shadow in self.shadows]
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.zeros(len(self.shadows), dtype=state_dtype(), device=param.device)

@@ -234,6 +234,10 @@ def write_member(
             f"{likely_cause(member.optimizer, loss == loss and abs(loss) != float('inf'))}"
         )
         write_summary(cfg.paths.output_dir, status="diverged", error=message, diverged_at_step=frozen)
+    stop = record.result.interrupted
+    if stop is not None and frozen < 0:
+        message = f"{stop}; resume with: python train.py resume={cfg.paths.output_dir}"
+        write_summary(cfg.paths.output_dir, status="interrupted", error=message)
     write_loggers(cfg, member, scalars)
     write_checkpoints(cfg, member, record, index, scalars)
     return fields["final"].get(cfg.get("optimized_metric") or "")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import logging
+import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +25,8 @@ from rmsprop_lightning.population.data import PopulationDataModule
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.module import PopulationModule
 from rmsprop_lightning.population.stacked import StackedFeedForward
+
+log = logging.getLogger(__name__)
 
 
 class CapturedCheckpoint(CheckpointIO):
@@ -102,7 +107,7 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
     module = build_population(members)
     datamodule = PopulationDataModule(members[0].datamodule, [m.datamodule.shuffle_seed for m in members])
     captured = CapturedCheckpoint()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, quiet_lightning():
         callbacks = [LastCheckpoint(scratch, every_n_train_steps=10**9), GracefulInterrupt()]
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
@@ -118,9 +123,31 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
         try:
             trainer.fit(module, datamodule=datamodule)
         except InterruptedRun as stop:
-            interrupted = stop
+            name = signal.Signals(stop.exit_code - 128).name
+            interrupted = InterruptedRun(
+                f"stopped by {name} after step {trainer.global_step}", stop.exit_code - 128
+            )
         fit_seconds = time.perf_counter() - start
-    if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
-        module.use_best_parameters()
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        log.info(
+            "Population of %d: %d steps in %.1f s (%.0f member steps/s)",
+            len(members),
+            trainer.global_step,
+            fit_seconds,
+            len(members) * trainer.global_step / fit_seconds,
+        )
+        if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
+            module.use_best_parameters()
+            trainer.test(module, datamodule=datamodule, verbose=False)
     return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's own messages about the population's trainer stay out of the sweep's log (warnings pass)."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

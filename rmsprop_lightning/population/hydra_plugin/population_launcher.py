@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 class PopulationLauncher(Launcher):
     """Trains the jobs of a sweep that differ only in optimizer, scheduler and seed as one stacked model.
 
-    ``cpus_per_task``: torch threads of the process (``threads_per_job=auto`` takes it).
+    ``cpus_per_task``: torch threads of the process (``threads_per_job=auto`` takes it; ``None``: torch's).
     """
 
-    def __init__(self, cpus_per_task: int | None = 1) -> None:
+    def __init__(self, cpus_per_task: int | None = None) -> None:
         self.cpus_per_task = cpus_per_task
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
