@@ -141,18 +141,24 @@ def files(folder: Path) -> set[str]:
 
 
 def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
+    # 16 jobs: composed and written by forked workers
     result = run_train(
-        tmp_path, "-m", "hydra/launcher=population", "optimizer=rmsprop,rmsprop_momentum", "seed=0,1", *QUICK
+        tmp_path,
+        "-m",
+        "hydra/launcher=population",
+        "optimizer=rmsprop,rmsprop_momentum",
+        "seed=range(8)",
+        *QUICK,
     )
-    assert "Population of 4: jobs #0, #1, #2, #3" in result.stdout + result.stderr
+    assert "Population of 16: jobs #0, #1, #2" in result.stdout + result.stderr
     sweep = only_sweep(tmp_path)
     jobs = job_folders(sweep)
-    assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 4
+    assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 16
     solo_root = tmp_path / "solo"
     solo_root.mkdir()
     run_train(solo_root, "optimizer=rmsprop_momentum", "seed=1", *QUICK)
     (solo,) = (solo_root / "logs" / "train" / "runs").glob("*")
-    member = jobs[3]
+    member = jobs[9]
     assert files(member) == files(solo)
     assert scalar_tags(member) == scalar_tags(solo)
     ours, theirs = read_summary(member), read_summary(solo)

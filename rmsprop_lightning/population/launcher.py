@@ -8,19 +8,18 @@ job gets its own folder, written through Hydra's ``run_job``, so the sweep looks
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
-from omegaconf import DictConfig, open_dict
+from hydra.core.utils import JobReturn, configure_log, run_job
+from omegaconf import DictConfig
 
 from rmsprop_lightning.app.jobs import resolve_threads, torch_thread_count, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
 from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
+from rmsprop_lightning.population.forks import fork_map, shared
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
 from rmsprop_lightning.population.train import train_population
@@ -28,18 +27,6 @@ from rmsprop_lightning.population.train import train_population
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
-
-
-def job_configs(launcher: Any, job_overrides: Sequence[Sequence[str]], first: int) -> list[DictConfig]:
-    """Every job's composed config, numbered as the basic launcher numbers them."""
-    configs = []
-    for index, overrides in enumerate(job_overrides, start=first):
-        log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
-        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = index
-        configs.append(config)
-    return configs
 
 
 def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictConfig]]:
@@ -65,25 +52,29 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
     return [m for m in populations.values() if len(m) > 1], alone
 
 
-def write_job(member: Member, record: PopulationRecord, index: int, threads: int, cfg: DictConfig) -> Any:
-    """The member's Hydra task: its job record around the writing of its outputs."""
+def write_job(index: int) -> JobReturn:
+    """Member ``index``'s job, through Hydra's ``run_job``: its folder, record and outputs."""
+    launcher, member = shared["launcher"], shared["members"][index]
 
     def write(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
-        fields["threads"] = threads
-        return write_member(cfg, member, record, index, fields)
+        fields["threads"] = shared["threads"]
+        return write_member(cfg, member, shared["record"], index, fields)
 
-    with reported_errors():
-        return run_recorded_job(cfg, train=write)
+    def task(cfg: DictConfig) -> float | None:
+        with reported_errors():
+            return run_recorded_job(cfg, train=write)
+
+    job_return = run_job(
+        hydra_context=launcher.hydra_context, task_function=task, config=member.cfg, **SWEEP_KEYS
+    )
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return job_return
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    """``Launcher.launch``: trains the populations one after another, then the jobs that run alone."""
-    setup_globals()
+def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
+    """``Launcher.launch`` of the composed jobs: the populations one after another, then the jobs that
+    run alone."""
     config = launcher.config
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    log.info("Launching %d jobs as populations", len(job_overrides))
-    configs = job_configs(launcher, job_overrides, initial_job_idx)
     populations, alone = group(configs)
     returns: dict[int, JobReturn] = {}
     for members in populations:
@@ -92,13 +83,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         with torch_threads(threads):
             result = train_population(members)
             threads = torch_thread_count()
-        record = PopulationRecord(result)
-        for index, member in enumerate(members):
-            task = functools.partial(write_job, member, record, index, threads)
-            returns[member.job] = run_job(
-                hydra_context=launcher.hydra_context, task_function=task, config=member.cfg, **SWEEP_KEYS
-            )
-            configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        shared.update(launcher=launcher, members=members, record=PopulationRecord(result), threads=threads)
+        for member, job_return in zip(members, fork_map(write_job, range(len(members))), strict=True):
+            returns[member.job] = job_return
         if result.interrupted is not None:  # every member is written: the sweep stops here
             stop = result.interrupted
             exit_with(

@@ -10,6 +10,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+LAUNCHER = "rmsprop_lightning.population.launcher"  # imports torch: while the jobs' configs compose
+
 
 class PopulationLauncher(Launcher):
     """Trains the jobs of a sweep that differ only in optimizer, scheduler and seed as one stacked model.
@@ -29,9 +31,12 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from rmsprop_lightning.population.forks import compose_jobs
+
+        configs = compose_jobs(self, job_overrides, initial_job_idx, meanwhile=LAUNCHER)
         from rmsprop_lightning.population.launcher import launch
 
-        return launch(self, job_overrides, initial_job_idx)
+        return launch(self, configs)
 
 
 def register() -> Any:

@@ -1,0 +1,71 @@
+"""Work spread over worker processes forked from this one: composing the jobs' configs, writing their folders.
+
+Hydra composes each job from the config files and writes each job's folder (its configs, its
+log) in about a tenth of a second a job, whatever the net. Jobs are independent there, so on a
+machine that forks, one worker per core does them; elsewhere, or for a few jobs, they run here
+one by one. Workers inherit what they need when they fork (:data:`shared`): only the items and
+the results cross between processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.core.utils import configure_log, filter_overrides, setup_globals
+from omegaconf import DictConfig, open_dict
+
+from rmsprop_lightning.app.jobs import available_cores
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+# fewer items than this per worker run here: starting workers would cost more than it saves
+ITEMS_PER_WORKER = 8
+shared: dict[str, Any] = {}  # what the workers need, set before they fork
+
+
+def fork_map(
+    function: Callable[[Item], Result], items: Sequence[Item], meanwhile: Callable[[], Any] = lambda: None
+) -> list[Result]:
+    """``[function(item) for item in items]`` in forked workers (one per core); ``meanwhile()`` runs here."""
+    workers = min(available_cores(), len(items) // ITEMS_PER_WORKER)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        meanwhile()
+        return [function(item) for item in items]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending = pool.map_async(function, items, chunksize=-(-len(items) // (4 * workers)))
+        meanwhile()
+        return pending.get()
+
+
+def compose(job: tuple[int, Sequence[str]]) -> DictConfig:
+    """Job ``(number, overrides)``'s config, as the basic launcher composes and numbers it."""
+    launcher = shared["launcher"]
+    number, overrides = job
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = config.hydra.job.num = number
+    return config
+
+
+def compose_jobs(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], first: int, meanwhile: str
+) -> list[DictConfig]:
+    """Sets up the sweep's logging and folder and composes every job while this process imports
+    the module ``meanwhile``."""
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    log.info("Launching %d jobs as populations", len(job_overrides))
+    jobs = list(enumerate(job_overrides, start=first))
+    for number, overrides in jobs:
+        log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+    shared["launcher"] = launcher
+    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile))
