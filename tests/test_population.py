@@ -117,6 +117,34 @@ def test_a_member_in_float32_reaches_its_solo_runs_validation_loss(composer, flo
     assert scores["val/loss"][member] == pytest.approx(float(metrics["val/loss"]), rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "settings"),
+    [
+        ("warmup_cosine", ["scheduler.scheduler.warmup_steps=20", "scheduler.scheduler.warmup_steps=50"]),
+        ("plateau", ["scheduler.scheduler.patience=0", "scheduler.scheduler.patience=2"]),
+    ],
+    ids=["warmup_cosine", "plateau"],
+)
+def test_members_follow_their_own_schedules(composer, scheduler, settings):
+    # a plateau scheduler steps at the end of each epoch, after that epoch's validation
+    float64 = (f"scheduler={scheduler}", "trainer.precision=64-true", "optimizer.lr=0.05")
+    if scheduler == "plateau":
+        float64 += ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")
+    members = [
+        build_member(index, composer(*EQUIVALENCE, *float64, setting, f"seed={index}"))
+        for index, setting in enumerate(settings)
+    ]
+    record = PopulationRecord(train_population(members))
+    model = record.result.module.model
+    for index, setting in enumerate(settings):
+        solo, _ = solo_run(composer, *float64, setting, f"seed={index}")
+        state = record.result.checkpoint["state_dict"]
+        for name, value in solo.items():
+            torch.testing.assert_close(
+                state[f"model.{model.attribute(name)}"][index], value, rtol=1e-9, atol=1e-12
+            )
+
+
 def test_jobs_that_cannot_join_a_population_say_why(composer):
     assert solo_reason(composer()) is None
     assert solo_reason(composer("model.dropout=0.1")) == "model.dropout > 0"

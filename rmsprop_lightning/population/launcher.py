@@ -40,10 +40,11 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
             log.info("Job #%d runs alone: %s", number, reason)
             alone.append(config)
             continue
-        HydraConfig.instance().set_config(config)
+        HydraConfig.instance().set_config(config)  # the checks resolve its output folder
         try:
             member = build_member(number, config)
         except Exception:  # its own run reports the error in its folder
+            log.info("Job #%d runs alone: it does not build here", number)
             alone.append(config)
             continue
         populations.setdefault(member.key, []).append(member)

@@ -8,6 +8,8 @@ interval, every validation and the test.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +34,12 @@ class MemberSchedulers:
     def step(self, metrics: Tensor | None = None) -> None:
         """Steps every member's scheduler; a plateau scheduler gets its member's monitored value."""
         values = [None] * len(self.schedulers) if metrics is None else metrics.tolist()
-        for scheduler, value in zip(self.schedulers, values, strict=True):
-            scheduler.step() if value is None else scheduler.step(value)
+        with warnings.catch_warnings():  # the members' own optimizers never step: this one does
+            warnings.filterwarnings(
+                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before")
+            )
+            for scheduler, value in zip(self.schedulers, values, strict=True):
+                scheduler.step() if value is None else scheduler.step(value)
 
     def state_dict(self) -> dict[str, Any]:
         return {"members": [scheduler.state_dict() for scheduler in self.schedulers]}

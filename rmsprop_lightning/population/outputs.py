@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,11 @@ class PopulationRecord:
         return scalars
 
 
+def float32(value: float) -> float:
+    """``value`` rounded to float32."""
+    return array("f", [value])[0]
+
+
 def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> dict[str, Any]:
     """The ``metrics.json`` fields a solo run's ``FitStats`` gives: steps, final and best values."""
     final: dict[str, float] = {}
@@ -101,7 +107,7 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
     for step in sorted(scalars):
         for tag, value in scalars[step].items():
             if tag.startswith(("val/", "lr-", "test/")):
-                final[tag] = value
+                final[tag] = float32(value)  # as the trainer keeps its metrics
             if tag.startswith("val/") and is_better(
                 value, best.get(tag), "max" if tag.endswith("r2") else "min"
             ):
