@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from array import array
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,11 @@ def write_checkpoints(
         return
     module = member.module
     io = AtomicCheckpointIO()
-    states: dict[str, Any] = {RandomState().state_key: RandomState().state_dict()}
-    guard = DivergenceGuard(cfg.get("on_nonfinite", "stop"))
-    states[guard.state_key] = {"skipped": record.skipped[index]}
+    random_state, guard = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop"))
+    states: dict[str, Any] = {
+        random_state.state_key: random_state.state_dict(),
+        guard.state_key: {"skipped": record.skipped[index]},
+    }
     final = {
         tag: torch.tensor(value)
         for step in sorted(scalars)
@@ -223,7 +226,7 @@ def write_checkpoints(
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),
     }
-    io.save_checkpoint(checkpoint, last.dirpath / "last.ckpt")
+    io.save_checkpoint(checkpoint, last.path)
 
 
 def write_member(
@@ -237,7 +240,7 @@ def write_member(
         loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
         message = (
             f"training diverged at step {frozen}: non-finite loss or parameters (loss {loss:.6g}); "
-            f"{likely_cause(member.optimizer, loss == loss and abs(loss) != float('inf'))}"
+            f"{likely_cause(member.optimizer, math.isfinite(loss))}"
         )
         write_summary(cfg.paths.output_dir, status="diverged", error=message, diverged_at_step=frozen)
     stop = record.result.interrupted
