@@ -144,7 +144,8 @@ class RegressionModule(pl.LightningModule):
         if "test" in self._totals:
             self._log_epoch_scores("test")
 
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the model's parameter groups (biases, lr multipliers)."""
         groups = build_param_groups(
             self.model,
             no_weight_decay_on_bias=self.hparams.no_weight_decay_on_bias,
@@ -152,6 +153,10 @@ class RegressionModule(pl.LightningModule):
         )
         optimizer = self.optimizer_factory(groups)
         apply_lr_multipliers(optimizer)
+        return optimizer
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return optimizer
         scheduler: dict[str, Any] = {

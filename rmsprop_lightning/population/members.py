@@ -17,7 +17,6 @@ from rmsprop_lightning.app.run import build_model, build_module
 from rmsprop_lightning.app.validation import check_data, check_targets, input_errors
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.module import RegressionModule
-from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
 
 OPTIMIZERS = ("rmsprop_lightning.optim.RMSprop", "torch.optim.RMSprop")
 MODELS = ("rmsprop_lightning.model.FeedForward",)
@@ -94,12 +93,6 @@ def build_member(job: int, cfg: DictConfig) -> Member:
         model = build_model(cfg, datamodule)
         check_data(cfg, datamodule)
         module = build_module(cfg, model)
-        groups = build_param_groups(
-            module.model,
-            no_weight_decay_on_bias=module.hparams.no_weight_decay_on_bias,
-            lr_multipliers=module.hparams.lr_multipliers,
-        )
-        optimizer = module.optimizer_factory(groups)
-        apply_lr_multipliers(optimizer)
+        optimizer = module.build_optimizer()
         scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None
     return Member(job, cfg, datamodule, module, optimizer, scheduler, population_key(cfg, datamodule))
