@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from rmsprop_lightning.callbacks.state_norms import StateNorms
 from rmsprop_lightning.optim import RMSprop
 from rmsprop_lightning.optim.param_groups import build_param_groups
-from rmsprop_lightning.population.optim import StackedRMSprop, StackedStateNorms
+from rmsprop_lightning.population.norms import StackedStateNorms
+from rmsprop_lightning.population.optim import StackedRMSprop
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "conf" / "optimizer").glob("*.yaml"))
 STEPS = 200

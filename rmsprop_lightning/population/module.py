@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from rmsprop_lightning.module import LOSSES
-from rmsprop_lightning.population.optim import StackedRMSprop, StackedStateNorms
+from rmsprop_lightning.population.norms import StackedStateNorms
+from rmsprop_lightning.population.optim import StackedRMSprop
 from rmsprop_lightning.population.stacked import StackedFeedForward
 
 Batch = tuple[Tensor, Tensor]

@@ -1,122 +1,32 @@
 """RMSprop for a population: P same-shaped networks stacked along a leading member dimension.
 
 Every member keeps its own ordinary ("shadow") optimizer, which never steps: the stacked step
-reads each member's options from it at every step and makes the update the member's own
-:class:`~rmsprop_lightning.optim.RMSprop` would make, to rounding. A variant a member lacks
-enters as a per-member coefficient with an exact neutral element (a factor 1, a term 0), so one
-sequence of tensor operations, in :func:`~rmsprop_lightning.optim.functional.update_piece`'s
-order, serves every member.
+reads each member's options from it (:mod:`~rmsprop_lightning.population.coefficients`) and makes
+the update the member's own :class:`~rmsprop_lightning.optim.RMSprop` would make, to rounding, in
+:func:`~rmsprop_lightning.optim.functional.update_piece`'s order.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, group_scopes
-from rmsprop_lightning.optim.functional import hyper, state_dtype
-
-# the options torch.optim.RMSprop's groups lack, at the values that give torch's update
-TORCH_DEFAULTS = {
-    "eps_in_sqrt": False,
-    "initial_square_avg": 0.0,
-    "lr_in_momentum": False,
-    "nesterov": False,
-    "bias_correction": False,
-    "decoupled_weight_decay": False,
-}
-OPTION_VALUES = operator.itemgetter(
-    "lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize", *TORCH_DEFAULTS
+from rmsprop_lightning.optim.functional import state_dtype
+from rmsprop_lightning.population.coefficients import (
+    STATE_KEYS,
+    MemberCoefficients,
+    broadcast,
+    coefficient,
+    coefficients,
+    corrections,
+    finite,
+    member_keys,
+    member_options,
+    options_signature,
 )
-STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")  # in the order init_state adds them
-
-
-class MemberCoefficients(NamedTuple):
-    """A step's scalars (floats for a member, [P] float64 tensors for all), neutral where a variant is off."""
-
-    sign: Any  # -1 with maximize
-    grad_decay: Any  # coupled weight decay, else 0
-    param_decay: Any  # 1 - lr * weight_decay when decoupled, else 1
-    alpha: Any
-    one_minus_alpha: Any
-    center: Any  # grad_avg's lerp weight: 1 - alpha when centered, else 0
-    eps_in: Any  # eps inside the root, else 0
-    eps_out: Any  # eps outside the root, else 0
-    momentum: Any  # 0 without momentum
-    buffer_scale: Any  # c of b ← μb + c·g/d; 0 without momentum
-    grad_step: Any  # the step along g/d: -lr, 0 with plain momentum
-    buffer_step: Any  # the step along b; 0 without momentum
-    bias_correction: Any  # 1 or 0
-    centered: Any  # 1 or 0
-    lr: Any
-    initial_square_avg: Any
-
-
-def member_options(shadow: torch.optim.Optimizer, group: int) -> dict[str, Any]:
-    """The options of ``shadow``'s group ``group``, with RMSprop's defaults where torch's groups lack them."""
-    return {**TORCH_DEFAULTS, **shadow.param_groups[group]}
-
-
-def member_keys(options: Mapping[str, Any]) -> list[str]:
-    """The states a member's variant keeps, in the order init_state adds them."""
-    return (
-        ["square_avg"] + ["momentum_buffer"] * (options["momentum"] > 0) + ["grad_avg"] * options["centered"]
-    )
-
-
-def coefficients(options: Mapping[str, Any]) -> MemberCoefficients:
-    """One member's coefficients, from RMSprop's own :func:`~rmsprop_lightning.optim.functional.hyper`."""
-    variant, c = hyper(options)
-    momentum = variant.momentum
-    return MemberCoefficients(
-        sign=-1.0 if variant.maximize else 1.0,
-        grad_decay=c.grad_decay if variant.grad_decay else 0.0,
-        param_decay=c.param_decay if variant.param_decay else 1.0,
-        alpha=c.alpha,
-        one_minus_alpha=c.one_minus_alpha,
-        center=c.one_minus_alpha if variant.centered else 0.0,
-        eps_in=c.eps if variant.eps_in_sqrt else 0.0,
-        eps_out=0.0 if variant.eps_in_sqrt else c.eps,
-        momentum=c.momentum if momentum else 0.0,
-        buffer_scale=c.buffer_scale if momentum else 0.0,
-        grad_step=c.grad_step if variant.nesterov or not momentum else 0.0,
-        buffer_step=c.buffer_step if momentum else 0.0,
-        bias_correction=float(variant.bias_correction),
-        centered=float(variant.centered),
-        lr=float(options["lr"]),
-        initial_square_avg=float(options["initial_square_avg"]),
-    )
-
-
-def per_member(tensor: Tensor) -> Tensor:
-    """A stacked tensor as [P, n]: one row of elements per member."""
-    return tensor.unsqueeze(-1).flatten(1)
-
-
-def finite(tensor: Tensor) -> Tensor:
-    """Per member [P]: whether all its elements of a stacked tensor are finite."""
-    return per_member(tensor.isfinite()).all(1)
-
-
-def broadcast(values: Tensor, like: Tensor) -> Tensor:
-    """Per-member ``values`` [P] shaped to broadcast over the member slices of ``like``."""
-    return values.view(-1, *[1] * (like.ndim - 1))
-
-
-def coefficient(values: Tensor, like: Tensor) -> Tensor:
-    """Per-member coefficients [P] as a factor of ``like``: in its dtype, broadcast over its member slices."""
-    return broadcast(values.to(like.dtype), like)
-
-
-def corrections(k: MemberCoefficients, step: Tensor) -> Tensor:
-    """Per member ``1 - alpha^t`` at step counts ``step`` with bias correction, else 1; in float64 (the
-    optimizer's Python floats) where the device has it."""
-    precise = torch.float32 if step.device.type == "mps" else torch.float64
-    return torch.where(k.bias_correction > 0, 1 - k.alpha.to(precise) ** step.to(precise), 1.0)
 
 
 def check_alignment(param_groups: list[dict[str, Any]], shadows: Sequence[torch.optim.Optimizer]) -> None:
@@ -174,19 +84,6 @@ def candidate(
         new["momentum_buffer"] = buffer = torch.addcdiv(buffer, grad * shaped.buffer_scale, denom)
         new["param"] = torch.addcmul(new["param"], buffer, shaped.buffer_step)
     return new
-
-
-def option_values(group: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The values of a group's options that enter the coefficients."""
-    try:
-        return OPTION_VALUES(group)
-    except KeyError:  # a torch.optim.RMSprop group
-        return OPTION_VALUES({**TORCH_DEFAULTS, **group})
-
-
-def options_signature(shadows: Sequence[torch.optim.Optimizer], group: int) -> tuple[Any, ...]:
-    """Every member's options in group ``group``: the coefficients change only when this does."""
-    return tuple(option_values(shadow.param_groups[group]) for shadow in shadows)
 
 
 class StackedRMSprop(torch.optim.Optimizer):
@@ -340,132 +237,3 @@ class StackedRMSprop(torch.optim.Optimizer):
         self.frozen_at = population["frozen_at"].to(device)
         self.skipped = population["skipped"].to(device)
         self.step_count = population["step_count"]
-
-
-def inverse_step_sizes_(out: Tensor, state: Mapping[str, Tensor], k: MemberCoefficients) -> Tensor:
-    """Writes into ``out`` every member's inverse step sizes ``1/s`` of ``state``, in the operations of
-    StateNorms' :func:`~rmsprop_lightning.callbacks.state_norms.inverse_step_sizes_`."""
-
-    def each(values: Tensor) -> Tensor:
-        return coefficient(values, out)
-
-    correction = corrections(k, state["step"])
-    out.copy_(state["square_avg"]).mul_(each(correction))
-    if "grad_avg" in state:
-        grad_avg = state["grad_avg"]
-        out.addcmul_(grad_avg, grad_avg * each(-k.centered)).clamp_min_(0.0)
-    out.div_(each(correction.square())).add_(each(k.eps_in)).sqrt_().add_(each(k.eps_out))
-    return out.div_(each(k.lr))
-
-
-class StackedStateNorms:
-    """What ``StateNorms(shadow, "optim/", {}, None)`` measures for each member's own optimizer, all at once.
-
-    :attr:`names` is the union of the members' keys, :attr:`applies` [P, K] (on the host) says
-    which of them member ``i``'s own optimizer has. Build it after a step; rebuild it when the
-    states change (a new state, a member's first accepted step).
-    """
-
-    def __init__(self, optimizer: StackedRMSprop) -> None:
-        self.optimizer = optimizer
-        groups, shadows = optimizer.param_groups, optimizer.shadows
-        self.params = params = [param for group in groups for param in group["params"]]
-        self.group_of = group_of = [index for index, group in enumerate(groups) for _ in group["params"]]
-        states = [optimizer.state.get(param, {}) for param in params]
-        self.rms = rms = [
-            j for j, state in enumerate(states) if "step" in state
-        ]  # those with RMSprop's states
-        if not rms:
-            raise ValueError("StackedStateNorms needs the optimizer's states: build it after a step")
-        # has[i, j]: member i's own optimizer holds a state for params[j], having stepped it
-        has = torch.zeros(len(shadows), len(params), dtype=torch.bool)
-        for j in rms:
-            has[:, j] = states[j]["step"].cpu() > 0
-        self.keys = keys = [key for key in STATE_KEYS if any(key in state for state in states)]
-        # owns[i, k, j]: that state holds keys[k] too (member i's variant keeps it)
-        kept_keys = [[member_keys(member_options(shadow, g)) for g in group_of] for shadow in shadows]
-        owns = has.unsqueeze(1) & torch.tensor(
-            [
-                [[key in state and key in own[j] for j, state in enumerate(states)] for key in keys]
-                for own in kept_keys
-            ]
-        )
-        infixes, scopes = [""], [[1.0] * len(params)]
-        for index, infix in enumerate(group_scopes(shadows[0].param_groups)):
-            if index in group_of:
-                infixes.append(infix)
-                scopes.append([float(g == index) for g in group_of])
-        scope_matrix = torch.tensor(scopes)  # [scope, J]
-
-        quantities = [*BASE_QUANTITIES, *keys]
-        names = [f"optim/{infix}{quantity}_norm" for quantity in quantities for infix in infixes]
-        names += [f"optim/{infix}effective_lr_mean" for infix in infixes]
-        names += [f"optim/{infix}update_to_param_ratio" for infix in infixes]
-        names += ["optim/effective_lr_max", "optim/effective_lr_min"]
-        norm_mask = torch.cat(
-            [torch.ones(len(shadows), len(BASE_QUANTITIES), len(params), dtype=torch.bool), owns], 1
-        )
-        applies = torch.cat(
-            [
-                (norm_mask.float() @ scope_matrix.T > 0).flatten(1),
-                has.float() @ scope_matrix.T > 0,
-                torch.ones(len(shadows), len(infixes), dtype=torch.bool),
-                has.any(1, keepdim=True).expand(-1, 2),
-            ],
-            1,
-        )
-        kept = applies.any(0)  # the union of the members' keys
-        self.names = [name for name, keep in zip(names, kept.tolist(), strict=True) if keep]
-        self.applies = applies[:, kept]
-
-        device = params[0].device
-        self.kept = kept.nonzero().squeeze(1).to(device)
-        self.missing = ~self.applies.to(device)
-        self.norm_mask = norm_mask.to(device)
-        self.scopes = scope_matrix.to(device)
-        self.rms_has = has[:, rms].to(device)
-        self.rms_scopes = scope_matrix[:, rms].to(device)
-        numels = torch.tensor([float(params[j][0].numel()) for j in rms])
-        self.counts = (has[:, rms].float() * numels @ scope_matrix[:, rms].T).to(device)  # elements per scope
-
-    @torch.no_grad()
-    def values(self, minus_before: Sequence[Tensor]) -> Tensor:
-        """The values of :attr:`names` [P, K] (float32, NaN where a key does not apply), right after a step;
-        ``minus_before`` holds the stacked −θ before it, and becomes the updates."""
-        params, optimizer, members = self.params, self.optimizer, len(self.optimizer.shadows)
-        updates = list(minus_before)
-        torch._foreach_add_(updates, params)
-        states = [optimizer.state.get(param, {}) for param in params]
-        zero = params[0].new_zeros(members)
-
-        def norm(tensor: Tensor | None) -> Tensor:
-            return zero if tensor is None else torch.linalg.vector_norm(per_member(tensor), dim=1)
-
-        columns = [norm(param.grad) for param in params] + [norm(param) for param in params]
-        columns += [norm(update) for update in updates]
-        columns += [norm(state.get(key)) for key in self.keys for state in states]
-        squares = torch.stack(columns, 1).float().square().view(members, -1, len(params))
-        norms = (torch.where(self.norm_mask, squares, 0.0) @ self.scopes.T).sqrt_()  # [P, quantity, scope]
-
-        groups: dict[int, MemberCoefficients] = {}
-        size_sums, highest, inverse_highest = [], [], []  # per tensor and member: Σ s, max s, max 1/s
-        for j in self.rms:
-            group = self.group_of[j]
-            if group not in groups:
-                groups[group] = optimizer.member_coefficients(group)
-            # the update's norm is taken: its memory holds the step sizes now
-            sizes = per_member(inverse_step_sizes_(updates[j], states[j], groups[group]))
-            inverse_highest.append(sizes.amax(1))
-            sizes.reciprocal_()
-            highest.append(sizes.amax(1))
-            size_sums.append(sizes.sum(1))
-        sums, highest_, inverse_ = (
-            torch.stack(part, 1).float() for part in (size_sums, highest, inverse_highest)
-        )
-        means = (torch.where(self.rms_has, sums, 0.0) @ self.rms_scopes.T) / self.counts
-        extremes = [
-            torch.where(self.rms_has, highest_, 0.0).amax(1),
-            torch.where(self.rms_has, inverse_, 0.0).amax(1).reciprocal(),
-        ]
-        values = torch.cat([norms.flatten(1), means, norms[:, 2] / norms[:, 1], torch.stack(extremes, 1)], 1)
-        return values[:, self.kept].masked_fill_(self.missing, torch.nan)
