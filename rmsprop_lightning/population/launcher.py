@@ -48,8 +48,9 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
             alone.append(config)
             continue
         populations.setdefault(member.key, []).append(member)
-    for members in [m for m in populations.values() if len(m) == 1]:
-        alone.append(members[0].cfg)
+    for (member,) in [m for m in populations.values() if len(m) == 1]:
+        log.info("Job #%d runs alone: no other job trains with its settings", member.job)
+        alone.append(member.cfg)
     return [m for m in populations.values() if len(m) > 1], alone
 
 
