@@ -152,6 +152,10 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
     assert solo_reason(composer("optimizer._target_=torch.optim.Adam")).startswith(
         "optimizer torch.optim.Adam"
     )
+    assert solo_reason(composer("on_nonfinite=skip")) == "on_nonfinite=skip"
+    for kept in ("mode=max", "save_top_k=2", "monitor=val/rmse", "filename='best-{epoch}-{step}'"):
+        reason = solo_reason(composer(f"callbacks.model_checkpoint.{kept}"))
+        assert reason == "callbacks.model_checkpoint keeps more than the lowest val/loss"
 
 
 def scalar_tags(folder: Path) -> dict[str, list[int]]:
@@ -169,13 +173,15 @@ def files(folder: Path) -> set[str]:
 
 
 def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
-    # 16 jobs: composed and written by forked workers
+    # 16 jobs, composed and written by forked workers, of a net whose tensors torch splits over threads
+    wide = "model.hidden=[256,256]"
     result = run_train(
         tmp_path,
         "-m",
         "hydra/launcher=population",
         "optimizer=rmsprop,rmsprop_momentum",
         "seed=range(8)",
+        wide,
         *QUICK,
     )
     assert "Population of 16: jobs #0, #1, #2" in result.stdout + result.stderr
@@ -184,7 +190,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 16
     solo_root = tmp_path / "solo"
     solo_root.mkdir()
-    run_train(solo_root, "optimizer=rmsprop_momentum", "seed=1", *QUICK)
+    run_train(solo_root, "optimizer=rmsprop_momentum", "seed=1", wide, *QUICK)
     (solo,) = (solo_root / "logs" / "train" / "runs").glob("*")
     member = jobs[9]
     assert files(member) == files(solo)
@@ -203,11 +209,15 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
 
 
 def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_path):
-    run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30", *QUICK)
-    good, bad = (read_summary(job) for job in job_folders(only_sweep(tmp_path)))
+    # 1e30: the parameters turn infinite; 2e8: the loss does first
+    run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30,2e8", *QUICK)
+    jobs = job_folders(only_sweep(tmp_path))
+    good, *bad = (read_summary(job) for job in jobs)
     assert good["status"] == "completed" and good["steps"] == 30
-    assert bad["status"] == "diverged" and bad["diverged_at_step"] < 30
-    assert "lower optimizer.lr" in bad["error"]
+    for summary in bad:
+        assert summary["status"] == "diverged" and summary["diverged_at_step"] < 30
+        assert summary["value"] is None and "lower optimizer.lr" in summary["error"]
+    assert not (jobs[1] / "checkpoints" / "last.ckpt").exists()
 
 
 def test_a_mixed_sweep_splits_into_populations_and_solo_jobs(tmp_path):

@@ -31,14 +31,19 @@ shared: dict[str, Any] = {}  # what the workers need, set before they fork
 
 
 def fork_map(
-    function: Callable[[Item], Result], items: Sequence[Item], meanwhile: Callable[[], Any] = lambda: None
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    meanwhile: Callable[[], Any] = lambda: None,
+    initializer: Callable[[], Any] | None = None,
+    fork: bool = True,
 ) -> list[Result]:
-    """``[function(item) for item in items]`` in forked workers (one per core); ``meanwhile()`` runs here."""
-    workers = min(available_cores(), len(items) // ITEMS_PER_WORKER)
+    """``[function(item) for item in items]`` in forked workers (one per core, each first running
+    ``initializer``) unless ``fork`` is false; ``meanwhile()`` runs here."""
+    workers = min(available_cores(), len(items) // ITEMS_PER_WORKER) if fork else 0
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         meanwhile()
         return [function(item) for item in items]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=initializer) as pool:
         pending = pool.map_async(function, items, chunksize=-(-len(items) // (4 * workers)))
         meanwhile()
         return pending.get()

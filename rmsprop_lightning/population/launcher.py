@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, run_job
 from omegaconf import DictConfig
@@ -54,6 +55,11 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
     return [m for m in populations.values() if len(m) > 1], alone
 
 
+def single_thread() -> None:
+    """A forked worker's torch runs on one thread: the parent's OpenMP pool does not survive a fork."""
+    torch.set_num_threads(1)
+
+
 def write_job(index: int) -> JobReturn:
     """Member ``index``'s job, through Hydra's ``run_job``: its folder, record and outputs."""
     launcher, member = shared["launcher"], shared["members"][index]
@@ -82,11 +88,19 @@ def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
     for members in populations:
         log.info("Population of %d: jobs %s", len(members), ", ".join(f"#{m.job}" for m in members))
         threads = resolve_threads(members[0].cfg.get("threads_per_job"), config.hydra.launcher)
-        with torch_threads(threads):
-            result = train_population(members)
-            threads = torch_thread_count()
+        try:
+            with torch_threads(threads):
+                result = train_population(members)
+                threads = torch_thread_count()
+        except Exception:  # each job then runs alone and records its own outcome
+            log.exception("The population of jobs %s failed; they run one by one", [m.job for m in members])
+            alone.extend(member.cfg for member in members)
+            continue
         shared.update(launcher=launcher, members=members, record=PopulationRecord(result), threads=threads)
-        for member, job_return in zip(members, fork_map(write_job, range(len(members))), strict=True):
+        # forked workers must not touch a device or a thread pool the parent used (torch at one thread)
+        on_cpu = result.module.device.type == "cpu"
+        written = fork_map(write_job, range(len(members)), initializer=single_thread, fork=on_cpu)
+        for member, job_return in zip(members, written, strict=True):
             returns[member.job] = job_return
         if result.interrupted is not None:  # every member is written: the sweep stops here
             stop = result.interrupted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import string
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,8 +23,10 @@ OPTIMIZERS = ("rmsprop_lightning.optim.RMSprop", "torch.optim.RMSprop")
 MODELS = ("rmsprop_lightning.model.FeedForward",)
 DATA = ("rmsprop_lightning.data.RegressionDataModule",)
 # the callbacks a population reproduces for its members (others need a run of their own)
+MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+CHECKPOINT_TIMERS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
 CALLBACKS = (
-    "lightning.pytorch.callbacks.ModelCheckpoint",
+    MODEL_CHECKPOINT,
     "rmsprop_lightning.callbacks.LastCheckpoint",
     "lightning.pytorch.callbacks.LearningRateMonitor",
     "rmsprop_lightning.callbacks.OptimizerStateMonitor",
@@ -62,11 +65,37 @@ def solo_reason(cfg: DictConfig) -> str | None:
         "trainer.accumulate_grad_batches > 1": trainer.get("accumulate_grad_batches", 1) == 1,
         "it starts from a checkpoint": not cfg.get("ckpt_path") and not cfg.get("resume"),
         "train=false": cfg.get("train", True),
+        "on_nonfinite=skip": cfg.get("on_nonfinite", "stop") == "stop",
     }
     for name, entry in (cfg.get("callbacks") or {}).items():
-        if isinstance(entry, DictConfig) and entry.get("_target_") not in (None, *CALLBACKS):
-            checks[f"callbacks.{name} ({entry._target_})"] = False
+        if not isinstance(entry, DictConfig) or entry.get("_target_") is None:
+            continue
+        checks[f"callbacks.{name} ({entry._target_})"] = entry._target_ in CALLBACKS
+        if entry._target_ == MODEL_CHECKPOINT:
+            checks[f"callbacks.{name} keeps more than the lowest val/loss"] = keeps_best_by_step(entry)
     return next((reason for reason, fine in checks.items() if not fine), None)
+
+
+def keeps_best_checkpoint(cfg: DictConfig) -> bool:
+    """Whether the job's callbacks keep a best checkpoint (its test then uses the best weights)."""
+    callbacks = (cfg.get("callbacks") or {}).values()
+    return any(
+        isinstance(entry, DictConfig) and entry.get("_target_") == MODEL_CHECKPOINT for entry in callbacks
+    )
+
+
+def keeps_best_by_step(checkpoint: DictConfig) -> bool:
+    """Whether a ``ModelCheckpoint`` keeps exactly what a population keeps: the lowest ``val/loss``, once,
+    in a file named by the step."""
+    fields = {field for _, field, _, _ in string.Formatter().parse(checkpoint.get("filename") or "") if field}
+    return (
+        checkpoint.get("monitor") == "val/loss"
+        and checkpoint.get("mode", "min") == "min"
+        and checkpoint.get("save_top_k", 1) == 1
+        and not checkpoint.get("save_last")
+        and not any(checkpoint.get(key) for key in CHECKPOINT_TIMERS)
+        and fields <= {"step"}
+    )
 
 
 def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
@@ -74,7 +103,8 @@ def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
     config = OmegaConf.to_container(cfg, resolve=False)
     for key in MEMBER_KEYS:
         config.pop(key, None)
-    config.get("scheduler", {}).pop("scheduler", None)
+    scheduler = config.get("scheduler", {}).pop("scheduler", None)
+    config["scheduler_class"] = scheduler.get("_target_") if isinstance(scheduler, dict) else scheduler
     digest = hashlib.sha1()
     for features, targets in datamodule.splits.values():
         for tensor in (features, targets):

@@ -69,7 +69,6 @@ class PopulationModule(pl.LightningModule):
         loss: str = "mse",
         monitor_every: int | None = None,
         lr_every: int | None = None,
-        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -80,7 +79,6 @@ class PopulationModule(pl.LightningModule):
         self.criterion = LOSSES[loss](reduction="none")
         self.monitor_every = monitor_every
         self.lr_every = lr_every
-        self.skip_nonfinite = skip_nonfinite
         self.step_losses: list[Tensor] = []  # [P] per step
         self.norm_records: list[tuple[int, Tensor]] = []  # (step, [P, K])
         self.norms: StackedStateNorms | None = None
@@ -120,7 +118,7 @@ class PopulationModule(pl.LightningModule):
         logged = self.monitor_every and (self.trainer.global_step + 1) % self.monitor_every == 0
         params = [param for group in self.param_groups for param in group["params"]]
         minus_before = [-param.detach() for param in params] if logged else None
-        optimizer.step(closure=optimizer_closure)
+        optimizer.step(closure=optimizer_closure, losses=lambda: self.step_losses[-1])
         if minus_before is not None:
             self.norms = self.norms or StackedStateNorms(self.optimizer)
             self.norm_records.append((self.trainer.global_step, self.norms.values(minus_before)))
@@ -205,7 +203,7 @@ class PopulationModule(pl.LightningModule):
                 param.copy_(torch.where(validated.view(-1, *[1] * (param.dim() - 1)), best, param))
 
     def configure_optimizers(self) -> Any:
-        optimizer = StackedRMSprop(self.param_groups, self.shadows, skip_nonfinite=self.skip_nonfinite)
+        optimizer = StackedRMSprop(self.param_groups, self.shadows)
         if not self.schedulers:
             return optimizer
         scheduler = {"scheduler": MemberSchedulers(optimizer, self.schedulers), **self.scheduler_settings}

@@ -144,13 +144,21 @@ class StackedRMSprop(torch.optim.Optimizer):
         return cached[1], cached[2], changed
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step of every alive member; ``closure`` re-evaluates the model and returns the loss."""
+    def step(
+        self, closure: Callable[[], Any] | None = None, losses: Callable[[], Tensor] | None = None
+    ) -> Any:
+        """One step of every alive member; ``closure`` re-evaluates the model and returns the loss.
+
+        ``losses()``, read after the closure, gives each member's loss [P]: a non-finite one rejects
+        that member's step as a non-finite gradient or parameter does.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         accepted = self.alive.clone()
+        if losses is not None:
+            accepted &= losses().isfinite()
         candidates = []
         for index, group in enumerate(self.param_groups):
             params = [param for param in group["params"] if param.grad is not None]

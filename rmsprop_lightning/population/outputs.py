@@ -68,7 +68,7 @@ class PopulationRecord:
         self.epoch = checkpoint.get("epoch", 0)
 
     def last_step(self, index: int) -> int:
-        """The member's steps done: all of them, or up to the step it diverged at."""
+        """The member's last step: the population's, or the step it diverged at."""
         frozen = self.frozen_at[index]
         return self.global_step if frozen < 0 else frozen
 
@@ -115,7 +115,8 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
                 best[tag], best_step[tag] = value, step
     return {
         "fit_seconds": record.result.fit_seconds,
-        "steps": record.last_step(index),
+        # a diverged solo run counts the step it stopped at, as Lightning had started it
+        "steps": record.global_step if record.frozen_at[index] < 0 else record.frozen_at[index] + 1,
         "final": final,
         "best": best,
         "best_step": best_step,
@@ -248,5 +249,7 @@ def write_member(
         message = f"{stop}; resume with: python train.py resume={cfg.paths.output_dir}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
     write_loggers(cfg, member, scalars)
+    if frozen >= 0:  # a diverged solo run keeps only the checkpoints written before; none were here
+        return None
     write_checkpoints(cfg, member, record, index, scalars)
     return fields["final"].get(cfg.get("optimized_metric") or "")

@@ -22,7 +22,7 @@ from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.population.data import PopulationDataModule
-from rmsprop_lightning.population.members import Member
+from rmsprop_lightning.population.members import Member, keeps_best_checkpoint
 from rmsprop_lightning.population.module import PopulationModule
 from rmsprop_lightning.population.stacked import StackedFeedForward
 
@@ -97,7 +97,6 @@ def build_population(members: Sequence[Member]) -> PopulationModule:
         loss=hparams.loss,
         monitor_every=monitor_interval(first.cfg),
         lr_every=lr_interval(first.cfg),
-        skip_nonfinite=first.cfg.get("on_nonfinite") == "skip",
     )
 
 
@@ -136,7 +135,8 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
             len(members) * trainer.global_step / fit_seconds,
         )
         if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
-            module.use_best_parameters()
+            if keeps_best_checkpoint(cfg):  # a solo run tests its best checkpoint, else its last weights
+                module.use_best_parameters()
             trainer.test(module, datamodule=datamodule, verbose=False)
     return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted)
 
