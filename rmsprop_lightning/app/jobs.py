@@ -25,7 +25,7 @@ from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
 
-Trainer = Callable[[DictConfig, dict[str, Any]], "float | None"]
+Training = Callable[[DictConfig, dict[str, Any]], "float | None"]  # (config, summary fields) -> metric
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -111,7 +111,7 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
         fields.update(stats.fields())
 
 
-def run_job(cfg: DictConfig, train: Trainer = train_alone) -> float | None:
+def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     """Checks the config, trains (``run(cfg)`` by default) and records the job; returns the optimized
     metric, if finite.
 

@@ -116,7 +116,7 @@ class PopulationModule(pl.LightningModule):
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
         logged = self.monitor_every and (self.trainer.global_step + 1) % self.monitor_every == 0
-        params = [param for group in self.param_groups for param in group["params"]]
+        params = (param for group in self.param_groups for param in group["params"])
         minus_before = [-param.detach() for param in params] if logged else None
         optimizer.step(closure=optimizer_closure, losses=lambda: self.step_losses[-1])
         if minus_before is not None:

@@ -78,9 +78,10 @@ class PopulationRecord:
         scalars: Scalars = collections.defaultdict(dict)
         for step, loss in enumerate(self.losses[index][: end + 1]):
             scalars[step]["train/loss"] = loss
+        tags = lr_tags(member.optimizer)
         for step, lrs in self.result.module.lr_records:
             if step < end:
-                scalars[step].update(zip(lr_tags(member.optimizer), lrs[index], strict=True))
+                scalars[step].update(zip(tags, lrs[index], strict=True))
         applies = self.norm_applies[index] if self.norm_applies else []
         for step, rows in self.norms:
             if step < end:
