@@ -204,7 +204,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     assert ours_ckpt["loops"] == theirs_ckpt["loops"]
     assert ours_ckpt["callbacks"].keys() == theirs_ckpt["callbacks"].keys()
     run_train(tmp_path, f"resume={member}", "trainer.max_steps=45")
-    assert read_summary(member)["steps"] == 45
+    assert read_summary(member)["steps"] == 45 and read_summary(member)["population"] is None
     assert report.main([str(sweep), "--no-plots"]) == 0
 
 

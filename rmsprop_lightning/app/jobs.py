@@ -133,6 +133,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             seed=cfg.get("seed"),
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             optimized_metric=cfg.get("optimized_metric"),
+            population=None,  # a population's writer sets it; a resumed member then runs alone
             **job_fields,
         )
     try:
