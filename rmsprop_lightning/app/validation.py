@@ -10,6 +10,7 @@ form by :func:`input_errors`. The checks of the config alone are in
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import pickle
 import zipfile
@@ -22,7 +23,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
@@ -43,32 +44,38 @@ INPUT_ERRORS = (
 )
 
 
-def check_targets(cfg: DictConfig, path: str = "") -> None:
+def check_targets(node: DictConfig, path: str = "") -> None:
     """Every config node with a ``_target_`` names an importable callable that takes each of its keys."""
-    node = cfg if not path else OmegaConf.select(cfg, path)
-    if not isinstance(node, DictConfig):
-        return
     if "_target_" in node:
         check_options(node, path)
     for key, value in node.items_ex(resolve=False):
-        if isinstance(value, DictConfig):
-            check_targets(cfg, f"{path}.{key}" if path else str(key))
+        child = node.get(key) if isinstance(value, DictConfig) else None  # null when the node is
+        if isinstance(child, DictConfig):
+            check_targets(child, f"{path}.{key}" if path else str(key))
+
+
+@functools.cache
+def target_parameters(target_name: str) -> frozenset[str] | None:
+    """The names ``target_name``'s callable takes, or ``None`` when it takes ``**kwargs``; a sweep's jobs
+    share their targets, so each is imported and inspected once."""
+    parameters = inspect.signature(get_object(target_name)).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return None
+    return frozenset(parameters)
 
 
 def check_options(node: DictConfig, path: str) -> None:
     """The keys of one ``_target_`` node are parameters of its target (unless it takes ``**kwargs``)."""
     target_name = node._target_
     try:
-        target = get_object(target_name)
-        signature = inspect.signature(target)
+        parameters = target_parameters(target_name)
     except Exception as error:
         raise InputError(
             f"{path}._target_={target_name} cannot be imported ({type(error).__name__}: {error})"
         ) from error
-    parameters = signature.parameters
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+    if parameters is None:
         return
-    allowed = sorted(set(parameters) - set(CALL_TIME_ARGUMENTS.get(path, ())))
+    allowed = sorted(parameters - set(CALL_TIME_ARGUMENTS.get(path, ())))
     for key in node:
         if key not in HYDRA_KEYS and key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
