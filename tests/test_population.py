@@ -153,6 +153,21 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
         "optimizer torch.optim.Adam"
     )
     assert solo_reason(composer("on_nonfinite=skip")) == "on_nonfinite=skip"
+    assert solo_reason(composer("trainer.fast_dev_run=true")) == "trainer.fast_dev_run is set"
+    assert solo_reason(composer("+trainer.max_time=00:00:00:03")).startswith("trainer.max_time is set")
+    assert solo_reason(composer("callbacks=none")).startswith("Lightning's own checkpointing is on")
+    assert solo_reason(composer("callbacks=none", "trainer.enable_checkpointing=false")) is None
+    assert solo_reason(composer("scheduler=plateau", "scheduler.monitor=val/rmse")) == (
+        "scheduler.monitor=val/rmse"
+    )
+    for option, reason in (
+        ("optimizer_state_monitor.per_parameter=true", "optimizer_state_monitor.per_parameter=True"),
+        ("learning_rate_monitor.logging_interval=epoch", "learning_rate_monitor.logging_interval=epoch"),
+        ("+learning_rate_monitor.log_momentum=true", "learning_rate_monitor.log_momentum=True"),
+        ("+model_checkpoint.save_on_train_epoch_end=true", "model_checkpoint.save_on_train_epoch_end=True"),
+    ):
+        plus = "+" if option.startswith("+") else ""
+        assert solo_reason(composer(f"{plus}callbacks.{option.lstrip('+')}")) == f"callbacks.{reason}"
     for kept in ("mode=max", "save_top_k=2", "monitor=val/rmse", "filename='best-{epoch}-{step}'"):
         reason = solo_reason(composer(f"callbacks.model_checkpoint.{kept}"))
         assert reason == "callbacks.model_checkpoint keeps more than the lowest val/loss"
@@ -210,14 +225,28 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
 
 def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_path):
     # 1e30: the parameters turn infinite; 2e8: the loss does first
-    run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30,2e8", *QUICK)
+    result = run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30,2e8", *QUICK)
     jobs = job_folders(only_sweep(tmp_path))
     good, *bad = (read_summary(job) for job in jobs)
     assert good["status"] == "completed" and good["steps"] == 30
-    for summary in bad:
+    for summary in bad:  # recorded as a solo run records its divergence
         assert summary["status"] == "diverged" and summary["diverged_at_step"] < 30
-        assert summary["value"] is None and "lower optimizer.lr" in summary["error"]
+        assert summary["error"].startswith("DivergedError: training diverged at step")
+        assert "likely cause: lr=" in summary["error"] and "value" not in summary
     assert not (jobs[1] / "checkpoints" / "last.ckpt").exists()
+    output = result.stdout + result.stderr
+    assert output.count("Done: ") == 1 and output.count("failed; the sweep goes on") == 2
+
+
+def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path):
+    result = run_train(
+        tmp_path, "-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=0", "seed=0,1", check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: hydra.launcher.cpus_per_task=0 is invalid; allowed: an integer ≥ 1 or null"
+    )
+    assert not list(tmp_path.rglob("metrics.json"))
 
 
 def test_a_mixed_sweep_splits_into_populations_and_solo_jobs(tmp_path):

@@ -107,6 +107,7 @@ RULES: dict[str, Rule] = {
     "seed": Number(integer=True, low=0, high=2**32 - 1),
     "on_nonfinite": OneOf(choices=("stop", "skip")),
     "ckpt_restore": OneOf(choices=("full", "weights")),
+    "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
     "trainer.max_steps": Number(integer=True, low=1, extra=(-1,)),
     "trainer.precision": OneOf(choices=PRECISIONS),
     "trainer.accelerator": OneOf(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
@@ -162,6 +163,14 @@ def validate_config(cfg: DictConfig) -> None:
     check_training_length(cfg)
     check_loggers(cfg)
     check_input_files(cfg)
+
+
+def check_launcher_threads(launcher: DictConfig) -> None:
+    """A launcher's ``cpus_per_task``, torch's threads per process, is a positive integer or null."""
+    rule = Number(integer=True, low=1, nullable=True)
+    cpus = launcher.get("cpus_per_task")
+    if not rule.accepts(cpus):
+        raise InputError(f"hydra.launcher.cpus_per_task={show(cpus)} is invalid; allowed: {rule.describe()}")
 
 
 def check_loggers(cfg: DictConfig) -> None:

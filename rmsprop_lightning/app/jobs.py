@@ -151,7 +151,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         return None
     if writes:
         summary = _finish(output_dir, "completed", clock, value=value, **fields)
-        log.info(closing_line(output_dir, summary))
+        if summary["status"] == "completed":  # not a population member that was interrupted
+            log.info(closing_line(output_dir, summary))
     return value if value is not None and math.isfinite(value) else None
 
 

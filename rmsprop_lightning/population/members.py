@@ -32,6 +32,16 @@ CALLBACKS = (
     "rmsprop_lightning.callbacks.OptimizerStateMonitor",
     "lightning.pytorch.callbacks.TQDMProgressBar",
 )
+# callback options whose other values a population does not reproduce: {target: {option: its value}}
+UNSUPPORTED_OPTIONS = {
+    "lightning.pytorch.callbacks.LearningRateMonitor": {
+        "logging_interval": "step",
+        "log_momentum": False,
+        "log_weight_decay": False,
+    },
+    "rmsprop_lightning.callbacks.OptimizerStateMonitor": {"per_parameter": False},
+    MODEL_CHECKPOINT: {"save_on_train_epoch_end": None},
+}
 # what members may differ in (where they write, too): the rest of their configs must be equal
 MEMBER_KEYS = ("optimizer", "seed", "hydra", "paths")
 
@@ -51,7 +61,7 @@ class Member:
 
 def solo_reason(cfg: DictConfig) -> str | None:
     """Why the job needs a run of its own, or ``None`` when it can join a population."""
-    trainer = cfg.trainer
+    trainer, monitor = cfg.trainer, cfg.scheduler.get("monitor")
     checks = {
         f"optimizer {cfg.optimizer.get('_target_')} is not RMSprop": cfg.optimizer.get("_target_")
         in OPTIMIZERS,
@@ -63,6 +73,12 @@ def solo_reason(cfg: DictConfig) -> str | None:
         and trainer.get("strategy", "auto") in ("auto", None),
         "trainer.gradient_clip_val is set": not trainer.get("gradient_clip_val"),
         "trainer.accumulate_grad_batches > 1": trainer.get("accumulate_grad_batches", 1) == 1,
+        "trainer.fast_dev_run is set": not trainer.get("fast_dev_run"),
+        "trainer.overfit_batches is set": not trainer.get("overfit_batches"),
+        f"scheduler.monitor={monitor}": monitor in (None, "val/loss"),
+        "trainer.max_time is set (a population would share it)": trainer.get("max_time") is None,
+        "Lightning's own checkpointing is on without a ModelCheckpoint": keeps_best_checkpoint(cfg)
+        or trainer.get("enable_checkpointing") is False,
         "it starts from a checkpoint": not cfg.get("ckpt_path") and not cfg.get("resume"),
         "train=false": cfg.get("train", True),
         "on_nonfinite=skip": cfg.get("on_nonfinite", "stop") == "stop",
@@ -73,6 +89,8 @@ def solo_reason(cfg: DictConfig) -> str | None:
         checks[f"callbacks.{name} ({entry._target_})"] = entry._target_ in CALLBACKS
         if entry._target_ == MODEL_CHECKPOINT:
             checks[f"callbacks.{name} keeps more than the lowest val/loss"] = keeps_best_by_step(entry)
+        for option, default in UNSUPPORTED_OPTIONS.get(entry._target_, {}).items():
+            checks[f"callbacks.{name}.{option}={entry.get(option)}"] = entry.get(option, default) == default
     return next((reason for reason, fine in checks.items() if not fine), None)
 
 

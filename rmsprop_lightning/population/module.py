@@ -84,6 +84,7 @@ class PopulationModule(pl.LightningModule):
         self.norms: StackedStateNorms | None = None
         self.lr_records: list[tuple[int, list[list[float]]]] = []  # (step, lr per member and group)
         self.validations: list[tuple[int, dict[str, Tensor]]] = []  # (step, {tag: [P]})
+        self.validation_epochs: dict[int, int] = {}  # step -> the trainer's epoch at that validation
         self.tests: dict[str, Tensor] = {}
         self.best_loss: Tensor | None = None
         self.best_step: Tensor | None = None
@@ -158,7 +159,11 @@ class PopulationModule(pl.LightningModule):
         if stage == "test":
             variance_sum = t["sum_sq"] - t["sum"] * t["sum"] / t["elements"]
             scores["test/r2"] = 1 - t["sse"] / variance_sum
-        return {tag: value.float() for tag, value in scores.items()}
+        # as RegressionModule logs them: the loss in float64 when the run is, the others in float32
+        return {
+            tag: value if tag.endswith("loss") and value.dtype == torch.float64 else value.float()
+            for tag, value in scores.items()
+        }
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._totals:
@@ -166,18 +171,21 @@ class PopulationModule(pl.LightningModule):
         scores = self._scores("val")
         step = self.trainer.global_step
         self.validations.append((step, scores))
+        self.validation_epochs[step] = self.current_epoch
         self._keep_best(scores["val/loss"], step)
         alive = self.optimizer.alive if self.optimizer.state else None
         loss = scores["val/loss"] if alive is None else scores["val/loss"][alive]
         self.log("val/loss", loss.mean())  # for Lightning: the plateau scheduler's monitor
 
     def _keep_best(self, loss: Tensor, step: int) -> None:
-        """Keeps each live member's parameters at its lowest ``val/loss`` (ties keep the earlier)."""
+        """Keeps each live member's parameters at its lowest ``val/loss`` (ties keep the earlier), as
+        ``ModelCheckpoint`` does: its first validation counts whatever the score, NaN counting as inf."""
         alive = self.optimizer.alive
         if self.best_loss is None:
             self.best_loss = torch.full_like(loss, float("inf"))
             self.best_step = torch.full_like(loss, -1, dtype=torch.long)
-        better = alive & (loss < self.best_loss)
+        loss = torch.nan_to_num(loss, nan=float("inf"), posinf=float("inf"))
+        better = alive & ((loss < self.best_loss) | (self.best_step < 0))
         self.best_loss = torch.where(better, loss, self.best_loss)
         self.best_step = torch.where(better, step, self.best_step)
         for name in self.model.names:

@@ -22,6 +22,7 @@ from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.callbacks.random_state import RandomState
+from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.event_file import EventFile
 from rmsprop_lightning.logging.tensorboard import (
     TensorBoardRunLogger,
@@ -41,8 +42,8 @@ def lr_tags(optimizer: torch.optim.Optimizer) -> list[str]:
     name = f"lr-{type(optimizer).__name__}"
     groups = optimizer.param_groups
     if len(groups) == 1:
-        return [name]
-    return [f"{name}/{group.get('name') or f'pg{index + 1}'}" for index, group in enumerate(groups)]
+        return [f"{name}/{groups[0]['name']}" if groups[0].get("name") else name]
+    return [f"{name}/{group.get('name', f'pg{index + 1}')}" for index, group in enumerate(groups)]
 
 
 class PopulationRecord:
@@ -64,8 +65,7 @@ class PopulationRecord:
         self.tests = {tag: value.tolist() for tag, value in module.tests.items()}
         self.best_step = module.best_step.tolist() if module.best_step is not None else None
         checkpoint = result.checkpoint or {}
-        self.global_step = checkpoint.get("global_step", len(self.losses))
-        self.epoch = checkpoint.get("epoch", 0)
+        self.global_step = checkpoint.get("global_step", len(self.losses[0]) if self.losses else 0)
 
     def last_step(self, index: int) -> int:
         """The member's last step: the population's, or the step it diverged at."""
@@ -76,7 +76,7 @@ class PopulationRecord:
         """Every value the member's solo run would log, by step."""
         end = self.last_step(index)
         scalars: Scalars = collections.defaultdict(dict)
-        for step, loss in enumerate(self.losses[index][: end + 1]):
+        for step, loss in enumerate(self.losses[index][:end]):  # a diverged run logs no loss at its end
             scalars[step]["train/loss"] = loss
         tags = lr_tags(member.optimizer)
         for step, lrs in self.result.module.lr_records:
@@ -92,7 +92,7 @@ class PopulationRecord:
                 scalars[step].update({tag: values[index] for tag, values in scores.items()})
         if self.tests and self.frozen_at[index] < 0:
             scalars[end].update({tag: values[index] for tag, values in self.tests.items()})
-            scalars[end]["epoch"] = float(self.epoch)
+            scalars[end]["epoch"] = float(self.result.test_epoch)
         return scalars
 
 
@@ -108,8 +108,10 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
     best_step: dict[str, int] = {}
     for step in sorted(scalars):
         for tag, value in scalars[step].items():
-            if tag.startswith(("val/", "lr-", "test/")):
-                final[tag] = float32(value)  # as the trainer keeps its metrics
+            if tag.startswith(("val/", "test/")):
+                final[tag] = value
+            elif tag.startswith("lr-"):
+                final[tag] = float32(value)  # as the trainer keeps it
             if tag.startswith("val/") and is_better(
                 value, best.get(tag), "max" if tag.endswith("r2") else "min"
             ):
@@ -125,8 +127,11 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
     }
 
 
-def write_tensorboard(logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any]) -> None:
-    """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass."""
+def write_tensorboard(
+    logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any], layout: bool, finished: bool
+) -> None:
+    """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass: with the
+    optimizer-state charts' ``layout``, and the best values and HPARAMS a ``finished`` fit adds."""
     events = EventFile(logger.log_dir)
     best: dict[str, float] = {}
     tracked = [(tag, mode) for tag, mode in logger.hparams_metrics.items() if mode != "last"]
@@ -138,21 +143,23 @@ def write_tensorboard(logger: TensorBoardRunLogger, scalars: Scalars, params: di
         events.scalars({f"{logger.tag_prefix}{tag}": value for tag, value in metrics.items()}, step)
     last = max(scalars, default=0)
     optim = [tag for metrics in scalars.values() for tag in metrics if tag.startswith("optim/")]
-    if optim:
+    if optim and layout:
         events.summary(custom_scalars(custom_scalars_layout(dict.fromkeys(optim))), last)
-    if best:
+    if best and finished:
         events.scalars({f"{tag}_best": value for tag, value in best.items()}, last)
-    for summary in hparams_summaries(params, logger.metric_tags):
+    for summary in hparams_summaries(params, logger.metric_tags) if finished else ():
         events.summary(summary, last)
     events.close()
 
 
-def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars) -> None:
+def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: bool) -> None:
     """Hands the member's scalars and hyper-parameters to the loggers its config names."""
+    monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor") or {}
+    layout = bool(monitor.get("tensorboard_layout", True))
     for logger in instantiate_entries(cfg.get("logger")):
         logger.log_hyperparams(member.module.hparams)
         if isinstance(logger, TensorBoardRunLogger):  # its writer stays closed: the file is written here
-            write_tensorboard(logger, scalars, run_hparams(cfg))
+            write_tensorboard(logger, scalars, run_hparams(cfg), layout, finished)
             save_hparams_to_yaml(Path(logger.log_dir) / TensorBoardLogger.NAME_HPARAMS_FILE, logger.hparams)
             continue
         for step in sorted(scalars):
@@ -173,14 +180,11 @@ def member_weights(
 
 
 def write_checkpoints(
-    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, scalars: Scalars
+    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, scalars: Scalars, with_last: bool
 ) -> None:
-    """``last.ckpt`` (continues as a solo run with ``resume=``) and the best checkpoint (weights)."""
-    population = record.result.checkpoint
+    """The best checkpoint (weights) and, ``with_last``, ``last.ckpt`` (continues as a solo run with
+    ``resume=``)."""
     callbacks = instantiate_entries(cfg.get("callbacks"))
-    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
-    if population is None or last is None:
-        return
     module = member.module
     io = AtomicCheckpointIO()
     random_state, guard = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop"))
@@ -188,24 +192,24 @@ def write_checkpoints(
         random_state.state_key: random_state.state_dict(),
         guard.state_key: {"skipped": record.skipped[index]},
     }
+    dtype = record.result.module.dtype  # the run's precision (float64 with 64-true)
     final = {
-        tag: torch.tensor(value)
+        tag: torch.tensor(value, dtype=dtype if tag.endswith("loss") else torch.float32)
         for step in sorted(scalars)
         for tag, value in scalars[step].items()
         if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
     }
-    states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
     best = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_step = record.best_step[index] if record.best_step else -1
     if best is not None and best_step >= 0:
         path = Path(best.format_checkpoint_name({"step": torch.tensor(best_step)}))
-        score = torch.tensor(dict(record.validations)[best_step][best.monitor][index])
-        module.load_state_dict(
+        score = torch.tensor(dict(record.validations)[best_step][best.monitor][index], dtype=dtype)
+        module.to(dtype).load_state_dict(
             {f"model.{name}": value for name, value in record.result.module.best_member_state(index).items()}
         )
         io.save_checkpoint(
             {
-                "epoch": record.epoch,
+                "epoch": record.result.module.validation_epochs[best_step],
                 "global_step": best_step,
                 "pytorch-lightning_version": lightning.__version__,
                 "state_dict": module.state_dict(),
@@ -218,7 +222,15 @@ def write_checkpoints(
         best.best_model_score = best.kth_value = best.current_score = score
         best.best_k_models = {str(path): score}
         states[best.state_key] = best.state_dict()
+    population = record.result.checkpoint
+    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    if not with_last or population is None or last is None:
+        return
     schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
+    validated = [step for step, _ in record.validations if step <= record.last_step(index)]
+    if validated:  # RegressionModule logs the step of its last validation
+        final["step"] = torch.tensor(float(validated[-1]))
+    states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
     checkpoint = {
         **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
         "state_dict": member_weights(record, index, population),
@@ -231,26 +243,35 @@ def write_checkpoints(
     io.save_checkpoint(checkpoint, last.path)
 
 
+def divergence(record: PopulationRecord, index: int, member: Member) -> DivergedError:
+    """The error a solo run's :class:`DivergenceGuard` raises at the member's step."""
+    frozen = record.frozen_at[index]
+    loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
+    what = "parameters" if math.isfinite(loss) else "loss"
+    return DivergedError(
+        f"training diverged at step {frozen}: non-finite {what} (loss {loss:.6g}); "
+        f"likely cause: {likely_cause(member.optimizer, math.isfinite(loss))}. "
+        "No checkpoint was written before it."
+    )
+
+
 def write_member(
     cfg: DictConfig, member: Member, record: PopulationRecord, index: int, fields: dict[str, Any]
 ) -> float | None:
-    """Writes the member's outputs into its job folder; returns its optimized metric."""
+    """Writes the member's outputs into its job folder; returns its optimized metric, or raises the
+    :class:`DivergedError` of a member that diverged, as its solo run would."""
     scalars = record.scalars(index, member)
     fields.update(summary_fields(record, index, scalars))
     frozen = record.frozen_at[index]
-    if frozen >= 0:
-        loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
-        message = (
-            f"training diverged at step {frozen}: non-finite loss or parameters (loss {loss:.6g}); "
-            f"{likely_cause(member.optimizer, math.isfinite(loss))}"
-        )
-        write_summary(cfg.paths.output_dir, status="diverged", error=message, diverged_at_step=frozen)
     stop = record.result.interrupted
     if stop is not None and frozen < 0:
         message = f"{stop}; resume with: python train.py resume={cfg.paths.output_dir}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    write_loggers(cfg, member, scalars)
-    if frozen >= 0:  # a diverged solo run keeps only the checkpoints written before; none were here
-        return None
-    write_checkpoints(cfg, member, record, index, scalars)
+    write_loggers(cfg, member, scalars, finished=frozen < 0)
+    # a diverged solo run keeps the checkpoints written before; a population saves its last at the end
+    write_checkpoints(cfg, member, record, index, scalars, with_last=frozen < 0)
+    if frozen >= 0:
+        error = divergence(record, index, member)
+        write_summary(cfg.paths.output_dir, status="diverged", error=str(error), diverged_at_step=frozen)
+        raise error
     return fields["final"].get(cfg.get("optimized_metric") or "")

@@ -53,6 +53,7 @@ class PopulationResult:
     checkpoint: dict[str, Any] | None  # the population's state when training stopped
     fit_seconds: float
     interrupted: InterruptedRun | None  # the stop a signal asked for, raised once the members are written
+    test_epoch: int  # the trainer's epoch when it tests, which the test logs
 
 
 def monitor_interval(cfg: Any) -> int | None:
@@ -138,7 +139,7 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
             if keeps_best_checkpoint(cfg):  # a solo run tests its best checkpoint, else its last weights
                 module.use_best_parameters()
             trainer.test(module, datamodule=datamodule, verbose=False)
-    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted)
+    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted, trainer.current_epoch)
 
 
 @contextlib.contextmanager
