@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rmsprop_lightning.app.run import run
 from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.population.members import build_member, solo_reason
-from rmsprop_lightning.population.outputs import PopulationRecord
+from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
@@ -102,10 +102,23 @@ def solo_run(composer, *overrides: str) -> tuple[dict[str, torch.Tensor], dict]:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_a_member_in_float64_ends_where_its_solo_run_ends(composer, float64_population, preset):
-    weights, _ = float64_population
-    solo, _ = solo_run(composer, f"optimizer={preset}", "seed=0", "trainer.precision=64-true")
+    weights, record = float64_population
+    solo, metrics = solo_run(composer, f"optimizer={preset}", "seed=0", "trainer.precision=64-true")
     for name, value in solo.items():
         torch.testing.assert_close(weights[preset][name], value, rtol=1e-9, atol=1e-12)
+    loss = record.result.module.validations[-1][1]["val/loss"][2 * PRESETS.index(preset)]
+    assert loss.dtype == metrics["val/loss"].dtype == torch.float64
+    # Lightning's epoch mean of the batch losses agrees with the population's to float32's precision
+    assert float(loss) == pytest.approx(float(metrics["val/loss"]), rel=1e-6)
+
+
+def test_learning_rate_tags_are_named_as_lightnings_monitor_names_them():
+    weight, bias = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+    one = torch.optim.RMSprop([{"params": [weight, bias], "name": "decay"}])
+    two = torch.optim.RMSprop([{"params": [weight], "name": "decay"}, {"params": [bias]}])
+    assert lr_tags(one) == ["lr-RMSprop/decay"]
+    assert lr_tags(two) == ["lr-RMSprop/decay", "lr-RMSprop/pg2"]
+    assert lr_tags(torch.optim.RMSprop([weight])) == ["lr-RMSprop"]
 
 
 @pytest.mark.parametrize("preset", ["rmsprop", "rmsprop_centered_momentum", "rmsprop_tf"])
