@@ -8,11 +8,9 @@ job gets its own folder, written through Hydra's ``run_job``, so the sweep looks
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,12 +20,11 @@ from omegaconf import DictConfig
 
 from rmsprop_lightning.app.jobs import resolve_threads, torch_thread_count, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
-from rmsprop_lightning.callbacks.interrupt import SIGNALS
 from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
 from rmsprop_lightning.population.forks import fork_map, shared
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
-from rmsprop_lightning.population.train import train_population
+from rmsprop_lightning.population.train import deferred_signals, train_population
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +62,6 @@ def writer_process() -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def written_first(jobs: int) -> Iterator[list[int]]:
-    """SIGTERM and Ctrl-C wait until the job folders are written: the trained members live only in
-    memory until then. Yields the signals received; a second Ctrl-C stops at once."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handle(signum: int, frame: Any) -> None:
-        if received and signum == signal.SIGINT:
-            restore()
-            raise KeyboardInterrupt
-        received.append(signum)
-        name = signal.Signals(signum).name
-        log.warning("Received %s: writing the %d job folders first (Ctrl-C again stops at once)", name, jobs)
-
-    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    try:
-        yield received
-    finally:
-        restore()
 
 
 def write_job(index: int) -> JobReturn:
@@ -135,10 +103,11 @@ def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
         shared.update(launcher=launcher, members=members, record=PopulationRecord(result), threads=threads)
         # forked workers must not touch a device or a thread pool the parent used (torch at one thread)
         on_cpu = result.module.device.type == "cpu"
-        with written_first(len(members)) as received:
+        with deferred_signals(f"writing the {len(members)} job folders first") as received:
             written = fork_map(write_job, range(len(members)), initializer=writer_process, fork=on_cpu)
         for member, job_return in zip(members, written, strict=True):
             returns[member.job] = job_return
+        received = result.deferred_signals + received
         if result.interrupted is None and received:
             result.interrupted = InterruptedRun(
                 f"stopped by {signal.Signals(received[0]).name} once the jobs were written", received[0]

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from rmsprop_lightning.app.run import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
-from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
+from rmsprop_lightning.callbacks.interrupt import SIGNALS, GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.population.data import PopulationDataModule
 from rmsprop_lightning.population.members import Member, keeps_best_checkpoint
@@ -54,6 +55,7 @@ class PopulationResult:
     fit_seconds: float
     interrupted: InterruptedRun | None  # the stop a signal asked for, raised once the members are written
     test_epoch: int  # the trainer's epoch when it tests, which the test logs
+    deferred_signals: list[int]  # received while testing: the sweep stops once the jobs are written
 
 
 def monitor_interval(cfg: Any) -> int | None:
@@ -135,11 +137,41 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
             fit_seconds,
             len(members) * trainer.global_step / fit_seconds,
         )
-        if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
-            if keeps_best_checkpoint(cfg):  # a solo run tests its best checkpoint, else its last weights
-                module.use_best_parameters()
-            trainer.test(module, datamodule=datamodule, verbose=False)
-    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted, trainer.current_epoch)
+        epoch = trainer.current_epoch
+        with deferred_signals("testing and writing the jobs first") as received:
+            if cfg.get("test", True) and datamodule.splits["test"][0].numel() and interrupted is None:
+                if keeps_best_checkpoint(cfg):  # a solo run tests its best checkpoint, else its last weights
+                    module.use_best_parameters()
+                trainer.test(module, datamodule=datamodule, verbose=False)
+    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted, epoch, received)
+
+
+@contextlib.contextmanager
+def deferred_signals(doing: str) -> Iterator[list[int]]:
+    """SIGTERM and Ctrl-C wait while the population is tested and written (its members live only in
+    memory until then); yields the signals received. A second Ctrl-C stops at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            restore()
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("Received %s: %s (Ctrl-C again stops at once)", signal.Signals(signum).name, doing)
+
+    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    try:
+        yield received
+    finally:
+        restore()
 
 
 @contextlib.contextmanager
