@@ -49,7 +49,7 @@ def check_targets(node: DictConfig, path: str = "") -> None:
     if "_target_" in node:
         check_options(node, path)
     for key, value in node.items_ex(resolve=False):
-        child = node.get(key) if isinstance(value, DictConfig) else None  # null when the node is
+        child = node.get(key) if isinstance(value, DictConfig) else None  # resolved; None for a null node
         if isinstance(child, DictConfig):
             check_targets(child, f"{path}.{key}" if path else str(key))
 

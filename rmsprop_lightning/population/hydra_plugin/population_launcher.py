@@ -32,13 +32,11 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from rmsprop_lightning.app.config_checks import check_launcher_threads
-        from rmsprop_lightning.errors import InputError, exit_with
+        from rmsprop_lightning.errors import reported_errors
         from rmsprop_lightning.population.forks import compose_jobs
 
-        try:
+        with reported_errors():
             check_launcher_threads(self.config.hydra.launcher)
-        except InputError as error:
-            exit_with(error)
         configs = compose_jobs(self, job_overrides, initial_job_idx, meanwhile=LAUNCHER)
         from rmsprop_lightning.population.launcher import launch
 
