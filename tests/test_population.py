@@ -251,6 +251,29 @@ def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_pa
     assert output.count("Done: ") == 1 and output.count("failed; the sweep goes on") == 2
 
 
+def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp_path):
+    # the learning rate grows 1e30-fold at step 20: the member diverges after its save at step 20
+    common = (*QUICK, "scheduler=step", "scheduler.interval=step", "scheduler.scheduler.step_size=20")
+    common += ("callbacks.last_checkpoint.every_n_train_steps=20",)
+    run_train(tmp_path, "-m", "hydra/launcher=population", "scheduler.scheduler.gamma=1,1e30", *common)
+    member = job_folders(only_sweep(tmp_path))[1]
+    (tmp_path / "solo").mkdir()
+    run_train(tmp_path / "solo", "scheduler.scheduler.gamma=1e30", *common, check=False)
+    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
+    ours, theirs = read_summary(member), read_summary(solo)
+    assert ours["status"] == theirs["status"] == "diverged"
+    assert ours["diverged_at_step"] == theirs["diverged_at_step"] > 20
+    assert "The last good state is kept in" in ours["error"]
+    ours, theirs = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=False) for f in (member, solo))
+    assert ours["global_step"] == theirs["global_step"] == 20 and ours["loops"] == theirs["loops"]
+    assert ours["lr_schedulers"] == theirs["lr_schedulers"]
+    assert ours["callbacks"].keys() == theirs["callbacks"].keys()
+    torch.testing.assert_close(ours["state_dict"], theirs["state_dict"], rtol=1e-4, atol=1e-6)
+    (our_optimizer,), (their_optimizer,) = ours["optimizer_states"], theirs["optimizer_states"]
+    assert our_optimizer["param_groups"] == their_optimizer["param_groups"]
+    torch.testing.assert_close(our_optimizer["state"], their_optimizer["state"], rtol=1e-4, atol=1e-6)
+
+
 def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path):
     result = run_train(
         tmp_path, "-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=0", "seed=0,1", check=False

@@ -200,19 +200,24 @@ class StackedRMSprop(torch.optim.Optimizer):
                 state[key] = torch.zeros_like(param)
         return state
 
-    def member_state_dict(self, member: int) -> dict[str, Any]:
-        """The state dict member ``member``'s shadow optimizer would have after the same steps.
+    def member_state_dict(self, member: int, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The state dict member ``member``'s shadow optimizer would have after the same steps; from
+        ``saved`` (an earlier output of :meth:`state_dict`) when given.
 
         Only the states its variant keeps; no state for a parameter the member has not stepped.
         """
         shadow = self.shadows[member]
+        states: Any = self.state
+        if saved is not None:  # torch numbers the parameters in the order of the groups
+            params = [param for group in self.param_groups for param in group["params"]]
+            states = {param: saved["state"].get(number, {}) for number, param in enumerate(params)}
         for index, (group, shadow_group) in enumerate(
             zip(self.param_groups, shadow.param_groups, strict=True)
         ):
             keys = member_keys(member_options(shadow, index))
             for param, member_param in zip(group["params"], shadow_group["params"], strict=True):
                 shadow.state.pop(member_param, None)
-                state = self.state.get(param, {})
+                state = states.get(param, {})
                 if "step" not in state or state["step"][member] == 0:
                     continue
                 own = {"step": state["step"][member].cpu().clone()}

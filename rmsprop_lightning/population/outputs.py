@@ -8,20 +8,15 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import custom_scalars
 
-from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.run import instantiate_entries
-from rmsprop_lightning.callbacks import LastCheckpoint
-from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
+from rmsprop_lightning.callbacks.divergence import likely_cause
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
-from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.event_file import EventFile
 from rmsprop_lightning.logging.tensorboard import (
@@ -30,6 +25,7 @@ from rmsprop_lightning.logging.tensorboard import (
     is_better,
     run_hparams,
 )
+from rmsprop_lightning.population.checkpoints import write_checkpoints
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.train import PopulationResult
 from rmsprop_lightning.summary import write_summary
@@ -168,90 +164,16 @@ def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: b
         logger.finalize("success")
 
 
-def member_weights(
-    record: PopulationRecord, index: int, checkpoint: dict[str, Any]
-) -> dict[str, torch.Tensor]:
-    """The member's ``RegressionModule`` state dict from the population's state dict."""
-    model = record.result.module.model
-    return {
-        f"model.{name}": checkpoint["state_dict"][f"model.{model.attribute(name)}"][index].clone()
-        for name in model.names
-    }
-
-
-def write_checkpoints(
-    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, scalars: Scalars, with_last: bool
-) -> None:
-    """The best checkpoint (weights) and, ``with_last``, ``last.ckpt`` (continues as a solo run with
-    ``resume=``)."""
-    callbacks = instantiate_entries(cfg.get("callbacks"))
-    module = member.module
-    io = AtomicCheckpointIO()
-    random_state, guard = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop"))
-    states: dict[str, Any] = {
-        random_state.state_key: random_state.state_dict(),
-        guard.state_key: {"skipped": record.skipped[index]},
-    }
-    dtype = record.result.module.dtype  # the run's precision (float64 with 64-true)
-    final = {
-        tag: torch.tensor(value, dtype=dtype if tag.endswith("loss") else torch.float32)
-        for step in sorted(scalars)
-        for tag, value in scalars[step].items()
-        if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
-    }
-    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    best_step = record.best_step[index] if record.best_step else -1
-    if best is not None and best_step >= 0:
-        path = Path(best.format_checkpoint_name({"step": torch.tensor(best_step)}))
-        score = torch.tensor(dict(record.validations)[best_step][best.monitor][index], dtype=dtype)
-        module.to(dtype).load_state_dict(
-            {f"model.{name}": value for name, value in record.result.module.best_member_state(index).items()}
-        )
-        io.save_checkpoint(
-            {
-                "epoch": record.result.module.validation_epochs[best_step],
-                "global_step": best_step,
-                "pytorch-lightning_version": lightning.__version__,
-                "state_dict": module.state_dict(),
-                "hparams_name": None,
-                "hyper_parameters": dict(module.hparams),
-            },
-            path,
-        )
-        best.best_model_path = best.kth_best_model_path = str(path)
-        best.best_model_score = best.kth_value = best.current_score = score
-        best.best_k_models = {str(path): score}
-        states[best.state_key] = best.state_dict()
-    population = record.result.checkpoint
-    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
-    if not with_last or population is None or last is None:
-        return
-    schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
-    validated = [step for step, _ in record.validations if step <= record.last_step(index)]
-    if validated:  # RegressionModule logs the step of its last validation
-        final["step"] = torch.tensor(float(validated[-1]))
-    states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
-    checkpoint = {
-        **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
-        "state_dict": member_weights(record, index, population),
-        "callbacks": states,
-        "optimizer_states": [record.result.module.optimizer.member_state_dict(index)],
-        "lr_schedulers": schedulers,
-        "hparams_name": None,
-        "hyper_parameters": dict(module.hparams),
-    }
-    io.save_checkpoint(checkpoint, last.path)
-
-
-def divergence(record: PopulationRecord, index: int, member: Member) -> DivergedError:
-    """The error a solo run's :class:`DivergenceGuard` raises at the member's step."""
+def divergence(record: PopulationRecord, index: int, member: Member, last: Path | None) -> DivergedError:
+    """The error a solo run's :class:`DivergenceGuard` raises at the member's step; ``last``: its
+    ``last.ckpt`` from before, if any."""
     frozen = record.frozen_at[index]
     loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
     what = "parameters" if math.isfinite(loss) else "loss"
+    kept = f"The last good state is kept in {last}." if last else "No checkpoint was written before it."
     return DivergedError(
         f"training diverged at step {frozen}: non-finite {what} (loss {loss:.6g}); "
-        f"likely cause: {likely_cause(member.optimizer, math.isfinite(loss))}. "
-        "No checkpoint was written before it."
+        f"likely cause: {likely_cause(member.optimizer, math.isfinite(loss))}. {kept}"
     )
 
 
@@ -268,10 +190,9 @@ def write_member(
         message = f"{stop}; resume with: python train.py resume={cfg.paths.output_dir}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
     write_loggers(cfg, member, scalars, finished=frozen < 0)
-    # a diverged solo run keeps the checkpoints written before; a population saves its last at the end
-    write_checkpoints(cfg, member, record, index, scalars, with_last=frozen < 0)
+    last = write_checkpoints(cfg, member, record, index, scalars)
     if frozen >= 0:
-        error = divergence(record, index, member)
+        error = divergence(record, index, member, last)
         write_summary(cfg.paths.output_dir, status="diverged", error=str(error), diverged_at_step=frozen)
         raise error
     return fields["final"].get(cfg.get("optimized_metric") or "")

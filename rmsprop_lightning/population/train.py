@@ -31,12 +31,19 @@ log = logging.getLogger(__name__)
 
 
 class CapturedCheckpoint(CheckpointIO):
-    """Keeps the last checkpoint Lightning saves in memory: the members' checkpoints are cut from it."""
+    """Keeps in memory the last checkpoint Lightning saves, and for each member that has diverged since
+    a save, the save before (its solo run's last good ``last.ckpt``): the members' files are cut from them.
+    """
 
     def __init__(self) -> None:
         self.checkpoint: dict[str, Any] | None = None
+        self.before_divergence: dict[int, dict[str, Any] | None] = {}  # member -> None: no save before
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        frozen_at = checkpoint["optimizer_states"][0]["population"]["frozen_at"].tolist()
+        for member, step in enumerate(frozen_at):
+            if step >= 0 and member not in self.before_divergence:
+                self.before_divergence[member] = self.checkpoint
         self.checkpoint = copy.deepcopy(checkpoint)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
@@ -52,6 +59,7 @@ class PopulationResult:
 
     module: PopulationModule
     checkpoint: dict[str, Any] | None  # the population's state when training stopped
+    before_divergence: dict[int, dict[str, Any] | None]  # a diverged member's last save before it
     fit_seconds: float
     interrupted: InterruptedRun | None  # the stop a signal asked for, raised once the members are written
     test_epoch: int  # the trainer's epoch when it tests, which the test logs
@@ -110,7 +118,11 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
     datamodule = PopulationDataModule(members[0].datamodule, [m.datamodule.shuffle_seed for m in members])
     captured = CapturedCheckpoint()
     with tempfile.TemporaryDirectory() as scratch, quiet_lightning():
-        callbacks = [LastCheckpoint(scratch, every_n_train_steps=10**9), GracefulInterrupt()]
+        last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}  # saved as the members save
+        callbacks = [
+            LastCheckpoint(scratch, every_n_train_steps=last.get("every_n_train_steps", 10**9)),
+            GracefulInterrupt(),
+        ]
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             callbacks=callbacks,
@@ -143,7 +155,9 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
                 if keeps_best_checkpoint(cfg):  # a solo run tests its best checkpoint, else its last weights
                     module.use_best_parameters()
                 trainer.test(module, datamodule=datamodule, verbose=False)
-    return PopulationResult(module, captured.checkpoint, fit_seconds, interrupted, epoch, received)
+    return PopulationResult(
+        module, captured.checkpoint, captured.before_divergence, fit_seconds, interrupted, epoch, received
+    )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,134 @@
+"""Each member's checkpoint files, cut from the population's saves as its solo run would have written them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.run import instantiate_entries
+from rmsprop_lightning.callbacks import LastCheckpoint
+from rmsprop_lightning.callbacks.divergence import DivergenceGuard
+from rmsprop_lightning.callbacks.random_state import RandomState
+from rmsprop_lightning.population.members import Member
+
+if TYPE_CHECKING:
+    from rmsprop_lightning.population.outputs import PopulationRecord, Scalars
+
+
+def member_weights(
+    record: PopulationRecord, index: int, checkpoint: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The member's ``RegressionModule`` state dict from the population's state dict."""
+    model = record.result.module.model
+    return {
+        f"model.{name}": checkpoint["state_dict"][f"model.{model.attribute(name)}"][index].clone()
+        for name in model.names
+    }
+
+
+def best_until(record: PopulationRecord, index: int, step: int) -> int:
+    """The step of the member's best ``val/loss`` up to ``step`` as ``ModelCheckpoint`` keeps it (its
+    first validation counts whatever the score, NaN as inf; ties keep the earlier), or -1."""
+    best, kept = math.inf, -1
+    for validated, scores in record.validations:
+        loss = scores["val/loss"][index]
+        loss = math.inf if math.isnan(loss) else loss
+        if validated <= step and (kept < 0 or loss < best):
+            best, kept = loss, validated
+    return kept
+
+
+def keep_best(best: ModelCheckpoint, record: PopulationRecord, index: int, step: int) -> None:
+    """Sets ``best``'s state to what it held at ``step``: one file, the best ``val/loss`` so far."""
+    path = Path(best.format_checkpoint_name({"step": torch.tensor(step)}))
+    value = dict(record.validations)[step][best.monitor][index]
+    score = torch.tensor(value, dtype=record.result.module.dtype)
+    best.best_model_path = best.kth_best_model_path = str(path)
+    best.best_model_score = best.kth_value = best.current_score = score
+    best.best_k_models = {str(path): score}
+
+
+def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, index: int) -> None:
+    """The member's best checkpoint: its weights at its best validation."""
+    step = record.best_step[index]
+    module = member.module.to(record.result.module.dtype)  # the run's precision (float64 with 64-true)
+    module.load_state_dict(
+        {f"model.{name}": value for name, value in record.result.module.best_member_state(index).items()}
+    )
+    checkpoint = {
+        "epoch": record.result.module.validation_epochs[step],
+        "global_step": step,
+        "pytorch-lightning_version": lightning.__version__,
+        "state_dict": module.state_dict(),
+        "hparams_name": None,
+        "hyper_parameters": dict(module.hparams),
+    }
+    path = best.format_checkpoint_name({"step": torch.tensor(step)})
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
+def write_checkpoints(
+    cfg: DictConfig, member: Member, record: PopulationRecord, index: int, scalars: Scalars
+) -> Path | None:
+    """The best checkpoint (weights) and ``last.ckpt`` (continues as a solo run with ``resume=``), cut
+    from the population's last save or, for a member that diverged, the save before; its path."""
+    callbacks = instantiate_entries(cfg.get("callbacks"))
+    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if best is not None and record.best_step and record.best_step[index] >= 0:
+        write_best(best, member, record, index)
+    diverged = record.frozen_at[index] >= 0
+    population = record.result.before_divergence.get(index) if diverged else record.result.checkpoint
+    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    if population is None or last is None:
+        return None
+    saved_at = population["global_step"]
+    random_state, guard = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop"))
+    states: dict[str, Any] = {
+        random_state.state_key: random_state.state_dict(),
+        guard.state_key: {"skipped": record.skipped[index]},
+    }
+    if best is not None:  # its state as it was at the save (empty before the first validation)
+        kept = best_until(record, index, saved_at)
+        if kept >= 0:
+            keep_best(best, record, index, kept)
+        states[best.state_key] = best.state_dict()
+    dtype = record.result.module.dtype
+    final = {
+        tag: torch.tensor(value, dtype=dtype if tag.endswith("loss") else torch.float32)
+        for step in sorted(scalars)
+        if step <= saved_at
+        for tag, value in scalars[step].items()
+        if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
+    }
+    validated = [step for step, _ in record.validations if step <= saved_at]
+    if validated:  # RegressionModule logs the step of its last validation
+        final["step"] = torch.tensor(float(validated[-1]))
+    states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
+    optimizer = record.result.module.optimizer
+    if diverged:  # as they were at the save: the optimizer's state, the scheduler's and its learning rates
+        optimizer_state = optimizer.member_state_dict(index, population["optimizer_states"][0])
+        schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
+        for scheduler in schedulers:
+            for group, lr in zip(optimizer_state["param_groups"], scheduler["_last_lr"], strict=True):
+                group["lr"] = lr
+    else:
+        optimizer_state = optimizer.member_state_dict(index)
+        schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
+    checkpoint = {
+        **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
+        "state_dict": member_weights(record, index, population),
+        "callbacks": states,
+        "optimizer_states": [optimizer_state],
+        "lr_schedulers": schedulers,
+        "hparams_name": None,
+        "hyper_parameters": dict(member.module.hparams),
+    }
+    AtomicCheckpointIO().save_checkpoint(checkpoint, last.path)
+    return last.path
