@@ -45,9 +45,14 @@ def best_until(record: PopulationRecord, index: int, step: int) -> int:
     return kept
 
 
+def best_path(best: ModelCheckpoint, step: int) -> Path:
+    """The file ``best`` names for a checkpoint of ``step``."""
+    return Path(best.format_checkpoint_name({"step": torch.tensor(step)}))
+
+
 def keep_best(best: ModelCheckpoint, record: PopulationRecord, index: int, step: int) -> None:
     """Sets ``best``'s state to what it held at ``step``: one file, the best ``val/loss`` so far."""
-    path = Path(best.format_checkpoint_name({"step": torch.tensor(step)}))
+    path = best_path(best, step)
     value = dict(record.validations)[step][best.monitor][index]
     score = torch.tensor(value, dtype=record.result.module.dtype)
     best.best_model_path = best.kth_best_model_path = str(path)
@@ -70,8 +75,7 @@ def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, 
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),
     }
-    path = best.format_checkpoint_name({"step": torch.tensor(step)})
-    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, best_path(best, step))
 
 
 def write_checkpoints(
