@@ -28,7 +28,18 @@ LOSS_KEY = ("train/loss",)
 
 
 class StepLossLogger(BufferedStepLogger):
-    """Logs ``train/loss`` at every optimizer step without a host synchronisation per step."""
+    """Logs ``train/loss`` at every optimizer step without a host synchronisation per step.
+
+    With gradient accumulation a step's loss is the mean over the batches it accumulated.
+    """
+
+    def __init__(self, flush_every: int = 100, flush_secs: float | None = 30.0) -> None:
+        super().__init__(flush_every=flush_every, flush_secs=flush_secs)
+        self._losses: list[torch.Tensor] = []  # of the batches since the last optimizer step
+        self._step: int | None = None  # the trainer's step count at the last batch end
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._losses, self._step = [], trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -40,7 +51,17 @@ class StepLossLogger(BufferedStepLogger):
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is not None:
-            self.buffer.record_vector(trainer.global_step - 1, LOSS_KEY, loss)
+            self._losses.append(loss.detach())
+        if trainer.global_step != self._step:  # this batch ended an optimizer step
+            self._step = trainer.global_step
+            if self._losses:
+                loss = self._losses[0] if len(self._losses) == 1 else torch.stack(self._losses).sum()
+                # Lightning divides each batch's loss by accumulate_grad_batches, also in a shorter last step
+                scale = trainer.accumulate_grad_batches / len(self._losses)
+                self.buffer.record_vector(
+                    trainer.global_step - 1, LOSS_KEY, loss if scale == 1 else loss * scale
+                )
+            self._losses = []
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rmsprop_lightning.logging.events import read_scalars
 from tests.conftest import ROOT, run_dirs, run_train
 
 # dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
@@ -211,3 +212,25 @@ def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(refer
     again = train(tmp_path, f"resume={run_dir}", check=False)
     assert again.returncode == 2 and "nothing left to train" in again.stderr
     assert run_dirs(tmp_path) == [run_dir]
+
+
+def test_a_resumed_run_keeps_the_best_validation_of_its_earlier_part(tmp_path):
+    # validations at steps 10 and 20, then 30 after the resume: 20 is the best (0.94, then 1.10)
+    run = (
+        "data.source.num_samples=512",
+        "trainer.val_check_interval=10",
+        "trainer.check_val_every_n_epoch=null",
+    )
+    run += ("callbacks.progress_bar.refresh_rate=0", "optimizer=rmsprop_momentum", "optimizer.lr=0.05")
+    run_train(tmp_path, *run, "trainer.max_steps=20")
+    (run_dir,) = run_dirs(tmp_path)
+    run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
+    scalars = read_scalars(run_dir / "tensorboard")
+    losses = dict(scalars["val/loss"])
+    best_step = min(losses, key=losses.get)
+    assert sorted(losses) == [10, 20, 30] and best_step < 30
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["best"]["val/loss"] == pytest.approx(losses[best_step])
+    assert summary["best_step"]["val/loss"] == best_step
+    assert scalars["val/loss_best"][-1] == (30, pytest.approx(losses[best_step]))
+    assert (run_dir / "checkpoints" / f"best-{best_step:06d}.ckpt").is_file()

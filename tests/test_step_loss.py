@@ -71,6 +71,33 @@ def test_each_step_logged_once_at_its_step(max_steps, flush_every):
     assert [value for _, value in logged] == pytest.approx([value for _, value in module.seen], rel=1e-6)
 
 
+@pytest.mark.parametrize("accumulate", [3, 4])
+def test_an_accumulated_step_logs_the_mean_of_its_batches_once(accumulate):
+    pl.seed_everything(0, verbose=False)
+    module = LossRecordingModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    module.seen = []
+    trainer = pl.Trainer(
+        max_steps=6,
+        accumulate_grad_batches=accumulate,
+        logger=RecordingLogger(),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    # 10 batches an epoch: with 4, every epoch ends with a step of 2 batches
+    trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=200), batch_size=16))
+    logged = [
+        (step, metrics["train/loss"]) for step, metrics in trainer.logger.calls if "train/loss" in metrics
+    ]
+    batches: dict[int, list[float]] = {}
+    for step, loss in module.seen:
+        batches.setdefault(step, []).append(loss)
+    assert [step for step, _ in logged] == list(range(6))
+    assert [value for _, value in logged] == pytest.approx([sum(v) / len(v) for v in batches.values()])
+    assert {len(v) for v in batches.values()} == ({3, 1} if accumulate == 3 else {4, 2})
+
+
 class FlushSizes(StepLossLogger):
     """Remembers how many steps each flush wrote."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,15 +26,18 @@ class FitStats(Callback):
     """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
 
     Read :meth:`fields` after the run, also after an exception: it then holds what was
-    reached before the failure.
+    reached before the failure. A resumed run passes the ``best`` values and ``best_step`` its
+    earlier part reached.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, best: Mapping[str, float] | None = None, best_step: Mapping[str, int] | None = None
+    ) -> None:
         self.fit_seconds: float | None = None
         self.steps = 0
         self.final: dict[str, float] = {}
-        self.best: dict[str, float] = {}
-        self.best_step: dict[str, int] = {}
+        self.best: dict[str, float] = dict(best or {})
+        self.best_step: dict[str, int] = dict(best_step or {})
         self._fit_start: float | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

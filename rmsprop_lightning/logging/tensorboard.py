@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -111,9 +112,10 @@ class TensorBoardRunLogger(TensorBoardLogger):
     ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
     ``finalize`` (end of ``fit`` and ``test``) only flushes; :meth:`write_hparams` ends the
-    run and closes the file. The scalars of one ``log_metrics`` call go into one event (Lightning
-    writes one per value), so a step's many monitor values cost one record. Other arguments
-    are ``TensorBoardLogger``'s.
+    run and closes the file. In a folder that already holds the run's events (``resume=``), the
+    best values start from those logged there. The scalars of one ``log_metrics`` call go into one
+    event (Lightning writes one per value), so a step's many monitor values cost one record. Other
+    arguments are ``TensorBoardLogger``'s.
     """
 
     def __init__(
@@ -133,6 +135,17 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.best: dict[str, float] = {}
         self._tracked = [(tag, mode) for tag, mode in metrics.items() if mode != "last"]
         self._last_step = 0
+        if self._tracked and any(Path(self.log_dir).glob("events.out.tfevents.*")):
+            from rmsprop_lightning.logging.events import read_scalars
+
+            earlier = read_scalars(self.log_dir)
+            for tag, mode in self._tracked:
+                for _, value in earlier.get(self.tag_prefix + tag, []):
+                    self._keep_best(tag, mode, value)
+
+    def _keep_best(self, tag: str, mode: str, value: float) -> None:
+        if is_better(value, self.best.get(tag), mode):
+            self.best[tag] = value
 
     @property
     def metric_tags(self) -> list[str]:
@@ -144,9 +157,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
         """Logs ``metrics`` like Lightning does, keeping the best value of each ``min``/``max`` tag."""
         for tag, mode in self._tracked:
             if tag in metrics and not isinstance(metrics[tag], Mapping):
-                value = float(metrics[tag])
-                if is_better(value, self.best.get(tag), mode):
-                    self.best[tag] = value
+                self._keep_best(tag, mode, float(metrics[tag]))
         if step is not None:
             self._last_step = max(self._last_step, step)
         if any(isinstance(value, Mapping) for value in metrics.values()):
