@@ -61,6 +61,7 @@ CASES = [
         ["-m", "optimizer=rmsprop,rmsprop_centred"],
         ["did you mean rmsprop_centered"],
     ),
+    ("misspelt config of several", ["logger=[tensorboard,cvs]"], ["logger=cvs", "did you mean csv"]),
     ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
     ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1)", "parsing"]),

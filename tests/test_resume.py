@@ -9,6 +9,7 @@ the data loader's position and Lightning's step counters.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(refer
     assert run_dirs(tmp_path) == [run_dir]
 
 
-def test_a_resumed_run_keeps_the_best_validation_of_its_earlier_part(tmp_path):
+def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_part(tmp_path):
     # validations at steps 10 and 20, then 30 after the resume: 20 is the best (0.94, then 1.10)
     run = (
         "data.source.num_samples=512",
@@ -222,7 +223,7 @@ def test_a_resumed_run_keeps_the_best_validation_of_its_earlier_part(tmp_path):
         "trainer.check_val_every_n_epoch=null",
     )
     run += ("callbacks.progress_bar.refresh_rate=0", "optimizer=rmsprop_momentum", "optimizer.lr=0.05")
-    run_train(tmp_path, *run, "trainer.max_steps=20")
+    run_train(tmp_path, *run, "logger=[tensorboard,csv]", "trainer.max_steps=20")
     (run_dir,) = run_dirs(tmp_path)
     run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
     scalars = read_scalars(run_dir / "tensorboard")
@@ -234,3 +235,8 @@ def test_a_resumed_run_keeps_the_best_validation_of_its_earlier_part(tmp_path):
     assert summary["best_step"]["val/loss"] == best_step
     assert scalars["val/loss_best"][-1] == (30, pytest.approx(losses[best_step]))
     assert (run_dir / "checkpoints" / f"best-{best_step:06d}.ckpt").is_file()
+    tables = [list(csv.DictReader(path.open())) for path in sorted((run_dir / "csv").glob("*/metrics.csv"))]
+    assert [[int(row["step"]) for row in table if row["train/loss"]] for table in tables] == [
+        list(range(20)),
+        list(range(20, 30)),
+    ]

@@ -79,17 +79,26 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         group = override.key_or_group
         if group not in groups or override.value() is None:
             continue
-        try:
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
-        except Exception:  # glob() and other sweeps Hydra expands itself
-            continue
-        for value in values or [override.get_value_element_as_str()]:
+        chosen = override.value()
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # glob() and other sweeps Hydra expands itself
+                continue
+            selection = values[0]
+        elif isinstance(chosen, list):  # several configs of the group, merged
+            values = [str(value) for value in chosen]
+            selection = f"[{','.join(values)}]"
+        else:
+            values = [override.get_value_element_as_str()]
+            selection = chosen
+        for value in values:
             if value not in groups[group] and value != "null":
                 raise InputError(
                     f"{group}={value} is not an option of {group}{close_match(value, groups[group])}; "
                     f"allowed: {', '.join(groups[group])}"
                 )
-        selections.append(f"{override.get_key_element()}={(values or [override.value()])[0]}")
+        selections.append(f"{override.get_key_element()}={selection}")
     cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
