@@ -141,3 +141,22 @@ def test_report_refuses_a_folder_without_jobs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
     assert "no job with a metrics.json" in capsys.readouterr().err
+
+
+def test_steps_to_threshold_read_csv_logs_and_ignore_far_off_configurations(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["optimizer.lr=0.01"])  # best val/loss 1/40 at step 39
+    make_job(sweep, 1, ["optimizer.lr=1e6"], scale=1e29)  # finite but far off
+    csv_job = make_job(sweep, 2, ["optimizer.lr=0.02"], status="failed")  # no event files
+    write_summary(csv_job, status="completed", best={"val/loss": 0.03}, final={"val/loss": 0.03})
+    table = csv_job / "csv" / "version_0" / "metrics.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("epoch,step,train/loss,val/loss\n0,9,0.5,\n0,9,,0.1\n0,19,,0.03\n")
+    make_job(sweep, 3, ["optimizer.lr=0.03"], status="failed")
+    write_summary(sweep / "3_job", status="completed", best={"val/loss": 0.5}, final={"val/loss": 0.5})
+    assert report.main([str(sweep), "--no-plots"]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "val/loss ≤ 0.03 " in text  # the lower median: half the configurations reach it
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if "optimizer.lr=" in line}
+    assert "| 39 (1/1) |" in rows["optimizer.lr=0.01"] and "| 19 (1/1) |" in rows["optimizer.lr=0.02"]
+    assert "| — (0/1) |" in rows["optimizer.lr=1e6"] and "| n/a |" in rows["optimizer.lr=0.03"]

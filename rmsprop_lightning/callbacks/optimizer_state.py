@@ -84,8 +84,9 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     - ``optim/<state>_norm``: L2 norm of each tensor state (``square_avg``, ``momentum_buffer``,
       ``grad_avg``, Adam's ``exp_avg``, …);
-    - ``optim/grad_norm`` (the gradients the step used), ``optim/param_norm`` (after the step),
-      ``optim/update_norm`` (‖θ_after − θ_before‖) and ``optim/update_to_param_ratio``;
+    - ``optim/grad_norm`` (``.grad`` as the step read it: clipped, before weight decay),
+      ``optim/param_norm`` (after the step), ``optim/update_norm`` (‖θ_after − θ_before‖) and
+      ``optim/update_to_param_ratio``;
     - for RMSprop-like groups, ``optim/effective_lr_mean`` and, over the optimizer,
       ``optim/effective_lr_max``/``_min``: the per-element step size ``lr / (sqrt(v) + eps)``
       (``lr / sqrt(v + eps)`` with ``eps_in_sqrt``), ``v`` being ``square_avg`` or, centered,

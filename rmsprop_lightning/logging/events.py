@@ -1,7 +1,9 @@
-"""Reading scalars back from TensorBoard event files with TensorBoard's own reader."""
+"""Reading scalars back from the loggers' files: TensorBoard event files (with TensorBoard's own
+reader), or Lightning's CSV logs."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,6 +25,24 @@ def read_scalars(log_dir: str | Path) -> dict[str, Series]:
         for tag in accumulator.Tags()["scalars"]:
             points = scalars.setdefault(tag, [])
             points.extend((event.step, event.value) for event in accumulator.Scalars(tag))
+    return sort_points(scalars)
+
+
+def read_csv_scalars(log_dir: str | Path) -> dict[str, Series]:
+    """The same from every ``metrics.csv`` of Lightning's ``CSVLogger`` below ``log_dir``."""
+    scalars: dict[str, Series] = {}
+    for path in sorted(Path(log_dir).rglob("metrics.csv")):
+        with path.open(newline="") as file:
+            for row in csv.DictReader(file):
+                step = int(row.pop("step"))
+                for tag, value in row.items():
+                    if value:
+                        scalars.setdefault(tag, []).append((step, float(value)))
+    return sort_points(scalars)
+
+
+def sort_points(scalars: dict[str, Series]) -> dict[str, Series]:
+    """``scalars`` with each tag's points in ascending steps (in place)."""
     for points in scalars.values():
         points.sort(key=lambda point: point[0])
     return scalars

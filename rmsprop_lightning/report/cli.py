@@ -34,10 +34,11 @@ class Row:
 
 
 def default_threshold(configurations: Sequence[Configuration], tag: str = THRESHOLD_TAG) -> float:
-    """The median over configurations of their mean best ``tag``: about half the configurations reach it."""
+    """The lower median over configurations of their mean best ``tag``: at least half the configurations
+    reach it, however far off the others end."""
     means = [mean_std(c.values("best", tag))[0] for c in configurations]
     finite = [value for value in means if math.isfinite(value)]
-    return statistics.median(finite) if finite else math.nan
+    return statistics.median_low(finite) if finite else math.nan
 
 
 def scale_of(configuration: Configuration) -> str:
@@ -63,7 +64,8 @@ def build_rows(
     for configuration in configurations:
         completed = configuration.with_status("completed")
         limit = limits[scale_of(configuration)]
-        reached = [steps for job in completed if (steps := job.steps_to(tag, limit)) is not None]
+        curves = [job for job in completed if tag in job.scalars]  # a job that logged none cannot tell
+        reached = [steps for job in curves if (steps := job.steps_to(tag, limit)) is not None]
         cells: dict[str, Any] = {
             "n": len(configuration.jobs),
             "completed": len(completed),
@@ -74,6 +76,7 @@ def build_rows(
             "test_loss": mean_std(configuration.values("final", "test/loss")),
             "steps_to_threshold": mean_std(reached),
             "reached": len(reached),
+            "curves": len(curves),
             "wall_seconds": mean_std([job.summary.get("wall_seconds") or math.nan for job in completed]),
             "fit_seconds": mean_std([job.summary.get("fit_seconds") or math.nan for job in completed]),
         }
@@ -121,7 +124,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             _pm(cells["best_val_loss"]),
             _pm(cells["final_val_loss"]),
             _pm(cells["test_loss"]),
-            f"{steps} ({cells['reached']}/{cells['completed']})",
+            f"{steps} ({cells['reached']}/{cells['curves']})" if cells["curves"] else "n/a",
             f"{wall_mean:.2f}" if math.isfinite(wall_mean) else "—",
             str(cells["failed"]),
             str(cells["diverged"]),
@@ -204,7 +207,7 @@ def build_report(
     )
     threshold_text = (
         f"Steps to threshold: the optimizer steps done at the first validation with {THRESHOLD_TAG} ≤ "
-        f"{limit_text} (runs that reached it / completed runs)."
+        f"{limit_text} (runs that reached it / completed runs that logged {THRESHOLD_TAG})."
         if limit_text
         else f"No run logged {THRESHOLD_TAG}, so there is no threshold to reach."
     )

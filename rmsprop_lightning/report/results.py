@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
-from rmsprop_lightning.logging.events import Series, read_scalars
+from rmsprop_lightning.logging.events import Series, read_csv_scalars, read_scalars
 from rmsprop_lightning.summary import as_float, read_summary
 
 OPTUNA_RESULTS = "optimization_results.yaml"
@@ -23,7 +23,7 @@ OPTUNA_RESULTS = "optimization_results.yaml"
 
 @dataclass
 class Job:
-    """One job of a sweep: its folder, ``metrics.json`` and TensorBoard scalars."""
+    """One job of a sweep: its folder, ``metrics.json`` and scalars (TensorBoard's, else the CSV logs')."""
 
     folder: Path
     summary: dict[str, Any]
@@ -130,7 +130,7 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
         if not path.is_dir():
             raise FileNotFoundError(f"sweep folder not found: {path}")
     jobs = [
-        Job(folder, read_summary(folder), read_scalars(folder))
+        Job(folder, read_summary(folder), read_scalars(folder) or read_csv_scalars(folder))
         for path in paths
         for folder in job_folders(path)
     ]
