@@ -1,11 +1,7 @@
-"""Errors reported to the user as one line, and the entry points' handling of them.
+"""Errors reported to the user as one line rather than a traceback, and the entry points' handling of them.
 
-A bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug: the user needs
-one line saying what happened and what to do, not a traceback. Entry points run the
-job inside :func:`reported_errors`, which prints that line to stderr (and the run's
-log file), exits with the error's code, and removes the folder Hydra created for a
-run that was rejected before any work. ``HYDRA_FULL_ERROR=1`` re-raises instead, so
-the full traceback is still one variable away.
+A bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug: the user needs to know what
+happened and what to do.
 """
 
 from __future__ import annotations

@@ -17,13 +17,7 @@ from rmsprop_lightning.specs import from_spec, to_spec
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {
-    "mse": nn.MSELoss,
-    "l1": nn.L1Loss,
-    "huber": nn.HuberLoss,
-}
-
-
+LOSSES: dict[str, Callable[[], nn.Module]] = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss}
 LOSS_KEY = ("train/loss",)
 
 
@@ -42,12 +36,7 @@ class StepLossLogger(BufferedStepLogger):
         self._losses, self._step = [], trainer.global_step
 
     def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is not None:
@@ -118,28 +107,23 @@ class RegressionModule(pl.LightningModule):
         features, targets = batch
         return self.criterion(self(features), targets)
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        """Logs the loss and sums of squares for epoch-level RMSE and R² on ``stage``."""
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        """Logs the loss on ``stage`` and adds the batch's error and target sums to the epoch totals
+        (for epoch-level RMSE and R²)."""
         features, targets = batch
         predictions = self(features).float()
         loss = self.criterion(predictions, targets)
-        size = len(targets)
-        self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True, prog_bar=stage == "val")
-        return {"sse": (predictions - targets).pow(2).sum(), "n": size}
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate("val", self._evaluate(batch, "val"), batch[1])
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate("test", self._evaluate(batch, "test"), batch[1])
-
-    def _accumulate(self, stage: str, sums: dict[str, Any], targets: torch.Tensor) -> None:
-        """Adds this batch's error and target sums to the running epoch totals."""
+        self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True, prog_bar=stage == "val")
+        sse = (predictions - targets).pow(2).sum().double()
         totals = self._totals.setdefault(stage, torch.zeros(4, dtype=torch.float64, device=self.device))
         targets = targets.double()
-        totals += torch.stack(
-            [sums["sse"].double(), targets.new_tensor(targets.numel()), targets.sum(), targets.pow(2).sum()]
-        )
+        totals += torch.stack([sse, targets.new_tensor(targets.numel()), targets.sum(), targets.pow(2).sum()])
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
         self._totals = {}

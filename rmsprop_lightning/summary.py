@@ -1,9 +1,4 @@
-"""``metrics.json``: the small machine-readable summary each job leaves in its folder.
-
-Several writers add to it (the job wrapper, the divergence check), so every write
-merges new fields into what is there and replaces the file atomically: a reader never
-sees a half-written file, and a crash mid-write leaves the previous version.
-"""
+"""``metrics.json``: the small machine-readable summary each job leaves in its folder."""
 
 from __future__ import annotations
 
@@ -37,13 +32,11 @@ def read_summary(output_dir: str | Path) -> dict[str, Any]:
 
 
 def write_summary(output_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merges ``fields`` into the job's ``metrics.json`` and returns the whole summary.
+    """Merges ``fields`` into the job's ``metrics.json``, replaced atomically; returns the whole summary.
 
-    Top-level keys replace what was there, except mappings, which are updated key by
-    key (so two writers can each add entries to ``final`` or ``best``). An end
-    status (``completed``, ``failed``) does not replace one in :data:`STOP_STATUSES`,
-    which says more. Non-finite floats are stored as the strings ``"nan"``/``"inf"``
-    so the file stays strict JSON (:func:`as_float` reads them back).
+    Top-level keys replace what was there, except mappings, which are updated key by key (so two writers
+    can each add entries to ``final`` or ``best``). An end status does not replace a more telling one in
+    :data:`STOP_STATUSES`. Non-finite floats are stored as ``"nan"``/``"inf"``, read back by :func:`as_float`.
     """
     status = fields.get("status")
     if status is not None and status not in STATUSES:

@@ -28,16 +28,10 @@ def _hydra_train(cfg: DictConfig) -> float | None:
         return run_job(cfg)
 
 
-class AdvertisementFilter(logging.Filter):
-    """Drops Lightning's advertisement of its cloud service from the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
 def quiet_dependencies() -> None:
     """No advertisement and no deprecation warning of a dependency's internals in a run's output."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(AdvertisementFilter())
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))  # its cloud service
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 

@@ -1,8 +1,6 @@
 """Checks of the composed config alone, before torch or Lightning is imported: a typo answers at once.
 
-Each check raises :class:`~rmsprop_lightning.errors.InputError` naming the key as the user
-typed it and what is allowed. The checks that need the built objects, the data or a
-checkpoint live in :mod:`rmsprop_lightning.app.validation`.
+Each raises :class:`~rmsprop_lightning.errors.InputError` naming the key as typed and what is allowed.
 """
 
 from __future__ import annotations

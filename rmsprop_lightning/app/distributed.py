@@ -1,11 +1,4 @@
-"""DDP that works inside Hydra runs and multiruns.
-
-Lightning starts each extra rank by re-running ``sys.argv``; in a Hydra multirun that
-re-runs the whole sweep in every child (Lightning issues #11300, #18175). The
-:class:`HydraDDPStrategy` here starts each child as a single Hydra run of exactly the
-current job — its own overrides, its own output folder, no Hydra logs of its own — and
-:func:`clean_distributed_state` leaves the process ready for the next job of a sweep.
-"""
+"""DDP that works inside Hydra runs and multiruns: each extra rank runs exactly the current job."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """What the entry points do before Hydra starts: ``resume=``, and one line for a bad command line.
 
-Hydra answers an unknown config option or key with a block of text and exit status 1;
-here the command line is checked against the config first, so the user gets one line
-naming what they typed, what is allowed and a close match, with exit status 2.
+Hydra answers an unknown config option or key with a block of text; here the user gets one line
+naming what they typed, what is allowed and a close match.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""The task wrapper around :func:`~rmsprop_lightning.app.run.run` that both entry points call.
-
-It writes each job's ``metrics.json`` (status, error, metrics, steps, times, the
-resolved optimizer and the overrides), limits the job's CPU threads, and keeps a
-multirun going when one job fails: the failure is recorded and the sweeper gets
-``None`` (as for a NaN or infinite metric), which Optuna's sweeper records as a failed
-trial before going on. A single run that fails still raises.
-"""
+"""The task wrapper around :func:`~rmsprop_lightning.app.run.run` that both entry points call: the job's
+``metrics.json``, its CPU threads, and a multirun that goes on when one job fails."""
 
 from __future__ import annotations
 
@@ -123,7 +117,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     metric, if finite.
 
     ``train(cfg, fields)`` returns the metric and adds the summary's fields. torch and Lightning
-    are imported only once the config passed its checks, so a typo answers at once.
+    are imported only once the config passed its checks, so a typo answers at once. A failed job of a
+    multirun is recorded and gives ``None``, which Optuna's sweeper records as a failed trial.
     """
     started = time.time()
     clock = time.perf_counter()

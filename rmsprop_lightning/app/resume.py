@@ -1,11 +1,7 @@
 """``resume=<run dir>``: continue a run in its own folder, from its last checkpoint, with its own config.
 
-The entry point rewrites the command line before Hydra starts (:func:`resume_arguments`):
-the run's saved ``.hydra/config.yaml`` becomes the primary config, its folder the output
-folder (Hydra leaves its ``.hydra`` records alone) and its ``last.ckpt`` the checkpoint.
-Overrides that would change the experiment are refused; those in :data:`SAFE_KEYS` (how
-long to train, how often to save, what to show) are allowed, and :func:`record_resume`
-writes them into the saved config so that the next resume keeps them.
+Only the overrides in :data:`SAFE_KEYS` (how long to train, how often to save, what to show) are
+allowed; :func:`record_resume` writes them into the saved config so that the next resume keeps them.
 """
 
 from __future__ import annotations
@@ -103,7 +99,7 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
         *overrides,
         f"++{RESUME_KEY}={quote(str(run_dir))}",
         f"hydra.run.dir={quote(str(run_dir))}",
-        "hydra.output_subdir=null",
+        "hydra.output_subdir=null",  # the run's .hydra records stay as they are
     ]
     checkpoint = last_checkpoint(run_dir)
     if checkpoint.is_file():

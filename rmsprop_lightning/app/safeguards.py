@@ -19,9 +19,6 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     """Checks the optimizer, the checkpoint to start from and the output folder; returns the safety callbacks.
 
-    A new run from a checkpoint takes the new run's optimizer settings (:class:`CheckpointBranch`).
-    The callbacks put the random generators' states into checkpoints, stop (or skip) at
-    the first non-finite step, and turn SIGTERM/Ctrl-C into a checkpoint and a clean stop.
     A resume's allowed overrides are written into the run's saved config once all checks pass.
     """
     optimizer = check_optimizer(module)

@@ -1,9 +1,7 @@
 """A Hydra callback that records a multirun in ``<sweep dir>/sweep.json`` for the report.
 
-It notes when the process and the multirun started and ended (so the report can set
-the multirun's cost against its jobs' fit times), creates the folder of a SQLite
-Optuna storage before the sweeper opens it, and ends with a one-line tally of the
-jobs' statuses.
+Its start and end times let the report set the multirun's cost against its jobs' fit times; it also
+creates the folder of a SQLite Optuna storage before the sweeper opens it.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Checks before training that need the built objects: targets' options, the data, the checkpoint.
 
-Each raises :class:`~rmsprop_lightning.errors.InputError` naming the key, value or file at
-fault and what is allowed. Objects that validate their own arguments (the model, the data
-module, the Trainer) are trusted for those: their errors are turned into the same one-line
-form by :func:`input_errors`. The checks of the config alone are in
-:mod:`rmsprop_lightning.app.config_checks`.
+Errors the objects raise about their own arguments get the same one-line form (:func:`input_errors`).
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import pickle
@@ -27,6 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
+from rmsprop_lightning.app.entry import close_match
 from rmsprop_lightning.errors import InputError
 
 # constructor arguments the project passes at call time rather than from the config
@@ -78,8 +74,7 @@ def check_options(node: DictConfig, path: str) -> None:
     allowed = sorted(parameters - set(CALL_TIME_ARGUMENTS.get(path, ())))
     for key in node:
         if key not in HYDRA_KEYS and key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {path}.{close[0]}?)" if close else ""
+            hint = close_match(str(key), allowed, f"{path}.")
             raise InputError(
                 f"{path}.{key} is not an option of {target_name}{hint}; allowed: {', '.join(allowed)}"
             )

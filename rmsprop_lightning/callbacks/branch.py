@@ -1,10 +1,4 @@
-"""Branching: a new run from another run's checkpoint trains with the new run's optimizer settings.
-
-torch's ``Optimizer.load_state_dict`` restores every group's hyper-parameters, and Lightning
-calls it when it resumes from ``ckpt_path``: without this callback a branch with another
-``optimizer.lr`` would silently train with the parent's. The callback rewrites the loaded
-checkpoint before Lightning restores the optimizer and schedulers from it.
-"""
+"""Branching: a new run from another run's checkpoint trains with the new run's optimizer settings."""
 
 from __future__ import annotations
 
@@ -81,7 +75,9 @@ class CheckpointBranch(Callback):
 
     Weights, state tensors, step counters, random states and the data position come from the
     checkpoint; learning rate, alpha, eps, momentum, centered... and the scheduler's settings
-    come from the new run. One log line says what changed.
+    come from the new run. One log line says what changed. Without it a branch with another ``optimizer.lr``
+    would silently train with the parent's: torch's ``load_state_dict``, which Lightning calls on resuming
+    from ``ckpt_path``, restores every group's hyper-parameters.
     """
 
     def on_load_checkpoint(

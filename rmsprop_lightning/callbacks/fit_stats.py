@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,16 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-MAXIMIZED_SUFFIXES = ("r2",)
-
-
-def metric_is_better(tag: str, value: float, incumbent: float | None) -> bool:
-    """Whether ``value`` beats ``incumbent`` for ``tag`` (R² is maximised, losses and errors minimised)."""
-    if math.isnan(value):
-        return False
-    if incumbent is None or math.isnan(incumbent):
-        return True
-    return value > incumbent if tag.endswith(MAXIMIZED_SUFFIXES) else value < incumbent
+from rmsprop_lightning.logging.tensorboard import is_better
 
 
 class FitStats(Callback):
@@ -47,7 +37,8 @@ class FitStats(Callback):
         if trainer.sanity_checking:
             return
         for tag, value in _scalars(trainer).items():
-            if tag.startswith("val/") and metric_is_better(tag, value, self.best.get(tag)):
+            mode = "max" if tag.endswith("r2") else "min"  # R² is maximised, losses and errors minimised
+            if tag.startswith("val/") and is_better(value, self.best.get(tag), mode):
                 self.best[tag] = value
                 self.best_step[tag] = trainer.global_step
 

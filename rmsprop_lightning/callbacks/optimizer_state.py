@@ -1,11 +1,4 @@
-"""``OptimizerStateMonitor``: norms of every optimizer state, the gradient, the update and the step size.
-
-It measures in torch's public step hooks: on a logged step the pre-step hook copies the
-parameters (for the update) and the post-step hook reduces everything to one small vector on
-the device (:class:`~rmsprop_lightning.callbacks.state_norms.StateNorms`), which the
-:class:`~rmsprop_lightning.logging.step_metrics.BufferedStepLogger` hands to the loggers in
-batches. On other steps the hooks compare one step count and return.
-"""
+"""``OptimizerStateMonitor``: norms of every optimizer state, the gradient, the update and the step size."""
 
 from __future__ import annotations
 

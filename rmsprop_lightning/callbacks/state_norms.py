@@ -1,10 +1,4 @@
-"""What the OptimizerStateMonitor measures on a logged step: norms and step sizes, reduced on the device.
-
-:class:`StateNorms` describes one optimizer as it is (its keys, which tensors each one sums)
-and turns a step into one vector of values with multi-tensor reductions (``torch._foreach_*``,
-as torch's own optimizers use them) and one product with a fixed weight matrix; nothing is
-read back to the host.
-"""
+"""What the OptimizerStateMonitor measures on a logged step: norms and step sizes, reduced on the device."""
 
 from __future__ import annotations
 
@@ -91,7 +85,8 @@ class StateNorms:
     several, each parameter ``per_parameter`` selects), the keys are ``<s><quantity>_norm``
     (grad, param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
     ``<s>update_to_param_ratio`` and, over the whole optimizer, ``effective_lr_max``/``_min``.
-    A missing gradient counts as zero. :meth:`matches` tells when the plan is stale.
+    A missing gradient counts as zero. :meth:`matches` tells when the plan is stale. A step reduces with
+    ``torch._foreach_*`` and one product with a fixed weight matrix; nothing is read back to the host.
     """
 
     def __init__(

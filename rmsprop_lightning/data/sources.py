@@ -31,6 +31,12 @@ class Table:
                 row, col = (int(i) for i in bad.nonzero()[0])
                 raise ValueError(f"{kind} hold a NaN or inf value (first at row {row}, column {col})")
 
+    @classmethod
+    def numbered(cls, features: torch.Tensor, targets: torch.Tensor) -> Table:
+        """A table whose columns are named ``x0, x1, …`` and ``y0, y1, …``."""
+        feature_names = tuple(f"x{i}" for i in range(features.shape[1]))
+        return cls(features, targets, feature_names, tuple(f"y{i}" for i in range(targets.shape[1])))
+
 
 def synthetic(
     num_samples: int = 4096,
@@ -51,12 +57,7 @@ def synthetic(
     w2 = torch.randn(teacher_hidden, num_targets, generator=generator) / math.sqrt(teacher_hidden)
     targets = torch.tanh(inputs @ w1) @ w2 + inputs[:, :num_targets] * 0.5
     targets = targets + noise_std * torch.randn(num_samples, num_targets, generator=generator)
-    return Table(
-        inputs,
-        targets,
-        tuple(f"x{i}" for i in range(num_features)),
-        tuple(f"y{i}" for i in range(num_targets)),
-    )
+    return Table.numbered(inputs, targets)
 
 
 def from_csv(
@@ -130,24 +131,14 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
         raise ValueError(f"{path}: arrays must be numeric, got {features.dtype} and {targets.dtype}")
     features = features.reshape(len(features), -1)
     targets = targets.reshape(len(targets), -1)
-    return Table(
-        torch.as_tensor(features, dtype=torch.float32),
-        torch.as_tensor(targets, dtype=torch.float32),
-        tuple(f"x{i}" for i in range(features.shape[1])),
-        tuple(f"y{i}" for i in range(targets.shape[1])),
+    return Table.numbered(
+        torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(targets, dtype=torch.float32)
     )
 
 
 def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int = 1) -> Table:
     """``randn(n, d)`` inputs and ``randn(n, k)`` targets from the global RNG (the seed snippet's batch)."""
-    inputs = torch.randn(num_samples, num_features)
-    targets = torch.randn(num_samples, num_targets)
-    return Table(
-        inputs,
-        targets,
-        tuple(f"x{i}" for i in range(num_features)),
-        tuple(f"y{i}" for i in range(num_targets)),
-    )
+    return Table.numbered(torch.randn(num_samples, num_features), torch.randn(num_samples, num_targets))
 
 
 def diabetes() -> Table:

@@ -1,8 +1,6 @@
 """A TensorBoard event file written in the caller's thread, for runs whose events are all known at once.
 
-``SummaryWriter`` hands each event to a writer thread through a queue, which costs more than
-the record itself; a population writes every member's whole run in one go, so it writes
-records directly with TensorBoard's :class:`RecordWriter`.
+``SummaryWriter``'s writer thread and queue cost more than the records a population writes in one go.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Per-step scalars kept on the device and handed to the Lightning loggers in batches.
 
-Calling ``self.log`` on every step costs a host synchronisation each time.
-:class:`StepMetricBuffer` keeps each step's values as device tensors until a flush moves
-them to the host in one transfer; :class:`BufferedStepLogger` is the callback that flushes
-at the right moments and logs every value at its own step through ``Logger.log_metrics``.
+Calling ``self.log`` on every step costs a host synchronisation each time; a flush costs one transfer.
 """
 
 from __future__ import annotations

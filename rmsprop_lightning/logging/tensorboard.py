@@ -1,9 +1,4 @@
-"""TensorBoard for the template's runs: one event file per run and HPARAMS with real final metrics.
-
-Lightning's ``TensorBoardLogger`` closes its writer at the end of ``fit``, so ``test`` opens a
-second event file. :class:`TensorBoardRunLogger` only flushes there and closes once the
-HPARAMS summary, which carries the best ``val/loss``, ``test/loss`` and ``test/rmse``, is written.
-"""
+"""TensorBoard for the template's runs: one event file per run and HPARAMS with real final metrics."""
 
 from __future__ import annotations
 
@@ -111,19 +106,15 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
-    ``finalize`` (end of ``fit`` and ``test``) only flushes; :meth:`write_hparams` ends the
-    run and closes the file. In a folder that already holds the run's events (``resume=``), the
-    best values start from those logged there. The scalars of one ``log_metrics`` call go into one
-    event (Lightning writes one per value), so a step's many monitor values cost one record. Other
-    arguments are ``TensorBoardLogger``'s.
+    ``finalize`` (end of ``fit`` and ``test``) only flushes, where Lightning's closes the file and ``test``
+    opens a second one; :meth:`write_hparams` ends the run and closes the file. In a folder that already
+    holds the run's events (``resume=``), the best values start from those logged there. The scalars of
+    one ``log_metrics`` call go into one event (Lightning writes one per value), so a step's many monitor
+    values cost one record. Other arguments are ``TensorBoardLogger``'s.
     """
 
     def __init__(
-        self,
-        *args: Any,
-        hparams_metrics: Mapping[str, str] | None = None,
-        prefix: str = "",
-        **kwargs: Any,
+        self, *args: Any, hparams_metrics: Mapping[str, str] | None = None, prefix: str = "", **kwargs: Any
     ) -> None:
         super().__init__(*args, prefix=prefix, **kwargs)
         self.tag_prefix = f"{prefix}{self.LOGGER_JOIN_CHAR}" if prefix else ""
