@@ -59,7 +59,7 @@ EPOCH_END_RUN = replaced(
 DEFAULT_KILLS = (
     ("train_batch_end:17", 15),
     pytest.param("train_batch_start:15", 15, marks=pytest.mark.slow),
-    ("validation_batch_end:20", 15),
+    pytest.param("validation_batch_end:20", 15, marks=pytest.mark.slow),
 )
 HOOKS = ("train_batch_start", "before_optimizer_step", "train_batch_end")
 

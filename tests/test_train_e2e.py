@@ -46,18 +46,18 @@ def test_runs_started_together_get_their_own_folders():
 
 
 def test_seed_example_prints_the_snippets_losses(tmp_path):
-    outputs = [run_train(tmp_path, "experiment=seed_example", f"seed={seed}").stdout for seed in (0, 1)]
-    lines = [re.search(r"Loss after one update: (\d+\.\d{4})", out) for out in outputs]
-    assert all(lines), outputs[0]
-    assert lines[0].group(1) != lines[1].group(1)
-    assert "Loss before the update: 1.8270" in outputs[0]
+    output = run_train(tmp_path, "-m", "experiment=seed_example", "seed=0,1").stdout  # one job a seed
+    before = re.findall(r"Loss before the update: (\d+\.\d{4})", output)
+    after = re.findall(r"Loss after one update: (\d+\.\d{4})", output)
+    assert len(before) == len(after) == 2 and after[0] != after[1], output
+    assert before[0] == "1.8270"
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.Linear(5, 1))
     optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.99, momentum=0.9)
     inputs, targets = torch.randn(2, 10), torch.randn(2, 1)
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     optimizer.step()
-    assert lines[0].group(1) == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
+    assert after[0] == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
