@@ -143,6 +143,12 @@ def test_report_refuses_a_folder_without_jobs(tmp_path, capsys):
     assert "no job with a metrics.json" in capsys.readouterr().err
 
 
+def test_run_folders_are_reported_as_jobs(tmp_path, capsys):
+    runs = [make_job(tmp_path, num, [f"optimizer.lr={lr}"], scale=lr) for num, lr in enumerate((1, 2))]
+    assert report.main([str(run) for run in runs] + ["--no-plots", "--output", str(tmp_path)]) == 0
+    assert "2 jobs in 2 configurations" in (tmp_path / "report.md").read_text()
+
+
 def test_steps_to_threshold_read_csv_logs_and_ignore_far_off_configurations(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     make_job(sweep, 0, ["optimizer.lr=0.01"])  # best val/loss 1/40 at step 39

@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rmsprop-report`` and ``python -m rmsprop_lightning.report.cli``."""
     parser = argparse.ArgumentParser(prog="rmsprop-report", description=__doc__)
     parser.add_argument(
-        "sweep_dirs", nargs="+", type=Path, help="multirun folder(s), e.g. logs/train/multiruns/…"
+        "sweep_dirs", nargs="+", type=Path, help="multirun folders (logs/train/multiruns/…) or run folders"
     )
     parser.add_argument(
         "--over", nargs="*", default=["seed"], help="override keys aggregated over (default: seed)"

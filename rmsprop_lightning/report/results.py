@@ -16,7 +16,7 @@ from typing import Any
 
 from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
 from rmsprop_lightning.logging.events import Series, read_csv_scalars, read_scalars
-from rmsprop_lightning.summary import as_float, read_summary
+from rmsprop_lightning.summary import as_float, read_summary, summary_path
 
 OPTUNA_RESULTS = "optimization_results.yaml"
 
@@ -124,7 +124,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 
 def load_sweep(folders: Sequence[str | Path]) -> Sweep:
-    """Reads every job below the sweep ``folders`` (``metrics.json`` and event files)."""
+    """Reads every job below the sweep ``folders``, or the runs they are (``metrics.json`` and scalars)."""
     paths = [Path(folder) for folder in folders]
     for path in paths:
         if not path.is_dir():
@@ -132,10 +132,10 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
     jobs = [
         Job(folder, read_summary(folder), read_scalars(folder) or read_csv_scalars(folder))
         for path in paths
-        for folder in job_folders(path)
+        for folder in job_folders(path) or ([path] if summary_path(path).is_file() else [])  # a single run
     ]
     if not jobs:
-        raise ValueError(f"no job with a metrics.json below {', '.join(map(str, paths))}")
+        raise ValueError(f"no job with a metrics.json in or below {', '.join(map(str, paths))}")
     records = [json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()]
     return Sweep(paths, jobs, records, _optuna_results(paths))
 
