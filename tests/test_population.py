@@ -231,6 +231,9 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     theirs_ckpt = torch.load(solo / "checkpoints" / "last.ckpt", weights_only=False)
     assert ours_ckpt["loops"] == theirs_ckpt["loops"]
     assert ours_ckpt["callbacks"].keys() == theirs_ckpt["callbacks"].keys()
+    ours_best, theirs_best = ours_ckpt["callbacks"]["FitStats"], theirs_ckpt["callbacks"]["FitStats"]
+    assert ours_best["best_step"] == theirs_best["best_step"]
+    assert ours_best["best"] == pytest.approx(theirs_best["best"], rel=1e-4)
     run_train(tmp_path, f"resume={member}", "trainer.max_steps=45")
     assert read_summary(member)["steps"] == 45 and read_summary(member)["population"] is None
     assert report.main([str(sweep), "--no-plots"]) == 0

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import signal
+from functools import partial
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
+from rmsprop_lightning.data import synthetic
+from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
 from tests.conftest import ROOT, run_dirs, run_train
 
@@ -100,6 +108,7 @@ def assert_same_training_state(expected: dict, actual: dict) -> None:
     for key in ("global_step", "epoch", "state_dict", "optimizer_states", "lr_schedulers"):
         assert_same(expected[key], actual[key], key)
     assert_same(expected["callbacks"]["RandomState"], actual["callbacks"]["RandomState"], "rng")
+    assert_same(expected["callbacks"]["FitStats"], actual["callbacks"]["FitStats"], "best values")
     for key in (
         "state_dict",
         "epoch_loop.state_dict",
@@ -240,3 +249,36 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
         list(range(20)),
         list(range(20, 30)),
     ]
+
+
+class SignalAt(pl.Callback):
+    """Sends this process SIGTERM at the end of one batch."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_inside_an_accumulation_waits_for_the_end_of_its_step(tmp_path):
+    # batches 3, 4 and 5 make step 2: SIGTERM after batch 4 saves and stops after batch 5
+    last = LastCheckpoint(tmp_path, every_n_train_steps=100)
+    trainer = pl.Trainer(
+        max_steps=10,
+        accumulate_grad_batches=3,
+        callbacks=[SignalAt(4), GracefulInterrupt(), last],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    with pytest.raises(InterruptedRun, match="after step 2"):
+        trainer.fit(
+            module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16)
+        )
+    saved = torch.load(last.path, weights_only=True)
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
+    assert (saved["global_step"], progress) == (2, 6)  # no batch of step 3 begun

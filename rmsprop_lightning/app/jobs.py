@@ -15,9 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
-from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import is_rank_zero
-from rmsprop_lightning.summary import as_float, read_summary, write_summary
+from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +95,11 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
 
 
 def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
-    """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails).
-
-    A resumed run's best values start from those its summary holds.
-    """
+    """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails)."""
     from rmsprop_lightning.app.run import run
     from rmsprop_lightning.callbacks.fit_stats import FitStats
 
-    earlier = read_summary(cfg.paths.output_dir) if cfg.get(RESUME_KEY) else {}
-    best = {tag: as_float(value) for tag, value in earlier.get("best", {}).items()}
-    stats = FitStats(best, earlier.get("best_step"))
+    stats = FitStats()
     try:
         return run(cfg, extra_callbacks=[stats])
     finally:

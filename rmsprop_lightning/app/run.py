@@ -14,11 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.distributed import clean_distributed_state
+from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import check_data, check_targets, input_errors, load_checkpoint
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import is_rank_zero
-from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
+from rmsprop_lightning.logging.tensorboard import continue_tensorboard, finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 *safeguards(cfg, module),
             ]
             loggers = instantiate_entries(cfg.get("logger"))
+            if cfg.get(RESUME_KEY):
+                continue_tensorboard(loggers)
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)

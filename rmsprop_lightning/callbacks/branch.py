@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from rmsprop_lightning.callbacks.fit_stats import FitStats
+
 log = logging.getLogger(__name__)
 
 # state entries RMSprop keeps only for some settings, and the setting that needs each
@@ -92,8 +94,8 @@ class CheckpointBranch(Callback):
             changes += apply_group_settings(saved, optimizer)
         for saved, scheduler in zip(checkpoint.get("lr_schedulers", []), schedulers, strict=False):
             apply_scheduler_settings(saved, scheduler)
-        for callback in trainer.checkpoint_callbacks:  # the new run's best checkpoint is its own
-            if isinstance(callback, ModelCheckpoint):
+        for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
+            if isinstance(callback, ModelCheckpoint | FitStats):
                 checkpoint.get("callbacks", {}).pop(callback.state_key, None)
         states = {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
         kept = sorted(states - {"step"} - {change.removeprefix("new ") for change in changes})

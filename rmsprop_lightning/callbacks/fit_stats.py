@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,35 +13,55 @@ from lightning.pytorch.callbacks import Callback
 from rmsprop_lightning.logging.tensorboard import is_better
 
 
+def keep_best(
+    best: dict[str, float], best_step: dict[str, int], metrics: Mapping[str, float], step: int
+) -> None:
+    """Takes the ``val/`` values of ``metrics`` that beat ``best`` (R² is maximised, losses and errors
+    minimised), noting their ``step``."""
+    for tag, value in metrics.items():
+        if tag.startswith("val/") and is_better(value, best.get(tag), "max" if tag.endswith("r2") else "min"):
+            best[tag], best_step[tag] = value, step
+
+
+def best_values(
+    history: Mapping[int, Mapping[str, float]], until: float = math.inf
+) -> tuple[dict[str, float], dict[str, int]]:
+    """The best value of each ``val/`` tag in ``{step: metrics}`` up to step ``until``, and its step."""
+    best: dict[str, float] = {}
+    best_step: dict[str, int] = {}
+    for step in sorted(step for step in history if step <= until):
+        keep_best(best, best_step, history[step], step)
+    return best, best_step
+
+
 class FitStats(Callback):
     """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
 
     Read :meth:`fields` after the run, also after an exception: it then holds what was
-    reached before the failure. A resumed run passes the ``best`` values and ``best_step`` its
-    earlier part reached.
+    reached before the failure. The best values go into checkpoints, so a resumed run keeps those
+    of its earlier part.
     """
 
-    def __init__(
-        self, best: Mapping[str, float] | None = None, best_step: Mapping[str, int] | None = None
-    ) -> None:
+    def __init__(self) -> None:
         self.fit_seconds: float | None = None
         self.steps = 0
         self.final: dict[str, float] = {}
-        self.best: dict[str, float] = dict(best or {})
-        self.best_step: dict[str, int] = dict(best_step or {})
+        self.best: dict[str, float] = {}
+        self.best_step: dict[str, int] = {}
         self._fit_start: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best), "best_step": dict(self.best_step)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_step = dict(state_dict["best"]), dict(state_dict["best_step"])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for tag, value in _scalars(trainer).items():
-            mode = "max" if tag.endswith("r2") else "min"  # R² is maximised, losses and errors minimised
-            if tag.startswith("val/") and is_better(value, self.best.get(tag), mode):
-                self.best[tag] = value
-                self.best_step[tag] = trainer.global_step
+        if not trainer.sanity_checking:
+            keep_best(self.best, self.best_step, _scalars(trainer), trainer.global_step)
 
     def _end_fit(self, trainer: pl.Trainer) -> None:
         if self._fit_start is not None:

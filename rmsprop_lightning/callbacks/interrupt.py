@@ -39,6 +39,7 @@ class GracefulInterrupt(Callback):
         self.received: int | None = None
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
+        self._step: int | None = None  # the trainer's step count at the last batch end
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -51,6 +52,7 @@ class GracefulInterrupt(Callback):
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._step = trainer.global_step
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
 
@@ -65,7 +67,8 @@ class GracefulInterrupt(Callback):
         stop = self.received is not None
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop and self.stopped_at is None:
+        stepped, self._step = trainer.global_step != self._step, trainer.global_step
+        if stop and stepped and self.stopped_at is None:  # never inside an accumulation of gradients
             self.stopped_at = trainer.global_step
             last = self._last_checkpoint(trainer)
             if last is not None:

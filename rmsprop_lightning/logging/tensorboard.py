@@ -107,8 +107,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
     ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
     ``finalize`` (end of ``fit`` and ``test``) only flushes, where Lightning's closes the file and ``test``
-    opens a second one; :meth:`write_hparams` ends the run and closes the file. In a folder that already
-    holds the run's events (``resume=``), the best values start from those logged there. The scalars of
+    opens a second one; :meth:`write_hparams` ends the run and closes the file; :meth:`continue_run`
+    takes up the best values of a resumed run's earlier part. The scalars of
     one ``log_metrics`` call go into one event (Lightning writes one per value), so a step's many monitor
     values cost one record. The writer's queue holds ``max_queue=1000`` events (torch's default is
     10), so handing it a batch of buffered steps does not wait on its thread. Other arguments are
@@ -128,13 +128,15 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.best: dict[str, float] = {}
         self._tracked = [(tag, mode) for tag, mode in metrics.items() if mode != "last"]
         self._last_step = 0
-        if self._tracked and any(Path(self.log_dir).glob("events.out.tfevents.*")):
-            from rmsprop_lightning.logging.events import read_scalars
 
-            earlier = read_scalars(self.log_dir)
-            for tag, mode in self._tracked:
-                for _, value in earlier.get(self.tag_prefix + tag, []):
-                    self._keep_best(tag, mode, value)
+    def continue_run(self) -> None:
+        """Takes up the best values logged by the earlier part of the run in this folder (``resume=``)."""
+        from rmsprop_lightning.logging.events import read_scalars
+
+        earlier = read_scalars(self.log_dir) if Path(self.log_dir).is_dir() else {}
+        for tag, mode in self._tracked:
+            for _, value in earlier.get(self.tag_prefix + tag, []):
+                self._keep_best(tag, mode, value)
 
     def _keep_best(self, tag: str, mode: str, value: float) -> None:
         if is_better(value, self.best.get(tag), mode):
@@ -182,6 +184,13 @@ class TensorBoardRunLogger(TensorBoardLogger):
     def close(self) -> None:
         """Flushes and closes the event file; logging after this starts a new one."""
         super().finalize("success")
+
+
+def continue_tensorboard(loggers: Iterable[Logger]) -> None:
+    """Has every :class:`TensorBoardRunLogger` among ``loggers`` take up its run's earlier best values."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardRunLogger):
+            logger.continue_run()
 
 
 def finish_tensorboard(loggers: Iterable[Logger], params: Mapping[str, HParamValue]) -> None:

@@ -15,6 +15,7 @@ from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
+from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.population.members import Member
 
@@ -93,10 +94,12 @@ def write_checkpoints(
     if population is None or last is None:
         return None
     saved_at = population["global_step"]
-    random_state, guard = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop"))
+    random_state, guard, stats = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop")), FitStats()
+    stats.best, stats.best_step = best_values(scalars, saved_at)
     states: dict[str, Any] = {
         random_state.state_key: random_state.state_dict(),
         guard.state_key: {"skipped": record.skipped[index]},
+        stats.state_key: stats.state_dict(),
     }
     if best is not None:  # its state as it was at the save (empty before the first validation)
         kept = best_until(record, index, saved_at)

@@ -16,6 +16,7 @@ from torch.utils.tensorboard.summary import custom_scalars
 
 from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import likely_cause
+from rmsprop_lightning.callbacks.fit_stats import best_values
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.event_file import EventFile
@@ -100,18 +101,13 @@ def float32(value: float) -> float:
 def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> dict[str, Any]:
     """The ``metrics.json`` fields a solo run's ``FitStats`` gives: steps, final and best values."""
     final: dict[str, float] = {}
-    best: dict[str, float] = {}
-    best_step: dict[str, int] = {}
     for step in sorted(scalars):
         for tag, value in scalars[step].items():
             if tag.startswith(("val/", "test/")):
                 final[tag] = value
             elif tag.startswith("lr-"):
                 final[tag] = float32(value)  # as the trainer keeps it
-            if tag.startswith("val/") and is_better(
-                value, best.get(tag), "max" if tag.endswith("r2") else "min"
-            ):
-                best[tag], best_step[tag] = value, step
+    best, best_step = best_values(scalars)
     return {
         "fit_seconds": record.result.fit_seconds,
         # a diverged solo run counts the step it stopped at, as Lightning had started it
