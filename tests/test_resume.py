@@ -242,6 +242,8 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["best"]["val/loss"] == pytest.approx(losses[best_step])
     assert summary["best_step"]["val/loss"] == best_step
+    assert summary["overrides"] == list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    assert "trainer.max_steps=30" in summary["overrides"] and "optimizer.lr=0.05" in summary["overrides"]
     assert scalars["val/loss_best"][-1] == (30, pytest.approx(losses[best_step]))
     assert (run_dir / "checkpoints" / f"best-{best_step:06d}.ckpt").is_file()
     tables = [list(csv.DictReader(path.open())) for path in sorted((run_dir / "csv").glob("*/metrics.csv"))]

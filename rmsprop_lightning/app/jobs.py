@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
+from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
@@ -117,6 +118,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     started = time.time()
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
+    if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
+        job_fields = {}
     output_dir = cfg.paths.output_dir
     writes = is_rank_zero()
     fields: dict[str, Any] = {}

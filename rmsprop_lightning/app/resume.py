@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.errors import InputError, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
+from rmsprop_lightning.summary import write_summary
 
 RESUME_KEY = "resume"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -141,7 +142,7 @@ def check_override(override: Override, saved: DictConfig) -> None:
 
 
 def record_resume(cfg: DictConfig) -> None:
-    """Writes the safe keys a resume changed into the run's saved config and overrides (first rank only)."""
+    """Writes the safe keys a resume changed into the run's saved config, overrides and summary (rank 0)."""
     if not is_rank_zero():
         return
     hydra_dir = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER
@@ -161,6 +162,7 @@ def record_resume(cfg: DictConfig) -> None:
     kept = [line for line in previous if line.split("=", 1)[0].lstrip("+~") not in changed]
     lines = kept + [f"{key}={_override_value(value)}" for key, value in changed.items()]
     replace_atomically(overrides_file, lambda file: file.write(OmegaConf.to_yaml(lines).encode()))
+    write_summary(cfg[RESUME_KEY], overrides=lines)
 
 
 def _override_value(value: Any) -> str:
