@@ -76,27 +76,22 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     selections = []
     for override in overrides:
         group = override.key_or_group
-        if group not in groups or override.value() is None:
+        if group not in groups or override.is_delete():
             continue
-        chosen = override.value()
-        if override.is_sweep_override():
-            try:
-                values = list(override.sweep_string_iterator())
-            except Exception:  # glob() and other sweeps Hydra expands itself
-                continue
-            selection = values[0]
-        elif isinstance(chosen, list):  # several configs of the group, merged
-            values = [str(value) for value in chosen]
-            selection = f"[{','.join(values)}]"
-        else:
-            values = [override.get_value_element_as_str()]
-            selection = chosen
-        for value in values:
-            if value not in groups[group] and value != "null":
-                raise InputError(
-                    f"{group}={value} is not an option of {group}{close_match(value, groups[group])}; "
-                    f"allowed: {', '.join(groups[group])}"
-                )
+        try:
+            chosen = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:  # glob() and other sweeps Hydra expands itself
+            continue
+        for choice in chosen:  # one option, or a list of options merged
+            for value in choice if isinstance(choice, list) else [choice]:
+                typed = "null" if value is None else str(value)
+                if typed not in groups[group]:
+                    raise InputError(
+                        f"{group}={typed} is not an option of {group}{close_match(typed, groups[group])}; "
+                        f"allowed: {', '.join(groups[group])}"
+                    )
+        first = chosen[0]
+        selection = f"[{','.join(map(str, first))}]" if isinstance(first, list) else first
         selections.append(f"{override.get_key_element()}={selection}")
     cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):

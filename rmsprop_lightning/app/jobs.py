@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
-from rmsprop_lightning.errors import is_rank_zero
+from rmsprop_lightning.errors import RunError, is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,10 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             _finish(output_dir, "failed", clock, error=f"{type(error).__name__}: {error}", **fields)
         if not multirun:
             raise
-        log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
+        if isinstance(error, RunError):  # bad input or a divergence: one line says it all
+            log.error("Job %s failed; the sweep goes on: %s", job_fields.get("job_num"), error)
+        else:
+            log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
     if writes:
         summary = _finish(output_dir, "completed", clock, value=value, **fields)
