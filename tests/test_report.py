@@ -166,3 +166,5 @@ def test_steps_to_threshold_read_csv_logs_and_ignore_far_off_configurations(tmp_
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if "optimizer.lr=" in line}
     assert "| 39 (1/1) |" in rows["optimizer.lr=0.01"] and "| 19 (1/1) |" in rows["optimizer.lr=0.02"]
     assert "| — (0/1) |" in rows["optimizer.lr=1e6"] and "| n/a |" in rows["optimizer.lr=0.03"]
+    table = {row["configuration"]: row for row in csv.DictReader((sweep / "report.csv").open())}
+    assert [table[f"optimizer.lr={lr}"]["logged_val_loss"] for lr in ("1e6", "0.03")] == ["1", "0"]

@@ -143,7 +143,8 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         "wall_seconds",
         "fit_seconds",
     )
-    header = ["configuration", *keys, "n", "completed", "failed", "diverged", "reached_threshold"]
+    header = ["configuration", *keys, "n", "completed", "failed", "diverged", "logged_val_loss"]
+    header.append("reached_threshold")
     header += [f"{measure}_{stat}" for measure in measures for stat in ("mean", "std")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -151,7 +152,7 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         for row in rows:
             cells = row.cells
             line = [row.configuration.label, *(row.configuration.setting.get(key, "") for key in keys)]
-            line += [cells["n"], cells["completed"], cells["failed"], cells["diverged"], cells["reached"]]
+            line += [cells[key] for key in ("n", "completed", "failed", "diverged", "curves", "reached")]
             line += [f"{value:.6g}" for measure in measures for value in cells[measure]]
             writer.writerow(line)
 
