@@ -120,7 +120,13 @@ CASES = [
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),
     ("unknown nonfinite mode", ["on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop or skip"]),
     ("unknown loss", ["module.loss=mae"], ["loss='mae'", "huber"]),
-    ("lr monitor without logger", ["logger=none"], ["learning_rate_monitor", "needs a logger"]),
+    (
+        "monitors without logger",
+        ["logger=none"],
+        ["learning_rate_monitor and callbacks.optimizer_state_monitor need a logger", "callbacks=none"],
+    ),
+    ("missing csv path", ["data=csv"], ["data.source.path is missing", "from_csv needs it"]),
+    ("unknown loss", ["module.loss=hinge"], ["module.loss='hinge'", "mse or l1 or huber"]),
     # checkpoints
     ("missing checkpoint", ["ckpt_path={files}/missing.ckpt"], ["missing.ckpt", "no such file"]),
     (

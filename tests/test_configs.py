@@ -129,3 +129,10 @@ def test_scheduler_dict_takes_interval_and_monitor_from_config(compose_cfg):
     configured = build_all(compose_cfg("scheduler=warmup_cosine"))[1].configure_optimizers()
     assert configured["lr_scheduler"]["interval"] == "step"
     assert "monitor" not in configured["lr_scheduler"]
+
+
+def test_the_config_check_knows_the_modules_losses():
+    from rmsprop_lightning.app.config_checks import LOSS_NAMES
+    from rmsprop_lightning.module import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES

@@ -29,10 +29,14 @@ def _hydra_train(cfg: DictConfig) -> float | None:
 
 
 def quiet_dependencies() -> None:
-    """No advertisement and no deprecation warning of a dependency's internals in a run's output."""
+    """No advertisement, no deprecation warning of a dependency's internals and no reader's chatter in a
+    run's output; no warning that an epoch is shorter than ``log_every_n_steps`` (every step's loss is
+    logged whatever the interval)."""
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning_log.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))  # its cloud service
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its event reader, on resume
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
 
 
 def leave_out_of_shutdown_collections() -> None:

@@ -38,6 +38,8 @@ PRECISIONS = (
     "32",
     "16",
 )
+# RegressionModule's losses (rmsprop_lightning.module.LOSSES)
+LOSS_NAMES = ("mse", "l1", "huber")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
 
@@ -92,7 +94,7 @@ class OneOf:
 
     def describe(self) -> str:
         choices = (choice if isinstance(choice, str) else show(choice) for choice in self.choices)
-        return " or ".join([*(rule.describe() for rule in self.rules), *choices])
+        return " or ".join(dict.fromkeys([*(rule.describe() for rule in self.rules), *choices]))
 
 
 Rule = Number | OneOf
@@ -105,6 +107,8 @@ RULES: dict[str, Rule] = {
     "seed": Number(integer=True, low=0, high=2**32 - 1),
     "on_nonfinite": OneOf(choices=("stop", "skip")),
     "ckpt_restore": OneOf(choices=("full", "weights")),
+    "module.loss": OneOf(choices=LOSS_NAMES),
+    "scheduler.interval": OneOf(choices=("step", "epoch")),
     "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
     "trainer.max_steps": Number(integer=True, low=1, extra=(-1,)),
     "trainer.precision": OneOf(choices=PRECISIONS),
@@ -176,12 +180,17 @@ def check_loggers(cfg: DictConfig) -> None:
     loggers = select(cfg, "logger") or {}
     if any(isinstance(entry, Mapping) and "_target_" in entry for entry in loggers.values()):
         return
-    for name, entry in (select(cfg, "callbacks") or {}).items():
-        if isinstance(entry, Mapping) and str(entry.get("_target_", "")).endswith(NEEDS_LOGGER):
-            raise InputError(
-                f"callbacks.{name} ({entry['_target_']}) needs a logger but logger is empty; "
-                f"allowed: logger=tensorboard or logger=csv, or drop it with ~callbacks.{name}"
-            )
+    names = [
+        f"callbacks.{name}"
+        for name, entry in (select(cfg, "callbacks") or {}).items()
+        if isinstance(entry, Mapping) and str(entry.get("_target_", "")).endswith(NEEDS_LOGGER)
+    ]
+    if names:
+        drop = " ".join(f"~{name}" for name in names)
+        raise InputError(
+            f"{' and '.join(names)} need a logger but logger is empty; "
+            f"allowed: logger=tensorboard or logger=csv, or callbacks=none or {drop}"
+        )
 
 
 def check_training_length(cfg: DictConfig) -> None:

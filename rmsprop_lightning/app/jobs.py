@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -168,7 +169,7 @@ def torch_thread_count() -> int:
 
 
 def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
-    """The run in one line: its end metrics, its folder and how to look at it in TensorBoard."""
+    """The run in one line: its end metrics, its folder and, if it has event files, how to look at them."""
     metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}
     metrics.update({tag: value for tag, value in summary.get("final", {}).items() if tag.startswith("test/")})
     shown = ", ".join(f"{tag}={value:.4g}" for tag, value in metrics.items())
@@ -176,11 +177,10 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     took = (
         f"in a population of {population['members']}" if population else f"in {summary['wall_seconds']:.1f} s"
     )
-    return (
-        f"Done: {summary.get('steps')} steps {took}"
-        f"{'; ' + shown if shown else ''}; folder {output_dir}; "
-        f"tensorboard --logdir {output_dir} --samples_per_plugin scalars=0"
-    )
+    line = f"Done: {summary.get('steps')} steps {took}{'; ' + shown if shown else ''}; folder {output_dir}"
+    if any(Path(output_dir).rglob("events.out.tfevents.*")):  # TensorBoard shows 1000 points unless told
+        line += f"; tensorboard --logdir {output_dir} --samples_per_plugin scalars=1000000"
+    return line
 
 
 def _finish(output_dir: str, status: str, clock: float, **fields: Any) -> dict[str, Any]:

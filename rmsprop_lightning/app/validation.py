@@ -18,7 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
@@ -51,17 +51,20 @@ def check_targets(node: DictConfig, path: str = "") -> None:
 
 
 @functools.cache
-def target_parameters(target_name: str) -> frozenset[str] | None:
-    """The names ``target_name``'s callable takes, or ``None`` when it takes ``**kwargs``; a sweep's jobs
-    share their targets, so each is imported and inspected once."""
-    parameters = inspect.signature(get_object(target_name)).parameters
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+def target_parameters(target_name: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The names ``target_name``'s callable takes and those it requires, or ``None`` when it takes
+    ``**kwargs``; a sweep's jobs share their targets, so each is imported and inspected once."""
+    parameters = inspect.signature(get_object(target_name)).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
         return None
-    return frozenset(parameters)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = {p.name for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty}
+    return frozenset(p.name for p in parameters), frozenset(required)
 
 
 def check_options(node: DictConfig, path: str) -> None:
-    """The keys of one ``_target_`` node are parameters of its target (unless it takes ``**kwargs``)."""
+    """The keys of one ``_target_`` node are parameters of its target (unless it takes ``**kwargs``), and
+    it sets every parameter the target requires."""
     target_name = node._target_
     try:
         parameters = target_parameters(target_name)
@@ -71,13 +74,17 @@ def check_options(node: DictConfig, path: str) -> None:
         ) from error
     if parameters is None:
         return
-    allowed = sorted(parameters - set(CALL_TIME_ARGUMENTS.get(path, ())))
+    names, required = parameters
+    allowed = sorted(names - set(CALL_TIME_ARGUMENTS.get(path, ())))
     for key in node:
         if key not in HYDRA_KEYS and key not in allowed:
             hint = close_match(str(key), allowed, f"{path}.")
             raise InputError(
                 f"{path}.{key} is not an option of {target_name}{hint}; allowed: {', '.join(allowed)}"
             )
+    for name in sorted(required.intersection(allowed)):
+        if name not in node or OmegaConf.is_missing(node, name):
+            raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
 
 
 @contextmanager
