@@ -119,14 +119,18 @@ CASES = [
     # other top-level keys
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),
     ("unknown nonfinite mode", ["on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop or skip"]),
-    ("unknown loss", ["module.loss=mae"], ["loss='mae'", "huber"]),
+    ("unknown loss", ["module.loss=mae"], ["module.loss='mae'", "mse or l1 or huber"]),
     (
         "monitors without logger",
         ["logger=none"],
         ["learning_rate_monitor and callbacks.optimizer_state_monitor need a logger", "callbacks=none"],
     ),
     ("missing csv path", ["data=csv"], ["data.source.path is missing", "from_csv needs it"]),
-    ("unknown loss", ["module.loss=hinge"], ["module.loss='hinge'", "mse or l1 or huber"]),
+    (
+        "unknown scheduler interval",
+        ["scheduler.interval=batch"],
+        ["scheduler.interval='batch'", "step or epoch"],
+    ),
     # checkpoints
     ("missing checkpoint", ["ckpt_path={files}/missing.ckpt"], ["missing.ckpt", "no such file"]),
     (
