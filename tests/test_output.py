@@ -12,8 +12,8 @@ from tests.conftest import run_train
 SHORT = ("data.source.num_samples=2048", "trainer.max_steps=40")
 
 
-def test_a_piped_run_is_quiet_and_says_where_it_wrote(tmp_path):
-    result = run_train(tmp_path, *SHORT)
+def test_a_piped_run_is_quiet_says_where_it_wrote_and_validates_at_its_end(tmp_path):
+    result = run_train(tmp_path, *SHORT)  # 1639 training rows, batch 32: the first epoch ends at step 52
     output = result.stdout + result.stderr
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines[0].startswith("Run folder: ")
@@ -23,11 +23,7 @@ def test_a_piped_run_is_quiet_and_says_where_it_wrote(tmp_path):
     for noise in ("💡", "litlogger", "LeafSpec", "\r", "Traceback", "INFO: "):
         assert noise not in output, noise
     assert len(lines) == len(set(lines)), "a message was printed twice"
-
-
-def test_a_fit_shorter_than_an_epoch_validates_at_its_end(tmp_path):
-    run_train(tmp_path, *SHORT)  # 1639 training rows, batch 32: the first epoch ends at step 52
-    (folder,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    # a fit shorter than an epoch validates at its end
     summary = json.loads((folder / "metrics.json").read_text())
     scalars = read_scalars(folder / "tensorboard")
     assert [step for step, _ in scalars["val/loss"]] == [40]

@@ -14,21 +14,15 @@ from rmsprop_lightning.module import RegressionModule
 from tests.conftest import CONF, QUICK, run_dirs, run_train
 
 
-def test_default_run_writes_checkpoints_and_every_step_loss(tmp_path):
+def test_default_run_writes_every_step_loss_and_checkpoints_that_reload_weights_only(tmp_path):
     run_train(tmp_path, *QUICK, "module.loss_flush_every=7")
     (run_dir,) = run_dirs(tmp_path)
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     scalars = read_scalars(run_dir / "tensorboard")
     assert [step for step, _ in scalars["train/loss"]] == list(range(30))
     assert all(value > 0 for _, value in scalars["train/loss"])
     assert [step for step, _ in scalars["val/loss"]] == [10, 20, 30]
     assert {"val/rmse", "test/loss", "test/rmse", "test/r2"} <= set(scalars)
-
-
-def test_checkpoint_reloads_weights_only(tmp_path):
-    run_train(tmp_path, *QUICK)
-    (run_dir,) = run_dirs(tmp_path)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     module = RegressionModule.load_from_checkpoint(checkpoint, weights_only=True)
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
