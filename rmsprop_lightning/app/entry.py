@@ -54,6 +54,12 @@ def group_options(config_dir: Path) -> dict[str, list[str]]:
     return groups
 
 
+def default_groups(config_file: Path) -> set[str]:
+    """The config groups the primary config's defaults list chooses (with an option or ``null``)."""
+    entries = OmegaConf.load(config_file).get("defaults", [])
+    return {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
+
+
 def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
     """The command line to run, once no override names a config option or a key that does not exist.
 
@@ -73,6 +79,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
     groups = group_options(config_dir)
+    defaults = default_groups(config_dir / f"{config_name}.yaml")
     selections = []
     for override in overrides:
         group = override.key_or_group
@@ -82,6 +89,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             chosen = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         except Exception:  # glob() and other sweeps Hydra expands itself
             continue
+        if override.is_add() and group in defaults:
+            raise InputError(
+                f"{override.input_line} adds a {group} the config already chooses; allowed: "
+                f"{override.input_line.lstrip('+')}"
+            )
         for choice in chosen:  # one option, or a list of options merged
             for value in choice if isinstance(choice, list) else [choice]:
                 typed = "null" if value is None else str(value)
