@@ -114,10 +114,13 @@ class RegressionModule(pl.LightningModule):
         predictions = self(features).float()
         loss = self.criterion(predictions, targets)
         self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True, prog_bar=stage == "val")
-        sse = (predictions - targets).pow(2).sum().double()
-        totals = self._totals.setdefault(stage, torch.zeros(4, dtype=torch.float64, device=self.device))
+        sse = (predictions - targets).pow(2).sum(0).double()  # per target column
         targets = targets.double()
-        totals += torch.stack([sse, targets.new_tensor(targets.numel()), targets.sum(), targets.pow(2).sum()])
+        sums = torch.stack([sse, torch.full_like(sse, len(targets)), targets.sum(0), targets.pow(2).sum(0)])
+        if stage in self._totals:
+            self._totals[stage] += sums
+        else:
+            self._totals[stage] = sums
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -131,13 +134,14 @@ class RegressionModule(pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _log_epoch_scores(self, stage: str) -> None:
-        """Logs RMSE (and R² on test) from totals reduced over all ranks."""
-        totals = self.all_gather(self._totals[stage]).reshape(-1, 4).sum(0)
-        sse, count, total, total_sq = totals.unbind()
-        self.log(f"{stage}/rmse", (sse / count).sqrt().float(), sync_dist=True)
+        """Logs RMSE over every target (and R², the mean over target columns, on test) from totals reduced
+        over all ranks."""
+        totals = self._totals[stage]
+        sse, count, total, total_sq = self.all_gather(totals).reshape(-1, *totals.shape).sum(0).unbind()
+        self.log(f"{stage}/rmse", (sse.sum() / count.sum()).sqrt().float(), sync_dist=True)
         if stage == "test":
             variance_sum = total_sq - total * total / count
-            self.log("test/r2", (1 - sse / variance_sum).float(), sync_dist=True)
+            self.log("test/r2", (1 - sse / variance_sum).mean().float(), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if "val" in self._totals:

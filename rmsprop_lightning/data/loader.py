@@ -8,10 +8,16 @@ from typing import Any
 import torch
 
 
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """The order of ``count`` rows in ``epoch``, drawn from one 64-bit seed packing ``(seed, epoch)``: no
+    two runs share an epoch's order (with ``seed + epoch``, seed 1 would repeat seed 0 an epoch late)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed((seed << 32) + epoch))
+
+
 class InMemoryBatchLoader:
     """Serves ``(features, targets)`` batches as views of tensors already on the device.
 
-    Each epoch draws a permutation from ``seed + epoch`` (the same on every rank), takes
+    Each epoch draws a permutation from ``(seed, epoch)`` (the same on every rank), takes
     this rank's strided shard of it — padded like ``DistributedSampler`` so every rank
     has as many batches — gathers the shard once and yields contiguous slices. That
     avoids ``DataLoader``'s per-sample collation, which dominates a small net's step.
@@ -65,8 +71,7 @@ class InMemoryBatchLoader:
         count = len(self.features)
         if not self.shuffle:
             return torch.arange(self.rank, count, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(count, generator=generator)
+        order = epoch_order(self.seed, epoch, count)
         padding = -count % self.world_size
         if padding:
             order = torch.cat([order, order[:padding]])

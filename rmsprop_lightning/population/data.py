@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import torch
 
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.data.loader import InMemoryBatchLoader
+from rmsprop_lightning.data.loader import InMemoryBatchLoader, epoch_order
 
 
 class StackedBatchLoader(InMemoryBatchLoader):
     """Yields ``[B, P, ...]`` batches: column ``i`` is the batch member ``i`` draws with its own ``seeds[i]``.
 
-    The members' solo loaders would shuffle with ``seed + epoch``; here each epoch stacks those
+    The members' solo loaders would shuffle with their ``epoch_order``; here each epoch stacks those
     permutations, so every member sees the batches of its solo run.
     """
 
@@ -32,10 +32,7 @@ class StackedBatchLoader(InMemoryBatchLoader):
     def shard_indices(self, epoch: int) -> torch.Tensor:
         """``[N, P]``: the sample order of each member in ``epoch``."""
         count = len(self.features)
-        orders = [
-            torch.randperm(count, generator=torch.Generator().manual_seed(s + epoch)) for s in self.seeds
-        ]
-        return torch.stack(orders, 1)
+        return torch.stack([epoch_order(seed, epoch, count) for seed in self.seeds], 1)
 
 
 class PopulationDataModule(RegressionDataModule):

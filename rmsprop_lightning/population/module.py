@@ -134,14 +134,13 @@ class PopulationModule(pl.LightningModule):
         losses, predictions = self.member_losses(batch)
         targets = batch[1].double()
         count = targets.shape[0]
-        errors = (predictions.double() - targets).pow(2).sum(dim=(1, 2))
+        errors = (predictions.double() - targets).pow(2).sum(dim=1)  # [P, out]: per member and target column
         columns = {
             "loss": losses.double() * count,
             "sse": errors,
             "count": targets.new_full(losses.shape, count),
-            "elements": targets.new_full(losses.shape, targets.numel()),
-            "sum": targets.sum().expand_as(errors),
-            "sum_sq": targets.pow(2).sum().expand_as(errors),
+            "sum": targets.sum(0).expand_as(errors),
+            "sum_sq": targets.pow(2).sum(0).expand_as(errors),
         }
         for name, value in columns.items():
             self._totals[name] = self._totals.get(name, 0) + value
@@ -155,10 +154,13 @@ class PopulationModule(pl.LightningModule):
     def _scores(self, stage: str) -> dict[str, Tensor]:
         """``<stage>/loss``, ``/rmse`` (and ``/r2`` on test) per member from the epoch's totals."""
         t = self._totals
-        scores = {f"{stage}/loss": t["loss"] / t["count"], f"{stage}/rmse": (t["sse"] / t["elements"]).sqrt()}
-        if stage == "test":
-            variance_sum = t["sum_sq"] - t["sum"] * t["sum"] / t["elements"]
-            scores["test/r2"] = 1 - t["sse"] / variance_sum
+        rows = t["count"][:, None]
+        scores = {
+            f"{stage}/loss": t["loss"] / t["count"],
+            f"{stage}/rmse": (t["sse"].sum(1) / (rows.squeeze(1) * t["sse"].shape[1])).sqrt(),
+        }
+        if stage == "test":  # R²: the mean over target columns
+            scores["test/r2"] = (1 - t["sse"] / (t["sum_sq"] - t["sum"] * t["sum"] / rows)).mean(1)
         # as RegressionModule logs them: the loss in float64 when the run is, the others in float32
         return {
             tag: value if tag.endswith("loss") and value.dtype == torch.float64 else value.float()

@@ -1,0 +1,32 @@
+"""The epoch scores a RegressionModule logs, against a direct computation on the split."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.data import Table
+
+
+def test_rmse_is_over_every_target_and_r2_the_mean_over_target_columns():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(500, 3, generator=generator)
+    # two targets far apart in scale and mean: one R² over both would call the gap between means skill
+    targets = torch.stack([1000 + 5 * features[:, 0], -7 + features[:, 1]], 1)
+    targets += torch.randn(500, 2, generator=generator)
+    table = Table(features, targets, ("a", "b", "c"), ("y0", "y1"))
+    data = RegressionDataModule(table, batch_size=16, eval_batch_size=30)  # test batches of 30 and 20
+    module = RegressionModule(FeedForward(3, 4, 2), partial(torch.optim.RMSprop, lr=0.01))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (scores,) = trainer.test(module, datamodule=data, verbose=False)
+    test_features, test_targets = data.splits["test"]
+    with torch.no_grad():
+        errors = (module(test_features) - test_targets).double()
+    target = test_targets.double()
+    per_column = 1 - errors.pow(2).sum(0) / (target - target.mean(0)).pow(2).sum(0)
+    assert scores["test/r2"] == pytest.approx(per_column.mean().item(), rel=1e-5)
+    assert scores["test/rmse"] == pytest.approx(errors.pow(2).mean().sqrt().item(), rel=1e-5)
