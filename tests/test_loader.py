@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rmsprop_lightning.data import InMemoryBatchLoader, RegressionDataModule, Table
+from rmsprop_lightning.data.sources import from_csv
 
 
 def rows_seen(loader: InMemoryBatchLoader) -> list[int]:
@@ -82,3 +83,27 @@ def test_datamodule_splits_and_standardises_on_training_rows():
     assert torch.allclose(train_features.mean(0), torch.zeros(4), atol=1e-5)
     assert torch.allclose(train_features.std(0, unbiased=False), torch.ones(4), atol=1e-5)
     assert not torch.allclose(splits["val"][0].mean(0), torch.zeros(4), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "features", "message"),
+    [
+        ("a,a,y\n1,2,3\n", None, "column 'a' is named twice"),
+        ("a,b,y\n1,2,3\n", ["a", "y"], "column 'y' is named twice"),
+        ("a,b,y\n1,2,3\n\n4,x,6\n", None, "line 4, column 'b': 'x' is not a number"),
+    ],
+)
+def test_csv_columns_named_twice_are_refused_and_lines_counted_from_the_file(
+    tmp_path, text, features, message
+):
+    path = tmp_path / "table.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        from_csv(path, "y", features)
+
+
+def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_bytes("\ufeffid,a,y\nx1,2,3\nx2,5,6\n".encode())
+    table = from_csv(path, "y", ["a"])
+    assert table.features.tolist() == [[2.0], [5.0]] and table.targets.tolist() == [[3.0], [6.0]]

@@ -70,36 +70,41 @@ def from_csv(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=delimiter))
-    rows = [row for row in rows if row and any(cell.strip() for cell in row)]
-    if not rows:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
+        lines = list(enumerate(csv.reader(handle, delimiter=delimiter), start=1))
+    lines = [(number, row) for number, row in lines if row and any(cell.strip() for cell in row)]
+    if not lines:
         raise ValueError(f"{path} is empty (a header row and data rows are required)")
-    header = [name.strip() for name in rows[0]]
-    if len(rows) < 2:
+    header = [name.strip() for name in lines[0][1]]
+    if len(lines) < 2:
         raise ValueError(f"{path} has a header but no data rows")
     targets = [target] if isinstance(target, str) else list(target)
-    columns = {name: index for index, name in enumerate(header)}
-    for name in targets + list(features or []):
-        if name not in columns:
-            raise ValueError(f"column {name!r} not found in {path}; columns found: {', '.join(header)}")
     feature_names = list(features) if features else [c for c in header if c not in targets]
+    for name in dict.fromkeys(header + targets + feature_names):
+        if (header + targets + feature_names).count(name) > 1 + (name in header):
+            raise ValueError(
+                f"{path}: column {name!r} is named twice (in the header, or as target and feature)"
+            )
+        if name not in header:
+            raise ValueError(f"column {name!r} not found in {path}; columns found: {', '.join(header)}")
     if not feature_names:
         raise ValueError(f"{path} has no feature columns besides the target(s) {targets}")
-    values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
-    for line, row in enumerate(rows[1:], start=2):
+    used = [header.index(name) for name in feature_names + targets]
+    values = np.empty((len(lines) - 1, len(used)), dtype=np.float64)
+    for row_index, (number, row) in enumerate(lines[1:]):
         if len(row) != len(header):
-            raise ValueError(f"{path} line {line}: {len(row)} cells, the header has {len(header)}")
-        for col, cell in enumerate(row):
+            raise ValueError(f"{path} line {number}: {len(row)} cells, the header has {len(header)}")
+        for col, index in enumerate(used):
             try:
-                values[line - 2, col] = float(cell)
+                values[row_index, col] = float(row[index])
             except ValueError:
                 raise ValueError(
-                    f"{path} line {line}, column {header[col]!r}: {cell!r} is not a number"
+                    f"{path} line {number}, column {header[index]!r}: {row[index]!r} is not a number"
                 ) from None
+    split = len(feature_names)
     return Table(
-        torch.from_numpy(values[:, [columns[c] for c in feature_names]]).float(),
-        torch.from_numpy(values[:, [columns[c] for c in targets]]).float(),
+        torch.from_numpy(values[:, :split]).float(),
+        torch.from_numpy(values[:, split:]).float(),
         tuple(feature_names),
         tuple(targets),
     )
