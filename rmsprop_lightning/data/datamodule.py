@@ -138,10 +138,11 @@ def split_and_standardize(
     num_val = round(count * val_fraction)
     num_test = round(count * test_fraction)
     num_train = count - num_val - num_test
-    if num_train < max(min_train_rows, 2) or (val_fraction > 0 and num_val == 0):
+    empty = (val_fraction > 0 and num_val == 0) or (test_fraction > 0 and num_test == 0)
+    if num_train < max(min_train_rows, 2) or empty:
         raise ValueError(
-            f"{count} rows are too few for the split (train {num_train}, val {num_val}, "
-            f"test {num_test}); use more data or smaller data.val_fraction/test_fraction"
+            f"{count} rows are too few for the split (train {num_train}, val {num_val}, test {num_test}); "
+            "use more data, or data.val_fraction/test_fraction that give each split a row (0 for none)"
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
