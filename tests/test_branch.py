@@ -74,3 +74,19 @@ def test_weights_only_branch_starts_at_step_zero_with_a_fresh_optimizer(compose_
     job(compose_cfg, tmp_path / "fresh")
     first = read_scalars(tmp_path / "fresh" / "tensorboard")["train/loss"][0]
     assert losses[0][1] < first[1], "the branch starts from the parent's trained weights"
+
+
+def test_a_branch_with_the_same_schedule_goes_on_where_it_was(compose_cfg, tmp_path):
+    schedule = ("scheduler=cosine", "scheduler.interval=step", "scheduler.scheduler.T_max=40")
+    job(compose_cfg, tmp_path / "whole", *schedule, *STEPS)
+    job(compose_cfg, tmp_path / "first", *schedule, "trainer.max_steps=20", "trainer.log_every_n_steps=5")
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *schedule, *STEPS)
+    whole, branch = (
+        read_scalars(tmp_path / name / "tensorboard")["lr-RMSprop/decay"] for name in ("whole", "branch")
+    )
+    assert [point for point in branch if point[0] >= 20] == pytest.approx([p for p in whole if p[0] >= 20])
+    saved = torch.load(tmp_path / "branch" / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][
+        0
+    ]
+    assert saved["last_epoch"] == 40

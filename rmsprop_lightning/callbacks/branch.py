@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,8 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
     for group, fresh in zip(saved["param_groups"], optimizer.param_groups, strict=True):
         for key, value in fresh.items():
             if key != "params" and group.get(key) != value:
-                changes.append(f"{key} {group.get(key)!r} → {value!r}")
+                if key != "initial_lr":  # a scheduler's bookkeeping
+                    changes.append(f"{key} {group.get(key)!r} → {value!r}")
                 group[key] = value
         for param_id in group["params"]:
             state = saved["state"].get(param_id)
@@ -62,14 +64,23 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
 
 
 def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any) -> None:
-    """Puts the new run's scheduler settings (constructor arguments, base lrs) into a saved scheduler state.
+    """Puts the new run's scheduler into a saved scheduler state, at the saved progress.
 
-    Its progress (``last_epoch``, a plateau's best value and counters) stays the checkpoint's.
+    A schedule is replayed with the new settings up to the saved ``last_epoch``, so it goes on where
+    the parent's was and sets the fresh optimizer's learning rates to its values there. A plateau
+    scheduler takes the new settings and keeps its progress (best value, counters).
     """
-    fresh = scheduler.state_dict()
-    settings = set(inspect.signature(type(scheduler)).parameters) | {"base_lrs"}
-    for key in settings & set(fresh):
-        saved[key] = fresh[key]
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        fresh = scheduler.state_dict()
+        for key in set(inspect.signature(type(scheduler)).parameters) & set(fresh):
+            saved[key] = fresh[key]
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a scheduler stepped before its optimizer: here on purpose
+        for _ in range(saved["last_epoch"] - scheduler.last_epoch):
+            scheduler.step()
+    saved.clear()
+    saved.update(scheduler.state_dict())
 
 
 class CheckpointBranch(Callback):
@@ -89,11 +100,11 @@ class CheckpointBranch(Callback):
             return
         optimizers, schedulers = optimizers_and_schedulers(pl_module.configure_optimizers())
         saved_optimizers = checkpoint.get("optimizer_states", [])
+        for saved, scheduler in zip(checkpoint.get("lr_schedulers", []), schedulers, strict=False):
+            apply_scheduler_settings(saved, scheduler)  # first: it moves the fresh optimizer's lr
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)
-        for saved, scheduler in zip(checkpoint.get("lr_schedulers", []), schedulers, strict=False):
-            apply_scheduler_settings(saved, scheduler)
         for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
             if isinstance(callback, ModelCheckpoint | FitStats):
                 checkpoint.get("callbacks", {}).pop(callback.state_key, None)
