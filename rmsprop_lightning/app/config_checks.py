@@ -214,8 +214,14 @@ def check_input_files(cfg: DictConfig) -> None:
     """Every input file the config names exists."""
     for key in INPUT_FILES:
         path = select(cfg, key)
-        if path is not None and not Path(str(path)).expanduser().is_file():
-            raise InputError(f"{key}={path}: no such file")
+        if path is None or Path(str(path)).expanduser().is_file():
+            continue
+        if key == "ckpt_path" and Path(str(path)).expanduser().is_dir():
+            raise InputError(
+                f"ckpt_path={path} is a folder; allowed: a checkpoint file such as "
+                f"{Path(str(path)) / 'checkpoints' / 'last.ckpt'}, or resume={path} to continue that run"
+            )
+        raise InputError(f"{key}={path}: no such file")
 
 
 def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:

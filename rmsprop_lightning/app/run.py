@@ -16,7 +16,13 @@ from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.distributed import clean_distributed_state
 from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
-from rmsprop_lightning.app.validation import check_data, check_targets, input_errors, load_checkpoint
+from rmsprop_lightning.app.validation import (
+    check_data,
+    check_targets,
+    input_errors,
+    load_checkpoint,
+    read_data,
+)
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import is_rank_zero
 from rmsprop_lightning.logging.tensorboard import continue_tensorboard, finish_tensorboard, run_hparams
@@ -41,6 +47,7 @@ def build_model(cfg: DictConfig, datamodule: RegressionDataModule) -> Any:
     sizes = {}
     for key, reported in (("in_features", "num_features"), ("out_features", "num_targets")):
         if cfg.model.get(key) is None:
+            read_data(cfg, datamodule)
             sizes[key] = getattr(datamodule, reported)
     return instantiate(cfg.model, **sizes)
 

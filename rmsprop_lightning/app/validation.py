@@ -105,11 +105,9 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def check_data(cfg: DictConfig, datamodule: Any) -> None:
-    """Reads and splits the data (if the model did not need it yet); checks explicit model sizes against it.
-
-    A reader's error is prefixed with the key that names its file, ``data.source.path``.
-    """
+def read_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Reads and splits the data, once; a reader's error is prefixed with the key naming its file,
+    ``data.source.path``."""
     path = select(cfg, "data.source.path")
     try:
         datamodule.splits  # noqa: B018  (loads, checks and splits the table)
@@ -122,6 +120,11 @@ def check_data(cfg: DictConfig, datamodule: Any) -> None:
                 else f"data.source.path={path}: {message}"
             )
         raise InputError(message) from error
+
+
+def check_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Reads the data (if the model did not need it yet); checks explicit model sizes against it."""
+    read_data(cfg, datamodule)
     for key, size, what in (
         ("in_features", datamodule.num_features, "feature columns"),
         ("out_features", datamodule.num_targets, "target columns"),

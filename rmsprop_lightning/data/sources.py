@@ -25,11 +25,17 @@ class Table:
             raise ValueError("features and targets must be 2-D (samples × columns)")
         if len(self.features) != len(self.targets):
             raise ValueError(f"features have {len(self.features)} rows but targets have {len(self.targets)}")
-        for kind, values in (("features", self.features), ("targets", self.targets)):
+        for kind, values, names in (
+            ("features", self.features, self.feature_names),
+            ("targets", self.targets, self.target_names),
+        ):
             bad = ~torch.isfinite(values)
             if bad.any():
                 row, col = (int(i) for i in bad.nonzero()[0])
-                raise ValueError(f"{kind} hold a NaN or inf value (first at row {row}, column {col})")
+                raise ValueError(
+                    f"{kind} hold a NaN or inf value (first in data row {row + 1}, column {names[col]!r}; "
+                    "values beyond float32's ±3.4e38 count as inf)"
+                )
 
     @classmethod
     def numbered(cls, features: torch.Tensor, targets: torch.Tensor) -> Table:
@@ -79,6 +85,8 @@ def from_csv(
     if len(lines) < 2:
         raise ValueError(f"{path} has a header but no data rows")
     targets = [target] if isinstance(target, str) else list(target)
+    if not targets:
+        raise ValueError(f"{path}: no target column chosen (data.source.target is empty)")
     feature_names = list(features) if features else [c for c in header if c not in targets]
     for name in dict.fromkeys(header + targets + feature_names):
         if (header + targets + feature_names).count(name) > 1 + (name in header):
