@@ -107,3 +107,16 @@ def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
     path.write_bytes("\ufeffid,a,y\nx1,2,3\nx2,5,6\n".encode())
     table = from_csv(path, "y", ["a"])
     assert table.features.tolist() == [[2.0], [5.0]] and table.targets.tolist() == [[3.0], [6.0]]
+
+
+def test_the_standardisation_is_kept_to_map_new_rows_and_predictions():
+    generator = torch.Generator().manual_seed(0)
+    features, targets = 3 + 2 * torch.randn(200, 2, generator=generator), 50 + 9 * torch.randn(200, 1)
+    data = RegressionDataModule(Table(features, targets, ("a", "b"), ("y",)), standardize_targets=True)
+    (train_features, train_targets), rows = data.splits["train"], data.splits["train"][0].shape[0]
+    state = data.state_dict()
+    assert rows == 160 and set(state) == {"features_mean", "features_scale", "targets_mean", "targets_scale"}
+    raw = train_targets * state["targets_scale"] + state["targets_mean"]
+    assert raw.mean().item() == pytest.approx(state["targets_mean"].item(), rel=1e-5)
+    assert torch.allclose(train_features.mean(0), torch.zeros(2), atol=1e-5)
+    assert raw.std(unbiased=False).item() == pytest.approx(state["targets_scale"].item(), rel=1e-4)

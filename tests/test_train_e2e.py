@@ -25,8 +25,12 @@ def test_default_run_writes_every_step_loss_and_checkpoints_that_reload_weights_
     assert {"val/rmse", "test/loss", "test/rmse", "test/r2"} <= set(scalars)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     module = RegressionModule.load_from_checkpoint(checkpoint, weights_only=True)
-    state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert all(torch.equal(module.state_dict()[name], tensor) for name, tensor in state.items())
+    saved = torch.load(checkpoint, weights_only=True)
+    assert all(torch.equal(module.state_dict()[name], tensor) for name, tensor in saved["state_dict"].items())
+    assert set(saved["RegressionDataModule"]) == {
+        "features_mean",
+        "features_scale",
+    }  # synthetic targets as drawn
     assert module.configure_optimizers().defaults["lr"] == 0.01
 
 

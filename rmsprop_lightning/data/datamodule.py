@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -54,6 +55,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.shuffle_seed = shuffle_seed
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.scaling: dict[str, torch.Tensor] = {}  # the standardisation, once the data is split
         self._loaders: dict[str, InMemoryBatchLoader] = {}
 
     @property
@@ -79,8 +81,14 @@ class RegressionDataModule(pl.LightningDataModule):
                 "min_train_rows": self.batch_size if self.drop_last else 1,
             }
             table = self.source if isinstance(self.source, Table) else self.source()
-            self._splits = split_and_standardize(table, **options)
+            self._splits = split_and_standardize(table, **options, scaling=self.scaling)
         return self._splits
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training split's column means and scales that standardised the data, kept in checkpoints:
+        new rows are ``(x - features_mean) / features_scale``, predictions in the data's units
+        ``y * targets_scale + targets_mean``."""
+        return dict(self.scaling)
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
@@ -132,8 +140,10 @@ def split_and_standardize(
     standardize_features: bool,
     standardize_targets: bool,
     min_train_rows: int = 1,
+    scaling: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Splits rows by a seeded permutation and standardises with training-split statistics."""
+    """Splits rows by a seeded permutation and standardises with training-split statistics, which go
+    into ``scaling`` when given (``features_mean``, ``features_scale``, ``targets_…``)."""
     count = len(table.features)
     num_val = round(count * val_fraction)
     num_test = round(count * test_fraction)
@@ -147,15 +157,19 @@ def split_and_standardize(
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
     features, targets = table.features, table.targets
+    scaling = {} if scaling is None else scaling
     if standardize_features:
-        features = _standardize(features, features[parts["train"]])
+        features = _standardize(features, features[parts["train"]], "features", scaling)
     if standardize_targets:
-        targets = _standardize(targets, targets[parts["train"]])
+        targets = _standardize(targets, targets[parts["train"]], "targets", scaling)
     return {name: (features[index], targets[index]) for name, index in parts.items()}
 
 
-def _standardize(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def _standardize(
+    values: torch.Tensor, reference: torch.Tensor, name: str, scaling: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Centres and scales columns by the reference rows' mean and std (constant columns kept)."""
-    mean = reference.mean(0)
     std = reference.std(0, unbiased=False)
-    return (values - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    mean = scaling[f"{name}_mean"] = reference.mean(0)
+    scale = scaling[f"{name}_scale"] = torch.where(std > 0, std, torch.ones_like(std))
+    return (values - mean) / scale
