@@ -231,6 +231,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     theirs_ckpt = torch.load(solo / "checkpoints" / "last.ckpt", weights_only=False)
     assert ours_ckpt["loops"] == theirs_ckpt["loops"]
     assert ours_ckpt["callbacks"].keys() == theirs_ckpt["callbacks"].keys()
+    torch.testing.assert_close(ours_ckpt["RegressionDataModule"], theirs_ckpt["RegressionDataModule"])
     ours_best, theirs_best = ours_ckpt["callbacks"]["FitStats"], theirs_ckpt["callbacks"]["FitStats"]
     assert ours_best["best_step"] == theirs_best["best_step"]
     assert ours_best["best"] == pytest.approx(theirs_best["best"], rel=1e-4)

@@ -136,6 +136,7 @@ def write_checkpoints(
         "lr_schedulers": schedulers,
         "hparams_name": None,
         "hyper_parameters": dict(member.module.hparams),
+        type(member.datamodule).__qualname__: member.datamodule.state_dict(),
     }
     AtomicCheckpointIO().save_checkpoint(checkpoint, last.path)
     return last.path
