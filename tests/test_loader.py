@@ -29,10 +29,10 @@ def test_every_sample_once_per_epoch_in_a_new_order():
     assert torch.equal(targets[:, 0], features[:, 0] * 2)
 
 
-def test_the_next_seed_does_not_repeat_a_seeds_next_epoch():
-    first, second = make_loader(seed=0), make_loader(seed=1)
-    rows_seen(first)  # epoch 0
-    assert rows_seen(first) != rows_seen(second)  # epoch 1 of seed 0, epoch 0 of seed 1
+def test_no_two_seeds_or_epochs_share_an_order():
+    loaders = [make_loader(seed=seed) for seed in (0, 1, 2, 2**32, -1)]
+    orders = [tuple(rows_seen(loader)) for _ in range(4) for loader in loaders]
+    assert len(set(orders)) == len(orders) == 20
 
 
 def test_same_seed_same_order_and_drop_last():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,9 +10,11 @@ import torch
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The order of ``count`` rows in ``epoch``, drawn from one 64-bit seed packing ``(seed, epoch)``: no
-    two runs share an epoch's order (with ``seed + epoch``, seed 1 would repeat seed 0 an epoch late)."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed((seed << 32) + epoch))
+    """The order of ``count`` rows in ``epoch``, from a generator seeded with a checksum of ``"seed/epoch"``:
+    runs of different seeds do not share an epoch's order (with ``seed + epoch``, seed 1 repeated seed 0
+    an epoch late; torch's generator reads only a seed's lower 32 bits, so no bit-packing either)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{epoch}".encode()))
+    return torch.randperm(count, generator=generator)
 
 
 class InMemoryBatchLoader:
