@@ -76,17 +76,25 @@ def test_weights_only_branch_starts_at_step_zero_with_a_fresh_optimizer(compose_
     assert losses[0][1] < first[1], "the branch starts from the parent's trained weights"
 
 
-def test_a_branch_with_the_same_schedule_goes_on_where_it_was(compose_cfg, tmp_path):
-    schedule = ("scheduler=cosine", "scheduler.interval=step", "scheduler.scheduler.T_max=40")
+SCHEDULE = ("scheduler=cosine", "scheduler.interval=step", "scheduler.scheduler.T_max=40")
+
+
+@pytest.mark.parametrize("parent_schedule", [SCHEDULE, ("scheduler=none",), ("scheduler=step",)])
+def test_a_branch_schedule_goes_on_at_the_checkpoints_step(compose_cfg, tmp_path, parent_schedule):
+    # the parent: the same cosine (stepped every step), none, or a step schedule stepped every epoch
+    schedule = SCHEDULE
     job(compose_cfg, tmp_path / "whole", *schedule, *STEPS)
-    job(compose_cfg, tmp_path / "first", *schedule, "trainer.max_steps=20", "trainer.log_every_n_steps=5")
+    job(compose_cfg, tmp_path / "first", *parent_schedule, "trainer.max_steps=20")
     parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
     job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *schedule, *STEPS)
     whole, branch = (
-        read_scalars(tmp_path / name / "tensorboard")["lr-RMSprop/decay"] for name in ("whole", "branch")
+        read_scalars(tmp_path / name / "tensorboard")["train/loss"] for name in ("whole", "branch")
     )
-    assert [point for point in branch if point[0] >= 20] == pytest.approx([p for p in whole if p[0] >= 20])
-    saved = torch.load(tmp_path / "branch" / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][
-        0
-    ]
-    assert saved["last_epoch"] == 40
+    saved = torch.load(tmp_path / "branch" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["lr_schedulers"][0]["last_epoch"] == 40
+    whole_lr = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["lr_schedulers"][0]["_last_lr"] == pytest.approx(whole_lr["lr_schedulers"][0]["_last_lr"])
+    assert [g["lr"] for g in last_state(tmp_path / "branch")["param_groups"]] == pytest.approx(
+        [g["lr"] for g in last_state(tmp_path / "whole")["param_groups"]]
+    )
+    assert [step for step, _ in branch] == list(range(20, 40)) and whole

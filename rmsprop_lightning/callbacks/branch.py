@@ -21,15 +21,17 @@ log = logging.getLogger(__name__)
 OPTIONAL_STATES = {"grad_avg": "centered", "momentum_buffer": "momentum"}
 
 
-def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
-    """The optimizers and schedulers in what ``configure_optimizers`` returned (one or a dict)."""
+def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+    """The optimizers, and the schedulers as Lightning's ``{"scheduler", "interval", "frequency"}``
+    (its defaults filled in), in what ``configure_optimizers`` returned (one optimizer or a dict)."""
     if isinstance(configured, torch.optim.Optimizer):
         return [configured], []
     if isinstance(configured, Mapping):
         scheduler = configured.get("lr_scheduler")
-        if isinstance(scheduler, Mapping):
-            scheduler = scheduler["scheduler"]
-        return [configured["optimizer"]], [] if scheduler is None else [scheduler]
+        if scheduler is not None and not isinstance(scheduler, Mapping):
+            scheduler = {"scheduler": scheduler}
+        schedulers = [] if scheduler is None else [{"interval": "epoch", "frequency": 1, **scheduler}]
+        return [configured["optimizer"]], schedulers
     raise TypeError(
         f"configure_optimizers returned {type(configured).__name__}; branching needs one optimizer"
     )
@@ -63,21 +65,22 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
     return list(dict.fromkeys(changes))
 
 
-def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any) -> None:
-    """Puts the new run's scheduler into a saved scheduler state, at the saved progress.
+def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) -> None:
+    """Puts the new run's scheduler into a saved scheduler state (empty when the parent had none), as it
+    stands after ``steps`` scheduler steps.
 
-    A schedule is replayed with the new settings up to the saved ``last_epoch``, so it goes on where
-    the parent's was and sets the fresh optimizer's learning rates to its values there. A plateau
-    scheduler takes the new settings and keeps its progress (best value, counters).
+    The schedule is replayed with the new settings, so it goes on at the checkpoint's step and sets the
+    fresh optimizer's learning rates to its values there. A plateau scheduler takes the new settings and
+    keeps the parent's progress (best value, counters).
     """
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         fresh = scheduler.state_dict()
-        for key in set(inspect.signature(type(scheduler)).parameters) & set(fresh):
+        for key in set(inspect.signature(type(scheduler)).parameters) & set(fresh) if saved else fresh:
             saved[key] = fresh[key]
         return
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a scheduler stepped before its optimizer: here on purpose
-        for _ in range(saved["last_epoch"] - scheduler.last_epoch):
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")  # on purpose
+        for _ in range(steps - scheduler.last_epoch):
             scheduler.step()
     saved.clear()
     saved.update(scheduler.state_dict())
@@ -100,8 +103,14 @@ class CheckpointBranch(Callback):
             return
         optimizers, schedulers = optimizers_and_schedulers(pl_module.configure_optimizers())
         saved_optimizers = checkpoint.get("optimizer_states", [])
-        for saved, scheduler in zip(checkpoint.get("lr_schedulers", []), schedulers, strict=False):
-            apply_scheduler_settings(saved, scheduler)  # first: it moves the fresh optimizer's lr
+        saved_schedulers = checkpoint.setdefault("lr_schedulers", [])
+        for index, config in enumerate(schedulers):  # first: a schedule moves the fresh optimizer's lr
+            if index == len(saved_schedulers):
+                saved_schedulers.append({})
+            done = checkpoint.get("global_step" if config["interval"] == "step" else "epoch", 0)
+            apply_scheduler_settings(
+                saved_schedulers[index], config["scheduler"], done // config["frequency"]
+            )
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)

@@ -75,6 +75,7 @@ def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, 
         "state_dict": module.state_dict(),
         "hparams_name": None,
         "hyper_parameters": dict(module.hparams),
+        type(member.datamodule).__qualname__: member.datamodule.state_dict(),
     }
     AtomicCheckpointIO().save_checkpoint(checkpoint, best_path(best, step))
 
