@@ -154,13 +154,13 @@ class PopulationModule(pl.LightningModule):
     def _scores(self, stage: str) -> dict[str, Tensor]:
         """``<stage>/loss``, ``/rmse`` (and ``/r2`` on test) per member from the epoch's totals."""
         t = self._totals
-        rows = t["count"][:, None]
+        rows = t["count"]
         scores = {
-            f"{stage}/loss": t["loss"] / t["count"],
-            f"{stage}/rmse": (t["sse"].sum(1) / (rows.squeeze(1) * t["sse"].shape[1])).sqrt(),
+            f"{stage}/loss": t["loss"] / rows,
+            f"{stage}/rmse": (t["sse"].sum(1) / (rows * t["sse"].shape[1])).sqrt(),
         }
         if stage == "test":  # R²: the mean over target columns
-            scores["test/r2"] = (1 - t["sse"] / (t["sum_sq"] - t["sum"] * t["sum"] / rows)).mean(1)
+            scores["test/r2"] = (1 - t["sse"] / (t["sum_sq"] - t["sum"] * t["sum"] / rows[:, None])).mean(1)
         # as RegressionModule logs them: the loss in float64 when the run is, the others in float32
         return {
             tag: value if tag.endswith("loss") and value.dtype == torch.float64 else value.float()
