@@ -131,12 +131,14 @@ def test_skip_still_stops_on_nonfinite_parameters():
     [
         ({"lr": 0.01, "eps": 1e-8, "alpha": 0.99, "centered": True}, True, "centered=True"),
         ({"lr": 0.01, "eps": 1e-12, "alpha": 0.99}, False, "eps=1e-12 is tiny"),
-        ({"lr": 1000.0, "eps": 1e-8, "alpha": 0.99}, False, "lr=1000 is too large for eps=1e-08"),
+        ({"lr": 1000.0, "eps": 1e-8, "alpha": 0.99}, False, "lr=1000 is too large"),
         ({"lr": 0.001, "eps": 1e-8, "alpha": 0.99}, False, "trainer.gradient_clip_val"),
+        ({"lr": 1.0, "alpha": 0.75}, False, "lr=1 is too large"),  # ASGD: an alpha, no eps
     ],
 )
 def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):
-    optimizer = torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], **group)
+    optimizer_class = torch.optim.RMSprop if "eps" in group else torch.optim.ASGD
+    optimizer = optimizer_class([torch.zeros(1, requires_grad=True)], **group)
     assert words in likely_cause(optimizer, loss_finite)
 
 

@@ -41,7 +41,7 @@ def test_fit_test_and_hparams_share_one_event_file(tmp_path):
         FeedForward(), partial(torch.optim.RMSprop, lr=0.01), no_weight_decay_on_bias=True
     )
     data = RegressionDataModule(partial(synthetic, num_samples=512), batch_size=32)
-    logger = TensorBoardRunLogger(tmp_path, name="", version="", default_hp_metric=False)
+    logger = TensorBoardRunLogger(tmp_path, name="", version="")  # HPARAMS: ours alone, by default
     trainer = pl.Trainer(
         max_steps=24,
         val_check_interval=8,

@@ -50,7 +50,7 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
         first_step = lr / math.sqrt(1 - alpha)
         if first_step >= 1:
             return (
-                f"lr={lr:g} is too large for eps={eps:g}: RMSprop's first updates move each weight by "
+                f"lr={lr:g} is too large: RMSprop's first updates move each weight by "
                 f"about lr/sqrt(1-alpha) = {first_step:.3g}; lower optimizer.lr"
             )
     return "lower optimizer.lr, raise optimizer.eps, or clip gradients with trainer.gradient_clip_val"

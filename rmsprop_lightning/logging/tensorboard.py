@@ -111,14 +111,15 @@ class TensorBoardRunLogger(TensorBoardLogger):
     takes up the best values of a resumed run's earlier part. The scalars of
     one ``log_metrics`` call go into one event (Lightning writes one per value), so a step's many monitor
     values cost one record. The writer's queue holds ``max_queue=1000`` events (torch's default is
-    10), so handing it a batch of buffered steps does not wait on its thread. Other arguments are
-    ``TensorBoardLogger``'s.
+    10), so handing it a batch of buffered steps does not wait on its thread. ``default_hp_metric`` is
+    off: TensorBoard shows the first HPARAMS record of a run, which must be this logger's. Other arguments
+    are ``TensorBoardLogger``'s.
     """
 
     def __init__(
         self, *args: Any, hparams_metrics: Mapping[str, str] | None = None, prefix: str = "", **kwargs: Any
     ) -> None:
-        super().__init__(*args, prefix=prefix, **{"max_queue": 1000, **kwargs})
+        super().__init__(*args, prefix=prefix, **{"default_hp_metric": False, "max_queue": 1000, **kwargs})
         self.tag_prefix = f"{prefix}{self.LOGGER_JOIN_CHAR}" if prefix else ""
         metrics = dict(DEFAULT_HPARAMS_METRICS if hparams_metrics is None else hparams_metrics)
         for tag, mode in metrics.items():
