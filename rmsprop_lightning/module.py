@@ -108,15 +108,15 @@ class RegressionModule(pl.LightningModule):
         return self.criterion(self(features), targets)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        """Logs the loss on ``stage`` and adds the batch's error and target sums to the epoch totals
-        (for epoch-level RMSE and R²)."""
+        """Adds the batch's loss, error and target sums to the epoch totals (for the epoch's loss, RMSE
+        and R²)."""
         features, targets = batch
         predictions = self(features).float()
-        loss = self.criterion(predictions, targets)
-        self.log(f"{stage}/loss", loss, batch_size=len(targets), sync_dist=True, prog_bar=stage == "val")
+        loss_sum = self.criterion(predictions, targets).double() * len(targets)
         sse = (predictions - targets).pow(2).sum(0).double()  # per target column
         targets = targets.double()
-        sums = torch.stack([sse, torch.full_like(sse, len(targets)), targets.sum(0), targets.pow(2).sum(0)])
+        count = torch.full_like(sse, len(targets))
+        sums = torch.stack([loss_sum.expand_as(sse), sse, count, targets.sum(0), targets.pow(2).sum(0)])
         if stage in self._totals:
             self._totals[stage] += sums
         else:
@@ -134,10 +134,13 @@ class RegressionModule(pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _log_epoch_scores(self, stage: str) -> None:
-        """Logs RMSE over every target (and R², the mean over target columns, on test) from totals reduced
-        over all ranks."""
+        """Logs the loss over the stage's rows, RMSE over every target (and R², the mean over target columns,
+        on test) from totals summed over all ranks, so that every row weighs the same however they are
+        shared out."""
         totals = self._totals[stage]
-        sse, count, total, total_sq = self.all_gather(totals).reshape(-1, *totals.shape).sum(0).unbind()
+        loss_sum, sse, count, total, total_sq = self.all_gather(totals).reshape(-1, *totals.shape).sum(0)
+        loss = (loss_sum[0] / count[0]).to(torch.promote_types(self.dtype, torch.float32))
+        self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=stage == "val")
         self.log(f"{stage}/rmse", (sse.sum() / count.sum()).sqrt().float(), sync_dist=True)
         if stage == "test":
             variance_sum = total_sq - total * total / count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rmsprop_lightning.logging.events import read_scalars
+from rmsprop_lightning.summary import read_summary
 from tests.conftest import run_dirs, run_train
 
 DDP_QUICK = (
@@ -28,6 +29,9 @@ def test_ddp_cpu_run_writes_one_folder(tmp_path):
     run_train(tmp_path, *DDP_QUICK)
     (run_dir,) = run_dirs(tmp_path)
     assert_one_set_of_logs(run_dir)
+    final = read_summary(run_dir)["final"]
+    # 51 test rows, 26 and 25 per rank: the MSE loss weighs every row once, as RMSE does
+    assert final["test/loss"] == pytest.approx(final["test/rmse"] ** 2, rel=1e-5)
     assert not (tmp_path / "logs" / "train" / "multiruns").exists()
 
 
