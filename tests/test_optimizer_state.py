@@ -135,6 +135,17 @@ def test_several_optimizers_get_their_class_and_index_in_the_keys():
     for prefix, layer in (("optim/RMSprop/", module.model[0]), ("optim/RMSprop-1/", module.model[2])):
         norm = torch.cat([p.detach().flatten() for p in layer.parameters()]).norm().item()
         assert last[f"{prefix}param_norm"] == pytest.approx(norm, rel=1e-6)
+    # at an even interval each optimizer still has its turn: the first step at or past each multiple
+    values = logged(fit(ManualTwoOptimizers(), OptimizerStateMonitor(every_n_steps=4), steps=16))
+    assert {step: {key.split("/")[1] for key in keys} for step, keys in values.items()} == {
+        3: {"RMSprop-1"},
+        4: {"RMSprop"},
+        7: {"RMSprop-1"},
+        8: {"RMSprop"},
+        11: {"RMSprop-1"},
+        12: {"RMSprop"},
+        15: {"RMSprop-1"},
+    }
 
 
 class Recorder(pl.Callback):

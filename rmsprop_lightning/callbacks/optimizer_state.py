@@ -64,6 +64,7 @@ class OptimizerWatch:
 
     optimizer: torch.optim.Optimizer
     prefix: str  # of its keys
+    due: int = 0  # the step count (Lightning's, once this step is done) at or after which it logs next
     minus_before: Sequence[Tensor] | None = None  # −θ before the step under way, when it is logged
     norms: StateNorms | None = None  # its keys and reductions; rebuilt when stale
 
@@ -93,7 +94,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     Args:
         every_n_steps: log every this many optimizer steps (steps ``n−1, 2n−1, …`` as
-            Lightning counts); ``None`` follows the trainer's ``log_every_n_steps``.
+            Lightning counts; with several optimizers, the first step of each at or past those);
+            ``None`` follows the trainer's ``log_every_n_steps``.
         per_parameter: ``True`` for per-parameter keys of all parameters, or a regular
             expression searched in the parameter names (e.g. ``"weight$"``).
         flush_every: logged steps kept on the device before one transfer to the loggers.
@@ -149,7 +151,9 @@ class OptimizerStateMonitor(BufferedStepLogger):
             ]
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
         self._trainer = trainer
-        self._interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
+        self._interval = interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
+        for watch in self._watches:  # the first multiple of the interval still to come
+            watch.due = -(-(trainer.global_step + 1) // interval) * interval
         if not trainer.is_global_zero:  # other ranks neither measure nor write
             return
         for watch in self._watches:
@@ -169,11 +173,16 @@ class OptimizerStateMonitor(BufferedStepLogger):
     def _before_step(
         self, watch: OptimizerWatch, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
-        """Torch's pre-step hook: on a logged step (``global_step + 1`` a multiple of the interval), keeps
-        −θ, which the post-step hook turns into the update."""
-        if (self._trainer.global_step + 1) % self._interval:
+        """Torch's pre-step hook: on a logged step, keeps −θ, which the post-step hook turns into the update.
+
+        An optimizer logs its first step that brings Lightning's count (``global_step + 1``) to or past a
+        multiple of the interval: with several optimizers, each step counts, and each optimizer has its turn.
+        """
+        counted = self._trainer.global_step + 1
+        if counted < watch.due:
             watch.minus_before = None
             return
+        watch.due = (counted // self._interval + 1) * self._interval
         with torch.no_grad():
             watch.minus_before = torch._foreach_neg([p for g in optimizer.param_groups for p in g["params"]])
 
