@@ -82,11 +82,18 @@ def reported_errors() -> Iterator[None]:
 
 
 def exit_with(error: RunError | InterruptedRun) -> None:
-    """Prints ``error`` in one line (first rank only) and exits with its code; HYDRA_FULL_ERROR=1 raises."""
+    """Prints ``error`` in one line (first rank only) and exits with its code; HYDRA_FULL_ERROR=1 raises.
+
+    Another rank exits with 0 from a divergence or a stop, which all ranks meet at the same step: the
+    first rank reports it, and Lightning's watch over a DDP job's ranks, which kills the first rank's
+    process when one of them fails, leaves a multirun to its next job.
+    """
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     if is_rank_zero():
         print(f"error: {error}", file=sys.stderr, flush=True)
+    elif isinstance(error, DivergedError | InterruptedRun):
+        sys.exit(0)
     sys.exit(error.exit_code)
 
 

@@ -45,3 +45,14 @@ def test_ddp_cpu_multirun_writes_one_folder_per_job(tmp_path):
     assert ["optimizer=rmsprop_centered" in job.name for job in jobs] == [False, False, True, True]
     for job in jobs:
         assert_one_set_of_logs(job)
+
+
+@pytest.mark.slow
+def test_a_diverged_ddp_job_leaves_the_rest_of_its_multirun_alone(tmp_path):
+    # Lightning's watch over job 0's ranks would kill the sweep during job 1 or 2, once job 0's
+    # second rank had ended with the divergence's error code
+    overrides = ("-m", *DDP_QUICK, "trainer.max_steps=150", "optimizer.lr=1e9,0.01,0.02")
+    run_train(tmp_path, *overrides, timeout=240)
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
+    assert [read_summary(job)["status"] for job in jobs] == ["diverged", "completed", "completed"]

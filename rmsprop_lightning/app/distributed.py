@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 
+import lightning.pytorch as pl
 import torch.distributed
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -76,6 +76,22 @@ class _HydraJobLauncher(SubprocessScriptLauncher):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
             self.procs.append(subprocess.Popen(command, env=child_env, cwd=cwd))
 
+    def release_ranks(self, timeout: float = 60.0) -> None:
+        """Waits for the job's other ranks to end (kills them after ``timeout`` seconds) and takes them off
+        the list Lightning's child-process observer watches.
+
+        The observer kills this process once a rank has ended with an error code; in a multirun that would
+        end the whole sweep during a later job (the observer outlives the job it was started for).
+        """
+        ranks = list(self.procs)
+        self.procs.clear()  # the list the observer reads: empty, it stops at its next look
+        for rank in ranks:
+            try:
+                rank.wait(timeout)
+            except subprocess.TimeoutExpired:
+                rank.kill()
+                rank.wait()
+
 
 class HydraDDPStrategy(DDPStrategy):
     """Lightning's DDP whose child processes run exactly the current Hydra job."""
@@ -88,13 +104,16 @@ class HydraDDPStrategy(DDPStrategy):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
-def clean_distributed_state(variables: Sequence[str] = DISTRIBUTED_ENV_VARS) -> None:
-    """Destroys the process group and forgets the rank variables a launcher set.
+def clean_distributed_state(trainer: pl.Trainer | None) -> None:
+    """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set.
 
     Without this a later job in the same process would take itself for a child rank
     (``LOCAL_RANK`` is set) and reuse a stale port.
     """
+    launcher = trainer.strategy.launcher if trainer is not None else None
+    if isinstance(launcher, _HydraJobLauncher):
+        launcher.release_ranks()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    for name in variables:
+    for name in DISTRIBUTED_ENV_VARS:
         os.environ.pop(name, None)

@@ -110,6 +110,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
     checkpoint callback kept one. ``extra_callbacks`` join those of the config. Bad
     input raises :class:`~rmsprop_lightning.errors.InputError` before any work.
     """
+    trainer = None
     try:
         check_targets(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -146,4 +147,4 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
         finish_tensorboard(trainer.loggers, run_hparams(cfg))
         return metrics.get(cfg.get("optimized_metric") or "")
     finally:
-        clean_distributed_state()
+        clean_distributed_state(trainer)
