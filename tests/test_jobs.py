@@ -127,6 +127,21 @@ def test_jobs_in_one_process_do_not_leak_seeds_threads_or_files(compose_cfg, tmp
     assert again["best"] == first["best"]
 
 
+def test_a_job_records_only_its_own_end_values(compose_cfg, tmp_path):
+    # e.g. a resume with test=false: the earlier part's test/loss came from a checkpoint since replaced
+    write_summary(tmp_path, status="completed", final={"val/loss": 0.5, "test/loss": 0.25})
+    cfg = compose_cfg(*QUICK)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+
+    def train(cfg, fields):
+        fields["final"] = {"val/loss": 0.4}
+        return 0.4
+
+    run_job(cfg, train)
+    assert read_summary(tmp_path)["final"] == {"val/loss": 0.4}
+
+
 @pytest.mark.parametrize(
     ("launcher", "module", "target", "expected"),
     [

@@ -134,6 +134,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             optimized_metric=cfg.get("optimized_metric"),
             population=None,  # a population's writer sets it; a resumed member then runs alone
+            final=None,  # the end values are this job's: an earlier part's came from other checkpoints
             **job_fields,
         )
     try:
