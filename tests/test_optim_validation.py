@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -35,6 +36,8 @@ BAD = [
     ({"bias_correction": 0}, "bias_correction"),
     ({"decoupled_weight_decay": "false"}, "decoupled_weight_decay"),
     ({"fast": "auto"}, "fast"),
+    ({"capturable": True}, "capturable"),
+    ({"differentiable": True}, "differentiable"),
 ]
 
 
@@ -49,6 +52,17 @@ def test_bad_hyper_parameter_is_named(options: dict, name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name} ") as error:
         RMSprop(params(), **options)
     assert "must be" in str(error.value)
+
+
+def test_the_positional_arguments_are_torchs() -> None:
+    ours = list(inspect.signature(RMSprop).parameters.values())
+    theirs = list(inspect.signature(torch.optim.RMSprop).parameters.values())
+    assert [(p.name, p.default) for p in ours[: len(theirs)]] == [(p.name, p.default) for p in theirs]
+    assert all(p.kind is p.KEYWORD_ONLY for p in ours[len(theirs) :])
+    weight = torch.nn.Parameter(torch.ones(1))
+    weight.grad = torch.ones(1)
+    RMSprop([weight], 0.1, 0.99, 1e-8, 0.0, 0.0, False, False, None, False, False).step()
+    assert weight.item() < 1  # the eighth is capturable, as in torch, not maximize
 
 
 def test_range_is_stated() -> None:

@@ -17,6 +17,9 @@ from torch import Tensor
 # With foreach=None, CPU tensors from this size on are stepped one by one: an operation's result is
 # then still in cache for the next one, which outweighs the per-call overhead batching saves.
 LARGE_BYTES = 128 << 10
+# CPU tensors of these types are always stepped one by one, as torch's default does: its list kernels
+# round their intermediate results otherwise
+HALF_TYPES = (torch.float16, torch.bfloat16)
 
 State = MutableMapping[str, Any]
 Row = tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]
@@ -224,12 +227,14 @@ def update(
 ) -> None:
     """One eager step on :func:`rows` whose counters :func:`advance` moved.
 
-    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more.
+    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more or of
+    :data:`HALF_TYPES`.
     """
     batch: list[Row] = []
     batch_corrections: list[float] = []
     for row, correction in zip(rows_, corrections, strict=True):
-        if foreach is False or (foreach is None and row[0].is_cpu and row[0].nbytes >= LARGE_BYTES):
+        alone = row[0].is_cpu and (row[0].nbytes >= LARGE_BYTES or row[0].dtype in HALF_TYPES)
+        if foreach is False or (foreach is None and alone):
             update_piece(TensorOps, row, correction, -(correction * correction), c, variant)
         else:
             batch.append(row)

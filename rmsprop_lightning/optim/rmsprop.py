@@ -39,8 +39,10 @@ class RMSprop(torch.optim.RMSprop):
 
     Args:
         params: parameters or parameter groups.
-        lr, alpha, eps, weight_decay, momentum, centered, maximize, foreach: as in torch
-            (``foreach=None`` batches all tensors but large CPU ones; every eager path gives the same bits).
+        lr, alpha, eps, weight_decay, momentum, centered, foreach, maximize: as in torch, in torch's order
+            (``foreach=None`` batches all tensors but large or half-precision CPU ones, giving torch's bits).
+            ``lr`` is a number. ``capturable`` and ``differentiable`` (CUDA graphs, gradients through the
+            step) must stay ``False``.
         eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
         initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
         lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
@@ -63,8 +65,10 @@ class RMSprop(torch.optim.RMSprop):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
-        maximize: bool = False,
+        capturable: bool = False,
         foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
         *,
         eps_in_sqrt: bool = False,
         initial_square_avg: float = 0.0,
@@ -81,10 +85,10 @@ class RMSprop(torch.optim.RMSprop):
             "eps": eps,
             "centered": centered,
             "weight_decay": weight_decay,
-            "capturable": False,
+            "capturable": capturable,
             "foreach": foreach,
             "maximize": maximize,
-            "differentiable": False,
+            "differentiable": differentiable,
             "eps_in_sqrt": eps_in_sqrt,
             "initial_square_avg": initial_square_avg,
             "lr_in_momentum": lr_in_momentum,

@@ -58,5 +58,8 @@ def validate_options(options: Mapping[str, Any]) -> None:
     for name in _OPTIONAL_FLAGS:
         if name in options and options[name] is not None and not isinstance(options[name], bool):
             raise ValueError(f"{name} must be True, False or None, got {options[name]!r}")
+    for name in ("capturable", "differentiable"):  # torch's modes this optimizer does not have
+        if options.get(name, False) is not False:
+            raise ValueError(f"{name} must be False (torch.optim.RMSprop has it), got {options[name]!r}")
     if options.get("nesterov") and not options.get("momentum", 0.0) > 0.0:
         raise ValueError("nesterov must be False when momentum is 0 (Nesterov momentum needs momentum > 0)")
