@@ -87,6 +87,13 @@ CASES = [
     ),
     ("nan in csv", ["data=csv", "data.source.path={files}/nan.csv"], ["nan.csv", "data row 2", "column 'b'"]),
     ("folder as checkpoint", ["ckpt_path={earlier}"], ["is a folder", "checkpoints/last.ckpt", "resume="]),
+    ("run folder in use", ["hydra.run.dir={earlier}"], ["hydra.run.dir=", "already holds a run", "resume="]),
+    (
+        "run folder in use, bad value",
+        ["hydra.run.dir={earlier}", "optimizer.lr=-0.1"],
+        ["hydra.run.dir=", "already holds a run"],
+    ),
+    ("sweep folder in use", ["-m", "hydra.sweep.dir={earlier}/..", "seed=0,1"], ["hydra.sweep.dir="]),
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
     ("empty npy", ["data=npy", "data.source.path={files}/empty.npy"], ["empty.npy"]),

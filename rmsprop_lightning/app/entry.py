@@ -15,8 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.errors import InputError, exit_with
+from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
+from rmsprop_lightning.summary import SUMMARY_FILE
 
 # flags that choose another primary config: the command line is then Hydra's to check
 OTHER_CONFIG = ("config_path", "config_name", "config_dir")
@@ -72,12 +73,13 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     modes = [flag for flag, given in MODES.items() if getattr(parsed, given)]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
-    if any(getattr(parsed, option) for option in OTHER_CONFIG):
-        return list(arguments)
     try:
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
+    check_output_folder(overrides, parsed.multirun)
+    if any(getattr(parsed, option) for option in OTHER_CONFIG):
+        return list(arguments)
     groups = group_options(config_dir)
     defaults = default_groups(config_dir / f"{config_name}.yaml")
     selections = []
@@ -111,6 +113,20 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]
     return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
+
+
+def check_output_folder(overrides: Sequence[Any], multirun: bool) -> None:
+    """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run: a second
+    run there would mix its records, logs and checkpoints with the first's. A DDP run's other ranks,
+    started in their first rank's folder, are not asked."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folders = [Path(str(o.value())) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
+    pattern = f"*/{SUMMARY_FILE}" if multirun else SUMMARY_FILE
+    if folders and is_rank_zero() and any(folders[-1].glob(pattern)):
+        raise InputError(
+            f"{key}={folders[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
+            "to continue one"
+        )
 
 
 def check_keys(
