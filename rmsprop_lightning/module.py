@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
-from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups
+from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups, lr_ratios_kept
 from rmsprop_lightning.specs import from_spec, to_spec
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -171,8 +171,15 @@ class RegressionModule(pl.LightningModule):
         optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return optimizer
+        multiplied = [group["lr"] for group in optimizer.param_groups]
+        built = self.scheduler_factory(optimizer)
+        if not lr_ratios_kept(multiplied, [group["lr"] for group in optimizer.param_groups]):
+            raise ValueError(
+                f"{type(built).__name__} sets every parameter group's lr itself, so module.lr_multipliers "
+                "would not apply; allowed: no lr_multipliers, or a scheduler that scales each group's lr"
+            )
         scheduler: dict[str, Any] = {
-            "scheduler": self.scheduler_factory(optimizer),
+            "scheduler": built,
             "interval": self.hparams.scheduler_interval,
             "frequency": self.hparams.scheduler_frequency,
         }

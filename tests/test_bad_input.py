@@ -87,6 +87,14 @@ CASES = [
     ),
     ("nan in csv", ["data=csv", "data.source.path={files}/nan.csv"], ["nan.csv", "data row 2", "column 'b'"]),
     ("folder as checkpoint", ["ckpt_path={earlier}"], ["is a folder", "checkpoints/last.ckpt", "resume="]),
+    (
+        "scheduler undoing lr multipliers",
+        [
+            "scheduler.scheduler={{_target_:torch.optim.lr_scheduler.CyclicLR,_partial_:true,base_lr:0.001,max_lr:0.1}}",
+            "module.lr_multipliers={{weight:0.5}}",
+        ],
+        ["CyclicLR sets every parameter group's lr itself", "module.lr_multipliers"],
+    ),
     ("run folder in use", ["hydra.run.dir={earlier}"], ["hydra.run.dir=", "already holds a run", "resume="]),
     (
         "run folder in use, bad value",

@@ -122,6 +122,27 @@ def test_biases_are_exempt_from_weight_decay_in_the_template(compose_cfg):
     assert {id(p) for p in by_name["decay_lrx0.5"]["params"]} == weights
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "kept"),
+    [
+        ("scheduler=cosine", True),
+        (
+            "scheduler.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:0.1,total_steps:9}",
+            False,
+        ),
+    ],
+)
+def test_a_scheduler_that_would_undo_the_lr_multipliers_is_refused(compose_cfg, scheduler, kept):
+    cfg = compose_cfg(scheduler, "module.lr_multipliers={weight:0.5}")
+    _, module, *_ = build_all(cfg)
+    if kept:
+        groups = module.configure_optimizers()["optimizer"].param_groups
+        assert sorted(group["lr"] for group in groups) == pytest.approx([0.005, 0.01])
+    else:
+        with pytest.raises(ValueError, match="OneCycleLR sets every parameter group's lr itself"):
+            module.configure_optimizers()
+
+
 def test_scheduler_dict_takes_interval_and_monitor_from_config(compose_cfg):
     configured = build_all(compose_cfg("scheduler=plateau"))[1].configure_optimizers()
     assert configured["lr_scheduler"]["monitor"] == "val/loss"

@@ -119,6 +119,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             model = build_model(cfg, datamodule)
             check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
             module = build_module(cfg, model)
+            module.configure_optimizers()  # an optimizer or scheduler refusing its settings does so now
             callbacks = [
                 *instantiate_entries(cfg.get("callbacks")),
                 *extra_callbacks,

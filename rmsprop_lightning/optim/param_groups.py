@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,3 +62,11 @@ def apply_lr_multipliers(optimizer: torch.optim.Optimizer) -> None:
         factor = group.pop(LR_MULTIPLIER_KEY, None)
         if factor is not None:
             group["lr"] = group["lr"] * factor
+
+
+def lr_ratios_kept(before: Sequence[float], after: Sequence[float]) -> bool:
+    """Whether the groups' learning rates ``after`` a scheduler was built keep the ratios they had ``before``
+    (OneCycleLR and CyclicLR, for instance, set one value for all groups)."""
+    return all(
+        math.isclose(a * before[0], b * after[0], rel_tol=1e-9) for b, a in zip(before, after, strict=True)
+    )
