@@ -196,7 +196,9 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_p
     assert f"stopped by SIGTERM after step 17; checkpoint saved to {run_dir}" in stopped.stderr
     assert f"resume with: python train.py resume={run_dir}" in stopped.stderr
     assert last_checkpoint(run_dir)["global_step"] == 17
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 17
+    assert summary["fit_seconds"] > 0 and summary["wall_seconds"] >= summary["fit_seconds"]
     train(tmp_path, f"resume={run_dir}")
     assert_same_training_state(references["run"], last_checkpoint(run_dir))
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
-from rmsprop_lightning.errors import RunError, is_rank_zero
+from rmsprop_lightning.errors import InterruptedRun, RunError, is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,10 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         else:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
+    except InterruptedRun:  # stopped by a signal: the record keeps what the fit reached
+        if writes:
+            _finish(output_dir, "interrupted", clock, **fields)
+        raise
     if writes:
         summary = _finish(output_dir, "completed", clock, value=value, **fields)
         if summary["status"] == "completed":  # not a population member that was interrupted
