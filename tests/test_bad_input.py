@@ -11,6 +11,7 @@ from __future__ import annotations
 import fractions
 import hashlib
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -176,6 +177,11 @@ CASES = [
     ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
+    (
+        "resume a moved run",
+        ["resume={files}/moved_run", "trainer.max_steps=60"],
+        ["moved_run: the run was written in", "moved since", "ckpt_path="],
+    ),
     ("resume as a multirun", ["-m", "resume={earlier}"], ["--multirun"]),
     # output
     (
@@ -203,6 +209,7 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     (folder / "truncated.ckpt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (folder / "garbage.ckpt").write_bytes(bytes(range(256)) * 40)
     torch.save({"state_dict": {}, "note": fractions.Fraction(1, 3)}, folder / "pickled.ckpt")
+    shutil.copytree(earlier, folder / "moved_run")
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -113,12 +113,27 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
         state = load_checkpoint(checkpoint)
         if isinstance(max_steps, int):  # anything else is reported by the config check
             check_steps_left(state, max_steps, f"resume={run_dir}: its {checkpoint.name}")
+        check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
         print(
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
+
+
+def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
+    """Refuses to resume a run whose checkpoints were written in another folder: Lightning would not take
+    up its best checkpoint there, and the run would end tested on another."""
+    folders = [
+        entry.get("dirpath") for entry in state.get("callbacks", {}).values() if isinstance(entry, dict)
+    ]
+    for folder in filter(None, folders):
+        if not Path(folder).resolve().is_relative_to(run_dir.resolve()):
+            raise InputError(
+                f"resume={run_dir}: the run was written in {Path(folder).parent} and moved since; allowed: "
+                f"resume it there, or start a new run from it with ckpt_path={run_dir}/checkpoints/last.ckpt"
+            )
 
 
 def check_override(override: Override, saved: DictConfig) -> None:
