@@ -78,6 +78,12 @@ class RegressionModule(pl.LightningModule):
         loss_flush_every: int = 100,
     ) -> None:
         super().__init__()
+        for name, value in (("model", model), ("optimizer", optimizer)):
+            if value is None:  # a checkpoint keeps only what plain data describes (rmsprop_lightning.specs)
+                raise ValueError(
+                    f"{name} is None: the checkpoint holds no description of it; "
+                    f"pass {name}=... to load_from_checkpoint"
+                )
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
         if scheduler_interval not in ("step", "epoch"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -64,3 +65,12 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     (run_dir,) = run_dirs(tmp_path)
     losses = [value for _, value in read_scalars(run_dir / "tensorboard")["train/loss"]]
     assert len(losses) == 30 and all(0 < value < 100 for value in losses)
+
+
+def test_a_module_whose_model_the_checkpoint_cannot_describe_asks_for_it():
+    model = torch.nn.Sequential(torch.nn.Linear(10, 1))
+    module = RegressionModule(model, lambda params: torch.optim.SGD(params))
+    assert module.hparams.model is None and module.hparams.optimizer is None
+    # what load_from_checkpoint does with the checkpoint's hyper-parameters
+    with pytest.raises(ValueError, match=r"model is None: .* pass model=\.\.\. to load_from_checkpoint"):
+        RegressionModule(**module.hparams)
