@@ -48,7 +48,9 @@ class RMSprop(torch.optim.RMSprop):
         lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
             differs from torch's placement once the learning rate changes.
         nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
-        bias_correction: divide the running averages by ``1 - alpha**t`` as optax does.
+        bias_correction: divide the running averages by ``1 - alpha**t`` as optax does. With ``centered``
+            the first step's variance is then ``g² - g² = 0``, a step of about ``lr·g/eps``, unless
+            ``initial_square_avg`` is above 0.
         decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of
             adding ``weight_decay * θ`` to the gradient.
         fast: run each step as one ``torch.compile``-d graph (see :mod:`~rmsprop_lightning.optim.compiled`),
