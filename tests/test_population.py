@@ -252,7 +252,7 @@ def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_pa
         assert "likely cause: lr=" in summary["error"] and "value" not in summary
     assert not (jobs[1] / "checkpoints" / "last.ckpt").exists()
     output = result.stdout + result.stderr
-    assert output.count("Done: ") == 1 and output.count("failed; the sweep goes on") == 2
+    assert output.count("Done: ") == 1 and output.count("diverged; the sweep goes on") == 2
 
 
 def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp_path):

@@ -107,6 +107,10 @@ def test_report_table_holds_mean_and_std_over_seeds(sweep, capsys):
     assert (rmsprop["reached_threshold"], float(rmsprop["steps_to_threshold_mean"])) == ("2", 29.0)
     table = (sweep / "report.md").read_text()
     assert "- `5_job`: **failed** ValueError: bad" in table
+    assert "Repeated runs" not in table
+    make_job(sweep, 6, ["optimizer=rmsprop", "seed=2", "trainer.max_steps=40"], scale=4.0)
+    assert report.main([str(sweep), "--no-plots"]) == 0
+    assert "- `2_job`, `6_job`: the same overrides" in (sweep / "report.md").read_text()
     assert "multirun cost / sum of fit times: 1.778×" in table
     assert "sum of fit times: 9.00 s" in table
     assert "| optimizer=centered | 3 |" in capsys.readouterr().out

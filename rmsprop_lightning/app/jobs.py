@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
-from rmsprop_lightning.errors import InterruptedRun, RunError, is_rank_zero
+from rmsprop_lightning.errors import DivergedError, InterruptedRun, RunError, is_rank_zero
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         if not multirun:
             raise
         if isinstance(error, RunError):  # bad input or a divergence: one line says it all
-            log.error("Job %s failed; the sweep goes on: %s", job_fields.get("job_num"), error)
+            outcome = "diverged" if isinstance(error, DivergedError) else "failed"
+            log.error("Job %s %s; the sweep goes on: %s", job_fields.get("job_num"), outcome, error)
         else:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None

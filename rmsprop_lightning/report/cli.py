@@ -183,6 +183,14 @@ def failure_lines(sweep: Sweep) -> list[str]:
     return lines
 
 
+def repeat_lines(sweep: Sweep) -> list[str]:
+    """One line per set of jobs with the same overrides, seed included: they count as separate runs."""
+    same: dict[tuple[str, ...], list[str]] = {}
+    for job in sweep.jobs:
+        same.setdefault(tuple(sorted(job.summary.get("overrides", []))), []).append(f"`{job.folder.name}`")
+    return [f"- {', '.join(names)}: the same overrides" for names in same.values() if len(names) > 1]
+
+
 def optuna_lines(optuna: dict[str, Any] | None) -> list[str]:
     """The Optuna sweeper's best parameters and value."""
     if not optuna or "best_params" not in optuna:
@@ -223,6 +231,7 @@ def build_report(
     for title, lines in (
         ("Best parameters (Optuna)", optuna_lines(sweep.optuna)),
         ("Failed, diverged or unfinished runs", failure_lines(sweep)),
+        ("Repeated runs, each counted in n", repeat_lines(sweep)),
         ("Timing", timing_lines(sweep_timing(sweep))),
         ("Plots", [f"![{Path(name).stem}]({name})" for name in plots]),
     ):
