@@ -50,6 +50,7 @@ def fit(
     monitor: OptimizerStateMonitor,
     steps: int,
     callbacks: Sequence[pl.Callback] = (),
+    ckpt_path: Any = None,
     **trainer: Any,
 ) -> RecordingLogger:
     """Fits ``module`` for ``steps`` steps with ``callbacks`` before ``monitor``; what the logger got.
@@ -64,7 +65,12 @@ def fit(
         callbacks=[*callbacks, monitor],
         limit_val_batches=0,
         **{"log_every_n_steps": 1, **options, **trainer},
-    ).fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
+    ).fit(
+        module,
+        datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16),
+        ckpt_path=ckpt_path,
+        weights_only=False,
+    )
     return logger
 
 
@@ -146,6 +152,30 @@ def test_several_optimizers_get_their_class_and_index_in_the_keys():
         12: {"RMSprop"},
         15: {"RMSprop-1"},
     }
+
+
+def test_several_optimizers_keep_their_turns_across_a_resume(tmp_path):
+    def turns(values):
+        return {step: {key.split("/")[1] for key in keys} for step, keys in values.items()}
+
+    pl.seed_everything(0, verbose=False)
+    straight = turns(logged(fit(ManualTwoOptimizers(), OptimizerStateMonitor(every_n_steps=4), steps=16)))
+    pl.seed_everything(0, verbose=False)
+    module, checkpoint = ManualTwoOptimizers(), tmp_path / "cut.ckpt"
+    save = [SaveAtEnd(checkpoint)]
+    first = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=8, callbacks=save))
+    second = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=16, ckpt_path=checkpoint))
+    assert turns(first) | turns(second) == straight  # the second optimizer's turn at step 8 is kept
+
+
+class SaveAtEnd(pl.Callback):
+    """Saves a checkpoint when training ends."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)
 
 
 class Recorder(pl.Callback):

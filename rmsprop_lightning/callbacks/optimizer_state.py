@@ -135,6 +135,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._hooks: list[RemovableHandle] = []  # torch's step hooks on the trainer's optimizers
         self._param_names: dict[int, str] = {}
         self._layout: dict[str, Any] = {}
+        self._restored: dict[str, Any] = {}  # the interval and each optimizer's due step, from a checkpoint
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.loggers:
@@ -152,8 +153,13 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
         self._trainer = trainer
         self._interval = interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
-        for watch in self._watches:  # the first multiple of the interval still to come
-            watch.due = -(-(trainer.global_step + 1) // interval) * interval
+        restored, self._restored = self._restored, {}
+        if restored.get("interval") == interval and len(restored["due"]) == len(self._watches):
+            dues = restored["due"]  # as the interrupted run had them: each optimizer keeps its turn
+        else:  # the first multiple of the interval still to come
+            dues = [-(-(trainer.global_step + 1) // interval) * interval] * len(self._watches)
+        for watch, due in zip(self._watches, dues, strict=True):
+            watch.due = due
         if not trainer.is_global_zero:  # other ranks neither measure nor write
             return
         for watch in self._watches:
@@ -163,6 +169,12 @@ class OptimizerStateMonitor(BufferedStepLogger):
             self._hooks.append(
                 watch.optimizer.register_step_post_hook(functools.partial(self._after_step, watch))
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"interval": self._interval, "due": [watch.due for watch in self._watches]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
 
     def _remove_hooks(self) -> None:
         """Takes the monitor's step hooks off the optimizers: it measures nothing until the next fit."""
