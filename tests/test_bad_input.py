@@ -102,6 +102,11 @@ CASES = [
         ["hydra.run.dir={earlier}", "optimizer.lr=-0.1"],
         ["hydra.run.dir=", "already holds a run"],
     ),
+    (
+        "run folder in use, interpolated",
+        ["hydra.run.dir=${{paths.root_dir}}/logs/train/runs/{earlier.name}"],
+        ["hydra.run.dir=${paths.root_dir}/logs", "already holds a run"],
+    ),
     ("sweep folder in use", ["-m", "hydra.sweep.dir={earlier}/..", "seed=0,1"], ["hydra.sweep.dir="]),
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),

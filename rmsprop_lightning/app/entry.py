@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
@@ -77,8 +78,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
-    check_output_folder(overrides, parsed.multirun)
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
+        check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
     groups = group_options(config_dir)
     defaults = default_groups(config_dir / f"{config_name}.yaml")
@@ -108,6 +109,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         selection = f"[{','.join(map(str, first))}]" if isinstance(first, list) else first
         selections.append(f"{override.get_key_element()}={selection}")
     cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
+    check_output_folder(overrides, parsed.multirun, cfg)
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
@@ -115,16 +117,25 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
 
 
-def check_output_folder(overrides: Sequence[Any], multirun: bool) -> None:
+def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfig | None) -> None:
     """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run: a second
-    run there would mix its records, logs and checkpoints with the first's. A DDP run's other ranks,
-    started in their first rank's folder, are not asked."""
+    run there would mix its records, logs and checkpoints with the first's. Interpolations are resolved in
+    ``cfg``, the composed config, where there is one. A DDP run's other ranks, started in their first
+    rank's folder, are not asked."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folders = [Path(str(o.value())) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
-    pattern = f"*/{SUMMARY_FILE}" if multirun else SUMMARY_FILE
-    if folders and is_rank_zero() and any(folders[-1].glob(pattern)):
+    typed = [str(o.value()) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
+    if not typed or not is_rank_zero():
+        return
+    folder = typed[-1]
+    if cfg is not None and "${" in folder:
+        OmegaConf.update(cfg, key, folder)
+        try:
+            folder = str(OmegaConf.select(cfg, key))
+        except OmegaConfBaseException:  # a resolver only Hydra's run has (${hydra:...})
+            return
+    if any(Path(folder).glob(f"*/{SUMMARY_FILE}" if multirun else SUMMARY_FILE)):
         raise InputError(
-            f"{key}={folders[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
+            f"{key}={typed[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
             "to continue one"
         )
 
