@@ -117,7 +117,8 @@ class RegressionModule(pl.LightningModule):
         """Adds the batch's loss, error and target sums to the epoch totals (for the epoch's loss, RMSE
         and R²)."""
         features, targets = batch
-        predictions = self(features).float()
+        predictions = self(features)
+        predictions = predictions.to(torch.promote_types(predictions.dtype, torch.float32))  # bf16 → float32
         loss_sum = self.criterion(predictions, targets).double() * len(targets)
         sse = (predictions - targets).pow(2).sum(0).double()  # per target column
         targets = targets.double()

@@ -58,6 +58,11 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]
     }
 
 
+def first_due(steps_done: int, interval: int) -> int:
+    """The first multiple of ``interval`` that the next step count, ``steps_done + 1``, reaches or passes."""
+    return -(-(steps_done + 1) // interval) * interval
+
+
 @dataclasses.dataclass(slots=True)
 class OptimizerWatch:
     """What the monitor keeps of one optimizer, at hand for its step hooks."""
@@ -156,8 +161,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         restored, self._restored = self._restored, {}
         if restored.get("interval") == interval and len(restored["due"]) == len(self._watches):
             dues = restored["due"]  # as the interrupted run had them: each optimizer keeps its turn
-        else:  # the first multiple of the interval still to come
-            dues = [-(-(trainer.global_step + 1) // interval) * interval] * len(self._watches)
+        else:
+            dues = [first_due(trainer.global_step, interval)] * len(self._watches)
         for watch, due in zip(self._watches, dues, strict=True):
             watch.due = due
         if not trainer.is_global_zero:  # other ranks neither measure nor write

@@ -16,6 +16,7 @@ from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
+from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor, first_due
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.population.members import Member
 
@@ -119,6 +120,10 @@ def write_checkpoints(
     if validated:  # RegressionModule logs the step of its last validation
         final["step"] = torch.tensor(float(validated[-1]))
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
+    monitor = next((c for c in callbacks if isinstance(c, OptimizerStateMonitor)), None)
+    if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
+        interval = monitor.every_n_steps or max(cfg.trainer.get("log_every_n_steps", 50), 1)
+        states[monitor.state_key] = {"interval": interval, "due": [first_due(saved_at, interval)]}
     optimizer = record.result.module.optimizer
     if diverged:  # as they were at the save: the optimizer's state, the scheduler's and its learning rates
         optimizer_state = optimizer.member_state_dict(index, population["optimizer_states"][0])
