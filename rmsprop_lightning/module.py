@@ -19,6 +19,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 LOSSES: dict[str, Callable[[], nn.Module]] = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss}
 LOSS_KEY = ("train/loss",)
+UNDESCRIBED = "not plain data"  # saved for a model, optimizer or scheduler that to_spec cannot describe
 
 
 class StepLossLogger(BufferedStepLogger):
@@ -38,7 +39,7 @@ class StepLossLogger(BufferedStepLogger):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs  # None: a skipped batch
         if loss is not None:
             self._losses.append(loss.detach())
         if trainer.global_step != self._step:  # this batch ended an optimizer step
@@ -78,10 +79,12 @@ class RegressionModule(pl.LightningModule):
         loss_flush_every: int = 100,
     ) -> None:
         super().__init__()
-        for name, value in (("model", model), ("optimizer", optimizer)):
-            if value is None:  # a checkpoint keeps only what plain data describes (rmsprop_lightning.specs)
+        parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+        for name, value in parts.items():
+            # a checkpoint keeps only what plain data describes (rmsprop_lightning.specs)
+            if (value is None and name != "scheduler") or (isinstance(value, str) and value == UNDESCRIBED):
                 raise ValueError(
-                    f"{name} is None: the checkpoint holds no description of it; "
+                    f"{name} is not described in the checkpoint (it was not plain data); "
                     f"pass {name}=... to load_from_checkpoint"
                 )
         if loss not in LOSSES:
@@ -89,10 +92,11 @@ class RegressionModule(pl.LightningModule):
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler interval={scheduler_interval!r} is unknown; allowed: step, epoch")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        specs = {name: to_spec(value) for name, value in parts.items()}
         self.save_hyperparameters(
             {
-                name: to_spec(value)
-                for name, value in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler))
+                name: UNDESCRIBED if spec is None and parts[name] is not None else spec
+                for name, spec in specs.items()
             }
         )
         self.model: nn.Module = from_spec(model)

@@ -55,6 +55,16 @@ def test_a_branch_trains_and_records_the_new_learning_rate(compose_cfg, parent, 
     assert all("grad_avg" not in state for state in last_state(tmp_path / "slow")["state"].values())
 
 
+@pytest.mark.filterwarnings("error:The dirpath has changed")
+@pytest.mark.parametrize("restore", ["full", "weights"])
+def test_train_false_tests_the_checkpoint_given(compose_cfg, tmp_path, restore):
+    trained = job(compose_cfg, tmp_path / "trained")
+    (best,) = (tmp_path / "trained" / "checkpoints").glob("best-*.ckpt")
+    options = (f"ckpt_path={best}", "train=false", f"ckpt_restore={restore}")
+    tested = job(compose_cfg, tmp_path / "tested", *options)
+    assert tested["final"]["test/loss"] == trained["final"]["test/loss"]
+
+
 def test_switching_to_centered_momentum_creates_the_states_it_needs(compose_cfg, tmp_path):
     job(compose_cfg, tmp_path / "plain", "optimizer=rmsprop")
     parent = tmp_path / "plain" / "checkpoints" / "last.ckpt"

@@ -196,21 +196,19 @@ class Recorder(pl.Callback):
 
     def _before(self, trainer, optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.before[trainer.global_step] = [p.detach().double().clone() for p in params]
+        self.before[trainer.global_step] = [real64(p) for p in params]
 
     def _after(self, trainer, optimizer, names):
         params = []
         for group_index, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
-                state = {k: v.detach().double().clone() for k, v in optimizer.state[p].items()}
+                state = {k: real64(v) for k, v in optimizer.state[p].items()}
                 params.append(
                     {
                         "name": names[id(p)],
                         "group": group.get("name", f"pg{group_index + 1}"),
-                        "param": p.detach().double().clone(),
-                        "grad": torch.zeros_like(p, dtype=torch.float64)
-                        if p.grad is None
-                        else p.grad.detach().double().clone(),
+                        "param": real64(p),
+                        "grad": real64(torch.zeros_like(p) if p.grad is None else p.grad),
                         "state": state,
                         "settings": {
                             k: group.get(k)
@@ -219,6 +217,11 @@ class Recorder(pl.Callback):
                     }
                 )
         self.after[trainer.global_step] = params
+
+
+def real64(tensor: torch.Tensor) -> torch.Tensor:
+    """A float64 copy; a complex tensor as its real and imaginary parts."""
+    return (torch.view_as_real(tensor) if tensor.is_complex() else tensor).detach().double().clone()
 
 
 def expected_value(key: str, params: list[dict[str, Any]], before: list[torch.Tensor]) -> float:
@@ -298,6 +301,13 @@ class ShrinkBetweenSteps(pl.Callback):
                     param.mul_(0.9)
 
 
+class ComplexTerm(RegressionModule):
+    """Adds ``|z|²`` of a complex parameter ``model.z`` to the loss: RMSprop steps its two parts apart."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + self.model.z.abs().square().sum()
+
+
 class TwoStepsPerBatch(RegressionModule):
     """Manual optimization stepping one optimizer twice per batch: each step is logged at its count."""
 
@@ -316,7 +326,7 @@ class TwoStepsPerBatch(RegressionModule):
 
 
 VARIANTS = [*PRESETS, *OPTIMIZERS, "eps_in_sqrt", "large_bias_corrected", "lr_scheduled_every_step"]
-VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "param_without_grad"]
+VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "param_without_grad", "complex_param"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -329,6 +339,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
     model = FeedForward(hidden=[40, 40] if large else 5)  # a 40×40 weight: sums of 1600 squares
     if name == "param_without_grad":  # in the optimizer, never used: no gradient, no state, no update
         model.register_parameter("unused", torch.nn.Parameter(torch.ones(2, 3)))
+    if name == "complex_param":
+        model.register_parameter("z", torch.nn.Parameter(torch.randn(2, 3, dtype=torch.complex64)))
     if name in OPTIMIZERS:
         factory = OPTIMIZERS[name]
     elif name in PRESETS:
@@ -340,6 +352,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
         module = EpsInSqrtModule(model, factory, **options)
     elif name == "two_steps_per_batch":
         module = TwoStepsPerBatch(model, factory, **options)
+    elif name == "complex_param":
+        module = ComplexTerm(model, factory, **options)
     elif name == "lr_scheduled_every_step":  # the step size is the one of the lr the step used
         halving = partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.5)
         module = RegressionModule(model, factory, scheduler=halving, scheduler_interval="step", **options)

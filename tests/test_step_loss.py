@@ -98,6 +98,25 @@ def test_an_accumulated_step_logs_the_mean_of_its_batches_once(accumulate):
     assert {len(v) for v in batches.values()} == ({3, 1} if accumulate == 3 else {4, 2})
 
 
+class SkipsOddBatches(LossRecordingModule):
+    """Returns ``None`` for odd batches, Lightning's way to skip a batch without a step."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) if batch_idx % 2 == 0 else None
+
+
+def test_a_skipped_batch_logs_no_loss_and_the_others_theirs():
+    pl.seed_everything(0, verbose=False)
+    module = SkipsOddBatches(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    module.seen = []
+    logger = RecordingLogger()
+    trainer = pl.Trainer(max_steps=5, logger=logger, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16))
+    logged = [(step, metrics["train/loss"]) for step, metrics in logger.calls if "train/loss" in metrics]
+    assert [step for step, _ in logged] == [0, 2, 4]  # Lightning counts a skipped batch's step too
+    assert logged == pytest.approx(module.seen)
+
+
 class FlushSizes(StepLossLogger):
     """Remembers how many steps each flush wrote."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from rmsprop_lightning import FeedForward
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import RegressionModule
 from tests.conftest import CONF, QUICK, run_dirs, run_train
@@ -67,10 +69,18 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert len(losses) == 30 and all(0 < value < 100 for value in losses)
 
 
-def test_a_module_whose_model_the_checkpoint_cannot_describe_asks_for_it():
-    model = torch.nn.Sequential(torch.nn.Linear(10, 1))
-    module = RegressionModule(model, lambda params: torch.optim.SGD(params))
-    assert module.hparams.model is None and module.hparams.optimizer is None
-    # what load_from_checkpoint does with the checkpoint's hyper-parameters
-    with pytest.raises(ValueError, match=r"model is None: .* pass model=\.\.\. to load_from_checkpoint"):
-        RegressionModule(**module.hparams)
+@pytest.mark.parametrize("part", ["model", "optimizer", "scheduler"])
+def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part):
+    parts = {
+        "model": FeedForward(hidden=5),
+        "optimizer": partial(torch.optim.SGD, lr=0.1),
+        "scheduler": partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    }
+    parts[part] = lambda *args: None  # a function of its own: no data describes it
+    module = RegressionModule(**parts)
+    hparams = dict(module.hparams)  # what load_from_checkpoint passes back
+    with pytest.raises(
+        ValueError, match=rf"{part} is not described .* pass {part}=\.\.\. to load_from_checkpoint"
+    ):
+        RegressionModule(**hparams)
+    RegressionModule(**{**hparams, part: parts[part]})

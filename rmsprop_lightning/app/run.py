@@ -131,11 +131,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)
-        ckpt_path = cfg.get("ckpt_path")
-        if is_weights_branch(cfg):
+        ckpt_path, trains = cfg.get("ckpt_path"), cfg.get("train", True)
+        if ckpt_path and (is_weights_branch(cfg) or not trains):  # train=false tests the checkpoint's weights
             module.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
             ckpt_path = None
-        if cfg.get("train", True):
+        if trains:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():

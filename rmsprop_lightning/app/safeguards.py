@@ -24,10 +24,10 @@ def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     optimizer = check_optimizer(module)
     output_dir = cfg.paths.output_dir
     callbacks: list[Callback] = []
-    if cfg.get("train", True) and cfg.get("ckpt_path"):
-        weights = is_weights_branch(cfg)
-        check_checkpoint(cfg.ckpt_path, module, None if weights else optimizer, cfg.trainer.max_steps)
-        if not weights and not cfg.get(RESUME_KEY):
+    if cfg.get("ckpt_path"):
+        full = cfg.get("train", True) and not is_weights_branch(cfg)  # else the weights alone are read
+        check_checkpoint(cfg.ckpt_path, module, optimizer if full else None, cfg.trainer.max_steps)
+        if full and not cfg.get(RESUME_KEY):
             callbacks.append(CheckpointBranch())
     check_writable(output_dir)
     if cfg.get(RESUME_KEY):

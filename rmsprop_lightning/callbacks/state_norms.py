@@ -23,6 +23,11 @@ def is_rmsprop_like(group: dict[str, Any], state: dict[str, Any]) -> bool:
     return "square_avg" in state and all(key in group for key in ("lr", "eps", "alpha"))
 
 
+def as_real(tensor: Tensor) -> Tensor:
+    """A complex tensor as its real and imaginary parts, which RMSprop scales apart; others as they are."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
 def step_form(group: dict[str, Any]) -> tuple[bool, bool, bool]:
     """``(eps_in_sqrt, centered, bias_correction)``: the form of the group's step size."""
     return bool(group.get("eps_in_sqrt")), bool(group.get("centered")), bool(group.get("bias_correction"))
@@ -56,7 +61,7 @@ def inverse_step_sizes_(
     ``alpha`` with bias correction). Everything happens in place, allocating nothing of their size.
     """
     eps_in_sqrt, centered, bias_correction = step_form(groups[0])
-    torch._foreach_copy_(out, [state["square_avg"] for state in states])
+    torch._foreach_copy_(out, [as_real(state["square_avg"]) for state in states])
     if bias_correction:
         # c in float64 (where the device has it), as the optimizer works it out in Python
         steps = torch.stack([state["step"] for state in states])
@@ -64,7 +69,7 @@ def inverse_step_sizes_(
         corrections = 1 - groups[0]["alpha"] ** steps.to(precise)
         torch._foreach_mul_(out, list(corrections.unbind()))  # v·c² = square_avg·c − grad_avg²
     if centered:
-        means = [state["grad_avg"] for state in states]
+        means = [as_real(state["grad_avg"]) for state in states]
         torch._foreach_addcmul_(out, means, means, value=-1)
         torch._foreach_clamp_min_(out, 0.0)
     if bias_correction:
@@ -139,7 +144,7 @@ class StateNorms:
         for infix, members in scopes:
             chosen = [k for k, i in enumerate(rms) if i in members]
             if chosen:
-                count = sum(params[rms[k]].numel() for k in chosen)
+                count = sum(as_real(params[rms[k]]).numel() for k in chosen)
                 rows.append({len(columns) + k: 1.0 / count for k in chosen})
                 self.names.append(f"{prefix}{infix}effective_lr_mean")
         self.names += [f"{prefix}{infix}update_to_param_ratio" for infix, _ in scopes]
@@ -173,7 +178,7 @@ class StateNorms:
         size_sums, highest, inverse_highest = [], [], []  # per tensor: Σ s, max s, max 1/s
         for members in self.buckets:
             # the updates' norms are taken: their memory holds the step sizes now
-            sizes = [updates[i] for i in members]
+            sizes = [as_real(updates[i]) for i in members]
             inverse_step_sizes_(
                 sizes, [groups[self.group_of[i]] for i in members], [state[params[i]] for i in members]
             )
