@@ -255,6 +255,44 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
     ]
 
 
+def write_table(path: Path, rows: int, seed: int) -> None:
+    """A CSV of ``rows`` rows: three features and a target ``y``."""
+    generator = random.Random(seed)
+    lines = ["a,b,c,y"] + [",".join(f"{generator.gauss(0, 1):.6f}" for _ in range(4)) for _ in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+CSV_RUN = ("data=csv", "data.source.path=table.csv", "data.source.target=y", "trainer.max_steps=20")
+CSV_RUN += ("trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=null")
+
+
+def test_a_resume_reads_a_relative_data_path_where_the_run_started_and_refuses_changed_data(tmp_path):
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    for folder, seed in ((started, 0), (elsewhere, 1)):
+        folder.mkdir()
+        write_table(folder / "table.csv", rows=200, seed=seed)
+    run_train(started, *CSV_RUN)
+    (run_dir,) = run_dirs(started)
+    run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=30")  # trains on started/table.csv
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
+    write_table(started / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
+    saved = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    refused = run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=40", check=False)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: resume: data.source.path={started / 'table.csv'} no longer holds the data"
+    )
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == saved
+
+
+def test_a_data_module_warns_of_a_checkpoint_standardised_on_other_data():
+    state = RegressionDataModule(partial(synthetic, num_samples=256)).state_dict()
+    RegressionDataModule(partial(synthetic, num_samples=256)).load_state_dict(state)  # the same data: silent
+    with pytest.warns(UserWarning, match=r"standardised differently \(features_mean, features_scale\)"):
+        RegressionDataModule(partial(synthetic, num_samples=256, seed=1)).load_state_dict(state)
+
+
 class SignalAt(pl.Callback):
     """Sends this process SIGTERM at the end of one batch."""
 

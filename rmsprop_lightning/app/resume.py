@@ -24,6 +24,7 @@ CHECKPOINT_FOLDER = "checkpoints"
 # the file name of rmsprop_lightning.callbacks.LastCheckpoint, whose folder the template's config puts here
 LAST_CHECKPOINT = "last.ckpt"
 HYDRA_FOLDER = ".hydra"
+DATA_PATH = "data.source.path"
 # overrides that leave the experiment as it is: when to stop, how often to save, what to show
 SAFE_KEYS = (
     "trainer.max_steps",
@@ -102,6 +103,7 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
         f"hydra.run.dir={quote(str(run_dir))}",
         "hydra.output_subdir=null",  # the run's .hydra records stay as they are
     ]
+    rewritten += started_where_it_was(saved, run_dir)
     checkpoint = last_checkpoint(run_dir)
     if checkpoint.is_file():
         max_steps = next(
@@ -120,6 +122,17 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
+
+
+def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
+    """An override that reads a relative ``data.source.path`` from the folder the run was started in, as
+    Hydra recorded it, not from the resuming command's folder; none for an absolute path."""
+    path = OmegaConf.select(saved, DATA_PATH, default=None, throw_on_resolution_failure=False)
+    hydra_file = run_dir / HYDRA_FOLDER / "hydra.yaml"
+    if not isinstance(path, str) or Path(path).expanduser().is_absolute() or not hydra_file.is_file():
+        return []
+    started_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
+    return [f"++{DATA_PATH}={quote(str(Path(started_in) / path))}"] if started_in else []
 
 
 def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:

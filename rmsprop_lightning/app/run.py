@@ -18,6 +18,7 @@ from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_data,
+    check_same_data,
     check_targets,
     input_errors,
     load_checkpoint,
@@ -118,6 +119,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             datamodule = instantiate(cfg.data)
             model = build_model(cfg, datamodule)
             check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
+            if cfg.get(RESUME_KEY) and cfg.get("ckpt_path"):
+                check_same_data(cfg, datamodule)
             module = build_module(cfg, model)
             module.configure_optimizers()  # an optimizer or scheduler refusing its settings does so now
             callbacks = [

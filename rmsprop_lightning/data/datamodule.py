@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -88,7 +89,34 @@ class RegressionDataModule(pl.LightningDataModule):
         """The training split's column means and scales that standardised the data, kept in checkpoints:
         new rows are ``(x - features_mean) / features_scale``, predictions in the data's units
         ``y * targets_scale + targets_mean``."""
+        self.splits  # noqa: B018  (standardises the data)
         return dict(self.scaling)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Warns when a checkpoint's standardisation is not this data's: its model learnt other data."""
+        changed = self.scaling_changes(state_dict)
+        if changed:
+            warnings.warn(
+                f"the checkpoint's data were standardised differently ({', '.join(changed)}): "
+                "this data set is not the one its model was trained on",
+                stacklevel=2,
+            )
+
+    def scaling_changes(self, saved: Mapping[str, Any]) -> list[str]:
+        """The entries of a checkpoint's standardisation (:meth:`state_dict`) that this data set does not
+        reproduce (up to float32 rounding)."""
+        self.splits  # noqa: B018  (standardises the data)
+        current = {key: value.double() for key, value in self.scaling.items()}
+        changed = []
+        for key, value in saved.items():
+            value = torch.as_tensor(value).double()
+            if (
+                key not in current
+                or value.shape != current[key].shape
+                or not current[key].allclose(value, 1e-5)
+            ):
+                changed.append(key)
+        return changed
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
@@ -162,7 +190,8 @@ def split_and_standardize(
         features = _standardize(features, features[parts["train"]], "features", scaling)
     if standardize_targets:
         targets = _standardize(targets, targets[parts["train"]], "targets", scaling)
-    return {name: (features[index], targets[index]) for name, index in parts.items()}
+    # standardised in the table's precision, served in float32
+    return {name: (features[index].float(), targets[index].float()) for name, index in parts.items()}
 
 
 def _standardize(
