@@ -84,8 +84,24 @@ CASES = [
     (
         "missing target column",
         ["data=csv", "data.source.path={files}/good.csv", "data.source.target=price"],
-        ["'price'", "columns found", "a, b, target"],
+        ["data.source.target: column 'price'", "columns found", "a, b, target"],
     ),
+    (
+        "missing feature column",
+        ["data=csv", "data.source.path={files}/good.csv", "data.source.features=[a,c]"],
+        ["data.source.features: column 'c'", "columns found", "a, b, target"],
+    ),
+    (
+        "row of empty cells",
+        ["data=csv", "data.source.path={files}/empty_cells.csv"],
+        ["empty_cells.csv line 3", "column 'a'", "'' is not a number"],
+    ),
+    (
+        "unnamed column",
+        ["data=csv", "data.source.path={files}/unnamed.csv"],
+        ["unnamed.csv", "header column 1 has no name", "data.source.features"],
+    ),
+    ("folder as data file", ["data=csv", "data.source.path={files}"], ["data.source.path=", "is a folder"]),
     ("nan in csv", ["data=csv", "data.source.path={files}/nan.csv"], ["nan.csv", "data row 2", "column 'b'"]),
     ("folder as checkpoint", ["ckpt_path={earlier}"], ["is a folder", "checkpoints/last.ckpt", "resume="]),
     (
@@ -111,6 +127,31 @@ CASES = [
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
     ("empty npy", ["data=npy", "data.source.path={files}/empty.npy"], ["empty.npy"]),
+    (
+        "complex arrays",
+        ["data=npy", "data.source.path={files}/complex.npz"],
+        ["complex.npz", "'X' holds complex128", "allowed: integers or reals"],
+    ),
+    (
+        "timedelta arrays",
+        ["data=npy", "data.source.path={files}/timedelta.npz"],
+        ["timedelta.npz", "'X' holds timedelta64", "allowed: integers or reals"],
+    ),
+    (
+        "targets key equal to features key",
+        ["data=npy", "data.source.path={files}/arrays.npz", "data.source.targets_key=X"],
+        ["data.source.targets_key='X' is data.source.features_key too", "X, y"],
+    ),
+    (
+        "arrays without rows",
+        ["data=npy", "data.source.path={files}/no_rows.npz"],
+        ["no_rows.npz", "'X' has shape (0, 2)", "one row per sample"],
+    ),
+    (
+        "0-d arrays",
+        ["data=npy", "data.source.path={files}/scalars.npz"],
+        ["scalars.npz", "'X' has shape ()", "one row per sample"],
+    ),
     ("features vs in_features", ["model.in_features=12"], ["model.in_features=12", "10 feature columns"]),
     ("val fraction above 1", ["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     ("zero batch size", ["data.batch_size=0"], ["data.batch_size", "positive integer"]),
@@ -208,6 +249,14 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     (folder / "text.csv").write_text("a,b,target\n1,2,3\n4,oops,6\n")
     (folder / "nan.csv").write_text("a,b,target\n1,2,3\n4,nan,6\n" + "\n".join(rows[1:]) + "\n")
     (folder / "tiny.csv").write_text("a,b,target\n1,2,3\n4,5,6\n7,8,9\n")
+    (folder / "empty_cells.csv").write_text("\n".join([*rows[:2], ",,", *rows[2:]]) + "\n")
+    indexed = [f",{rows[0]}", *(f"{i},{row}" for i, row in enumerate(rows[1:]))]  # pandas' index column
+    (folder / "unnamed.csv").write_text("\n".join(indexed) + "\n")
+    np.savez(folder / "arrays.npz", X=np.ones((40, 2)), y=np.arange(40.0))
+    np.savez(folder / "complex.npz", X=np.ones((40, 2), dtype=complex), y=np.arange(40.0))
+    np.savez(folder / "timedelta.npz", X=np.ones((40, 2), dtype="m8[s]"), y=np.arange(40.0))
+    np.savez(folder / "no_rows.npz", X=np.ones((0, 2)), y=np.ones(0))
+    np.savez(folder / "scalars.npz", X=np.float64(1), y=np.float64(2))
     np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
     (folder / "empty.npy").write_bytes(b"")
     checkpoint = (earlier / "checkpoints" / "last.ckpt").read_bytes()

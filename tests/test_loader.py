@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import numpy as np
 import pytest
 import torch
 
 from rmsprop_lightning.data import InMemoryBatchLoader, RegressionDataModule, Table
-from rmsprop_lightning.data.sources import from_csv
+from rmsprop_lightning.data.sources import from_csv, from_numpy
 
 
 def rows_seen(loader: InMemoryBatchLoader) -> list[int]:
@@ -91,6 +94,8 @@ def test_datamodule_splits_and_standardises_on_training_rows():
         ("a,a,y\n1,2,3\n", None, "column 'a' is named twice"),
         ("a,b,y\n1,2,3\n", ["a", "y"], "column 'y' is named twice"),
         ("a,b,y\n1,2,3\n\n4,x,6\n", None, "line 4, column 'b': 'x' is not a number"),
+        ("a,b,y\n1,2,3\n  \n,,\n", None, "line 4, column 'a': '' is not a number"),
+        (",b,y\n1,2,3\n", None, "header column 1 has no name"),
     ],
 )
 def test_csv_columns_named_twice_are_refused_and_lines_counted_from_the_file(
@@ -120,3 +125,47 @@ def test_the_standardisation_is_kept_to_map_new_rows_and_predictions():
     assert raw.mean().item() == pytest.approx(state["targets_mean"].item(), rel=1e-5)
     assert torch.allclose(train_features.mean(0), torch.zeros(2), atol=1e-5)
     assert raw.std(unbiased=False).item() == pytest.approx(state["targets_scale"].item(), rel=1e-4)
+
+
+def test_files_keep_float64_precision(tmp_path):
+    """Timestamps near 1.7e9 and integers above 2**24 keep every unit (float32 would round them)."""
+    offsets = list(range(0, 200, 7))
+    path = tmp_path / "table.csv"
+    path.write_text("t,y\n" + "".join(f"{1_700_000_000 + k},{2**24 + k}\n" for k in offsets))
+    table = from_csv(path, "y")
+    assert table.features.dtype == table.targets.dtype == torch.float64
+    assert (table.features[:, 0] - 1_700_000_000).tolist() == offsets
+    assert (table.targets[:, 0] - 2**24).tolist() == offsets
+    np.savez(tmp_path / "arrays.npz", X=1_700_000_000 + np.array(offsets), y=2**24 + np.array(offsets))
+    table = from_numpy(tmp_path / "arrays.npz")
+    assert (table.features[:, 0] - 1_700_000_000).tolist() == offsets
+    assert (table.targets[:, 0] - 2**24).tolist() == offsets
+
+
+def test_paths_starting_with_a_tilde_are_read_from_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "table.csv").write_text("a,y\n1,2\n")
+    np.save(tmp_path / "matrix.npy", np.ones((3, 2)))
+    assert from_csv("~/table.csv", "y").targets.tolist() == [[2.0]]
+    assert from_numpy("~/matrix.npy").features.shape == (3, 1)
+
+
+@pytest.mark.parametrize("dtype", [bool, complex, "m8[s]", "M8[s]"])
+def test_arrays_of_other_than_integers_or_reals_are_refused(tmp_path, dtype):
+    np.savez(tmp_path / "arrays.npz", X=np.ones((4, 2), dtype=dtype), y=np.arange(4.0))
+    with pytest.raises(ValueError, match=r"array 'X' holds .*; allowed: integers or reals"):
+        from_numpy(tmp_path / "arrays.npz")
+
+
+def test_csv_is_parsed_into_the_array_as_it_is_read(tmp_path):
+    """Peak memory stays near the float64 array's size (no list of every cell's text)."""
+    path = tmp_path / "table.csv"
+    path.write_text("a,b,c,y\n" + "1.25,-3.5,7,0.125\n" * 20_000)
+    tracemalloc.start()
+    try:
+        table = from_csv(path, "y")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert table.features.shape == (20_000, 3)
+    assert peak < 3 * 20_000 * 4 * 8, peak

@@ -6,10 +6,12 @@ import csv
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from rmsprop_lightning.population.outputs import summary_fields
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.report.results import load_sweep
 from rmsprop_lightning.summary import write_summary
@@ -172,3 +174,70 @@ def test_steps_to_threshold_read_csv_logs_and_ignore_far_off_configurations(tmp_
     assert "| — (0/1) |" in rows["optimizer.lr=1e6"] and "| n/a |" in rows["optimizer.lr=0.03"]
     table = {row["configuration"]: row for row in csv.DictReader((sweep / "report.csv").open())}
     assert [table[f"optimizer.lr={lr}"]["logged_val_loss"] for lr in ("1e6", "0.03")] == ["1", "0"]
+
+
+def report_text(*folders: Path) -> str:
+    """The report of ``folders`` (no plots), written into the first."""
+    assert report.main([*map(str, folders), "--no-plots"]) == 0
+    return (folders[0] / "report.md").read_text()
+
+
+def csv_rows(folder: Path) -> dict[str, dict[str, str]]:
+    """``report.csv``'s rows by configuration."""
+    return {row["configuration"]: row for row in csv.DictReader((folder / "report.csv").open())}
+
+
+def test_a_missing_fit_time_is_left_out_and_zero_is_a_time(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):  # train=false: no fit
+        make_job(sweep, seed, ["train=false", f"seed={seed}"], fit_seconds=None)
+    make_job(sweep, 2, ["train=true", "seed=0"], fit_seconds=0.0)
+    make_job(sweep, 3, ["train=true", "seed=1"], fit_seconds=1.0)
+    report_text(sweep)
+    rows = csv_rows(sweep)
+    assert (rows["train=false"]["fit_seconds_mean"], rows["train=false"]["wall_seconds_mean"]) == ("nan", "2")
+    assert float(rows["train=true"]["fit_seconds_mean"]) == 0.5
+
+
+def test_a_populations_shared_fit_counts_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    fit = SimpleNamespace(fit_seconds=6.0)
+    population = SimpleNamespace(id="p1", frozen_at=[-1] * 3, global_step=20, result=fit)
+    scalars = {9: {"val/loss": 0.5}, 19: {"val/loss": 0.25}}
+    for seed in (0, 1, 2):  # each member's metrics.json holds the population's fit time
+        fields = summary_fields(population, seed, scalars)
+        make_job(sweep, seed, ["optimizer=rmsprop", f"seed={seed}"], wall_seconds=0.5, **fields)
+    make_job(sweep, 3, ["optimizer=centered", "seed=0"], fit_seconds=3.0)  # trained alone
+    record = {"process_started_at": 100.0, "started_at": 101.0, "finished_at": 118.0}
+    (sweep / "sweep.json").write_text(json.dumps(record))
+    text = report_text(sweep)
+    assert "| 6.50 (shared) |" in text and "| 2.00 |" in text  # the population's fit + the member's writing
+    assert "jobs: 4 (3 trained in 1 population(s)" in text
+    assert "sum of fit times: 9.00 s; sum of job wall times: 9.50 s" in text
+    assert "multirun cost / sum of fit times: 2.000×" in text
+    assert csv_rows(sweep)["optimizer=rmsprop"]["in_population"] == "3"
+
+
+def test_the_cost_ratio_counts_the_fits_of_the_timed_sweeps_only(sweep, tmp_path):
+    run = make_job(tmp_path / "runs", 0, ["optimizer=rmsprop", "seed=9"], fit_seconds=7.0)
+    text = report_text(sweep, run)
+    assert "sum of fit times: 16.00 s" in text  # all seven jobs
+    assert "of the 6 jobs of sweep folders with a finished sweep.json (9.00 s): 1.778×" in text
+
+
+def test_configurations_without_a_finite_best_never_reach_the_default_threshold(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["optimizer.lr=0.01"])  # best val/loss 1/40
+    make_job(sweep, 1, ["optimizer.lr=0.02"], scale=2.0)  # best 2/40
+    for num, lr in ((2, "1e6"), (3, "1e7")):
+        make_job(sweep, num, [f"optimizer.lr={lr}"], status="diverged")
+    assert "val/loss ≤ 0.05 " in report_text(sweep)  # two of the four configurations reach it
+
+
+def test_no_threshold_says_why_when_runs_logged_val_loss(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, lr in ((0, "1e6"), (1, "1e7")):  # both log val/loss, then diverge
+        make_job(sweep, num, [f"optimizer.lr={lr}"], status="diverged")
+    text = report_text(sweep)
+    assert "fewer than half the configurations have a completed run with a finite best val/loss" in text
+    assert "No run logged val/loss" not in text

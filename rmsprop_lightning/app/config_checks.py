@@ -221,6 +221,8 @@ def check_input_files(cfg: DictConfig) -> None:
                 f"ckpt_path={path} is a folder; allowed: a checkpoint file such as "
                 f"{Path(str(path)) / 'checkpoints' / 'last.ckpt'}, or resume={path} to continue that run"
             )
+        if Path(str(path)).expanduser().is_dir():
+            raise InputError(f"{key}={path} is a folder; allowed: a data file")
         raise InputError(f"{key}={path}: no such file")
 
 

@@ -1,9 +1,15 @@
-"""Tabular regression data sources: each returns float32 features ``X`` (n, d) and targets ``y`` (n, k)."""
+"""Tabular regression data sources: each returns features ``X`` (n, d) and targets ``y`` (n, k).
+
+A CSV or NumPy file is read in float64, which keeps columns such as Unix timestamps; the data module
+standardises in the table's precision and serves float32.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +40,7 @@ class Table:
                 row, col = (int(i) for i in bad.nonzero()[0])
                 raise ValueError(
                     f"{kind} hold a NaN or inf value (first in data row {row + 1}, column {names[col]!r}; "
-                    "values beyond float32's ±3.4e38 count as inf)"
+                    "values beyond float64's ±1.8e308 read as inf)"
                 )
 
     @classmethod
@@ -73,49 +79,82 @@ def from_csv(
     delimiter: str = ",",
 ) -> Table:
     """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
-        lines = list(enumerate(csv.reader(handle, delimiter=delimiter), start=1))
-    lines = [(number, row) for number, row in lines if row and any(cell.strip() for cell in row)]
-    if not lines:
-        raise ValueError(f"{path} is empty (a header row and data rows are required)")
-    header = [name.strip() for name in lines[0][1]]
-    if len(lines) < 2:
-        raise ValueError(f"{path} has a header but no data rows")
+    path = existing_file(path)
     targets = [target] if isinstance(target, str) else list(target)
     if not targets:
-        raise ValueError(f"{path}: no target column chosen (data.source.target is empty)")
-    feature_names = list(features) if features else [c for c in header if c not in targets]
+        raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
+        reader = enumerate(csv.reader(handle, delimiter=delimiter), start=1)
+        rows = ((number, row) for number, row in reader if not blank(row))
+        header = [name.strip() for name in next(rows, (0, []))[1]]
+        if not header:
+            raise ValueError(f"{path} is empty (a header row and data rows are required)")
+        feature_names = list(features) if features else [c for c in header if c not in targets]
+        check_columns(path, header, targets, feature_names)
+        values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
+    if not len(values):
+        raise ValueError(f"{path} has a header but no data rows")
+    split = len(feature_names)
+    return Table(
+        torch.from_numpy(values[:, :split]),
+        torch.from_numpy(values[:, split:]),
+        tuple(feature_names),
+        tuple(targets),
+    )
+
+
+def blank(row: list[str]) -> bool:
+    """Whether a CSV row is an empty line (or one of spaces only); ``,,`` is a row of empty cells."""
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def existing_file(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, refused unless it is a file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; allowed: a data file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return path
+
+
+def check_columns(path: Path, header: list[str], targets: list[str], feature_names: list[str]) -> None:
+    """Every chosen column has a name, is in the header and is chosen once; features are left."""
+    if "" in header and "" in targets + feature_names:
+        raise ValueError(
+            f"{path}: header column {header.index('') + 1} has no name; allowed: a name, or "
+            "data.source.features listing the columns to use"
+        )
     for name in dict.fromkeys(header + targets + feature_names):
         if (header + targets + feature_names).count(name) > 1 + (name in header):
             raise ValueError(
                 f"{path}: column {name!r} is named twice (in the header, or as target and feature)"
             )
         if name not in header:
-            raise ValueError(f"column {name!r} not found in {path}; columns found: {', '.join(header)}")
+            key = "target" if name in targets else "features"
+            raise ValueError(
+                f"data.source.{key}: column {name!r} not found in {path}; columns found: {', '.join(header)}"
+            )
     if not feature_names:
         raise ValueError(f"{path} has no feature columns besides the target(s) {targets}")
-    used = [header.index(name) for name in feature_names + targets]
-    values = np.empty((len(lines) - 1, len(used)), dtype=np.float64)
-    for row_index, (number, row) in enumerate(lines[1:]):
+
+
+def read_rows(
+    path: Path, rows: Iterable[tuple[int, list[str]]], header: list[str], used: list[int]
+) -> np.ndarray:
+    """The ``used`` cells of each numbered row, parsed as they are read, as a float64 (rows × used) array."""
+    values = array("d")
+    for number, row in rows:
         if len(row) != len(header):
             raise ValueError(f"{path} line {number}: {len(row)} cells, the header has {len(header)}")
-        for col, index in enumerate(used):
+        for index in used:
             try:
-                values[row_index, col] = float(row[index])
+                values.append(float(row[index]))
             except ValueError:
                 raise ValueError(
                     f"{path} line {number}, column {header[index]!r}: {row[index]!r} is not a number"
                 ) from None
-    split = len(feature_names)
-    return Table(
-        torch.from_numpy(values[:, :split]).float(),
-        torch.from_numpy(values[:, split:]).float(),
-        tuple(feature_names),
-        tuple(targets),
-    )
+    return np.frombuffer(values, dtype=np.float64).reshape(-1, len(used))
 
 
 def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
@@ -123,30 +162,38 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
 
     Files are parsed as data only: pickled objects are refused.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+    path = existing_file(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, EOFError) as error:
         raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
+            if features_key == targets_key:
+                raise ValueError(
+                    f"data.source.targets_key={targets_key!r} is data.source.features_key too (y would be a "
+                    f"copy of X); allowed: two different arrays of {path}: {', '.join(loaded.files)}"
+                )
             missing = [key for key in (features_key, targets_key) if key not in loaded.files]
             if missing:
                 raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
-            features, targets = loaded[features_key], loaded[targets_key]
+            arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
     else:
         if loaded.ndim != 2 or loaded.shape[1] < 2:
             raise ValueError(f"{path}: an .npy file must be 2-D with the target in the last column")
-        features, targets = loaded[:, :-1], loaded[:, -1]
-    if not (np.issubdtype(features.dtype, np.number) and np.issubdtype(targets.dtype, np.number)):
-        raise ValueError(f"{path}: arrays must be numeric, got {features.dtype} and {targets.dtype}")
-    features = features.reshape(len(features), -1)
-    targets = targets.reshape(len(targets), -1)
-    return Table.numbered(
-        torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(targets, dtype=torch.float32)
-    )
+        arrays = {"X": loaded[:, :-1], "y": loaded[:, -1]}
+    for key, values in arrays.items():
+        if values.dtype.kind not in "iuf":
+            raise ValueError(f"{path}: array {key!r} holds {values.dtype}; allowed: integers or reals")
+        if values.ndim == 0 or values.size == 0:
+            raise ValueError(f"{path}: array {key!r} has shape {values.shape}; allowed: one row per sample")
+    features, targets = (float64_rows(values) for values in arrays.values())
+    return Table.numbered(features, targets)
+
+
+def float64_rows(values: np.ndarray) -> torch.Tensor:
+    """``values`` as a float64 tensor with one row per sample (the other axes flattened)."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64).reshape(len(values), -1))
 
 
 def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int = 1) -> Table:

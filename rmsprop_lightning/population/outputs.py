@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import uuid
 from array import array
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class PopulationRecord:
         module = result.module
         optimizer = module.optimizer
         self.result = result
+        self.id = uuid.uuid4().hex[:12]  # tells the report which jobs shared this fit
         self.losses = torch.stack(module.step_losses).T.tolist() if module.step_losses else []
         self.frozen_at = optimizer.frozen_at.tolist()
         self.skipped = optimizer.skipped.tolist()
@@ -99,7 +101,8 @@ def float32(value: float) -> float:
 
 
 def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> dict[str, Any]:
-    """The ``metrics.json`` fields a solo run's ``FitStats`` gives: steps, final and best values."""
+    """The ``metrics.json`` fields a solo run's ``FitStats`` gives (steps, final and best values) and the
+    population the member trained in, whose ``fit_seconds`` all its members share."""
     final: dict[str, float] = {}
     for step in sorted(scalars):
         for tag, value in scalars[step].items():
@@ -115,7 +118,7 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
         "final": final,
         "best": best,
         "best_step": best_step,
-        "population": {"members": len(record.frozen_at), "member": index},
+        "population": {"id": record.id, "members": len(record.frozen_at), "member": index},
     }
 
 

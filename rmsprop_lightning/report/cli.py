@@ -35,10 +35,11 @@ class Row:
 
 def default_threshold(configurations: Sequence[Configuration], tag: str = THRESHOLD_TAG) -> float:
     """The lower median over configurations of their mean best ``tag``: at least half the configurations
-    reach it, however far off the others end."""
+    reach it, however far off the others end (one with no finite best never does; NaN when fewer than
+    half have a finite best)."""
     means = [mean_std(c.values("best", tag))[0] for c in configurations]
-    finite = [value for value in means if math.isfinite(value)]
-    return statistics.median_low(finite) if finite else math.nan
+    median = statistics.median_low([mean if math.isfinite(mean) else math.inf for mean in means])
+    return median if math.isfinite(median) else math.nan
 
 
 def scale_of(configuration: Configuration) -> str:
@@ -77,8 +78,9 @@ def build_rows(
             "steps_to_threshold": mean_std(reached),
             "reached": len(reached),
             "curves": len(curves),
-            "wall_seconds": mean_std([job.summary.get("wall_seconds") or math.nan for job in completed]),
-            "fit_seconds": mean_std([job.summary.get("fit_seconds") or math.nan for job in completed]),
+            "wall_seconds": mean_std(job.wall_seconds for job in completed),
+            "fit_seconds": mean_std(job.fit_seconds for job in completed),
+            "in_population": sum(job.population is not None for job in completed),
         }
         rows.append(Row(configuration, cells))
     return sorted(
@@ -125,7 +127,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
             _pm(cells["final_val_loss"]),
             _pm(cells["test_loss"]),
             f"{steps} ({cells['reached']}/{cells['curves']})" if cells["curves"] else "n/a",
-            f"{wall_mean:.2f}" if math.isfinite(wall_mean) else "—",
+            (f"{wall_mean:.2f}" + (" (shared)" if cells["in_population"] else ""))
+            if math.isfinite(wall_mean)
+            else "—",
             str(cells["failed"]),
             str(cells["diverged"]),
         ]
@@ -144,7 +148,7 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         "fit_seconds",
     )
     header = ["configuration", *keys, "n", "completed", "failed", "diverged", "logged_val_loss"]
-    header.append("reached_threshold")
+    header += ["reached_threshold", "in_population"]
     header += [f"{measure}_{stat}" for measure in measures for stat in ("mean", "std")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -152,15 +156,22 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         for row in rows:
             cells = row.cells
             line = [row.configuration.label, *(row.configuration.setting.get(key, "") for key in keys)]
-            line += [cells[key] for key in ("n", "completed", "failed", "diverged", "curves", "reached")]
+            counts = ("n", "completed", "failed", "diverged", "curves", "reached", "in_population")
+            line += [cells[key] for key in counts]
             line += [f"{value:.6g}" for measure in measures for value in cells[measure]]
             writer.writerow(line)
 
 
 def timing_lines(timing: dict[str, float]) -> list[str]:
     """The multirun's cost against the sum of its jobs' fit times, as report lines."""
+    shared = (
+        f" ({int(timing['members'])} trained in {int(timing['populations'])} population(s), "
+        "each population's fit counted once)"
+        if timing["members"]
+        else ""
+    )
     lines = [
-        f"- jobs: {int(timing['jobs'])}; sum of fit times: {timing['fit_seconds']:.2f} s; "
+        f"- jobs: {int(timing['jobs'])}{shared}; sum of fit times: {timing['fit_seconds']:.2f} s; "
         f"sum of job wall times: {timing['job_wall_seconds']:.2f} s"
     ]
     if "multirun_seconds" in timing:
@@ -168,7 +179,12 @@ def timing_lines(timing: dict[str, float]) -> list[str]:
             f"- multirun wall time from process start: {timing['multirun_seconds']:.2f} s "
             f"(start-up before the first job: {timing['startup_seconds']:.2f} s)"
         )
-    if "ratio" in timing:
+    if "ratio" in timing and timing["timed_jobs"] < timing["jobs"]:
+        lines.append(
+            f"- multirun cost / sum of fit times of the {int(timing['timed_jobs'])} jobs of sweep folders "
+            f"with a finished sweep.json ({timing['timed_fit_seconds']:.2f} s): {timing['ratio']:.3f}×"
+        )
+    elif "ratio" in timing:
         lines.append(f"- multirun cost / sum of fit times: {timing['ratio']:.3f}×")
     return lines
 
@@ -200,6 +216,17 @@ def optuna_lines(optuna: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def no_threshold_text(sweep: Sweep) -> str:
+    """Why there is no default threshold: no run logged ``val/loss``, or fewer than half the configurations
+    have a completed run with a finite best."""
+    if not any(THRESHOLD_TAG in job.scalars for job in sweep.jobs):
+        return f"No run logged {THRESHOLD_TAG}, so there is no threshold to reach."
+    return (
+        f"Runs logged {THRESHOLD_TAG}, but fewer than half the configurations have a completed run with a "
+        f"finite best {THRESHOLD_TAG}, so there is no threshold that half of them reach."
+    )
+
+
 def build_report(
     sweep: Sweep, over: Sequence[str], threshold: float | None, plots: Sequence[str]
 ) -> tuple[str, list[Row], list[str]]:
@@ -218,8 +245,13 @@ def build_report(
         f"Steps to threshold: the optimizer steps done at the first validation with {THRESHOLD_TAG} ≤ "
         f"{limit_text} (runs that reached it / completed runs that logged {THRESHOLD_TAG})."
         if limit_text
-        else f"No run logged {THRESHOLD_TAG}, so there is no threshold to reach."
+        else no_threshold_text(sweep)
     )
+    if any(row.cells["in_population"] for row in rows):
+        threshold_text += (
+            " A wall time marked shared is of jobs trained together as a population: the population's "
+            "fit, which its members share, plus the job's own outputs."
+        )
     sections = [
         f"# Sweep report: {folders}",
         "",

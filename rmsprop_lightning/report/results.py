@@ -52,6 +52,22 @@ class Job:
         """The first logged step at which ``tag`` is at or below ``threshold``."""
         return next((step for step, value in self.scalars.get(tag, []) if value <= threshold), None)
 
+    @property
+    def population(self) -> str | None:
+        """The id of the population the job trained in; ``None`` for a job that trained alone."""
+        return (self.summary.get("population") or {}).get("id")
+
+    @property
+    def fit_seconds(self) -> float:
+        """The fit's time (a member's: its population's, shared); NaN where none was recorded."""
+        return as_float(self.summary.get("fit_seconds"))
+
+    @property
+    def wall_seconds(self) -> float:
+        """The job's wall time; a member's adds its population's shared fit to writing its own outputs."""
+        wall = as_float(self.summary.get("wall_seconds"))
+        return wall + self.fit_seconds if self.population else wall
+
 
 @dataclass
 class Configuration:
@@ -80,7 +96,7 @@ class Sweep:
 
     folders: list[Path]
     jobs: list[Job]
-    records: list[dict[str, Any]]
+    records: dict[Path, dict[str, Any]]  # sweep folder: its sweep.json
     optuna: dict[str, Any] | None
 
     def varying_keys(self, over: Sequence[str]) -> list[str]:
@@ -136,7 +152,9 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
     ]
     if not jobs:
         raise ValueError(f"no job with a metrics.json in or below {', '.join(map(str, paths))}")
-    records = [json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()]
+    records = {
+        path: json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()
+    }
     return Sweep(paths, jobs, records, _optuna_results(paths))
 
 
@@ -148,31 +166,50 @@ def _optuna_results(paths: Sequence[Path]) -> dict[str, Any] | None:
     return OmegaConf.to_container(OmegaConf.load(found[-1])) if found else None
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (std NaN for a single value; both NaN for none)."""
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite ``values``, a missing (NaN) one left out (std NaN
+    for a single value; both NaN for none)."""
+    values = [value for value in values if math.isfinite(value)]
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def total_fit_seconds(jobs: Iterable[Job]) -> float:
+    """The jobs' fit times added up, a population's shared fit counted once."""
+    fits = {job.population or job.folder: job.fit_seconds for job in jobs}
+    return math.fsum(value for value in fits.values() if math.isfinite(value))
+
+
 def sweep_timing(sweep: Sweep) -> dict[str, float]:
     """The multirun's cost against its jobs' fit times.
 
-    ``multirun_seconds`` runs from the process start (imports included) to the end of
-    the last job; ``startup_seconds`` is the part before the first job could start.
+    ``multirun_seconds`` runs from the process start (imports included) to the end of the last job;
+    ``startup_seconds`` is the part before the first job could start. The ratio sets them against the
+    fit times of the jobs of those sweep folders only (``timed_jobs``, ``timed_fit_seconds``).
     """
-    fit = sum(
-        as_float(job.summary.get("fit_seconds")) for job in sweep.jobs if job.summary.get("fit_seconds")
-    )
-    wall = sum(
-        as_float(job.summary.get("wall_seconds")) for job in sweep.jobs if job.summary.get("wall_seconds")
-    )
-    timing = {"fit_seconds": fit, "job_wall_seconds": wall, "jobs": float(len(sweep.jobs))}
-    complete = [r for r in sweep.records if r.get("finished_at") and r.get("started_at")]
+    members = [job for job in sweep.jobs if job.population]
+    own_walls = (as_float(job.summary.get("wall_seconds")) for job in sweep.jobs)
+    timing = {
+        "fit_seconds": total_fit_seconds(sweep.jobs),
+        "job_wall_seconds": math.fsum(w for w in own_walls if math.isfinite(w)) + total_fit_seconds(members),
+        "jobs": float(len(sweep.jobs)),
+        "members": float(len(members)),
+        "populations": float(len({job.population for job in members})),
+    }
+    complete = {
+        folder: record
+        for folder, record in sweep.records.items()
+        if record.get("finished_at") and record.get("started_at")
+    }
     if complete:
-        starts = [r.get("process_started_at") or r["started_at"] for r in complete]
-        timing["multirun_seconds"] = sum(r["finished_at"] - s for r, s in zip(complete, starts, strict=True))
-        timing["startup_seconds"] = sum(r["started_at"] - s for r, s in zip(complete, starts, strict=True))
-        if fit > 0:
-            timing["ratio"] = timing["multirun_seconds"] / fit
+        starts = [record.get("process_started_at") or record["started_at"] for record in complete.values()]
+        pairs = list(zip(complete.values(), starts, strict=True))
+        timing["multirun_seconds"] = sum(record["finished_at"] - start for record, start in pairs)
+        timing["startup_seconds"] = sum(record["started_at"] - start for record, start in pairs)
+        timed = [job for job in sweep.jobs if job.folder.parent in complete]
+        timing["timed_jobs"] = float(len(timed))
+        timing["timed_fit_seconds"] = total_fit_seconds(timed)
+        if timing["timed_fit_seconds"] > 0:
+            timing["ratio"] = timing["multirun_seconds"] / timing["timed_fit_seconds"]
     return timing
