@@ -236,6 +236,7 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
     run += ("callbacks.progress_bar.refresh_rate=0", "optimizer=rmsprop_momentum", "optimizer.lr=0.05")
     run_train(tmp_path, *run, "logger=[tensorboard,csv]", "trainer.max_steps=20")
     (run_dir,) = run_dirs(tmp_path)
+    first = json.loads((run_dir / "metrics.json").read_text())
     run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
     scalars = read_scalars(run_dir / "tensorboard")
     losses = dict(scalars["val/loss"])
@@ -244,6 +245,8 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["best"]["val/loss"] == pytest.approx(losses[best_step])
     assert summary["best_step"]["val/loss"] == best_step
+    for seconds in ("wall_seconds", "fit_seconds"):  # both parts of the run
+        assert summary[seconds] > first[seconds] > 0
     assert summary["overrides"] == list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
     assert "trainer.max_steps=30" in summary["overrides"] and "optimizer.lr=0.05" in summary["overrides"]
     assert scalars["val/loss_best"][-1] == (30, pytest.approx(losses[best_step]))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import DivergedError, InterruptedRun, RunError, is_rank_zero
-from rmsprop_lightning.summary import write_summary
+from rmsprop_lightning.summary import read_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,10 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     started = time.time()
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
-    if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
-        job_fields = {}
     output_dir = cfg.paths.output_dir
+    earlier: dict[str, Any] = {}
+    if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
+        job_fields, earlier = {}, read_summary(output_dir)
     writes = is_rank_zero()
     fields: dict[str, Any] = {}
     if writes:
@@ -147,7 +148,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             value = train(cfg, fields)
     except Exception as error:
         if writes:
-            _finish(output_dir, "failed", clock, error=f"{type(error).__name__}: {error}", **fields)
+            _finish(output_dir, "failed", clock, earlier, error=f"{type(error).__name__}: {error}", **fields)
         if not multirun:
             raise
         if isinstance(error, RunError):  # bad input or a divergence: one line says it all
@@ -158,10 +159,10 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         return None
     except InterruptedRun:  # stopped by a signal: the record keeps what the fit reached
         if writes:
-            _finish(output_dir, "interrupted", clock, **fields)
+            _finish(output_dir, "interrupted", clock, earlier, **fields)
         raise
     if writes:
-        summary = _finish(output_dir, "completed", clock, value=value, **fields)
+        summary = _finish(output_dir, "completed", clock, earlier, value=value, **fields)
         if summary["status"] == "completed":  # not a population member that was interrupted
             log.info(closing_line(output_dir, summary))
     return value if value is not None and math.isfinite(value) else None
@@ -189,8 +190,14 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     return line
 
 
-def _finish(output_dir: str, status: str, clock: float, **fields: Any) -> dict[str, Any]:
-    """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept)."""
-    return write_summary(
-        output_dir, status=status, finished_at=time.time(), wall_seconds=time.perf_counter() - clock, **fields
-    )
+def _finish(
+    output_dir: str, status: str, clock: float, earlier: dict[str, Any], **fields: Any
+) -> dict[str, Any]:
+    """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept).
+
+    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them.
+    """
+    wall = time.perf_counter() - clock + (earlier.get("wall_seconds") or 0.0)
+    if fields.get("fit_seconds") is not None:
+        fields["fit_seconds"] += earlier.get("fit_seconds") or 0.0
+    return write_summary(output_dir, status=status, finished_at=time.time(), wall_seconds=wall, **fields)
