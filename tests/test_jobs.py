@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from rmsprop_lightning.app import extras
-from rmsprop_lightning.app.jobs import resolve_threads, run_job, torch_threads
+from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, torch_threads
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.summary import read_summary, write_summary
 from tests.conftest import QUICK
@@ -170,3 +170,17 @@ def test_launcher_configs_extend_the_plugins(launcher, module, target, expected)
     assert {key: settings[key] for key in expected} == expected
     if launcher == "slurm":
         assert settings.timeout_min == 5 and settings.partition is None and settings.gpus_per_task is None
+
+
+@pytest.mark.parametrize(
+    ("earlier", "fit", "expected"),
+    [
+        ({"fit_seconds": 2.0}, 3.0, 5.0),  # a resumed run: its parts add up
+        ({"fit_seconds": 2.0}, None, 2.0),  # a part that never fitted keeps the earlier parts' time
+        ({"fit_seconds": 2.0, "population": {"id": "a1"}}, 3.0, 3.0),  # a member's fit was its population's
+        ({}, None, None),
+    ],
+)
+def test_a_resumed_runs_fit_seconds_add_up_its_own_parts(tmp_path, earlier, fit, expected):
+    summary = record_end(str(tmp_path), "completed", 0.0, earlier, fit_seconds=fit)
+    assert summary["fit_seconds"] == expected

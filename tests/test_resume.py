@@ -270,23 +270,25 @@ CSV_RUN += ("trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=nu
 
 
 def test_a_resume_reads_a_relative_data_path_where_the_run_started_and_refuses_changed_data(tmp_path):
-    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
-    for folder, seed in ((started, 0), (elsewhere, 1)):
+    started, elsewhere, moved = tmp_path / "started", tmp_path / "elsewhere", tmp_path / "moved"
+    for folder, seed in ((started, 0), (elsewhere, 1), (moved, 0)):
         folder.mkdir()
         write_table(folder / "table.csv", rows=200, seed=seed)
     run_train(started, *CSV_RUN)
     (run_dir,) = run_dirs(started)
     run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=30")  # trains on started/table.csv
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
-    write_table(started / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
+    (started / "table.csv").unlink()  # the project moved: the path is read where the resume runs
+    run_train(moved, f"resume={run_dir}", "trainer.max_steps=40")
+    record = (run_dir / "metrics.json").read_text()
+    assert json.loads(record)["steps"] == 40
+    write_table(moved / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
     saved = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-    refused = run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=40", check=False)
+    refused = run_train(moved, f"resume={run_dir}", "trainer.max_steps=50", check=False)
     assert refused.returncode == 2, refused.stderr
     (line,) = refused.stderr.strip().splitlines()
-    assert line.startswith(
-        f"error: resume: data.source.path={started / 'table.csv'} no longer holds the data"
-    )
+    assert line.startswith("error: resume: data.source.path=table.csv no longer holds the data")
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == saved
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(record)  # the record as it was
 
 
 def test_a_data_module_warns_of_a_checkpoint_standardised_on_other_data():

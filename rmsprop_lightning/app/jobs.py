@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
-from rmsprop_lightning.errors import DivergedError, InterruptedRun, RunError, is_rank_zero
+from rmsprop_lightning.errors import DivergedError, InputError, InterruptedRun, RunError, is_rank_zero
 from rmsprop_lightning.summary import read_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,9 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
     output_dir = cfg.paths.output_dir
-    earlier: dict[str, Any] = {}
+    earlier = read_summary(output_dir) if cfg.get(RESUME_KEY) else {}  # the record of the run resumed
     if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
-        job_fields, earlier = {}, read_summary(output_dir)
+        job_fields = {}
     writes = is_rank_zero()
     fields: dict[str, Any] = {}
     if writes:
@@ -147,8 +147,12 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             clock = time.perf_counter()
             value = train(cfg, fields)
     except Exception as error:
-        if writes:
-            _finish(output_dir, "failed", clock, earlier, error=f"{type(error).__name__}: {error}", **fields)
+        if writes and earlier and isinstance(error, InputError):
+            write_summary(output_dir, **earlier)  # a refused resume leaves the run's record as it was
+        elif writes:
+            record_end(
+                output_dir, "failed", clock, earlier, error=f"{type(error).__name__}: {error}", **fields
+            )
         if not multirun:
             raise
         if isinstance(error, RunError):  # bad input or a divergence: one line says it all
@@ -159,10 +163,10 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         return None
     except InterruptedRun:  # stopped by a signal: the record keeps what the fit reached
         if writes:
-            _finish(output_dir, "interrupted", clock, earlier, **fields)
+            record_end(output_dir, "interrupted", clock, earlier, **fields)
         raise
     if writes:
-        summary = _finish(output_dir, "completed", clock, earlier, value=value, **fields)
+        summary = record_end(output_dir, "completed", clock, earlier, value=value, **fields)
         if summary["status"] == "completed":  # not a population member that was interrupted
             log.info(closing_line(output_dir, summary))
     return value if value is not None and math.isfinite(value) else None
@@ -190,14 +194,18 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     return line
 
 
-def _finish(
+def record_end(
     output_dir: str, status: str, clock: float, earlier: dict[str, Any], **fields: Any
 ) -> dict[str, Any]:
     """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept).
 
-    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them.
+    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them;
+    a population member's earlier fit was its population's, which the report counts with the population.
     """
+    earlier = {} if earlier.get("population") else earlier
     wall = time.perf_counter() - clock + (earlier.get("wall_seconds") or 0.0)
-    if fields.get("fit_seconds") is not None:
-        fields["fit_seconds"] += earlier.get("fit_seconds") or 0.0
+    fits = [
+        seconds for seconds in (fields.get("fit_seconds"), earlier.get("fit_seconds")) if seconds is not None
+    ]
+    fields["fit_seconds"] = sum(fits) if fits else None
     return write_summary(output_dir, status=status, finished_at=time.time(), wall_seconds=wall, **fields)

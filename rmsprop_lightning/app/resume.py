@@ -126,13 +126,14 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
 
 def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
     """An override that reads a relative ``data.source.path`` from the folder the run was started in, as
-    Hydra recorded it, not from the resuming command's folder; none for an absolute path."""
+    Hydra recorded it, where that file still is; none for an absolute path (the data check compares)."""
     path = OmegaConf.select(saved, DATA_PATH, default=None, throw_on_resolution_failure=False)
     hydra_file = run_dir / HYDRA_FOLDER / "hydra.yaml"
     if not isinstance(path, str) or Path(path).expanduser().is_absolute() or not hydra_file.is_file():
         return []
     started_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
-    return [f"++{DATA_PATH}={quote(str(Path(started_in) / path))}"] if started_in else []
+    where = Path(started_in or "") / path
+    return [f"++{DATA_PATH}={quote(str(where))}"] if started_in and where.is_file() else []
 
 
 def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
