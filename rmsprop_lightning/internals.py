@@ -7,7 +7,8 @@ upgrade that moves one fails there, loudly, rather than somewhere in a run.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -45,6 +46,17 @@ def validation_follows(trainer: pl.Trainer) -> bool:
 def is_last_batch(trainer: pl.Trainer) -> bool:
     """Whether the batch that just ended is the last of its epoch (Lightning's loop progress)."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def epochs_done(checkpoint: Mapping[str, Any]) -> int:
+    """The epochs whose batches a Lightning checkpoint has all run: the completed ones, and the one under
+    way when it was written at its last batch, after which Lightning steps epoch-interval schedulers (the
+    loops' state in Lightning's checkpoints is not a documented format)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    completed = epochs.get("completed", checkpoint.get("epoch", 0))
+    at_last_batch = loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    return completed + bool(epochs.get("started", 0) > completed and at_last_batch)
 
 
 def resumed_after_epoch_end(trainer: pl.Trainer) -> bool:

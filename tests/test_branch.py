@@ -108,3 +108,32 @@ def test_a_branch_schedule_goes_on_at_the_checkpoints_step(compose_cfg, tmp_path
         [g["lr"] for g in last_state(tmp_path / "whole")["param_groups"]]
     )
     assert [step for step, _ in branch] == list(range(20, 40)) and whole
+
+
+EPOCHLY = ("scheduler=step", "scheduler.scheduler.step_size=1")  # the lr halves at each epoch's end
+
+
+def test_a_branch_at_an_epochs_end_has_that_epochs_scheduler_step(compose_cfg, tmp_path):
+    job(compose_cfg, tmp_path / "whole", *EPOCHLY, *STEPS)
+    job(compose_cfg, tmp_path / "first", *EPOCHLY, "trainer.max_steps=26")  # two epochs of 13 batches
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *EPOCHLY, *STEPS)
+    whole, branch = (
+        dict(read_scalars(tmp_path / name / "tensorboard")["lr-RMSprop/decay"])
+        for name in ("whole", "branch")
+    )
+    assert branch == pytest.approx({step: lr for step, lr in whole.items() if step >= 26})
+
+
+def test_a_plateau_branch_takes_every_new_setting_and_keeps_the_progress(compose_cfg, tmp_path):
+    plateau = ("scheduler=plateau", "scheduler.scheduler.patience=0")
+    job(compose_cfg, tmp_path / "first", *plateau, "trainer.max_steps=30")
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    options = ("+scheduler.scheduler.min_lr=0.008", "scheduler.scheduler.patience=2")
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *plateau, *options, *STEPS)
+    before, after = (
+        torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+        for folder in (tmp_path / "first", tmp_path / "branch")
+    )
+    assert after["min_lrs"] == [0.008, 0.008] and after["patience"] == 2
+    assert min(after["_last_lr"]) >= 0.008 and after["best"] <= before["best"]

@@ -87,3 +87,40 @@ def test_the_loop_internals_report_what_the_loop_does():
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     internals.step_epoch_schedulers(trainer)
     assert trainer.optimizers[0].param_groups[0]["lr"] == lr * 0.1
+
+
+class SaveAt(pl.Callback):
+    """Writes a checkpoint after the given (0-based) batches of the run."""
+
+    def __init__(self, folder, batches) -> None:
+        self.folder, self.batches, self.count = folder, batches, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.count in self.batches:
+            trainer.save_checkpoint(self.folder / f"{self.count}.ckpt")
+        self.count += 1
+
+
+class Unscheduled(Tiny):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_epochs_done_counts_an_epoch_whose_last_batch_a_checkpoint_holds(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[SaveAt(tmp_path, (2, 4, 6))],  # five batches an epoch: mid-epoch, last batch, mid-epoch
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(Unscheduled(), train_dataloaders=data)
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    done = {
+        name: internals.epochs_done(torch.load(tmp_path / f"{name}.ckpt", weights_only=True))
+        for name in ("2", "4", "6", "end")
+    }
+    assert done == {"2": 0, "4": 1, "6": 1, "end": 2}

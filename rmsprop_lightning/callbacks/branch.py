@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from collections.abc import Mapping
@@ -14,11 +13,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.callbacks.fit_stats import FitStats
+from rmsprop_lightning.internals import epochs_done
 
 log = logging.getLogger(__name__)
 
 # state entries RMSprop keeps only for some settings, and the setting that needs each
 OPTIONAL_STATES = {"grad_avg": "centered", "momentum_buffer": "momentum"}
+# what a plateau scheduler has learnt of the run; the rest of its state is its settings
+PLATEAU_PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", "_last_lr")
 
 
 def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
@@ -74,9 +76,8 @@ def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) 
     keeps the parent's progress (best value, counters).
     """
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        fresh = scheduler.state_dict()
-        for key in set(inspect.signature(type(scheduler)).parameters) & set(fresh) if saved else fresh:
-            saved[key] = fresh[key]
+        progress = PLATEAU_PROGRESS if saved else ()
+        saved.update({key: value for key, value in scheduler.state_dict().items() if key not in progress})
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")  # on purpose
@@ -107,7 +108,9 @@ class CheckpointBranch(Callback):
         for index, config in enumerate(schedulers):  # first: a schedule moves the fresh optimizer's lr
             if index == len(saved_schedulers):
                 saved_schedulers.append({})
-            done = checkpoint.get("global_step" if config["interval"] == "step" else "epoch", 0)
+            done = (
+                checkpoint.get("global_step", 0) if config["interval"] == "step" else epochs_done(checkpoint)
+            )
             apply_scheduler_settings(
                 saved_schedulers[index], config["scheduler"], done // config["frequency"]
             )
