@@ -20,6 +20,7 @@ from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModul
 from rmsprop_lightning.app.run import build_model, build_module
 from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
+from rmsprop_lightning.callbacks.state_norms import StateNorms
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.optim import RMSprop
 from tests.conftest import CONF
@@ -507,3 +508,19 @@ def test_layout_charts_every_state_and_the_losses():
         True,
         False,
     ]
+
+
+def test_an_infinite_state_leaves_the_other_values_as_they_are():
+    model = FeedForward(hidden=5)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    model(torch.randn(4, 10)).square().sum().backward()
+    params = list(model.parameters())
+    before = torch._foreach_neg(params)
+    optimizer.step()
+    optimizer.state[params[0]]["square_avg"][0, 0] = math.inf  # overflowed, as a huge lr makes it
+    norms = StateNorms(optimizer, "optim/", {}, None)
+    values = dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
+    assert values["optim/square_avg_norm"] == math.inf
+    param_norm = math.sqrt(sum(p.detach().double().square().sum().item() for p in params))
+    assert values["optim/param_norm"] == pytest.approx(param_norm, rel=1e-6)
+    assert math.isfinite(values["optim/grad_norm"]) and values["optim/effective_lr_min"] == 0.0

@@ -91,7 +91,7 @@ class StateNorms:
     (grad, param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
     ``<s>update_to_param_ratio`` and, over the whole optimizer, ``effective_lr_max``/``_min``.
     A missing gradient counts as zero. :meth:`matches` tells when the plan is stale. A step reduces with
-    ``torch._foreach_*`` and one product with a fixed weight matrix; nothing is read back to the host.
+    ``torch._foreach_*`` and one weighted sum with a fixed matrix; nothing is read back to the host.
     """
 
     def __init__(
@@ -155,6 +155,7 @@ class StateNorms:
             weights[r, list(row)] = torch.tensor(list(row.values()))
         device = params[0].device
         self.weights = weights.to(device)
+        self.used = self.weights != 0  # a row's columns: an inf elsewhere must not turn it into NaN (inf × 0)
         self.num_scopes = len(scopes)  # grad_norm, param_norm and update_norm take that many rows each
         self.zero = torch.zeros((), device=device)
         self.exponents = torch.tensor(
@@ -189,7 +190,8 @@ class StateNorms:
         count, width = len(norms), self.weights.shape[1]
         columns = torch.stack([*norms, *size_sums, *highest, *inverse_highest]).float()
         columns[:count].square_()
-        sums = (self.weights @ columns[:width]).pow_(self.exponents)  # norms: roots of sums of squares
+        terms = torch.where(self.used, self.weights * columns[:width], 0.0)
+        sums = terms.sum(1).pow_(self.exponents)  # norms: roots of sums of squares
         scopes = self.num_scopes
         parts = [sums, sums[2 * scopes : 3 * scopes] / sums[scopes : 2 * scopes]]
         if highest:  # max s, and min s = 1 / max(1/s)
