@@ -63,6 +63,17 @@ CASES = [
         ["did you mean rmsprop_centered"],
     ),
     ("misspelt config of several", ["logger=[tensorboard,cvs]"], ["logger=cvs", "did you mean csv"]),
+    # sweeps: every value and every option is checked before any job runs
+    ("a bad value in a sweep", ["-m", "optimizer.lr=0.01,-1"], ["optimizer.lr", "-1", ">= 0"]),
+    ("a bad seed in a sweep", ["-m", "seed=0,1.5"], ["seed=1.5", "integer"]),
+    (
+        "a key of one swept option only",
+        ["-m", "scheduler=cosine,none", "scheduler.scheduler.T_max=30"],
+        ["scheduler.scheduler.T_max", "not a key of scheduler.scheduler", "scheduler=none"],
+    ),
+    ("a sweep without -m", ["optimizer.lr=0.01,0.1"], ["optimizer.lr=0.01,0.1", "with -m"]),
+    ("a search without -m", ["hparams_search=rmsprop_optuna"], ["hparams_search=rmsprop_optuna", "with -m"]),
+    ("a printed config with a bad value", ["--cfg", "job", "optimizer.lr=-1"], ["optimizer.lr", ">= 0"]),
     ("swept lists of configs", ["-m", "logger=[tensorboard,cvs],none"], ["logger=cvs", "did you mean csv"]),
     ("null config", ["logger=null"], ["logger=null", "allowed: csv, none, tensorboard"]),
     (
@@ -114,9 +125,9 @@ CASES = [
     ),
     ("run folder in use", ["hydra.run.dir={earlier}"], ["hydra.run.dir=", "already holds a run", "resume="]),
     (
-        "run folder in use, bad value",
+        "run folder in use, bad value",  # refused before Hydra writes in the folder
         ["hydra.run.dir={earlier}", "optimizer.lr=-0.1"],
-        ["hydra.run.dir=", "already holds a run"],
+        ["optimizer.lr", ">= 0"],
     ),
     (
         "run folder in use, interpolated",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,18 @@ def test_torch_threads_are_restored_after_the_job(monkeypatch):
     assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
 
 
-def test_missing_plugin_names_the_extra(monkeypatch):
+def test_missing_plugin_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(extras, "is_installed", lambda module: False)
     with pytest.raises(extras.MissingExtraError, match=r"pip install -e '\.\[sweeps\]'"):
         extras.check_plugin_overrides(["seed=1", "hparams_search=rmsprop_optuna"])
     with pytest.raises(extras.MissingExtraError, match=r"hydra/launcher=slurm needs .*\[slurm\]"):
         extras.check_plugin_overrides(["hydra/launcher=slurm"])
-    with pytest.raises(SystemExit, match=r"joblib_local needs .*\[sweeps\]"):
+    with pytest.raises(SystemExit) as exited:
         extras.exit_if_plugin_missing(["hydra/launcher=joblib_local"])
+    assert exited.value.code == 2  # bad input
+    assert re.fullmatch(
+        r"error: hydra/launcher=joblib_local needs .*\[sweeps\]'\)\n", capsys.readouterr().err
+    )
     with pytest.raises(extras.MissingExtraError, match=r"data=diabetes needs .*\[datasets\]"):
         extras.require("sklearn.datasets", "datasets", "data=diabetes")
     extras.check_plugin_overrides(["optimizer=rmsprop", "seed=0,1"])

@@ -7,12 +7,13 @@ naming what they typed, what is allowed and a close match.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.resume import resume_arguments
@@ -24,6 +25,8 @@ from rmsprop_lightning.summary import SUMMARY_FILE
 OTHER_CONFIG = ("config_path", "config_name", "config_dir")
 # Hydra's flags that choose what the command does, of which one at most may be given
 MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "info"}
+# groups that only a multirun uses
+SWEEP_GROUPS = ("hparams_search", "hydra/launcher", "hydra/sweeper")
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
@@ -81,9 +84,15 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
+    if not parsed.multirun:
+        for override in overrides:
+            if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
+                raise InputError(
+                    f"{override.input_line} is for a sweep; allowed: the same with -m (--multirun)"
+                )
     groups = group_options(config_dir)
     defaults = default_groups(config_dir / f"{config_name}.yaml")
-    selections = []
+    selections, others = [], []  # each group's first option; every other option of a swept group
     for override in overrides:
         group = override.key_or_group
         if group not in groups or override.is_delete():
@@ -105,10 +114,13 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
                         f"{group}={typed} is not an option of {group}{close_match(typed, groups[group])}; "
                         f"allowed: {', '.join(groups[group])}"
                     )
-        first = chosen[0]
-        selection = f"[{','.join(map(str, first))}]" if isinstance(first, list) else first
-        selections.append(f"{override.get_key_element()}={selection}")
+        options = [f"[{','.join(map(str, c))}]" if isinstance(c, list) else c for c in chosen]
+        selections.append(f"{override.get_key_element()}={options[0]}")
+        others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
     cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
+    for index, other in others:  # a key or value may hold in one option of a group and not in another
+        swept = [*selections[:index], other, *selections[index + 1 :]]
+        check_keys(config_dir, config_name, swept, overrides, set(groups), context=other)
     check_output_folder(overrides, parsed.multirun, cfg)
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
@@ -141,9 +153,15 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
 
 
 def check_keys(
-    config_dir: Path, config_name: str, selections: list[str], overrides: Sequence[Any], groups: set[str]
+    config_dir: Path,
+    config_name: str,
+    selections: list[str],
+    overrides: Sequence[Any],
+    groups: set[str],
+    context: str = "",
 ) -> DictConfig | None:
-    """Refuses ``key=value`` where the config composed with the group ``selections`` lacks the key.
+    """Refuses ``key=value`` where the config composed with the group ``selections`` lacks the key, or
+    a value :func:`check_values` refuses; ``context`` names the selection a message is about.
 
     Returns that config (Hydra's part included), or ``None`` when Hydra cannot compose it.
     """
@@ -159,15 +177,46 @@ def check_keys(
         return None
     finally:
         GlobalHydra.instance().clear()
+    values = []
     for override in overrides:
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or override.is_hydra_override() or key in groups:
             continue
-        check_key(cfg, key)
+        check_key(cfg, key, context)
+        try:
+            values.append(
+                (key, list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()])
+            )
+        except Exception:  # range(), interval() and other sweeps their sweeper expands
+            continue
+    check_values(cfg, values)
     return cfg
 
 
-def check_key(cfg: DictConfig, key: str) -> None:
+def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> None:
+    """Checks the overridden values (:func:`validate_config`), each value of a sweep in turn among the first
+    values of the others: a sweep with one bad value is refused before any of its jobs runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from rmsprop_lightning.app.config_checks import validate_config
+
+    first = cfg.copy()
+    with open_dict(
+        first
+    ):  # ${hydra:runtime...} as a run started here reads it; nothing checked uses the folder
+        first.hydra.runtime.cwd = first.hydra.runtime.output_dir = os.getcwd()
+    for key, chosen in values:
+        OmegaConf.update(first, key, chosen[0])
+    HydraConfig.instance().set_config(first)
+    validate_config(first)
+    for key, chosen in values:
+        for value in chosen[1:]:
+            other = first.copy()
+            OmegaConf.update(other, key, value)
+            validate_config(other)
+
+
+def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
     """Refuses ``key`` when ``cfg`` lacks it, naming the keys that exist where it goes."""
     parts = key.split(".")
     for depth in range(1, len(parts) + 1):
@@ -178,8 +227,8 @@ def check_key(cfg: DictConfig, key: str) -> None:
             continue
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
-        where = parent_path or "the config's top level"
+        where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
-            f"allowed: {', '.join(allowed)} (+{key}=... adds a new key)"
+            f"allowed: {', '.join(allowed) or 'none'} (+{key}=... adds a new key)"
         )

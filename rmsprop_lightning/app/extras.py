@@ -6,6 +6,8 @@ import importlib.util
 from collections.abc import Sequence
 from types import ModuleType
 
+from rmsprop_lightning.errors import InputError, exit_with
+
 # command-line overrides that select a Hydra plugin, and the (module, extra) each needs
 PLUGIN_OVERRIDES: dict[str, tuple[str, str]] = {
     "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps"),
@@ -55,4 +57,4 @@ def exit_if_plugin_missing(arguments: Sequence[str]) -> None:
     try:
         check_plugin_overrides(arguments)
     except MissingExtraError as error:
-        raise SystemExit(f"error: {error}") from None
+        exit_with(InputError(str(error)))
