@@ -189,3 +189,14 @@ def test_launcher_configs_extend_the_plugins(launcher, module, target, expected)
 def test_a_resumed_runs_fit_seconds_add_up_its_own_parts(tmp_path, earlier, fit, expected):
     summary = record_end(str(tmp_path), "completed", 0.0, earlier, fit_seconds=fit)
     assert summary["fit_seconds"] == expected
+
+
+def test_a_ctrl_c_before_the_fit_is_recorded_as_interrupted(compose_cfg):
+    cfg = compose_cfg(*QUICK)
+
+    def stopped_in_set_up(cfg, fields):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg, train=stopped_in_set_up)
+    assert read_summary(cfg.paths.output_dir)["status"] == "interrupted"

@@ -161,7 +161,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         else:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
-    except InterruptedRun:  # stopped by a signal: the record keeps what the fit reached
+    except (InterruptedRun, KeyboardInterrupt):  # stopped by a signal: the record keeps what the fit reached
         if writes:
             record_end(output_dir, "interrupted", clock, earlier, **fields)
         raise
