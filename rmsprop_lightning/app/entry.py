@@ -206,13 +206,13 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> No
     ):  # ${hydra:runtime...} as a run started here reads it; nothing checked uses the folder
         first.hydra.runtime.cwd = first.hydra.runtime.output_dir = os.getcwd()
     for key, chosen in values:
-        OmegaConf.update(first, key, chosen[0])
+        OmegaConf.update(first, key, chosen[0], merge=False)
     HydraConfig.instance().set_config(first)
     validate_config(first)
     for key, chosen in values:
         for value in chosen[1:]:
             other = first.copy()
-            OmegaConf.update(other, key, value)
+            OmegaConf.update(other, key, value, merge=False)
             validate_config(other)
 
 
