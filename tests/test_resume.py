@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.app.resume import started_where_it_was
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InterruptedRun
@@ -270,25 +271,37 @@ CSV_RUN += ("trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=nu
 
 
 def test_a_resume_reads_a_relative_data_path_where_the_run_started_and_refuses_changed_data(tmp_path):
-    started, elsewhere, moved = tmp_path / "started", tmp_path / "elsewhere", tmp_path / "moved"
-    for folder, seed in ((started, 0), (elsewhere, 1), (moved, 0)):
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    for folder, seed in ((started, 0), (elsewhere, 1)):
         folder.mkdir()
         write_table(folder / "table.csv", rows=200, seed=seed)
     run_train(started, *CSV_RUN)
     (run_dir,) = run_dirs(started)
     run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=30")  # trains on started/table.csv
-    (started / "table.csv").unlink()  # the project moved: the path is read where the resume runs
-    run_train(moved, f"resume={run_dir}", "trainer.max_steps=40")
     record = (run_dir / "metrics.json").read_text()
-    assert json.loads(record)["steps"] == 40
-    write_table(moved / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
+    assert json.loads(record)["steps"] == 30
+    write_table(started / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
     saved = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-    refused = run_train(moved, f"resume={run_dir}", "trainer.max_steps=50", check=False)
+    refused = run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=40", check=False)
     assert refused.returncode == 2, refused.stderr
     (line,) = refused.stderr.strip().splitlines()
-    assert line.startswith("error: resume: data.source.path=table.csv no longer holds the data")
+    assert line.startswith(
+        f"error: resume: data.source.path={started / 'table.csv'} no longer holds the data"
+    )
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == saved
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(record)  # the record as it was
+
+
+def test_a_relative_data_path_is_read_where_the_run_started_while_the_file_is_there(tmp_path):
+    run_dir, started = tmp_path / "run", tmp_path / "started"
+    (run_dir / ".hydra").mkdir(parents=True)
+    started.mkdir()
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(started)}}}, run_dir / ".hydra" / "hydra.yaml")
+    relative, absolute = (OmegaConf.create({"data": {"source": {"path": p}}}) for p in ("t.csv", "/d/t.csv"))
+    assert started_where_it_was(relative, run_dir) == []  # the project moved: read where the resume runs
+    (started / "t.csv").write_text("a,y\n1,2\n")
+    assert started_where_it_was(relative, run_dir) == [f"++data.source.path='{started / 't.csv'}'"]
+    assert started_where_it_was(absolute, run_dir) == []
 
 
 def test_a_data_module_warns_of_a_checkpoint_standardised_on_other_data():
