@@ -201,9 +201,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> No
     from rmsprop_lightning.app.config_checks import validate_config
 
     first = cfg.copy()
-    with open_dict(
-        first
-    ):  # ${hydra:runtime...} as a run started here reads it; nothing checked uses the folder
+    # ${hydra:runtime...} as a run started here reads it; nothing checked depends on the run's folder
+    with open_dict(first):
         first.hydra.runtime.cwd = first.hydra.runtime.output_dir = os.getcwd()
     for key, chosen in values:
         OmegaConf.update(first, key, chosen[0], merge=False)

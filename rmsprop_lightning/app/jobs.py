@@ -120,9 +120,9 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
     output_dir = cfg.paths.output_dir
-    earlier = read_summary(output_dir) if cfg.get(RESUME_KEY) else {}  # the record of the run resumed
+    earlier: dict[str, Any] = {}  # the record of the run a resume continues
     if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
-        job_fields = {}
+        job_fields, earlier = {}, read_summary(output_dir)
     writes = is_rank_zero()
     fields: dict[str, Any] = {}
     if writes:

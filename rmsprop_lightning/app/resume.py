@@ -132,8 +132,9 @@ def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
     if not isinstance(path, str) or Path(path).expanduser().is_absolute() or not hydra_file.is_file():
         return []
     started_in = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
-    where = Path(started_in or "") / path
-    return [f"++{DATA_PATH}={quote(str(where))}"] if started_in and where.is_file() else []
+    if started_in is None or not (Path(started_in) / path).is_file():
+        return []
+    return [f"++{DATA_PATH}={quote(str(Path(started_in) / path))}"]
 
 
 def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
