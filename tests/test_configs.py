@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.model import FeedForward
@@ -157,3 +158,18 @@ def test_the_config_check_knows_the_modules_losses():
     from rmsprop_lightning.module import LOSSES
 
     assert tuple(LOSSES) == LOSS_NAMES
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["logger.tensorboard={name:x}"],  # a mapping merges into the default, as Hydra merges it
+        ["-m", "logger.tensorboard={name:x},{name:y}"],
+        ["-m", "seed=${hydra:job.num}", "optimizer.lr=0.1,0.2"],  # Hydra's job fields resolve
+        ["--cfg", "job", "hparams_search=rmsprop_optuna"],  # printing a search's config needs no -m
+        ["-m", "hparams_search=rmsprop_optuna", "data.batch_size=range(1,2000)"],  # a search space
+        ["-m", "optimizer=rmsprop,rmsprop_centered", "optimizer.momentum=0.9"],  # a key every option has
+    ],
+)
+def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
+    assert checked_command_line(CONF, "train", arguments)[: len(arguments)] == arguments

@@ -142,11 +142,13 @@ def select(cfg: DictConfig, key: str) -> Any:
     """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
     try:
         value = OmegaConf.select(cfg, key, default=None)
+        return (
+            OmegaConf.to_container(value, resolve=True)
+            if isinstance(value, DictConfig | ListConfig)
+            else value
+        )
     except OmegaConfBaseException as error:
         raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
 
 
 def validate_config(cfg: DictConfig) -> None:

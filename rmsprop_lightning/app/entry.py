@@ -25,6 +25,7 @@ from rmsprop_lightning.summary import SUMMARY_FILE
 OTHER_CONFIG = ("config_path", "config_name", "config_dir")
 # Hydra's flags that choose what the command does, of which one at most may be given
 MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "info"}
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # one job per swept value
 # groups that only a multirun uses
 SWEEP_GROUPS = ("hparams_search", "hydra/launcher", "hydra/sweeper")
 # the keys left out of a multirun job's folder name
@@ -84,7 +85,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
-    if not parsed.multirun:
+    if not (parsed.multirun or parsed.cfg or parsed.info):  # a run of one job
         for override in overrides:
             if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
                 raise InputError(
@@ -189,30 +190,37 @@ def check_keys(
             )
         except Exception:  # range(), interval() and other sweeps their sweeper expands
             continue
-    check_values(cfg, values)
+    check_values(cfg, [(key, chosen[:1]) for key, chosen in values] if context else values)  # each value once
     return cfg
 
 
 def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> None:
-    """Checks the overridden values (:func:`validate_config`), each value of a sweep in turn among the first
-    values of the others: a sweep with one bad value is refused before any of its jobs runs."""
+    """Checks the overridden values (:func:`validate_config`), each value of a basic sweep in turn among the
+    first values of the others: a sweep with one bad value is refused before any of its jobs runs. Other
+    sweepers read a sweep as a search space: its first value is checked."""
     from hydra.core.hydra_config import HydraConfig
 
     from rmsprop_lightning.app.config_checks import validate_config
 
-    first = cfg.copy()
-    # ${hydra:runtime...} as a run started here reads it; nothing checked depends on the run's folder
-    with open_dict(first):
-        first.hydra.runtime.cwd = first.hydra.runtime.output_dir = os.getcwd()
-    for key, chosen in values:
-        OmegaConf.update(first, key, chosen[0], merge=False)
-    HydraConfig.instance().set_config(first)
-    validate_config(first)
-    for key, chosen in values:
-        for value in chosen[1:]:
-            other = first.copy()
-            OmegaConf.update(other, key, value, merge=False)
-            validate_config(other)
+    base = cfg.copy()
+    # ${hydra:...} as the first job started here reads it; nothing checked depends on the run's folder
+    with open_dict(base):
+        base.hydra.runtime.cwd = base.hydra.runtime.output_dir = os.getcwd()
+        base.hydra.job.num, base.hydra.job.id = 0, "0"
+    HydraConfig.instance().set_config(base)
+    firsts = [(key, chosen[0]) for key, chosen in values]
+    variants = [firsts]
+    if OmegaConf.select(base, "hydra.sweeper._target_") == BASIC_SWEEPER:
+        variants += [
+            [*firsts[:index], (key, value), *firsts[index + 1 :]]
+            for index, (key, chosen) in enumerate(values)
+            for value in chosen[1:]
+        ]
+    for variant in variants:
+        job = base.copy()
+        for key, value in variant:
+            OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
+        validate_config(job)
 
 
 def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
