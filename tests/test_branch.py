@@ -137,3 +137,15 @@ def test_a_plateau_branch_takes_every_new_setting_and_keeps_the_progress(compose
     )
     assert after["min_lrs"] == [0.008, 0.008] and after["patience"] == 2
     assert min(after["_last_lr"]) >= 0.008 and after["best"] <= before["best"]
+
+
+def test_a_branch_at_an_epochs_end_keeps_no_best_of_its_parents(compose_cfg, tmp_path):
+    each_epoch = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")  # 13 batches each
+    job(compose_cfg, tmp_path / "first", *each_epoch, "trainer.max_steps=26")
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    worse = "optimizer.lr=0.3"  # the branch's validations come out worse than the parent's last one
+    summary = job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *each_epoch, worse, *STEPS)
+    assert [path.name for path in (tmp_path / "branch" / "checkpoints").glob("best-*")] == [
+        "best-000039.ckpt"
+    ]
+    assert summary["best_step"]["val/loss"] == 39

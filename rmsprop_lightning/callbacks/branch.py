@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.callbacks.fit_stats import FitStats
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
 from rmsprop_lightning.internals import epochs_done
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,13 @@ class CheckpointBranch(Callback):
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)
+        states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
             if isinstance(callback, ModelCheckpoint | FitStats):
-                checkpoint.get("callbacks", {}).pop(callback.state_key, None)
+                states.pop(callback.state_key, None)
+            elif isinstance(callback, LastCheckpoint) and callback.state_key in states:
+                # the parent's last validation: no checkpoint or plateau step of the new run acts on it
+                states[callback.state_key] = {}
         states = {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
         kept = sorted(states - {"step"} - {change.removeprefix("new ") for change in changes})
         log.info(
