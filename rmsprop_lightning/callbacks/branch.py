@@ -118,13 +118,13 @@ class CheckpointBranch(Callback):
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)
-        states = checkpoint.get("callbacks", {})
+        callback_states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
             if isinstance(callback, ModelCheckpoint | FitStats):
-                states.pop(callback.state_key, None)
-            elif isinstance(callback, LastCheckpoint) and callback.state_key in states:
+                callback_states.pop(callback.state_key, None)
+            elif isinstance(callback, LastCheckpoint) and callback.state_key in callback_states:
                 # the parent's last validation: no checkpoint or plateau step of the new run acts on it
-                states[callback.state_key] = {}
+                callback_states[callback.state_key] = {}
         states = {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
         kept = sorted(states - {"step"} - {change.removeprefix("new ") for change in changes})
         log.info(
