@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from rmsprop_lightning.app.cli import train_main
 from rmsprop_lightning.app.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +69,36 @@ def run_train(
             f"train.py {' '.join(overrides)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def train_in_process(cwd: Path, *overrides: str, check: bool = True) -> int:
+    """Runs ``train.py overrides...`` in ``cwd`` inside this process, as Hydra's basic launcher runs a
+    multirun's jobs, and returns its exit code; with ``check``, fails the test unless it is 0. For runs
+    whose process is not under test: it saves the start of a Python process with torch and Lightning."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(TRAIN), *overrides])
+        GlobalHydra.instance().clear()
+        code = 0
+        try:
+            train_main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+            gc.unfreeze()  # what the entry point froze for the interpreter's shutdown
+            for handler in root.handlers[:]:  # Hydra's job logging, into the run's folder
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            for handler in handlers:  # pytest's, which Hydra's logging set-up took off
+                root.addHandler(handler)
+            root.setLevel(level)
+    if check and code:
+        pytest.fail(f"train.py {' '.join(overrides)} exited {code}")
+    return code
 
 
 def run_dirs(root: Path, task: str = "train") -> list[Path]:

@@ -21,7 +21,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from rmsprop_lightning.errors import InputError
-from tests.conftest import TRAIN, run_dirs, run_train
+from tests.conftest import TRAIN, run_dirs, run_train, train_in_process
 
 EARLIER_RUN = (
     "data.source.num_samples=512",
@@ -291,7 +291,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def corpus_root(tmp_path_factory):
     """A folder holding one real finished run (30 steps) and the broken files."""
     root = tmp_path_factory.mktemp("corpus")
-    run_train(root, *EARLIER_RUN)
+    train_in_process(root, *EARLIER_RUN)
     (earlier,) = run_dirs(root)
     write_bad_files(root / "files", earlier)
     return root, earlier
@@ -299,21 +299,6 @@ def corpus_root(tmp_path_factory):
 
 def fill(arguments: list[str], root: Path, earlier: Path) -> list[str]:
     return [argument.format(files=root / "files", earlier=earlier) for argument in arguments]
-
-
-def run_in_process(arguments: list[str], capfd) -> tuple[int, str]:
-    """Runs ``train.py`` as ``__main__`` with ``arguments``; returns its exit code and all it printed."""
-    GlobalHydra.instance().clear()
-    saved_argv = sys.argv
-    sys.argv = [str(TRAIN), *arguments]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(str(TRAIN), run_name="__main__")
-    finally:
-        sys.argv = saved_argv
-        GlobalHydra.instance().clear()
-    out, err = capfd.readouterr()
-    return exit_info.value.code, out + err
 
 
 def assert_clear_rejection(
@@ -339,10 +324,10 @@ def test_the_corpus_is_large_enough():
 def test_bad_input_is_one_clear_line(case, arguments, words, corpus_root, monkeypatch, capfd):
     root, earlier = corpus_root
     before = snapshot(earlier)
-    monkeypatch.chdir(root)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    code, output = run_in_process(fill(arguments, root, earlier), capfd)
-    assert_clear_rejection(code, output, words, root, earlier, before)
+    capfd.readouterr()
+    code = train_in_process(root, *fill(arguments, root, earlier), check=False)
+    assert_clear_rejection(code, "".join(capfd.readouterr()), words, root, earlier, before)
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)

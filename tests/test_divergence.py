@@ -17,7 +17,7 @@ from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.model import FeedForward
 from rmsprop_lightning.module import RegressionModule
-from tests.conftest import QUICK, run_dirs, run_train
+from tests.conftest import QUICK, run_dirs, train_in_process
 
 
 class MemoryLogger(Logger):
@@ -142,21 +142,24 @@ def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):
     assert words in likely_cause(optimizer, loss_finite)
 
 
-def test_forced_divergence_stops_at_the_first_nonfinite_step_keeping_the_last_good_checkpoint(tmp_path):
-    result = run_train(
+def test_forced_divergence_stops_at_the_first_nonfinite_step_keeping_the_last_good_checkpoint(
+    tmp_path, capfd
+):
+    code = train_in_process(
         tmp_path, *QUICK, "optimizer.lr=1e10", "callbacks.last_checkpoint.every_n_train_steps=1", check=False
     )
-    assert result.returncode == 3, result.stderr[-2000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    match = re.search(r"error: training diverged at step (\d+): non-finite (loss|parameters)", result.stderr)
-    assert match, result.stderr[-2000:]
+    out, err = capfd.readouterr()
+    assert code == 3, err[-2000:]
+    assert "Traceback" not in out + err
+    match = re.search(r"error: training diverged at step (\d+): non-finite (loss|parameters)", err)
+    assert match, err[-2000:]
     step = int(match.group(1))
-    assert "lr=1e+10 is too large" in result.stderr
+    assert "lr=1e+10 is too large" in err
     (run_dir,) = run_dirs(tmp_path)
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == step
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    assert f"The last good state is kept in {checkpoint}" in result.stderr
+    assert f"The last good state is kept in {checkpoint}" in err
     state = torch.load(checkpoint, weights_only=True)
     assert state["global_step"] == step
     assert all(torch.isfinite(tensor).all() for tensor in state["state_dict"].values())

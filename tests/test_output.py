@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.report.cli import main as report_main
-from tests.conftest import run_train
+from tests.conftest import run_train, train_in_process
 
 SHORT = ("data.source.num_samples=2048", "trainer.max_steps=40")
 
@@ -36,7 +36,7 @@ def test_a_piped_run_is_quiet_says_where_it_wrote_and_validates_at_its_end(tmp_p
 
 
 def test_steps_agree_between_tensorboard_checkpoints_metrics_and_report(tmp_path, capsys):
-    run_train(
+    train_in_process(
         tmp_path,
         "-m",
         "seed=0,1",
@@ -57,7 +57,7 @@ def test_steps_agree_between_tensorboard_checkpoints_metrics_and_report(tmp_path
 
 
 def test_multirun_job_folders_name_only_the_keys_that_vary(tmp_path):
-    run_train(
+    train_in_process(
         tmp_path,
         "-m",
         "optimizer=rmsprop,rmsprop_centered",

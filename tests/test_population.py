@@ -24,7 +24,7 @@ from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import CONF, QUICK, TRAIN, run_train
+from tests.conftest import CONF, QUICK, TRAIN, run_train, train_in_process
 from tests.test_sweeps import only_sweep
 
 PRESETS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
@@ -218,7 +218,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 16
     solo_root = tmp_path / "solo"
     solo_root.mkdir()
-    run_train(solo_root, "optimizer=rmsprop_momentum", "seed=1", wide, *QUICK)
+    train_in_process(solo_root, "optimizer=rmsprop_momentum", "seed=1", wide, *QUICK)
     (solo,) = (solo_root / "logs" / "train" / "runs").glob("*")
     member = jobs[9]
     assert files(member) == files(solo)
@@ -235,7 +235,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     ours_best, theirs_best = ours_ckpt["callbacks"]["FitStats"], theirs_ckpt["callbacks"]["FitStats"]
     assert ours_best["best_step"] == theirs_best["best_step"]
     assert ours_best["best"] == pytest.approx(theirs_best["best"], rel=1e-4)
-    run_train(tmp_path, f"resume={member}", "trainer.max_steps=45")
+    train_in_process(tmp_path, f"resume={member}", "trainer.max_steps=45")
     assert read_summary(member)["steps"] == 45 and read_summary(member)["population"] is None
     assert report.main([str(sweep), "--no-plots"]) == 0
 
@@ -262,7 +262,7 @@ def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp
     run_train(tmp_path, "-m", "hydra/launcher=population", "scheduler.scheduler.gamma=1,1e30", *common)
     member = job_folders(only_sweep(tmp_path))[1]
     (tmp_path / "solo").mkdir()
-    run_train(tmp_path / "solo", "scheduler.scheduler.gamma=1e30", *common, check=False)
+    train_in_process(tmp_path / "solo", "scheduler.scheduler.gamma=1e30", *common, check=False)
     (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
     ours, theirs = read_summary(member), read_summary(solo)
     assert ours["status"] == theirs["status"] == "diverged"
@@ -350,5 +350,5 @@ def test_sigterm_stops_the_population_and_each_job_resumes_alone(tmp_path):
     assert [s["status"] for s in summaries] == ["interrupted"] * 2
     stopped = summaries[0]["steps"]
     assert torch.load(jobs[0] / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == stopped
-    run_train(tmp_path, f"resume={jobs[0]}", f"trainer.max_steps={stopped + 50}")
+    train_in_process(tmp_path, f"resume={jobs[0]}", f"trainer.max_steps={stopped + 50}")
     assert read_summary(jobs[0])["steps"] == stopped + 50

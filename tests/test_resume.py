@@ -28,7 +28,7 @@ from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
-from tests.conftest import ROOT, run_dirs, run_train
+from tests.conftest import ROOT, run_dirs, run_train, train_in_process
 
 # dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
 # fed by validation every 10 steps, a checkpoint every 5 steps, 13 batches an epoch
@@ -128,7 +128,7 @@ class References(dict):
 
     def __missing__(self, name: str) -> dict:
         folder = self.factory.mktemp(name)
-        train(folder, *{"run": RUN, "epoch_end_run": EPOCH_END_RUN}[name])
+        train_in_process(folder, *{"run": RUN, "epoch_end_run": EPOCH_END_RUN}[name])
         (run_dir,) = run_dirs(folder)
         self[name] = last_checkpoint(run_dir)
         return self[name]
@@ -148,7 +148,7 @@ def kill_and_resume(
     (run_dir,) = run_dirs(tmp_path)
     if resumed_step is not None:
         assert last_checkpoint(run_dir)["global_step"] == resumed_step
-    train(tmp_path, f"resume={run_dir}")
+    train_in_process(tmp_path, f"resume={run_dir}")
     assert run_dirs(tmp_path) == [run_dir]
     return run_dir
 
@@ -200,7 +200,7 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_p
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 17
     assert summary["fit_seconds"] > 0 and summary["wall_seconds"] >= summary["fit_seconds"]
-    train(tmp_path, f"resume={run_dir}")
+    train_in_process(tmp_path, f"resume={run_dir}")
     assert_same_training_state(references["run"], last_checkpoint(run_dir))
 
 
@@ -216,9 +216,9 @@ def test_ctrl_c_saves_and_stops_with_the_resume_command(tmp_path):
 
 @pytest.mark.slow
 def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(references, tmp_path):
-    train(tmp_path, *replaced(RUN, "trainer.max_steps=25"))
+    train_in_process(tmp_path, *replaced(RUN, "trainer.max_steps=25"))
     (run_dir,) = run_dirs(tmp_path)
-    train(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
     assert_same_training_state(references["run"], last_checkpoint(run_dir))
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 40
     assert list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))[-1] == "trainer.max_steps=40"
@@ -227,7 +227,7 @@ def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(refer
     assert run_dirs(tmp_path) == [run_dir]
 
 
-def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_part(tmp_path):
+def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_part(tmp_path, recwarn):
     # validations at steps 10 and 20, then 30 after the resume: 20 is the best (0.94, then 1.10)
     run = (
         "data.source.num_samples=512",
@@ -235,10 +235,13 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
         "trainer.check_val_every_n_epoch=null",
     )
     run += ("callbacks.progress_bar.refresh_rate=0", "optimizer=rmsprop_momentum", "optimizer.lr=0.05")
-    run_train(tmp_path, *run, "logger=[tensorboard,csv]", "trainer.max_steps=20")
+    train_in_process(tmp_path, *run, "logger=[tensorboard,csv]", "trainer.max_steps=20")
     (run_dir,) = run_dirs(tmp_path)
     first = json.loads((run_dir / "metrics.json").read_text())
-    run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
+    assert not [
+        w for w in recwarn if "exists and is not empty" in str(w.message)
+    ]  # its own folder, as it should
     scalars = read_scalars(run_dir / "tensorboard")
     losses = dict(scalars["val/loss"])
     best_step = min(losses, key=losses.get)
@@ -270,21 +273,23 @@ CSV_RUN = ("data=csv", "data.source.path=table.csv", "data.source.target=y", "tr
 CSV_RUN += ("trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=null")
 
 
-def test_a_resume_reads_a_relative_data_path_where_the_run_started_and_refuses_changed_data(tmp_path):
+def test_a_resume_reads_a_relative_data_path_where_the_run_started_and_refuses_changed_data(tmp_path, capfd):
     started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
     for folder, seed in ((started, 0), (elsewhere, 1)):
         folder.mkdir()
         write_table(folder / "table.csv", rows=200, seed=seed)
-    run_train(started, *CSV_RUN)
+    train_in_process(started, *CSV_RUN)
     (run_dir,) = run_dirs(started)
-    run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=30")  # trains on started/table.csv
+    train_in_process(elsewhere, f"resume={run_dir}", "trainer.max_steps=30")  # trains on started/table.csv
     record = (run_dir / "metrics.json").read_text()
     assert json.loads(record)["steps"] == 30
     write_table(started / "table.csv", rows=250, seed=0)  # 50 rows more: other splits
     saved = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
-    refused = run_train(elsewhere, f"resume={run_dir}", "trainer.max_steps=40", check=False)
-    assert refused.returncode == 2, refused.stderr
-    (line,) = refused.stderr.strip().splitlines()
+    capfd.readouterr()
+    code = train_in_process(elsewhere, f"resume={run_dir}", "trainer.max_steps=40", check=False)
+    out, err = capfd.readouterr()
+    assert code == 2, out + err
+    (line,) = (out + err).strip().splitlines()
     assert line.startswith(
         f"error: resume: data.source.path={started / 'table.csv'} no longer holds the data"
     )

@@ -13,7 +13,7 @@ import pytest
 from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import QUICK, run_train
+from tests.conftest import QUICK, run_train, train_in_process
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Optuna trials: few steps, one folder per trial
@@ -85,22 +85,22 @@ def test_multirun_writes_one_summary_per_job_and_a_report(tmp_path):
     assert "| optimizer=rmsprop |" in report_run.stdout
 
 
-def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path, capsys):
+def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path, capfd):
     # an option only the model refuses, once built: the sweep's checks before any job pass it
-    result = run_train(tmp_path, "-m", "model.activation=nope,tanh", *QUICK)
+    train_in_process(tmp_path, "-m", "model.activation=nope,tanh", *QUICK)
     sweep = only_sweep(tmp_path)
     summaries = [read_summary(job) for job in job_folders(sweep)]
     assert [s["status"] for s in summaries] == ["failed", "completed"]
     error = summaries[0]["error"]
     assert "activation" in error and "nope" in error
     assert summaries[1]["steps"] == 30 and summaries[1]["final"]["test/loss"] > 0
-    assert "Multirun finished: 1 completed, 1 failed" in result.stdout + result.stderr
+    assert "Multirun finished: 1 completed, 1 failed" in "".join(capfd.readouterr())
     assert report.main([str(sweep), "--no-plots"]) == 0
     table = (sweep / "report.md").read_text()
     assert "## Failed, diverged or unfinished runs" in table
     failed_line = next(line for line in table.splitlines() if "**failed**" in line)
     assert "model.activation=nope" in failed_line and failed_line.endswith(error)
-    assert "| model.activation=nope | 1 | — |" in capsys.readouterr().out
+    assert "| model.activation=nope | 1 | — |" in capfd.readouterr().out
 
 
 def test_a_failing_single_run_exits_non_zero(tmp_path):

@@ -14,11 +14,11 @@ from hydra.core.global_hydra import GlobalHydra
 from rmsprop_lightning import FeedForward
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import RegressionModule
-from tests.conftest import CONF, QUICK, run_dirs, run_train
+from tests.conftest import CONF, QUICK, run_dirs, train_in_process
 
 
 def test_default_run_writes_every_step_loss_and_checkpoints_that_reload_weights_only(tmp_path):
-    run_train(tmp_path, *QUICK, "module.loss_flush_every=7")
+    train_in_process(tmp_path, *QUICK, "module.loss_flush_every=7")
     (run_dir,) = run_dirs(tmp_path)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     scalars = read_scalars(run_dir / "tensorboard")
@@ -46,8 +46,9 @@ def test_runs_started_together_get_their_own_folders():
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", folder.name) for folder in folders)
 
 
-def test_seed_example_prints_the_snippets_losses(tmp_path):
-    output = run_train(tmp_path, "-m", "experiment=seed_example", "seed=0,1").stdout  # one job a seed
+def test_seed_example_prints_the_snippets_losses(tmp_path, capfd):
+    train_in_process(tmp_path, "-m", "experiment=seed_example", "seed=0,1")  # one job a seed
+    output = capfd.readouterr().out
     before = re.findall(r"Loss before the update: (\d+\.\d{4})", output)
     after = re.findall(r"Loss after one update: (\d+\.\d{4})", output)
     assert len(before) == len(after) == 2 and after[0] != after[1], output
@@ -61,9 +62,9 @@ def test_seed_example_prints_the_snippets_losses(tmp_path):
     assert after[0] == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    result = run_train(tmp_path, *QUICK, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed")
-    assert "bfloat16 Automatic Mixed Precision" in result.stdout + result.stderr
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, capfd):
+    train_in_process(tmp_path, *QUICK, "trainer.accelerator=cpu", "trainer.precision=bf16-mixed")
+    assert "bfloat16 Automatic Mixed Precision" in "".join(capfd.readouterr())
     (run_dir,) = run_dirs(tmp_path)
     losses = [value for _, value in read_scalars(run_dir / "tensorboard")["train/loss"]]
     assert len(losses) == 30 and all(0 < value < 100 for value in losses)

@@ -31,12 +31,14 @@ def _hydra_train(cfg: DictConfig) -> float | None:
 def quiet_dependencies() -> None:
     """No advertisement, no deprecation warning of a dependency's internals and no reader's chatter in a
     run's output; no warning that an epoch is shorter than ``log_every_n_steps`` (every step's loss is
-    logged whatever the interval)."""
+    logged whatever the interval), nor that a resumed run's checkpoint folder holds its checkpoints (a
+    new run gets a folder of its own, checked before Hydra writes)."""
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning_log.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))  # its cloud service
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its event reader, on resume
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def leave_out_of_shutdown_collections() -> None:
