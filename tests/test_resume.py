@@ -204,6 +204,32 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_p
     assert_same_training_state(references["run"], last_checkpoint(run_dir))
 
 
+@pytest.mark.parametrize(
+    ("restore", "kill"), [("full", "train_batch_start:25"), ("weights", "train_batch_start:5")]
+)
+def test_a_branch_resumed_before_its_first_checkpoint_starts_again_as_that_branch(restore, kill, tmp_path):
+    parent, branch, uninterrupted = (tmp_path / name for name in ("parent", "branch", "uninterrupted"))
+    for folder in (parent, branch, uninterrupted):
+        folder.mkdir()
+    train_in_process(parent, *replaced(RUN, "trainer.max_steps=20"))
+    (parent_dir,) = run_dirs(parent)
+    branch_run = replaced(
+        RUN,
+        f"ckpt_path={parent_dir / 'checkpoints' / 'last.ckpt'}",
+        f"ckpt_restore={restore}",
+        "optimizer.lr=0.01",
+        "callbacks.last_checkpoint.every_n_train_steps=100",  # no last.ckpt before the kill
+    )
+    killed = train(branch, *branch_run, kill=kill, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = run_dirs(branch)
+    train_in_process(branch, f"resume={run_dir}")
+    train_in_process(uninterrupted, *branch_run)
+    (expected,) = run_dirs(uninterrupted)
+    assert_same_training_state(last_checkpoint(expected), last_checkpoint(run_dir))
+    assert last_checkpoint(run_dir)["optimizer_states"][0]["param_groups"][0]["lr"] <= 0.01
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_and_stops_with_the_resume_command(tmp_path):
     stopped = train(tmp_path, *RUN, kill="before_optimizer_step:8:INT", check=False)

@@ -47,6 +47,13 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
 
 
+def continues_itself(cfg: DictConfig) -> bool:
+    """Whether the run takes up its own last checkpoint: a resume that found one. A resume that found none
+    starts again as the run first started, from its ``ckpt_path`` (a branch's parent) if it has one."""
+    run_dir, ckpt_path = cfg.get(RESUME_KEY), cfg.get("ckpt_path")
+    return bool(run_dir and ckpt_path) and Path(ckpt_path) == last_checkpoint(run_dir)
+
+
 def quote(value: str) -> str:
     """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.distributed import clean_distributed_state
-from rmsprop_lightning.app.resume import RESUME_KEY
+from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_data,
@@ -119,7 +119,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             datamodule = instantiate(cfg.data)
             model = build_model(cfg, datamodule)
             check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
-            if cfg.get(RESUME_KEY) and cfg.get("ckpt_path"):
+            if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
             module = build_module(cfg, model)
             module.configure_optimizers()  # an optimizer or scheduler refusing its settings does so now

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from rmsprop_lightning.app.config_checks import check_writable
-from rmsprop_lightning.app.resume import RESUME_KEY, record_resume
+from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself, record_resume
 from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer
 from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
@@ -27,7 +27,7 @@ def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     if cfg.get("ckpt_path"):
         full = cfg.get("train", True) and not is_weights_branch(cfg)  # else the weights alone are read
         check_checkpoint(cfg.ckpt_path, module, optimizer if full else None, cfg.trainer.max_steps)
-        if full and not cfg.get(RESUME_KEY):
+        if full and not continues_itself(cfg):
             callbacks.append(CheckpointBranch())
     check_writable(output_dir)
     if cfg.get(RESUME_KEY):
@@ -42,4 +42,4 @@ def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
 
 def is_weights_branch(cfg: DictConfig) -> bool:
     """Whether the run starts from ``ckpt_path``'s weights only (``ckpt_restore=weights``), at step 0."""
-    return bool(cfg.get("ckpt_path")) and not cfg.get(RESUME_KEY) and cfg.get("ckpt_restore") == "weights"
+    return bool(cfg.get("ckpt_path")) and not continues_itself(cfg) and cfg.get("ckpt_restore") == "weights"
