@@ -265,9 +265,10 @@ def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_par
     (run_dir,) = run_dirs(tmp_path)
     first = json.loads((run_dir / "metrics.json").read_text())
     train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
-    assert not [
-        w for w in recwarn if "exists and is not empty" in str(w.message)
-    ]  # its own folder, as it should
+    # the resumed part warns of nothing in its own checkpoint folder, and logs where the run did
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    assert [path.name for path in run_dir.glob("*.log")] == ["train.log"]
+    assert "Restored all states from the checkpoint" in (run_dir / "train.log").read_text()
     scalars = read_scalars(run_dir / "tensorboard")
     losses = dict(scalars["val/loss"])
     best_step = min(losses, key=losses.get)

@@ -36,7 +36,7 @@ def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: 
     """Runs a ``@hydra.main`` function on ``sys.argv``: ``resume=<run dir>`` rewritten, overrides checked."""
     arguments = sys.argv[1:]
     try:
-        sys.argv[1:] = resume_arguments(arguments)
+        sys.argv[1:] = resume_arguments(arguments, Path(config_dir))
         if sys.argv[1:] == arguments:
             sys.argv[1:] = checked_command_line(Path(config_dir), config_name, arguments)
     except InputError as error:

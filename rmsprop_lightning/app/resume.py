@@ -72,8 +72,9 @@ def find_resume(overrides: Sequence[str]) -> int | None:
     return None
 
 
-def resume_arguments(arguments: Sequence[str]) -> list[str]:
-    """The command line with ``resume=<run dir>`` turned into the run's own config, folder and checkpoint.
+def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
+    """The command line with ``resume=<run dir>`` turned into the run's own config, folder, logging and
+    checkpoint; ``config_dir`` is the app's config folder, which holds the run's logging configs.
 
     Raises :class:`~rmsprop_lightning.errors.InputError` when the folder is not a run or
     an override would change the experiment. Without ``resume=`` the arguments are returned as they are.
@@ -110,6 +111,7 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
         f"hydra.run.dir={quote(str(run_dir))}",
         "hydra.output_subdir=null",  # the run's .hydra records stay as they are
     ]
+    rewritten += recorded_logging(saved, run_dir, config_dir)
     rewritten += started_where_it_was(saved, run_dir)
     checkpoint = last_checkpoint(run_dir)
     if checkpoint.is_file():
@@ -129,6 +131,26 @@ def resume_arguments(arguments: Sequence[str]) -> list[str]:
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
+
+
+def recorded_logging(saved: DictConfig, run_dir: Path, config_dir: Path) -> list[str]:
+    """The run's log file name and logging configs as Hydra recorded them: the saved config has no ``hydra``
+    part, and Hydra's defaults would log into ``<script>.log`` in another format."""
+    hydra_file = run_dir / HYDRA_FOLDER / "hydra.yaml"
+    if not hydra_file.is_file():
+        return []
+    recorded = OmegaConf.load(hydra_file).hydra
+    raw_name = OmegaConf.to_container(recorded.job)["name"]  # as written, e.g. ${task_name}
+    name = OmegaConf.select(
+        OmegaConf.merge(saved, {"_job_name": raw_name}), "_job_name", throw_on_resolution_failure=False
+    )
+    settings = [f"hydra.searchpath=[{quote(f'file://{config_dir}')}]"]
+    settings += [f"hydra.job.name={quote(str(name))}"] if name else []
+    for group in ("hydra/job_logging", "hydra/hydra_logging"):  # the app's own, where the run chose them
+        choice = recorded.runtime.choices.get(group)
+        if choice and (config_dir / group / f"{choice}.yaml").is_file():
+            settings.append(f"{group}={choice}")
+    return settings
 
 
 def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
