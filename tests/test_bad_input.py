@@ -230,11 +230,21 @@ CASES = [
         ["ckpt_path={earlier}/checkpoints/last.ckpt", "trainer.max_steps=30"],
         ["step 30", "nothing left to train", "trainer.max_steps > 30"],
     ),
+    (
+        "checkpoint already at max_epochs",
+        ["ckpt_path={earlier}/checkpoints/last.ckpt", "trainer.max_steps=-1", "trainer.max_epochs=1"],
+        ["2 epoch(s)", "nothing left to train", "trainer.max_epochs > 2"],
+    ),
     # resume
     ("resume a non-run folder", ["resume={files}"], ["not a run folder", ".hydra/config.yaml"]),
     ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
+    (
+        "resume a run at its epoch limit",
+        ["resume={earlier}", "trainer.max_steps=-1", "trainer.max_epochs=2"],
+        ["2 epoch(s)", "nothing left to train", "trainer.max_epochs > 2"],
+    ),
     (
         "resume a moved run",
         ["resume={files}/moved_run", "trainer.max_steps=60"],

@@ -115,15 +115,15 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     rewritten += started_where_it_was(saved, run_dir)
     checkpoint = last_checkpoint(run_dir)
     if checkpoint.is_file():
-        max_steps = next(
-            (o.value() for o in parsed_overrides if o.key_or_group == "trainer.max_steps"),
-            OmegaConf.select(saved, "trainer.max_steps", default=-1),
-        )
+        changed = {o.key_or_group: o.value() for o in parsed_overrides}
+        limits = {
+            key: changed.get(f"trainer.{key}", OmegaConf.select(saved, f"trainer.{key}", default=None))
+            for key in ("max_steps", "max_epochs")
+        }
         from rmsprop_lightning.app.validation import check_steps_left, load_checkpoint
 
         state = load_checkpoint(checkpoint)
-        if isinstance(max_steps, int):  # anything else is reported by the config check
-            check_steps_left(state, max_steps, f"resume={run_dir}: its {checkpoint.name}")
+        check_steps_left(state, limits, f"resume={run_dir}: its {checkpoint.name}")
         check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:

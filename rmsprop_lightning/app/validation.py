@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
 from rmsprop_lightning.app.entry import close_match
 from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.internals import epochs_done
 
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
@@ -176,8 +177,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_checkpoint(path: str | Path, module: Any, optimizer: Any, max_steps: int) -> None:
-    """The checkpoint to start from fits this model (and ``optimizer``, unless ``None``) and leaves steps."""
+def check_checkpoint(path: str | Path, module: Any, optimizer: Any, limits: Mapping[str, Any]) -> None:
+    """The checkpoint to start from fits this model (and ``optimizer``, unless ``None``) and leaves steps
+    under the trainer's ``limits`` (``max_steps``, ``max_epochs``)."""
     checkpoint = load_checkpoint(path)
     saved, current = checkpoint["state_dict"], module.state_dict()
     for name in [*current, *(name for name in saved if name not in current)]:
@@ -205,14 +207,21 @@ def check_checkpoint(path: str | Path, module: Any, optimizer: Any, max_steps: i
             f"ckpt_path={path} has optimizer parameter groups of sizes {saved_sizes}, this run {sizes}; "
             "module.no_weight_decay_on_bias and module.lr_multipliers must match the checkpoint's run"
         )
-    check_steps_left(checkpoint, max_steps, f"ckpt_path={path}")
+    check_steps_left(checkpoint, limits, f"ckpt_path={path}")
 
 
-def check_steps_left(checkpoint: Mapping[str, Any], max_steps: int, what: str) -> None:
-    """Refuses to start from a checkpoint that already reached ``trainer.max_steps``."""
-    step = checkpoint.get("global_step", 0)
-    if max_steps != -1 and step >= max_steps:
+def check_steps_left(checkpoint: Mapping[str, Any], limits: Mapping[str, Any], what: str) -> None:
+    """Refuses to start from a checkpoint that already reached ``trainer.max_steps`` or ``max_epochs``
+    (limits of another type are the config check's to report)."""
+    step, max_steps = checkpoint.get("global_step", 0), limits.get("max_steps", -1)
+    if isinstance(max_steps, int) and max_steps != -1 and step >= max_steps:
         raise InputError(
             f"{what} is at step {step} and trainer.max_steps={max_steps}: nothing left to train; "
             f"allowed: trainer.max_steps > {step}"
+        )
+    epochs, max_epochs = epochs_done(checkpoint), limits.get("max_epochs")
+    if isinstance(max_epochs, int) and max_epochs != -1 and epochs >= max_epochs:
+        raise InputError(
+            f"{what} has run {epochs} epoch(s) and trainer.max_epochs={max_epochs}: nothing left to train; "
+            f"allowed: trainer.max_epochs > {epochs}, or -1 with trainer.max_steps"
         )
