@@ -139,6 +139,17 @@ def test_fast_none_is_the_eager_step(monkeypatch: pytest.MonkeyPatch) -> None:
         assert torch.equal(mine, reference)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_group_that_raises_leaves_every_group_unstepped(fast: bool) -> None:
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizer = RMSprop([{"params": [first]}, {"params": [second]}], fast=fast)
+    first.grad, second.grad = torch.ones(3), torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+    assert float(optimizer.state[first]["step"]) == 0
+    assert torch.equal(first.detach(), torch.ones(3))
+
+
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_lightning_fit_uses_the_fast_step_through_the_optimizer_config() -> None:
     from pathlib import Path

@@ -135,3 +135,22 @@ def test_learning_rate_placement_matters_when_lr_changes() -> None:
     inside = run_ours({"momentum": 0.9, "lr_in_momentum": True}, grads, params0)[0]
     outside = run_ours({"momentum": 0.9}, grads, params0)[0]
     assert (inside - outside).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "multi"])
+def test_complex_parameter_steps_as_its_real_view(foreach: bool) -> None:
+    """Real and imaginary parts are separate coordinates: both start at ``initial_square_avg``."""
+    options = {**BASE, **NEW_OPTIONS["tf"], "centered": True, "momentum": 0.9, "foreach": foreach}
+    generator = torch.Generator().manual_seed(0)
+    complex_param = torch.nn.Parameter(torch.randn(5, dtype=torch.complex128, generator=generator))
+    real_param = torch.nn.Parameter(torch.view_as_real(complex_param.detach()).clone())
+    optimizers = [RMSprop([complex_param], **options), RMSprop([real_param], **options)]
+    for _ in range(STEPS):
+        grad = torch.randn(5, dtype=torch.complex128, generator=generator)
+        complex_param.grad, real_param.grad = grad, torch.view_as_real(grad).clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert torch.equal(torch.view_as_real(complex_param.detach()), real_param.detach())
+    complex_state, real_state = optimizers[0].state[complex_param], optimizers[1].state[real_param]
+    for name in ("square_avg", "grad_avg", "momentum_buffer"):
+        assert torch.equal(torch.view_as_real(complex_state[name]), real_state[name]), name

@@ -11,6 +11,7 @@ import torch
 
 from rmsprop_lightning.optim import RMSprop, init_state
 from rmsprop_lightning.optim.functional import rmsprop
+from rmsprop_lightning.optim.param_groups import build_param_groups
 
 BAD = [
     ({"lr": -0.1}, "lr"),
@@ -87,6 +88,12 @@ def test_sparse_gradients_are_refused() -> None:
     param.grad = torch.zeros(3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         RMSprop([param]).step()
+
+
+@pytest.mark.parametrize("factor", [math.inf, math.nan, 0.0, -1.0])
+def test_bad_lr_multiplier_is_named(factor: float) -> None:
+    with pytest.raises(ValueError, match=r"^lr_multipliers\['bias'\] must be > 0 and finite"):
+        build_param_groups(torch.nn.Linear(2, 2), lr_multipliers={"weight": 0.5, "bias": factor})
 
 
 def fit(

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.optim.functional import Coefficients, Row, Variant, by_device_and_dtype, update_piece
+from rmsprop_lightning.optim.functional import (
+    Coefficients,
+    Row,
+    Variant,
+    by_device_and_dtype,
+    real_row,
+    update_piece,
+)
 
 Part = tuple[list[Row], list[float], Variant, Coefficients]
 
@@ -58,7 +65,9 @@ def step(parts: list[Part]) -> None:
     graph_parts = []
     for rows_, corrections, variant, coefficients in parts:
         # as 1-element views, 0-dim tensors keep their in-place updates (torch 2.13's graphs drop them)
-        rows_ = [tuple(t.view(1) if t is not None and t.dim() == 0 else t for t in row) for row in rows_]
+        rows_ = [
+            tuple(t.view(1) if t is not None and t.dim() == 0 else t for t in real_row(r)) for r in rows_
+        ]
         for part, part_corrections in by_device_and_dtype(rows_, corrections):
             param = part[0][0]
             scalars = torch.tensor(

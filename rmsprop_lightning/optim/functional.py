@@ -97,8 +97,9 @@ def init_state(
     """
     if "step" not in state:
         state["step"] = torch.zeros((), dtype=state_dtype())
-    if "square_avg" not in state:
-        state["square_avg"] = torch.full_like(param, initial_square_avg, memory_format=torch.preserve_format)
+    if "square_avg" not in state:  # a complex parameter's real and imaginary parts both start there
+        start = complex(initial_square_avg, initial_square_avg) if param.is_complex() else initial_square_avg
+        state["square_avg"] = torch.full_like(param, start, memory_format=torch.preserve_format)
     if momentum > 0 and "momentum_buffer" not in state:
         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
     if centered and "grad_avg" not in state:
@@ -202,14 +203,28 @@ def update_piece(
 
 
 def rows(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[State]) -> list[Row]:
-    """Per parameter ``(param, grad, square_avg, grad_avg, momentum_buffer)``; complex ones as real views."""
-    result = []
-    for param, grad, state in zip(params, grads, states, strict=True):
-        row = (param, grad, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"))
-        if param.is_complex():
-            row = tuple(None if t is None else torch.view_as_real(t) for t in row)
-        result.append(row)
-    return result
+    """Per parameter ``(param, grad, square_avg, grad_avg, momentum_buffer)``; see :func:`real_row`."""
+    return [
+        (param, grad, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"))
+        for param, grad, state in zip(params, grads, states, strict=True)
+    ]
+
+
+def real_row(row: Row) -> Row:
+    """``row`` with complex tensors as real views: real and imaginary parts are scaled apart, as in torch."""
+    if not row[0].is_complex():
+        return row
+    return tuple(None if t is None else torch.view_as_real(t) for t in row)  # type: ignore[return-value]
+
+
+def update_alone(row: Row, correction: float, variant: Variant, c: Coefficients) -> None:
+    """One row by single-tensor operations; like torch, decays a complex gradient before its real view."""
+    param, grad = row[0], row[1]
+    if variant.grad_decay and param.is_complex():
+        grad = (torch.neg(grad) if variant.maximize else grad).add(param, alpha=c.grad_decay)
+        row = (param, grad, *row[2:])
+        variant = variant._replace(maximize=False, grad_decay=False)
+    update_piece(TensorOps, real_row(row), correction, -(correction * correction), c, variant)
 
 
 def by_device_and_dtype(rows_: list[Row], corrections: list[float]) -> list[tuple[list[Row], list[float]]]:
@@ -227,17 +242,22 @@ def update(
 ) -> None:
     """One eager step on :func:`rows` whose counters :func:`advance` moved.
 
-    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more or of
-    :data:`HALF_TYPES`.
+    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more, of
+    :data:`HALF_TYPES` or, with weight decay, complex ones (as torch's default on CPU).
     """
     batch: list[Row] = []
     batch_corrections: list[float] = []
     for row, correction in zip(rows_, corrections, strict=True):
-        alone = row[0].is_cpu and (row[0].nbytes >= LARGE_BYTES or row[0].dtype in HALF_TYPES)
+        param = row[0]
+        alone = param.is_cpu and (
+            param.nbytes >= LARGE_BYTES
+            or param.dtype in HALF_TYPES
+            or (variant.grad_decay and param.is_complex())
+        )
         if foreach is False or (foreach is None and alone):
-            update_piece(TensorOps, row, correction, -(correction * correction), c, variant)
+            update_alone(row, correction, variant, c)
         else:
-            batch.append(row)
+            batch.append(real_row(row))
             batch_corrections.append(correction)
     for part, part_corrections in by_device_and_dtype(batch, batch_corrections):
         columns = [None if column[0] is None else list(column) for column in zip(*part, strict=True)]

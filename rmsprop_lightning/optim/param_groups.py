@@ -28,8 +28,8 @@ def build_param_groups(
     """
     patterns = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_multipliers or {}).items()]
     for pattern, factor in patterns:
-        if not factor > 0:
-            raise ValueError(f"lr_multipliers[{pattern.pattern!r}] must be > 0, got {factor}")
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"lr_multipliers[{pattern.pattern!r}] must be > 0 and finite, got {factor}")
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:

@@ -145,12 +145,12 @@ class RMSprop(torch.optim.RMSprop):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # every group is gathered and checked first: one that raises leaves all groups unstepped
+        gathered = [(group, *self._gather(group), *hyper(group)) for group in self.param_groups]
         compiled_parts: list[compiled.Part] = []
-        for group in self.param_groups:
-            params, grads, states = self._gather(group)
+        for group, params, grads, states, variant, coefficients in gathered:
             if not params:
                 continue
-            variant, coefficients = hyper(group)
             corrections = advance(states, group["alpha"], group["bias_correction"])
             part = (rows(params, grads, states), corrections, variant, coefficients)
             if group["fast"] and not self._fast_failed:
