@@ -39,7 +39,7 @@ class DivergedError(RunError):
 
 
 class InterruptedRun(BaseException):
-    """Training stopped on SIGTERM or SIGINT after saving a checkpoint.
+    """A job stopped by SIGTERM or SIGINT: within the training steps after saving a checkpoint, else at once.
 
     A ``BaseException``, like ``KeyboardInterrupt``: a multirun's job wrapper, which
     records failed jobs and goes on with the sweep, must let it through so that

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -139,13 +142,14 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             **job_fields,
         )
     try:
-        validate_config(cfg)
-        threads = resolve_threads(cfg.get("threads_per_job"), launcher)
-        with torch_threads(threads):
-            fields["threads"] = threads or torch_thread_count()
-            import_module("rmsprop_lightning.app.run")  # Lightning: the process's one-off cost, not the job's
-            clock = time.perf_counter()
-            value = train(cfg, fields)
+        with signals_stop(output_dir):
+            validate_config(cfg)
+            threads = resolve_threads(cfg.get("threads_per_job"), launcher)
+            with torch_threads(threads):
+                fields["threads"] = threads or torch_thread_count()
+                import_module("rmsprop_lightning.app.run")  # Lightning: the process's one-off cost
+                clock = time.perf_counter()
+                value = train(cfg, fields)
     except Exception as error:
         if writes and earlier and isinstance(error, InputError):
             write_summary(output_dir, **earlier)  # a refused resume leaves the run's record as it was
@@ -161,15 +165,40 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         else:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
-    except (InterruptedRun, KeyboardInterrupt):  # stopped by a signal: the record keeps what the fit reached
+    except (InterruptedRun, KeyboardInterrupt) as stop:  # a signal: the record keeps what the fit reached
         if writes:
-            record_end(output_dir, "interrupted", clock, earlier, **fields)
+            record_end(output_dir, "interrupted", clock, earlier, error=str(stop) or None, **fields)
         raise
     if writes:
         summary = record_end(output_dir, "completed", clock, earlier, value=value, **fields)
         if summary["status"] == "completed":  # not a population member that was interrupted
             log.info(closing_line(output_dir, summary))
     return value if value is not None and math.isfinite(value) else None
+
+
+@contextmanager
+def signals_stop(run_dir: str) -> Iterator[None]:
+    """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
+    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        message = (
+            f"stopped by {name} outside the training steps; resume with: python train.py resume={run_dir}"
+        )
+        raise InterruptedRun(message, signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) == default:
+                previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def torch_thread_count() -> int:

@@ -30,7 +30,8 @@ class GracefulInterrupt(Callback):
     it would save any other (after the step's validation if one is scheduled), and the
     next batch does not start: an :class:`~rmsprop_lightning.errors.InterruptedRun`
     carries the resume command to the entry point. Nothing extra runs on the way out
-    (no unscheduled validation), so the resumed run is the run that was stopped. A
+    (no unscheduled validation), so the resumed run is the run that was stopped; a signal
+    at the last step or after it stops at the end of the fit, before any test. A
     second Ctrl-C stops at once, without a checkpoint.
     """
 
@@ -44,7 +45,9 @@ class GracefulInterrupt(Callback):
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
-            raise KeyboardInterrupt
+            step = (self._step or 0) + 1
+            message = f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}"
+            raise InterruptedRun(message, signum)
         self.received = signum
         log.warning(
             "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
@@ -82,11 +85,23 @@ class GracefulInterrupt(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self.stopped_at is None:  # after the last step's end, whose checkpoint is saved as usual
+            self.stopped_at = trainer.global_step
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopped_at is not None:  # at the last step or after it: no next batch stopped the fit
+            self._stop(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+
+    def _resume(self) -> str:
+        return f"; resume with: python train.py resume={self.run_dir}" if self.run_dir is not None else ""
 
     @staticmethod
     def _last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
@@ -99,7 +114,7 @@ class GracefulInterrupt(Callback):
             saved = f"checkpoint saved to {last.path}"
         else:
             saved = "no checkpoint saved (no last_checkpoint callback)"
-        resume = f"; resume with: python train.py resume={self.run_dir}" if self.run_dir is not None else ""
+        resume = self._resume()
         message = f"stopped by {signal.Signals(signum).name} after step {self.stopped_at}; {saved}{resume}"
         if self.run_dir is not None and trainer.is_global_zero:
             write_summary(self.run_dir, status="interrupted", error=message, steps=self.stopped_at)

@@ -1,0 +1,114 @@
+"""SIGTERM and Ctrl-C outside the training steps: before training, after the last step, during the test,
+and a second Ctrl-C during training. Each stops the job at once with one error line, records it as
+``interrupted`` and exits with 128 + the signal; in a multirun the sweep stops there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
+from tests.conftest import ROOT, run_train
+
+RUN = (
+    "data.source.num_samples=512",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "callbacks.progress_bar.refresh_rate=0",
+    "+callbacks.signal_at._target_=tests.test_interrupts.SignalAt",
+)
+
+
+class SignalAt(Callback):
+    """Sends this process ``SIGNAL_AT=<moment>:<signal>[:<times>]`` once: at ``init`` (while the run builds
+    its callbacks, before training), or at the first call of the hook named (``train_batch_end``,
+    ``train_end``, ``test_batch_end``)."""
+
+    def __init__(self) -> None:
+        moment, name, times = (os.environ["SIGNAL_AT"] + ":1").split(":")[:3]
+        self.moment, self.signal, self.times = moment, signal.Signals[f"SIG{name}"], int(times)
+        self._maybe_signal("init")
+
+    def _maybe_signal(self, moment: str) -> None:
+        if moment == self.moment:
+            self.moment = None  # once
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signal)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._maybe_signal("train_batch_end")
+
+    def on_train_end(self, *args: Any) -> None:
+        self._maybe_signal("train_end")
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        self._maybe_signal("test_batch_end")
+
+
+def stopped(tmp_path: Path, at: str, *overrides: str) -> tuple[Any, Path, dict[str, Any]]:
+    """Runs ``train.py`` with ``SIGNAL_AT=at``; returns the process, its only job's folder and record."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(ROOT))
+        patch.setenv("SIGNAL_AT", at)
+        result = run_train(tmp_path, *overrides, *RUN, check=False)
+    records = sorted((tmp_path / "logs").rglob("metrics.json"))
+    assert len(records) == 1, f"{len(records)} jobs ran"
+    return result, records[0].parent, json.loads(records[0].read_text())
+
+
+def error_line(result: Any, run_dir: Path) -> str:
+    """The one error line, which ends with the resume command."""
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.endswith(f"; resume with: python train.py resume={run_dir}")
+    return line
+
+
+@pytest.mark.parametrize(("name", "code"), [("TERM", 143), ("INT", 130)])
+def test_a_signal_during_the_test_stops_the_job_as_interrupted(name, code, tmp_path):
+    result, run_dir, summary = stopped(tmp_path, f"test_batch_end:{name}")
+    assert result.returncode == code, result.stderr[-3000:]
+    line = error_line(result, run_dir)
+    assert line.startswith(f"error: stopped by SIG{name} outside the training steps;")
+    assert summary["status"] == "interrupted" and summary["steps"] == 20
+    assert summary["best"]["val/loss"] is not None and summary["error"].startswith(f"stopped by SIG{name}")
+    assert (run_dir / "checkpoints" / LAST_CHECKPOINT).is_file()
+
+
+def test_a_signal_after_the_last_step_stops_before_the_test(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "train_end:TERM")
+    assert result.returncode == 143, result.stderr[-3000:]
+    line = error_line(result, run_dir)
+    assert line.startswith(f"error: stopped by SIGTERM after step 20; checkpoint saved to {run_dir}")
+    assert summary["status"] == "interrupted" and summary["steps"] == 20
+    assert not [tag for tag in summary["final"] if tag.startswith("test/")]  # no test ran
+
+
+def test_a_signal_before_training_stops_the_job_as_interrupted(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "init:TERM")
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
+    assert summary["status"] == "interrupted" and summary["error"].startswith("stopped by SIGTERM")
+
+
+def test_a_second_ctrl_c_during_training_stops_at_once_as_interrupted(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "train_batch_end:INT:2")
+    assert result.returncode == 130, result.stderr[-3000:]
+    line = error_line(result, run_dir)
+    assert line.startswith("error: stopped by SIGINT again during step 1; no checkpoint saved;")
+    assert summary["status"] == "interrupted" and summary["steps"] == 1
+    assert not (run_dir / "checkpoints" / LAST_CHECKPOINT).exists()
+
+
+def test_a_signal_during_a_multirun_jobs_test_stops_the_sweep(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "test_batch_end:TERM", "--multirun", "seed=1,2")
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
+    assert summary["status"] == "interrupted" and summary["steps"] == 20  # the only job: the second never ran
