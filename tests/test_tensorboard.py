@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,14 +19,20 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from rmsprop_lightning import FeedForward, OptimizerStateMonitor, RegressionDataModule, RegressionModule
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.logging.events import read_scalars
-from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger, finish_tensorboard, flatten_hparams
-from tests.conftest import QUICK, run_train
+from rmsprop_lightning.logging.tensorboard import (
+    TensorBoardRunLogger,
+    continue_tensorboard,
+    finish_tensorboard,
+    flatten_hparams,
+)
+from tests.conftest import QUICK, ROOT, run_dirs, run_train, train_in_process
 
 HPARAMS_COLUMNS = ["val/loss_best", "test/loss", "test/rmse"]
 EVERY_STEP = ("callbacks.optimizer_state_monitor.every_n_steps=1",)
@@ -91,6 +98,70 @@ def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
         ValueError, match=r"hparams_metrics\['a'\]='best' is unknown; allowed: last, min, max"
     ):
         TensorBoardRunLogger(tmp_path, hparams_metrics={"a": "best"})
+
+
+def write_earlier_part(folder: Path) -> None:
+    """Steps 0..39 of a run killed at step 40: train/loss = step, val/loss 3, 2, 1 at steps 10, 20, 30;
+    its event file dated a second back, as an earlier process's is."""
+    logger = TensorBoardRunLogger(folder, name="", version="")
+    for step in range(40):
+        logger.log_metrics({"train/loss": float(step)}, step)
+        if step in (10, 20, 30):
+            logger.log_metrics({"val/loss": 4.0 - step / 10}, step)
+    logger.close()
+    (path,) = event_files(folder)
+    path.rename(path.with_name(re.sub(r"tfevents\.(\d+)", lambda m: f"tfevents.{int(m[1]) - 1}", path.name)))
+
+
+def test_a_resumed_logger_purges_the_steps_after_the_checkpoint_and_keeps_the_best_before(tmp_path):
+    write_earlier_part(tmp_path)
+    logger = TensorBoardRunLogger(tmp_path, name="", version="")
+    logger.continue_run(20)  # from the checkpoint of step 20, saved after the validation at 20
+    assert logger.best == {"val/loss": 2.0}  # not the 1.0 of step 30, which is purged
+    for step in range(20, 40):  # the resumed part logs the batch of step 20 again
+        logger.log_metrics({"train/loss": step + 0.5}, step)
+    logger.log_metrics({"val/loss": 1.5}, 30)
+    logger.close()
+    scalars = read_scalars(tmp_path)
+    assert scalars["train/loss"] == [(step, step + 0.5 * (step >= 20)) for step in range(40)]
+    assert scalars["val/loss"] == [(10, 3.0), (20, 2.0), (30, 1.5)]
+    # what TensorBoard's server loads without RustBoard (load_fast=false): the earlier part up to step 20
+    accumulator = plugin_event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Tensors("train/loss")] == [*range(21), *range(20, 40)]
+    assert [event.step for event in accumulator.Tensors("val/loss")] == [10, 20, 30]
+
+
+def test_a_run_resumed_without_a_checkpoint_purges_its_whole_earlier_part(tmp_path):
+    write_earlier_part(tmp_path)
+    logger = TensorBoardRunLogger(tmp_path, name="", version="")
+    continue_tensorboard([logger], None)  # no last.ckpt yet: the run starts again from step 0
+    assert logger.best == {}
+    logger.log_metrics({"train/loss": 7.0}, 0)
+    logger.close()
+    assert read_scalars(tmp_path) == {"train/loss": [(0, 7.0)]}
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_validation_and_resumed_logs_each_point_once(tmp_path):
+    # a checkpoint at step 20 (after its validation); killed at 35, after the validation at 30 wrote
+    # the buffered train/loss of steps 20..29
+    run = [override for override in QUICK if not override.startswith("trainer.max_steps=")]
+    run += ["trainer.max_steps=40", "callbacks.last_checkpoint.every_n_train_steps=20"]
+    run += ["+callbacks.self_kill._target_=tests.self_kill.SelfKill"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(ROOT))
+        patch.setenv("SELF_KILL", "train_batch_start:35")
+        killed = run_train(tmp_path, *run, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert len(read_scalars(run_dir / "tensorboard")["train/loss"]) == 30
+    train_in_process(tmp_path, f"resume={run_dir}")
+    scalars = read_scalars(run_dir / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == list(range(40))
+    assert [step for step, _ in scalars["val/loss"]] == [10, 20, 30, 40]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["best"]["val/loss"] == pytest.approx(min(value for _, value in scalars["val/loss"]))
 
 
 def test_flattened_hparams_name_the_class_and_keep_types():

@@ -130,7 +130,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             ]
             loggers = instantiate_entries(cfg.get("logger"))
             if cfg.get(RESUME_KEY):
-                continue_tensorboard(loggers)
+                continue_tensorboard(
+                    loggers, load_checkpoint(cfg.ckpt_path)["global_step"] if continues_itself(cfg) else None
+                )
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)

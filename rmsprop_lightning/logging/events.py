@@ -4,6 +4,7 @@ reader), or Lightning's CSV logs."""
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -14,17 +15,26 @@ Series = list[tuple[int, float]]
 def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """``{tag: [(step, value), ...]}`` over every event file below ``log_dir``, steps ascending.
 
-    Each folder holding event files is read as one TensorBoard run; a tag that appears
-    in several runs below ``log_dir`` has their points merged.
+    Each folder holding event files is read as one TensorBoard run, with TensorBoard's purges
+    (a resumed run's SessionLog START), and gives one point a step: the last written (a resumed
+    run logs the step of its checkpoint again). A tag that appears in several runs below
+    ``log_dir`` has their points merged.
     """
     scalars: dict[str, Series] = {}
     folders = sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")})
     for folder in folders:
         accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-        accumulator.Reload()
+        tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
+        level = tensorboard_log.level
+        tensorboard_log.setLevel(logging.ERROR)
+        try:
+            accumulator.Reload()
+        finally:
+            tensorboard_log.setLevel(level)
         for tag in accumulator.Tags()["scalars"]:
-            points = scalars.setdefault(tag, [])
-            points.extend((event.step, event.value) for event in accumulator.Scalars(tag))
+            last = {event.step: event.value for event in accumulator.Scalars(tag)}
+            if last:  # else all purged
+                scalars.setdefault(tag, []).extend(last.items())
     return sort_points(scalars)
 
 

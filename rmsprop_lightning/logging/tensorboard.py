@@ -11,6 +11,7 @@ from typing import Any
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -108,7 +109,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
     value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
     ``finalize`` (end of ``fit`` and ``test``) only flushes, where Lightning's closes the file and ``test``
     opens a second one; :meth:`write_hparams` ends the run and closes the file; :meth:`continue_run`
-    takes up the best values of a resumed run's earlier part. The scalars of
+    purges the steps a resumed run redoes and takes up its earlier part's best values. The scalars of
     one ``log_metrics`` call go into one event (Lightning writes one per value), so a step's many monitor
     values cost one record. The writer's queue holds ``max_queue=1000`` events (torch's default is
     10), so handing it a batch of buffered steps does not wait on its thread. ``default_hp_metric`` is
@@ -130,14 +131,31 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self._tracked = [(tag, mode) for tag, mode in metrics.items() if mode != "last"]
         self._last_step = 0
 
-    def continue_run(self) -> None:
-        """Takes up the best values logged by the earlier part of the run in this folder (``resume=``)."""
+    def continue_run(self, resumed_step: int | None) -> None:
+        """Continues this folder's run (``resume=``) from its checkpoint of ``resumed_step`` (``None``: from
+        step 0): purges the earlier part's steps after it and takes up the best values of those before."""
         from rmsprop_lightning.logging.events import read_scalars
 
+        # the validation at resumed_step came before the checkpoint, its batch after it and is logged again
+        # (the same values; read_scalars keeps the last point of a step)
+        purge_step = 0 if resumed_step is None else resumed_step + 1
         earlier = read_scalars(self.log_dir) if Path(self.log_dir).is_dir() else {}
         for tag, mode in self._tracked:
-            for _, value in earlier.get(self.tag_prefix + tag, []):
-                self._keep_best(tag, mode, value)
+            for step, value in earlier.get(self.tag_prefix + tag, []):
+                if step < purge_step:
+                    self._keep_best(tag, mode, value)
+        self._purge(purge_step)
+
+    @rank_zero_only
+    def _purge(self, step: int) -> None:
+        """Writes TensorBoard's SessionLog START at ``step`` (as ``SummaryWriter(purge_step=step)`` does):
+        readers drop the events of earlier files with a step ``>= step``."""
+        # twice: the server's Python loader takes a run's first START for its first session and purges at
+        # later ones only (RustBoard drops a series' points from a step that is logged again)
+        start = Event(session_log=SessionLog(status=SessionLog.START))
+        for _ in range(2):
+            self.experiment.file_writer.add_event(start, step)
+        self.experiment.flush()
 
     def _keep_best(self, tag: str, mode: str, value: float) -> None:
         if is_better(value, self.best.get(tag), mode):
@@ -187,11 +205,12 @@ class TensorBoardRunLogger(TensorBoardLogger):
         super().finalize("success")
 
 
-def continue_tensorboard(loggers: Iterable[Logger]) -> None:
-    """Has every :class:`TensorBoardRunLogger` among ``loggers`` take up its run's earlier best values."""
+def continue_tensorboard(loggers: Iterable[Logger], resumed_step: int | None) -> None:
+    """Has every :class:`TensorBoardRunLogger` among ``loggers`` continue its run from the checkpoint of
+    step ``resumed_step`` (``None``: the run starts again from step 0); see ``continue_run``."""
     for logger in loggers:
         if isinstance(logger, TensorBoardRunLogger):
-            logger.continue_run()
+            logger.continue_run(resumed_step)
 
 
 def finish_tensorboard(loggers: Iterable[Logger], params: Mapping[str, HParamValue]) -> None:
