@@ -14,7 +14,7 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, run_train, train_in_process
 
 RUN = (
     "data.source.num_samples=512",
@@ -112,3 +112,17 @@ def test_a_signal_during_a_multirun_jobs_test_stops_the_sweep(tmp_path):
     assert result.returncode == 143, result.stderr[-3000:]
     assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
     assert summary["status"] == "interrupted" and summary["steps"] == 20  # the only job: the second never ran
+
+
+def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatch):
+    result, run_dir, _ = stopped(tmp_path, "test_batch_end:TERM")
+    assert result.returncode == 143, result.stderr[-3000:]
+    monkeypatch.setenv("SIGNAL_AT", "never:TERM")
+    train_in_process(tmp_path, f"resume={run_dir}")
+    (tmp_path / "uninterrupted").mkdir()
+    train_in_process(tmp_path / "uninterrupted", *RUN)
+    (expected,) = (tmp_path / "uninterrupted" / "logs").rglob("metrics.json")
+    resumed, expected = json.loads((run_dir / "metrics.json").read_text()), json.loads(expected.read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 20
+    for key in ("final", "best", "best_step", "value"):  # as the run never stopped
+        assert resumed[key] == expected[key], key

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.errors import InputError, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
-from rmsprop_lightning.summary import write_summary
+from rmsprop_lightning.summary import read_summary, write_summary
 
 RESUME_KEY = "resume"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -123,7 +123,10 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         from rmsprop_lightning.app.validation import check_steps_left, load_checkpoint
 
         state = load_checkpoint(checkpoint)
-        check_steps_left(state, limits, f"resume={run_dir}: its {checkpoint.name}")
+        new_limits = any(f"trainer.{key}" in changed for key in limits)
+        if new_limits or read_summary(run_dir).get("status") == "completed":
+            check_steps_left(state, limits, f"resume={run_dir}: its {checkpoint.name}")
+        # else a run that stopped after its training, before its test ended, has its test run
         check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:

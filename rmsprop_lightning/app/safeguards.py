@@ -26,7 +26,8 @@ def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     callbacks: list[Callback] = []
     if cfg.get("ckpt_path"):
         full = cfg.get("train", True) and not is_weights_branch(cfg)  # else the weights alone are read
-        check_checkpoint(cfg.ckpt_path, module, optimizer if full else None, cfg.trainer)
+        limits = {} if continues_itself(cfg) else cfg.trainer  # a resume's were checked with its record
+        check_checkpoint(cfg.ckpt_path, module, optimizer if full else None, limits)
         if full and not continues_itself(cfg):
             callbacks.append(CheckpointBranch())
     check_writable(output_dir)

@@ -137,10 +137,17 @@ class LastCheckpoint(Checkpoint):
         self._resumed_from_mine = bool(state_dict.get("written_by_me"))
         self._restored_metrics = dict(state_dict.get("callback_metrics", {}))
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _put_back_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The restored run's last metrics, for what reads them before the next validation."""
         for name, value in self._restored_metrics.items():
             trainer.callback_metrics.setdefault(name, value.to(pl_module.device))
         self._restored_metrics = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._put_back_metrics(trainer, pl_module)  # also for a fit with no step left, which never starts
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._put_back_metrics(trainer, pl_module)  # for strategies that restore after on_fit_start
         if self._resumed_from_mine and resumed_after_epoch_end(trainer):
             step_epoch_schedulers(trainer)  # that epoch's end-of-epoch step was skipped
 
