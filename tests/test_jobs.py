@@ -6,15 +6,18 @@ import json
 import math
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf, open_dict
 
 from rmsprop_lightning.app import extras
-from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, torch_threads
+from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, signals_stop, torch_threads
 from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.summary import read_summary, write_summary
 from tests.conftest import QUICK
 
@@ -200,3 +203,36 @@ def test_a_ctrl_c_before_the_fit_is_recorded_as_interrupted(compose_cfg):
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg, train=stopped_in_set_up)
     assert read_summary(cfg.paths.output_dir)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_would_hang(ranks, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: ranks > 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: ranks)
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this test process")
+    with signals_stop("run"):
+        handler = signal.getsignal(signal.SIGTERM)
+        if ranks > 1:  # Lightning stops all ranks together at their next evaluation batch
+            handler(signal.SIGTERM, None)
+        else:
+            with pytest.raises(InterruptedRun, match="stopped by SIGTERM outside the training steps") as stop:
+                handler(signal.SIGTERM, None)
+            assert stop.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_lightnings_own_stop_on_sigterm_is_recorded_as_interrupted(compose_cfg, tmp_path):
+    cfg = compose_cfg(*QUICK)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+
+    def train(cfg, fields):
+        fields["steps"] = 20
+        raise SIGTERMException  # a SystemExit without a code: the process would exit 0
+
+    with pytest.raises(InterruptedRun, match="stopped by SIGTERM outside the training steps") as stop:
+        run_job(cfg, train)
+    assert stop.value.exit_code == 143
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "interrupted" and summary["steps"] == 20

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,10 +166,14 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         else:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
-    except (InterruptedRun, KeyboardInterrupt) as stop:  # a signal: the record keeps what the fit reached
+    except (InterruptedRun, KeyboardInterrupt, SystemExit) as stop:  # the record keeps what the fit reached
+        if isinstance(stop, SystemExit) and not is_lightning_sigterm(stop):
+            raise
+        if is_lightning_sigterm(stop):  # Lightning's own stop on SIGTERM: a distributed run's, in its test
+            stop = stopped_outside_steps(signal.SIGTERM, output_dir)
         if writes:
             record_end(output_dir, "interrupted", clock, earlier, error=str(stop) or None, **fields)
-        raise
+        raise stop from None
     if writes:
         summary = record_end(output_dir, "completed", clock, earlier, value=value, **fields)
         if summary["status"] == "completed":  # not a population member that was interrupted
@@ -179,15 +184,18 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
 @contextmanager
 def signals_stop(run_dir: str) -> Iterator[None]:
     """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
-    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
+    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays.
+    One rank of several goes on instead: stopping alone amid the others' collectives would hang them all."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
 
     def stop(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        message = (
-            f"stopped by {name} outside the training steps; resume with: python train.py resume={run_dir}"
-        )
-        raise InterruptedRun(message, signum)
+        if in_distributed_group():
+            log.warning(
+                "Received %s outside the training steps of a distributed run: no rank stops alone", name
+            )
+            return
+        raise stopped_outside_steps(signum, run_dir)
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -199,6 +207,25 @@ def signals_stop(run_dir: str) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
+    """The stop of a job by a signal outside its training steps, which takes no checkpoint."""
+    name = signal.Signals(signum).name
+    resume = f"resume with: python train.py resume={run_dir}"
+    return InterruptedRun(f"stopped by {name} outside the training steps; {resume}", signum)
+
+
+def is_lightning_sigterm(error: BaseException) -> bool:
+    """Whether ``error`` is Lightning's ``SIGTERMException``, the exit its loops raise once it saw SIGTERM."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.SIGTERMException)
+
+
+def in_distributed_group() -> bool:
+    """Whether this process is one rank of several in an initialised ``torch.distributed`` group."""
+    dist = sys.modules.get("torch.distributed")  # not imported by this check
+    return bool(dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def torch_thread_count() -> int:
