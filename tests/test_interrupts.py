@@ -71,8 +71,9 @@ def error_line(result: Any, run_dir: Path) -> str:
     return line
 
 
-@pytest.mark.parametrize(("name", "code"), [("TERM", 143), ("INT", 130)])
+@pytest.mark.parametrize(("name", "code"), [pytest.param("TERM", 143, marks=pytest.mark.slow), ("INT", 130)])
 def test_a_signal_during_the_test_stops_the_job_as_interrupted(name, code, tmp_path):
+    # SIGTERM in the test, whose resume a fast test covers, is slow here
     result, run_dir, summary = stopped(tmp_path, f"test_batch_end:{name}")
     assert result.returncode == code, result.stderr[-3000:]
     line = error_line(result, run_dir)
@@ -107,6 +108,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once_as_interrupted(tmp_path):
     assert not (run_dir / "checkpoints" / LAST_CHECKPOINT).exists()
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_multirun_jobs_test_stops_the_sweep(tmp_path):
     result, run_dir, summary = stopped(tmp_path, "test_batch_end:TERM", "--multirun", "seed=1,2")
     assert result.returncode == 143, result.stderr[-3000:]
@@ -115,8 +117,10 @@ def test_a_signal_during_a_multirun_jobs_test_stops_the_sweep(tmp_path):
 
 
 def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatch):
-    result, run_dir, _ = stopped(tmp_path, "test_batch_end:TERM")
+    result, run_dir, summary = stopped(tmp_path, "test_batch_end:TERM")
     assert result.returncode == 143, result.stderr[-3000:]
+    assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
+    assert summary["status"] == "interrupted" and summary["steps"] == 20
     monkeypatch.setenv("SIGNAL_AT", "never:TERM")
     train_in_process(tmp_path, f"resume={run_dir}")
     (tmp_path / "uninterrupted").mkdir()
