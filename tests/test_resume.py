@@ -230,6 +230,23 @@ def test_a_branch_resumed_before_its_first_checkpoint_starts_again_as_that_branc
     assert last_checkpoint(run_dir)["optimizer_states"][0]["param_groups"][0]["lr"] <= 0.01
 
 
+def test_a_run_started_again_keeps_only_its_own_best_checkpoint(tmp_path):
+    # killed after the validations at 10 and 20 but before any last.ckpt: the resume starts again
+    killed = train(
+        tmp_path,
+        *replaced(RUN, "callbacks.last_checkpoint.every_n_train_steps=100"),
+        kill="train_batch_start:25",
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))  # the earlier part's
+    train_in_process(tmp_path, f"resume={run_dir}")
+    best_step = json.loads((run_dir / "metrics.json").read_text())["best_step"]["val/loss"]
+    names = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert names == [f"best-{best_step:06d}.ckpt", "last.ckpt"]  # no stale file, no -v1 copy
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_and_stops_with_the_resume_command(tmp_path):
     stopped = train(tmp_path, *RUN, kill="before_optimizer_step:8:INT", check=False)

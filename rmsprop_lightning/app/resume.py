@@ -227,6 +227,29 @@ def record_resume(cfg: DictConfig) -> None:
     write_summary(cfg[RESUME_KEY], overrides=lines)
 
 
+def discard_redone_checkpoints(cfg: DictConfig) -> None:
+    """Removes the checkpoints a resumed run's earlier part wrote after the one it resumes from (all but
+    ``last.ckpt`` when it starts again): the run redoes those steps, and Lightning would keep both files,
+    naming the new one ``-v1``. The checkpoint callbacks' own records name the files kept (rank 0)."""
+    if not is_rank_zero():
+        return
+    kept = {LAST_CHECKPOINT}
+    if continues_itself(cfg):
+        from rmsprop_lightning.app.validation import load_checkpoint
+
+        for state in load_checkpoint(cfg.ckpt_path).get("callbacks", {}).values():
+            if isinstance(state, dict):
+                paths = [
+                    *state.get("best_k_models", {}),
+                    state.get("best_model_path"),
+                    state.get("last_model_path"),
+                ]
+                kept |= {Path(path).name for path in paths if path}
+    for path in (Path(cfg[RESUME_KEY]) / CHECKPOINT_FOLDER).glob("*.ckpt"):
+        if path.name not in kept:
+            path.unlink()
+
+
 def _override_value(value: Any) -> str:
     """``value`` as Hydra's override grammar reads it back."""
     if value is None:

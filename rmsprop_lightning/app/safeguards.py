@@ -8,7 +8,12 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from rmsprop_lightning.app.config_checks import check_writable
-from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself, record_resume
+from rmsprop_lightning.app.resume import (
+    RESUME_KEY,
+    continues_itself,
+    discard_redone_checkpoints,
+    record_resume,
+)
 from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer
 from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
@@ -19,7 +24,8 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     """Checks the optimizer, the checkpoint to start from and the output folder; returns the safety callbacks.
 
-    A resume's allowed overrides are written into the run's saved config once all checks pass.
+    Once all checks pass, a resume's allowed overrides are written into the run's saved config, and the
+    checkpoints its earlier part wrote after the one it resumes from are removed.
     """
     optimizer = check_optimizer(module)
     output_dir = cfg.paths.output_dir
@@ -33,6 +39,7 @@ def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
     check_writable(output_dir)
     if cfg.get(RESUME_KEY):
         record_resume(cfg)
+        discard_redone_checkpoints(cfg)
     return [
         *callbacks,
         RandomState(),
