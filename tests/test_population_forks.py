@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 
+import pytest
+
+from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.population.forks import fork_map, shared
 
 
@@ -24,3 +28,25 @@ def test_fork_map_keeps_the_order_shares_state_and_runs_meanwhile_here():
 def test_a_few_items_run_here():
     shared["offset"] = 0
     assert fork_map(pid_and_square, [1, 2, 3]) == [(os.getpid(), 1), (os.getpid(), 4), (os.getpid(), 9)]
+
+
+def square_terminated_at_three(item: int) -> int:
+    if item == 3 and os.getpid() != shared["parent"]:  # as a SIGTERM to the whole process group would
+        os.kill(os.getpid(), signal.SIGTERM)
+    return item * item
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two workers")
+def test_a_sigterm_to_a_worker_busy_with_an_item_loses_no_item():
+    shared["parent"] = os.getpid()
+
+    def waited_too_long(signum, frame):
+        raise TimeoutError("fork_map waits for an item a killed worker lost")
+
+    previous = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.alarm(60)
+    try:
+        assert fork_map(square_terminated_at_three, list(range(16))) == [i * i for i in range(16)]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

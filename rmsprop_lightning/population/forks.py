@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,10 +44,21 @@ def fork_map(
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         meanwhile()
         return [function(item) for item in items]
+    shared["task"] = function
     with multiprocessing.get_context("fork").Pool(workers, initializer=initializer) as pool:
-        pending = pool.map_async(function, items, chunksize=-(-len(items) // (4 * workers)))
+        pending = pool.map_async(shielded_task, items, chunksize=-(-len(items) // (4 * workers)))
         meanwhile()
         return pending.get()
+
+
+def shielded_task(item: Item) -> Result:
+    """A worker's item, which a SIGTERM to the process group does not cut short: a lost item would leave
+    the pool waiting for good, and the parent decides when to stop. An idle worker ends on SIGTERM."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return shared["task"](item)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def compose(job: tuple[int, Sequence[str]]) -> DictConfig:

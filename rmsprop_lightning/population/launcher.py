@@ -58,7 +58,7 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
 
 def writer_process() -> None:
     """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork) and
-    leaves SIGINT to the parent, which ends the pool; SIGTERM ends it as usual."""
+    leaves SIGINT to the parent, which ends the pool; SIGTERM ends it between its items."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
