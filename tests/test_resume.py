@@ -205,7 +205,11 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("restore", "kill"), [("full", "train_batch_start:25"), ("weights", "train_batch_start:5")]
+    ("restore", "kill"),
+    [
+        ("full", "train_batch_start:25"),
+        pytest.param("weights", "train_batch_start:5", marks=pytest.mark.slow),
+    ],
 )
 def test_a_branch_resumed_before_its_first_checkpoint_starts_again_as_that_branch(restore, kill, tmp_path):
     parent, branch, uninterrupted = (tmp_path / name for name in ("parent", "branch", "uninterrupted"))
