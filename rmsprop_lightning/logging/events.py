@@ -22,19 +22,19 @@ def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """
     scalars: dict[str, Series] = {}
     folders = sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")})
-    for folder in folders:
-        accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-        tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
-        level = tensorboard_log.level
-        tensorboard_log.setLevel(logging.ERROR)
-        try:
+    tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
+    level = tensorboard_log.level
+    tensorboard_log.setLevel(logging.ERROR)
+    try:
+        for folder in folders:
+            accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             accumulator.Reload()
-        finally:
-            tensorboard_log.setLevel(level)
-        for tag in accumulator.Tags()["scalars"]:
-            last = {event.step: event.value for event in accumulator.Scalars(tag)}
-            if last:  # else all purged
-                scalars.setdefault(tag, []).extend(last.items())
+            for tag in accumulator.Tags()["scalars"]:
+                last = {event.step: event.value for event in accumulator.Scalars(tag)}
+                if last:  # else all purged
+                    scalars.setdefault(tag, []).extend(last.items())
+    finally:
+        tensorboard_log.setLevel(level)
     return sort_points(scalars)
 
 
