@@ -1,16 +1,15 @@
 """The sweep as populations: compose every job, group those that can train together, train, write each job.
 
-Jobs whose configs differ only in the optimizer's settings, the scheduler's and the seed (and
-whose data come out the same) form one population. The others, and any job that cannot join
-one (the launcher says why in one line), run one by one as the basic launcher runs them. Every
-job gets its own folder, written through Hydra's ``run_job``, so the sweep looks the same.
+Jobs whose configs differ only in the optimizer's settings, the scheduler's and the seed (and whose
+data come out the same) form one population; the others run one by one as the basic launcher runs
+them, each saying why in one line. Every job gets its own folder through Hydra's ``run_job``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, run_job
 from omegaconf import DictConfig
 
-from rmsprop_lightning.app.jobs import resolve_threads, torch_thread_count, torch_threads
+from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
 from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
 from rmsprop_lightning.population.forks import fork_map, shared
@@ -28,32 +27,40 @@ from rmsprop_lightning.population.train import deferred_signals, train_populatio
 
 log = logging.getLogger(__name__)
 
-SWEEP_KEYS = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
-
 
 def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictConfig]]:
     """The populations (members in job order) and the jobs that run alone."""
     populations: dict[str, list[Member]] = {}
     alone: list[DictConfig] = []
     for config in configs:
-        number = config.hydra.job.num
         reason = solo_reason(config)
-        if reason is not None:
-            log.info("Job #%d runs alone: %s", number, reason)
-            alone.append(config)
-            continue
-        HydraConfig.instance().set_config(config)  # the checks resolve its output folder
-        try:
-            member = build_member(number, config)
-        except Exception as error:  # its own run reports the error in its folder
-            log.info("Job #%d runs alone: %s", number, f"{type(error).__name__}: {error}".splitlines()[0])
-            alone.append(config)
-            continue
-        populations.setdefault(member.key, []).append(member)
+        if reason is None:
+            HydraConfig.instance().set_config(config)  # the checks resolve its output folder
+            try:
+                member = build_member(config.hydra.job.num, config)
+                populations.setdefault(member.key, []).append(member)
+                continue
+            except Exception as error:  # its own run reports the error in its folder
+                reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        log.info("Job #%d runs alone: %s", config.hydra.job.num, reason)
+        alone.append(config)
     for (member,) in [m for m in populations.values() if len(m) == 1]:
         log.info("Job #%d runs alone: no other job trains with its settings", member.job)
         alone.append(member.cfg)
     return [m for m in populations.values() if len(m) > 1], alone
+
+
+def sweep_job(launcher: Any, config: DictConfig, task: Callable[[DictConfig], Any]) -> JobReturn:
+    """Hydra's ``run_job`` of one job into its sweep folder; the sweep's logging is set back after it."""
+    job_return = run_job(
+        hydra_context=launcher.hydra_context,
+        task_function=task,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return job_return
 
 
 def writer_process() -> None:
@@ -65,8 +72,8 @@ def writer_process() -> None:
 
 
 def write_job(index: int) -> JobReturn:
-    """Member ``index``'s job, through Hydra's ``run_job``: its folder, record and outputs."""
-    launcher, member = shared["launcher"], shared["members"][index]
+    """Member ``index``'s job: its folder, record and outputs."""
+    member = shared["members"][index]
 
     def write(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
         fields["threads"] = shared["threads"]
@@ -76,26 +83,21 @@ def write_job(index: int) -> JobReturn:
         with reported_errors():
             return run_recorded_job(cfg, train=write)
 
-    job_return = run_job(
-        hydra_context=launcher.hydra_context, task_function=task, config=member.cfg, **SWEEP_KEYS
-    )
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    return job_return
+    return sweep_job(shared["launcher"], member.cfg, task)
 
 
 def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
     """``Launcher.launch`` of the composed jobs: the populations one after another, then the jobs that
     run alone."""
-    config = launcher.config
     populations, alone = group(configs)
     returns: dict[int, JobReturn] = {}
     for members in populations:
         log.info("Population of %d: jobs %s", len(members), ", ".join(f"#{m.job}" for m in members))
-        threads = resolve_threads(members[0].cfg.get("threads_per_job"), config.hydra.launcher)
+        threads = resolve_threads(members[0].cfg.get("threads_per_job"), launcher.config.hydra.launcher)
         try:
             with torch_threads(threads):
                 result = train_population(members)
-                threads = torch_thread_count()
+                threads = torch.get_num_threads()
         except Exception:  # each job then runs alone and records its own outcome
             log.exception("The population of jobs %s failed; they run one by one", [m.job for m in members])
             alone.extend(member.cfg for member in members)
@@ -105,27 +107,14 @@ def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
         on_cpu = result.module.device.type == "cpu"
         with deferred_signals(f"writing the {len(members)} job folders first") as received:
             written = fork_map(write_job, range(len(members)), initializer=writer_process, fork=on_cpu)
-        for member, job_return in zip(members, written, strict=True):
-            returns[member.job] = job_return
-        received = result.deferred_signals + received
-        if result.interrupted is None and received:
-            result.interrupted = InterruptedRun(
-                f"stopped by {signal.Signals(received[0]).name} once the jobs were written", received[0]
-            )
-        if result.interrupted is not None:  # every member is written: the sweep stops here
-            stop = result.interrupted
-            exit_with(
-                InterruptedRun(
-                    f"{stop}; each job's last.ckpt is saved: resume one with python train.py resume=<job>",
-                    stop.exit_code - 128,
-                )
-            )
+        returns.update(zip([member.job for member in members], written, strict=True))
+        stop, received = result.interrupted, result.deferred_signals + received
+        if stop is None and received:
+            name = signal.Signals(received[0]).name
+            stop = InterruptedRun(f"stopped by {name} once the jobs were written", received[0])
+        if stop is not None:  # every member is written: the sweep stops here
+            resume = "each job's last.ckpt is saved: resume one with python train.py resume=<job>"
+            exit_with(InterruptedRun(f"{stop}; {resume}", stop.exit_code - 128))
     for job in alone:
-        returns[job.hydra.job.num] = run_job(
-            hydra_context=launcher.hydra_context,
-            task_function=launcher.task_function,
-            config=job,
-            **SWEEP_KEYS,
-        )
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        returns[job.hydra.job.num] = sweep_job(launcher, job, launcher.task_function)
     return [returns[number] for number in sorted(returns)]
