@@ -11,22 +11,11 @@ from rmsprop_lightning.data.loader import InMemoryBatchLoader, epoch_order
 
 
 class StackedBatchLoader(InMemoryBatchLoader):
-    """Yields ``[B, P, ...]`` batches: column ``i`` is the batch member ``i`` draws with its own ``seeds[i]``.
+    """``loader``'s batches as ``[B, P, ...]``: column ``i`` is the batch member ``i``'s solo loader draws
+    with its shuffle seed ``seeds[i]``, so every member sees the batches of its solo run."""
 
-    The members' solo loaders would shuffle with their ``epoch_order``; here each epoch stacks those
-    permutations, so every member sees the batches of its solo run.
-    """
-
-    def __init__(
-        self,
-        features: torch.Tensor,
-        targets: torch.Tensor,
-        batch_size: int,
-        *,
-        seeds: Sequence[int],
-        drop_last: bool = False,
-    ) -> None:
-        super().__init__(features, targets, batch_size, shuffle=True, drop_last=drop_last)
+    def __init__(self, loader: InMemoryBatchLoader, seeds: Sequence[int]) -> None:
+        super().__init__(loader.features, loader.targets, loader.batch_size, drop_last=loader.drop_last)
         self.seeds = list(seeds)
 
     def shard_indices(self, epoch: int) -> torch.Tensor:
@@ -50,7 +39,4 @@ class PopulationDataModule(RegressionDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        features, targets = self._loaders["train"].features, self._loaders["train"].targets
-        self._loaders["train"] = StackedBatchLoader(
-            features, targets, self.batch_size, seeds=self.seeds, drop_last=self.drop_last
-        )
+        self._loaders["train"] = StackedBatchLoader(self._loaders["train"], self.seeds)
