@@ -64,13 +64,11 @@ def keep_best(best: ModelCheckpoint, record: PopulationRecord, index: int, step:
 
 def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, index: int) -> None:
     """The member's best checkpoint: its weights at its best validation."""
-    step = record.best_step[index]
-    module = member.module.to(record.result.module.dtype)  # the run's precision (float64 with 64-true)
-    module.load_state_dict(
-        {f"model.{name}": value for name, value in record.result.module.best_member_state(index).items()}
-    )
+    step, population = record.best_step[index], record.result.module
+    module = member.module.to(population.dtype)  # the run's precision (float64 with 64-true)
+    module.load_state_dict({f"model.{name}": best[index] for name, best in population.best_params.items()})
     checkpoint = {
-        "epoch": record.result.module.validation_epochs[step],
+        "epoch": population.validation_epochs[step],
         "global_step": step,
         "pytorch-lightning_version": lightning.__version__,
         "state_dict": module.state_dict(),

@@ -1,14 +1,10 @@
 """The LightningModule of a population: every member's loss, step, validation and test at once.
 
-Lightning runs one loop for all members, so its loop state (steps, epochs, the loader's
-position) is each member's. Per-member values stay on the device until the run ends:
-the loss of every step, the optimizer-state norms and learning rates at the monitor's
-interval, every validation and the test.
+Lightning's one loop state is each member's; per-member values stay on the device until the run ends.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rmsprop_lightning.module import LOSSES
+from rmsprop_lightning.population.coefficients import broadcast
 from rmsprop_lightning.population.norms import StackedStateNorms
 from rmsprop_lightning.population.optim import StackedRMSprop
 from rmsprop_lightning.population.stacked import StackedFeedForward
@@ -36,9 +33,7 @@ class MemberSchedulers:
         """Steps every member's scheduler; a plateau scheduler gets its member's monitored value."""
         values = [None] * len(self.schedulers) if metrics is None else metrics.tolist()
         with warnings.catch_warnings():  # the members' own optimizers never step: this one does
-            warnings.filterwarnings(
-                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before")
-            )
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             for scheduler, value in zip(self.schedulers, values, strict=True):
                 scheduler.step() if value is None else scheduler.step(value)
 
@@ -53,10 +48,9 @@ class MemberSchedulers:
 class PopulationModule(pl.LightningModule):
     """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` built on the members' optimizers.
 
-    ``shadows`` are the members' own optimizers (their settings and, through their
-    ``schedulers``, their learning rates); ``param_groups`` the stacked parameters' groups,
-    aligned with the shadows'. ``monitor_every`` and ``lr_every`` are the intervals of the
-    optimizer-state norms and of the learning rates (``None``: not recorded).
+    ``shadows``: the members' own optimizers, whose ``schedulers`` set their learning rates;
+    ``param_groups``: the stacked parameters' groups, aligned with the shadows'. ``monitor_every`` and
+    ``lr_every``: the intervals of the optimizer-state norms and learning rates (``None``: not recorded).
     """
 
     def __init__(
@@ -129,7 +123,7 @@ class PopulationModule(pl.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def _evaluate(self, batch: Batch) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Adds the batch's per-member loss sum, squared error and target sums to the epoch's totals."""
         losses, predictions = self.member_losses(batch)
         targets = batch[1].double()
@@ -145,11 +139,7 @@ class PopulationModule(pl.LightningModule):
         for name, value in columns.items():
             self._totals[name] = self._totals.get(name, 0) + value
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch)
+    test_step = validation_step
 
     def _scores(self, stage: str) -> dict[str, Tensor]:
         """``<stage>/loss``, ``/rmse`` (and ``/r2`` on test) per member from the epoch's totals."""
@@ -175,8 +165,7 @@ class PopulationModule(pl.LightningModule):
         self.validations.append((step, scores))
         self.validation_epochs[step] = self.current_epoch
         self._keep_best(scores["val/loss"], step)
-        alive = self.optimizer.alive if self.optimizer.state else None
-        loss = scores["val/loss"] if alive is None else scores["val/loss"][alive]
+        loss = scores["val/loss"][self.optimizer.alive] if self.optimizer.state else scores["val/loss"]
         self.log("val/loss", loss.mean())  # for Lightning: the plateau scheduler's monitor
 
     def _keep_best(self, loss: Tensor, step: int) -> None:
@@ -192,12 +181,8 @@ class PopulationModule(pl.LightningModule):
         self.best_step = torch.where(better, step, self.best_step)
         for name in self.model.names:
             param = self.model.stacked(name).detach()
-            mask = better.view(-1, *[1] * (param.dim() - 1))
-            self.best_params[name] = torch.where(mask, param, self.best_params.get(name, param))
-
-    def best_member_state(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s parameters at its best validation, under ``FeedForward``'s names."""
-        return {name: best[index].clone() for name, best in self.best_params.items()}
+            best = self.best_params.get(name, param)
+            self.best_params[name] = torch.where(broadcast(better, param), param, best)
 
     def on_test_epoch_end(self) -> None:
         self.tests = self._scores("test")
@@ -206,11 +191,10 @@ class PopulationModule(pl.LightningModule):
         """Puts each member that validated at its best parameters, as testing its best checkpoint does."""
         if self.best_step is None:
             return
-        validated = self.best_step >= 0
         with torch.no_grad():
             for name, best in self.best_params.items():
                 param = self.model.stacked(name)
-                param.copy_(torch.where(validated.view(-1, *[1] * (param.dim() - 1)), best, param))
+                param.copy_(torch.where(broadcast(self.best_step >= 0, param), best, param))
 
     def configure_optimizers(self) -> Any:
         optimizer = StackedRMSprop(self.param_groups, self.shadows)
@@ -221,7 +205,5 @@ class PopulationModule(pl.LightningModule):
 
     def lr_scheduler_step(self, scheduler: MemberSchedulers, metric: Any) -> None:
         """Steps the members' schedulers; a plateau scheduler follows each member's own ``val/loss``."""
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(self.validations[-1][1][self.scheduler_settings["monitor"]])
+        monitored = None if metric is None else self.validations[-1][1][self.scheduler_settings["monitor"]]
+        scheduler.step(monitored)
