@@ -23,25 +23,20 @@ from rmsprop_lightning.population.optim import StackedRMSprop
 def inverse_step_sizes_(out: Tensor, state: Mapping[str, Tensor], k: MemberCoefficients) -> Tensor:
     """Writes into ``out`` every member's inverse step sizes ``1/s`` of ``state``, in the operations of
     StateNorms' :func:`~rmsprop_lightning.callbacks.state_norms.inverse_step_sizes_`."""
-
-    def each(values: Tensor) -> Tensor:
-        return coefficient(values, out)
-
     correction = corrections(k, state["step"])
-    out.copy_(state["square_avg"]).mul_(each(correction))
+    out.copy_(state["square_avg"]).mul_(coefficient(correction, out))
     if "grad_avg" in state:
         grad_avg = state["grad_avg"]
-        out.addcmul_(grad_avg, grad_avg * each(-k.centered)).clamp_min_(0.0)
-    out.div_(each(correction.square())).add_(each(k.eps_in)).sqrt_().add_(each(k.eps_out))
-    return out.div_(each(k.lr))
+        out.addcmul_(grad_avg, grad_avg * coefficient(-k.centered, out)).clamp_min_(0.0)
+    out.div_(coefficient(correction.square(), out)).add_(coefficient(k.eps_in, out))
+    return out.sqrt_().add_(coefficient(k.eps_out, out)).div_(coefficient(k.lr, out))
 
 
 class StackedStateNorms:
     """What ``StateNorms(shadow, "optim/", {}, None)`` measures for each member's own optimizer, all at once.
 
-    :attr:`names` is the union of the members' keys, :attr:`applies` [P, K] (on the host) says
-    which of them member ``i``'s own optimizer has. Build it after a step; rebuild it when the
-    states change (a new state, a member's first accepted step).
+    :attr:`names`: the union of the members' keys; :attr:`applies` [P, K] (host): which ones member ``i``
+    has. Build it after a step; rebuild it when the states change (a new state, a first accepted step).
     """
 
     def __init__(self, optimizer: StackedRMSprop) -> None:
@@ -50,9 +45,8 @@ class StackedStateNorms:
         self.params = params = [param for group in groups for param in group["params"]]
         self.group_of = group_of = [index for index, group in enumerate(groups) for _ in group["params"]]
         states = [optimizer.state.get(param, {}) for param in params]
-        self.rms = rms = [
-            j for j, state in enumerate(states) if "step" in state
-        ]  # those with RMSprop's states
+        # the parameters with RMSprop's states
+        self.rms = rms = [j for j, state in enumerate(states) if "step" in state]
         if not rms:
             raise ValueError("StackedStateNorms needs the optimizer's states: build it after a step")
         # has[i, j]: member i's own optimizer holds a state for params[j], having stepped it
@@ -125,14 +119,11 @@ class StackedStateNorms:
         squares = torch.stack(columns, 1).float().square().view(members, -1, len(params))
         norms = (torch.where(self.norm_mask, squares, 0.0) @ self.scopes.T).sqrt_()  # [P, quantity, scope]
 
-        groups: dict[int, MemberCoefficients] = {}
+        k = {group: optimizer.member_coefficients(group) for group in {self.group_of[j] for j in self.rms}}
         size_sums, highest, inverse_highest = [], [], []  # per tensor and member: Σ s, max s, max 1/s
         for j in self.rms:
-            group = self.group_of[j]
-            if group not in groups:
-                groups[group] = optimizer.member_coefficients(group)
             # the update's norm is taken: its memory holds the step sizes now
-            sizes = per_member(inverse_step_sizes_(updates[j], states[j], groups[group]))
+            sizes = per_member(inverse_step_sizes_(updates[j], states[j], k[self.group_of[j]]))
             inverse_highest.append(sizes.amax(1))
             sizes.reciprocal_()
             highest.append(sizes.amax(1))

@@ -1,9 +1,7 @@
 """RMSprop for a population: P same-shaped networks stacked along a leading member dimension.
 
-Every member keeps its own ordinary ("shadow") optimizer, which never steps: the stacked step
-reads each member's options from it (:mod:`~rmsprop_lightning.population.coefficients`) and makes
-the update the member's own :class:`~rmsprop_lightning.optim.RMSprop` would make, to rounding, in
-:func:`~rmsprop_lightning.optim.functional.update_piece`'s order.
+Each member's own ("shadow") optimizer never steps: the stacked step reads its options and makes the
+update it would make, to rounding, in :func:`~rmsprop_lightning.optim.functional.update_piece`'s order.
 """
 
 from __future__ import annotations
@@ -27,6 +25,8 @@ from rmsprop_lightning.population.coefficients import (
     member_options,
     options_signature,
 )
+
+FATES = ("alive", "frozen_at", "skipped")  # per member, saved with the state
 
 
 def check_alignment(param_groups: list[dict[str, Any]], shadows: Sequence[torch.optim.Optimizer]) -> None:
@@ -64,8 +64,7 @@ def candidate(
 ) -> dict[str, Tensor]:
     """Every member's new ``param`` and states after one step, by update_piece's operations in its order.
 
-    ``k`` holds the coefficients as [P] float64 tensors, ``shaped`` the same in ``param``'s dtype and
-    shaped to broadcast over its member slices.
+    ``k``: the coefficients as [P] float64 tensors; ``shaped``: in ``param``'s dtype, shaped to broadcast.
     """
     step = state["step"] + 1
     correction = corrections(k, step).reciprocal()
@@ -89,14 +88,11 @@ def candidate(
 class StackedRMSprop(torch.optim.Optimizer):
     """RMSprop on stacked parameters [P, ...]: member ``i`` steps as its shadow ``shadows[i]`` would.
 
-    Options (all of RMSprop's, ``maximize`` included) are read from the shadows' groups at every
-    step, so schedulers act on the shadows. State under torch's names: ``step`` ([P]),
-    ``square_avg``, ``grad_avg`` when some member is centered, ``momentum_buffer`` when some
-    member has momentum (zero for the others). A member's step is accepted when it is
-    :attr:`alive` and its gradients and new parameters are all finite; a rejected member keeps
-    its parameters and states and is frozen: it is never alive again, so it never changes again
-    (:attr:`frozen_at` holds the :attr:`step_count` of the step that froze it, -1 while alive).
-    With ``skip_nonfinite`` a rejected member only skips that step, counted in :attr:`skipped`.
+    Options are read from the shadows' groups at every step, so schedulers act on the shadows. States
+    keep torch's names (``step`` is [P]; ``grad_avg``, ``momentum_buffer`` when some member uses them,
+    zero for the others). A member whose step is not finite keeps its parameters and
+    states and is frozen for good (:attr:`frozen_at`: the :attr:`step_count` that froze it, else -1);
+    with ``skip_nonfinite`` it only skips that step, counted in :attr:`skipped`.
     """
 
     def __init__(
@@ -201,11 +197,8 @@ class StackedRMSprop(torch.optim.Optimizer):
         return state
 
     def member_state_dict(self, member: int, saved: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The state dict member ``member``'s shadow optimizer would have after the same steps; from
-        ``saved`` (an earlier output of :meth:`state_dict`) when given.
-
-        Only the states its variant keeps; no state for a parameter the member has not stepped.
-        """
+        """The state dict member ``member``'s shadow would have after the same steps (from ``saved``, an
+        earlier :meth:`state_dict`, when given): the states its variant keeps, of parameters it stepped."""
         shadow = self.shadows[member]
         states: Any = self.state
         if saved is not None:  # torch numbers the parameters in the order of the groups
@@ -229,14 +222,8 @@ class StackedRMSprop(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """Torch's state dict, plus the members' fates under ``"population"``."""
-        state_dict = super().state_dict()
-        state_dict["population"] = {
-            "alive": self.alive.clone(),
-            "frozen_at": self.frozen_at.clone(),
-            "skipped": self.skipped.clone(),
-            "step_count": self.step_count,
-        }
-        return state_dict
+        fates = {key: getattr(self, key).clone() for key in FATES}
+        return {**super().state_dict(), "population": {**fates, "step_count": self.step_count}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads :meth:`state_dict`'s output; the step counters go to their parameters' devices."""
@@ -245,8 +232,6 @@ class StackedRMSprop(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for param, state in self.state.items():
             state["step"] = state["step"].to(param.device)
-        device = self.alive.device
-        self.alive = population["alive"].to(device)
-        self.frozen_at = population["frozen_at"].to(device)
-        self.skipped = population["skipped"].to(device)
+        for key in FATES:
+            setattr(self, key, population[key].to(self.alive.device))
         self.step_count = population["step_count"]
