@@ -1,8 +1,7 @@
 """A population member's RMSprop options as coefficients: one tensor per coefficient, one entry per member.
 
-A variant a member lacks enters with an exact neutral element (a factor 1, a term 0), so one
-sequence of tensor operations serves every member; the values come from RMSprop's own
-:func:`~rmsprop_lightning.optim.functional.hyper`.
+A variant a member lacks enters as an exact neutral element (a factor 1, a term 0), so one sequence of
+tensor operations serves every member.
 """
 
 from __future__ import annotations

@@ -94,12 +94,14 @@ def solo_reason(cfg: DictConfig) -> str | None:
     return next((reason for reason, fine in checks.items() if not fine), None)
 
 
+def callback_entries(cfg: DictConfig) -> list[DictConfig]:
+    """The entries of the job's ``callbacks`` group."""
+    return [entry for entry in (cfg.get("callbacks") or {}).values() if isinstance(entry, DictConfig)]
+
+
 def keeps_best_checkpoint(cfg: DictConfig) -> bool:
     """Whether the job's callbacks keep a best checkpoint (its test then uses the best weights)."""
-    callbacks = (cfg.get("callbacks") or {}).values()
-    return any(
-        isinstance(entry, DictConfig) and entry.get("_target_") == MODEL_CHECKPOINT for entry in callbacks
-    )
+    return any(entry.get("_target_") == MODEL_CHECKPOINT for entry in callback_entries(cfg))
 
 
 def keeps_best_by_step(checkpoint: DictConfig) -> bool:

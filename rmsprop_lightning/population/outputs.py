@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import math
 import uuid
-from array import array
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +65,10 @@ class PopulationRecord:
         checkpoint = result.checkpoint or {}
         self.global_step = checkpoint.get("global_step", len(self.losses[0]) if self.losses else 0)
 
-    def last_step(self, index: int) -> int:
-        """The member's last step: the population's, or the step it diverged at."""
-        frozen = self.frozen_at[index]
-        return self.global_step if frozen < 0 else frozen
-
     def scalars(self, index: int, member: Member) -> Scalars:
         """Every value the member's solo run would log, by step."""
-        end = self.last_step(index)
+        frozen = self.frozen_at[index]
+        end = self.global_step if frozen < 0 else frozen  # a diverged member's last step is where it diverged
         scalars: Scalars = collections.defaultdict(dict)
         for step, loss in enumerate(self.losses[index][:end]):  # a diverged run logs no loss at its end
             scalars[step]["train/loss"] = loss
@@ -89,15 +84,10 @@ class PopulationRecord:
         for step, scores in self.validations:
             if step <= end:
                 scalars[step].update({tag: values[index] for tag, values in scores.items()})
-        if self.tests and self.frozen_at[index] < 0:
+        if self.tests and frozen < 0:
             scalars[end].update({tag: values[index] for tag, values in self.tests.items()})
             scalars[end]["epoch"] = float(self.result.test_epoch)
         return scalars
-
-
-def float32(value: float) -> float:
-    """``value`` rounded to float32."""
-    return array("f", [value])[0]
 
 
 def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> dict[str, Any]:
@@ -109,7 +99,7 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
             if tag.startswith(("val/", "test/")):
                 final[tag] = value
             elif tag.startswith("lr-"):
-                final[tag] = float32(value)  # as the trainer keeps it
+                final[tag] = torch.tensor(value, dtype=torch.float32).item()  # as the trainer keeps it
     best, best_step = best_values(scalars)
     return {
         "fit_seconds": record.result.fit_seconds,

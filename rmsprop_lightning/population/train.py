@@ -16,14 +16,13 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
-from omegaconf import DictConfig
 
 from rmsprop_lightning.app.run import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.interrupt import SIGNALS, GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.population.data import PopulationDataModule
-from rmsprop_lightning.population.members import Member, keeps_best_checkpoint
+from rmsprop_lightning.population.members import Member, callback_entries, keeps_best_checkpoint
 from rmsprop_lightning.population.module import PopulationModule
 from rmsprop_lightning.population.stacked import StackedFeedForward
 
@@ -31,9 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class CapturedCheckpoint(CheckpointIO):
-    """Keeps in memory the last checkpoint Lightning saves, and for each member that has diverged since
-    a save, the save before (its solo run's last good ``last.ckpt``): the members' files are cut from them.
-    """
+    """Keeps in memory Lightning's last save and, for each member that diverged since, the save before it
+    (its solo run's last good ``last.ckpt``): the members' files are cut from them."""
 
     def __init__(self) -> None:
         self.checkpoint: dict[str, Any] | None = None
@@ -76,8 +74,7 @@ def monitor_interval(cfg: Any) -> int | None:
 
 def lr_interval(cfg: Any) -> int | None:
     """The step interval of the solo run's learning-rate curves (``None`` without a monitor)."""
-    callbacks = [c for c in (cfg.get("callbacks") or {}).values() if isinstance(c, DictConfig)]
-    if not any(str(c.get("_target_")).endswith("LearningRateMonitor") for c in callbacks):
+    if not any(str(entry.get("_target_")).endswith("LearningRateMonitor") for entry in callback_entries(cfg)):
         return None
     return cfg.trainer.get("log_every_n_steps") or 50
 
