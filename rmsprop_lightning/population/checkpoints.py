@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,29 +21,6 @@ from rmsprop_lightning.population.members import Member
 
 if TYPE_CHECKING:
     from rmsprop_lightning.population.outputs import PopulationRecord, Scalars
-
-
-def member_weights(
-    record: PopulationRecord, index: int, checkpoint: dict[str, Any]
-) -> dict[str, torch.Tensor]:
-    """The member's ``RegressionModule`` state dict from the population's state dict."""
-    model = record.result.module.model
-    return {
-        f"model.{name}": checkpoint["state_dict"][f"model.{model.attribute(name)}"][index].clone()
-        for name in model.names
-    }
-
-
-def best_until(record: PopulationRecord, index: int, step: int) -> int:
-    """The step of the member's best ``val/loss`` up to ``step`` as ``ModelCheckpoint`` keeps it (its
-    first validation counts whatever the score, NaN as inf; ties keep the earlier), or -1."""
-    best, kept = math.inf, -1
-    for validated, scores in record.validations:
-        loss = scores["val/loss"][index]
-        loss = math.inf if math.isnan(loss) else loss
-        if validated <= step and (kept < 0 or loss < best):
-            best, kept = loss, validated
-    return kept
 
 
 def best_path(best: ModelCheckpoint, step: int) -> Path:
@@ -101,20 +77,19 @@ def write_checkpoints(
         guard.state_key: {"skipped": record.skipped[index]},
         stats.state_key: stats.state_dict(),
     }
+    validated = [step for step, _ in record.validations if step <= saved_at]
     if best is not None:  # its state as it was at the save (empty before the first validation)
-        kept = best_until(record, index, saved_at)
-        if kept >= 0:
-            keep_best(best, record, index, kept)
+        if validated:  # the lowest val/loss so far, ties the earlier; ModelCheckpoint keeps a first NaN one
+            keep_best(best, record, index, stats.best_step.get("val/loss", validated[0]))
         states[best.state_key] = best.state_dict()
-    dtype = record.result.module.dtype
+    trained = record.result.module
     final = {
-        tag: torch.tensor(value, dtype=dtype if tag.endswith("loss") else torch.float32)
+        tag: torch.tensor(value, dtype=trained.dtype if tag.endswith("loss") else torch.float32)
         for step in sorted(scalars)
         if step <= saved_at
         for tag, value in scalars[step].items()
         if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
     }
-    validated = [step for step, _ in record.validations if step <= saved_at]
     if validated:  # RegressionModule logs the step of its last validation
         final["step"] = torch.tensor(float(validated[-1]))
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
@@ -122,19 +97,21 @@ def write_checkpoints(
     if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
         interval = monitor.every_n_steps or max(cfg.trainer.get("log_every_n_steps", 50), 1)
         states[monitor.state_key] = {"interval": interval, "due": [first_due(saved_at, interval)]}
-    optimizer = record.result.module.optimizer
     if diverged:  # as they were at the save: the optimizer's state, the scheduler's and its learning rates
-        optimizer_state = optimizer.member_state_dict(index, population["optimizer_states"][0])
+        optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])
         schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
         for scheduler in schedulers:
             for group, lr in zip(optimizer_state["param_groups"], scheduler["_last_lr"], strict=True):
                 group["lr"] = lr
     else:
-        optimizer_state = optimizer.member_state_dict(index)
+        optimizer_state = trained.optimizer.member_state_dict(index)
         schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
     checkpoint = {
         **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
-        "state_dict": member_weights(record, index, population),
+        "state_dict": {  # the member's slice of each stacked parameter, under RegressionModule's names
+            f"model.{name}": population["state_dict"][f"model.{trained.model.attribute(name)}"][index].clone()
+            for name in trained.model.names
+        },
         "callbacks": states,
         "optimizer_states": [optimizer_state],
         "lr_schedulers": schedulers,
