@@ -64,38 +64,24 @@ class PopulationResult:
     deferred_signals: list[int]  # received while testing: the sweep stops once the jobs are written
 
 
-def monitor_interval(cfg: Any) -> int | None:
-    """The optimizer-state monitor's interval of the members' solo runs (``None`` without the monitor)."""
-    monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor")
-    if not monitor:
-        return None
-    return monitor.get("every_n_steps") or cfg.trainer.get("log_every_n_steps") or 50
-
-
-def lr_interval(cfg: Any) -> int | None:
-    """The step interval of the solo run's learning-rate curves (``None`` without a monitor)."""
-    if not any(str(entry.get("_target_")).endswith("LearningRateMonitor") for entry in callback_entries(cfg)):
-        return None
-    return cfg.trainer.get("log_every_n_steps") or 50
-
-
 def build_population(members: Sequence[Member]) -> PopulationModule:
     """The stacked model and the members' optimizers, in one module."""
     first = members[0]
     stacked = StackedFeedForward([member.module.model for member in members])
-    names = {id(param): name for name, param in first.module.model.named_parameters()}
+    names = {param: name for name, param in first.module.model.named_parameters()}
     groups = [
-        {
-            "params": [stacked.stacked(names[id(param)]) for param in group["params"]],
-            "name": group.get("name"),
-        }
+        {"params": [stacked.stacked(names[param]) for param in group["params"]], "name": group.get("name")}
         for group in first.optimizer.param_groups
     ]
-    hparams = first.module.hparams
+    cfg, hparams = first.cfg, first.module.hparams
     schedulers = [member.scheduler for member in members if member.scheduler is not None]
     settings = {"interval": hparams.scheduler_interval, "frequency": hparams.scheduler_frequency}
     if hparams.scheduler_monitor is not None:
         settings.update(monitor=hparams.scheduler_monitor, reduce_on_plateau=True)
+    # the solo runs' logging intervals of the optimizer-state monitor and the learning rates
+    every = cfg.trainer.get("log_every_n_steps") or 50
+    monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor")
+    lrs = any(str(entry.get("_target_")).endswith("LearningRateMonitor") for entry in callback_entries(cfg))
     return PopulationModule(
         stacked,
         groups,
@@ -103,8 +89,8 @@ def build_population(members: Sequence[Member]) -> PopulationModule:
         schedulers,
         settings,
         loss=hparams.loss,
-        monitor_every=monitor_interval(first.cfg),
-        lr_every=lr_interval(first.cfg),
+        monitor_every=(monitor.get("every_n_steps") or every) if monitor else None,
+        lr_every=every if lrs else None,
     )
 
 
