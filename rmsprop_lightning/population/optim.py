@@ -1,8 +1,5 @@
-"""RMSprop for a population: P same-shaped networks stacked along a leading member dimension.
-
-Each member's own ("shadow") optimizer never steps: the stacked step reads its options and makes the
-update it would make, to rounding, in :func:`~rmsprop_lightning.optim.functional.update_piece`'s order.
-"""
+"""RMSprop for P same-shaped networks stacked along a leading member dimension: each member's own ("shadow")
+optimizer never steps, the stacked step reads its options and makes its update, to rounding."""
 
 from __future__ import annotations
 
@@ -62,10 +59,8 @@ def candidate(
     k: MemberCoefficients,
     shaped: MemberCoefficients,
 ) -> dict[str, Tensor]:
-    """Every member's new ``param`` and states after one step, by update_piece's operations in its order.
-
-    ``k``: the coefficients as [P] float64 tensors; ``shaped``: in ``param``'s dtype, shaped to broadcast.
-    """
+    """Every member's new ``param`` and states after one step, by update_piece's operations in its order;
+    ``k``: the coefficients as [P] float64 tensors, ``shaped``: in ``param``'s dtype, shaped to broadcast."""
     step = state["step"] + 1
     correction = corrections(k, step).reciprocal()
     grad = torch.addcmul(grad * shaped.sign, param, shaped.grad_decay)
@@ -88,11 +83,10 @@ def candidate(
 class StackedRMSprop(torch.optim.Optimizer):
     """RMSprop on stacked parameters [P, ...]: member ``i`` steps as its shadow ``shadows[i]`` would.
 
-    Options are read from the shadows' groups at every step, so schedulers act on the shadows. States
-    keep torch's names (``step`` is [P]; ``grad_avg``, ``momentum_buffer`` when some member uses them,
-    zero for the others). A member whose step is not finite keeps its parameters and
-    states and is frozen for good (:attr:`frozen_at`: the :attr:`step_count` that froze it, else -1);
-    with ``skip_nonfinite`` it only skips that step, counted in :attr:`skipped`.
+    Options are read from the shadows at every step, so schedulers act on them. States keep torch's names
+    (``step`` is [P]; ``grad_avg``, ``momentum_buffer`` when a member uses them, zero for the others). A
+    member whose step is not finite keeps its parameters and states and is frozen for good (:attr:`frozen_at`:
+    the :attr:`step_count` that froze it, else -1); with ``skip_nonfinite`` it only skips, in :attr:`skipped`.
     """
 
     def __init__(
@@ -143,11 +137,8 @@ class StackedRMSprop(torch.optim.Optimizer):
     def step(
         self, closure: Callable[[], Any] | None = None, losses: Callable[[], Tensor] | None = None
     ) -> Any:
-        """One step of every alive member; ``closure`` re-evaluates the model and returns the loss.
-
-        ``losses()``, read after the closure, gives each member's loss [P]: a non-finite one rejects
-        that member's step as a non-finite gradient or parameter does.
-        """
+        """One step of every alive member; ``closure`` re-evaluates the model and returns the loss, then
+        ``losses()`` each member's [P]: a non-finite one rejects the member's step, as a gradient does."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -162,11 +153,9 @@ class StackedRMSprop(torch.optim.Optimizer):
                 continue
             k, shaped, changed = self.coefficients_for(index)
             for param in params:
-                state = (
+                if changed or not self.state.get(param):
                     self._init_state(param, k, index)
-                    if changed or not self.state.get(param)
-                    else self.state[param]
-                )
+                state = self.state[param]
                 new = candidate(param, param.grad, state, k, shaped[param])
                 accepted &= finite(param.grad) & finite(new["param"])
                 candidates.append((param, state, new))
@@ -183,8 +172,8 @@ class StackedRMSprop(torch.optim.Optimizer):
         self.step_count += 1
         return loss
 
-    def _init_state(self, param: Tensor, k: MemberCoefficients, group: int) -> dict[str, Any]:
-        """``param``'s state with the entries it lacks added, as init_state adds them for each member."""
+    def _init_state(self, param: Tensor, k: MemberCoefficients, group: int) -> None:
+        """Adds the entries ``param``'s state lacks, as init_state adds them for each member."""
         options = [member_options(shadow, group) for shadow in self.shadows]
         state = self.state[param]
         if "step" not in state:
@@ -194,7 +183,6 @@ class StackedRMSprop(torch.optim.Optimizer):
         for key in STATE_KEYS[1:]:
             if key not in state and any(key in member_keys(member) for member in options):
                 state[key] = torch.zeros_like(param)
-        return state
 
     def member_state_dict(self, member: int, saved: dict[str, Any] | None = None) -> dict[str, Any]:
         """The state dict member ``member``'s shadow would have after the same steps (from ``saved``, an
@@ -213,11 +201,10 @@ class StackedRMSprop(torch.optim.Optimizer):
                 state = states.get(param, {})
                 if "step" not in state or state["step"][member] == 0:
                     continue
-                own = {"step": state["step"][member].cpu().clone()}
-                own.update(
-                    (key, state[key][member].clone(memory_format=torch.contiguous_format)) for key in keys
-                )
-                shadow.state[member_param] = own
+                shadow.state[member_param] = {
+                    "step": state["step"][member].cpu().clone(),
+                    **{key: state[key][member].clone(memory_format=torch.contiguous_format) for key in keys},
+                }
         return shadow.state_dict()
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,11 +11,8 @@ from rmsprop_lightning.model import FeedForward
 
 
 class StackedFeedForward(nn.Module):
-    """``P`` same-shaped :class:`FeedForward` networks evaluated together with ``torch.baddbmm``.
-
-    Parameter ``<name>`` has member ``i``'s tensor ``<name>`` of the networks at index ``i`` (the
-    names are ``FeedForward``'s with dots as underscores: ``layer_0_weight`` for ``0.weight``).
-    """
+    """``P`` same-shaped :class:`FeedForward` networks evaluated together with ``torch.baddbmm``: parameter
+    ``layer_0_weight`` holds member ``i``'s ``0.weight`` at index ``i``."""
 
     def __init__(self, networks: Sequence[FeedForward]) -> None:
         super().__init__()
@@ -47,7 +44,3 @@ class StackedFeedForward(nn.Module):
             else:
                 hidden = module(hidden)
         return hidden
-
-    def member_state_dict(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s parameters under ``FeedForward``'s names, detached copies."""
-        return {name: self.stacked(name)[index].detach().clone() for name in self.names}
