@@ -1,8 +1,5 @@
-"""A population member's RMSprop options as coefficients: one tensor per coefficient, one entry per member.
-
-A variant a member lacks enters as an exact neutral element (a factor 1, a term 0), so one sequence of
-tensor operations serves every member.
-"""
+"""A population member's RMSprop options as coefficients, one tensor per coefficient and entry per member: a
+variant a member lacks enters as an exact neutral element (a factor 1, a term 0)."""
 
 from __future__ import annotations
 

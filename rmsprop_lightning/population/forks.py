@@ -1,7 +1,5 @@
-"""Composing the jobs' configs and writing their folders (~0.1 s a job in Hydra) in forked workers.
-
-Workers inherit what they need when they fork (:data:`shared`): only items and results cross.
-"""
+"""Composing the jobs' configs and writing their folders (~0.1 s a job in Hydra) in forked workers, which
+inherit what they need when they fork (:data:`shared`): only items and results cross."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The sweep as populations: compose every job, group those that can train together, train, write each job.
-
-Jobs whose configs differ only in the optimizer's settings, the scheduler's and the seed (and whose
-data come out the same) form one population; the others run one by one as the basic launcher runs
-them, each saying why in one line. Every job gets its own folder through Hydra's ``run_job``.
-"""
+"""The sweep as populations: jobs that differ only in optimizer, scheduler and seed (with the same data)
+train as one; the others run one by one as the basic launcher runs them. Each job writes its own folder."""
 
 from __future__ import annotations
 
@@ -26,6 +22,8 @@ from rmsprop_lightning.population.outputs import PopulationRecord, write_member
 from rmsprop_lightning.population.train import deferred_signals, train_population
 
 log = logging.getLogger(__name__)
+
+SWEEP_KEYS = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
 
 
 def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictConfig]]:
@@ -53,11 +51,7 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
 def sweep_job(launcher: Any, config: DictConfig, task: Callable[[DictConfig], Any]) -> JobReturn:
     """Hydra's ``run_job`` of one job into its sweep folder; the sweep's logging is set back after it."""
     job_return = run_job(
-        hydra_context=launcher.hydra_context,
-        task_function=task,
-        config=config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
+        hydra_context=launcher.hydra_context, task_function=task, config=config, **SWEEP_KEYS
     )
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return job_return

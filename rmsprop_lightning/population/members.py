@@ -62,12 +62,12 @@ class Member:
 def solo_reason(cfg: DictConfig) -> str | None:
     """Why the job needs a run of its own, or ``None`` when it can join a population."""
     trainer, monitor = cfg.trainer, cfg.scheduler.get("monitor")
+    optimizer, model, data = (cfg[group].get("_target_") for group in ("optimizer", "model", "data"))
     checks = {
-        f"optimizer {cfg.optimizer.get('_target_')} is not RMSprop": cfg.optimizer.get("_target_")
-        in OPTIMIZERS,
-        f"model {cfg.model.get('_target_')} is not FeedForward": cfg.model.get("_target_") in MODELS,
+        f"optimizer {optimizer} is not RMSprop": optimizer in OPTIMIZERS,
+        f"model {model} is not FeedForward": model in MODELS,
         "model.dropout > 0": not cfg.model.get("dropout"),
-        f"data {cfg.data.get('_target_')} is not RegressionDataModule": cfg.data.get("_target_") in DATA,
+        f"data {data} is not RegressionDataModule": data in DATA,
         "it uses several devices": trainer.get("devices", 1) in (1, "1", "auto", None)
         and trainer.get("num_nodes", 1) == 1
         and trainer.get("strategy", "auto") in ("auto", None),

@@ -1,7 +1,5 @@
-"""The LightningModule of a population: every member's loss, step, validation and test at once.
-
-Lightning's one loop state is each member's; per-member values stay on the device until the run ends.
-"""
+"""The LightningModule of a population: every member's loss, step, validation and test at once; Lightning's
+one loop state is each member's, and per-member values stay on the device until the run ends."""
 
 from __future__ import annotations
 
@@ -46,12 +44,9 @@ class MemberSchedulers:
 
 
 class PopulationModule(pl.LightningModule):
-    """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` built on the members' optimizers.
-
-    ``shadows``: the members' own optimizers, whose ``schedulers`` set their learning rates;
-    ``param_groups``: the stacked parameters' groups, aligned with the shadows'. ``monitor_every`` and
-    ``lr_every``: the intervals of the optimizer-state norms and learning rates (``None``: not recorded).
-    """
+    """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` on the members' own optimizers
+    (``shadows``, whose ``schedulers`` set their learning rates) and the stacked ``param_groups`` aligned
+    with theirs; ``monitor_every``/``lr_every``: the norms' and learning rates' intervals (``None``: off)."""
 
     def __init__(
         self,
@@ -94,8 +89,7 @@ class PopulationModule(pl.LightningModule):
         if features.dim() == 3:  # [B, P, in] training batches: one batch per member
             features, targets = features.transpose(0, 1), targets.transpose(0, 1)
         predictions = self.model(features)
-        targets = targets.expand_as(predictions)
-        return self.criterion(predictions, targets).mean(dim=(1, 2)), predictions
+        return self.criterion(predictions, targets.expand_as(predictions)).mean(dim=(1, 2)), predictions
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         losses, _ = self.member_losses(batch)
@@ -171,12 +165,11 @@ class PopulationModule(pl.LightningModule):
     def _keep_best(self, loss: Tensor, step: int) -> None:
         """Keeps each live member's parameters at its lowest ``val/loss`` (ties keep the earlier), as
         ``ModelCheckpoint`` does: its first validation counts whatever the score, NaN counting as inf."""
-        alive = self.optimizer.alive
         if self.best_loss is None:
             self.best_loss = torch.full_like(loss, float("inf"))
             self.best_step = torch.full_like(loss, -1, dtype=torch.long)
         loss = torch.nan_to_num(loss, nan=float("inf"), posinf=float("inf"))
-        better = alive & ((loss < self.best_loss) | (self.best_step < 0))
+        better = self.optimizer.alive & ((loss < self.best_loss) | (self.best_step < 0))
         self.best_loss = torch.where(better, loss, self.best_loss)
         self.best_step = torch.where(better, step, self.best_step)
         for name in self.model.names:

@@ -120,8 +120,7 @@ def write_tensorboard(
     events = EventFile(logger.log_dir)
     best: dict[str, float] = {}
     tracked = [(tag, mode) for tag, mode in logger.hparams_metrics.items() if mode != "last"]
-    for step in sorted(scalars):
-        metrics = scalars[step]
+    for step, metrics in sorted(scalars.items()):
         for tag, mode in tracked:
             if tag in metrics and is_better(metrics[tag], best.get(tag), mode):
                 best[tag] = metrics[tag]
