@@ -48,12 +48,11 @@ class PopulationRecord:
 
     def __init__(self, result: PopulationResult) -> None:
         module = result.module
-        optimizer = module.optimizer
         self.result = result
         self.id = uuid.uuid4().hex[:12]  # tells the report which jobs shared this fit
         self.losses = torch.stack(module.step_losses).T.tolist() if module.step_losses else []
-        self.frozen_at = optimizer.frozen_at.tolist()
-        self.skipped = optimizer.skipped.tolist()
+        self.frozen_at = module.optimizer.frozen_at.tolist()
+        self.skipped = module.optimizer.skipped.tolist()
         self.norm_names = module.norms.names if module.norms else []
         self.norm_applies = module.norms.applies.tolist() if module.norms else []
         self.norms = [(step, values.tolist()) for step, values in module.norm_records]
