@@ -42,7 +42,7 @@ def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, 
     """The member's best checkpoint: its weights at its best validation."""
     step, population = record.best_step[index], record.result.module
     module = member.module.to(population.dtype)  # the run's precision (float64 with 64-true)
-    module.load_state_dict({f"model.{name}": best[index] for name, best in population.best_params.items()})
+    module.load_state_dict({f"model.{name}": value[index] for name, value in population.best_params.items()})
     checkpoint = {
         "epoch": population.validation_epochs[step],
         "global_step": step,

@@ -102,13 +102,10 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
     captured = CapturedCheckpoint()
     with tempfile.TemporaryDirectory() as scratch, quiet_lightning():
         last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}  # saved as the members save
-        callbacks = [
-            LastCheckpoint(scratch, every_n_train_steps=last.get("every_n_train_steps", 10**9)),
-            GracefulInterrupt(),
-        ]
+        every = last.get("every_n_train_steps", 10**9)
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
-            callbacks=callbacks,
+            callbacks=[LastCheckpoint(scratch, every_n_train_steps=every), GracefulInterrupt()],
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
