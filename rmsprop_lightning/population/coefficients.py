@@ -111,14 +111,9 @@ def corrections(k: MemberCoefficients, step: Tensor) -> Tensor:
     return torch.where(k.bias_correction > 0, 1 - k.alpha.to(precise) ** step.to(precise), 1.0)
 
 
-def option_values(group: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The values of a group's options that enter the coefficients."""
-    try:
-        return OPTION_VALUES(group)
-    except KeyError:  # a torch.optim.RMSprop group
-        return OPTION_VALUES({**TORCH_DEFAULTS, **group})
-
-
 def options_signature(shadows: Sequence[torch.optim.Optimizer], group: int) -> tuple[Any, ...]:
     """Every member's options in group ``group``: the coefficients change only when this does."""
-    return tuple(option_values(shadow.param_groups[group]) for shadow in shadows)
+    try:
+        return tuple(OPTION_VALUES(shadow.param_groups[group]) for shadow in shadows)
+    except KeyError:  # torch.optim.RMSprop groups lack some options
+        return tuple(OPTION_VALUES(member_options(shadow, group)) for shadow in shadows)
