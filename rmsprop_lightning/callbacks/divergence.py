@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
 from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.summary import write_summary
 
@@ -24,9 +25,8 @@ SKIPPED_TAG = "train/skipped_steps"
 def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """A 0-d bool tensor: whether every element of every tensor is finite (no host sync).
 
-    Each tensor is summed in float64, where no sum of finite float32 (or lower) values
-    can overflow, so the total is finite exactly when every element is; a sum is the
-    cheapest full reduction on CPU (several times cheaper than ``isfinite().all()`` on large tensors).
+    A float64 sum of finite float32 values cannot overflow, and is several times cheaper on CPU than
+    ``isfinite().all()``.
     """
     sums = [tensor.detach().sum(dtype=torch.float64) for tensor in tensors if tensor is not None]
     return torch.stack(sums).sum().isfinite() if sums else torch.tensor(True)
@@ -59,13 +59,9 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
 class DivergenceGuard(Callback):
     """Checks the loss, the gradients and the parameters for NaN/inf at every step.
 
-    ``on_nonfinite="stop"`` raises :class:`~rmsprop_lightning.errors.DivergedError` at
-    the end of the first step whose loss or updated parameters are not finite, before
-    any checkpoint of that step is written, so the last checkpoint on disk is the last
-    good state. ``"skip"`` drops the update of a step whose loss or gradients are not
-    finite (its gradients are cleared before the optimizer runs), counts it and logs the
-    count as ``train/skipped_steps``; non-finite parameters still stop the run. With
-    ``summary_dir`` the run's ``metrics.json`` is marked ``diverged``.
+    ``"stop"`` raises :class:`~rmsprop_lightning.errors.DivergedError` before that step's checkpoint is
+    written; ``"skip"`` drops the update of a step with a non-finite loss or gradient and logs the count
+    (non-finite parameters still stop). With ``summary_dir`` the run's ``metrics.json`` says ``diverged``.
     """
 
     def __init__(self, on_nonfinite: str = "stop", summary_dir: str | Path | None = None) -> None:
@@ -80,10 +76,7 @@ class DivergenceGuard(Callback):
 
     def _agree(self, trainer: pl.Trainer, finite: torch.Tensor) -> bool:
         """Whether every rank saw finite values (one host sync; one all-reduce under DDP)."""
-        bad = not bool(finite)
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        return not bad
+        return not trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._checked_step = trainer.global_step
@@ -129,11 +122,15 @@ class DivergenceGuard(Callback):
         step = trainer.global_step - 1
         loss_finite = bool(all_finite(self._losses))
         what = "parameters" if loss_finite else "loss"
-        optimizer = trainer.optimizers[0]
-        last = self._last_checkpoint(trainer)
+        last = find_last_checkpoint(trainer)
+        kept = (
+            f"The last good state is kept in {last.path}."
+            if last is not None and last.path.is_file()
+            else "No checkpoint was written before it."
+        )
         message = (
             f"training diverged at step {step}: non-finite {what} (loss {self._loss_text()}); "
-            f"likely cause: {likely_cause(optimizer, loss_finite)}. {last}"
+            f"likely cause: {likely_cause(trainer.optimizers[0], loss_finite)}. {kept}"
         )
         if self.summary_dir is not None and trainer.is_global_zero:
             write_summary(self.summary_dir, status="diverged", error=message, diverged_at_step=step)
@@ -142,16 +139,6 @@ class DivergenceGuard(Callback):
     def _loss_text(self) -> str:
         values = [value for loss in self._losses for value in loss.float().reshape(-1).tolist()]
         return ", ".join(f"{value:.6g}" for value in values) or "unknown"
-
-    @staticmethod
-    def _last_checkpoint(trainer: pl.Trainer) -> str:
-        """Where the last good state is, for the message."""
-        from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
-
-        for callback in trainer.callbacks:
-            if isinstance(callback, LastCheckpoint) and callback.path.is_file():
-                return f"The last good state is kept in {callback.path}."
-        return "No checkpoint was written before it."
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped}

@@ -16,8 +16,7 @@ from rmsprop_lightning.logging.tensorboard import is_better
 def keep_best(
     best: dict[str, float], best_step: dict[str, int], metrics: Mapping[str, float], step: int
 ) -> None:
-    """Takes the ``val/`` values of ``metrics`` that beat ``best`` (R² is maximised, losses and errors
-    minimised), noting their ``step``."""
+    """Takes the ``val/`` values of ``metrics`` that beat ``best`` (R² maximised, the rest minimised)."""
     for tag, value in metrics.items():
         if tag.startswith("val/") and is_better(value, best.get(tag), "max" if tag.endswith("r2") else "min"):
             best[tag], best_step[tag] = value, step
@@ -37,9 +36,7 @@ def best_values(
 class FitStats(Callback):
     """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
 
-    Read :meth:`fields` after the run, also after an exception: it then holds what was
-    reached before the failure. The best values go into checkpoints, so a resumed run keeps those
-    of its earlier part.
+    :meth:`fields` also holds what was reached before an exception; checkpoints keep the best values.
     """
 
     def __init__(self) -> None:
@@ -63,15 +60,12 @@ class FitStats(Callback):
         if not trainer.sanity_checking:
             keep_best(self.best, self.best_step, _scalars(trainer), trainer.global_step)
 
-    def _end_fit(self, trainer: pl.Trainer) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._fit_start is not None:
             self.fit_seconds = time.perf_counter() - self._fit_start
             self._fit_start = None
         self.steps = trainer.global_step
         self.final.update(_scalars(trainer))
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_fit(trainer)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.final.update({tag: value for tag, value in _scalars(trainer).items() if tag.startswith("test/")})
@@ -79,7 +73,7 @@ class FitStats(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._end_fit(trainer)
+        self.on_fit_end(trainer, pl_module)
 
     def fields(self) -> dict[str, Any]:
         """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best`` and ``best_step``."""
@@ -87,8 +81,7 @@ class FitStats(Callback):
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
             "final": dict(self.final),
-            "best": dict(self.best),
-            "best_step": dict(self.best_step),
+            **self.state_dict(),
         }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
+from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.summary import write_summary
 
@@ -24,15 +24,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class GracefulInterrupt(Callback):
     """Turns SIGTERM/SIGINT during training into a checkpoint and a clean stop after the current step.
 
-    The handler only records the signal. At the end of the step the ranks agree to stop
-    (one all-reduce per step under DDP, so a signal sent to one rank is enough),
-    :class:`~rmsprop_lightning.callbacks.LastCheckpoint` is asked to save that step, as
-    it would save any other (after the step's validation if one is scheduled), and the
-    next batch does not start: an :class:`~rmsprop_lightning.errors.InterruptedRun`
-    carries the resume command to the entry point. Nothing extra runs on the way out
-    (no unscheduled validation), so the resumed run is the run that was stopped; a signal
-    at the last step or after it stops at the end of the fit, before any test. A
-    second Ctrl-C stops at once, without a checkpoint.
+    The ranks agree to stop at the step's end (a signal to one rank is enough), ``LastCheckpoint`` saves
+    that step and the next batch raises :class:`~rmsprop_lightning.errors.InterruptedRun` with the resume
+    command; nothing unscheduled runs, so the resumed run is the one stopped. A second Ctrl-C stops at once.
     """
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
@@ -46,8 +40,9 @@ class GracefulInterrupt(Callback):
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
             step = (self._step or 0) + 1
-            message = f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}"
-            raise InterruptedRun(message, signum)
+            raise InterruptedRun(
+                f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}", signum
+            )
         self.received = signum
         log.warning(
             "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
@@ -67,14 +62,11 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         stepped, self._step = trainer.global_step != self._step, trainer.global_step
         if stop and stepped and self.stopped_at is None:  # never inside an accumulation of gradients
             self.stopped_at = trainer.global_step
-            last = self._last_checkpoint(trainer)
-            if last is not None:
+            if (last := find_last_checkpoint(trainer)) is not None:
                 last.request_save()
 
     def on_train_batch_start(
@@ -85,9 +77,7 @@ class GracefulInterrupt(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if stop and self.stopped_at is None:  # after the last step's end, whose checkpoint is saved as usual
             self.stopped_at = trainer.global_step
 
@@ -103,19 +93,16 @@ class GracefulInterrupt(Callback):
     def _resume(self) -> str:
         return f"; resume with: python train.py resume={self.run_dir}" if self.run_dir is not None else ""
 
-    @staticmethod
-    def _last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
-        return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-
     def _stop(self, trainer: pl.Trainer) -> None:
         signum = self.received or signal.SIGTERM
-        last = self._last_checkpoint(trainer)
+        last = find_last_checkpoint(trainer)
         if last is not None and last.saved_step == self.stopped_at:
             saved = f"checkpoint saved to {last.path}"
         else:
             saved = "no checkpoint saved (no last_checkpoint callback)"
-        resume = self._resume()
-        message = f"stopped by {signal.Signals(signum).name} after step {self.stopped_at}; {saved}{resume}"
+        message = (
+            f"stopped by {signal.Signals(signum).name} after step {self.stopped_at}; {saved}{self._resume()}"
+        )
         if self.run_dir is not None and trainer.is_global_zero:
             write_summary(self.run_dir, status="interrupted", error=message, steps=self.stopped_at)
         raise InterruptedRun(message, signum)

@@ -31,28 +31,24 @@ def training_stops(trainer: pl.Trainer) -> bool:
     )
 
 
+def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
+    """The trainer's :class:`LastCheckpoint` callback, if it has one."""
+    return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+
+
 class LastCheckpoint(Checkpoint):
-    """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
+    """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps, after the
+    last step, when training is told to stop, and on :meth:`request_save` (Ctrl-C, SIGTERM).
 
-    It also saves after the last step, when training is told to stop (early stopping)
-    and on :meth:`request_save` (Ctrl-C, SIGTERM). It saves at the end of the training batch, or, when
-    validation follows that batch, at the end of that validation: Lightning does not
-    repeat a validation that was due at a checkpoint's step, and it feeds plateau
-    schedulers and the best checkpoint. Being a ``Checkpoint``, it runs after the other
-    callbacks, so a step they reject is never saved.
-
-    Lightning's resume skips two pieces of end-of-epoch work that these checkpoints
-    come before: the plateau-scheduler step of an epoch whose last batch the checkpoint
-    holds, and the one at the end of the epoch the run resumes in (it has no metrics to
-    feed them). The checkpoint keeps the metrics, and this callback makes those steps.
+    When validation follows the batch, it saves after that validation: Lightning does not repeat a
+    validation that was due at a checkpoint's step. Being a ``Checkpoint``, it runs after the other
+    callbacks, so a step they reject is never saved. It also makes the plateau-scheduler steps that
+    Lightning's resume skips at the ends of epochs these checkpoints come before.
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
-        if (
-            isinstance(every_n_train_steps, bool)
-            or not isinstance(every_n_train_steps, int)
-            or every_n_train_steps < 1
-        ):
+        whole = isinstance(every_n_train_steps, int) and not isinstance(every_n_train_steps, bool)
+        if not whole or every_n_train_steps < 1:
             raise ValueError(
                 f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid; "
                 "allowed: a positive integer"
