@@ -15,18 +15,15 @@ Series = list[tuple[int, float]]
 def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """``{tag: [(step, value), ...]}`` over every event file below ``log_dir``, steps ascending.
 
-    Each folder holding event files is read as one TensorBoard run, with TensorBoard's purges
-    (a resumed run's SessionLog START), and gives one point a step: the last written (a resumed
-    run logs the step of its checkpoint again). A tag that appears in several runs below
-    ``log_dir`` has their points merged.
+    Each folder is one TensorBoard run, read with its purges and one point a step (the last written: a
+    resumed run logs its checkpoint's step again); a tag's points in several runs are merged.
     """
     scalars: dict[str, Series] = {}
-    folders = sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")})
     tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
     level = tensorboard_log.level
     tensorboard_log.setLevel(logging.ERROR)
     try:
-        for folder in folders:
+        for folder in sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")}):
             accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             accumulator.Reload()
             for tag in accumulator.Tags()["scalars"]:

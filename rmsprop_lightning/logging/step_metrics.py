@@ -18,13 +18,11 @@ class StepMetricBuffer:
     """Collects ``{name: scalar tensor}`` per step without touching the host."""
 
     def __init__(self) -> None:
-        self._steps: list[tuple[int, ...]] = []
-        self._names: list[tuple[str, ...]] = []
-        self._values: list[torch.Tensor] = []
-        self._count = 0
+        # (steps, names, values), as recorded
+        self._records: list[tuple[tuple[int, ...], tuple[str, ...], torch.Tensor]] = []
 
     def __len__(self) -> int:
-        return self._count
+        return sum(len(steps) for steps, _, _ in self._records)
 
     def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
         """Keeps the detached scalar ``metrics`` of ``step``; nothing is copied to the host."""
@@ -37,43 +35,32 @@ class StepMetricBuffer:
 
     def record_rows(self, steps: Sequence[int], names: Sequence[str], values: torch.Tensor) -> None:
         """Keeps ``values`` (one row per step, one column per name) as the metrics ``names`` of ``steps``."""
-        self._steps.append(tuple(int(step) for step in steps))
-        self._names.append(tuple(names))
-        self._values.append(values.detach())
-        self._count += len(steps)
+        self._records.append((tuple(int(step) for step in steps), tuple(names), values.detach()))
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order.
-
-        All values reach the host through one concatenation and a single transfer.
-        """
-        if not self._values:
+        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order, after a single
+        transfer to the host."""
+        if not self._records:
             return []
-        flat = torch.cat([value.reshape(-1) for value in self._values]).float().tolist()
-        entries: list[tuple[int, dict[str, float]]] = []
-        offset = 0
-        for names, steps in zip(self._names, self._steps, strict=True):
-            for step in steps:
-                entries.append((step, dict(zip(names, flat[offset : offset + len(names)], strict=True))))
-                offset += len(names)
+        flat = iter(torch.cat([values.reshape(-1) for _, _, values in self._records]).float().tolist())
+        entries = [
+            (step, {name: next(flat) for name in names})
+            for steps, names, _ in self._records
+            for step in steps
+        ]
         self.clear()
         return entries
 
     def clear(self) -> None:
         """Forgets every recorded value without a transfer."""
-        self._steps.clear()
-        self._names.clear()
-        self._values.clear()
-        self._count = 0
+        self._records.clear()
 
 
 class BufferedStepLogger(Callback):
-    """Flushes a :class:`StepMetricBuffer` to every logger of the trainer.
+    """Flushes a :class:`StepMetricBuffer`, which subclasses fill, to every logger of the trainer.
 
-    It flushes once ``flush_every`` steps are buffered, or at the first step ``flush_secs``
-    seconds after the last flush (``None``: no time limit), so slow steps still reach the
-    loggers soon. Only global rank zero transfers and writes; other ranks drop their
-    values, so no collective is ever added. Subclasses record into :attr:`buffer`.
+    It flushes every ``flush_every`` steps, or at the first step ``flush_secs`` after the last flush, so slow
+    steps still reach the loggers soon. Only rank zero writes; the others drop their values (no collective).
     """
 
     def __init__(self, flush_every: int = 100, flush_secs: float | None = 30.0) -> None:
@@ -90,9 +77,7 @@ class BufferedStepLogger(Callback):
 
     def flush_due(self, steps: int) -> bool:
         """Whether ``steps`` buffered steps call for a flush: enough of them, or the time since the last."""
-        if steps >= self.flush_every:
-            return True
-        return (
+        return steps >= self.flush_every or (
             bool(steps) and self.flush_secs is not None and monotonic() - self._flushed_at >= self.flush_secs
         )
 

@@ -23,11 +23,8 @@ RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden", "trainer.max_steps
 
 
 def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
-    """``{"optimizer/lr": 0.01, "optimizer/class": "torch.optim.RMSprop", ...}`` from a (nested) config entry.
-
-    ``_target_`` becomes ``class``, ``_partial_`` is dropped, ``None`` and lists become
-    strings (TensorBoard's HPARAMS tab takes booleans, numbers and strings).
-    """
+    """``{"optimizer/lr": 0.01, "optimizer/class": "torch.optim.RMSprop", ...}`` from a (nested) config entry,
+    with ``None`` and lists as strings: TensorBoard's HPARAMS tab takes booleans, numbers and strings."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)
     if not isinstance(config, Mapping):
@@ -62,11 +59,8 @@ def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
 
 
 def hparams_summaries(params: Mapping[str, HParamValue], metric_tags: Iterable[str]) -> list[Summary]:
-    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run.
-
-    Built from TensorBoard's protos rather than torch's ``hparams`` (which types booleans as
-    numbers) or ``summary_v2.hparams_pb`` (which names the session by a hash, not the run).
-    """
+    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run, from protos:
+    torch's ``hparams`` types booleans as numbers, ``summary_v2.hparams_pb`` names sessions by a hash."""
     infos = []
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, value in params.items():
@@ -105,21 +99,15 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 class TensorBoardRunLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger with one event file per run and HPARAMS that carry real metrics.
 
-    ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
-    value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
-    ``finalize`` (end of ``fit`` and ``test``) only flushes, where Lightning's closes the file and ``test``
-    opens a second one; :meth:`write_hparams` ends the run and closes the file; :meth:`continue_run`
-    purges the steps a resumed run redoes and takes up its earlier part's best values. The scalars of
-    one ``log_metrics`` call go into one event (Lightning writes one per value), so a step's many monitor
-    values cost one record. The writer's queue holds ``max_queue=1000`` events (torch's default is
-    10), so handing it a batch of buffered steps does not wait on its thread. ``default_hp_metric`` is
-    off: TensorBoard shows the first HPARAMS record of a run, which must be this logger's. Other arguments
-    are ``TensorBoardLogger``'s.
+    ``hparams_metrics`` maps a tag to ``last`` (its HPARAMS column shows the last value) or ``min``/``max``
+    (the column ``<tag>_best`` shows the best). One ``log_metrics`` call writes one event, not one per value.
     """
 
     def __init__(
         self, *args: Any, hparams_metrics: Mapping[str, str] | None = None, prefix: str = "", **kwargs: Any
     ) -> None:
+        # TensorBoard shows a run's first HPARAMS record, which must be ours; a queue of 1000 (torch's: 10)
+        # takes a flush of buffered steps without waiting on the writer thread
         super().__init__(*args, prefix=prefix, **{"default_hp_metric": False, "max_queue": 1000, **kwargs})
         self.tag_prefix = f"{prefix}{self.LOGGER_JOIN_CHAR}" if prefix else ""
         metrics = dict(DEFAULT_HPARAMS_METRICS if hparams_metrics is None else hparams_metrics)
@@ -132,8 +120,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self._last_step = 0
 
     def continue_run(self, resumed_step: int | None) -> None:
-        """Continues this folder's run (``resume=``) from its checkpoint of ``resumed_step`` (``None``: from
-        step 0): purges the earlier part's steps after it and takes up the best values of those before."""
+        """Continues this folder's run from its checkpoint of ``resumed_step`` (``None``: step 0): purges the
+        later steps and takes up the best values of the earlier ones."""
         from rmsprop_lightning.logging.events import read_scalars
 
         # the validation at resumed_step came before the checkpoint, its batch after it and is logged again
@@ -148,8 +136,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def _purge(self, step: int) -> None:
-        """Writes TensorBoard's SessionLog START at ``step`` (as ``SummaryWriter(purge_step=step)`` does):
-        readers drop the events of earlier files with a step ``>= step``."""
+        """Writes a SessionLog START at ``step``, as ``SummaryWriter(purge_step=step)`` does."""
         # twice: the server's Python loader takes a run's first START for its first session and purges at
         # later ones only (RustBoard drops a series' points from a step that is logged again)
         start = Event(session_log=SessionLog(status=SessionLog.START))
@@ -185,7 +172,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """End of ``fit`` or ``test``, whatever the status: flushes, saves ``hparams.yaml``, stays open."""
+        """End of ``fit`` or ``test``: flushes and saves ``hparams.yaml`` but, unlike Lightning's, stays open
+        (``test`` would open a second file)."""
         self.save()
 
     @rank_zero_only
@@ -194,9 +182,8 @@ class TensorBoardRunLogger(TensorBoardLogger):
         best = {f"{tag}_best": value for tag, value in self.best.items()}
         if best:
             self.log_metrics(best, self._last_step)
-        file_writer = self.experiment.file_writer
         for summary in hparams_summaries(params, self.metric_tags):
-            file_writer.add_summary(summary, self._last_step)
+            self.experiment.file_writer.add_summary(summary, self._last_step)
         self.close()
 
     @rank_zero_only
@@ -206,8 +193,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
 
 def continue_tensorboard(loggers: Iterable[Logger], resumed_step: int | None) -> None:
-    """Has every :class:`TensorBoardRunLogger` among ``loggers`` continue its run from the checkpoint of
-    step ``resumed_step`` (``None``: the run starts again from step 0); see ``continue_run``."""
+    """Has every :class:`TensorBoardRunLogger` among ``loggers`` continue its run; see ``continue_run``."""
     for logger in loggers:
         if isinstance(logger, TensorBoardRunLogger):
             logger.continue_run(resumed_step)
