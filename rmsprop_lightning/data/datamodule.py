@@ -14,12 +14,8 @@ from rmsprop_lightning.data.sources import Table, synthetic
 
 
 class RegressionDataModule(pl.LightningDataModule):
-    """Splits a :class:`Table` into train/val/test by fractions with a fixed seed.
-
-    ``source`` is a table or a function returning one (e.g. a Hydra ``_partial_`` of
-    :func:`~rmsprop_lightning.data.sources.synthetic`); it is loaded once, on first use.
-    Standardisation statistics are fitted on the training split only.
-    """
+    """Splits a :class:`Table`, or what the function ``source`` returns on first use, into train/val/test
+    by fractions with a fixed seed, standardised with the training split's statistics."""
 
     def __init__(
         self,
@@ -73,16 +69,16 @@ class RegressionDataModule(pl.LightningDataModule):
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
         if self._splits is None:
-            options = {
-                "val_fraction": self.val_fraction,
-                "test_fraction": self.test_fraction,
-                "seed": self.split_seed,
-                "standardize_features": self.standardize_features,
-                "standardize_targets": self.standardize_targets,
-                "min_train_rows": self.batch_size if self.drop_last else 1,
-            }
-            table = self.source if isinstance(self.source, Table) else self.source()
-            self._splits = split_and_standardize(table, **options, scaling=self.scaling)
+            self._splits = split_and_standardize(
+                self.source if isinstance(self.source, Table) else self.source(),
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                seed=self.split_seed,
+                standardize_features=self.standardize_features,
+                standardize_targets=self.standardize_targets,
+                min_train_rows=self.batch_size if self.drop_last else 1,
+                scaling=self.scaling,
+            )
         return self._splits
 
     def state_dict(self) -> dict[str, Any]:
@@ -94,8 +90,7 @@ class RegressionDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Warns when a checkpoint's standardisation is not this data's: its model learnt other data."""
-        changed = self.scaling_changes(state_dict)
-        if changed:
+        if changed := self.scaling_changes(state_dict):
             warnings.warn(
                 f"the checkpoint's data were standardised differently ({', '.join(changed)}): "
                 "this data set is not the one its model was trained on",
@@ -107,16 +102,14 @@ class RegressionDataModule(pl.LightningDataModule):
         reproduce (up to float32 rounding)."""
         self.splits  # noqa: B018  (standardises the data)
         current = {key: value.double() for key, value in self.scaling.items()}
-        changed = []
-        for key, value in saved.items():
-            value = torch.as_tensor(value).double()
-            if (
-                key not in current
-                or value.shape != current[key].shape
-                or not current[key].allclose(value, 1e-5)
-            ):
-                changed.append(key)
-        return changed
+        saved = {key: torch.as_tensor(value).double() for key, value in saved.items()}
+        return [
+            key
+            for key, value in saved.items()
+            if key not in current
+            or value.shape != current[key].shape
+            or not current[key].allclose(value, 1e-5)
+        ]
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
@@ -137,9 +130,6 @@ class RegressionDataModule(pl.LightningDataModule):
                 world_size=world,
             )
 
-    def _loader(self, split: str) -> InMemoryBatchLoader | list:
-        return self._loaders.get(split, [])
-
     def train_batches(self, world_size: int = 1) -> int:
         """Training batches per epoch on each of ``world_size`` ranks, by the loader's own count."""
         features, targets = self.splits["train"]
@@ -153,10 +143,10 @@ class RegressionDataModule(pl.LightningDataModule):
         return self._loaders["train"]
 
     def val_dataloader(self) -> InMemoryBatchLoader | list:
-        return self._loader("val")
+        return self._loaders.get("val", [])
 
     def test_dataloader(self) -> InMemoryBatchLoader | list:
-        return self._loader("test")
+        return self._loaders.get("test", [])
 
 
 def split_and_standardize(

@@ -10,23 +10,19 @@ import torch
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The order of ``count`` rows in ``epoch``, from a generator seeded with a checksum of ``"seed/epoch"``:
-    runs of different seeds do not share an epoch's order (with ``seed + epoch``, seed 1 repeated seed 0
-    an epoch late; torch's generator reads only a seed's lower 32 bits, so no bit-packing either)."""
+    """The order of ``count`` rows in ``epoch``, seeded with a checksum of ``"seed/epoch"`` (with
+    ``seed + epoch``, seed 1 repeated seed 0 an epoch late; torch's generator reads 32 bits of a seed)."""
     generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{epoch}".encode()))
     return torch.randperm(count, generator=generator)
 
 
 class InMemoryBatchLoader:
-    """Serves ``(features, targets)`` batches as views of tensors already on the device.
+    """Serves ``(features, targets)`` batches as slices of tensors already on the device, without
+    ``DataLoader``'s per-sample collation, which dominates a small net's step.
 
-    Each epoch draws a permutation from ``(seed, epoch)`` (the same on every rank), takes
-    this rank's strided shard of it — padded like ``DistributedSampler`` so every rank
-    has as many batches — gathers the shard once and yields contiguous slices. That
-    avoids ``DataLoader``'s per-sample collation, which dominates a small net's step.
-    Each ``iter()`` starts the next epoch, except right after :meth:`load_state_dict`,
-    where it continues the restored epoch from the restored position (unless that epoch
-    was finished: a checkpoint taken after an epoch's last batch resumes in the next).
+    Each epoch shuffles by ``(seed, epoch)`` and takes this rank's strided shard, padded like
+    ``DistributedSampler``. Each ``iter()`` starts the next epoch, or, right after :meth:`load_state_dict`,
+    goes on in the restored one unless it was finished.
     """
 
     def __init__(
@@ -75,9 +71,7 @@ class InMemoryBatchLoader:
         if not self.shuffle:
             return torch.arange(self.rank, count, self.world_size)
         order = epoch_order(self.seed, epoch, count)
-        padding = -count % self.world_size
-        if padding:
-            order = torch.cat([order, order[:padding]])
+        order = torch.cat([order, order[: -count % self.world_size]])  # padded like DistributedSampler
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -94,13 +94,8 @@ def from_csv(
         values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
     if not len(values):
         raise ValueError(f"{path} has a header but no data rows")
-    split = len(feature_names)
-    return Table(
-        torch.from_numpy(values[:, :split]),
-        torch.from_numpy(values[:, split:]),
-        tuple(feature_names),
-        tuple(targets),
-    )
+    columns = torch.from_numpy(values).split([len(feature_names), len(targets)], dim=1)
+    return Table(*columns, tuple(feature_names), tuple(targets))
 
 
 def blank(row: list[str]) -> bool:
@@ -158,10 +153,8 @@ def read_rows(
 
 
 def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
-    """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``.
-
-    Files are parsed as data only: pickled objects are refused.
-    """
+    """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``;
+    pickled objects are refused."""
     path = existing_file(path)
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -187,8 +180,7 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
             raise ValueError(f"{path}: array {key!r} holds {values.dtype}; allowed: integers or reals")
         if values.ndim == 0 or values.size == 0:
             raise ValueError(f"{path}: array {key!r} has shape {values.shape}; allowed: one row per sample")
-    features, targets = (float64_rows(values) for values in arrays.values())
-    return Table.numbered(features, targets)
+    return Table.numbered(*(float64_rows(values) for values in arrays.values()))
 
 
 def float64_rows(values: np.ndarray) -> torch.Tensor:
@@ -202,14 +194,11 @@ def random_normal(num_samples: int = 2, num_features: int = 10, num_targets: int
 
 
 def diabetes() -> Table:
-    """scikit-learn's diabetes data (442 patients × 10 raw features, disease progression after a year).
-
-    Read from the files shipped inside scikit-learn (extra ``datasets``): nothing is downloaded.
-    """
+    """scikit-learn's diabetes data (442 patients × 10 raw features, disease progression after a year),
+    read from the files shipped inside scikit-learn (extra ``datasets``): nothing is downloaded."""
     from rmsprop_lightning.app.extras import require
 
-    datasets = require("sklearn.datasets", "datasets", "data=diabetes")
-    bunch = datasets.load_diabetes(scaled=False)
+    bunch = require("sklearn.datasets", "datasets", "data=diabetes").load_diabetes(scaled=False)
     return Table(
         torch.as_tensor(bunch.data, dtype=torch.float32),
         torch.as_tensor(bunch.target, dtype=torch.float32).reshape(-1, 1),
