@@ -1,7 +1,5 @@
 """A TensorBoard event file written in the caller's thread, for runs whose events are all known at once.
-
-``SummaryWriter``'s writer thread and queue cost more than the records a population writes in one go.
-"""
+``SummaryWriter``'s writer thread and queue cost more than the records a population writes in one go."""
 
 from __future__ import annotations
 
@@ -26,8 +24,7 @@ class EventFile:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = Path(log_dir) / f"{name}.{next(_file_numbers)}"
-        self._file = self.path.open("wb")
-        self._records = RecordWriter(self._file)
+        self._records = RecordWriter(self.path.open("wb"))
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event: Event) -> None:
@@ -44,4 +41,4 @@ class EventFile:
 
     def close(self) -> None:
         """Flushes and closes the file."""
-        self._file.close()
+        self._records.close()

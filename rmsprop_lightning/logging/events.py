@@ -14,10 +14,8 @@ Series = list[tuple[int, float]]
 
 def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """``{tag: [(step, value), ...]}`` over every event file below ``log_dir``, steps ascending.
-
     Each folder is one TensorBoard run, read with its purges and one point a step (the last written: a
-    resumed run logs its checkpoint's step again); a tag's points in several runs are merged.
-    """
+    resumed run logs its checkpoint's step again); a tag's points in several runs are merged."""
     scalars: dict[str, Series] = {}
     tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
     level = tensorboard_log.level

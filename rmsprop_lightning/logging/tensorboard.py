@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -27,21 +26,16 @@ def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
     with ``None`` and lists as strings: TensorBoard's HPARAMS tab takes booleans, numbers and strings."""
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)
+    if config is None:
+        return {prefix: "null"}
     if not isinstance(config, Mapping):
-        return {prefix: _hparam_value(config)}
+        return {prefix: config if isinstance(config, bool | int | float | str) else str(config)}
     flat: dict[str, HParamValue] = {}
     for key, value in config.items():
-        if key == "_partial_":
-            continue
-        name = "class" if key == "_target_" else str(key)
-        flat.update(flatten_hparams(value, f"{prefix}/{name}"))
+        if key != "_partial_":
+            name = "class" if key == "_target_" else str(key)
+            flat.update(flatten_hparams(value, f"{prefix}/{name}"))
     return flat
-
-
-def _hparam_value(value: Any) -> HParamValue:
-    if isinstance(value, bool | int | float | str):
-        return value
-    return "null" if value is None else str(value)
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
@@ -91,14 +85,11 @@ def hparams_summaries(params: Mapping[str, HParamValue], metric_tags: Iterable[s
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
     """Whether ``value`` improves on ``best`` under ``mode`` (``min`` or ``max``); NaN never does."""
-    if math.isnan(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
+    return not math.isnan(value) and (best is None or (value < best if mode == "min" else value > best))
 
 
 class TensorBoardRunLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger with one event file per run and HPARAMS that carry real metrics.
-
     ``hparams_metrics`` maps a tag to ``last`` (its HPARAMS column shows the last value) or ``min``/``max``
     (the column ``<tag>_best`` shows the best). One ``log_metrics`` call writes one event, not one per value.
     """
@@ -127,7 +118,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
         # the validation at resumed_step came before the checkpoint, its batch after it and is logged again
         # (the same values; read_scalars keeps the last point of a step)
         purge_step = 0 if resumed_step is None else resumed_step + 1
-        earlier = read_scalars(self.log_dir) if Path(self.log_dir).is_dir() else {}
+        earlier = read_scalars(self.log_dir)
         for tag, mode in self._tracked:
             for step, value in earlier.get(self.tag_prefix + tag, []):
                 if step < purge_step:
