@@ -42,10 +42,7 @@ def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimiz
 
 def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> list[str]:
     """Puts ``optimizer``'s group settings into a saved optimizer state; returns what changed, in words.
-
-    State tensors the new settings no longer use are dropped; those they need start at zero, as in a new
-    optimizer.
-    """
+    State tensors the new settings no longer use are dropped; those they need start at zero."""
     changes = []
     for group, fresh in zip(saved["param_groups"], optimizer.param_groups, strict=True):
         for key, value in fresh.items():
@@ -83,11 +80,8 @@ def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) 
 
 
 class CheckpointBranch(Callback):
-    """Applies the module's configured optimizer and scheduler settings to the checkpoint it starts from.
-
-    Without it a branch would silently train with the parent's settings: torch's ``load_state_dict``,
-    which Lightning calls on resuming from ``ckpt_path``, restores every group's hyper-parameters.
-    """
+    """Applies the module's configured optimizer and scheduler settings to the checkpoint it starts from:
+    torch's ``load_state_dict``, which Lightning calls for ``ckpt_path``, restores the parent's settings."""
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -97,15 +91,12 @@ class CheckpointBranch(Callback):
         optimizers, schedulers = optimizers_and_schedulers(pl_module.configure_optimizers())
         saved_optimizers = checkpoint.get("optimizer_states", [])
         saved_schedulers = checkpoint.setdefault("lr_schedulers", [])
-        for index, config in enumerate(schedulers):  # first: a schedule moves the fresh optimizer's lr
-            if index == len(saved_schedulers):
-                saved_schedulers.append({})
-            done = (
-                checkpoint.get("global_step", 0) if config["interval"] == "step" else epochs_done(checkpoint)
-            )
-            apply_scheduler_settings(
-                saved_schedulers[index], config["scheduler"], done // config["frequency"]
-            )
+        # a scheduler the parent lacked starts empty; schedules go first: they move the fresh optimizer's lr
+        saved_schedulers += [{} for _ in range(len(schedulers) - len(saved_schedulers))]
+        for saved, config in zip(saved_schedulers, schedulers, strict=False):
+            by_step = config["interval"] == "step"
+            done = checkpoint.get("global_step", 0) if by_step else epochs_done(checkpoint)
+            apply_scheduler_settings(saved, config["scheduler"], done // config["frequency"])
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer)

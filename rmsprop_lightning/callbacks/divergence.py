@@ -23,11 +23,8 @@ SKIPPED_TAG = "train/skipped_steps"
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A 0-d bool tensor: whether every element of every tensor is finite (no host sync).
-
-    A float64 sum of finite float32 values cannot overflow, and is several times cheaper on CPU than
-    ``isfinite().all()``.
-    """
+    """A 0-d bool tensor: whether every element of every tensor is finite (no host sync). A float64 sum
+    of finite float32 values cannot overflow, and costs several times less than ``isfinite().all()``."""
     sums = [tensor.detach().sum(dtype=torch.float64) for tensor in tensors if tensor is not None]
     return torch.stack(sums).sum().isfinite() if sums else torch.tensor(True)
 
@@ -57,12 +54,10 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
 
 
 class DivergenceGuard(Callback):
-    """Checks the loss, the gradients and the parameters for NaN/inf at every step.
-
+    """Checks the loss, the gradients and the parameters for NaN/inf at every step:
     ``"stop"`` raises :class:`~rmsprop_lightning.errors.DivergedError` before that step's checkpoint is
     written; ``"skip"`` drops the update of a step with a non-finite loss or gradient and logs the count
-    (non-finite parameters still stop). With ``summary_dir`` the run's ``metrics.json`` says ``diverged``.
-    """
+    (non-finite parameters still stop). With ``summary_dir`` the run's ``metrics.json`` says ``diverged``."""
 
     def __init__(self, on_nonfinite: str = "stop", summary_dir: str | Path | None = None) -> None:
         if on_nonfinite not in MODES:

@@ -34,10 +34,8 @@ def best_values(
 
 
 class FitStats(Callback):
-    """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric.
-
-    :meth:`fields` also holds what was reached before an exception; checkpoints keep the best values.
-    """
+    """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric, also in
+    checkpoints; :meth:`fields` also holds what was reached before an exception."""
 
     def __init__(self) -> None:
         self.fit_seconds: float | None = None

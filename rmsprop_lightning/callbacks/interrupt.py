@@ -23,11 +23,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class GracefulInterrupt(Callback):
     """Turns SIGTERM/SIGINT during training into a checkpoint and a clean stop after the current step.
-
     The ranks agree to stop at the step's end (a signal to one rank is enough), ``LastCheckpoint`` saves
     that step and the next batch raises :class:`~rmsprop_lightning.errors.InterruptedRun` with the resume
-    command; nothing unscheduled runs, so the resumed run is the one stopped. A second Ctrl-C stops at once.
-    """
+    command; nothing unscheduled runs, so the resumed run is the one stopped. A signal at the last step
+    stops at the end of the fit, before any test; a second Ctrl-C stops at once, without a checkpoint."""
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -40,9 +39,8 @@ class GracefulInterrupt(Callback):
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
             step = (self._step or 0) + 1
-            raise InterruptedRun(
-                f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}", signum
-            )
+            message = f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}"
+            raise InterruptedRun(message, signum)
         self.received = signum
         log.warning(
             "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",

@@ -12,10 +12,8 @@ from lightning.pytorch.callbacks import Callback
 
 class RandomState(Callback):
     """Puts the torch (CPU and CUDA), NumPy and Python generator states into checkpoints.
-
     Lightning does not restore them, so dropout masks would differ after a resume. Stored as tensors, ints
-    and strings, so checkpoints still load weights-only; under DDP, rank zero's are restored on every rank.
-    """
+    and strings, so checkpoints still load weights-only; under DDP, rank zero's are restored on every rank."""
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, position, has_gauss, gauss = np.random.get_state()
