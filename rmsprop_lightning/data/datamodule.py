@@ -163,8 +163,7 @@ def split_and_standardize(
     """Splits rows by a seeded permutation and standardises with training-split statistics, which go
     into ``scaling`` when given (``features_mean``, ``features_scale``, ``targets_…``)."""
     count = len(table.features)
-    num_val = round(count * val_fraction)
-    num_test = round(count * test_fraction)
+    num_val, num_test = round(count * val_fraction), round(count * test_fraction)
     num_train = count - num_val - num_test
     empty = (val_fraction > 0 and num_val == 0) or (test_fraction > 0 and num_test == 0)
     if num_train < max(min_train_rows, 2) or empty:

@@ -19,11 +19,9 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
 class InMemoryBatchLoader:
     """Serves ``(features, targets)`` batches as slices of tensors already on the device, without
     ``DataLoader``'s per-sample collation, which dominates a small net's step.
-
     Each epoch shuffles by ``(seed, epoch)`` and takes this rank's strided shard, padded like
     ``DistributedSampler``. Each ``iter()`` starts the next epoch, or, right after :meth:`load_state_dict`,
-    goes on in the restored one unless it was finished.
-    """
+    goes on in the restored one unless it was finished."""
 
     def __init__(
         self,

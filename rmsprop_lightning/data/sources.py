@@ -1,8 +1,6 @@
 """Tabular regression data sources: each returns features ``X`` (n, d) and targets ``y`` (n, k).
-
 A CSV or NumPy file is read in float64, which keeps columns such as Unix timestamps; the data module
-standardises in the table's precision and serves float32.
-"""
+standardises in the table's precision and serves float32."""
 
 from __future__ import annotations
 
@@ -167,8 +165,7 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
                     f"data.source.targets_key={targets_key!r} is data.source.features_key too (y would be a "
                     f"copy of X); allowed: two different arrays of {path}: {', '.join(loaded.files)}"
                 )
-            missing = [key for key in (features_key, targets_key) if key not in loaded.files]
-            if missing:
+            if missing := [key for key in (features_key, targets_key) if key not in loaded.files]:
                 raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
             arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
     else:
