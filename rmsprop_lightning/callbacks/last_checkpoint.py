@@ -38,11 +38,9 @@ def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
 
 class LastCheckpoint(Checkpoint):
     """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps, after the
-    last step, when training is told to stop, and on :meth:`request_save` (Ctrl-C, SIGTERM).
-    When validation follows the batch, it saves after that validation: Lightning does not repeat a
-    validation that was due at a checkpoint's step. Being a ``Checkpoint``, it runs after the other
-    callbacks, so a step they reject is never saved. It also makes the plateau-scheduler steps that
-    Lightning's resume skips at the ends of epochs these checkpoints come before."""
+    last step, when training is told to stop and on :meth:`request_save`; after the step's validation if one
+    follows (Lightning does not repeat a validation due at a checkpoint's step). As a ``Checkpoint`` it runs
+    after the other callbacks, so a step they reject is never saved."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
         whole = isinstance(every_n_train_steps, int) and not isinstance(every_n_train_steps, bool)
