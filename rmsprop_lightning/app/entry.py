@@ -1,8 +1,5 @@
-"""What the entry points do before Hydra starts: ``resume=``, and one line for a bad command line.
-
-Hydra answers an unknown config option or key with a block of text; here the user gets one line
-naming what they typed, what is allowed and a close match.
-"""
+"""What the entry points do before Hydra starts: ``resume=``, and one line for a bad command line where
+Hydra would answer with a block of text (what was typed, what is allowed, a close match)."""
 
 from __future__ import annotations
 
@@ -60,17 +57,18 @@ def group_options(config_dir: Path) -> dict[str, list[str]]:
     return groups
 
 
-def default_groups(config_file: Path) -> set[str]:
-    """The config groups the primary config's defaults list chooses (with an option or ``null``)."""
-    entries = OmegaConf.load(config_file).get("defaults", [])
-    return {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
+def override_values(override: Any) -> list[Any] | None:
+    """The values an override gives (each of a sweep's), or ``None`` for a sweep its sweeper expands."""
+    try:
+        return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    except Exception:  # glob(), range(), interval() and the other sweeps expanded later
+        return None
 
 
 def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
     """The command line to run, once no override names a config option or a key that does not exist.
 
-    A multirun's job folders (and so its TensorBoard runs) are named by the keys that vary
-    across the sweep only: the overrides common to all jobs join ``exclude_keys``.
+    A multirun's job folders (and TensorBoard runs) are named by the keys that vary across the sweep only.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -92,15 +90,13 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
                     f"{override.input_line} is for a sweep; allowed: the same with -m (--multirun)"
                 )
     groups = group_options(config_dir)
-    defaults = default_groups(config_dir / f"{config_name}.yaml")
+    entries = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
+    defaults = {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
     selections, others = [], []  # each group's first option; every other option of a swept group
     for override in overrides:
         group = override.key_or_group
-        if group not in groups or override.is_delete():
-            continue
-        try:
-            chosen = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-        except Exception:  # glob() and other sweeps Hydra expands itself
+        chosen = override_values(override) if group in groups and not override.is_delete() else None
+        if chosen is None:
             continue
         if override.is_add() and group in defaults:
             raise InputError(
@@ -131,16 +127,14 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
 
 
 def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfig | None) -> None:
-    """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run: a second
-    run there would mix its records, logs and checkpoints with the first's. Interpolations are resolved in
-    ``cfg``, the composed config, where there is one. A DDP run's other ranks, started in their first
-    rank's folder, are not asked."""
+    """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run, whose records
+    a second run would mix with its own; other DDP ranks, started in the first rank's folder, skip this."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     typed = [str(o.value()) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
     if not typed or not is_rank_zero():
         return
     folder = typed[-1]
-    if cfg is not None and "${" in folder:
+    if cfg is not None and "${" in folder:  # resolved in the composed config
         OmegaConf.update(cfg, key, folder)
         try:
             folder = str(OmegaConf.select(cfg, key))
@@ -161,11 +155,8 @@ def check_keys(
     groups: set[str],
     context: str = "",
 ) -> DictConfig | None:
-    """Refuses ``key=value`` where the config composed with the group ``selections`` lacks the key, or
-    a value :func:`check_values` refuses; ``context`` names the selection a message is about.
-
-    Returns that config (Hydra's part included), or ``None`` when Hydra cannot compose it.
-    """
+    """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
+    :func:`check_values` refuses; returns that config, or ``None`` when Hydra cannot compose it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.types import OverrideType
@@ -184,20 +175,16 @@ def check_keys(
         if override.type != OverrideType.CHANGE or override.is_hydra_override() or key in groups:
             continue
         check_key(cfg, key, context)
-        try:
-            values.append(
-                (key, list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()])
-            )
-        except Exception:  # range(), interval() and other sweeps their sweeper expands
-            continue
-    check_values(cfg, [(key, chosen[:1]) for key, chosen in values] if context else values)  # each value once
+        chosen = override_values(override)
+        if chosen is not None:  # with another group option (context), each value is checked once
+            values.append((key, chosen[:1] if context else chosen))
+    check_values(cfg, values)
     return cfg
 
 
 def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> None:
-    """Checks the overridden values (:func:`validate_config`), each value of a basic sweep in turn among the
-    first values of the others: a sweep with one bad value is refused before any of its jobs runs. Other
-    sweepers read a sweep as a search space: its first value is checked."""
+    """Checks the overridden values (:func:`validate_config`) before any job runs: under the basic sweeper
+    each swept value among the others' first; other sweepers read a sweep as a search space (first value)."""
     from hydra.core.hydra_config import HydraConfig
 
     from rmsprop_lightning.app.config_checks import validate_config
