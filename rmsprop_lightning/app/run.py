@@ -34,13 +34,8 @@ log = logging.getLogger(__name__)
 
 def instantiate_entries(group: DictConfig | None) -> list[Any]:
     """Instantiates every entry of a ``name: {_target_: ...}`` group; entries without a target are skipped."""
-    if not group:
-        return []
-    return [
-        instantiate(entry)
-        for entry in group.values()
-        if isinstance(entry, DictConfig) and "_target_" in entry
-    ]
+    entries = group.values() if group else []
+    return [instantiate(entry) for entry in entries if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
 def build_model(cfg: DictConfig, datamodule: RegressionDataModule) -> Any:
@@ -68,10 +63,8 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
 
 
 def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
-    """Trainer settings that make a fit which would end before its first validation validate at its end.
-
-    Without a validation there would be no ``val/*``, no best checkpoint and nothing to compare.
-    """
+    """Trainer settings that make a fit which would end before its first validation validate at its end:
+    without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
     trainer = cfg.trainer
     max_steps = trainer.get("max_steps", -1)
     if (
@@ -95,22 +88,15 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
 def build_trainer(
     cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
 ) -> pl.Trainer:
-    """The Trainer from the ``trainer`` group, with the instantiated callbacks and loggers.
-
-    Checkpoints are written atomically (:class:`AtomicCheckpointIO`).
-    """
+    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically."""
     plugins = [AtomicCheckpointIO()]
     settings = validation_at_the_end(cfg, datamodule)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **settings)
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
-    """Trains and tests one experiment; returns ``cfg.optimized_metric`` for sweepers.
-
-    Resumes from ``cfg.ckpt_path`` when set and tests the best checkpoint when a
-    checkpoint callback kept one. ``extra_callbacks`` join those of the config. Bad
-    input raises :class:`~rmsprop_lightning.errors.InputError` before any work.
-    """
+    """Trains (from ``cfg.ckpt_path`` when set) and tests (the best checkpoint, if one was kept) one
+    experiment; returns ``cfg.optimized_metric`` for sweepers. Bad input raises ``InputError`` before work."""
     trainer = None
     try:
         check_targets(cfg)
@@ -122,11 +108,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
             module = build_module(cfg, model)
-            module.configure_optimizers()  # an optimizer or scheduler refusing its settings does so now
+            # an optimizer or scheduler refusing its settings does so now
+            optimizer = module.configure_optimizers()
             callbacks = [
                 *instantiate_entries(cfg.get("callbacks")),
                 *extra_callbacks,
-                *safeguards(cfg, module),
+                *safeguards(cfg, module, optimizer),
             ]
             loggers = instantiate_entries(cfg.get("logger"))
             if cfg.get(RESUME_KEY):

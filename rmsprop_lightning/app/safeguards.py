@@ -14,20 +14,16 @@ from rmsprop_lightning.app.resume import (
     discard_redone_checkpoints,
     record_resume,
 )
-from rmsprop_lightning.app.validation import check_checkpoint, check_optimizer
+from rmsprop_lightning.app.validation import check_checkpoint
 from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.callbacks.random_state import RandomState
 
 
-def safeguards(cfg: DictConfig, module: Any) -> list[Callback]:
-    """Checks the optimizer, the checkpoint to start from and the output folder; returns the safety callbacks.
-
-    Once all checks pass, a resume's allowed overrides are written into the run's saved config, and the
-    checkpoints its earlier part wrote after the one it resumes from are removed.
-    """
-    optimizer = check_optimizer(module)
+def safeguards(cfg: DictConfig, module: Any, optimizer: Any) -> list[Callback]:
+    """Checks the checkpoint to start from and the output folder, then records a resume's overrides and
+    removes the checkpoints it redoes; returns the safety callbacks."""
     output_dir = cfg.paths.output_dir
     callbacks: list[Callback] = []
     if cfg.get("ckpt_path"):

@@ -1,7 +1,5 @@
-"""Checks before training that need the built objects: targets' options, the data, the checkpoint.
-
-Errors the objects raise about their own arguments get the same one-line form (:func:`input_errors`).
-"""
+"""Checks before training that need the built objects: targets' options, the data, the checkpoint; errors
+the objects raise about their own arguments get the same one-line form (:func:`input_errors`)."""
 
 from __future__ import annotations
 
@@ -107,19 +105,15 @@ def first_line(error: BaseException) -> str:
 
 
 def read_data(cfg: DictConfig, datamodule: Any) -> None:
-    """Reads and splits the data, once; a reader's error is prefixed with the key naming its file,
-    ``data.source.path``."""
+    """Reads and splits the data, once; a reader's error is prefixed with ``data.source.path``."""
     path = select(cfg, "data.source.path")
     try:
         datamodule.splits  # noqa: B018  (loads, checks and splits the table)
     except INPUT_ERRORS as error:
         message = first_line(error)
         if path is not None and not message.startswith("data."):
-            message = (
-                f"data.source.path: {message}"
-                if str(path) in message
-                else f"data.source.path={path}: {message}"
-            )
+            key = "data.source.path" if str(path) in message else f"data.source.path={path}"
+            message = f"{key}: {message}"
         raise InputError(message) from error
 
 
@@ -150,12 +144,6 @@ def check_same_data(cfg: DictConfig, datamodule: Any) -> None:
             f"{', '.join(changed)} differ from its checkpoint's); allowed: the run's own data, or a new run "
             f"from the checkpoint with ckpt_path={cfg.ckpt_path}"
         )
-
-
-def check_optimizer(module: Any) -> Any:
-    """Builds the optimizer (and scheduler) once, so that their own argument checks run before training."""
-    with input_errors():
-        return module.configure_optimizers()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
