@@ -37,12 +37,8 @@ def available_cores() -> int:
 
 
 def resolve_threads(setting: Any, launcher: DictConfig | None, cores: int | None = None) -> int | None:
-    """Torch threads for one job from ``threads_per_job``: an integer, ``null`` (torch's default) or ``auto``.
-
-    ``auto`` shares the cores among a launcher's parallel workers (joblib's ``n_jobs``;
-    negative counts as in joblib, -1 = all cores), uses submitit's ``cpus_per_task``,
-    and keeps torch's default under the basic launcher, which runs one job at a time.
-    """
+    """Torch threads for one job from ``threads_per_job``: an integer, ``null`` (torch's default) or ``auto``,
+    which shares the cores among joblib's ``n_jobs`` workers or takes submitit's ``cpus_per_task``."""
     if setting is None:
         return None
     if setting != "auto":
@@ -77,11 +73,9 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous_threads)
-        for name, value in previous_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        for name in THREAD_ENV_VARS:
+            os.environ.pop(name, None)
+        os.environ.update({name: value for name, value in previous_env.items() if value is not None})
 
 
 def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
@@ -113,13 +107,8 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
 
 
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
-    """Checks the config, trains (``run(cfg)`` by default) and records the job; returns the optimized
-    metric, if finite.
-
-    ``train(cfg, fields)`` returns the metric and adds the summary's fields. torch and Lightning
-    are imported only once the config passed its checks, so a typo answers at once. A failed job of a
-    multirun is recorded and gives ``None``, which Optuna's sweeper records as a failed trial.
-    """
+    """Checks the config (before Lightning is imported: a typo answers at once), trains (``train`` adds the
+    summary's fields) and records the job; returns the metric if finite, else None (a multirun goes on)."""
     started = time.time()
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
@@ -167,10 +156,11 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             log.exception("Job %s failed; the sweep goes on", job_fields.get("job_num"))
         return None
     except (InterruptedRun, KeyboardInterrupt, SystemExit) as stop:  # the record keeps what the fit reached
-        if isinstance(stop, SystemExit) and not is_lightning_sigterm(stop):
-            raise
-        if is_lightning_sigterm(stop):  # Lightning's own stop on SIGTERM: a distributed run's, in its test
+        exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+        if exceptions and isinstance(stop, exceptions.SIGTERMException):  # a distributed run's, in its test
             stop = stopped_outside_steps(signal.SIGTERM, output_dir)
+        elif isinstance(stop, SystemExit):
+            raise
         if writes:
             record_end(output_dir, "interrupted", clock, earlier, error=str(stop) or None, **fields)
         raise stop from None
@@ -184,13 +174,14 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
 @contextmanager
 def signals_stop(run_dir: str) -> Iterator[None]:
     """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
-    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays.
-    One rank of several goes on instead: stopping alone amid the others' collectives would hang them all."""
+    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if in_distributed_group():
+        dist = sys.modules.get("torch.distributed")  # not imported by this check
+        if dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # one rank stopping alone amid the others' collectives would hang them all
+            name = signal.Signals(signum).name
             log.warning(
                 "Received %s outside the training steps of a distributed run: no rank stops alone", name
             )
@@ -212,20 +203,9 @@ def signals_stop(run_dir: str) -> Iterator[None]:
 def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
     """The stop of a job by a signal outside its training steps, which takes no checkpoint."""
     name = signal.Signals(signum).name
-    resume = f"resume with: python train.py resume={run_dir}"
-    return InterruptedRun(f"stopped by {name} outside the training steps; {resume}", signum)
-
-
-def is_lightning_sigterm(error: BaseException) -> bool:
-    """Whether ``error`` is Lightning's ``SIGTERMException``, the exit its loops raise once it saw SIGTERM."""
-    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
-    return exceptions is not None and isinstance(error, exceptions.SIGTERMException)
-
-
-def in_distributed_group() -> bool:
-    """Whether this process is one rank of several in an initialised ``torch.distributed`` group."""
-    dist = sys.modules.get("torch.distributed")  # not imported by this check
-    return bool(dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+    return InterruptedRun(
+        f"stopped by {name} outside the training steps; resume with: python train.py resume={run_dir}", signum
+    )
 
 
 def torch_thread_count() -> int:
@@ -253,11 +233,8 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
 def record_end(
     output_dir: str, status: str, clock: float, earlier: dict[str, Any], **fields: Any
 ) -> dict[str, Any]:
-    """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept).
-
-    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them;
-    a population member's earlier fit was its population's, which the report counts with the population.
-    """
+    """Writes the job's end state (keeping a ``diverged`` or ``interrupted`` status); a resumed run's seconds
+    add up its parts, as ``earlier`` has them, but a population member's earlier fit was its population's."""
     earlier = {} if earlier.get("population") else earlier
     wall = time.perf_counter() - clock + (earlier.get("wall_seconds") or 0.0)
     fits = [

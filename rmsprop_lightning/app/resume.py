@@ -1,8 +1,5 @@
-"""``resume=<run dir>``: continue a run in its own folder, from its last checkpoint, with its own config.
-
-Only the overrides in :data:`SAFE_KEYS` (how long to train, how often to save, what to show) are
-allowed; :func:`record_resume` writes them into the saved config so that the next resume keeps them.
-"""
+"""``resume=<run dir>``: continue a run in its own folder, from its last checkpoint, with its own config;
+only the overrides in :data:`SAFE_KEYS` are allowed, and written into that config for the next resume."""
 
 from __future__ import annotations
 
@@ -42,6 +39,11 @@ SAFE_KEYS = (
 CONFIG_OPTIONS = ("config_path", "config_name", "config_dir", "multirun")
 
 
+def lenient_select(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key``, or ``None`` where it is absent or does not resolve."""
+    return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+
+
 def last_checkpoint(run_dir: str | Path) -> Path:
     """Where a run keeps the checkpoint a resume starts from."""
     return Path(run_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
@@ -56,31 +58,17 @@ def continues_itself(cfg: DictConfig) -> bool:
 
 def quote(value: str) -> str:
     """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
-
-
-def find_resume(overrides: Sequence[str]) -> int | None:
-    """The position of a user's ``resume=...`` (or ``+resume=...``) among the overrides, if any.
-
-    The ``++resume=`` that :func:`resume_arguments` writes is not one: DDP ranks re-run
-    the rewritten command line, which must not be rewritten again.
-    """
-    for index, argument in enumerate(overrides):
-        if argument.startswith((f"{RESUME_KEY}=", f"+{RESUME_KEY}=")):
-            return index
-    return None
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
-    """The command line with ``resume=<run dir>`` turned into the run's own config, folder, logging and
-    checkpoint; ``config_dir`` is the app's config folder, which holds the run's logging configs.
-
-    Raises :class:`~rmsprop_lightning.errors.InputError` when the folder is not a run or
-    an override would change the experiment. Without ``resume=`` the arguments are returned as they are.
-    """
+    """The command line with ``resume=<run dir>`` turned into the run's own config, folder, logging (from
+    the app's ``config_dir``) and checkpoint; ``InputError`` for a folder that is not a run or an override
+    that would change the experiment."""
     parsed = hydra_argument_parser().parse_args(list(arguments))
-    position = find_resume(parsed.overrides)
+    # a user's resume= or +resume=; not the ++resume= written here, as DDP ranks re-run the command line
+    typed = (f"{RESUME_KEY}=", f"+{RESUME_KEY}=")
+    position = next((i for i, argument in enumerate(parsed.overrides) if argument.startswith(typed)), None)
     if position is None:
         return list(arguments)
     run_dir = Path(parsed.overrides[position].split("=", 1)[1]).expanduser().absolute()
@@ -137,8 +125,8 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
 
 
 def recorded_logging(saved: DictConfig, run_dir: Path, config_dir: Path) -> list[str]:
-    """The run's log file name and logging configs as Hydra recorded them: the saved config has no ``hydra``
-    part, and Hydra's defaults would log into ``<script>.log`` in another format."""
+    """The run's log file name and logging configs as Hydra recorded them (the saved config has no ``hydra``
+    part, and Hydra's defaults would log into ``<script>.log`` in another format)."""
     hydra_file = run_dir / HYDRA_FOLDER / "hydra.yaml"
     if not hydra_file.is_file():
         return []
@@ -159,7 +147,7 @@ def recorded_logging(saved: DictConfig, run_dir: Path, config_dir: Path) -> list
 def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
     """An override that reads a relative ``data.source.path`` from the folder the run was started in, as
     Hydra recorded it, where that file still is; none for an absolute path (the data check compares)."""
-    path = OmegaConf.select(saved, DATA_PATH, default=None, throw_on_resolution_failure=False)
+    path = lenient_select(saved, DATA_PATH)
     hydra_file = run_dir / HYDRA_FOLDER / "hydra.yaml"
     if not isinstance(path, str) or Path(path).expanduser().is_absolute() or not hydra_file.is_file():
         return []
@@ -189,12 +177,8 @@ def check_override(override: Override, saved: DictConfig) -> None:
     if key in SAFE_KEYS and override.type == OverrideType.CHANGE:
         return
     if override.type == OverrideType.CHANGE and not override.is_sweep_override():
-        current = OmegaConf.select(saved, key, default=None, throw_on_resolution_failure=False)
-        if (
-            current is not None
-            and not isinstance(current, DictConfig | ListConfig)
-            and current == override.value()
-        ):
+        current = lenient_select(saved, key)
+        if not isinstance(current, DictConfig | ListConfig | None) and current == override.value():
             return
     raise InputError(
         f"resume: {override.input_line} would change the experiment; allowed when resuming: "
@@ -209,11 +193,8 @@ def record_resume(cfg: DictConfig) -> None:
         return
     hydra_dir = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER
     saved = OmegaConf.load(hydra_dir / "config.yaml")
-    changed: dict[str, Any] = {}
-    for key in SAFE_KEYS:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if OmegaConf.select(saved, key, default=None, throw_on_resolution_failure=False) != value:
-            changed[key] = value
+    values = {key: lenient_select(cfg, key) for key in SAFE_KEYS}
+    changed = {key: value for key, value in values.items() if lenient_select(saved, key) != value}
     if not changed:
         return
     for key, value in changed.items():
@@ -229,8 +210,7 @@ def record_resume(cfg: DictConfig) -> None:
 
 def discard_redone_checkpoints(cfg: DictConfig) -> None:
     """Removes the checkpoints a resumed run's earlier part wrote after the one it resumes from (all but
-    ``last.ckpt`` when it starts again): the run redoes those steps, and Lightning would keep both files,
-    naming the new one ``-v1``. The checkpoint callbacks' own records name the files kept (rank 0)."""
+    ``last.ckpt`` when it starts again): the run redoes those steps, and Lightning would add a ``-v1``."""
     if not is_rank_zero():
         return
     kept = {LAST_CHECKPOINT}
