@@ -29,10 +29,8 @@ def _hydra_train(cfg: DictConfig) -> float | None:
 
 
 def quiet_dependencies() -> None:
-    """No advertisement, no deprecation warning of a dependency's internals and no reader's chatter in a
-    run's output; no warning that an epoch is shorter than ``log_every_n_steps`` (every step's loss is
-    logged whatever the interval), nor that a resumed run's checkpoint folder holds its checkpoints (a
-    new run gets a folder of its own, checked before Hydra writes)."""
+    """Keeps dependencies' advertisements, warnings about their internals, and warnings that do not apply
+    here (a short epoch: every step's loss is logged; a resumed run's checkpoints) out of a run's output."""
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning_log.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))  # its cloud service
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its event reader, on resume
@@ -42,12 +40,8 @@ def quiet_dependencies() -> None:
 
 
 def leave_out_of_shutdown_collections() -> None:
-    """Collects today's garbage, then freezes what is alive, so the collections the interpreter runs
-    as it shuts down skip the objects of torch, Lightning and the run (the OS takes their memory).
-
-    Objects alive at exit get no finalizer call either way (Python's data model does not promise
-    one); the loggers and checkpoints are closed by then, and logging is flushed after this.
-    """
+    """Collects today's garbage, then freezes what is alive, so the collections the interpreter runs as it
+    shuts down skip the objects of torch, Lightning and the run (finalizers at exit are not promised)."""
     gc.collect()
     if "triton" not in sys.modules:  # CUDA builds of torch load it: frozen, its objects are reported as leaks
         gc.freeze()

@@ -1,7 +1,5 @@
-"""Checks of the composed config alone, before torch or Lightning is imported: a typo answers at once.
-
-Each raises :class:`~rmsprop_lightning.errors.InputError` naming the key as typed and what is allowed.
-"""
+"""Checks of the composed config alone, before torch or Lightning is imported, so a typo answers at once;
+each raises :class:`~rmsprop_lightning.errors.InputError` naming the key as typed and what is allowed."""
 
 from __future__ import annotations
 
@@ -24,20 +22,8 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_a
 # callbacks Lightning refuses to run without a logger
 NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # Lightning's precision settings
-PRECISIONS = (
-    "32-true",
-    "16-mixed",
-    "bf16-mixed",
-    "16-true",
-    "bf16-true",
-    "64-true",
-    64,
-    32,
-    16,
-    "64",
-    "32",
-    "16",
-)
+PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
+PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
 # RegressionModule's losses (rmsprop_lightning.module.LOSSES)
 LOSS_NAMES = ("mse", "l1", "huber")
 # config keys that name an input file
@@ -142,11 +128,9 @@ def select(cfg: DictConfig, key: str) -> Any:
     """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
     try:
         value = OmegaConf.select(cfg, key, default=None)
-        return (
-            OmegaConf.to_container(value, resolve=True)
-            if isinstance(value, DictConfig | ListConfig)
-            else value
-        )
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+        return value
     except OmegaConfBaseException as error:
         raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
 
@@ -229,11 +213,8 @@ def check_input_files(cfg: DictConfig) -> None:
 
 
 def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:
-    """``path`` is a folder this process can create and write in (checked before Hydra creates it).
-
-    The folder is created, as Hydra would a moment later, and a file is written and removed
-    in it: permissions alone do not tell (root, read-only mounts, ``/proc``).
-    """
+    """``path`` is a folder this process can create and write in, checked before Hydra creates it by
+    writing a file there: permissions alone do not tell (root, read-only mounts, ``/proc``)."""
     path = Path(os.path.abspath(path))
     try:
         path.mkdir(parents=True, exist_ok=True)

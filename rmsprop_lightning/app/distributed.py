@@ -19,11 +19,8 @@ DISTRIBUTED_ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK",
 
 
 def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
-    """The command and working directory that re-run the current Hydra job as one rank.
-
-    Only the job's own task overrides are passed (never ``-m`` or the sweep's lists),
-    with ``hydra.run.dir`` set to the job's output folder.
-    """
+    """The command and working directory that re-run the current Hydra job as one rank: its own task
+    overrides only (never ``-m`` or the sweep's lists), in the job's output folder."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
@@ -34,7 +31,10 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
         command = [sys.executable, os.path.abspath(sys.argv[0])]
     else:
         command = [sys.executable, "-m", __main__.__spec__.name]
-    command += _config_location_args(hydra_cfg)
+    command.append(f"--config-name={hydra_cfg.job.config_name}")
+    for source in hydra_cfg.runtime.config_sources:  # a command line's --config-dir
+        if source.provider == "command-line" and source.schema == "file":
+            command.append(f"--config-dir={source.path}")
     command += list(hydra_cfg.overrides.task)
     command += [
         f"hydra.run.dir={quote(hydra_cfg.runtime.output_dir)}",
@@ -44,15 +44,6 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
         "hydra/hydra_logging=disabled",
     ]
     return command, get_original_cwd()
-
-
-def _config_location_args(hydra_cfg) -> list[str]:
-    """``--config-name`` and any command-line ``--config-dir`` of the parent run."""
-    args = [f"--config-name={hydra_cfg.job.config_name}"]
-    for source in hydra_cfg.runtime.config_sources:
-        if source.provider == "command-line" and source.schema == "file":
-            args.append(f"--config-dir={source.path}")
-    return args
 
 
 class _HydraJobLauncher(SubprocessScriptLauncher):
@@ -78,11 +69,8 @@ class _HydraJobLauncher(SubprocessScriptLauncher):
 
     def release_ranks(self, timeout: float = 60.0) -> None:
         """Waits for the job's other ranks to end (kills them after ``timeout`` seconds) and takes them off
-        the list Lightning's child-process observer watches.
-
-        The observer kills this process once a rank has ended with an error code; in a multirun that would
-        end the whole sweep during a later job (the observer outlives the job it was started for).
-        """
+        the list Lightning's child-process observer watches: it outlives the job, and would kill this process,
+        so a later job of a multirun, once a rank has ended with an error code."""
         ranks = list(self.procs)
         self.procs.clear()  # the list the observer reads: empty, it stops at its next look
         for rank in ranks:
@@ -105,11 +93,8 @@ class HydraDDPStrategy(DDPStrategy):
 
 
 def clean_distributed_state(trainer: pl.Trainer | None) -> None:
-    """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set.
-
-    Without this a later job in the same process would take itself for a child rank
-    (``LOCAL_RANK`` is set) and reuse a stale port.
-    """
+    """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set,
+    which would make a later job in this process take itself for a child rank on a stale port."""
     launcher = trainer.strategy.launcher if trainer is not None else None
     if isinstance(launcher, _HydraJobLauncher):
         launcher.release_ranks()

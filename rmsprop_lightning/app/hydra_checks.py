@@ -15,10 +15,8 @@ OUTPUT_KEYS = ("paths.log_dir", "paths.root_dir")
 
 
 class OutputFolderCheck(Callback):
-    """Checks that ``hydra.run.dir`` (or ``hydra.sweep.dir``) can be created: one line, not a traceback.
-
-    The line names the key the user set to move it (``paths.log_dir=...``), if any.
-    """
+    """Checks that ``hydra.run.dir`` (or ``hydra.sweep.dir``) can be created: one line, not a traceback,
+    naming the key the user set to move it (``paths.log_dir=...``), if any."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, config.hydra.run.dir, "hydra.run.dir")

@@ -1,11 +1,5 @@
-"""An Optuna TPE sampler whose draws are seeded per trial, so a resumed study samples as if never stopped.
-
-Optuna's seeded samplers hold one random stream for the process: a study continued
-from its storage in a new process restarts that stream and repeats the first trials'
-draws. Here every parameter of every trial is drawn by a TPE sampler seeded with
-``(seed, trial number, parameter name)``; the TPE model still learns from all trials
-in the storage. Used by ``hparams_search`` configs (extra ``sweeps``).
-"""
+"""An Optuna TPE sampler whose draws are seeded per trial, so a resumed study samples as if never stopped
+(Optuna's seeded samplers restart one random stream per process); used by ``hparams_search`` configs."""
 
 from __future__ import annotations
 
@@ -18,13 +12,9 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 
-def trial_seed(seed: int, number: int, name: str) -> int:
-    """A 32-bit seed for parameter ``name`` of trial ``number``."""
-    return zlib.crc32(f"{seed}/{number}/{name}".encode())
-
-
 class TrialSeededTPESampler(TPESampler):
-    """Optuna's ``TPESampler`` with a sampler per (trial, parameter) when ``seed`` is set."""
+    """Optuna's ``TPESampler`` with a sampler per (trial, parameter) when ``seed`` is set: TPE still learns
+    from all trials."""
 
     def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(seed=seed, **kwargs)
@@ -36,5 +26,6 @@ class TrialSeededTPESampler(TPESampler):
     ) -> Any:
         if self.base_seed is None:
             return super().sample_independent(study, trial, param_name, param_distribution)
-        drawer = TPESampler(seed=trial_seed(self.base_seed, trial.number, param_name), **self.options)
+        seed = zlib.crc32(f"{self.base_seed}/{trial.number}/{param_name}".encode())
+        drawer = TPESampler(seed=seed, **self.options)
         return drawer.sample_independent(study, trial, param_name, param_distribution)

@@ -14,11 +14,8 @@ def on_terminal(on: object, off: object) -> object:
 
 
 def register_resolvers() -> None:
-    """Registers ``${run_id:}`` and ``${on_terminal:a,b}``.
-
-    ``run_id`` is a random 6-hex-digit token, fixed per config, so two runs started in the same
-    second never share a folder; ``on_terminal`` picks a value by whether output goes to a terminal.
-    """
+    """Registers ``${run_id:}``, a random 6-hex-digit token fixed per config so that two runs started in
+    the same second never share a folder, and ``${on_terminal:a,b}``."""
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("on_terminal"):

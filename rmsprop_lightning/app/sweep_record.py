@@ -1,8 +1,5 @@
-"""A Hydra callback that records a multirun in ``<sweep dir>/sweep.json`` for the report.
-
-Its start and end times let the report set the multirun's cost against its jobs' fit times; it also
-creates the folder of a SQLite Optuna storage before the sweeper opens it.
-"""
+"""A Hydra callback that records a multirun's start and end in ``<sweep dir>/sweep.json``, for the report to
+set its cost against its jobs' fit times; it also creates the folder of a SQLite Optuna storage."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.summary import read_summary
+from rmsprop_lightning.summary import SUMMARY_FILE, read_summary
 
 SWEEP_FILE = "sweep.json"
 SQLITE_PREFIX = "sqlite:///"
@@ -36,16 +33,9 @@ def process_started_at() -> float | None:
         return None
 
 
-def sqlite_folder(storage: Any) -> Path | None:
-    """The folder of a ``sqlite:///path`` storage URL, or ``None`` for any other storage."""
-    if not isinstance(storage, str) or not storage.startswith(SQLITE_PREFIX):
-        return None
-    return Path(storage[len(SQLITE_PREFIX) :]).parent
-
-
 def job_folders(sweep_dir: str | Path) -> list[Path]:
     """The folders below ``sweep_dir`` holding a job summary, in job order."""
-    folders = [path.parent for path in Path(sweep_dir).glob("*/metrics.json")]
+    folders = [path.parent for path in Path(sweep_dir).glob(f"*/{SUMMARY_FILE}")]
     return sorted(folders, key=lambda folder: (read_summary(folder).get("job_num") or 0, folder.name))
 
 
@@ -55,9 +45,9 @@ class SweepRecord(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        folder = sqlite_folder(config.hydra.sweeper.get("storage"))
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+        storage = config.hydra.sweeper.get("storage")
+        if isinstance(storage, str) and storage.startswith(SQLITE_PREFIX):  # the sweeper opens it next
+            Path(storage.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
         params = config.hydra.sweeper.get("params")
         record = {
             "process_started_at": process_started_at(),
