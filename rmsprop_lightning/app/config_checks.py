@@ -144,21 +144,23 @@ def validate_config(cfg: DictConfig) -> None:
         except ValueError as error:
             raise InputError(f"optimizer.{error}") from None
     for key, rule in RULES.items():
-        absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
-        value = select(cfg, key)
-        if not absent and not rule.accepts(value):
-            raise InputError(f"{key}={show(value)} is invalid; allowed: {rule.describe()}")
+        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is not KeyError:
+            check_value(key, select(cfg, key), rule)
     check_training_length(cfg)
     check_loggers(cfg)
     check_input_files(cfg)
 
 
+def check_value(key: str, value: Any, rule: Rule) -> None:
+    """Refuses ``value`` at ``key`` unless ``rule`` accepts it."""
+    if not rule.accepts(value):
+        raise InputError(f"{key}={show(value)} is invalid; allowed: {rule.describe()}")
+
+
 def check_launcher_threads(launcher: DictConfig) -> None:
     """A launcher's ``cpus_per_task``, torch's threads per process, is a positive integer or null."""
     rule = Number(integer=True, low=1, nullable=True)
-    cpus = launcher.get("cpus_per_task")
-    if not rule.accepts(cpus):
-        raise InputError(f"hydra.launcher.cpus_per_task={show(cpus)} is invalid; allowed: {rule.describe()}")
+    check_value("hydra.launcher.cpus_per_task", launcher.get("cpus_per_task"), rule)
 
 
 def check_loggers(cfg: DictConfig) -> None:

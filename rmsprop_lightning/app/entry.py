@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +114,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         options = [f"[{','.join(map(str, c))}]" if isinstance(c, list) else c for c in chosen]
         selections.append(f"{override.get_key_element()}={options[0]}")
         others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
-    cfg = check_keys(config_dir, config_name, selections, overrides, set(groups))
+    cfg = check_keys(config_dir, config_name, selections, overrides, groups)
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
-        check_keys(config_dir, config_name, swept, overrides, set(groups), context=other)
+        check_keys(config_dir, config_name, swept, overrides, groups, context=other)
     check_output_folder(overrides, parsed.multirun, cfg)
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
@@ -152,7 +152,7 @@ def check_keys(
     config_name: str,
     selections: list[str],
     overrides: Sequence[Any],
-    groups: set[str],
+    groups: Collection[str],
     context: str = "",
 ) -> DictConfig | None:
     """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
