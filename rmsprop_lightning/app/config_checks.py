@@ -32,23 +32,17 @@ INPUT_FILES = ("data.source.path", "ckpt_path")
 
 @dataclass(frozen=True)
 class Number:
-    """An allowed number: integer or real, within bounds, plus extra allowed values (e.g. -1) or null."""
+    """An allowed number: integer or real, within bounds (:class:`OneOf` adds values such as -1 or null)."""
 
     low: float = -math.inf
     high: float = math.inf
     integer: bool = False
     low_open: bool = False
     high_open: bool = False
-    extra: tuple[Any, ...] = ()
-    nullable: bool = False
 
     def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        if value in self.extra:
-            return True
         if self.integer and not isinstance(value, int):
             return False
         above = value >= self.high if self.high_open else value > self.high
@@ -62,10 +56,7 @@ class Number:
         else:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
-        options = [f"{kind}{bound}", *(show(value) for value in self.extra)]
-        if self.nullable:
-            options.append("null")
-        return " or ".join(options)
+        return f"{kind}{bound}"
 
 
 @dataclass(frozen=True)
@@ -96,17 +87,17 @@ RULES: dict[str, Rule] = {
     "module.loss": OneOf(choices=LOSS_NAMES),
     "scheduler.interval": OneOf(choices=("step", "epoch")),
     "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
-    "trainer.max_steps": Number(integer=True, low=1, extra=(-1,)),
+    "trainer.max_steps": OneOf((Number(integer=True, low=1),), choices=(-1,)),
     "trainer.precision": OneOf(choices=PRECISIONS),
     "trainer.accelerator": OneOf(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
-    "trainer.max_epochs": Number(integer=True, low=1, extra=(-1,), nullable=True),
-    "trainer.min_steps": Number(integer=True, low=0, nullable=True),
-    "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
+    "trainer.max_epochs": OneOf((Number(integer=True, low=1),), choices=(-1, None)),
+    "trainer.min_steps": OneOf((Number(integer=True, low=0),), choices=(None,)),
+    "trainer.min_epochs": OneOf((Number(integer=True, low=0),), choices=(None,)),
     "trainer.val_check_interval": FRACTION_OR_COUNT,
-    "trainer.check_val_every_n_epoch": Number(integer=True, low=1, nullable=True),
+    "trainer.check_val_every_n_epoch": OneOf((Number(integer=True, low=1),), choices=(None,)),
     "trainer.log_every_n_steps": Number(integer=True, low=1),
     "trainer.accumulate_grad_batches": Number(integer=True, low=1),
-    "trainer.gradient_clip_val": Number(low=0, nullable=True),
+    "trainer.gradient_clip_val": OneOf((Number(low=0),), choices=(None,)),
     "trainer.limit_train_batches": LIMIT_BATCHES,
     "trainer.limit_val_batches": LIMIT_BATCHES,
     "trainer.limit_test_batches": LIMIT_BATCHES,
@@ -159,7 +150,7 @@ def check_value(key: str, value: Any, rule: Rule) -> None:
 
 def check_launcher_threads(launcher: DictConfig) -> None:
     """A launcher's ``cpus_per_task``, torch's threads per process, is a positive integer or null."""
-    rule = Number(integer=True, low=1, nullable=True)
+    rule = OneOf((Number(integer=True, low=1),), choices=(None,))
     check_value("hydra.launcher.cpus_per_task", launcher.get("cpus_per_task"), rule)
 
 
