@@ -22,7 +22,7 @@ from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.callbacks.state_norms import StateNorms
 from rmsprop_lightning.data import synthetic
-from rmsprop_lightning.optim import RMSprop
+from rmsprop_lightning.optim import RMSprop, build_param_groups
 from tests.conftest import CONF
 from tests.test_step_loss import RecordingLogger
 
@@ -524,3 +524,25 @@ def test_an_infinite_state_leaves_the_other_values_as_they_are():
     param_norm = math.sqrt(sum(p.detach().double().square().sum().item() for p in params))
     assert values["optim/param_norm"] == pytest.approx(param_norm, rel=1e-6)
     assert math.isfinite(values["optim/grad_norm"]) and values["optim/effective_lr_min"] == 0.0
+
+
+def test_a_nan_state_of_one_group_leaves_the_other_groups_values_finite():
+    model = FeedForward(hidden=5)
+    groups = build_param_groups(model, no_weight_decay_on_bias=True)
+    optimizer = torch.optim.RMSprop(groups, lr=0.01)
+    model(torch.randn(4, 10)).square().sum().backward()
+    before = torch._foreach_neg([param for group in groups for param in group["params"]])
+    optimizer.step()
+    optimizer.state[groups[0]["params"][0]]["square_avg"][0, 0] = math.nan
+    norms = StateNorms(optimizer, "optim/", {}, None)
+    values = dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
+    nan = {name for name, value in values.items() if math.isnan(value)}
+    assert nan == {
+        "optim/square_avg_norm",
+        "optim/decay/square_avg_norm",
+        "optim/effective_lr_mean",
+        "optim/decay/effective_lr_mean",
+        "optim/effective_lr_max",  # extremes over the whole optimizer
+        "optim/effective_lr_min",
+    }
+    assert all(math.isfinite(value) for name, value in values.items() if name not in nan)
