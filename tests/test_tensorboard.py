@@ -100,6 +100,17 @@ def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
         TensorBoardRunLogger(tmp_path, hparams_metrics={"a": "best"})
 
 
+def test_closing_summaries_are_the_prefixed_best_values_then_the_hparams(tmp_path):
+    logger = TensorBoardRunLogger(tmp_path, name="", version="", prefix="fold1")
+    for metrics in ({"val/loss": 2.0, "test/loss": 5.0}, {"val/loss": 1.0}, {"val/loss": 3.0}):
+        logger.keep_best(metrics)
+    best, *hparams = logger.closing_summaries({"lr": 0.1})
+    assert [(value.tag, value.simple_value) for value in best.value] == [("fold1-val/loss_best", 1.0)]
+    tags = [metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG]
+    assert [summary.value[0].tag for summary in hparams] == tags
+    assert TensorBoardRunLogger(tmp_path / "other").closing_summaries({})[0].value[0].tag == tags[0]
+
+
 def write_earlier_part(folder: Path) -> None:
     """Steps 0..39 of a run killed at step 40: train/loss = step, val/loss 3, 2, 1 at steps 10, 20, 30;
     its event file dated a second back, as an earlier process's is."""

@@ -17,6 +17,12 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 _file_numbers = itertools.count()
 
 
+def scalars_summary(metrics: Mapping[str, float], prefix: str = "") -> Summary:
+    """``metrics`` as one summary, each tag after ``prefix``: a step's values in one event."""
+    values = [Summary.Value(tag=prefix + tag, simple_value=float(value)) for tag, value in metrics.items()]
+    return Summary(value=values)
+
+
 class EventFile:
     """One ``events.out.tfevents.*`` file in ``log_dir``, named as TensorBoard names its own."""
 
@@ -33,11 +39,6 @@ class EventFile:
     def summary(self, summary: Summary, step: int) -> None:
         """Writes ``summary`` at ``step``."""
         self._write(Event(wall_time=time.time(), step=step, summary=summary))
-
-    def scalars(self, metrics: Mapping[str, float], step: int) -> None:
-        """Writes ``metrics`` at ``step`` as one event."""
-        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
-        self.summary(Summary(value=values), step)
 
     def close(self) -> None:
         """Flushes and closes the file."""

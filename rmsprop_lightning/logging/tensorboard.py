@@ -14,6 +14,8 @@ from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from rmsprop_lightning.logging.event_file import scalars_summary
+
 HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
@@ -119,10 +121,10 @@ class TensorBoardRunLogger(TensorBoardLogger):
         # (the same values; read_scalars keeps the last point of a step)
         purge_step = 0 if resumed_step is None else resumed_step + 1
         earlier = read_scalars(self.log_dir)
-        for tag, mode in self._tracked:
+        for tag, _ in self._tracked:
             for step, value in earlier.get(self.tag_prefix + tag, []):
                 if step < purge_step:
-                    self._keep_best(tag, mode, value)
+                    self.keep_best({tag: value})
         self._purge(purge_step)
 
     @rank_zero_only
@@ -135,9 +137,19 @@ class TensorBoardRunLogger(TensorBoardLogger):
             self.experiment.file_writer.add_event(start, step)
         self.experiment.flush()
 
-    def _keep_best(self, tag: str, mode: str, value: float) -> None:
-        if is_better(value, self.best.get(tag), mode):
-            self.best[tag] = value
+    def keep_best(self, metrics: Mapping[str, Any]) -> None:
+        """Keeps the best value of each ``min``/``max`` tag among ``metrics``, which the run closes with."""
+        for tag, mode in self._tracked:
+            if tag in metrics and not isinstance(metrics[tag], Mapping):
+                value = float(metrics[tag])
+                if is_better(value, self.best.get(tag), mode):
+                    self.best[tag] = value
+
+    def closing_summaries(self, params: Mapping[str, HParamValue]) -> list[Summary]:
+        """The summaries that close a run: its best values as ``<tag>_best`` scalars, then its HPARAMS."""
+        best = {f"{tag}_best": value for tag, value in self.best.items()}
+        closing = [scalars_summary(best, self.tag_prefix)] if best else []
+        return closing + hparams_summaries(params, self.metric_tags)
 
     @property
     def metric_tags(self) -> list[str]:
@@ -147,19 +159,13 @@ class TensorBoardRunLogger(TensorBoardLogger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Logs ``metrics`` like Lightning does, keeping the best value of each ``min``/``max`` tag."""
-        for tag, mode in self._tracked:
-            if tag in metrics and not isinstance(metrics[tag], Mapping):
-                self._keep_best(tag, mode, float(metrics[tag]))
+        self.keep_best(metrics)
         if step is not None:
             self._last_step = max(self._last_step, step)
         if any(isinstance(value, Mapping) for value in metrics.values()):
             super().log_metrics(metrics, step)
             return
-        values = [
-            Summary.Value(tag=f"{self.tag_prefix}{tag}", simple_value=float(value))
-            for tag, value in metrics.items()
-        ]
-        self.experiment.file_writer.add_summary(Summary(value=values), step)
+        self.experiment.file_writer.add_summary(scalars_summary(metrics, self.tag_prefix), step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -170,10 +176,7 @@ class TensorBoardRunLogger(TensorBoardLogger):
     @rank_zero_only
     def write_hparams(self, params: Mapping[str, HParamValue]) -> None:
         """Logs the best values, then the HPARAMS summaries of ``params``, and closes the event file."""
-        best = {f"{tag}_best": value for tag, value in self.best.items()}
-        if best:
-            self.log_metrics(best, self._last_step)
-        for summary in hparams_summaries(params, self.metric_tags):
+        for summary in self.closing_summaries(params):
             self.experiment.file_writer.add_summary(summary, self._last_step)
         self.close()
 

@@ -19,13 +19,8 @@ from rmsprop_lightning.callbacks.divergence import likely_cause
 from rmsprop_lightning.callbacks.fit_stats import best_values
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.errors import DivergedError
-from rmsprop_lightning.logging.event_file import EventFile
-from rmsprop_lightning.logging.tensorboard import (
-    TensorBoardRunLogger,
-    hparams_summaries,
-    is_better,
-    run_hparams,
-)
+from rmsprop_lightning.logging.event_file import EventFile, scalars_summary
+from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger, run_hparams
 from rmsprop_lightning.population.checkpoints import write_checkpoints
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.train import PopulationResult
@@ -117,20 +112,14 @@ def write_tensorboard(
     """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass: with the
     optimizer-state charts' ``layout``, and the best values and HPARAMS a ``finished`` fit adds."""
     events = EventFile(logger.log_dir)
-    best: dict[str, float] = {}
-    tracked = [(tag, mode) for tag, mode in logger.hparams_metrics.items() if mode != "last"]
     for step, metrics in sorted(scalars.items()):
-        for tag, mode in tracked:
-            if tag in metrics and is_better(metrics[tag], best.get(tag), mode):
-                best[tag] = metrics[tag]
-        events.scalars({f"{logger.tag_prefix}{tag}": value for tag, value in metrics.items()}, step)
+        logger.keep_best(metrics)
+        events.summary(scalars_summary(metrics, logger.tag_prefix), step)
     last = max(scalars, default=0)
     optim = [tag for metrics in scalars.values() for tag in metrics if tag.startswith("optim/")]
     if optim and layout:
         events.summary(custom_scalars(custom_scalars_layout(dict.fromkeys(optim))), last)
-    if best and finished:
-        events.scalars({f"{tag}_best": value for tag, value in best.items()}, last)
-    for summary in hparams_summaries(params, logger.metric_tags) if finished else ():
+    for summary in logger.closing_summaries(params) if finished else ():
         events.summary(summary, last)
     events.close()
 
