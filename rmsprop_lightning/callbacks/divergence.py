@@ -53,6 +53,18 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
     return "lower optimizer.lr, raise optimizer.eps, or clip gradients with trainer.gradient_clip_val"
 
 
+def diverged_message(
+    step: int, loss: str, finite: bool, optimizer: torch.optim.Optimizer, last: Path | None
+) -> str:
+    """The error of a run that diverged at ``step`` with ``loss`` (text); ``last``: the checkpoint kept."""
+    what = "parameters" if finite else "loss"
+    kept = f"The last good state is kept in {last}." if last else "No checkpoint was written before it."
+    return (
+        f"training diverged at step {step}: non-finite {what} (loss {loss}); "
+        f"likely cause: {likely_cause(optimizer, finite)}. {kept}"
+    )
+
+
 class DivergenceGuard(Callback):
     """Checks the loss, the gradients and the parameters for NaN/inf at every step:
     ``"stop"`` raises :class:`~rmsprop_lightning.errors.DivergedError` before that step's checkpoint is
@@ -115,18 +127,10 @@ class DivergenceGuard(Callback):
             self._losses = []
             return
         step = trainer.global_step - 1
-        loss_finite = bool(all_finite(self._losses))
-        what = "parameters" if loss_finite else "loss"
         last = find_last_checkpoint(trainer)
-        kept = (
-            f"The last good state is kept in {last.path}."
-            if last is not None and last.path.is_file()
-            else "No checkpoint was written before it."
-        )
-        message = (
-            f"training diverged at step {step}: non-finite {what} (loss {self._loss_text()}); "
-            f"likely cause: {likely_cause(trainer.optimizers[0], loss_finite)}. {kept}"
-        )
+        kept = last.path if last is not None and last.path.is_file() else None
+        loss_finite = bool(all_finite(self._losses))
+        message = diverged_message(step, self._loss_text(), loss_finite, trainer.optimizers[0], kept)
         if self.summary_dir is not None and trainer.is_global_zero:
             write_summary(self.summary_dir, status="diverged", error=message, diverged_at_step=step)
         raise DivergedError(message)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import custom_scalars
 
 from rmsprop_lightning.app.run import instantiate_entries
-from rmsprop_lightning.callbacks.divergence import likely_cause
+from rmsprop_lightning.callbacks.divergence import diverged_message
 from rmsprop_lightning.callbacks.fit_stats import best_values
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.errors import DivergedError
@@ -145,12 +145,7 @@ def divergence(record: PopulationRecord, index: int, member: Member, last: Path 
     ``last.ckpt`` from before, if any."""
     frozen = record.frozen_at[index]
     loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
-    what = "parameters" if math.isfinite(loss) else "loss"
-    kept = f"The last good state is kept in {last}." if last else "No checkpoint was written before it."
-    return DivergedError(
-        f"training diverged at step {frozen}: non-finite {what} (loss {loss:.6g}); "
-        f"likely cause: {likely_cause(member.optimizer, math.isfinite(loss))}. {kept}"
-    )
+    return DivergedError(diverged_message(frozen, f"{loss:.6g}", math.isfinite(loss), member.optimizer, last))
 
 
 def write_member(
