@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
@@ -19,6 +20,7 @@ from rmsprop_lightning.internals import (
 )
 
 LAST_CHECKPOINT = "last.ckpt"
+C = TypeVar("C")
 
 
 def training_stops(trainer: pl.Trainer) -> bool:
@@ -31,9 +33,14 @@ def training_stops(trainer: pl.Trainer) -> bool:
     )
 
 
+def find_callback(callbacks: Iterable[Any], kind: type[C]) -> C | None:
+    """The first of ``callbacks`` that is a ``kind``, if any."""
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
 def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
     """The trainer's :class:`LastCheckpoint` callback, if it has one."""
-    return next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    return find_callback(trainer.callbacks, LastCheckpoint)
 
 
 class LastCheckpoint(Checkpoint):

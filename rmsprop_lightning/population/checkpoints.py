@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.run import instantiate_entries
-from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_callback
 from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor, first_due
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.population.members import Member
@@ -61,12 +61,12 @@ def write_checkpoints(
     """The best checkpoint (weights) and ``last.ckpt`` (continues as a solo run with ``resume=``), cut
     from the population's last save or, for a member that diverged, the save before; its path."""
     callbacks = instantiate_entries(cfg.get("callbacks"))
-    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = find_callback(callbacks, ModelCheckpoint)
     if best is not None and record.best_step and record.best_step[index] >= 0:
         write_best(best, member, record, index)
     diverged = record.frozen_at[index] >= 0
     population = record.result.before_divergence.get(index) if diverged else record.result.checkpoint
-    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    last = find_callback(callbacks, LastCheckpoint)
     if population is None or last is None:
         return None
     saved_at = population["global_step"]
@@ -93,7 +93,7 @@ def write_checkpoints(
     if validated:  # RegressionModule logs the step of its last validation
         final["step"] = torch.tensor(float(validated[-1]))
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
-    monitor = next((c for c in callbacks if isinstance(c, OptimizerStateMonitor)), None)
+    monitor = find_callback(callbacks, OptimizerStateMonitor)
     if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
         interval = monitor.every_n_steps or max(cfg.trainer.get("log_every_n_steps", 50), 1)
         states[monitor.state_key] = {"interval": interval, "due": [first_due(saved_at, interval)]}
