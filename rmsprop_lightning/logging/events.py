@@ -3,8 +3,10 @@ reader), or Lightning's CSV logs."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,15 +14,24 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 Series = list[tuple[int, float]]
 
 
+@contextlib.contextmanager
+def log_level(name: str, level: int) -> Iterator[None]:
+    """Holds the Python logger ``name`` at ``level`` for the block, to silence a library's messages."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """``{tag: [(step, value), ...]}`` over every event file below ``log_dir``, steps ascending.
     Each folder is one TensorBoard run, read with its purges and one point a step (the last written: a
     resumed run logs its checkpoint's step again); a tag's points in several runs are merged."""
     scalars: dict[str, Series] = {}
-    tensorboard_log = logging.getLogger("tensorboard")  # whose warnings call a resume's purge a crash
-    level = tensorboard_log.level
-    tensorboard_log.setLevel(logging.ERROR)
-    try:
+    with log_level("tensorboard", logging.ERROR):  # whose warnings call a resume's purge a crash
         for folder in sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")}):
             accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             accumulator.Reload()
@@ -28,8 +39,6 @@ def read_scalars(log_dir: str | Path) -> dict[str, Series]:
                 last = {event.step: event.value for event in accumulator.Scalars(tag)}
                 if last:  # else all purged
                     scalars.setdefault(tag, []).extend(last.items())
-    finally:
-        tensorboard_log.setLevel(level)
     return sort_points(scalars)
 
 

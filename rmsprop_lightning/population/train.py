@@ -21,6 +21,7 @@ from rmsprop_lightning.app.run import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.interrupt import SIGNALS, GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
+from rmsprop_lightning.logging.events import log_level
 from rmsprop_lightning.population.data import PopulationDataModule
 from rmsprop_lightning.population.members import Member, callback_entries, keeps_best_checkpoint
 from rmsprop_lightning.population.module import PopulationModule
@@ -100,7 +101,8 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
     module = build_population(members)
     datamodule = PopulationDataModule(members[0].datamodule, [m.datamodule.shuffle_seed for m in members])
     captured = CapturedCheckpoint()
-    with tempfile.TemporaryDirectory() as scratch, quiet_lightning():
+    # Lightning's own messages about the population's trainer stay out of the sweep's log (warnings pass)
+    with tempfile.TemporaryDirectory() as scratch, log_level("lightning.pytorch", logging.WARNING):
         last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}  # saved as the members save
         every = last.get("every_n_train_steps", 10**9)
         trainer: pl.Trainer = instantiate(
@@ -166,15 +168,3 @@ def deferred_signals(doing: str) -> Iterator[list[int]]:
         yield received
     finally:
         restore()
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Lightning's own messages about the population's trainer stay out of the sweep's log (warnings pass)."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
