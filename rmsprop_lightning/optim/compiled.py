@@ -1,8 +1,7 @@
 """The fast step: :func:`~rmsprop_lightning.optim.functional.update_piece` traced by ``torch.compile``.
 
-The whole step (every group, every tensor) becomes one graph that inductor fuses into a single
-pass over memory. Every scalar reaches the graph as a tensor, so a scheduled learning rate
-never recompiles; the graph is specialised only on the variant, shapes, dtypes and devices.
+The whole step becomes one graph fused into a single pass over memory. Scalars reach it as tensors,
+so a scheduled learning rate never recompiles.
 """
 
 from __future__ import annotations
@@ -58,10 +57,8 @@ def _compiled() -> Callable[[list[tuple[list[Row], Tensor, Variant]]], None]:
 
 
 def step(parts: list[Part]) -> None:
-    """Applies one step to every part ``(rows, corrections, variant, coefficients)`` in one compiled call.
-
-    Raises whatever ``torch.compile`` raises; nothing has been updated then.
-    """
+    """Applies one step to every part ``(rows, corrections, variant, coefficients)`` in one compiled call;
+    if ``torch.compile`` raises, nothing has been updated."""
     graph_parts = []
     for rows_, corrections, variant, coefficients in parts:
         # as 1-element views, 0-dim tensors keep their in-place updates (torch 2.13's graphs drop them)

@@ -92,18 +92,16 @@ def init_state(
 ) -> None:
     """Adds the entries ``state`` lacks, under torch's names: step, square_avg, momentum_buffer, grad_avg.
 
-    Entries already present are kept, so a state loaded from a checkpoint written with
-    fewer options (no momentum, say) gains only the buffers it now needs.
+    A state loaded from a checkpoint written with fewer options gains only the buffers it now needs.
     """
     if "step" not in state:
         state["step"] = torch.zeros((), dtype=state_dtype())
     if "square_avg" not in state:  # a complex parameter's real and imaginary parts both start there
         start = complex(initial_square_avg, initial_square_avg) if param.is_complex() else initial_square_avg
         state["square_avg"] = torch.full_like(param, start, memory_format=torch.preserve_format)
-    if momentum > 0 and "momentum_buffer" not in state:
-        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    if centered and "grad_avg" not in state:
-        state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    for name, needed in (("momentum_buffer", momentum > 0), ("grad_avg", centered)):
+        if needed and name not in state:
+            state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def advance(states: Sequence[State], alpha: float, bias_correction: bool) -> list[float]:
@@ -138,8 +136,7 @@ class TensorOps:
 class ForeachOps:
     """The same operations on lists of tensors, as torch's multi-tensor RMSprop calls them.
 
-    ``value`` goes positionally to ``addcmul``, where it may also be a list of scalars.
-    """
+    ``value`` goes positionally to ``addcmul``, where it may also be a list of scalars."""
 
     neg = staticmethod(torch._foreach_neg)
     add = staticmethod(torch._foreach_add)
@@ -160,9 +157,8 @@ def update_piece(
 ) -> None:
     """One step on ``piece = (param, grad, square_avg, grad_avg, momentum_buffer)``, in place.
 
-    ``correction`` scales the square average and ``square_scale`` the squared gradient
-    average (bias correction). Intermediates are allocated where torch allocates them.
-    """
+    ``correction`` and ``square_scale`` are the bias corrections of the square average and of the squared
+    gradient average. Intermediates are allocated where torch allocates them."""
     param, grad, square_avg, grad_avg, buffer = piece
     if variant.maximize:
         grad = ops.neg(grad)
@@ -242,9 +238,8 @@ def update(
 ) -> None:
     """One eager step on :func:`rows` whose counters :func:`advance` moved.
 
-    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more, of
-    :data:`HALF_TYPES` or, with weight decay, complex ones (as torch's default on CPU).
-    """
+    ``foreach=None`` batches all tensors but CPU ones of :data:`LARGE_BYTES` or more, of :data:`HALF_TYPES`
+    or, with weight decay, complex ones (as torch's default on CPU)."""
     batch: list[Row] = []
     batch_corrections: list[float] = []
     for row, correction in zip(rows_, corrections, strict=True):
@@ -287,7 +282,6 @@ def rmsprop(
     decoupled_weight_decay: bool = False,
 ) -> None:
     """Functional RMSprop: one eager step, in place, on ``params`` and their :func:`init_state` states."""
-    options = locals()  # the keywords, by name
-    variant, coefficients = hyper(options)
+    variant, coefficients = hyper(locals())
     corrections = advance(states, alpha, bias_correction)
     update(rows(params, grads, states), corrections, variant, coefficients, foreach)

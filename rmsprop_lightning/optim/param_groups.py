@@ -21,10 +21,8 @@ def build_param_groups(
 ) -> list[dict[str, Any]]:
     """Splits ``model``'s trainable parameters into named optimizer groups.
 
-    ``lr_multipliers`` maps a regular expression on parameter names to a factor; the
-    first pattern that matches a parameter decides its group. Biases (and other 1-D
-    parameters such as norm scales) go into groups with ``weight_decay=0`` when
-    ``no_weight_decay_on_bias`` is set. Without either option one group holds all.
+    ``lr_multipliers`` maps a regular expression on parameter names to a factor (the first match decides);
+    ``no_weight_decay_on_bias`` puts 1-D parameters (biases, norm scales) into groups with ``weight_decay=0``.
     """
     patterns = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_multipliers or {}).items()]
     for pattern, factor in patterns:
@@ -36,24 +34,18 @@ def build_param_groups(
             continue
         factor = next((f for pattern, f in patterns if pattern.search(name)), 1.0)
         exempt = no_weight_decay_on_bias and parameter.ndim <= 1
-        group = groups.get((factor, exempt))
-        if group is None:
-            group = {"params": [], "name": _group_name(factor, exempt)}
+        if (factor, exempt) not in groups:
+            name = "no_decay" if exempt else "decay"
+            group = {"params": [], "name": name if factor == 1.0 else f"{name}_lrx{factor:g}"}
             if exempt:
                 group["weight_decay"] = 0.0
             if factor != 1.0:
                 group[LR_MULTIPLIER_KEY] = factor
             groups[(factor, exempt)] = group
-        group["params"].append(parameter)
+        groups[(factor, exempt)]["params"].append(parameter)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     return list(groups.values())
-
-
-def _group_name(factor: float, exempt: bool) -> str:
-    """A short, stable group name for logs: ``decay``/``no_decay`` and the lr factor."""
-    name = "no_decay" if exempt else "decay"
-    return name if factor == 1.0 else f"{name}_lrx{factor:g}"
 
 
 def apply_lr_multipliers(optimizer: torch.optim.Optimizer) -> None:
@@ -65,7 +57,7 @@ def apply_lr_multipliers(optimizer: torch.optim.Optimizer) -> None:
 
 
 def lr_ratios_kept(before: Sequence[float], after: Sequence[float]) -> bool:
-    """Whether the groups' learning rates ``after`` a scheduler was built keep the ratios they had ``before``
+    """Whether the groups' learning rates ``after`` a scheduler was built keep their ratios ``before``
     (OneCycleLR and CyclicLR, for instance, set one value for all groups)."""
     return all(
         math.isclose(a * before[0], b * after[0], rel_tol=1e-9) for b, a in zip(before, after, strict=True)

@@ -31,31 +31,24 @@ class RMSprop(torch.optim.RMSprop):
                           θ ← θ - (γ/c)·b                      (plain)
                           θ ← θ - γ g/d - (γ/c)·μb              (nesterov, optax's form)
 
-    With every keyword-only option at its default the parameters and the state (torch's
-    names ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``) are bit-identical
-    to ``torch.optim.RMSprop``'s, so checkpoints move between the two. The one deliberate
-    difference: the centered variance is clamped at zero, where torch takes the root of a
-    negative number and returns NaN.
+    At the defaults of the keyword-only options the parameters and the state (torch's names) are
+    bit-identical to ``torch.optim.RMSprop``'s, so checkpoints move between the two; only the centered
+    variance is clamped at zero, where torch returns NaN.
 
     Args:
         params: parameters or parameter groups.
         lr, alpha, eps, weight_decay, momentum, centered, foreach, maximize: as in torch, in torch's order
             (``foreach=None`` batches all tensors but large or half-precision CPU ones, giving torch's bits).
-            ``lr`` is a number. ``capturable`` and ``differentiable`` (CUDA graphs, gradients through the
-            step) must stay ``False``.
+            ``lr`` is a number; ``capturable`` and ``differentiable`` must stay ``False``.
         eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
         initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
-        lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
-            differs from torch's placement once the learning rate changes.
+        lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax).
         nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
-        bias_correction: divide the running averages by ``1 - alpha**t`` as optax does. With ``centered``
-            the first step's variance is then ``g² - g² = 0``, a step of about ``lr·g/eps``, unless
-            ``initial_square_avg`` is above 0.
-        decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of
-            adding ``weight_decay * θ`` to the gradient.
-        fast: run each step as one ``torch.compile``-d graph (see :mod:`~rmsprop_lightning.optim.compiled`),
-            equal to the eager step up to rounding; worth its compile time for large models on
-            long runs. If compiling fails it warns once and steps eagerly. ``None`` means ``False``.
+        bias_correction: divide the running averages by ``1 - alpha**t`` as optax does (with ``centered``
+            and ``initial_square_avg=0`` the first step is then about ``lr·g/eps``).
+        decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead.
+        fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding;
+            if compiling fails it warns once and steps eagerly. ``None`` means ``False``.
     """
 
     def __init__(
@@ -80,25 +73,7 @@ class RMSprop(torch.optim.RMSprop):
         decoupled_weight_decay: bool = False,
         fast: bool = False,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "alpha": alpha,
-            "eps": eps,
-            "centered": centered,
-            "weight_decay": weight_decay,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "eps_in_sqrt": eps_in_sqrt,
-            "initial_square_avg": initial_square_avg,
-            "lr_in_momentum": lr_in_momentum,
-            "nesterov": nesterov,
-            "bias_correction": bias_correction,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "fast": fast,
-        }
+        defaults = {name: value for name, value in locals().items() if name not in ("self", "params")}
         validate_options(defaults)
         self._fast_failed = False
         torch.optim.Optimizer.__init__(self, params, defaults)
