@@ -82,8 +82,7 @@ def optuna_lines(optuna: dict[str, Any] | None) -> list[str]:
 
 
 def no_threshold_text(sweep: Sweep) -> str:
-    """Why there is no default threshold: no run logged ``val/loss``, or fewer than half the configurations
-    have a completed run with a finite best."""
+    """Why there is no default threshold: no run logged ``val/loss``, or too few reached a finite best."""
     if not any(THRESHOLD_TAG in job.scalars for job in sweep.jobs):
         return f"No run logged {THRESHOLD_TAG}, so there is no threshold to reach."
     return (
@@ -161,13 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output or args.sweep_dirs[0]
     output.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
-    if args.no_plots:
-        pass
-    elif is_installed("matplotlib"):
+    if not args.no_plots and is_installed("matplotlib"):
         from rmsprop_lightning.report.plots import write_plots
 
         plots = write_plots(sweep, args.over, output)
-    else:
+    elif not args.no_plots:
         print(f"Plots skipped: they need matplotlib: {install_hint('plots')}", file=sys.stderr)
     text, rows, keys = build_report(sweep, args.over, args.threshold, plots)
     (output / "report.md").write_text(text)

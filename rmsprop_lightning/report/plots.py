@@ -26,11 +26,11 @@ def write_plots(sweep: Sweep, over: Sequence[str], output: Path) -> list[str]:
     """Writes every figure the sweep has data for; returns their file names."""
     configurations = sweep.configurations(over)
     keys = sweep.varying_keys(over)
-    panel_key = _panel_key(configurations, keys)
+    panel_keys = _panel_keys(configurations, keys)
     written = []
     for name, figure in (
-        ("loss_curves.png", loss_curves(configurations, panel_key)),
-        ("optimizer_state.png", optimizer_state(configurations, panel_key)),
+        ("loss_curves.png", loss_curves(configurations, panel_keys)),
+        ("optimizer_state.png", optimizer_state(configurations, panel_keys)),
         ("heatmap.png", heatmap(configurations, keys)),
     ):
         if figure is not None:
@@ -40,23 +40,24 @@ def write_plots(sweep: Sweep, over: Sequence[str], output: Path) -> list[str]:
     return written
 
 
-def _panel_key(configurations: Sequence[Configuration], keys: Sequence[str]) -> str | None:
+def _panel_keys(configurations: Sequence[Configuration], keys: Sequence[str]) -> list[str]:
     """With two or more varying keys, the one with the fewest values splits the figures into panels."""
     if len(keys) < 2:
-        return None
-    return min(keys, key=lambda key: len({c.setting[key] for c in configurations}))
+        return []
+    return [min(keys, key=lambda key: len({c.setting[key] for c in configurations}))]
 
 
-def _panels(configurations: Sequence[Configuration], panel_key: str | None) -> dict[str, list[Configuration]]:
+def _panels(configurations: Sequence[Configuration], keys: Sequence[str]) -> dict[str, list[Configuration]]:
+    """The configurations by their setting of ``keys`` (one panel each), titled ``key=value, ...``."""
     panels: dict[str, list[Configuration]] = {}
     for configuration in configurations:
-        title = f"{panel_key}={configuration.setting[panel_key]}" if panel_key else ""
+        title = ", ".join(f"{k}={configuration.setting[k]}" for k in keys)
         panels.setdefault(title, []).append(configuration)
     return panels
 
 
-def _line_label(configuration: Configuration, panel_key: str | None) -> str:
-    items = [f"{k}={v}" for k, v in configuration.setting.items() if k != panel_key]
+def _line_label(configuration: Configuration, panel_keys: Sequence[str]) -> str:
+    items = [f"{k}={v}" for k, v in configuration.setting.items() if k not in panel_keys]
     return ", ".join(items) or configuration.label
 
 
@@ -105,9 +106,9 @@ def _colors(count: int) -> list:
     return [cmap(i % cmap.N) for i in range(count)]
 
 
-def loss_curves(configurations: Sequence[Configuration], panel_key: str | None) -> plt.Figure | None:
+def loss_curves(configurations: Sequence[Configuration], panel_keys: Sequence[str]) -> plt.Figure | None:
     """Per-step ``train/loss`` per configuration: mean over seeds, min–max band, log scale."""
-    panels = _panels(configurations, panel_key)
+    panels = _panels(configurations, panel_keys)
     figure, axes = plt.subplots(
         1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False, layout="constrained"
     )
@@ -117,7 +118,7 @@ def loss_curves(configurations: Sequence[Configuration], panel_key: str | None) 
             series = [
                 job.scalars.get("train/loss", []) for job in configuration.jobs if job.status != "failed"
             ]
-            drawn |= _band_plot(axis, series, _line_label(configuration, panel_key), color)
+            drawn |= _band_plot(axis, series, _line_label(configuration, panel_keys), color)
         axis.set(yscale="log", xlabel="step", ylabel="train/loss", title=title)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
@@ -138,13 +139,13 @@ def state_norms(scalars: dict[str, Series]) -> dict[str, Series]:
     }
 
 
-def optimizer_state(configurations: Sequence[Configuration], panel_key: str | None) -> plt.Figure | None:
+def optimizer_state(configurations: Sequence[Configuration], panel_keys: Sequence[str]) -> plt.Figure | None:
     """The norm of each optimizer state (over all groups) per configuration over steps."""
     norms = {id(job): state_norms(job.scalars) for c in configurations for job in c.jobs}
     states = sorted({state for per_job in norms.values() for state in per_job}, key=_state_rank)
     if not states:
         return None
-    panels = _panels(configurations, panel_key)
+    panels = _panels(configurations, panel_keys)
     figure, axes = plt.subplots(
         len(panels),
         len(states),
@@ -157,7 +158,7 @@ def optimizer_state(configurations: Sequence[Configuration], panel_key: str | No
             axis = axes[row][column]
             for configuration, color in zip(members, _colors(len(members)), strict=True):
                 series = [norms[id(job)].get(state, []) for job in configuration.jobs]
-                _band_plot(axis, series, _line_label(configuration, panel_key), color)
+                _band_plot(axis, series, _line_label(configuration, panel_keys), color)
             axis.set(yscale="log", xlabel="step", ylabel=f"‖{state}‖", title=f"{title} {state}".strip())
             axis.grid(True, which="both", alpha=0.3)
         axes[row][0].legend(fontsize=7)
@@ -183,11 +184,7 @@ def heatmap(configurations: Sequence[Configuration], keys: Sequence[str]) -> plt
     if len(numeric) != 2:
         return None
     x_key, y_key = numeric
-    others = [k for k in keys if k not in numeric]
-    panels: dict[str, list[Configuration]] = {}
-    for configuration in configurations:
-        title = ", ".join(f"{k}={configuration.setting[k]}" for k in others)
-        panels.setdefault(title, []).append(configuration)
+    panels = _panels(configurations, [k for k in keys if k not in numeric])
     figure, axes = plt.subplots(
         1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, layout="constrained"
     )

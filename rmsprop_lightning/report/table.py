@@ -26,9 +26,8 @@ class Row:
 
 
 def default_threshold(configurations: Sequence[Configuration], tag: str = THRESHOLD_TAG) -> float:
-    """The lower median over configurations of their mean best ``tag``: at least half the configurations
-    reach it, however far off the others end (one with no finite best never does; NaN when fewer than
-    half have a finite best)."""
+    """The lower median over configurations of their mean best ``tag``, which at least half of them reach
+    (NaN when fewer than half have a finite best)."""
     means = [mean_std(c.values("best", tag))[0] for c in configurations]
     median = statistics.median_low([mean if math.isfinite(mean) else math.inf for mean in means])
     return median if math.isfinite(median) else math.nan
@@ -139,8 +138,9 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         "wall_seconds",
         "fit_seconds",
     )
-    header = ["configuration", *keys, "n", "completed", "failed", "diverged", "logged_val_loss"]
-    header += ["reached_threshold", "in_population"]
+    counts = {"n": "n", "completed": "completed", "failed": "failed", "diverged": "diverged"}
+    counts |= {"logged_val_loss": "curves", "reached_threshold": "reached", "in_population": "in_population"}
+    header = ["configuration", *keys, *counts]
     header += [f"{measure}_{stat}" for measure in measures for stat in ("mean", "std")]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -148,7 +148,6 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         for row in rows:
             cells = row.cells
             line = [row.configuration.label, *(row.configuration.setting.get(key, "") for key in keys)]
-            counts = ("n", "completed", "failed", "diverged", "curves", "reached", "in_population")
-            line += [cells[key] for key in counts]
+            line += [cells[key] for key in counts.values()]
             line += [f"{value:.6g}" for measure in measures for value in cells[measure]]
             writer.writerow(line)
