@@ -28,11 +28,8 @@ def new_file_mode() -> int:
 
 
 def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Calls ``write`` on a temporary file beside ``path``, syncs it to disk and renames it over ``path``.
-
-    The rename is atomic on POSIX file systems; the folder is synced too, so the new
-    name survives a power cut. On any error the temporary file is removed.
-    """
+    """Calls ``write`` on a temporary file beside ``path``, syncs it and renames it over ``path`` (atomic
+    on POSIX); the folder is synced too, so the new name survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = temporary_prefix(path)

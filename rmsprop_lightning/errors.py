@@ -41,9 +41,8 @@ class DivergedError(RunError):
 class InterruptedRun(BaseException):
     """A job stopped by SIGTERM or SIGINT: within the training steps after saving a checkpoint, else at once.
 
-    A ``BaseException``, like ``KeyboardInterrupt``: a multirun's job wrapper, which
-    records failed jobs and goes on with the sweep, must let it through so that
-    Ctrl-C stops the whole sweep.
+    A ``BaseException``, like ``KeyboardInterrupt``, so that a multirun's job wrapper, which goes on after
+    a failed job, lets it through and Ctrl-C stops the whole sweep.
     """
 
     def __init__(self, message: str, signal_number: int) -> None:
@@ -56,11 +55,8 @@ RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is the first (or only) rank.
-
-    Once Lightning is loaded its record decides (it outlives the rank variables a finished DDP
-    job removes); before, no DDP ran in this process and the launch variables tell.
-    """
+    """Whether this process is the first (or only) rank: Lightning's record once it is loaded (it outlives
+    the variables a finished DDP job removes), else the launch variables."""
     rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
     if rank_zero is not None:
         return rank_zero.rank_zero_only.rank == 0
@@ -106,12 +102,8 @@ def write_to_log_files(message: str) -> None:
 
 
 def discard_rejected_run() -> None:
-    """Removes the folder Hydra created for a single run rejected before any work.
-
-    Only a fresh run's folder holding nothing but Hydra's files, its log and the job
-    summary is removed; a resumed run, a multirun job or any folder with other content
-    is left as it is.
-    """
+    """Removes the folder Hydra created for a single run rejected before any work, if it holds nothing
+    but Hydra's files, its log and the job summary (a resumed run's or a multirun job's is kept)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -123,8 +115,7 @@ def discard_rejected_run() -> None:
     folder = Path(hydra_cfg.runtime.output_dir)
     allowed = HYDRA_RUN_FILES | {f"{hydra_cfg.job.name}.log"}
     if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= allowed:
-        loggers = [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]
-        for logger in loggers:
+        for logger in [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]:
             for handler in list(getattr(logger, "handlers", [])):
                 if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
                     logger.removeHandler(handler)

@@ -15,11 +15,8 @@ if TYPE_CHECKING:
 
 
 def subprocess_script_launcher() -> type:
-    """Lightning's launcher of the extra DDP ranks, which re-runs ``sys.argv`` for each.
-
-    Inside a Hydra multirun that re-runs the whole sweep in every child (Lightning issues
-    #11300, #18175); the fix subclasses it and overrides the method that starts the children.
-    """
+    """Lightning's launcher of the extra DDP ranks, which re-runs ``sys.argv`` for each: inside a Hydra
+    multirun, the whole sweep (Lightning issues #11300, #18175); the fix overrides how it starts them."""
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     return _SubprocessScriptLauncher
@@ -34,11 +31,8 @@ def hydra_argument_parser() -> argparse.ArgumentParser:
 
 
 def validation_follows(trainer: pl.Trainer) -> bool:
-    """Whether the training loop validates right after the batch that just ended.
-
-    A checkpoint written before that validation makes a resumed run skip it (Lightning issues
-    #19549, #20288), so ``last.ckpt`` waits for it; Lightning keeps the decision private.
-    """
+    """Whether the training loop validates right after the batch that just ended: a checkpoint written
+    before it makes a resumed run skip it (Lightning issues #19549, #20288), so ``last.ckpt`` waits."""
     loop = trainer.fit_loop
     return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
 
@@ -71,9 +65,6 @@ def fit_restarting(trainer: pl.Trainer) -> bool:
 
 
 def step_epoch_schedulers(trainer: pl.Trainer) -> None:
-    """Steps the epoch-interval plateau schedulers, as Lightning does at an epoch's end.
-
-    A resume skips the end-of-epoch steps that a checkpoint came before, since the metrics that
-    feed them are not in Lightning's checkpoint.
-    """
+    """Steps the epoch-interval plateau schedulers, as Lightning does at an epoch's end: a resume skips the
+    end-of-epoch steps a checkpoint came before (their metrics are not in Lightning's checkpoint)."""
     trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)

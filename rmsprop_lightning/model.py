@@ -20,9 +20,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 class FeedForward(nn.Sequential):
     """``Linear → activation → … → Linear``; the defaults give ``Linear(10,5) → ReLU → Linear(5,1)``.
 
-    ``hidden`` is one width or a list of widths; ``activation=None`` gives a purely
-    linear stack, as in the seed snippet.
-    """
+    ``hidden`` is one width or a list of widths; ``activation=None`` gives a purely linear stack."""
 
     def __init__(
         self,

@@ -23,10 +23,8 @@ UNDESCRIBED = "not plain data"  # saved for a model, optimizer or scheduler that
 
 
 class StepLossLogger(BufferedStepLogger):
-    """Logs ``train/loss`` at every optimizer step without a host synchronisation per step.
-
-    With gradient accumulation a step's loss is the mean over the batches it accumulated.
-    """
+    """Logs ``train/loss`` at every optimizer step without a host synchronisation per step (with gradient
+    accumulation, the mean over the step's batches)."""
 
     def __init__(self, flush_every: int = 100, flush_secs: float | None = 30.0) -> None:
         super().__init__(flush_every=flush_every, flush_secs=flush_secs)
@@ -56,13 +54,9 @@ class StepLossLogger(BufferedStepLogger):
 
 
 class RegressionModule(pl.LightningModule):
-    """Trains ``model`` on a regression loss with an optimizer built from a factory.
-
-    ``optimizer`` is called with the parameter groups (a Hydra ``_partial_`` config or
-    any ``params -> Optimizer`` callable); ``scheduler``, if given, with the optimizer.
-    ``scheduler_interval``/``scheduler_monitor`` go into Lightning's scheduler dict.
-    ``train/loss`` is logged at every step through :class:`StepLossLogger`, flushed
-    every ``loss_flush_every`` steps.
+    """Trains ``model`` on a regression loss; ``optimizer`` is called with the parameter groups and
+    ``scheduler``, if given, with the optimizer. ``train/loss`` is logged at every step through
+    :class:`StepLossLogger`, flushed every ``loss_flush_every`` steps.
     """
 
     def __init__(
@@ -118,8 +112,7 @@ class RegressionModule(pl.LightningModule):
         return self.criterion(self(features), targets)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        """Adds the batch's loss, error and target sums to the epoch totals (for the epoch's loss, RMSE
-        and R²)."""
+        """Adds the batch's loss, error and target sums to the epoch totals (for loss, RMSE and R²)."""
         features, targets = batch
         predictions = self(features)
         predictions = predictions.to(torch.promote_types(predictions.dtype, torch.float32))  # bf16 → float32
@@ -128,10 +121,7 @@ class RegressionModule(pl.LightningModule):
         targets = targets.double()
         count = torch.full_like(sse, len(targets))
         sums = torch.stack([loss_sum.expand_as(sse), sse, count, targets.sum(0), targets.pow(2).sum(0)])
-        if stage in self._totals:
-            self._totals[stage] += sums
-        else:
-            self._totals[stage] = sums
+        self._totals[stage] = self._totals.get(stage, 0) + sums
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -145,9 +135,8 @@ class RegressionModule(pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _log_epoch_scores(self, stage: str) -> None:
-        """Logs the loss over the stage's rows, RMSE over every target (and R², the mean over target columns,
-        on test) from totals summed over all ranks, so that every row weighs the same however they are
-        shared out."""
+        """Logs the stage's loss, RMSE (and R² on test) from totals summed over all ranks, so that every
+        row weighs the same however the rows are shared out."""
         totals = self._totals[stage]
         loss_sum, sse, count, total, total_sq = self.all_gather(totals).reshape(-1, *totals.shape).sum(0)
         loss = (loss_sum[0] / count[0]).to(torch.promote_types(self.dtype, torch.float32))

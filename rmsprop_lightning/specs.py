@@ -41,12 +41,8 @@ def _is_plain(value: Any) -> bool:
 
 
 def to_spec(obj: Any) -> Any:
-    """A ``_target_`` mapping for ``obj``, or ``None`` when it cannot be described as data.
-
-    Handles ``functools.partial`` of a class or function with keyword arguments, objects
-    exposing a ``spec`` mapping of their constructor arguments, plain data and mappings
-    that already carry a ``_target_``.
-    """
+    """A ``_target_`` mapping for ``obj`` (a keyword-only ``functools.partial``, an object with a ``spec``
+    of its constructor arguments, or plain data), or ``None`` when it cannot be described as data."""
     if obj is None or isinstance(obj, PLAIN_TYPES):
         return obj
     if isinstance(obj, functools.partial) and not obj.args:
