@@ -1,8 +1,7 @@
 """RMSprop (a torch-compatible superset with an optional compiled step) and its parameter groups.
 
-The names load on first use, so the option checks in :mod:`~rmsprop_lightning.optim.validation`
-import without torch: a bad value on the command line answers before torch loads.
-"""
+The names load on first use, so the option checks in :mod:`~rmsprop_lightning.optim.validation` answer
+before torch loads."""
 
 from rmsprop_lightning import lazy_exports
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from rmsprop_lightning.optim.functional import (
     Coefficients,
     Row,
+    TensorOps,
     Variant,
     by_device_and_dtype,
     real_row,
@@ -24,19 +25,13 @@ from rmsprop_lightning.optim.functional import (
 Part = tuple[list[Row], list[float], Variant, Coefficients]
 
 
-class GraphOps:
+class GraphOps(TensorOps):
     """The update's operations with 0-dim tensors for scalars, in the forms ``torch.compile`` traces."""
 
-    neg = staticmethod(torch.neg)
     add = staticmethod(lambda src, other, alpha=1.0: src + alpha * other)
-    mul = staticmethod(torch.mul)
     addcmul = staticmethod(lambda src, t1, t2, value: src + value * t1 * t2)
-    sqrt = staticmethod(torch.sqrt)
     add_ = staticmethod(lambda t, other, alpha=1.0: t.add_(alpha * other))
-    mul_ = staticmethod(Tensor.mul_)
     lerp_ = staticmethod(lambda t, end, weight: t.add_(weight * (end - t)))  # any dtype of ``end``
-    sqrt_ = staticmethod(Tensor.sqrt_)
-    clamp_min_ = staticmethod(Tensor.clamp_min_)
     addcmul_ = staticmethod(lambda t, t1, t2, value: t.add_(value * t1 * t2))
     addcdiv_ = staticmethod(lambda t, t1, t2, value: t.add_(value * t1 / t2))
 

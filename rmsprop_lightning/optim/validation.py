@@ -36,11 +36,8 @@ def _range_text(low: float, high: float, open_high: bool) -> str:
 
 
 def validate_options(options: Mapping[str, Any]) -> None:
-    """Raises ``ValueError`` naming the first option in ``options`` that is out of range or mistyped.
-
-    Only the options present are checked, so a parameter group's overrides can be
-    validated on their own; keys this optimizer does not know are left alone.
-    """
+    """Raises ``ValueError`` naming the first option in ``options`` that is out of range or mistyped; only
+    the options present are checked, so a parameter group's overrides can be validated on their own."""
     for name, (low, high, open_high) in _RANGES.items():
         if name not in options:
             continue
