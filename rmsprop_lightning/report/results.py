@@ -38,15 +38,13 @@ class Job:
     def status(self) -> str:
         """``completed``, ``failed``, ``diverged`` or ``running`` (a job that never finished)."""
         status = self.summary.get("status", "running")
-        if status == "completed" and not math.isfinite(self.final("val/loss")):
+        if status == "completed" and not math.isfinite(self.value("final", "val/loss")):
             return "diverged" if "val/loss" in self.summary.get("final", {}) else status
         return status
 
-    def final(self, tag: str) -> float:
-        return as_float(self.summary.get("final", {}).get(tag))
-
-    def best(self, tag: str) -> float:
-        return as_float(self.summary.get("best", {}).get(tag))
+    def value(self, read: str, tag: str) -> float:
+        """The ``final`` or ``best`` value of ``tag`` in the summary; NaN where none was recorded."""
+        return as_float(self.summary.get(read, {}).get(tag))
 
     def steps_to(self, tag: str, threshold: float) -> int | None:
         """The first logged step at which ``tag`` is at or below ``threshold``."""
@@ -86,7 +84,7 @@ class Configuration:
 
     def values(self, read: str, tag: str) -> list[float]:
         """Finite ``best``/``final`` values of ``tag`` over the completed jobs."""
-        values = [getattr(job, read)(tag) for job in self.with_status("completed")]
+        values = [job.value(read, tag) for job in self.with_status("completed")]
         return [value for value in values if math.isfinite(value)]
 
 
@@ -167,8 +165,7 @@ def _optuna_results(paths: Sequence[Path]) -> dict[str, Any] | None:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the finite ``values``, a missing (NaN) one left out (std NaN
-    for a single value; both NaN for none)."""
+    """Mean and sample standard deviation of the finite ``values`` (std NaN for one value, both for none)."""
     values = [value for value in values if math.isfinite(value)]
     if not values:
         return math.nan, math.nan
@@ -182,12 +179,9 @@ def total_fit_seconds(jobs: Iterable[Job]) -> float:
 
 
 def sweep_timing(sweep: Sweep) -> dict[str, float]:
-    """The multirun's cost against its jobs' fit times.
-
-    ``multirun_seconds`` runs from the process start (imports included) to the end of the last job;
-    ``startup_seconds`` is the part before the first job could start. The ratio sets them against the
-    fit times of the jobs of those sweep folders only (``timed_jobs``, ``timed_fit_seconds``).
-    """
+    """The multirun's cost against its jobs' fit times: ``multirun_seconds`` from the process start to the
+    last job's end (``startup_seconds`` before the first job), set against the fit times of the jobs of
+    the sweep folders with a finished record (``timed_jobs``, ``timed_fit_seconds``)."""
     members = [job for job in sweep.jobs if job.population]
     own_walls = (as_float(job.summary.get("wall_seconds")) for job in sweep.jobs)
     timing = {
