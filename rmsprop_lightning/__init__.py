@@ -1,8 +1,6 @@
 """rmsprop-lightning: RMSprop for PyTorch Lightning, with a Hydra experiment template.
 
-The main classes are importable from the package; they load on first use, so tools
-that need none of them (``rmsprop-report``, a config check) do not pay for importing torch.
-"""
+The main classes load on first use, so tools that need none of them do not pay for importing torch."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Errors reported to the user as one line rather than a traceback, and the entry points' handling of them.
-
-A bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug: the user needs to know what
-happened and what to do.
-"""
+"""Errors reported to the user as one line rather than a traceback, and the entry points' handling of them:
+a bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug."""
 
 from __future__ import annotations
 
@@ -80,9 +77,8 @@ def reported_errors() -> Iterator[None]:
 def exit_with(error: RunError | InterruptedRun) -> None:
     """Prints ``error`` in one line (first rank only) and exits with its code; HYDRA_FULL_ERROR=1 raises.
 
-    Another rank exits with 0 from a divergence or a stop, which all ranks meet at the same step: the
-    first rank reports it, and Lightning's watch over a DDP job's ranks, which kills the first rank's
-    process when one of them fails, leaves a multirun to its next job.
+    Another rank exits with 0 from a divergence or a stop, which all ranks meet at the same step, so that
+    Lightning's watch over the ranks (which kills the first rank when one fails) lets a multirun go on.
     """
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error

@@ -43,9 +43,8 @@ def is_last_batch(trainer: pl.Trainer) -> bool:
 
 
 def epochs_done(checkpoint: Mapping[str, Any]) -> int:
-    """The epochs whose batches a Lightning checkpoint has all run: the completed ones, and the one under
-    way when it was written at its last batch, after which Lightning steps epoch-interval schedulers (the
-    loops' state in Lightning's checkpoints is not a documented format)."""
+    """The epochs whose batches a Lightning checkpoint has all run, one written at an epoch's last batch
+    included (the loops' state in Lightning's checkpoints is not a documented format)."""
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
     epochs = loop.get("epoch_progress", {}).get("current", {})
     completed = epochs.get("completed", checkpoint.get("epoch", 0))
