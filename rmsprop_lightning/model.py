@@ -34,9 +34,8 @@ class FeedForward(nn.Sequential):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        for width in widths:
-            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-                raise ValueError(f"model.hidden must hold positive integers, got {hidden!r}")
+        if not all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in widths):
+            raise ValueError(f"model.hidden must hold positive integers, got {hidden!r}")
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(
                 f"model.activation={activation!r} is unknown; allowed: "

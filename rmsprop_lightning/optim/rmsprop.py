@@ -93,25 +93,18 @@ class RMSprop(torch.optim.RMSprop):
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[State]]:
         """The group's parameters that have a gradient, their gradients and their (initialised) states."""
-        params, grads, states = [], [], []
-        for param in group["params"]:
-            grad = param.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
+        params = [param for param in group["params"] if param.grad is not None]
+        for param in params:
+            if param.grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
-            state = self.state[param]
             init_state(
-                state,
+                self.state[param],
                 param,
                 momentum=group["momentum"],
                 centered=group["centered"],
                 initial_square_avg=group["initial_square_avg"],
             )
-            params.append(param)
-            grads.append(grad)
-            states.append(state)
-        return params, grads, states
+        return params, [param.grad for param in params], [self.state[param] for param in params]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
