@@ -1,7 +1,7 @@
 """Every use of another library's private API, in one place, each with the reason and the upstream issue.
 
-``tests/test_internals.py`` checks each of them against the installed versions, so an
-upgrade that moves one fails there, loudly, rather than somewhere in a run.
+``tests/test_internals.py`` checks each of them against the installed versions, so an upgrade that moves
+one fails there, loudly, rather than somewhere in a run.
 """
 
 from __future__ import annotations

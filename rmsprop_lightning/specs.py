@@ -1,7 +1,7 @@
 """Plain-data descriptions of objects, so checkpoints stay loadable with ``weights_only=True``.
 
-A module saves its model, optimizer and scheduler as ``{"_target_": ..., **kwargs}``
-mappings instead of pickled objects; :func:`from_spec` rebuilds them with Hydra.
+A module saves its model, optimizer and scheduler as ``{"_target_": ..., **kwargs}`` mappings instead of
+pickled objects; :func:`from_spec` rebuilds them with Hydra.
 """
 
 from __future__ import annotations

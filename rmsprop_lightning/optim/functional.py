@@ -1,9 +1,9 @@
 """RMSprop's update as a function of tensors: one description of the arithmetic for every path.
 
-:func:`update_piece` states the update once in terms of an ``ops`` object that runs each
-operation on single tensors, on lists of tensors (torch's ``_foreach`` kernels) or inside a
-``torch.compile`` graph. The eager paths run the same ATen operations with the same scalars in
-the same order as ``torch.optim.RMSprop``, so at torch's options they give torch's bits.
+:func:`update_piece` states the update once in terms of an ``ops`` object that runs each operation on
+single tensors, on lists of tensors (torch's ``_foreach`` kernels) or inside a ``torch.compile`` graph. The
+eager paths run the same ATen operations with the same scalars in the same order as
+``torch.optim.RMSprop``, so at torch's options they give torch's bits.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A sweep folder as data: its jobs (summary + TensorBoard scalars) grouped into configurations.
 
-A configuration is a set of jobs whose overrides agree on every key except those
-aggregated over (the seed, by default); only keys that vary across the sweep name it.
+A configuration is a set of jobs whose overrides agree on every key except those aggregated over (the seed,
+by default); only keys that vary across the sweep name it.
 """
 
 from __future__ import annotations
