@@ -87,12 +87,10 @@ class RegressionModule(pl.LightningModule):
             raise ValueError(f"scheduler interval={scheduler_interval!r} is unknown; allowed: step, epoch")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         specs = {name: to_spec(value) for name, value in parts.items()}
-        self.save_hyperparameters(
-            {
-                name: UNDESCRIBED if spec is None and parts[name] is not None else spec
-                for name, spec in specs.items()
-            }
-        )
+        for name, value in parts.items():
+            if value is not None and specs[name] is None:
+                specs[name] = UNDESCRIBED
+        self.save_hyperparameters(specs)
         self.model: nn.Module = from_spec(model)
         self.optimizer_factory: OptimizerFactory = from_spec(optimizer)
         self.scheduler_factory: SchedulerFactory | None = from_spec(scheduler)
