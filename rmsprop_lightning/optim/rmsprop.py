@@ -42,13 +42,16 @@ class RMSprop(torch.optim.RMSprop):
             ``lr`` is a number; ``capturable`` and ``differentiable`` must stay ``False``.
         eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
         initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
-        lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax).
+        lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);
+            differs from torch's placement once the learning rate changes.
         nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
         bias_correction: divide the running averages by ``1 - alpha**t`` as optax does (with ``centered``
             and ``initial_square_avg=0`` the first step is then about ``lr·g/eps``).
-        decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead.
-        fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding;
-            if compiling fails it warns once and steps eagerly. ``None`` means ``False``.
+        decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of adding
+            ``weight_decay * θ`` to the gradient.
+        fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding and
+            worth its compile time for large models on long runs; if compiling fails it warns once and
+            steps eagerly. ``None`` means ``False``.
     """
 
     def __init__(
@@ -73,7 +76,25 @@ class RMSprop(torch.optim.RMSprop):
         decoupled_weight_decay: bool = False,
         fast: bool = False,
     ) -> None:
-        defaults = {name: value for name, value in locals().items() if name not in ("self", "params")}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "eps_in_sqrt": eps_in_sqrt,
+            "initial_square_avg": initial_square_avg,
+            "lr_in_momentum": lr_in_momentum,
+            "nesterov": nesterov,
+            "bias_correction": bias_correction,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "fast": fast,
+        }
         validate_options(defaults)
         self._fast_failed = False
         torch.optim.Optimizer.__init__(self, params, defaults)
