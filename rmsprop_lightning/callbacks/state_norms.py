@@ -91,7 +91,7 @@ class StateNorms:
     (grad, param, update, then each state in order of appearance), ``<s>effective_lr_mean``,
     ``<s>update_to_param_ratio`` and, over the whole optimizer, ``effective_lr_max``/``_min``.
     A missing gradient counts as zero. :meth:`matches` tells when the plan is stale. A step reduces with
-    ``torch._foreach_*``, then each key gathers its tensors' values by a fixed index; nothing is read back.
+    ``torch._foreach_*`` and one weighted sum with a fixed matrix; nothing is read back to the host.
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class StateNorms:
         keys: list[str] = []
         for state in states:
             keys += [k for k, value in state.items() if is_monitored_state(k, value) and k not in keys]
-        # the tensors whose norms start a step's vector
+        # the tensors whose squared norms start a step's vector; the sums of their step sizes follow
         self.state_columns = [(key, i) for key in keys for i, state in enumerate(states) if key in state]
         columns = [(q, i) for q in BASE_QUANTITIES for i in range(len(params))] + self.state_columns
         # RMSprop-like tensors, by step form (and group, for its alpha, with bias correction)
@@ -132,31 +132,35 @@ class StateNorms:
         self.buckets = list(buckets.values())
         rms = [i for members in self.buckets for i in members]  # in the order their sums come
 
-        # a step's vector: the columns' norms, Σ s of each RMSprop-like tensor (quantity None), its max s and
-        # max 1/s, then a 0 that pads the keys' rows of columns
-        columns += [(None, i) for i in rms]
-        zero = len(columns) + 2 * len(rms)
         self.names: list[str] = []
-        rows: list[list[int]] = []
-        for quantity in (*BASE_QUANTITIES, *keys, None):
-            leaf = "effective_lr_mean" if quantity is None else f"{quantity}_norm"
+        rows: list[dict[int, float]] = []
+        for quantity in (*BASE_QUANTITIES, *keys):
             for infix, members in scopes:
-                row = [c for c, (q, i) in enumerate(columns) if q == quantity and i in members]
+                row = {c: 1.0 for c, (q, i) in enumerate(columns) if q == quantity and i in members}
                 if row:
                     rows.append(row)
-                    self.names.append(f"{prefix}{infix}{leaf}")
+                    self.names.append(f"{prefix}{infix}{quantity}_norm")
+        self.num_norms = len(rows)
+        for infix, members in scopes:
+            chosen = [k for k, i in enumerate(rms) if i in members]
+            if chosen:
+                count = sum(as_real(params[rms[k]]).numel() for k in chosen)
+                rows.append({len(columns) + k: 1.0 / count for k in chosen})
+                self.names.append(f"{prefix}{infix}effective_lr_mean")
         self.names += [f"{prefix}{infix}update_to_param_ratio" for infix, _ in scopes]
         if rms:
             self.names += [f"{prefix}effective_lr_max", f"{prefix}effective_lr_min"]
-        means = [row for row in rows if columns[row[0]][0] is None]
-        sizes = [sum(as_real(params[columns[c][1]]).numel() for c in row) for row in means]
-        device, longest = params[0].device, max(map(len, rows))
-        self.index = torch.tensor([row + [zero] * (longest - len(row)) for row in rows], device=device)
-        self.num_norms = len(rows) - len(means)
-        self.mean_scale = 1.0 / torch.tensor(sizes, dtype=torch.float32, device=device)
-        self.extremes = slice(len(columns), zero)  # max s, then max 1/s, of each tensor
+        weights = torch.zeros(len(rows), len(columns) + len(rms))
+        for r, row in enumerate(rows):
+            weights[r, list(row)] = torch.tensor(list(row.values()))
+        device = params[0].device
+        self.weights = weights.to(device)
+        self.used = self.weights != 0  # a row's columns: an inf elsewhere must not turn it into NaN (inf × 0)
         self.num_scopes = len(scopes)  # grad_norm, param_norm and update_norm take that many rows each
         self.zero = torch.zeros((), device=device)
+        self.exponents = torch.tensor(
+            [0.5] * self.num_norms + [1.0] * (len(rows) - self.num_norms), device=device
+        )
         self.signs = torch.tensor([1.0, -1.0], device=device)
 
     def matches(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -183,11 +187,13 @@ class StateNorms:
             torch._foreach_reciprocal_(sizes)
             highest += torch._foreach_max(sizes)
             size_sums += [size.sum() for size in sizes]
-        vector = torch.stack([*norms, *size_sums, *highest, *inverse_highest, self.zero]).float()
-        gathered, norm_rows, scopes = vector.take(self.index), self.num_norms, self.num_scopes
-        rows = torch.linalg.vector_norm(gathered[:norm_rows], dim=1)
-        parts = [rows, gathered[norm_rows:].sum(1).mul_(self.mean_scale)]
-        parts.append(rows[2 * scopes : 3 * scopes] / rows[scopes : 2 * scopes])
+        count, width = len(norms), self.weights.shape[1]
+        columns = torch.stack([*norms, *size_sums, *highest, *inverse_highest]).float()
+        columns[:count].square_()
+        terms = torch.where(self.used, self.weights * columns[:width], 0.0)
+        sums = terms.sum(1).pow_(self.exponents)  # norms: roots of sums of squares
+        scopes = self.num_scopes
+        parts = [sums, sums[2 * scopes : 3 * scopes] / sums[scopes : 2 * scopes]]
         if highest:  # max s, and min s = 1 / max(1/s)
-            parts.append(vector[self.extremes].view(2, -1).amax(1).pow_(self.signs))
+            parts.append(columns[width:].view(2, -1).amax(1).pow_(self.signs))
         return torch.cat(parts)
