@@ -73,6 +73,7 @@ CASES = [
     ),
     ("a sweep without -m", ["optimizer.lr=0.01,0.1"], ["optimizer.lr=0.01,0.1", "with -m"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),
+    ("a broken interpolation at a checked key", ["seed=${{nope}}"], ["seed", "'nope' not found"]),
     ("a search without -m", ["hparams_search=rmsprop_optuna"], ["hparams_search=rmsprop_optuna", "with -m"]),
     ("a printed config with a bad value", ["--cfg", "job", "optimizer.lr=-1"], ["optimizer.lr", ">= 0"]),
     ("swept lists of configs", ["-m", "logger=[tensorboard,cvs],none"], ["logger=cvs", "did you mean csv"]),

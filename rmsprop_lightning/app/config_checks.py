@@ -135,8 +135,10 @@ def validate_config(cfg: DictConfig) -> None:
         except ValueError as error:
             raise InputError(f"optimizer.{error}") from None
     for key, rule in RULES.items():
-        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is not KeyError:
-            check_value(key, select(cfg, key), rule)
+        absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
+        value = select(cfg, key)  # a broken interpolation is refused here, before the key counts as absent
+        if not absent:
+            check_value(key, value, rule)
     check_training_length(cfg)
     check_loggers(cfg)
     check_input_files(cfg)
