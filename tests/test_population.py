@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rmsprop_lightning.app.run import run
 from rmsprop_lightning.app.sweep_record import job_folders
+from rmsprop_lightning.population.checkpoints import best_until
 from rmsprop_lightning.population.members import build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
@@ -352,3 +354,18 @@ def test_sigterm_stops_the_population_and_each_job_resumes_alone(tmp_path):
     assert torch.load(jobs[0] / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == stopped
     train_in_process(tmp_path, f"resume={jobs[0]}", f"trainer.max_steps={stopped + 50}")
     assert read_summary(jobs[0])["steps"] == stopped + 50
+
+
+@pytest.mark.parametrize(
+    ("losses", "until", "kept"),
+    [
+        ((float("nan"), float("inf"), float("inf")), 30, 10),  # the first counts, NaN as inf
+        ((float("nan"), 0.5, 0.2), 30, 30),
+        ((0.5, 0.5, 0.7), 30, 10),  # a tie keeps the earlier
+        ((0.5, 0.2, 0.1), 20, 20),  # nothing after the save counts
+        ((0.5, 0.2), 5, -1),  # no validation before the save
+    ],
+)
+def test_a_members_best_checkpoint_at_a_save_is_the_one_model_checkpoint_keeps(losses, until, kept) -> None:
+    validations = [(10 * (i + 1), {"val/loss": [0.9, loss]}) for i, loss in enumerate(losses)]
+    assert best_until(SimpleNamespace(validations=validations), 1, until) == kept

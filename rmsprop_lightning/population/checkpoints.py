@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,18 @@ from rmsprop_lightning.population.members import Member
 
 if TYPE_CHECKING:
     from rmsprop_lightning.population.outputs import PopulationRecord, Scalars
+
+
+def best_until(record: PopulationRecord, index: int, step: int) -> int:
+    """The step of the member's best ``val/loss`` up to ``step`` as ``ModelCheckpoint`` keeps it (its
+    first validation counts whatever the score, NaN as inf; ties keep the earlier), or -1."""
+    best, kept = math.inf, -1
+    for validated, scores in record.validations:
+        loss = scores["val/loss"][index]
+        loss = math.inf if math.isnan(loss) else loss
+        if validated <= step and (kept < 0 or loss < best):
+            best, kept = loss, validated
+    return kept
 
 
 def best_path(best: ModelCheckpoint, step: int) -> Path:
@@ -79,8 +92,9 @@ def write_checkpoints(
     }
     validated = [step for step, _ in record.validations if step <= saved_at]
     if best is not None:  # its state as it was at the save (empty before the first validation)
-        if validated:  # the lowest val/loss so far, ties the earlier; ModelCheckpoint keeps a first NaN one
-            keep_best(best, record, index, stats.best_step.get("val/loss", validated[0]))
+        kept = best_until(record, index, saved_at)
+        if kept >= 0:
+            keep_best(best, record, index, kept)
         states[best.state_key] = best.state_dict()
     trained = record.result.module
     final = {
