@@ -83,7 +83,10 @@ class DivergenceGuard(Callback):
 
     def _agree(self, trainer: pl.Trainer, finite: torch.Tensor) -> bool:
         """Whether every rank saw finite values (one host sync; one all-reduce under DDP)."""
-        return not trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
+        bad = not bool(finite)
+        if trainer.world_size > 1:  # a collective per step only where there are other ranks
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return not bad
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._checked_step = trainer.global_step

@@ -60,7 +60,9 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         stepped, self._step = trainer.global_step != self._step, trainer.global_step
         if stop and stepped and self.stopped_at is None:  # never inside an accumulation of gradients
             self.stopped_at = trainer.global_step
@@ -75,7 +77,9 @@ class GracefulInterrupt(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
-        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and self.stopped_at is None:  # after the last step's end, whose checkpoint is saved as usual
             self.stopped_at = trainer.global_step
 

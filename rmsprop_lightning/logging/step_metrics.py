@@ -1,4 +1,5 @@
 """Per-step scalars kept on the device and handed to the Lightning loggers in batches.
+
 Calling ``self.log`` on every step costs a host synchronisation each time; a flush costs one transfer."""
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ class StepMetricBuffer:
     def __init__(self) -> None:
         # (steps, names, values), as recorded
         self._records: list[tuple[tuple[int, ...], tuple[str, ...], torch.Tensor]] = []
+        self._steps = 0  # the steps recorded, counted as they come: a logger asks every batch
 
     def __len__(self) -> int:
-        return sum(len(steps) for steps, _, _ in self._records)
+        return self._steps
 
     def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
         """Keeps the detached scalar ``metrics`` of ``step``; nothing is copied to the host."""
@@ -34,6 +36,7 @@ class StepMetricBuffer:
     def record_rows(self, steps: Sequence[int], names: Sequence[str], values: torch.Tensor) -> None:
         """Keeps ``values`` (one row per step, one column per name) as the metrics ``names`` of ``steps``."""
         self._records.append((tuple(int(step) for step in steps), tuple(names), values.detach()))
+        self._steps += len(steps)
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
         """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order, after a single
@@ -52,6 +55,7 @@ class StepMetricBuffer:
     def clear(self) -> None:
         """Forgets every recorded value without a transfer."""
         self._records.clear()
+        self._steps = 0
 
 
 class BufferedStepLogger(Callback):
