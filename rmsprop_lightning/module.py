@@ -54,9 +54,13 @@ class StepLossLogger(BufferedStepLogger):
 
 
 class RegressionModule(pl.LightningModule):
-    """Trains ``model`` on a regression loss; ``optimizer`` is called with the parameter groups and
-    ``scheduler``, if given, with the optimizer. ``train/loss`` is logged at every step through
-    :class:`StepLossLogger`, flushed every ``loss_flush_every`` steps.
+    """Trains ``model`` on a regression loss with an optimizer built from a factory.
+
+    ``optimizer`` is called with the parameter groups (a Hydra ``_partial_`` config or
+    any ``params -> Optimizer`` callable); ``scheduler``, if given, with the optimizer.
+    ``scheduler_interval``/``scheduler_frequency``/``scheduler_monitor`` go into Lightning's scheduler dict.
+    ``train/loss`` is logged at every step through :class:`StepLossLogger`, flushed
+    every ``loss_flush_every`` steps.
     """
 
     def __init__(

@@ -32,8 +32,9 @@ def read_summary(output_dir: str | Path) -> dict[str, Any]:
 def write_summary(output_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merges ``fields`` into the job's ``metrics.json``, replaced atomically; returns the whole summary.
 
-    Mappings are updated key by key (two writers can each add to ``final`` or ``best``); an end status
-    keeps one in :data:`STOP_STATUSES`. Non-finite floats are stored as ``"nan"``/``"inf"``.
+    Top-level keys replace what was there, except mappings, which are updated key by key (so two writers
+    can each add entries to ``final`` or ``best``). An end status does not replace a more telling one in
+    :data:`STOP_STATUSES`. Non-finite floats are stored as ``"nan"``/``"inf"``, read back by :func:`as_float`.
     """
     status = fields.get("status")
     if status is not None and status not in STATUSES:

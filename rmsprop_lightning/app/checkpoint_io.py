@@ -12,8 +12,12 @@ from rmsprop_lightning.atomic import replace_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, with local files written beside the target, synced, then renamed: its own
-    writer moves them from the temporary folder, a copy on another file system (``s3://`` keeps it)."""
+    """Lightning's checkpoint I/O, with local files written beside the target, synced, then renamed.
+
+    Lightning's own writer stages the file in the system temporary folder and moves it,
+    which copies (and can be cut short) when that folder is on another file system.
+    Remote paths (``s3://`` ...) keep Lightning's writer.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None

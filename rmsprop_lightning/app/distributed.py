@@ -69,8 +69,11 @@ class _HydraJobLauncher(SubprocessScriptLauncher):
 
     def release_ranks(self, timeout: float = 60.0) -> None:
         """Waits for the job's other ranks to end (kills them after ``timeout`` seconds) and takes them off
-        the list Lightning's child-process observer watches: it outlives the job, and would kill this process,
-        so a later job of a multirun, once a rank has ended with an error code."""
+        the list Lightning's child-process observer watches.
+
+        The observer kills this process once a rank has ended with an error code; in a multirun that would
+        end the whole sweep during a later job (the observer outlives the job it was started for).
+        """
         ranks = list(self.procs)
         self.procs.clear()  # the list the observer reads: empty, it stops at its next look
         for rank in ranks:
@@ -93,8 +96,11 @@ class HydraDDPStrategy(DDPStrategy):
 
 
 def clean_distributed_state(trainer: pl.Trainer | None) -> None:
-    """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set,
-    which would make a later job in this process take itself for a child rank on a stale port."""
+    """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set.
+
+    Without this a later job in the same process would take itself for a child rank
+    (``LOCAL_RANK`` is set) and reuse a stale port.
+    """
     launcher = trainer.strategy.launcher if trainer is not None else None
     if isinstance(launcher, _HydraJobLauncher):
         launcher.release_ranks()

@@ -37,8 +37,12 @@ def available_cores() -> int:
 
 
 def resolve_threads(setting: Any, launcher: DictConfig | None, cores: int | None = None) -> int | None:
-    """Torch threads for one job from ``threads_per_job``: an integer, ``null`` (torch's default) or ``auto``,
-    which shares the cores among joblib's ``n_jobs`` workers or takes submitit's ``cpus_per_task``."""
+    """Torch threads for one job from ``threads_per_job``: an integer, ``null`` (torch's default) or ``auto``.
+
+    ``auto`` shares the cores among a launcher's parallel workers (joblib's ``n_jobs``;
+    negative counts as in joblib, -1 = all cores), uses submitit's ``cpus_per_task``,
+    and keeps torch's default under the basic launcher, which runs one job at a time.
+    """
     if setting is None:
         return None
     if setting != "auto":
@@ -107,8 +111,13 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
 
 
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
-    """Checks the config (before Lightning is imported: a typo answers at once), trains (``train`` adds the
-    summary's fields) and records the job; returns the metric if finite, else None (a multirun goes on)."""
+    """Checks the config, trains (``train_alone`` by default) and records the job; returns the optimized
+    metric, if finite.
+
+    ``train(cfg, fields)`` returns the metric and adds the summary's fields. torch and Lightning
+    are imported only once the config passed its checks, so a typo answers at once. A failed job of a
+    multirun is recorded and gives ``None``, which Optuna's sweeper records as a failed trial.
+    """
     started = time.time()
     clock = time.perf_counter()
     job_fields, launcher, multirun = hydra_job_fields()
@@ -233,8 +242,11 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
 def record_end(
     output_dir: str, status: str, clock: float, earlier: dict[str, Any], **fields: Any
 ) -> dict[str, Any]:
-    """Writes the job's end state (keeping a ``diverged`` or ``interrupted`` status); a resumed run's seconds
-    add up its parts, as ``earlier`` has them, but a population member's earlier fit was its population's."""
+    """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept).
+
+    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them;
+    a population member's earlier fit was its population's, which the report counts with the population.
+    """
     earlier = {} if earlier.get("population") else earlier
     wall = time.perf_counter() - clock + (earlier.get("wall_seconds") or 0.0)
     fits = [

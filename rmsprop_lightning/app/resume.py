@@ -50,8 +50,11 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 
 
 def continues_itself(cfg: DictConfig) -> bool:
-    """Whether the run takes up its own last checkpoint: a resume that found one. A resume that found none
-    starts again as the run first started, from its ``ckpt_path`` (a branch's parent) if it has one."""
+    """Whether the run takes up its own last checkpoint: a resume that found one.
+
+    A resume that found none starts again as the run first started, from its ``ckpt_path`` (a branch's
+    parent) if it has one.
+    """
     run_dir, ckpt_path = cfg.get(RESUME_KEY), cfg.get("ckpt_path")
     return bool(run_dir and ckpt_path) and Path(ckpt_path) == last_checkpoint(run_dir)
 

@@ -96,7 +96,10 @@ def build_trainer(
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
     """Trains (from ``cfg.ckpt_path`` when set) and tests (the best checkpoint, if one was kept) one
-    experiment; returns ``cfg.optimized_metric`` for sweepers. Bad input raises ``InputError`` before work."""
+    experiment; returns ``cfg.optimized_metric`` for sweepers.
+
+    Bad input raises ``InputError`` before work.
+    """
     trainer = None
     try:
         check_targets(cfg)

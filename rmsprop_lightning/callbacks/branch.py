@@ -42,7 +42,11 @@ def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimiz
 
 def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> list[str]:
     """Puts ``optimizer``'s group settings into a saved optimizer state; returns what changed, in words.
-    State tensors the new settings no longer use are dropped; those they need start at zero."""
+
+    State tensors the new settings use are kept; those they no longer use are dropped, and
+    those they need but the checkpoint lacks start at zero (a momentum buffer, the centered
+    gradient average), as they would in a new optimizer.
+    """
     changes = []
     for group, fresh in zip(saved["param_groups"], optimizer.param_groups, strict=True):
         for key, value in fresh.items():
@@ -65,8 +69,13 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
 
 
 def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) -> None:
-    """Puts the new run's scheduler, replayed for ``steps`` steps, into a saved scheduler state (empty when
-    the parent had none); a plateau scheduler takes the new settings and keeps the parent's progress."""
+    """Puts the new run's scheduler into a saved scheduler state (empty when the parent had none), as it
+    stands after ``steps`` scheduler steps.
+
+    The schedule is replayed with the new settings, so it goes on at the checkpoint's step and sets the
+    fresh optimizer's learning rates to its values there. A plateau scheduler takes the new settings and
+    keeps the parent's progress (best value, counters).
+    """
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         progress = PLATEAU_PROGRESS if saved else ()
         saved.update({key: value for key, value in scheduler.state_dict().items() if key not in progress})
@@ -80,8 +89,14 @@ def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) 
 
 
 class CheckpointBranch(Callback):
-    """Applies the module's configured optimizer and scheduler settings to the checkpoint it starts from:
-    torch's ``load_state_dict``, which Lightning calls for ``ckpt_path``, restores the parent's settings."""
+    """Applies the module's configured optimizer and scheduler settings to the checkpoint it starts from.
+
+    Weights, state tensors, step counters, random states and the data position come from the
+    checkpoint; learning rate, alpha, eps, momentum, centered... and the scheduler's settings
+    come from the new run. One log line says what changed. Without it a branch with another ``optimizer.lr``
+    would silently train with the parent's: torch's ``load_state_dict``, which Lightning calls on resuming
+    from ``ckpt_path``, restores every group's hyper-parameters.
+    """
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -23,10 +23,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class GracefulInterrupt(Callback):
     """Turns SIGTERM/SIGINT during training into a checkpoint and a clean stop after the current step.
+
     The ranks agree to stop at the step's end (a signal to one rank is enough), ``LastCheckpoint`` saves
     that step and the next batch raises :class:`~rmsprop_lightning.errors.InterruptedRun` with the resume
     command; nothing unscheduled runs, so the resumed run is the one stopped. A signal at the last step
-    stops at the end of the fit, before any test; a second Ctrl-C stops at once, without a checkpoint."""
+    stops at the end of the fit, before any test; a second Ctrl-C stops at once, without a checkpoint.
+    """
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)

@@ -44,10 +44,16 @@ def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
 
 
 class LastCheckpoint(Checkpoint):
-    """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps, after the
-    last step, when training is told to stop and on :meth:`request_save`; after the step's validation if one
-    follows (Lightning does not repeat a validation due at a checkpoint's step). As a ``Checkpoint`` it runs
-    after the other callbacks, so a step they reject is never saved."""
+    """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
+
+    It also saves after the last step, when training is told to stop and on :meth:`request_save`; after the
+    step's validation if one follows (Lightning does not repeat a validation due at a checkpoint's step).
+    As a ``Checkpoint`` it runs after the other callbacks, so a step they reject is never saved.
+
+    Lightning's resume skips two plateau-scheduler steps that these checkpoints come before: that of the
+    epoch whose last batch the checkpoint holds, and the one at the end of the epoch the run resumes in (it
+    has no metrics to feed them). The checkpoint keeps the metrics, and this callback makes those steps.
+    """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
         whole = isinstance(every_n_train_steps, int) and not isinstance(every_n_train_steps, bool)

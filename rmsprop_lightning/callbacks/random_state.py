@@ -12,8 +12,12 @@ from lightning.pytorch.callbacks import Callback
 
 class RandomState(Callback):
     """Puts the torch (CPU and CUDA), NumPy and Python generator states into checkpoints.
-    Lightning does not restore them, so dropout masks would differ after a resume. Stored as tensors, ints
-    and strings, so checkpoints still load weights-only; under DDP, rank zero's are restored on every rank."""
+
+    Lightning restores weights, optimizer, schedulers and loops but not these, so dropout
+    masks or anything else drawn from the global generators would differ after a resume.
+    States are stored as tensors, ints and strings only, so checkpoints still load
+    weights-only. Under DDP the first rank's states are saved and restored on every rank.
+    """
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, position, has_gauss, gauss = np.random.get_state()

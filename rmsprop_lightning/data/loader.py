@@ -17,11 +17,16 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
 
 
 class InMemoryBatchLoader:
-    """Serves ``(features, targets)`` batches as slices of tensors already on the device, without
-    ``DataLoader``'s per-sample collation, which dominates a small net's step.
-    Each epoch shuffles by ``(seed, epoch)`` and takes this rank's strided shard, padded like
-    ``DistributedSampler``. Each ``iter()`` starts the next epoch, or, right after :meth:`load_state_dict`,
-    goes on in the restored one unless it was finished."""
+    """Serves ``(features, targets)`` batches as views of tensors already on the device.
+
+    Each epoch draws a permutation from ``(seed, epoch)`` (the same on every rank), takes
+    this rank's strided shard of it — padded like ``DistributedSampler`` so every rank
+    has as many batches — gathers the shard once and yields contiguous slices. That
+    avoids ``DataLoader``'s per-sample collation, which dominates a small net's step.
+    Each ``iter()`` starts the next epoch, except right after :meth:`load_state_dict`,
+    where it continues the restored epoch from the restored position (unless that epoch
+    was finished: a checkpoint taken after an epoch's last batch resumes in the next).
+    """
 
     def __init__(
         self,

@@ -1,6 +1,8 @@
 """Tabular regression data sources: each returns features ``X`` (n, d) and targets ``y`` (n, k).
+
 A CSV or NumPy file is read in float64, which keeps columns such as Unix timestamps; the data module
-standardises in the table's precision and serves float32."""
+standardises in the table's precision and serves float32.
+"""
 
 from __future__ import annotations
 

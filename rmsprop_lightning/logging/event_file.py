@@ -1,5 +1,7 @@
 """A TensorBoard event file written in the caller's thread, for runs whose events are all known at once.
-``SummaryWriter``'s writer thread and queue cost more than the records a population writes in one go."""
+
+``SummaryWriter``'s writer thread and queue cost more than the records a population writes in one go.
+"""
 
 from __future__ import annotations
 

@@ -28,8 +28,10 @@ def log_level(name: str, level: int) -> Iterator[None]:
 
 def read_scalars(log_dir: str | Path) -> dict[str, Series]:
     """``{tag: [(step, value), ...]}`` over every event file below ``log_dir``, steps ascending.
+
     Each folder is one TensorBoard run, read with its purges and one point a step (the last written: a
-    resumed run logs its checkpoint's step again); a tag's points in several runs are merged."""
+    resumed run logs its checkpoint's step again); a tag's points in several runs are merged.
+    """
     scalars: dict[str, Series] = {}
     with log_level("tensorboard", logging.ERROR):  # whose warnings call a resume's purge a crash
         for folder in sorted({path.parent for path in Path(log_dir).rglob("events.out.tfevents.*")}):

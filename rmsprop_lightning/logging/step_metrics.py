@@ -1,6 +1,7 @@
 """Per-step scalars kept on the device and handed to the Lightning loggers in batches.
 
-Calling ``self.log`` on every step costs a host synchronisation each time; a flush costs one transfer."""
+Calling ``self.log`` on every step costs a host synchronisation each time; a flush costs one transfer.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class StepMetricBuffer:
 
 class BufferedStepLogger(Callback):
     """Flushes a :class:`StepMetricBuffer`, which subclasses fill, to every logger of the trainer.
+
     It flushes every ``flush_every`` steps, or at the first step ``flush_secs`` after the last flush, so slow
     steps still reach the loggers soon. Only rank zero writes; the others drop their values (no collective).
     """

@@ -55,8 +55,11 @@ def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
 
 
 def hparams_summaries(params: Mapping[str, HParamValue], metric_tags: Iterable[str]) -> list[Summary]:
-    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run, from protos:
-    torch's ``hparams`` types booleans as numbers, ``summary_v2.hparams_pb`` names sessions by a hash."""
+    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run.
+
+    Built from TensorBoard's protos rather than torch's ``hparams`` (which types booleans as
+    numbers) or ``summary_v2.hparams_pb`` (which names the session by a hash, not the run).
+    """
     infos = []
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, value in params.items():
@@ -92,8 +95,14 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 class TensorBoardRunLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger with one event file per run and HPARAMS that carry real metrics.
-    ``hparams_metrics`` maps a tag to ``last`` (its HPARAMS column shows the last value) or ``min``/``max``
-    (the column ``<tag>_best`` shows the best). One ``log_metrics`` call writes one event, not one per value.
+
+    ``hparams_metrics`` maps a logged tag to ``last`` (the HPARAMS column shows its last
+    value) or ``min``/``max`` (the column ``<tag>_best`` shows its best value over the run).
+    ``finalize`` (end of ``fit`` and ``test``) only flushes, where Lightning's closes the file and ``test``
+    opens a second one; :meth:`write_hparams` ends the run and closes the file; :meth:`continue_run`
+    purges the steps a resumed run redoes and takes up its earlier part's best values. The scalars of
+    one ``log_metrics`` call go into one event (Lightning writes one per value). Other arguments are
+    ``TensorBoardLogger``'s.
     """
 
     def __init__(

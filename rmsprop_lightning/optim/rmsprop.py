@@ -31,15 +31,18 @@ class RMSprop(torch.optim.RMSprop):
                           θ ← θ - (γ/c)·b                      (plain)
                           θ ← θ - γ g/d - (γ/c)·μb              (nesterov, optax's form)
 
-    At the defaults of the keyword-only options the parameters and the state (torch's names) are
-    bit-identical to ``torch.optim.RMSprop``'s, so checkpoints move between the two; only the centered
-    variance is clamped at zero, where torch returns NaN.
+    With every keyword-only option at its default the parameters and the state (torch's
+    names ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``) are bit-identical
+    to ``torch.optim.RMSprop``'s, so checkpoints move between the two. The one deliberate
+    difference: the centered variance is clamped at zero, where torch takes the root of a
+    negative number and returns NaN.
 
     Args:
         params: parameters or parameter groups.
         lr, alpha, eps, weight_decay, momentum, centered, foreach, maximize: as in torch, in torch's order
             (``foreach=None`` batches all tensors but large or half-precision CPU ones, giving torch's bits).
-            ``lr`` is a number; ``capturable`` and ``differentiable`` must stay ``False``.
+            ``lr`` is a number. ``capturable`` and ``differentiable`` (CUDA graphs, gradients through the
+            step) must stay ``False``.
         eps_in_sqrt: add ``eps`` inside the square root (TensorFlow, Keras, timm, optax, Graves).
         initial_square_avg: start value of ``square_avg`` (1.0 in TF1 and timm's RMSpropTF).
         lr_in_momentum: accumulate ``lr * g / d`` in the momentum buffer (Keras, TF, timm, optax);

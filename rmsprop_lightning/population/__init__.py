@@ -1,1 +1,7 @@
-"""A Hydra sweep of same-shaped nets trained as one stacked model (``hydra/launcher=population``)."""
+"""A Hydra sweep of same-shaped nets trained as one stacked model (``hydra/launcher=population``).
+
+``stacked`` holds the members' networks as one module, ``optim`` and ``norms`` their RMSprop and its
+monitor on stacked tensors, ``module`` and ``data`` the Lightning side, ``members`` which jobs train
+together, ``train`` the fit, ``outputs`` and ``checkpoints`` each job's folder and ``launcher`` the Hydra
+launcher.
+"""

@@ -1,5 +1,7 @@
-"""Composing the jobs' configs and writing their folders (~0.1 s a job in Hydra) in forked workers, which
-inherit what they need when they fork (:data:`shared`): only items and results cross."""
+"""Composing the jobs' configs and writing their folders in forked workers, the slow part of a large sweep.
+
+The workers inherit what they need when they fork (:data:`shared`): only items and results cross.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ def fork_map(
 
 def shielded_task(item: Item) -> Result:
     """A worker's item, which a SIGTERM to the process group does not cut short: a lost item would leave
-    the pool waiting for good, and the parent decides when to stop. An idle worker ends on SIGTERM."""
+    the pool waiting for good, and the parent decides when to stop.
+
+    An idle worker ends on SIGTERM.
+    """
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         return shared["task"](item)

@@ -1,5 +1,10 @@
-"""The sweep as populations: jobs that differ only in optimizer, scheduler and seed (with the same data)
-train as one; the others run one by one as the basic launcher runs them. Each job writes its own folder."""
+"""The sweep as populations: compose every job, group those that can train together, train, write each job.
+
+Jobs whose configs differ only in the optimizer's settings, the scheduler's and the seed (and
+whose data come out the same) form one population. The others, and any job that cannot join
+one (the launcher says why in one line), run one by one as the basic launcher runs them. Every
+job gets its own folder, written through Hydra's ``run_job``, so the sweep looks the same.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,14 @@
-"""The LightningModule of a population: every member's loss, step, validation and test at once; Lightning's
-one loop state is each member's, and per-member values stay on the device until the run ends."""
+"""The LightningModule of a population: every member's loss, step, validation and test at once.
+
+Lightning runs one loop for all members, so its loop state (steps, epochs, the loader's
+position) is each member's. Per-member values stay on the device until the run ends:
+the loss of every step, the optimizer-state norms and learning rates at the monitor's
+interval, every validation and the test.
+"""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +37,9 @@ class MemberSchedulers:
         """Steps every member's scheduler; a plateau scheduler gets its member's monitored value."""
         values = [None] * len(self.schedulers) if metrics is None else metrics.tolist()
         with warnings.catch_warnings():  # the members' own optimizers never step: this one does
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            warnings.filterwarnings(
+                "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before")
+            )
             for scheduler, value in zip(self.schedulers, values, strict=True):
                 scheduler.step() if value is None else scheduler.step(value)
 
@@ -44,9 +52,13 @@ class MemberSchedulers:
 
 
 class PopulationModule(pl.LightningModule):
-    """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` on the members' own optimizers
-    (``shadows``, whose ``schedulers`` set their learning rates) and the stacked ``param_groups`` aligned
-    with theirs; ``monitor_every``/``lr_every``: the norms' and learning rates' intervals (``None``: off)."""
+    """Trains a :class:`StackedFeedForward` with :class:`StackedRMSprop` built on the members' optimizers.
+
+    ``shadows`` are the members' own optimizers (their settings and, through their
+    ``schedulers``, their learning rates); ``param_groups`` the stacked parameters' groups,
+    aligned with the shadows'. ``monitor_every`` and ``lr_every`` are the intervals of the
+    optimizer-state norms and of the learning rates (``None``: not recorded).
+    """
 
     def __init__(
         self,

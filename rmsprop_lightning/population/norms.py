@@ -35,7 +35,9 @@ def inverse_step_sizes_(out: Tensor, state: Mapping[str, Tensor], k: MemberCoeff
 class StackedStateNorms:
     """What ``StateNorms(shadow, "optim/", {}, None)`` measures for each member's own optimizer, all at once:
     :attr:`names` (the union of the members' keys), :attr:`applies` [P, K] (host): which member ``i`` has.
-    Build it after a step; rebuild it when the states change (a new state, a first accepted step)."""
+
+    Build it after a step; rebuild it when the states change (a new state, a first accepted step).
+    """
 
     def __init__(self, optimizer: StackedRMSprop) -> None:
         self.optimizer = optimizer

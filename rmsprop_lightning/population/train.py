@@ -145,7 +145,10 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
 @contextlib.contextmanager
 def deferred_signals(doing: str) -> Iterator[list[int]]:
     """SIGTERM and Ctrl-C wait while the population is tested and written (its members live only in
-    memory until then); yields the signals received. A second Ctrl-C stops at once."""
+    memory until then); yields the signals received.
+
+    A second Ctrl-C stops at once.
+    """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
