@@ -138,8 +138,15 @@ def write_csv(rows: Sequence[Row], keys: Sequence[str], path: Path) -> None:
         "wall_seconds",
         "fit_seconds",
     )
-    counts = {"n": "n", "completed": "completed", "failed": "failed", "diverged": "diverged"}
-    counts |= {"logged_val_loss": "curves", "reached_threshold": "reached", "in_population": "in_population"}
+    counts = {  # CSV column: the row's cell
+        "n": "n",
+        "completed": "completed",
+        "failed": "failed",
+        "diverged": "diverged",
+        "logged_val_loss": "curves",
+        "reached_threshold": "reached",
+        "in_population": "in_population",
+    }
     header = ["configuration", *keys, *counts]
     header += [f"{measure}_{stat}" for measure in measures for stat in ("mean", "std")]
     with path.open("w", newline="") as handle:
