@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +14,10 @@ LAUNCHER = "rmsprop_lightning.population.launcher"  # imports torch: while the j
 
 
 class PopulationLauncher(Launcher):
-    """Trains the jobs of a sweep that differ only in optimizer, scheduler and seed as one stacked model;
-    ``cpus_per_task``: torch threads of the process (``threads_per_job=auto`` takes it; ``None``: torch's)."""
+    """Trains the jobs of a sweep that differ only in optimizer, scheduler and seed as one stacked model.
+
+    ``cpus_per_task``: torch threads of the process (``threads_per_job=auto`` takes it; ``None``: torch's).
+    """
 
     def __init__(self, cpus_per_task: int | None = None) -> None:
         self.cpus_per_task = cpus_per_task
@@ -37,7 +38,9 @@ class PopulationLauncher(Launcher):
         with reported_errors():
             check_launcher_threads(self.config.hydra.launcher)
         configs = compose_jobs(self, job_overrides, initial_job_idx, meanwhile=LAUNCHER)
-        return importlib.import_module(LAUNCHER).launch(self, configs)
+        from rmsprop_lightning.population.launcher import launch
+
+        return launch(self, configs)
 
 
 def register() -> Any:
