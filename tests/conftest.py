@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from rmsprop_lightning.app.cli import train_main
+from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.app.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +53,28 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Gives each pytest-xdist worker, and the processes it starts, its share of the cores.
+
+    With torch's default of every core in each of several workers, small-op training slows many times over.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(available_cores() // workers, 1)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def run_train(
-    cwd: Path, *overrides: str, timeout: float = 300, check: bool = True
+    cwd: Path,
+    *overrides: str,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs ``python train.py overrides...`` in ``cwd``; fails the test with its output on error."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """Runs ``python train.py overrides...`` in ``cwd``, with ``env`` added to the environment; fails the test
+    with its output on error."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run(
         [sys.executable, str(TRAIN), *overrides],
         cwd=cwd,

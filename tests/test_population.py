@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.app.run import run
 from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.population.checkpoints import best_until
@@ -204,6 +205,7 @@ def files(folder: Path) -> set[str]:
 
 def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     # 16 jobs, composed and written by forked workers, of a net whose tensors torch splits over threads
+    # (every core's, not a test worker's share)
     wide = "model.hidden=[256,256]"
     result = run_train(
         tmp_path,
@@ -213,6 +215,7 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
         "seed=range(8)",
         wide,
         *QUICK,
+        env={"OMP_NUM_THREADS": str(available_cores())},
     )
     assert "Population of 16: jobs #0, #1, #2" in result.stdout + result.stderr
     sweep = only_sweep(tmp_path)
