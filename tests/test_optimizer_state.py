@@ -131,7 +131,11 @@ class ManualTwoOptimizers(RegressionModule):
 
 def test_several_optimizers_get_their_class_and_index_in_the_keys():
     module = ManualTwoOptimizers()
-    values = logged(fit(module, OptimizerStateMonitor(), steps=4))
+    logger = fit(module, OptimizerStateMonitor(), steps=4)
+    values = logged(logger)
+    # the two optimizers' steps reach the logger in order
+    steps = [step for step, metrics in logger.calls if any(key.startswith("optim/") for key in metrics)]
+    assert steps == [0, 1, 2, 3]
     # Lightning counts both optimizers' steps: each is logged at its own count, two per batch
     assert [{key.split("/")[1] for key in values[step]} for step in range(4)] == [
         {"RMSprop"},
@@ -302,6 +306,15 @@ class ShrinkBetweenSteps(pl.Callback):
                     param.mul_(0.9)
 
 
+class CenteredMomentumFromStep2(pl.Callback):
+    """Turns every group centered with momentum before step 2: new states and a new step form mid-fit."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 2:
+            for group in trainer.optimizers[0].param_groups:
+                group.update(centered=True, momentum=0.9)
+
+
 class ComplexTerm(RegressionModule):
     """Adds ``|z|²`` of a complex parameter ``model.z`` to the loss: RMSprop steps its two parts apart."""
 
@@ -328,6 +341,7 @@ class TwoStepsPerBatch(RegressionModule):
 
 VARIANTS = [*PRESETS, *OPTIMIZERS, "eps_in_sqrt", "large_bias_corrected", "lr_scheduled_every_step"]
 VARIANTS += ["params_changed_between_steps", "two_steps_per_batch", "param_without_grad", "complex_param"]
+VARIANTS += ["states_added_mid_fit"]  # new states and a new step form mid-fit: the plan is rebuilt
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -346,6 +360,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
         factory = OPTIMIZERS[name]
     elif name in PRESETS:
         factory = preset(name)
+    elif name == "states_added_mid_fit":
+        factory = preset("rmsprop")
     else:
         factory = preset("rmsprop_bias_corrected" if large else "rmsprop_centered")
     options = {"no_weight_decay_on_bias": True, "lr_multipliers": {"^2": 0.5}}
@@ -362,9 +378,10 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
         module = RegressionModule(model, factory, **options)
     recorder = Recorder()
     steps = 8 if name == "two_steps_per_batch" else 4  # Lightning counts every optimizer step
-    shrink = [ShrinkBetweenSteps()] if name == "params_changed_between_steps" else []
+    changes = {"params_changed_between_steps": [ShrinkBetweenSteps()]}
+    changes["states_added_mid_fit"] = [CenteredMomentumFromStep2()]
     monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3)
-    values = logged(fit(module, monitor, steps, callbacks=[*shrink, recorder]))
+    values = logged(fit(module, monitor, steps, callbacks=[*changes.get(name, []), recorder]))
     assert sorted(values) == list(range(steps))  # every optimizer step, as Lightning counts them
     last = max(values)
     groups = {p["group"] for p in recorder.after[last]}
@@ -374,6 +391,8 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
             expected = expected_value(key, recorder.after[step], recorder.before[step])
             assert value == pytest.approx(expected, rel=1e-6, abs=1e-12), (step, key)
     assert values[last]["optim/update_norm"] > 0
+    if name == "states_added_mid_fit":
+        assert "optim/grad_avg_norm" not in values[1] and "optim/grad_avg_norm" in values[2]
 
 
 def test_every_n_steps_and_the_trainer_interval():
