@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -357,6 +358,36 @@ def test_sigterm_stops_the_population_and_each_job_resumes_alone(tmp_path):
     assert torch.load(jobs[0] / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == stopped
     train_in_process(tmp_path, f"resume={jobs[0]}", f"trainer.max_steps={stopped + 50}")
     assert read_summary(jobs[0])["steps"] == stopped + 50
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [
+        pytest.param(signal.SIGINT, id="SIGINT"),
+        pytest.param(signal.SIGTERM, id="SIGTERM", marks=pytest.mark.slow),
+    ],
+)
+def test_a_signal_while_the_jobs_are_set_up_stops_the_sweep_in_one_line(tmp_path, signum):
+    # to the process group, as Ctrl-C sends it: the forked workers composing the 16 jobs get it too
+    command = [sys.executable, str(TRAIN), "-m", "hydra/launcher=population", "seed=range(16)", *QUICK]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "Launching 16 jobs as populations" in line:
+            os.killpg(process.pid, signum)
+    text = "".join(output)
+    assert process.wait(timeout=120) == 128 + signum, text
+    name = signal.Signals(signum).name
+    assert output[-1] == f"error: stopped by {name} while the sweep's jobs were set up; no job ran\n", text
+    assert "Traceback" not in text and not job_folders(only_sweep(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,18 @@
-"""Composing the jobs' configs and writing their folders in forked workers, the slow part of a large sweep.
+"""Composing the jobs' configs and writing their folders in forked workers, the slow part of a large sweep,
+with SIGTERM and Ctrl-C waiting until they are done.
 
 The workers inherit what they need when they fork (:data:`shared`): only items and results cross.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,4 +86,40 @@ def compose_jobs(
     for number, overrides in jobs:
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
     shared["launcher"] = launcher
-    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile))
+    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile), initializer=leave_ctrl_c)
+
+
+def leave_ctrl_c() -> None:
+    """A forked worker leaves Ctrl-C (SIGINT to the process group) to the parent, which decides the stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def deferred_signals(doing: str) -> Iterator[list[int]]:
+    """SIGTERM and Ctrl-C wait while the sweep's jobs are set up, or its population is tested and written
+    (its members live only in memory until then); yields the signals received.
+
+    A second Ctrl-C stops at once.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            restore()
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("Received %s: %s (Ctrl-C again stops at once)", signal.Signals(signum).name, doing)
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    try:
+        yield received
+    finally:
+        restore()

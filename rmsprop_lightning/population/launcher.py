@@ -21,10 +21,10 @@ from omegaconf import DictConfig
 from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
 from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
-from rmsprop_lightning.population.forks import fork_map, shared
+from rmsprop_lightning.population.forks import deferred_signals, fork_map, leave_ctrl_c, shared
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
-from rmsprop_lightning.population.train import deferred_signals, train_population
+from rmsprop_lightning.population.train import train_population
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def writer_process() -> None:
     """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork) and
     leaves SIGINT to the parent, which ends the pool; SIGTERM ends it between its items."""
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_ctrl_c()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -85,10 +85,9 @@ def write_job(index: int) -> JobReturn:
     return sweep_job(shared["launcher"], member.cfg, task)
 
 
-def launch(launcher: Any, configs: Sequence[DictConfig]) -> list[JobReturn]:
-    """``Launcher.launch`` of the composed jobs: the populations one after another, then the jobs that
+def launch(launcher: Any, populations: list[list[Member]], alone: list[DictConfig]) -> list[JobReturn]:
+    """``Launcher.launch`` of the grouped jobs: the populations one after another, then the jobs that
     run alone."""
-    populations, alone = group(configs)
     returns: dict[int, JobReturn] = {}
     for members in populations:
         log.info("Population of %d: jobs %s", len(members), ", ".join(f"#{m.job}" for m in members))

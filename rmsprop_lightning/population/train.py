@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import signal
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,10 +17,11 @@ from lightning.fabric.plugins import CheckpointIO
 
 from rmsprop_lightning.app.run import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
-from rmsprop_lightning.callbacks.interrupt import SIGNALS, GracefulInterrupt
+from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.logging.events import log_level
 from rmsprop_lightning.population.data import PopulationDataModule
+from rmsprop_lightning.population.forks import deferred_signals
 from rmsprop_lightning.population.members import Member, callback_entries, keeps_best_checkpoint
 from rmsprop_lightning.population.module import PopulationModule
 from rmsprop_lightning.population.stacked import StackedFeedForward
@@ -140,34 +139,3 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
     return PopulationResult(
         module, captured.checkpoint, captured.before_divergence, fit_seconds, interrupted, epoch, received
     )
-
-
-@contextlib.contextmanager
-def deferred_signals(doing: str) -> Iterator[list[int]]:
-    """SIGTERM and Ctrl-C wait while the population is tested and written (its members live only in
-    memory until then); yields the signals received.
-
-    A second Ctrl-C stops at once.
-    """
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handle(signum: int, frame: Any) -> None:
-        if received and signum == signal.SIGINT:
-            restore()
-            raise KeyboardInterrupt
-        received.append(signum)
-        log.warning("Received %s: %s (Ctrl-C again stops at once)", signal.Signals(signum).name, doing)
-
-    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    try:
-        yield received
-    finally:
-        restore()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,15 +33,22 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from rmsprop_lightning.app.config_checks import check_launcher_threads
-        from rmsprop_lightning.errors import reported_errors
-        from rmsprop_lightning.population.forks import compose_jobs
+        from rmsprop_lightning.errors import InterruptedRun, reported_errors
+        from rmsprop_lightning.population.forks import compose_jobs, deferred_signals
 
         with reported_errors():
             check_launcher_threads(self.config.hydra.launcher)
-        configs = compose_jobs(self, job_overrides, initial_job_idx, meanwhile=LAUNCHER)
-        from rmsprop_lightning.population.launcher import launch
+            with deferred_signals("setting up the sweep's jobs first") as received:
+                configs = compose_jobs(self, job_overrides, initial_job_idx, meanwhile=LAUNCHER)
+                from rmsprop_lightning.population.launcher import group, launch
 
-        return launch(self, configs)
+                populations, alone = group(configs)
+            if received:
+                name = signal.Signals(received[0]).name
+                raise InterruptedRun(
+                    f"stopped by {name} while the sweep's jobs were set up; no job ran", received[0]
+                )
+        return launch(self, populations, alone)
 
 
 def register() -> Any:
