@@ -222,6 +222,21 @@ def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_wo
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_signal_during_the_imports_stops_the_job_once_they_are_done():
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this test process")
+    imported = False
+    with signals_stop("run") as signals:
+        handler = signal.getsignal(signal.SIGTERM)
+        stopped = pytest.raises(InterruptedRun, match="stopped by SIGTERM outside the training steps")
+        with stopped as stop, signals.held():  # an import cut short could leave its module broken
+            handler(signal.SIGTERM, None)
+            imported = True
+        assert imported and stop.value.exit_code == 143
+        with pytest.raises(InterruptedRun):  # after the imports, a signal stops at once again
+            handler(signal.SIGTERM, None)
+
+
 def test_lightnings_own_stop_on_sigterm_is_recorded_as_interrupted(compose_cfg, tmp_path):
     cfg = compose_cfg(*QUICK)
     with open_dict(cfg):

@@ -141,12 +141,13 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             **job_fields,
         )
     try:
-        with signals_stop(output_dir):
+        with signals_stop(output_dir) as signals:
             validate_config(cfg)
             threads = resolve_threads(cfg.get("threads_per_job"), launcher)
+            with signals.held():
+                import_module("rmsprop_lightning.app.run")  # torch and Lightning: the process's one-off cost
             with torch_threads(threads):
                 fields["threads"] = threads or torch_thread_count()
-                import_module("rmsprop_lightning.app.run")  # Lightning: the process's one-off cost
                 clock = time.perf_counter()
                 value = train(cfg, fields)
     except Exception as error:
@@ -180,13 +181,15 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-@contextmanager
-def signals_stop(run_dir: str) -> Iterator[None]:
-    """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
-    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
-    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+class SignalsStop:
+    """What :func:`signals_stop` does with a signal: stops at once, or, while :meth:`held`, once that ends."""
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.holding = False
+        self.received: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
         dist = sys.modules.get("torch.distributed")  # not imported by this check
         if dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # one rank stopping alone amid the others' collectives would hang them all
@@ -195,15 +198,37 @@ def signals_stop(run_dir: str) -> Iterator[None]:
                 "Received %s outside the training steps of a distributed run: no rank stops alone", name
             )
             return
-        raise stopped_outside_steps(signum, run_dir)
+        if self.holding:
+            self.received = signum
+            return
+        raise stopped_outside_steps(signum, self.run_dir)
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A signal stops the job once the block is done: an import it cut short would leave its module
+        broken for the sweep's next jobs."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.received is not None:
+            raise stopped_outside_steps(self.received, self.run_dir)
+
+
+@contextmanager
+def signals_stop(run_dir: str) -> Iterator[SignalsStop]:
+    """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
+    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    stop = SignalsStop(run_dir)
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum, default in defaults.items():
             if signal.getsignal(signum) == default:
-                previous[signum] = signal.signal(signum, stop)
+                previous[signum] = signal.signal(signum, stop.handle)
     try:
-        yield
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
