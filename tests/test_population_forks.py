@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import time
 
 import pytest
 
 from rmsprop_lightning.app.jobs import available_cores
-from rmsprop_lightning.population.forks import fork_map, shared
+from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared, worker_signals
 
 
 def pid_and_square(item: int) -> tuple[int, int]:
@@ -50,3 +52,33 @@ def test_a_sigterm_to_a_worker_busy_with_an_item_loses_no_item():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def ctrl_c_twice_at_three(item: int) -> int:
+    if item == 3:  # as a user pressing Ctrl-C twice while the workers are busy
+        os.kill(shared["parent"], signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(shared["parent"], signal.SIGINT)
+    time.sleep(0.05)
+    return item
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two workers")
+def test_a_second_ctrl_c_while_the_workers_are_busy_stops_at_once():
+    shared["parent"] = os.getpid()
+
+    def waited_too_long(signum, frame):
+        for worker in multiprocessing.active_children():  # else the pool's own end waits on them too
+            worker.kill()
+        raise TimeoutError("the pool waits for workers that ignore its SIGTERM amid an item")
+
+    previous = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.alarm(30)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_signals("testing the workers' items first"):
+            fork_map(ctrl_c_twice_at_three, list(range(64)), initializer=worker_signals)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - start < 20 and not multiprocessing.active_children()

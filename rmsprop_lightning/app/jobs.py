@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import import_module
 from pathlib import Path
 from types import FrameType
@@ -141,15 +141,15 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             **job_fields,
         )
     try:
-        with signals_stop(output_dir) as signals:
+        with signals_stop(output_dir) as signals, ExitStack() as threads_set:
             validate_config(cfg)
             threads = resolve_threads(cfg.get("threads_per_job"), launcher)
-            with signals.held():
-                import_module("rmsprop_lightning.app.run")  # torch and Lightning: the process's one-off cost
-            with torch_threads(threads):
-                fields["threads"] = threads or torch_thread_count()
-                clock = time.perf_counter()
-                value = train(cfg, fields)
+            with signals.held():  # torch and Lightning, with the threads (BLAS libraries read them once)
+                threads_set.enter_context(torch_threads(threads))
+                import_module("rmsprop_lightning.app.run")  # the process's one-off cost
+            fields["threads"] = threads or torch_thread_count()
+            clock = time.perf_counter()
+            value = train(cfg, fields)
     except Exception as error:
         if writes and earlier and isinstance(error, InputError):
             write_summary(output_dir, **earlier)  # a refused resume leaves the run's record as it was
@@ -198,15 +198,18 @@ class SignalsStop:
                 "Received %s outside the training steps of a distributed run: no rank stops alone", name
             )
             return
-        if self.holding:
-            self.received = signum
+        if self.holding and not (self.received and signum == signal.SIGINT):
+            self.received = self.received or signum
+            log.warning(
+                "Received %s: importing first (Ctrl-C again stops at once)", signal.Signals(signum).name
+            )
             return
         raise stopped_outside_steps(signum, self.run_dir)
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        """A signal stops the job once the block is done: an import it cut short would leave its module
-        broken for the sweep's next jobs."""
+        """A signal stops the job once the block is done, a second Ctrl-C at once: an import a signal cut
+        short would leave its module broken for the sweep's next jobs."""
         self.holding = True
         try:
             yield
@@ -218,8 +221,9 @@ class SignalsStop:
 
 @contextmanager
 def signals_stop(run_dir: str) -> Iterator[SignalsStop]:
-    """SIGTERM and Ctrl-C stop the block at once with an :class:`InterruptedRun` (during the training steps
-    :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); a handler set by others stays."""
+    """SIGTERM and Ctrl-C stop the block at once (or at the end of :meth:`SignalsStop.held`) with an
+    :class:`InterruptedRun` (during the training steps :class:`~rmsprop_lightning.callbacks.GracefulInterrupt`
+    takes over); a handler set by others stays."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
     stop = SignalsStop(run_dir)
     previous: dict[int, Any] = {}

@@ -45,9 +45,14 @@ def fork_map(
         return [function(item) for item in items]
     shared["task"] = function
     with multiprocessing.get_context("fork").Pool(workers, initializer=initializer) as pool:
-        pending = pool.map_async(shielded_task, items, chunksize=-(-len(items) // (4 * workers)))
-        meanwhile()
-        return pending.get()
+        try:
+            pending = pool.map_async(shielded_task, items, chunksize=-(-len(items) // (4 * workers)))
+            meanwhile()
+            return pending.get()
+        except BaseException:  # a second Ctrl-C: a worker amid an item ignores the pool's SIGTERM
+            for worker in multiprocessing.active_children():
+                worker.kill()
+            raise
 
 
 def shielded_task(item: Item) -> Result:
@@ -86,12 +91,14 @@ def compose_jobs(
     for number, overrides in jobs:
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
     shared["launcher"] = launcher
-    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile), initializer=leave_ctrl_c)
+    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile), initializer=worker_signals)
 
 
-def leave_ctrl_c() -> None:
-    """A forked worker leaves Ctrl-C (SIGINT to the process group) to the parent, which decides the stop."""
+def worker_signals() -> None:
+    """A forked worker leaves Ctrl-C (SIGINT to the process group) to the parent, which decides the stop,
+    and ends on SIGTERM between its items (not with the parent's handler, which it inherited)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager

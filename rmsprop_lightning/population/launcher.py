@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
 from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
-from rmsprop_lightning.population.forks import deferred_signals, fork_map, leave_ctrl_c, shared
+from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared, worker_signals
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
 from rmsprop_lightning.population.train import train_population
@@ -63,11 +63,10 @@ def sweep_job(launcher: Any, config: DictConfig, task: Callable[[DictConfig], An
 
 
 def writer_process() -> None:
-    """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork) and
-    leaves SIGINT to the parent, which ends the pool; SIGTERM ends it between its items."""
+    """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork), with a
+    worker's signals."""
     torch.set_num_threads(1)
-    leave_ctrl_c()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker_signals()
 
 
 def write_job(index: int) -> JobReturn:
