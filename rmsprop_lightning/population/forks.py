@@ -49,7 +49,7 @@ def fork_map(
             pending = pool.map_async(shielded_task, items, chunksize=-(-len(items) // (4 * workers)))
             meanwhile()
             return pending.get()
-        except BaseException:  # a second Ctrl-C: a worker amid an item ignores the pool's SIGTERM
+        except BaseException:  # an error or a second Ctrl-C: a worker amid an item ignores the pool's SIGTERM
             for worker in multiprocessing.active_children():
                 worker.kill()
             raise
