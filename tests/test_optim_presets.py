@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -87,3 +88,31 @@ def test_tf_preset_has_tf_semantics() -> None:
     defaults = optimizer.defaults
     assert (defaults["alpha"], defaults["eps"], defaults["initial_square_avg"]) == (0.9, 1e-10, 1.0)
     assert defaults["eps_in_sqrt"] and defaults["lr_in_momentum"]
+
+
+def keras_reference(
+    theta: np.ndarray, grads: list[np.ndarray], lr: float, weight_decay: float, momentum: float
+):
+    """Keras 3's ``RMSprop.update_step`` after its base optimizer's decoupled weight decay, in float64."""
+    velocity, buffer = np.zeros_like(theta), np.zeros_like(theta)
+    for grad in grads:
+        theta = theta - theta * weight_decay * lr
+        velocity = 0.9 * velocity + 0.1 * grad**2
+        increment = lr * grad / np.sqrt(velocity + 1e-7)
+        buffer = momentum * buffer + increment
+        theta = theta - (buffer if momentum else increment)
+    return theta
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_keras_preset_decays_the_weights_as_keras_does(momentum: float) -> None:
+    config = preset("rmsprop_keras")
+    generator = torch.Generator().manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(40, dtype=torch.float64, generator=generator))
+    grads = [torch.randn(40, dtype=torch.float64, generator=generator) for _ in range(30)]
+    expected = keras_reference(param.detach().numpy().copy(), [g.numpy() for g in grads], 1e-3, 0.1, momentum)
+    optimizer = instantiate(config, weight_decay=0.1, momentum=momentum)([param])
+    for grad in grads:
+        param.grad = grad
+        optimizer.step()
+    assert np.max(np.abs(param.detach().numpy() - expected)) <= 1e-12
