@@ -245,7 +245,8 @@ def test_misaligned_shapes_are_refused() -> None:
         StackedRMSprop(groups, population.shadows)
 
 
-def test_stacked_state_norms_are_each_members_state_norms() -> None:
+@pytest.mark.parametrize("overflow", [False, True], ids=["finite", "overflow"])
+def test_stacked_state_norms_are_each_members_state_norms(overflow: bool) -> None:
     population = Population(mixed_members())
     population.stepping.discard(0)  # frozen at step 0: no state, so no state keys
     for t in range(5):
@@ -256,6 +257,10 @@ def test_stacked_state_norms_are_each_members_state_norms() -> None:
             for optimizer in (population.optimizer, *population.solos)
         )
     population.step()
+    if overflow:  # one member's state too large to square in float32: inf in its scopes, no NaN elsewhere
+        for optimizer, index in ((population.optimizer, 3), (population.solos[3], ...)):
+            first = optimizer.param_groups[0]["params"][0]
+            optimizer.state[first]["square_avg"][index].view(-1)[0] = 1e30
     norms = StackedStateNorms(population.optimizer)
     values = norms.values(minus_before)
     assert values.shape == (12, len(norms.names)) and values.dtype == torch.float32

@@ -34,14 +34,17 @@ class MemberSchedulers:
         self.schedulers = list(schedulers)
 
     def step(self, metrics: Tensor | None = None) -> None:
-        """Steps every member's scheduler; a plateau scheduler gets its member's monitored value."""
+        """Steps the scheduler of every member but those frozen before this step, whose learning rate stays
+        as their solo run's was when it stopped; a plateau scheduler gets its member's monitored value."""
         values = [None] * len(self.schedulers) if metrics is None else metrics.tolist()
+        frozen_at, step = self.optimizer.frozen_at.tolist(), self.optimizer.step_count - 1
         with warnings.catch_warnings():  # the members' own optimizers never step: this one does
             warnings.filterwarnings(
                 "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before")
             )
-            for scheduler, value in zip(self.schedulers, values, strict=True):
-                scheduler.step() if value is None else scheduler.step(value)
+            for scheduler, value, frozen in zip(self.schedulers, values, frozen_at, strict=True):
+                if frozen < 0 or frozen >= step:
+                    scheduler.step() if value is None else scheduler.step(value)
 
     def state_dict(self) -> dict[str, Any]:
         return {"members": [scheduler.state_dict() for scheduler in self.schedulers]}

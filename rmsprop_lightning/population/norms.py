@@ -93,10 +93,11 @@ class StackedStateNorms:
         device = params[0].device
         self.kept = kept.nonzero().squeeze(1).to(device)
         self.missing = ~self.applies.to(device)
-        self.norm_mask = norm_mask.to(device)
-        self.scopes = scope_matrix.to(device)
+        # which tensors each scope sums (selected, not weighted: an overflow to inf must not make 0 × inf)
+        in_scope = scope_matrix > 0
+        self.norm_terms = (norm_mask.unsqueeze(2) & in_scope).to(device)  # [P, quantity, scope, J]
         self.rms_has = has[:, rms].to(device)
-        self.rms_scopes = scope_matrix[:, rms].to(device)
+        self.rms_terms = (has[:, rms].unsqueeze(1) & in_scope[:, rms]).to(device)  # [P, scope, rms]
         numels = torch.tensor([float(params[j][0].numel()) for j in rms])
         self.counts = (has[:, rms].float() * numels @ scope_matrix[:, rms].T).to(device)  # elements per scope
 
@@ -117,7 +118,7 @@ class StackedStateNorms:
         columns += [norm(update) for update in updates]
         columns += [norm(state.get(key)) for key in self.keys for state in states]
         squares = torch.stack(columns, 1).float().square().view(members, -1, len(params))
-        norms = (torch.where(self.norm_mask, squares, 0.0) @ self.scopes.T).sqrt_()  # [P, quantity, scope]
+        norms = torch.where(self.norm_terms, squares.unsqueeze(2), 0.0).sum(3).sqrt_()  # [P, quantity, scope]
 
         k = {group: optimizer.member_coefficients(group) for group in {self.group_of[j] for j in self.rms}}
         size_sums, highest, inverse_highest = [], [], []  # per tensor and member: Σ s, max s, max 1/s
@@ -131,7 +132,7 @@ class StackedStateNorms:
         sums, highest_, inverse_ = (
             torch.stack(part, 1).float() for part in (size_sums, highest, inverse_highest)
         )
-        means = (torch.where(self.rms_has, sums, 0.0) @ self.rms_scopes.T) / self.counts
+        means = torch.where(self.rms_terms, sums.unsqueeze(1), 0.0).sum(2) / self.counts
         extremes = [
             torch.where(self.rms_has, highest_, 0.0).amax(1),
             torch.where(self.rms_has, inverse_, 0.0).amax(1).reciprocal(),

@@ -151,19 +151,19 @@ def divergence(record: PopulationRecord, index: int, member: Member, last: Path 
 def write_member(
     cfg: DictConfig, member: Member, record: PopulationRecord, index: int, fields: dict[str, Any]
 ) -> float | None:
-    """Writes the member's outputs into its job folder; returns its optimized metric, or raises the
-    :class:`DivergedError` of a member that diverged, as its solo run would."""
+    """Writes the member's outputs into its job folder; returns its optimized metric (``None`` when
+    interrupted), or raises the :class:`DivergedError` of a member that diverged, as its solo run would."""
     scalars = record.scalars(index, member)
     fields.update(summary_fields(record, index, scalars))
     frozen = record.frozen_at[index]
-    stop = record.result.interrupted
-    if stop is not None and frozen < 0:
-        message = f"{stop}; resume with: python train.py resume={cfg.paths.output_dir}"
+    interrupted = record.result.interrupted is not None and frozen < 0
+    if interrupted:
+        message = f"{record.result.interrupted}; resume with: python train.py resume={cfg.paths.output_dir}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    write_loggers(cfg, member, scalars, finished=frozen < 0)
+    write_loggers(cfg, member, scalars, finished=frozen < 0 and not interrupted)
     last = write_checkpoints(cfg, member, record, index, scalars)
     if frozen >= 0:
         error = divergence(record, index, member, last)
         write_summary(cfg.paths.output_dir, status="diverged", error=str(error), diverged_at_step=frozen)
         raise error
-    return fields["final"].get(cfg.get("optimized_metric") or "")
+    return None if interrupted else fields["final"].get(cfg.get("optimized_metric") or "")

@@ -107,6 +107,7 @@ def train_population(members: Sequence[Member]) -> PopulationResult:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             callbacks=[LastCheckpoint(scratch, every_n_train_steps=every), GracefulInterrupt()],
+            enable_checkpointing=True,  # in memory: the members' checkpoints follow their own settings
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
