@@ -72,6 +72,16 @@ CASES = [
         ["scheduler.scheduler.T_max", "not a key of scheduler.scheduler", "scheduler=none"],
     ),
     ("a sweep without -m", ["optimizer.lr=0.01,0.1"], ["optimizer.lr=0.01,0.1", "with -m"]),
+    (
+        "a misspelt launcher setting",
+        ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_tsk=1", "seed=0,1"],
+        ["hydra.launcher.cpus_per_tsk", "did you mean hydra.launcher.cpus_per_task"],
+    ),
+    (
+        "a bad launcher setting in a sweep",
+        ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=1,0", "seed=0,1"],
+        ["hydra.launcher.cpus_per_task=0", "integer ≥ 1"],
+    ),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),
     ("a broken interpolation at a checked key", ["seed=${{nope}}"], ["seed", "'nope' not found"]),
     ("a search without -m", ["hparams_search=rmsprop_optuna"], ["hparams_search=rmsprop_optuna", "with -m"]),
@@ -82,6 +92,16 @@ CASES = [
         "group added twice",
         ["+logger=csv"],
         ["+logger=csv: the config already chooses a logger option", "allowed: logger=csv"],
+    ),
+    (
+        "plateau without validation",
+        ["scheduler=plateau", "data.val_fraction=0"],
+        ["scheduler.monitor=val/loss", "data.val_fraction=0", "another scheduler"],
+    ),
+    (
+        "plateau between validations",
+        ["scheduler=plateau", "trainer.check_val_every_n_epoch=2"],
+        ["scheduler.frequency=1", "trainer.check_val_every_n_epoch=2", "scheduler.frequency=2"],
     ),
     ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
@@ -322,6 +342,7 @@ def assert_clear_rejection(
     for word in words:
         assert word.lower() in output.lower(), f"{word!r} missing from:\n{output}"
     assert run_dirs(root) == [earlier], "a rejected run left a folder behind"
+    assert not list(root.glob("logs/*/multiruns")), "a rejected sweep left a folder behind"
     assert snapshot(earlier) == before, "the earlier run's folder changed"
 
 

@@ -101,6 +101,8 @@ RULES: dict[str, Rule] = {
     "trainer.limit_train_batches": LIMIT_BATCHES,
     "trainer.limit_val_batches": LIMIT_BATCHES,
     "trainer.limit_test_batches": LIMIT_BATCHES,
+    # torch threads per process of the population and Slurm launchers (a sweep's config has it)
+    "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
 }
 
 
@@ -141,6 +143,7 @@ def validate_config(cfg: DictConfig) -> None:
             check_value(key, value, rule)
     check_training_length(cfg)
     check_loggers(cfg)
+    check_scheduler_validation(cfg)
     check_input_files(cfg)
 
 
@@ -152,8 +155,8 @@ def check_value(key: str, value: Any, rule: Rule) -> None:
 
 def check_launcher_threads(launcher: DictConfig) -> None:
     """A launcher's ``cpus_per_task``, torch's threads per process, is a positive integer or null."""
-    rule = OneOf((Number(integer=True, low=1),), choices=(None,))
-    check_value("hydra.launcher.cpus_per_task", launcher.get("cpus_per_task"), rule)
+    key = "hydra.launcher.cpus_per_task"
+    check_value(key, launcher.get("cpus_per_task"), RULES[key])
 
 
 def check_loggers(cfg: DictConfig) -> None:
@@ -189,6 +192,27 @@ def check_training_length(cfg: DictConfig) -> None:
                 f"trainer.min_{unit}={minimum} exceeds trainer.max_{unit}={limit}; "
                 f"allowed: min_{unit} ≤ max_{unit}"
             )
+
+
+def check_scheduler_validation(cfg: DictConfig) -> None:
+    """A scheduler that follows a validation metric (``plateau``) steps only after a validation: Lightning
+    stops the fit at a step without one, and a step between two would read the earlier one again."""
+    monitor = select(cfg, "scheduler.monitor")
+    if not str(monitor).startswith("val/"):
+        return
+    for key in ("data.val_fraction", "trainer.limit_val_batches"):
+        if select(cfg, key) == 0:
+            raise InputError(
+                f"scheduler.monitor={monitor} needs a validation, but {key}=0 leaves none; "
+                f"allowed: {key} > 0, or another scheduler"
+            )
+    every, frequency = select(cfg, "trainer.check_val_every_n_epoch"), select(cfg, "scheduler.frequency") or 1
+    if select(cfg, "scheduler.interval") == "epoch" and isinstance(every, int) and frequency % every:
+        raise InputError(
+            f"scheduler.frequency={frequency} steps the scheduler on {monitor} every {frequency} epoch(s), "
+            f"but trainer.check_val_every_n_epoch={every} validates every {every}; "
+            f"allowed: scheduler.frequency={every} or a multiple of it"
+        )
 
 
 def check_input_files(cfg: DictConfig) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.resume import resume_arguments
@@ -27,6 +27,10 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # one
 SWEEP_GROUPS = ("hparams_search", "hydra/launcher", "hydra/sweeper")
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+# Hydra's groups that choose the launcher and the sweeper, whose settings a sweep's config holds
+HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+# the launcher's settings, checked with the job's (Hydra would answer a mistake with a block of text)
+LAUNCHER_KEYS = "hydra.launcher."
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
@@ -92,7 +96,9 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     groups = group_options(config_dir)
     entries = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
     defaults = {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
-    selections, others = [], []  # each group's first option; every other option of a swept group
+    # each group's first option (Hydra's launcher and sweeper as chosen); every other option of a swept group
+    selections = [o.input_line for o in overrides if o.key_or_group.startswith(HYDRA_GROUPS)]
+    others = []
     for override in overrides:
         group = override.key_or_group
         chosen = override_values(override) if group in groups and not override.is_delete() else None
@@ -172,7 +178,9 @@ def check_keys(
     values = []
     for override in overrides:
         key = override.key_or_group
-        if override.type != OverrideType.CHANGE or override.is_hydra_override() or key in groups:
+        if override.type != OverrideType.CHANGE or key in groups:
+            continue
+        if override.is_hydra_override() and not key.startswith(LAUNCHER_KEYS):  # Hydra checks its own
             continue
         check_key(cfg, key, context)
         chosen = override_values(override)
@@ -187,7 +195,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> No
     each swept value among the others' first; other sweepers read a sweep as a search space (first value)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rmsprop_lightning.app.config_checks import validate_config
+    from rmsprop_lightning.app.config_checks import show, validate_config
 
     base = cfg.copy()
     # ${hydra:...} as the first job started here reads it; nothing checked depends on the run's folder
@@ -206,7 +214,11 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> No
     for variant in variants:
         job = base.copy()
         for key, value in variant:
-            OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
+            try:
+                with read_write(job.hydra):  # read-only since set_config; a launcher's settings are typed
+                    OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
+            except OmegaConfBaseException as error:
+                raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
 
 
@@ -222,7 +234,8 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
+        adds = "" if key.startswith(LAUNCHER_KEYS) else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
-            f"allowed: {', '.join(allowed) or 'none'} (+{key}=... adds a new key)"
+            f"allowed: {', '.join(allowed) or 'none'}{adds}"
         )
