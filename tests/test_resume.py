@@ -274,6 +274,20 @@ def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(refer
     assert run_dirs(tmp_path) == [run_dir]
 
 
+def test_a_longer_resume_is_refused_where_the_schedule_follows_the_length(tmp_path, capfd):
+    train_in_process(tmp_path, "data.source.num_samples=512", "trainer.max_steps=20", "scheduler=cosine")
+    (run_dir,) = run_dirs(tmp_path)
+    capfd.readouterr()
+    code = train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40", check=False)
+    out, err = capfd.readouterr()
+    assert code == 2, out + err
+    (line,) = (out + err).strip().splitlines()
+    assert line.startswith(
+        "error: resume: trainer.max_steps=40 would change scheduler.scheduler.T_max (20 → 40)"
+    )
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
+
+
 def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_part(tmp_path, recwarn):
     # validations at steps 10 and 20, then 30 after the resume: 20 is the best (0.94, then 1.10)
     run = (

@@ -92,6 +92,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     parsed_overrides = OverridesParser.create().parse_overrides(overrides)
     for override in parsed_overrides:
         check_override(override, saved)
+    check_followers(saved, parsed_overrides, run_dir)
     flags = [argument for argument in arguments if argument not in parsed.overrides]
     rewritten = [
         f"--config-dir={run_dir / HYDRA_FOLDER}",
@@ -188,6 +189,30 @@ def check_override(override: Override, saved: DictConfig) -> None:
         f"{', '.join(SAFE_KEYS)} (to branch off, start a new run with ckpt_path=<run>/{CHECKPOINT_FOLDER}/"
         f"{LAST_CHECKPOINT})"
     )
+
+
+def leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of every value in a container read without resolving it (``{"a": {"b": 1}}`` → a.b)."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in leaf_keys(value, f"{prefix}{name}.")]
+    return [prefix.removesuffix(".")]
+
+
+def check_followers(saved: DictConfig, overrides: Sequence[Override], run_dir: Path) -> None:
+    """Refuses a safe override that another setting follows by interpolation (a cosine's ``T_max`` follows
+    ``trainer.max_steps``): the checkpoint restores what that setting built, so the config would be wrong."""
+    changed = saved.copy()
+    for override in overrides:
+        OmegaConf.update(changed, override.key_or_group, override.value(), force_add=True)
+    for key in leaf_keys(OmegaConf.to_container(saved, resolve=False)):
+        before, after = lenient_select(saved, key), lenient_select(changed, key)
+        if key not in SAFE_KEYS and before != after:
+            typed = " ".join(override.input_line for override in overrides)
+            raise InputError(
+                f"resume: {typed} would change {key} ({before} → {after}), which the checkpoint restores as "
+                f"it was; allowed: resume={run_dir} alone, or a new run from it with its settings and "
+                f"{typed} ckpt_path={last_checkpoint(run_dir)}"
+            )
 
 
 def record_resume(cfg: DictConfig) -> None:
