@@ -189,6 +189,11 @@ CASES = [
     ("val fraction above 1", ["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     ("zero batch size", ["data.batch_size=0"], ["data.batch_size", "positive integer"]),
     ("negative batch size", ["data.batch_size=-4"], ["data.batch_size", "positive integer"]),
+    (
+        "misspelt lr multiplier",
+        ["module.lr_multipliers={{baises:0.1}}"],
+        ["'baises'", "matches no parameter"],
+    ),
     # model
     ("zero width", ["model.hidden=0"], ["model.hidden", "positive"]),
     ("negative width in list", ["model.hidden=[64,-1]"], ["model.hidden", "positive"]),
@@ -226,7 +231,24 @@ CASES = [
         ["logger=none"],
         ["learning_rate_monitor and callbacks.optimizer_state_monitor need a logger", "callbacks=none"],
     ),
-    ("missing csv path", ["data=csv"], ["data.source.path is missing", "from_csv needs it"]),
+    ("missing csv path", ["data=csv"], ["data.source.path is missing", "set data.source.path=..."]),
+    ("a swept option missing a path", ["-m", "data=synthetic,csv"], ["data.source.path is missing"]),
+    ("no flush", ["module.loss_flush_every=0"], ["module.loss_flush_every=0", "integer ≥ 1"]),
+    ("empty cosine", ["scheduler=cosine", "scheduler.scheduler.T_max=0"], ["scheduler.scheduler.T_max=0"]),
+    ("negative gamma", ["scheduler=step", "scheduler.scheduler.gamma=-1"], ["gamma=-1", "a number > 0"]),
+    ("misspelt metric", ["optimized_metric=val/los"], ["optimized_metric='val/los'", "or val/loss or"]),
+    (
+        "misspelt checkpoint metric",
+        ["callbacks.model_checkpoint.monitor=val/los"],
+        ["callbacks.model_checkpoint.monitor='val/los'", "val/loss or val/rmse"],
+    ),
+    ("misspelt mode", ["callbacks.model_checkpoint.mode=minn"], ["mode='minn'", "min or max"]),
+    ("no nodes", ["trainer.num_nodes=0"], ["trainer.num_nodes=0", "integer ≥ 1"]),
+    (
+        "plateau every step",
+        ["scheduler=plateau", "scheduler.interval=step"],
+        ["scheduler.interval=step", "scheduler.interval=epoch"],
+    ),
     (
         "unknown scheduler interval",
         ["scheduler.interval=batch"],

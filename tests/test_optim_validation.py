@@ -191,3 +191,12 @@ def test_functional_api_steps_like_the_optimizer() -> None:
         with torch.no_grad():
             rmsprop(second, grads, states, **options)
     assert_same(first, second)
+
+
+def test_an_lr_multiplier_that_matches_no_parameter_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"^lr_multipliers\['baises'\] matches no parameter; names: weight, bias$"
+    ):
+        build_param_groups(torch.nn.Linear(2, 2), lr_multipliers={"weight": 0.5, "baises": 0.1})
+    with pytest.raises(ValueError, match=r"^lr_multipliers\['\('\] is not a regular expression"):
+        build_param_groups(torch.nn.Linear(2, 2), lr_multipliers={"(": 0.1})

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from rmsprop_lightning import FeedForward
+from rmsprop_lightning.app.config_checks import METRICS
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import RegressionModule
 from tests.conftest import CONF, QUICK, run_dirs, train_in_process
@@ -25,7 +26,8 @@ def test_default_run_writes_every_step_loss_and_checkpoints_that_reload_weights_
     assert [step for step, _ in scalars["train/loss"]] == list(range(30))
     assert all(value > 0 for _, value in scalars["train/loss"])
     assert [step for step, _ in scalars["val/loss"]] == [10, 20, 30]
-    assert {"val/rmse", "test/loss", "test/rmse", "test/r2"} <= set(scalars)
+    logged = {tag for tag in scalars if tag.split("/")[0] in ("train", "val", "test") and "_best" not in tag}
+    assert logged == set(METRICS)  # the metrics the config check allows
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     module = RegressionModule.load_from_checkpoint(checkpoint, weights_only=True)
     saved = torch.load(checkpoint, weights_only=True)
@@ -85,3 +87,12 @@ def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part):
     ):
         RegressionModule(**hparams)
     RegressionModule(**{**hparams, part: parts[part]})
+
+
+def test_overfitting_one_batch_validates_at_its_epochs(tmp_path):
+    # one batch an epoch, validated every 100 epochs as debug=overfit asks
+    train_in_process(
+        tmp_path, "debug=overfit", "trainer.max_steps=200", "callbacks.progress_bar.refresh_rate=0"
+    )
+    (run_dir,) = run_dirs(tmp_path)
+    assert [step for step, _ in read_scalars(run_dir / "tensorboard")["val/loss"]] == [100, 200]

@@ -28,6 +28,9 @@ PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
 LOSS_NAMES = ("mse", "l1", "huber")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
+# what RegressionModule logs at each validation, and at every step and its test
+VAL_METRICS = ("val/loss", "val/rmse")
+METRICS = ("train/loss", *VAL_METRICS, "test/loss", "test/rmse", "test/r2")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Number:
         kind = "an integer" if self.integer else "a number"
         if math.isinf(self.high):
             bound = f" {'>' if self.low_open else '≥'} {show(self.low)}" if math.isfinite(self.low) else ""
+        elif math.isinf(self.low):
+            bound = f" {'<' if self.high_open else '≤'} {show(self.high)}"
         else:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
@@ -101,8 +106,16 @@ RULES: dict[str, Rule] = {
     "trainer.limit_train_batches": LIMIT_BATCHES,
     "trainer.limit_val_batches": LIMIT_BATCHES,
     "trainer.limit_test_batches": LIMIT_BATCHES,
+    "trainer.num_nodes": Number(integer=True, low=1),
+    "module.loss_flush_every": Number(integer=True, low=1),
+    "optimized_metric": OneOf(choices=(*METRICS, None)),
+    "callbacks.model_checkpoint.monitor": OneOf(choices=VAL_METRICS),
+    "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
+    "scheduler.scheduler.T_max": Number(integer=True, low=1),
+    "scheduler.scheduler.gamma": Number(low=0, low_open=True),
     # torch threads per process of the population and Slurm launchers (a sweep's config has it)
     "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
+    "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1)), (None,)),
 }
 
 
@@ -142,6 +155,7 @@ def validate_config(cfg: DictConfig) -> None:
         if not absent:
             check_value(key, value, rule)
     check_training_length(cfg)
+    check_missing(cfg)
     check_loggers(cfg)
     check_scheduler_validation(cfg)
     check_input_files(cfg)
@@ -177,6 +191,16 @@ def check_loggers(cfg: DictConfig) -> None:
         )
 
 
+def check_missing(cfg: DictConfig, path: str = "") -> None:
+    """Refuses a value the config leaves for the command line (``???``), such as a CSV's path."""
+    for key, value in cfg.items_ex(resolve=False):
+        name = f"{path}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            raise InputError(f"{name} is missing; allowed: set {name}=... on the command line")
+        if isinstance(value, DictConfig) and name != "hydra":
+            check_missing(value, f"{name}.")
+
+
 def check_training_length(cfg: DictConfig) -> None:
     """Refuses limits that train forever or whose minimum exceeds their maximum."""
     max_steps, max_epochs = select(cfg, "trainer.max_steps"), select(cfg, "trainer.max_epochs")
@@ -200,6 +224,11 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
     monitor = select(cfg, "scheduler.monitor")
     if not str(monitor).startswith("val/"):
         return
+    if select(cfg, "scheduler.interval") == "step":  # Lightning steps it before a step's validation
+        raise InputError(
+            f"scheduler.interval=step: a scheduler on {monitor} steps after each validation; "
+            "allowed: scheduler.interval=epoch"
+        )
     for key in ("data.val_fraction", "trainer.limit_val_batches"):
         if select(cfg, key) == 0:
             raise InputError(

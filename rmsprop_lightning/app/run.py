@@ -71,6 +71,7 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
         max_steps < 1
         or not len(datamodule.splits["val"][0])
         or trainer.get("limit_train_batches") is not None
+        or trainer.get("overfit_batches")  # epochs of its batches, which the data's length does not tell
     ):
         return {}
     world = trainer.get("num_nodes", 1) * (trainer.devices if isinstance(trainer.get("devices"), int) else 1)

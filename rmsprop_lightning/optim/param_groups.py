@@ -24,10 +24,17 @@ def build_param_groups(
     ``lr_multipliers`` maps a regular expression on parameter names to a factor (the first match decides);
     ``no_weight_decay_on_bias`` puts 1-D parameters (biases, norm scales) into groups with ``weight_decay=0``.
     """
-    patterns = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_multipliers or {}).items()]
-    for pattern, factor in patterns:
-        if not (factor > 0 and math.isfinite(factor)):
-            raise ValueError(f"lr_multipliers[{pattern.pattern!r}] must be > 0 and finite, got {factor}")
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    patterns = []
+    for pattern, factor in (lr_multipliers or {}).items():
+        try:
+            patterns.append((re.compile(pattern), float(factor)))
+        except re.error as error:
+            raise ValueError(f"lr_multipliers[{pattern!r}] is not a regular expression: {error}") from None
+        if not (patterns[-1][1] > 0 and math.isfinite(patterns[-1][1])):
+            raise ValueError(f"lr_multipliers[{pattern!r}] must be > 0 and finite, got {factor}")
+        if not any(patterns[-1][0].search(name) for name in names):  # a typo would change nothing
+            raise ValueError(f"lr_multipliers[{pattern!r}] matches no parameter; names: {', '.join(names)}")
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
