@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,3 +242,65 @@ def test_no_threshold_says_why_when_runs_logged_val_loss(tmp_path):
     text = report_text(sweep)
     assert "fewer than half the configurations have a completed run with a finite best val/loss" in text
     assert "No run logged val/loss" not in text
+
+
+def test_a_panel_without_finite_values_says_so_instead_of_failing(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [("0.01", "relu", 0), ("0.01", "tanh", 0), ("1e4", "relu", 0), ("1e4", "relu", 1)]
+    for num, (lr, activation, seed) in enumerate(jobs):  # lr=1e4 overflows: every norm and loss is inf
+        overrides = [f"optimizer.lr={lr}", f"model.activation={activation}", f"seed={seed}"]
+        make_job(sweep, num, overrides, scale=math.inf if lr == "1e4" else 1.0)
+    assert report.main([str(sweep)]) == 0
+    for name in ("loss_curves.png", "optimizer_state.png"):
+        assert (sweep / name).read_bytes().startswith(PNG_SIGNATURE)
+    assert "![optimizer_state](optimizer_state.png)" in (sweep / "report.md").read_text()
+    from rmsprop_lightning.report import plots
+
+    figure = plots.optimizer_state(load_sweep([sweep]).configurations(), ["optimizer.lr"])
+    notes = {axis.get_title(): [text.get_text() for text in axis.texts] for axis in figure.axes}
+    plots.plt.close(figure)
+    assert notes == {
+        "optimizer.lr=0.01 square_avg": [],
+        "optimizer.lr=1e4 square_avg": ["no finite positive values"],
+    }
+
+
+def test_a_failing_plot_leaves_the_table_written(sweep, monkeypatch):
+    def fail(*args) -> list[str]:
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr("rmsprop_lightning.report.plots.write_plots", fail)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.main([str(sweep)])
+    assert "| optimizer=centered | 3 |" in (sweep / "report.md").read_text()
+    assert set(csv_rows(sweep)) == {"optimizer=centered", "optimizer=rmsprop"}
+
+
+def rejection(capsys, *arguments: str) -> str:
+    """The one line ``rmsprop-report`` answers ``arguments`` with, once it exits with 2."""
+    with pytest.raises(SystemExit) as stop:
+        report.main(list(arguments))
+    output = capsys.readouterr()
+    assert stop.value.code == 2 and not output.out, output
+    (line,) = output.err.splitlines()
+    return line
+
+
+def test_an_over_key_no_job_has_is_one_line_naming_the_keys(sweep, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert rejection(capsys, str(sweep), "--over", "sed") == (
+        "error: --over sed is not an override key of any job (did you mean --over seed?); "
+        "allowed: optimizer, seed, trainer.max_steps"
+    )
+    assert not (sweep / "report.md").exists()
+    assert report.main([str(sweep), "--over", "seed", "optimizer", "--no-plots"]) == 0
+    assert "6 jobs in 1 configurations" in (sweep / "report.md").read_text()
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(report, "load_sweep", lambda folders: pytest.fail("the sweep was read"))
+    (tmp_path / "file").write_text("")
+    line = rejection(capsys, str(sweep), "--output", str(tmp_path / "file" / "out"))
+    assert line.startswith(f"error: --output={tmp_path / 'file' / 'out'} cannot be written: ")
+    assert line.endswith("; allowed: a writable folder")

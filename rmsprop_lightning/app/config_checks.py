@@ -31,6 +31,10 @@ INPUT_FILES = ("data.source.path", "ckpt_path")
 # what RegressionModule logs at each validation, and at every step and its test
 VAL_METRICS = ("val/loss", "val/rmse")
 METRICS = ("train/loss", *VAL_METRICS, "test/loss", "test/rmse", "test/r2")
+# what check_writable allows where a run's output folder cannot be written
+WRITABLE_RUN_FOLDER = (
+    "a writable folder (set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
+)
 
 
 @dataclass(frozen=True)
@@ -260,9 +264,11 @@ def check_input_files(cfg: DictConfig) -> None:
         raise InputError(f"{key}={path}: no such file")
 
 
-def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:
-    """``path`` is a folder this process can create and write in, checked before Hydra creates it by
-    writing a file there: permissions alone do not tell (root, read-only mounts, ``/proc``)."""
+def check_writable(
+    path: str | Path, key: str = "paths.output_dir", allowed: str = WRITABLE_RUN_FOLDER
+) -> None:
+    """``path`` is a folder this process can create and write in (for a run, checked before Hydra creates
+    it), by writing a file there: permissions alone do not tell (root, read-only mounts, ``/proc``)."""
     path = Path(os.path.abspath(path))
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -270,6 +276,5 @@ def check_writable(path: str | Path, key: str = "paths.output_dir") -> None:
             pass
     except OSError as error:
         raise InputError(
-            f"{key}={path} cannot be written: {error.strerror or error}; allowed: a writable folder "
-            "(set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
+            f"{key}={path} cannot be written: {error.strerror or error}; allowed: {allowed}"
         ) from None

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rmsprop_lightning.app.config_checks import check_writable
+from rmsprop_lightning.app.entry import close_match
 from rmsprop_lightning.app.extras import install_hint, is_installed
+from rmsprop_lightning.errors import InputError, exit_with
 from rmsprop_lightning.report.results import Sweep, load_sweep, sweep_timing
 from rmsprop_lightning.report.table import (
     SCALE_KEY,
@@ -92,9 +95,9 @@ def no_threshold_text(sweep: Sweep) -> str:
 
 
 def build_report(
-    sweep: Sweep, over: Sequence[str], threshold: float | None, plots: Sequence[str]
+    sweep: Sweep, over: Sequence[str], threshold: float | None
 ) -> tuple[str, list[Row], list[str]]:
-    """The Markdown report, its rows and the varying keys."""
+    """The Markdown report (its plots section aside, which comes last), its rows and the varying keys."""
     configurations = sweep.configurations(over)
     limits = thresholds(configurations, threshold)
     rows = build_rows(configurations, limits)
@@ -129,11 +132,40 @@ def build_report(
         ("Failed, diverged or unfinished runs", failure_lines(sweep)),
         ("Repeated runs, each counted in n", repeat_lines(sweep)),
         ("Timing", timing_lines(sweep_timing(sweep))),
-        ("Plots", [f"![{Path(name).stem}]({name})" for name in plots]),
     ):
         if lines:
             sections += ["", f"## {title}", "", *lines]
     return "\n".join(sections) + "\n", rows, keys
+
+
+def plots_section(plots: Sequence[str]) -> str:
+    """The report's last section: the written figures, or nothing."""
+    images = "".join(f"![{Path(name).stem}]({name})\n" for name in plots)
+    return f"\n## Plots\n\n{images}" if plots else ""
+
+
+def check_over(sweep: Sweep, over: Sequence[str]) -> None:
+    """Every ``--over`` key is an override key of some job: a misspelt one would aggregate over nothing."""
+    keys = sorted({key for job in sweep.jobs for key in job.overrides})
+    for key in over:
+        if key not in keys:
+            raise InputError(
+                f"--over {key} is not an override key of any job{close_match(key, keys, '--over ')}; "
+                f"allowed: {', '.join(keys) or 'no key (the jobs have no overrides)'}"
+            )
+
+
+def checked_sweep(args: argparse.Namespace) -> Sweep:
+    """The sweep to report on, once the output folder, the sweep folders and ``--over`` are good."""
+    if args.output is not None:
+        check_writable(args.output, "--output", "a writable folder")
+    try:
+        sweep = load_sweep(args.sweep_dirs)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    if args.over is not None:
+        check_over(sweep, args.over)
+    return sweep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,9 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "sweep_dirs", nargs="+", type=Path, help="multirun folders (logs/train/multiruns/…) or run folders"
     )
-    parser.add_argument(
-        "--over", nargs="*", default=["seed"], help="override keys aggregated over (default: seed)"
-    )
+    parser.add_argument("--over", nargs="*", help="override keys aggregated over (default: seed)")
     parser.add_argument(
         "--threshold", type=float, default=None, help=f"{THRESHOLD_TAG} threshold for steps-to-threshold"
     )
@@ -154,21 +184,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="write the table only")
     args = parser.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep_dirs)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        sweep = checked_sweep(args)
+    except InputError as error:
+        exit_with(error)
+    over = ["seed"] if args.over is None else args.over  # the default, unchecked: a sweep may have no seed
     output = args.output or args.sweep_dirs[0]
-    output.mkdir(parents=True, exist_ok=True)
+    # the table first, so that a failing plot cannot take it with it
+    text, rows, keys = build_report(sweep, over, args.threshold)
+    (output / "report.md").write_text(text)
+    write_csv(rows, keys, output / "report.csv")
     plots: list[str] = []
     if not args.no_plots and is_installed("matplotlib"):
         from rmsprop_lightning.report.plots import write_plots
 
-        plots = write_plots(sweep, args.over, output)
+        plots = write_plots(sweep, over, output)
+        text += plots_section(plots)
+        (output / "report.md").write_text(text)
     elif not args.no_plots:
         print(f"Plots skipped: they need matplotlib: {install_hint('plots')}", file=sys.stderr)
-    text, rows, keys = build_report(sweep, args.over, args.threshold, plots)
-    (output / "report.md").write_text(text)
-    write_csv(rows, keys, output / "report.csv")
     print(text)
     print(
         f"Written: {output / 'report.md'}, {output / 'report.csv'}"

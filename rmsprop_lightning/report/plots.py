@@ -85,8 +85,9 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _band_plot(axis: plt.Axes, series: Sequence[Series], label: str, color) -> bool:
-    """Mean over runs with a min–max band, smoothed over 2% of the steps; False when nothing to draw."""
-    series = [points for points in series if points]
+    """Mean over runs with a min–max band, smoothed over 2% of the steps, of the finite positive values (all
+    a log axis can show); runs without one are left out. False when no run has one."""
+    series = [points for points in series if any(math.isfinite(value) and value > 0 for _, value in points)]
     if not series:
         return False
     steps, matrix = _stack(series)
@@ -99,6 +100,14 @@ def _band_plot(axis: plt.Axes, series: Sequence[Series], label: str, color) -> b
     if len(series) > 1:
         axis.fill_between(steps, low, high, color=color, alpha=0.2)
     return True
+
+
+def _legend_or_note(axis: plt.Axes, drawn: bool, legend: bool = True) -> None:
+    """The panel's legend (where ``legend``) when it has lines, else a note saying why it has none."""
+    if not drawn:
+        axis.text(0.5, 0.5, "no finite positive values", transform=axis.transAxes, ha="center", color="gray")
+    elif legend:
+        axis.legend(fontsize=7)
 
 
 def _colors(count: int) -> list:
@@ -114,14 +123,16 @@ def loss_curves(configurations: Sequence[Configuration], panel_keys: Sequence[st
     )
     drawn = False
     for axis, (title, members) in zip(axes[0], panels.items(), strict=True):
+        panel_drawn = False
         for configuration, color in zip(members, _colors(len(members)), strict=True):
             series = [
                 job.scalars.get("train/loss", []) for job in configuration.jobs if job.status != "failed"
             ]
-            drawn |= _band_plot(axis, series, _line_label(configuration, panel_keys), color)
+            panel_drawn |= _band_plot(axis, series, _line_label(configuration, panel_keys), color)
+        _legend_or_note(axis, panel_drawn)
+        drawn |= panel_drawn
         axis.set(yscale="log", xlabel="step", ylabel="train/loss", title=title)
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
     if not drawn:
         plt.close(figure)
         return None
@@ -154,14 +165,17 @@ def optimizer_state(configurations: Sequence[Configuration], panel_keys: Sequenc
         layout="constrained",
     )
     for row, (title, members) in enumerate(panels.items()):
+        legend = True  # on the row's first panel with lines
         for column, state in enumerate(states):
             axis = axes[row][column]
+            drawn = False
             for configuration, color in zip(members, _colors(len(members)), strict=True):
                 series = [norms[id(job)].get(state, []) for job in configuration.jobs]
-                _band_plot(axis, series, _line_label(configuration, panel_keys), color)
+                drawn |= _band_plot(axis, series, _line_label(configuration, panel_keys), color)
+            _legend_or_note(axis, drawn, legend)
+            legend &= not drawn
             axis.set(yscale="log", xlabel="step", ylabel=f"‖{state}‖", title=f"{title} {state}".strip())
             axis.grid(True, which="both", alpha=0.3)
-        axes[row][0].legend(fontsize=7)
     figure.suptitle("Optimizer state norms (mean over seeds, min–max band)")
     return figure
 
