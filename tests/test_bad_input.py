@@ -244,6 +244,7 @@ CASES = [
     ),
     ("misspelt mode", ["callbacks.model_checkpoint.mode=minn"], ["mode='minn'", "min or max"]),
     ("no nodes", ["trainer.num_nodes=0"], ["trainer.num_nodes=0", "integer ≥ 1"]),
+    ("no devices", ["trainer.devices=0"], ["trainer.devices=0", "-1 (all)"]),
     (
         "plateau every step",
         ["scheduler=plateau", "scheduler.interval=step"],
@@ -382,6 +383,12 @@ def test_bad_input_is_one_clear_line(case, arguments, words, corpus_root, monkey
     capfd.readouterr()
     code = train_in_process(root, *fill(arguments, root, earlier), check=False)
     assert_clear_rejection(code, "".join(capfd.readouterr()), words, root, earlier, before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
+def test_a_gpu_on_a_machine_without_one_is_one_clear_line(corpus_root, monkeypatch, capfd):
+    words = ["trainer.accelerator=gpu", "allowed: trainer=cpu"]
+    test_bad_input_is_one_clear_line("gpu", ["trainer=gpu"], words, corpus_root, monkeypatch, capfd)
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)

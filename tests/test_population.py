@@ -172,7 +172,7 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
     )
     assert solo_reason(composer("on_nonfinite=skip")) == "on_nonfinite=skip"
     assert solo_reason(composer("trainer.fast_dev_run=true")) == "trainer.fast_dev_run is set"
-    assert solo_reason(composer("+trainer.max_time=00:00:00:03")).startswith("trainer.max_time is set")
+    assert solo_reason(composer("trainer.max_time=00:00:00:03")).startswith("trainer.max_time is set")
     assert solo_reason(composer("callbacks=none")).startswith("Lightning's own checkpointing is on")
     assert solo_reason(composer("callbacks=none", "trainer.enable_checkpointing=false")) is None
     assert solo_reason(composer("scheduler=plateau", "scheduler.monitor=val/rmse")) == (

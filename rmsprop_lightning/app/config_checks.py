@@ -159,6 +159,7 @@ def validate_config(cfg: DictConfig) -> None:
         if not absent:
             check_value(key, value, rule)
     check_training_length(cfg)
+    check_devices(select(cfg, "trainer.devices"))
     check_missing(cfg)
     check_loggers(cfg)
     check_scheduler_validation(cfg)
@@ -192,6 +193,14 @@ def check_loggers(cfg: DictConfig) -> None:
         raise InputError(
             f"{' and '.join(names)} need a logger but logger is empty; "
             f"allowed: logger=tensorboard or logger=csv, or callbacks=none or {drop}"
+        )
+
+
+def check_devices(devices: Any) -> None:
+    """``trainer.devices`` as Lightning reads it: a count, -1 for all, ``auto``, or ids (a list or a text)."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
+        raise InputError(
+            f"trainer.devices={devices} is invalid; allowed: an integer ≥ 1, -1 (all), auto or a list of ids"
         )
 
 

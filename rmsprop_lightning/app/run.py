@@ -17,6 +17,7 @@ from rmsprop_lightning.app.distributed import clean_distributed_state
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
+    check_accelerator,
     check_data,
     check_same_data,
     check_targets,
@@ -104,6 +105,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
     trainer = None
     try:
         check_targets(cfg)
+        check_accelerator(cfg.trainer.get("accelerator"))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         with input_errors():
             datamodule = instantiate(cfg.data)

@@ -86,6 +86,18 @@ def check_options(node: DictConfig, path: str) -> None:
             raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
 
 
+def check_accelerator(accelerator: Any) -> None:
+    """``trainer.accelerator`` names one this machine has (Lightning's error names no setting)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    cuda, mps = CUDAAccelerator.is_available(), MPSAccelerator.is_available()
+    if not {"gpu": cuda or mps, "cuda": cuda, "mps": mps}.get(str(accelerator), True):
+        raise InputError(
+            f"trainer.accelerator={accelerator}: this machine has none; allowed: trainer=cpu, or "
+            "trainer.accelerator=auto (a GPU where there is one)"
+        )
+
+
 @contextmanager
 def input_errors() -> Iterator[None]:
     """Turns the errors objects raise about their own arguments while being built into :class:`InputError`."""
