@@ -67,3 +67,17 @@ def step_epoch_schedulers(trainer: pl.Trainer) -> None:
     """Steps the epoch-interval plateau schedulers, as Lightning does at an epoch's end: a resume skips the
     end-of-epoch steps a checkpoint came before (their metrics are not in Lightning's checkpoint)."""
     trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+
+
+def count_the_validated_step(trainer: pl.Trainer) -> None:
+    """Counts for the loggers the step a checkpoint written during its validation was restored at.
+
+    Lightning's logger step (``_batches_that_stepped``) counts a step after its validation, so such a
+    checkpoint holds it one short; a resumed loop makes up for it only while passing over the validation
+    due at that batch again (the restart stages of Lightning PR #20379, issue #14579). A trainer with no
+    validation there (a longer run after one that validated at its last step) logged every point a step
+    early. Call it once the fit loop is restored and before its first batch (``on_train_start``).
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if loop.restarted_on_last and not loop._should_accumulate() and not validation_follows(trainer):
+        loop._batches_that_stepped += 1

@@ -288,6 +288,48 @@ def test_a_longer_resume_is_refused_where_the_schedule_follows_the_length(tmp_pa
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
 
 
+# 13 batches an epoch, validated at its end: a run of 10 steps validates at its last step instead
+SCHEDULED_RUN = (
+    "data.source.num_samples=512",
+    "callbacks.progress_bar.refresh_rate=0",
+    "scheduler=step",
+    "scheduler.interval=step",
+    "scheduler.scheduler.step_size=1",
+    "scheduler.scheduler.gamma=0.9",
+    "trainer.log_every_n_steps=5",
+)
+
+
+def test_a_completed_run_continued_logs_at_the_steps_of_the_run_never_stopped(tmp_path):
+    # the completed run's last.ckpt was written after its validation at step 10, where the longer run
+    # validates no more: the resume and a new run from it log the learning rates and the test on time
+    first, branch, uninterrupted = (tmp_path / name for name in ("first", "branch", "uninterrupted"))
+    for folder in (first, branch, uninterrupted):
+        folder.mkdir()
+    train_in_process(first, *SCHEDULED_RUN, "trainer.max_steps=10")
+    (run_dir,) = run_dirs(first)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    train_in_process(branch, *SCHEDULED_RUN, f"ckpt_path={checkpoint}", "trainer.max_steps=25")
+    train_in_process(first, f"resume={run_dir}", "trainer.max_steps=25")
+    train_in_process(uninterrupted, *SCHEDULED_RUN, "trainer.max_steps=25")
+    (branch_dir,), (expected_dir,) = run_dirs(branch), run_dirs(uninterrupted)
+    expected, expected_state = read_scalars(expected_dir / "tensorboard"), last_checkpoint(expected_dir)
+    lr_tags = [tag for tag in expected if tag.startswith("lr-")]
+    assert lr_tags and [step for step, _ in expected[lr_tags[0]]] == [4, 9, 14, 19, 24]
+    for folder, since in ((run_dir, 0), (branch_dir, 10)):  # a new run logs from its checkpoint on
+        scalars = read_scalars(folder / "tensorboard")
+        for tag in lr_tags:
+            assert [point for point in scalars[tag] if point[0] >= since] == [
+                point for point in expected[tag] if point[0] >= since
+            ], tag
+        assert scalars["test/loss"][-1][0] == expected["test/loss"][-1][0] == 25
+        state = last_checkpoint(folder)
+        for key in ("global_step", "state_dict", "optimizer_states", "lr_schedulers"):
+            assert_same(expected_state[key], state[key], key)
+        for key in ("epoch_loop.state_dict", "epoch_loop.batch_progress"):  # the loggers' step counter
+            assert_same(expected_state["loops"]["fit_loop"][key], state["loops"]["fit_loop"][key], key)
+
+
 def test_a_resumed_run_keeps_the_best_validation_and_the_logs_of_its_earlier_part(tmp_path, recwarn):
     # validations at steps 10 and 20, then 30 after the resume: 20 is the best (0.94, then 1.10)
     run = (

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.callbacks.fit_stats import FitStats
-from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
+from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint
 from rmsprop_lightning.internals import epochs_done
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,10 @@ class CheckpointBranch(Callback):
             if isinstance(callback, ModelCheckpoint | FitStats):
                 callback_states.pop(callback.state_key, None)
             elif isinstance(callback, LastCheckpoint) and callback.state_key in callback_states:
-                # the parent's last validation: no checkpoint or plateau step of the new run acts on it
-                callback_states[callback.state_key] = {}
+                # the parent's last validation: no checkpoint or plateau step of the new run acts on it;
+                # when the checkpoint was written still matters to the step counters it restores
+                saved = callback_states[callback.state_key]
+                callback_states[callback.state_key] = {SAVED_IN_VALIDATION: saved.get(SAVED_IN_VALIDATION)}
         states = {name for saved in saved_optimizers for state in saved["state"].values() for name in state}
         kept = sorted(states - {"step"} - {change.removeprefix("new ") for change in changes})
         log.info(

@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.atomic import remove_stale_temporaries
 from rmsprop_lightning.internals import (
+    count_the_validated_step,
     fit_restarting,
     is_last_batch,
     resumed_after_epoch_end,
@@ -20,6 +21,8 @@ from rmsprop_lightning.internals import (
 )
 
 LAST_CHECKPOINT = "last.ckpt"
+# in this callback's state in every checkpoint: written during a fit's validation, before the step counted
+SAVED_IN_VALIDATION = "saved_in_validation"
 C = TypeVar("C")
 
 
@@ -53,6 +56,8 @@ class LastCheckpoint(Checkpoint):
     Lightning's resume skips two plateau-scheduler steps that these checkpoints come before: that of the
     epoch whose last batch the checkpoint holds, and the one at the end of the epoch the run resumes in (it
     has no metrics to feed them). The checkpoint keeps the metrics, and this callback makes those steps.
+    A checkpoint written during a validation holds Lightning's logger step before that step counted, which
+    a resumed run that does not validate there never counts: this callback counts it.
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
@@ -69,6 +74,7 @@ class LastCheckpoint(Checkpoint):
         self._after_validation = False
         self._saving_now = False
         self._resumed_from_mine = False
+        self._restored_in_validation = False
         self._restored_metrics: dict[str, Any] = {}
 
     @property
@@ -136,10 +142,13 @@ class LastCheckpoint(Checkpoint):
         # Lightning keeps no metrics in checkpoints, but a plateau scheduler or early
         # stopping reads the last validation's metrics long after it ran
         metrics = {name: value.detach().cpu() for name, value in trainer.callback_metrics.items()}
-        checkpoint["callbacks"][self.state_key]["callback_metrics"] = metrics
+        state = checkpoint["callbacks"][self.state_key]
+        state["callback_metrics"] = metrics
+        state[SAVED_IN_VALIDATION] = trainer.state.fn == TrainerFn.FITTING and trainer.validating
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resumed_from_mine = bool(state_dict.get("written_by_me"))
+        self._restored_in_validation = bool(state_dict.get(SAVED_IN_VALIDATION))
         self._restored_metrics = dict(state_dict.get("callback_metrics", {}))
 
     def _put_back_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -153,6 +162,9 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._put_back_metrics(trainer, pl_module)  # for strategies that restore after on_fit_start
+        if self._restored_in_validation:  # a run validating at that step counts it when it skips it
+            count_the_validated_step(trainer)
+            self._restored_in_validation = False
         if self._resumed_from_mine and resumed_after_epoch_end(trainer):
             step_epoch_schedulers(trainer)  # that epoch's end-of-epoch step was skipped
 

@@ -15,7 +15,7 @@ from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
-from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_callback
+from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint, find_callback
 from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor, first_due
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.population.members import Member
@@ -106,7 +106,9 @@ def write_checkpoints(
     }
     if validated:  # RegressionModule logs the step of its last validation
         final["step"] = torch.tensor(float(validated[-1]))
+    in_validation = population["callbacks"].get(last.state_key, {}).get(SAVED_IN_VALIDATION)
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
+    states[last.state_key][SAVED_IN_VALIDATION] = in_validation  # as the population's save was
     monitor = find_callback(callbacks, OptimizerStateMonitor)
     if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
         interval = monitor.every_n_steps or max(cfg.trainer.get("log_every_n_steps", 50), 1)
