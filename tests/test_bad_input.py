@@ -236,7 +236,7 @@ CASES = [
     ("no flush", ["module.loss_flush_every=0"], ["module.loss_flush_every=0", "integer ≥ 1"]),
     ("empty cosine", ["scheduler=cosine", "scheduler.scheduler.T_max=0"], ["scheduler.scheduler.T_max=0"]),
     ("negative gamma", ["scheduler=step", "scheduler.scheduler.gamma=-1"], ["gamma=-1", "a number > 0"]),
-    ("misspelt metric", ["optimized_metric=val/los"], ["optimized_metric='val/los'", "or val/loss or"]),
+    ("misspelt metric", ["optimized_metric=val/los"], ["optimized_metric='val/los'", "val/loss or"]),
     (
         "misspelt checkpoint metric",
         ["callbacks.model_checkpoint.monitor=val/los"],
@@ -248,7 +248,7 @@ CASES = [
     (
         "plateau every step",
         ["scheduler=plateau", "scheduler.interval=step"],
-        ["scheduler.interval=step", "scheduler.interval=epoch"],
+        ["scheduler.interval=step", "every 1 step(s), not after each validation", "scheduler.interval=epoch"],
     ),
     (
         "unknown scheduler interval",

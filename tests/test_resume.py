@@ -20,13 +20,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
-from rmsprop_lightning.app.resume import started_where_it_was
+from rmsprop_lightning.app.resume import check_followers, started_where_it_was
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
-from rmsprop_lightning.errors import InterruptedRun
+from rmsprop_lightning.errors import InputError, InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
 from tests.conftest import ROOT, run_dirs, run_train, train_in_process
 
@@ -286,6 +287,13 @@ def test_a_longer_resume_is_refused_where_the_schedule_follows_the_length(tmp_pa
         "error: resume: trainer.max_steps=40 would change scheduler.scheduler.T_max (20 → 40)"
     )
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
+
+
+def test_a_list_that_follows_the_length_is_named_with_its_values():
+    saved = OmegaConf.create({"trainer": {"max_steps": 20}, "milestones": [5, "${trainer.max_steps}"]})
+    (longer,) = OverridesParser.create().parse_overrides(["trainer.max_steps=40"])
+    with pytest.raises(InputError, match=r"would change milestones \(\[5, 20\] → \[5, 40\]\)"):
+        check_followers(saved, [longer], Path("run"))
 
 
 # 13 batches an epoch, validated at its end: a run of 10 steps validates at its last step instead

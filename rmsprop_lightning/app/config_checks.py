@@ -28,9 +28,9 @@ PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
 LOSS_NAMES = ("mse", "l1", "huber")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
-# what RegressionModule logs at each validation, and at every step and its test
+# what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
 VAL_METRICS = ("val/loss", "val/rmse")
-METRICS = ("train/loss", *VAL_METRICS, "test/loss", "test/rmse", "test/r2")
+METRICS = (*VAL_METRICS, "test/loss", "test/rmse", "test/r2")
 # what check_writable allows where a run's output folder cannot be written
 WRITABLE_RUN_FOLDER = (
     "a writable folder (set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
@@ -113,13 +113,13 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": Number(integer=True, low=1),
     "module.loss_flush_every": Number(integer=True, low=1),
     "optimized_metric": OneOf(choices=(*METRICS, None)),
-    "callbacks.model_checkpoint.monitor": OneOf(choices=VAL_METRICS),
+    "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, "step", None)),
     "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
     "scheduler.scheduler.T_max": Number(integer=True, low=1),
     "scheduler.scheduler.gamma": Number(low=0, low_open=True),
     # torch threads per process of the population and Slurm launchers (a sweep's config has it)
     "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
-    "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1)), (None,)),
+    "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),
 }
 
 
@@ -160,7 +160,6 @@ def validate_config(cfg: DictConfig) -> None:
             check_value(key, value, rule)
     check_training_length(cfg)
     check_devices(select(cfg, "trainer.devices"))
-    check_missing(cfg)
     check_loggers(cfg)
     check_scheduler_validation(cfg)
     check_input_files(cfg)
@@ -237,10 +236,17 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
     monitor = select(cfg, "scheduler.monitor")
     if not str(monitor).startswith("val/"):
         return
-    if select(cfg, "scheduler.interval") == "step":  # Lightning steps it before a step's validation
+    interval, frequency = select(cfg, "scheduler.interval"), select(cfg, "scheduler.frequency") or 1
+    validated = select(cfg, "trainer.val_check_interval")  # every that many steps, with no epoch count
+    if interval == "step" and not (
+        isinstance(validated, int)
+        and select(cfg, "trainer.check_val_every_n_epoch") is None
+        and frequency % validated == 0
+    ):
         raise InputError(
-            f"scheduler.interval=step: a scheduler on {monitor} steps after each validation; "
-            "allowed: scheduler.interval=epoch"
+            f"scheduler.interval=step steps the scheduler on {monitor} every {frequency} step(s), not after "
+            "each validation; allowed: scheduler.interval=epoch, or scheduler.frequency=N with "
+            "trainer.val_check_interval=N trainer.check_val_every_n_epoch=null"
         )
     for key in ("data.val_fraction", "trainer.limit_val_batches"):
         if select(cfg, key) == 0:
@@ -248,8 +254,8 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
                 f"scheduler.monitor={monitor} needs a validation, but {key}=0 leaves none; "
                 f"allowed: {key} > 0, or another scheduler"
             )
-    every, frequency = select(cfg, "trainer.check_val_every_n_epoch"), select(cfg, "scheduler.frequency") or 1
-    if select(cfg, "scheduler.interval") == "epoch" and isinstance(every, int) and frequency % every:
+    every = select(cfg, "trainer.check_val_every_n_epoch")
+    if interval == "epoch" and isinstance(every, int) and frequency % every:
         raise InputError(
             f"scheduler.frequency={frequency} steps the scheduler on {monitor} every {frequency} epoch(s), "
             f"but trainer.check_val_every_n_epoch={every} validates every {every}; "

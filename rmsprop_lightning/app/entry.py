@@ -120,10 +120,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         options = [f"[{','.join(map(str, c))}]" if isinstance(c, list) else c for c in chosen]
         selections.append(f"{override.get_key_element()}={options[0]}")
         others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
-    cfg = check_keys(config_dir, config_name, selections, overrides, groups)
+    jobs = not (parsed.cfg or parsed.info or parsed.help)  # a printed config may leave values for later
+    cfg = check_keys(config_dir, config_name, selections, overrides, groups, complete=jobs)
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
-        check_keys(config_dir, config_name, swept, overrides, groups, context=other)
+        check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     check_output_folder(overrides, parsed.multirun, cfg)
     if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
@@ -160,9 +161,11 @@ def check_keys(
     overrides: Sequence[Any],
     groups: Collection[str],
     context: str = "",
+    complete: bool = True,
 ) -> DictConfig | None:
     """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
-    :func:`check_values` refuses; returns that config, or ``None`` when Hydra cannot compose it."""
+    :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, or
+    ``None`` when Hydra cannot compose it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.types import OverrideType
@@ -186,16 +189,16 @@ def check_keys(
         chosen = override_values(override)
         if chosen is not None:  # with another group option (context), each value is checked once
             values.append((key, chosen[:1] if context else chosen))
-    check_values(cfg, values)
+    check_values(cfg, values, complete)
     return cfg
 
 
-def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> None:
+def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], complete: bool = True) -> None:
     """Checks the overridden values (:func:`validate_config`) before any job runs: under the basic sweeper
     each swept value among the others' first; other sweepers read a sweep as a search space (first value)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rmsprop_lightning.app.config_checks import show, validate_config
+    from rmsprop_lightning.app.config_checks import check_missing, show, validate_config
 
     base = cfg.copy()
     # ${hydra:...} as the first job started here reads it; nothing checked depends on the run's folder
@@ -220,6 +223,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]]) -> No
             except OmegaConfBaseException as error:
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
+        if complete:  # each swept option, before any job runs
+            check_missing(job)
 
 
 def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
@@ -234,8 +239,7 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
-        adds = "" if key.startswith(LAUNCHER_KEYS) else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
-            f"allowed: {', '.join(allowed) or 'none'}{adds}"
+            f"allowed: {', '.join(allowed) or 'none'} (+{key}=... adds a new key)"
         )

@@ -10,6 +10,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.errors import InputError, is_rank_zero
@@ -178,7 +179,7 @@ def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
 def check_override(override: Override, saved: DictConfig) -> None:
     """Refuses an override that would make the resumed run a different experiment."""
     key = override.key_or_group
-    if key in SAFE_KEYS and override.type == OverrideType.CHANGE:
+    if key in SAFE_KEYS and override.type in (OverrideType.CHANGE, OverrideType.ADD):  # + for older runs
         return
     if override.type == OverrideType.CHANGE and not override.is_sweep_override():
         current = lenient_select(saved, key)
@@ -198,6 +199,16 @@ def leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix.removesuffix(".")]
 
 
+def resolved(value: Any) -> Any:
+    """A selected value, its lists and mappings as plain containers with their interpolations resolved."""
+    if not isinstance(value, DictConfig | ListConfig):
+        return value
+    try:
+        return OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException:  # a resolver only Hydra's run has (${hydra:...})
+        return OmegaConf.to_container(value)
+
+
 def check_followers(saved: DictConfig, overrides: Sequence[Override], run_dir: Path) -> None:
     """Refuses a safe override that another setting follows by interpolation (a cosine's ``T_max`` follows
     ``trainer.max_steps``): the checkpoint restores what that setting built, so the config would be wrong."""
@@ -205,7 +216,7 @@ def check_followers(saved: DictConfig, overrides: Sequence[Override], run_dir: P
     for override in overrides:
         OmegaConf.update(changed, override.key_or_group, override.value(), force_add=True)
     for key in leaf_keys(OmegaConf.to_container(saved, resolve=False)):
-        before, after = lenient_select(saved, key), lenient_select(changed, key)
+        before, after = (resolved(lenient_select(config, key)) for config in (saved, changed))
         if key not in SAFE_KEYS and before != after:
             typed = " ".join(override.input_line for override in overrides)
             raise InputError(

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.run import build_model, build_module
-from rmsprop_lightning.app.validation import check_data, check_targets, input_errors
+from rmsprop_lightning.app.validation import check_accelerator, check_data, check_targets, input_errors
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.module import RegressionModule
 
@@ -137,6 +137,7 @@ def build_member(job: int, cfg: DictConfig) -> Member:
     """Seeds, then builds data, model, module, optimizer and scheduler in the order ``run`` does."""
     validate_config(cfg)
     check_targets(cfg)
+    check_accelerator(cfg.trainer.get("accelerator"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with input_errors():
         datamodule = instantiate(cfg.data)
