@@ -78,6 +78,11 @@ CASES = [
         ["hydra.launcher.cpus_per_tsk", "did you mean hydra.launcher.cpus_per_task"],
     ),
     (
+        "a launcher setting of another launcher",
+        ["-m", "hydra.launcher.n_jobs=2", "seed=0,1"],
+        ["hydra.launcher.n_jobs is not a key of hydra.launcher; allowed: none"],
+    ),
+    (
         "a bad launcher setting in a sweep",
         ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=1,0", "seed=0,1"],
         ["hydra.launcher.cpus_per_task=0", "integer ≥ 1"],
@@ -248,7 +253,7 @@ CASES = [
     (
         "plateau every step",
         ["scheduler=plateau", "scheduler.interval=step"],
-        ["scheduler.interval=step", "every 1 step(s), not after each validation", "scheduler.interval=epoch"],
+        ["scheduler.interval=step", "every 1 batch(es) of an epoch", "allowed: scheduler.interval=epoch"],
     ),
     (
         "unknown scheduler interval",

@@ -171,13 +171,6 @@ def test_the_config_check_knows_the_modules_losses():
         ["-m", "optimizer=rmsprop,rmsprop_centered", "optimizer.momentum=0.9"],  # a key every option has
         ["--cfg", "job", "data=csv"],  # a printed config may leave the data path for later
         ["callbacks.model_checkpoint.monitor=null"],  # the latest checkpoint
-        [  # a plateau scheduler stepped after each validation every 10 steps
-            "scheduler=plateau",
-            "scheduler.interval=step",
-            "scheduler.frequency=10",
-            "trainer.val_check_interval=10",
-            "trainer.check_val_every_n_epoch=null",
-        ],
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):

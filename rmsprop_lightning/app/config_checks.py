@@ -113,7 +113,7 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": Number(integer=True, low=1),
     "module.loss_flush_every": Number(integer=True, low=1),
     "optimized_metric": OneOf(choices=(*METRICS, None)),
-    "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, "step", None)),
+    "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
     "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
     "scheduler.scheduler.T_max": Number(integer=True, low=1),
     "scheduler.scheduler.gamma": Number(low=0, low_open=True),
@@ -237,16 +237,10 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
     if not str(monitor).startswith("val/"):
         return
     interval, frequency = select(cfg, "scheduler.interval"), select(cfg, "scheduler.frequency") or 1
-    validated = select(cfg, "trainer.val_check_interval")  # every that many steps, with no epoch count
-    if interval == "step" and not (
-        isinstance(validated, int)
-        and select(cfg, "trainer.check_val_every_n_epoch") is None
-        and frequency % validated == 0
-    ):
+    if interval == "step":  # Lightning counts its frequency in each epoch's batches: no validation follows
         raise InputError(
-            f"scheduler.interval=step steps the scheduler on {monitor} every {frequency} step(s), not after "
-            "each validation; allowed: scheduler.interval=epoch, or scheduler.frequency=N with "
-            "trainer.val_check_interval=N trainer.check_val_every_n_epoch=null"
+            f"scheduler.interval=step steps the scheduler on {monitor} every {frequency} batch(es) of an "
+            "epoch, not after each validation; allowed: scheduler.interval=epoch"
         )
     for key in ("data.val_fraction", "trainer.limit_val_batches"):
         if select(cfg, key) == 0:

@@ -120,7 +120,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         options = [f"[{','.join(map(str, c))}]" if isinstance(c, list) else c for c in chosen]
         selections.append(f"{override.get_key_element()}={options[0]}")
         others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
-    jobs = not (parsed.cfg or parsed.info or parsed.help)  # a printed config may leave values for later
+    jobs = not (parsed.cfg or parsed.info or parsed.help or parsed.hydra_help)  # these leave ??? for later
     cfg = check_keys(config_dir, config_name, selections, overrides, groups, complete=jobs)
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
@@ -239,7 +239,9 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
+        # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
+        adds = "" if f"{parent_path}." == LAUNCHER_KEYS else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
-            f"allowed: {', '.join(allowed) or 'none'} (+{key}=... adds a new key)"
+            f"allowed: {', '.join(allowed) or 'none'}{adds}"
         )
