@@ -107,6 +107,55 @@ def test_skip_leaves_the_parameters_of_that_step_unchanged_and_counts_it():
     assert (2, {"train/skipped_steps": 1.0}) in logger.logged
 
 
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimization: ``first`` steps on a loss that is NaN at batch ``poisoned``, then ``second`` on
+    its own finite loss; records which of them changed their parameters at each batch."""
+
+    def __init__(self, poisoned: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)
+        self.automatic_optimization = False
+        self.poisoned = poisoned
+        self.updated: list[tuple[bool, bool]] = []
+
+    def training_step(self, batch, batch_idx):
+        features, targets = batch
+        before = [[p.detach().clone() for p in layer.parameters()] for layer in (self.first, self.second)]
+        for optimizer, layer in zip(self.optimizers(), (self.first, self.second), strict=True):
+            hidden = self.first(features) if layer is self.first else self.first(features).detach()
+            loss = torch.nn.functional.mse_loss(self.second(hidden), targets)
+            if layer is self.first and batch_idx == self.poisoned:
+                loss = loss * math.nan
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        self.updated.append(
+            tuple(
+                not all(map(torch.equal, old, layer.parameters()))
+                for old, layer in zip(before, (self.first, self.second), strict=True)
+            )
+        )
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(layer.parameters(), lr=0.01) for layer in (self.first, self.second)]
+
+
+def test_skip_drops_only_the_update_of_the_optimizer_whose_loss_is_not_finite():
+    guard, module = DivergenceGuard("skip"), TwoOptimizers(poisoned=2)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[guard],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=batches(count=4))
+    assert module.updated == [(True, True), (True, True), (False, True), (True, True)]
+    assert guard.skipped == 1
+
+
 def test_stop_raises_at_the_first_nonfinite_loss(tmp_path):
     guard = DivergenceGuard("stop", summary_dir=tmp_path)
     with pytest.raises(DivergedError, match=r"diverged at step 2: non-finite loss \(loss inf\)"):

@@ -57,6 +57,12 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
     return "lower optimizer.lr, raise optimizer.eps, or clip gradients with trainer.gradient_clip_val"
 
 
+def loss_text(losses: Iterable[torch.Tensor]) -> str:
+    """The losses' values as text, for a log line or an error."""
+    values = [value for loss in losses for value in loss.float().reshape(-1).tolist()]
+    return ", ".join(f"{value:.6g}" for value in values) or "unknown"
+
+
 def diverged_message(
     step: int, loss: str, finite: bool, optimizer: torch.optim.Optimizer, last: Path | None
 ) -> str:
@@ -85,7 +91,8 @@ class DivergenceGuard(Callback):
         self.on_nonfinite = on_nonfinite
         self.summary_dir = summary_dir
         self.skipped = 0
-        self._losses: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []  # of the step under way
+        self._stepped = 0  # how many of them an earlier optimizer's step checked (manual optimization)
         self._parameters: list[torch.Tensor] = []
         self._checked_step: int | None = None
 
@@ -98,7 +105,7 @@ class DivergenceGuard(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._checked_step = trainer.global_step
-        self._losses = []
+        self._losses, self._stepped = [], 0
         self._parameters = list(pl_module.parameters())
 
     def on_before_backward(
@@ -112,7 +119,8 @@ class DivergenceGuard(Callback):
         if self.on_nonfinite != "skip":
             return
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        if self._agree(trainer, all_finite([*self._losses, *(p.grad for p in parameters)])):
+        losses, self._stepped = self._losses[self._stepped :], len(self._losses)  # this optimizer's
+        if self._agree(trainer, all_finite([*losses, *(p.grad for p in parameters)])):
             return
         for parameter in parameters:
             parameter.grad = None
@@ -120,7 +128,7 @@ class DivergenceGuard(Callback):
         log.warning(
             "step %d: non-finite loss or gradient (loss %s); update skipped (%d so far)",
             trainer.global_step,
-            self._loss_text(),
+            loss_text(losses),
             self.skipped,
         )
         if trainer.is_global_zero:
@@ -135,20 +143,16 @@ class DivergenceGuard(Callback):
         self._checked_step = trainer.global_step
         checked = self._parameters + self._losses if self.on_nonfinite == "stop" else self._parameters
         if self._agree(trainer, all_finite(checked)):
-            self._losses = []
+            self._losses, self._stepped = [], 0
             return
         step = trainer.global_step - 1
         last = find_last_checkpoint(trainer)
         kept = last.path if last is not None and last.path.is_file() else None
         loss_finite = bool(all_finite(self._losses))
-        message = diverged_message(step, self._loss_text(), loss_finite, trainer.optimizers[0], kept)
+        message = diverged_message(step, loss_text(self._losses), loss_finite, trainer.optimizers[0], kept)
         if self.summary_dir is not None and trainer.is_global_zero:
             write_summary(self.summary_dir, status="diverged", error=message, diverged_at_step=step)
         raise DivergedError(message)
-
-    def _loss_text(self) -> str:
-        values = [value for loss in self._losses for value in loss.float().reshape(-1).tolist()]
-        return ", ".join(f"{value:.6g}" for value in values) or "unknown"
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped}
