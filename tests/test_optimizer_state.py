@@ -395,6 +395,41 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
         assert "optim/grad_avg_norm" not in values[1] and "optim/grad_avg_norm" in values[2]
 
 
+class SparseEmbedding(pl.LightningModule):
+    """An embedding with sparse gradients, trained with SGD; keeps the dense gradient of each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(20, 1, sparse=True)
+        self.grad_norms: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        features, targets = batch
+        rows = (features[:, 0].abs() * 5).long().clamp(max=19)  # repeated rows: their gradients add up
+        return torch.nn.functional.mse_loss(self.embedding(rows), targets)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.grad_norms.append(self.embedding.weight.grad.to_dense().norm().item())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_sparse_gradient_has_the_norm_of_its_dense_form():
+    module = SparseEmbedding()
+    values = logged(fit(module, OptimizerStateMonitor(every_n_steps=1), steps=3))
+    assert [values[step]["optim/grad_norm"] for step in range(3)] == pytest.approx(module.grad_norms)
+
+
+def test_two_monitors_in_one_trainer_keep_their_own_turns():
+    # Lightning keys a callback's state in checkpoints by its state_key, and refuses two alike
+    every, weights = OptimizerStateMonitor(every_n_steps=1), OptimizerStateMonitor(2, per_parameter="weight$")
+    values = logged(fit(RegressionModule(FeedForward(10, 4, 1), torch.optim.RMSprop), every, 4, [weights]))
+    for key, steps in (("optim/grad_norm", [0, 1, 2, 3]), ("optim/param/model.0.weight/grad_norm", [1, 3])):
+        assert sorted(step for step, at_step in values.items() if key in at_step) == steps
+
+
 def test_every_n_steps_and_the_trainer_interval():
     module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
     assert sorted(logged(fit(module, OptimizerStateMonitor(every_n_steps=3), steps=10))) == [2, 5, 8]

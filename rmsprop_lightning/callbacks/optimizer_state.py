@@ -175,6 +175,12 @@ class OptimizerStateMonitor(BufferedStepLogger):
                 watch.optimizer.register_step_post_hook(functools.partial(self._after_step, watch))
             )
 
+    @property
+    def state_key(self) -> str:
+        """The key of its state in checkpoints, one per setting: a trainer may hold several monitors."""
+        pattern = None if self.per_parameter is None else self.per_parameter.pattern
+        return f"{type(self).__qualname__}[every_n_steps={self.every_n_steps}, per_parameter={pattern!r}]"
+
     def state_dict(self) -> dict[str, Any]:
         return {"interval": self._interval, "due": [watch.due for watch in self._watches]}
 

@@ -28,6 +28,11 @@ def as_real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def stored_values(tensor: Tensor) -> Tensor:
+    """The values whose norm is the tensor's: a sparse gradient's (an embedding's), coalesced."""
+    return tensor.coalesce().values() if tensor.is_sparse else tensor
+
+
 def step_form(group: dict[str, Any]) -> tuple[bool, bool, bool]:
     """``(eps_in_sqrt, centered, bias_correction)``: the form of the group's step size."""
     return bool(group.get("eps_in_sqrt")), bool(group.get("centered")), bool(group.get("bias_correction"))
@@ -173,7 +178,7 @@ class StateNorms:
         the updates."""
         params, state, groups = self.params, optimizer.state, optimizer.param_groups
         torch._foreach_add_(updates, params)
-        grads = [param.grad if param.grad is not None else self.zero for param in params]
+        grads = [self.zero if param.grad is None else stored_values(param.grad) for param in params]
         tensors = [*grads, *params, *updates, *(state[params[i]][key] for key, i in self.state_columns)]
         norms = torch._foreach_norm(tensors)
         size_sums, highest, inverse_highest = [], [], []  # per tensor: Σ s, max s, max 1/s
