@@ -65,6 +65,15 @@ def test_train_false_tests_the_checkpoint_given(compose_cfg, tmp_path, restore):
     assert tested["final"]["test/loss"] == trained["final"]["test/loss"]
 
 
+@pytest.mark.parametrize("restore", ["full", "weights"])
+def test_train_false_on_other_data_warns_as_a_branch_does(compose_cfg, tmp_path, restore):
+    job(compose_cfg, tmp_path / "trained")
+    (best,) = (tmp_path / "trained" / "checkpoints").glob("best-*.ckpt")
+    options = (f"ckpt_path={best}", "train=false", f"ckpt_restore={restore}", "data.split_seed=7")
+    with pytest.warns(UserWarning, match="this data set is not the one its model was trained on"):
+        job(compose_cfg, tmp_path / "other", *options)
+
+
 def test_switching_to_centered_momentum_creates_the_states_it_needs(compose_cfg, tmp_path):
     job(compose_cfg, tmp_path / "plain", "optimizer=rmsprop")
     parent = tmp_path / "plain" / "checkpoints" / "last.ckpt"

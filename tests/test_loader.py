@@ -114,6 +114,14 @@ def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
     assert table.features.tolist() == [[2.0], [5.0]] and table.targets.tolist() == [[3.0], [6.0]]
 
 
+def test_csv_columns_named_by_numbers_are_found_as_typed(tmp_path):
+    path = tmp_path / "years.csv"
+    path.write_text("2024,2025\n1,2\n3,4\n")
+    for target in (2025, [2025]):  # as Hydra reads data.source.target=2025 and =[2025]
+        table = from_csv(path, target, [2024])
+        assert table.targets.tolist() == [[2.0], [4.0]] and table.target_names == ("2025",)
+
+
 def test_the_standardisation_is_kept_to_map_new_rows_and_predictions():
     generator = torch.Generator().manual_seed(0)
     features, targets = 3 + 2 * torch.randn(200, 2, generator=generator), 50 + 9 * torch.randn(200, 1)

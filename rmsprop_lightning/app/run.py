@@ -131,7 +131,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)
         ckpt_path, trains = cfg.get("ckpt_path"), cfg.get("train", True)
         if ckpt_path and (is_weights_branch(cfg) or not trains):  # train=false tests the checkpoint's weights
-            module.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
+            saved = load_checkpoint(ckpt_path)
+            module.load_state_dict(saved["state_dict"])
+            if type(datamodule).__qualname__ in saved:  # warns of other data, as a fit's restore does
+                datamodule.load_state_dict(saved[type(datamodule).__qualname__])
             ckpt_path = None
         if trains:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

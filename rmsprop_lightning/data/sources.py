@@ -80,7 +80,8 @@ def from_csv(
 ) -> Table:
     """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
     path = existing_file(path)
-    targets = [target] if isinstance(target, str) else list(target)
+    # a column named by a number on the command line (target=2025) arrives as one
+    targets = [str(target)] if isinstance(target, str | int | float) else [str(name) for name in target]
     if not targets:
         raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
     with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
@@ -89,7 +90,7 @@ def from_csv(
         header = [name.strip() for name in next(rows, (0, []))[1]]
         if not header:
             raise ValueError(f"{path} is empty (a header row and data rows are required)")
-        feature_names = list(features) if features else [c for c in header if c not in targets]
+        feature_names = [str(c) for c in features] if features else [c for c in header if c not in targets]
         check_columns(path, header, targets, feature_names)
         values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
     if not len(values):
