@@ -117,8 +117,8 @@ def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
 def test_csv_columns_named_by_numbers_are_found_as_typed(tmp_path):
     path = tmp_path / "years.csv"
     path.write_text("2024,2025\n1,2\n3,4\n")
-    for target in (2025, [2025]):  # as Hydra reads data.source.target=2025 and =[2025]
-        table = from_csv(path, target, [2024])
+    for target, features in ((2025, 2024), ([2025], [2024])):  # as Hydra reads target=2025 and =[2025]
+        table = from_csv(path, target, features)
         assert table.targets.tolist() == [[2.0], [4.0]] and table.target_names == ("2025",)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,11 @@ def synthetic(
     return Table.numbered(inputs, targets)
 
 
+def column_names(names: str | int | float | Sequence[str | int | float]) -> list[str]:
+    """One column name or a list of them, as text: Hydra reads a column named 2025 as a number."""
+    return [str(names)] if isinstance(names, str | int | float) else [str(name) for name in names]
+
+
 def from_csv(
     path: str | Path,
     target: str | list[str] = "target",
@@ -80,8 +85,7 @@ def from_csv(
 ) -> Table:
     """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
     path = existing_file(path)
-    # a column named by a number on the command line (target=2025) arrives as one
-    targets = [str(target)] if isinstance(target, str | int | float) else [str(name) for name in target]
+    targets = column_names(target)
     if not targets:
         raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
     with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
@@ -90,7 +94,7 @@ def from_csv(
         header = [name.strip() for name in next(rows, (0, []))[1]]
         if not header:
             raise ValueError(f"{path} is empty (a header row and data rows are required)")
-        feature_names = [str(c) for c in features] if features else [c for c in header if c not in targets]
+        feature_names = column_names(features) if features else [c for c in header if c not in targets]
         check_columns(path, header, targets, feature_names)
         values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
     if not len(values):
