@@ -23,12 +23,12 @@ OTHER_CONFIG = ("config_path", "config_name", "config_dir")
 # Hydra's flags that choose what the command does, of which one at most may be given
 MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "info"}
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # one job per swept value
-# groups that only a multirun uses
-SWEEP_GROUPS = ("hparams_search", "hydra/launcher", "hydra/sweeper")
-# the keys left out of a multirun job's folder name
-EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # Hydra's groups that choose the launcher and the sweeper, whose settings a sweep's config holds
 HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+# groups that only a multirun uses
+SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
+# the keys left out of a multirun job's folder name
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # the launcher's settings, checked with the job's (Hydra would answer a mistake with a block of text)
 LAUNCHER_KEYS = "hydra.launcher."
 
