@@ -28,13 +28,14 @@ def build_param_groups(
     patterns = []
     for pattern, factor in (lr_multipliers or {}).items():
         try:
-            patterns.append((re.compile(pattern), float(factor)))
+            compiled = re.compile(pattern)
         except re.error as error:
             raise ValueError(f"lr_multipliers[{pattern!r}] is not a regular expression: {error}") from None
-        if not (patterns[-1][1] > 0 and math.isfinite(patterns[-1][1])):
+        if not (float(factor) > 0 and math.isfinite(float(factor))):
             raise ValueError(f"lr_multipliers[{pattern!r}] must be > 0 and finite, got {factor}")
-        if not any(patterns[-1][0].search(name) for name in names):  # a typo would change nothing
+        if not any(compiled.search(name) for name in names):  # a typo would change nothing
             raise ValueError(f"lr_multipliers[{pattern!r}] matches no parameter; names: {', '.join(names)}")
+        patterns.append((compiled, float(factor)))
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
