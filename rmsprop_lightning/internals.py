@@ -1,7 +1,8 @@
 """Every use of another library's private API, in one place, each with the reason and the upstream issue.
 
-``tests/test_internals.py`` checks each of them against the installed versions, so an upgrade that moves
-one fails there, loudly, rather than somewhere in a run.
+The one exception is the DDP launcher fix (``app/distributed.py``), which overrides two private methods
+of the launcher and the strategy found here. ``tests/test_internals.py`` checks each of them against the
+installed versions, so an upgrade that moves one fails there, loudly, rather than somewhere in a run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def subprocess_script_launcher() -> type:
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     return _SubprocessScriptLauncher
+
+
+# where a torch scheduler's state dict keeps the learning rates it set last (not a documented format):
+# a branch keeps a plateau scheduler's, a diverged population member's optimizer goes back to them
+SCHEDULER_LAST_LRS = "_last_lr"
 
 
 def hydra_argument_parser() -> argparse.ArgumentParser:

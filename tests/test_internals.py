@@ -26,6 +26,19 @@ def test_the_ddp_launcher_pieces_the_hydra_fix_overrides_exist():
     assert isinstance(strategy, DDPStrategy)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "plateau"])
+def test_a_schedulers_state_dict_keeps_its_last_learning_rates_under_the_known_key(kind):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    if kind == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+        scheduler.step()
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+        scheduler.step(1.0)
+        scheduler.step(2.0)
+    assert scheduler.state_dict()[internals.SCHEDULER_LAST_LRS] == scheduler.get_last_lr() != [1.0]
+
+
 def test_hydras_parser_reads_overrides_and_flags():
     parsed = internals.hydra_argument_parser().parse_args(["-m", "--config-name=x", "a=1", "b=2"])
     assert parsed.overrides == ["a=1", "b=2"]

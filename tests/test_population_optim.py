@@ -71,7 +71,7 @@ def optimizer(net: nn.Module, member: Member) -> torch.optim.Optimizer:
 class Population:
     """Stacked members and, for each, its shadow and a solo run of its own optimizer on its own network."""
 
-    def __init__(self, members: list[Member], skip_nonfinite: bool = False) -> None:
+    def __init__(self, members: list[Member]) -> None:
         generator = torch.Generator().manual_seed(0)
         nets = [network(generator) for _ in members]
         self.members = members
@@ -88,14 +88,14 @@ class Population:
             {"name": group["name"], "params": [self.stacked[names[id(param)]] for param in group["params"]]}
             for group in build_param_groups(nets[0], no_weight_decay_on_bias=True)
         ]
-        self.optimizer = StackedRMSprop(groups, self.shadows, skip_nonfinite=skip_nonfinite)
+        self.optimizer = StackedRMSprop(groups, self.shadows)
         self.stepping = set(range(len(members)))  # the solo runs that still step
         self.noise = torch.Generator().manual_seed(1)
         self.t = 0
 
-    def step(self, poisoned: int | None = None, skipped: frozenset[int] = frozenset()) -> None:
+    def step(self, poisoned: int | None = None) -> None:
         """One step: lr scheduled; gradients of ½|θ|² plus noise, NaN in member ``poisoned``'s; the solo
-        runs in :attr:`stepping` but ``skipped`` step."""
+        runs in :attr:`stepping` step."""
         factor = 0.55 + 0.45 * math.cos(math.pi * self.t / STEPS)
         for shadow, solo, base in zip(self.shadows, self.solos, self.base_lr, strict=True):
             for shadow_group, solo_group, lr in zip(
@@ -111,7 +111,7 @@ class Population:
                 param = net.get_parameter(name)
                 param.grad = param.detach() + noise[i]
         self.optimizer.step()
-        for i in self.stepping - skipped:
+        for i in self.stepping:
             self.solos[i].step()
         self.t += 1
 
@@ -171,7 +171,6 @@ def test_a_member_with_a_nonfinite_step_freezes_for_good() -> None:
         9 if i == inf_member else 5 if i == nan_member else -1 for i in range(12)
     ]
     assert optimizer.alive.tolist() == [i not in (nan_member, inf_member) for i in range(12)]
-    assert optimizer.skipped.tolist() == [0] * 12
     for member, frozen in ((nan_member, nan_frozen), (inf_member, inf_frozen)):
         params, member_state = population.snapshot(member)
         assert all(map(torch.equal, params, frozen[0]))
@@ -179,16 +178,6 @@ def test_a_member_with_a_nonfinite_step_freezes_for_good() -> None:
         for index, state in member_state["state"].items():
             assert all(torch.equal(value, frozen[1]["state"][index][key]) for key, value in state.items())
     population.assert_members_match(population.stepping)
-
-
-def test_with_skip_nonfinite_a_member_only_skips_the_step() -> None:
-    population = Population(mixed_members(), skip_nonfinite=True)
-    for t in range(30):
-        population.step(poisoned=4 if t in (0, 7) else None, skipped=frozenset({4} if t in (0, 7) else ()))
-    optimizer = population.optimizer
-    assert optimizer.alive.all() and (optimizer.frozen_at == -1).all()
-    assert optimizer.skipped.tolist() == [2 if i == 4 else 0 for i in range(12)]
-    population.assert_members_match()
 
 
 def test_a_member_state_dict_resumes_the_member_on_its_own() -> None:

@@ -183,10 +183,11 @@ def count_transfers(
 
 def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
     buffer = StepMetricBuffer()
-    buffer.record(3, {"a": torch.tensor(1.5), "b": torch.tensor(2.0)})
+    buffer.record_vector(3, ["a", "b"], torch.tensor([1.5, 2.0]))
     buffer.record_vector(4, ["a", "b"], torch.tensor([3.0, 4.0]))
-    buffer.record(5, {"c": torch.tensor(-1.0)})
-    buffer.record_rows([6, 7], ["a"], torch.tensor([[0.5], [0.25]], dtype=torch.float64))
+    buffer.record_vector(5, ["c"], torch.tensor(-1.0))
+    buffer.record_vector(6, ["a"], torch.tensor([0.5], dtype=torch.float64))
+    buffer.record_vector(7, ["a"], torch.tensor(0.25, dtype=torch.float64))
     assert len(buffer) == 5
     transfers = count_transfers(monkeypatch)
     assert buffer.drain() == [

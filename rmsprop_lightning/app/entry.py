@@ -22,7 +22,6 @@ from rmsprop_lightning.summary import SUMMARY_FILE
 OTHER_CONFIG = ("config_path", "config_name", "config_dir")
 # Hydra's flags that choose what the command does, of which one at most may be given
 MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "info"}
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # one job per swept value
 # Hydra's groups that choose the launcher and the sweeper, whose settings a sweep's config holds
 HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 # groups that only a multirun uses
@@ -208,7 +207,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
     HydraConfig.instance().set_config(base)
     firsts = [(key, chosen[0]) for key, chosen in values]
     variants = [firsts]
-    if OmegaConf.select(base, "hydra.sweeper._target_") == BASIC_SWEEPER:
+    if base.hydra.runtime.choices.get("hydra/sweeper") == "basic":  # one job per swept value
         variants += [
             [*firsts[:index], (key, value), *firsts[index + 1 :]]
             for index, (key, chosen) in enumerate(values)

@@ -5,7 +5,7 @@ Calling ``self.log`` on every step costs a host synchronisation each time; a flu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
@@ -15,29 +15,19 @@ from lightning.pytorch.callbacks import Callback
 
 
 class StepMetricBuffer:
-    """Collects ``{name: scalar tensor}`` per step without touching the host."""
+    """Collects each step's named scalars, as one tensor, without touching the host."""
 
     def __init__(self) -> None:
-        # (steps, names, values), as recorded
-        self._records: list[tuple[tuple[int, ...], tuple[str, ...], torch.Tensor]] = []
-        self._steps = 0  # the steps recorded, counted as they come: a logger asks every batch
+        # (step, names, values), as recorded
+        self._records: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
 
     def __len__(self) -> int:
-        return self._steps
-
-    def record(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
-        """Keeps the detached scalar ``metrics`` of ``step``; nothing is copied to the host."""
-        values = [value.detach() for value in metrics.values()]
-        self.record_vector(step, tuple(metrics), values[0] if len(values) == 1 else torch.stack(values))
+        return len(self._records)
 
     def record_vector(self, step: int, names: Sequence[str], values: torch.Tensor) -> None:
-        """Keeps ``values`` (a scalar, or one entry per name) as the metrics ``names`` of ``step``."""
-        self.record_rows((step,), names, values)
-
-    def record_rows(self, steps: Sequence[int], names: Sequence[str], values: torch.Tensor) -> None:
-        """Keeps ``values`` (one row per step, one column per name) as the metrics ``names`` of ``steps``."""
-        self._records.append((tuple(int(step) for step in steps), tuple(names), values.detach()))
-        self._steps += len(steps)
+        """Keeps ``values`` (a scalar, or one entry per name) as the metrics ``names`` of ``step``; nothing
+        is copied to the host."""
+        self._records.append((int(step), tuple(names), values.detach()))
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
         """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order, after a single
@@ -45,18 +35,13 @@ class StepMetricBuffer:
         if not self._records:
             return []
         flat = iter(torch.cat([values.reshape(-1) for _, _, values in self._records]).float().tolist())
-        entries = [
-            (step, {name: next(flat) for name in names})
-            for steps, names, _ in self._records
-            for step in steps
-        ]
+        entries = [(step, {name: next(flat) for name in names}) for step, names, _ in self._records]
         self.clear()
         return entries
 
     def clear(self) -> None:
         """Forgets every recorded value without a transfer."""
         self._records.clear()
-        self._steps = 0
 
 
 class BufferedStepLogger(Callback):

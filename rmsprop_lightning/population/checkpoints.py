@@ -18,6 +18,7 @@ from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint, find_callback
 from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor, first_due
 from rmsprop_lightning.callbacks.random_state import RandomState
+from rmsprop_lightning.internals import SCHEDULER_LAST_LRS
 from rmsprop_lightning.population.members import Member
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def write_checkpoints(
     stats.best, stats.best_step = best_values(scalars, saved_at)
     states: dict[str, Any] = {
         random_state.state_key: random_state.state_dict(),
-        guard.state_key: {"skipped": record.skipped[index]},
+        guard.state_key: {"skipped": 0},  # members skip no step: on_nonfinite=skip runs alone
         stats.state_key: stats.state_dict(),
     }
     validated = [step for step, _ in record.validations if step <= saved_at]
@@ -117,7 +118,7 @@ def write_checkpoints(
         optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])
         schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
         for scheduler in schedulers:
-            for group, lr in zip(optimizer_state["param_groups"], scheduler["_last_lr"], strict=True):
+            for group, lr in zip(optimizer_state["param_groups"], scheduler[SCHEDULER_LAST_LRS], strict=True):
                 group["lr"] = lr
     else:
         optimizer_state = trained.optimizer.member_state_dict(index)

@@ -23,7 +23,7 @@ from rmsprop_lightning.population.coefficients import (
     options_signature,
 )
 
-FATES = ("alive", "frozen_at", "skipped")  # per member, saved with the state
+FATES = ("alive", "frozen_at")  # per member, saved with the state
 
 
 def check_alignment(param_groups: list[dict[str, Any]], shadows: Sequence[torch.optim.Optimizer]) -> None:
@@ -86,25 +86,17 @@ class StackedRMSprop(torch.optim.Optimizer):
     Options are read from the shadows at every step, so schedulers act on them. States keep torch's names
     (``step`` is [P]; ``grad_avg``, ``momentum_buffer`` when a member uses them, zero for the others). A
     member whose step is not finite keeps its parameters and states and is frozen for good (:attr:`frozen_at`:
-    the :attr:`step_count` that froze it, else -1); with ``skip_nonfinite`` it only skips, in :attr:`skipped`.
+    the :attr:`step_count` that froze it, else -1).
     """
 
-    def __init__(
-        self,
-        param_groups: list[dict[str, Any]],
-        shadows: Sequence[torch.optim.Optimizer],
-        *,
-        skip_nonfinite: bool = False,
-    ) -> None:
+    def __init__(self, param_groups: list[dict[str, Any]], shadows: Sequence[torch.optim.Optimizer]) -> None:
         check_alignment(param_groups, shadows)
         super().__init__(param_groups, {})
         self.shadows = list(shadows)
-        self.skip_nonfinite = skip_nonfinite
         device = self.param_groups[0]["params"][0].device
         members = len(self.shadows)
         self.alive = torch.ones(members, dtype=torch.bool, device=device)
         self.frozen_at = torch.full((members,), -1, dtype=torch.int64, device=device)
-        self.skipped = torch.zeros(members, dtype=torch.int64, device=device)
         self.step_count = 0
         # per group: the options' signature, their coefficients and those shaped for each parameter
         self._coefficients: dict[int, tuple[tuple[Any, ...], MemberCoefficients, dict[Tensor, Any]]] = {}
@@ -163,12 +155,8 @@ class StackedRMSprop(torch.optim.Optimizer):
             for key, value in new.items():
                 old = param if key == "param" else state[key]
                 old.copy_(torch.where(broadcast(accepted, old), value, old))
-        rejected = self.alive & ~accepted
-        if self.skip_nonfinite:
-            self.skipped += rejected
-        else:
-            self.frozen_at.masked_fill_(rejected, self.step_count)
-            self.alive = accepted
+        self.frozen_at.masked_fill_(self.alive & ~accepted, self.step_count)
+        self.alive = accepted
         self.step_count += 1
         return loss
 

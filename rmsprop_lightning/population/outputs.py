@@ -47,7 +47,6 @@ class PopulationRecord:
         self.id = uuid.uuid4().hex[:12]  # tells the report which jobs shared this fit
         self.losses = torch.stack(module.step_losses).T.tolist() if module.step_losses else []
         self.frozen_at = module.optimizer.frozen_at.tolist()
-        self.skipped = module.optimizer.skipped.tolist()
         self.norm_names = module.norms.names if module.norms else []
         self.norm_applies = module.norms.applies.tolist() if module.norms else []
         self.norms = [(step, values.tolist()) for step, values in module.norm_records]
