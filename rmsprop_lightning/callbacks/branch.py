@@ -15,11 +15,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint
 from rmsprop_lightning.internals import SCHEDULER_LAST_LRS, epochs_done
+from rmsprop_lightning.optim.functional import OPTIONAL_STATES
 
 log = logging.getLogger(__name__)
 
-# state entries RMSprop keeps only for some settings, and the setting that needs each
-OPTIONAL_STATES = {"grad_avg": "centered", "momentum_buffer": "momentum"}
 # what a plateau scheduler has learnt of the run; the rest of its state is its settings
 PLATEAU_PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", SCHEDULER_LAST_LRS)
 

@@ -87,6 +87,10 @@ def state_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+# the states RMSprop keeps only for some settings, in the order init_state adds them, and the setting of each
+OPTIONAL_STATES = {"momentum_buffer": "momentum", "grad_avg": "centered"}
+
+
 def init_state(
     state: State, param: Tensor, *, momentum: float, centered: bool, initial_square_avg: float
 ) -> None:
@@ -99,8 +103,9 @@ def init_state(
     if "square_avg" not in state:  # a complex parameter's real and imaginary parts both start there
         start = complex(initial_square_avg, initial_square_avg) if param.is_complex() else initial_square_avg
         state["square_avg"] = torch.full_like(param, start, memory_format=torch.preserve_format)
-    for name, needed in (("momentum_buffer", momentum > 0), ("grad_avg", centered)):
-        if needed and name not in state:
+    settings = {"momentum": momentum > 0, "centered": centered}
+    for name, setting in OPTIONAL_STATES.items():
+        if settings[setting] and name not in state:
             state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 

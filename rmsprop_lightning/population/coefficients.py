@@ -3,6 +3,7 @@ variant a member lacks enters as an exact neutral element (a factor 1, a term 0)
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -10,21 +11,19 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.optim.functional import hyper
+from rmsprop_lightning.optim.functional import OPTIONAL_STATES, hyper
+from rmsprop_lightning.optim.rmsprop import RMSprop
 
 # the options torch.optim.RMSprop's groups lack, at the values that give torch's update
 TORCH_DEFAULTS = {
-    "eps_in_sqrt": False,
-    "initial_square_avg": 0.0,
-    "lr_in_momentum": False,
-    "nesterov": False,
-    "bias_correction": False,
-    "decoupled_weight_decay": False,
+    name: option.default
+    for name, option in inspect.signature(RMSprop).parameters.items()
+    if option.kind is option.KEYWORD_ONLY and name != "fast"  # fast changes how, not what
 }
 OPTION_VALUES = operator.itemgetter(
     "lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize", *TORCH_DEFAULTS
 )
-STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")  # in the order init_state adds them
+STATE_KEYS = ("square_avg", *OPTIONAL_STATES)  # in the order init_state adds them
 
 
 class MemberCoefficients(NamedTuple):
@@ -55,9 +54,7 @@ def member_options(shadow: torch.optim.Optimizer, group: int) -> dict[str, Any]:
 
 def member_keys(options: Mapping[str, Any]) -> list[str]:
     """The states a member's variant keeps, in the order init_state adds them."""
-    return (
-        ["square_avg"] + ["momentum_buffer"] * (options["momentum"] > 0) + ["grad_avg"] * options["centered"]
-    )
+    return ["square_avg", *(name for name, setting in OPTIONAL_STATES.items() if options[setting])]
 
 
 def coefficients(options: Mapping[str, Any]) -> MemberCoefficients:
