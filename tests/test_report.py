@@ -297,6 +297,15 @@ def test_an_over_key_no_job_has_is_one_line_naming_the_keys(sweep, capsys, monke
     assert "6 jobs in 1 configurations" in (sweep / "report.md").read_text()
 
 
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_finite_is_one_line_before_any_work(sweep, capsys, monkeypatch, threshold):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(report, "load_sweep", lambda folders: pytest.fail("the sweep was read"))
+    line = rejection(capsys, str(sweep), f"--threshold={threshold}")
+    assert line == f"error: --threshold {float(threshold)} is invalid; allowed: a finite val/loss value"
+    assert not (sweep / "report.md").exists()
+
+
 def test_an_unwritable_output_folder_is_one_line_before_any_work(sweep, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(report, "load_sweep", lambda folders: pytest.fail("the sweep was read"))

@@ -103,6 +103,16 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path, capfd):
     assert "| model.activation=nope | 1 | — |" in capfd.readouterr().out
 
 
+def test_the_sweep_record_names_the_search_space_that_ran(tmp_path):
+    # the study's config sweeps two optimizers, five lrs, three alphas and three seeds; the command line narrows it
+    overrides = ("optimizer=rmsprop", "optimizer.lr=0.01", "optimizer.alpha=0.9", "seed=0,1")
+    train_in_process(tmp_path, "-m", "experiment=lr_alpha_grid", *overrides, *QUICK)
+    sweep = only_sweep(tmp_path, "lr_alpha_grid")
+    assert len(job_folders(sweep)) == 2
+    params = json.loads((sweep / "sweep.json").read_text())["sweeper_params"]
+    assert params == {"optimizer": "rmsprop", "optimizer.lr": "0.01", "optimizer.alpha": "0.9", "seed": "0,1"}
+
+
 def test_a_failing_single_run_exits_non_zero(tmp_path):
     result = run_train(tmp_path, *QUICK, "optimizer.lr=-1", check=False)
     assert result.returncode != 0

@@ -39,6 +39,19 @@ def job_folders(sweep_dir: str | Path) -> list[Path]:
     return sorted(folders, key=lambda folder: (read_summary(folder).get("job_num") or 0, folder.name))
 
 
+def sweeper_params(config: DictConfig) -> dict[str, Any]:
+    """The search space that runs: the sweeper's ``params``, where the command line's overrides win (as in
+    Hydra's sweepers), and the sweeps the command line adds."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params")
+    space = OmegaConf.to_container(params, resolve=True) if params else {}
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if override.is_sweep_override() or override.key_or_group in space:
+            space[override.key_or_group] = override.input_line.split("=", 1)[1]  # as typed
+    return space
+
+
 class SweepRecord(Callback):
     """Writes ``sweep.json`` at the start and end of every multirun."""
 
@@ -48,14 +61,13 @@ class SweepRecord(Callback):
         storage = config.hydra.sweeper.get("storage")
         if isinstance(storage, str) and storage.startswith(SQLITE_PREFIX):  # the sweeper opens it next
             Path(storage.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
-        params = config.hydra.sweeper.get("params")
         record = {
             "process_started_at": process_started_at(),
             "started_at": time.time(),
             "overrides": list(config.hydra.overrides.task),
             "launcher": config.hydra.launcher.get("_target_"),
             "sweeper": config.hydra.sweeper.get("_target_"),
-            "sweeper_params": OmegaConf.to_container(params, resolve=True) if params else {},
+            "sweeper_params": sweeper_params(config),
         }
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
