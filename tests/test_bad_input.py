@@ -87,6 +87,32 @@ CASES = [
         ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=1,0", "seed=0,1"],
         ["hydra.launcher.cpus_per_task=0", "integer ≥ 1"],
     ),
+    (
+        "a misspelt sweeper setting",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.n_trial=3"],
+        ["hydra.sweeper.n_trial is not a key", "did you mean hydra.sweeper.n_trials"],
+    ),
+    (
+        "a bad sweeper setting",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.direction=minimise"],
+        ["hydra.sweeper.direction='minimise' is invalid", "allowed: minimize or maximize"],
+    ),
+    (
+        "a search space reaching past a range",
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer.momentum=interval(0.5,1.5)"],
+        ["optimizer.momentum=interval(0.5,1.5)", "must be in [0, 1), got 1.5"],
+    ),
+    (
+        "a real interval for an integer",
+        ["-m", "hparams_search=rmsprop_optuna", "seed=interval(0,10)"],
+        ["seed=interval(0,10)", "int(interval(...)) integers"],
+    ),
+    (
+        "a bad choice of a search",
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer.lr=choice(0.1,-1)"],
+        ["optimizer.lr", "got -1"],
+    ),
+    ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),
     ("a broken interpolation at a checked key", ["seed=${{nope}}"], ["seed", "'nope' not found"]),
     ("a search without -m", ["hparams_search=rmsprop_optuna"], ["hparams_search=rmsprop_optuna", "with -m"]),

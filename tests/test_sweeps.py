@@ -104,7 +104,7 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path, capfd):
 
 
 def test_the_sweep_record_names_the_search_space_that_ran(tmp_path):
-    # the study's config sweeps two optimizers, five lrs, three alphas and three seeds; the command line narrows it
+    # the study's config sweeps 2 optimizers, 5 lrs, 3 alphas and 3 seeds; the command line narrows it
     overrides = ("optimizer=rmsprop", "optimizer.lr=0.01", "optimizer.alpha=0.9", "seed=0,1")
     train_in_process(tmp_path, "-m", "experiment=lr_alpha_grid", *overrides, *QUICK)
     sweep = only_sweep(tmp_path, "lr_alpha_grid")

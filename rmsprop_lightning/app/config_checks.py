@@ -120,6 +120,11 @@ RULES: dict[str, Rule] = {
     # torch threads per process of the population and Slurm launchers (a sweep's config has it)
     "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
     "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),
+    # the Optuna sweeper's (hparams_search=rmsprop_optuna): one objective, trials in batches of n_jobs
+    "hydra.sweeper.n_trials": Number(integer=True, low=1),
+    "hydra.sweeper.n_jobs": Number(integer=True, low=1),
+    "hydra.sweeper.direction": OneOf(choices=("minimize", "maximize")),
+    "hydra.sweeper.max_failure_rate": Number(low=0, high=1),
 }
 
 

@@ -28,8 +28,10 @@ HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
-# the launcher's settings, checked with the job's (Hydra would answer a mistake with a block of text)
-LAUNCHER_KEYS = "hydra.launcher."
+# the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
+SWEEP_KEYS = ("hydra.launcher.", "hydra.sweeper.")
+# a search space: the sweeper reads its keys, and their values are checked with the keys they name
+SEARCH_SPACE = "hydra.sweeper.params."
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
@@ -60,11 +62,19 @@ def group_options(config_dir: Path) -> dict[str, list[str]]:
     return groups
 
 
-def override_values(override: Any) -> list[Any] | None:
-    """The values an override gives (each of a sweep's), or ``None`` for a sweep its sweeper expands."""
+def override_values(override: Any, options: Sequence[str] = ()) -> list[Any] | None:
+    """The values an override gives: each of a sweep's, an interval's ends, the ``options`` a glob matches;
+    ``None`` for a sweep only its sweeper expands."""
+    from hydra.core.override_parser.types import Glob, IntervalSweep
+
+    value = override.value()
+    if isinstance(value, IntervalSweep):
+        return [value.start, value.end]
+    if isinstance(value, Glob):
+        return value.filter(list(options))
     try:
-        return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-    except Exception:  # glob(), range(), interval() and the other sweeps expanded later
+        return list(override.sweep_iterator()) if override.is_sweep_override() else [value]
+    except Exception:  # a sweep expanded later
         return None
 
 
@@ -100,9 +110,15 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     others = []
     for override in overrides:
         group = override.key_or_group
-        chosen = override_values(override) if group in groups and not override.is_delete() else None
+        chosen = (
+            override_values(override, groups[group]) if group in groups and not override.is_delete() else None
+        )
         if chosen is None:
             continue
+        if not chosen:
+            raise InputError(
+                f"{override.input_line} matches no option of {group}; allowed: {', '.join(groups[group])}"
+            )
         if override.is_add() and group in defaults:
             raise InputError(
                 f"{override.input_line}: the config already chooses a {group} option, so + cannot add one; "
@@ -182,19 +198,31 @@ def check_keys(
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or key in groups:
             continue
-        if override.is_hydra_override() and not key.startswith(LAUNCHER_KEYS):  # Hydra checks its own
-            continue
+        if override.is_hydra_override() and (not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE)):
+            continue  # Hydra checks its own
         check_key(cfg, key, context)
         chosen = override_values(override)
+        if chosen is not None and override.is_interval_sweep():
+            check_interval(cfg, override, chosen)
         if chosen is not None:  # with another group option (context), each value is checked once
             values.append((key, chosen[:1] if context else chosen))
     check_values(cfg, values, complete)
     return cfg
 
 
+def check_interval(cfg: DictConfig, override: Any, ends: list[float]) -> None:
+    """Refuses an ``interval()`` whose ends a sweeper could draw values outside the key's range from."""
+    try:
+        check_values(cfg, [(override.key_or_group, ends)], complete=False)
+    except InputError as error:
+        integral = all(float(end).is_integer() for end in ends) and not override.is_hydra_override()
+        hint = "; interval() draws real numbers, int(interval(...)) integers" if integral else ""
+        raise InputError(f"{override.input_line}: {error}{hint}") from None
+
+
 def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], complete: bool = True) -> None:
-    """Checks the overridden values (:func:`validate_config`) before any job runs: under the basic sweeper
-    each swept value among the others' first; other sweepers read a sweep as a search space (first value)."""
+    """Checks the overridden values (:func:`validate_config`) before any job runs: each swept value (or an
+    interval's end) among the others' first."""
     from hydra.core.hydra_config import HydraConfig
 
     from rmsprop_lightning.app.config_checks import check_missing, show, validate_config
@@ -206,13 +234,11 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         base.hydra.job.num, base.hydra.job.id = 0, "0"
     HydraConfig.instance().set_config(base)
     firsts = [(key, chosen[0]) for key, chosen in values]
-    variants = [firsts]
-    if base.hydra.runtime.choices.get("hydra/sweeper") == "basic":  # one job per swept value
-        variants += [
-            [*firsts[:index], (key, value), *firsts[index + 1 :]]
-            for index, (key, chosen) in enumerate(values)
-            for value in chosen[1:]
-        ]
+    variants = [firsts] + [
+        [*firsts[:index], (key, value), *firsts[index + 1 :]]
+        for index, (key, chosen) in enumerate(values)
+        for value in chosen[1:]
+    ]
     for variant in variants:
         job = base.copy()
         for key, value in variant:
@@ -239,7 +265,7 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
         # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
-        adds = "" if f"{parent_path}." == LAUNCHER_KEYS else f" (+{key}=... adds a new key)"
+        adds = "" if f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
             f"allowed: {', '.join(allowed) or 'none'}{adds}"

@@ -156,7 +156,8 @@ def check_over(sweep: Sweep, over: Sequence[str]) -> None:
 
 
 def checked_sweep(args: argparse.Namespace) -> Sweep:
-    """The sweep to report on, once the threshold, the output folder, the sweep folders and ``--over`` are good."""
+    """The sweep to report on, once the threshold, the output folder, the sweep folders and ``--over``
+    are good."""
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise InputError(f"--threshold {args.threshold} is invalid; allowed: a finite {THRESHOLD_TAG} value")
     if args.output is not None:
