@@ -35,6 +35,17 @@ def test_ddp_cpu_run_writes_one_folder(tmp_path):
     assert not (tmp_path / "logs" / "train" / "multiruns").exists()
 
 
+def test_lightnings_own_ddp_in_a_multirun_runs_the_job_in_every_rank(tmp_path):
+    # two devices and no strategy: Lightning picks its DDP, whose extra rank would start the sweep again
+    devices = ("trainer.accelerator=cpu", "trainer.devices=2", *DDP_QUICK[1:])
+    result = run_train(tmp_path, "-m", *devices, "seed=3", timeout=600)
+    assert result.stdout.count("Launching 1 jobs") + result.stderr.count("Launching 1 jobs") == 1
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    (job,) = (path for path in sweep_dir.iterdir() if path.is_dir())
+    assert_one_set_of_logs(job)
+    assert read_summary(job)["status"] == "completed"
+
+
 @pytest.mark.slow
 def test_ddp_cpu_multirun_writes_one_folder_per_job(tmp_path):
     run_train(tmp_path, "-m", *DDP_QUICK, "optimizer=rmsprop,rmsprop_centered", "seed=0,1", timeout=600)

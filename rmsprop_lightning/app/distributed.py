@@ -95,6 +95,13 @@ class HydraDDPStrategy(DDPStrategy):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
+def runs_the_job_in_every_rank(trainer: pl.Trainer) -> bool:
+    """Whether the trainer's extra ranks, if any, run the current Hydra job: Lightning's own DDP (what
+    ``strategy=auto`` picks for several devices, or ``ddp``) re-runs the whole command line, a sweep's too."""
+    strategy = trainer.strategy
+    return type(strategy) is not DDPStrategy or not isinstance(strategy.launcher, SubprocessScriptLauncher)
+
+
 def clean_distributed_state(trainer: pl.Trainer | None) -> None:
     """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set.
 

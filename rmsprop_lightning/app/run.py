@@ -13,7 +13,11 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
-from rmsprop_lightning.app.distributed import clean_distributed_state
+from rmsprop_lightning.app.distributed import (
+    HydraDDPStrategy,
+    clean_distributed_state,
+    runs_the_job_in_every_rank,
+)
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
@@ -26,7 +30,7 @@ from rmsprop_lightning.app.validation import (
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.errors import is_rank_zero
+from rmsprop_lightning.errors import InputError, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import continue_tensorboard, finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 
@@ -90,10 +94,21 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
 def build_trainer(
     cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
 ) -> pl.Trainer:
-    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically."""
-    plugins = [AtomicCheckpointIO()]
-    settings = validation_at_the_end(cfg, datamodule)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **settings)
+    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically; where
+    Lightning would pick its own DDP, the same with :class:`HydraDDPStrategy`."""
+    settings = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    settings.update(validation_at_the_end(cfg, datamodule))
+    trainer = instantiate(cfg.trainer, **settings)
+    if runs_the_job_in_every_rank(trainer):
+        return trainer
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy not in ("auto", "ddp"):  # a variant whose settings HydraDDPStrategy would not carry over
+        raise InputError(
+            f"trainer.strategy={strategy} starts its extra processes with the whole command line; "
+            "allowed: trainer=ddp or trainer=ddp_cpu, or trainer.strategy=ddp"
+        )
+    log.info("DDP with HydraDDPStrategy, whose extra processes run this job (Lightning's run the command)")
+    return instantiate(cfg.trainer, **settings, strategy=HydraDDPStrategy())
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
