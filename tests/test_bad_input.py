@@ -417,9 +417,11 @@ def test_bad_input_is_one_clear_line(case, arguments, words, corpus_root, monkey
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
-def test_a_gpu_on_a_machine_without_one_is_one_clear_line(corpus_root, monkeypatch, capfd):
+@pytest.mark.parametrize("sweep", [(), ("-m", "seed=0,1")], ids=["run", "sweep"])
+def test_a_gpu_on_a_machine_without_one_is_one_clear_line(corpus_root, monkeypatch, capfd, sweep):
     words = ["trainer.accelerator=gpu", "allowed: trainer=cpu"]
-    test_bad_input_is_one_clear_line("gpu", ["trainer=gpu"], words, corpus_root, monkeypatch, capfd)
+    arguments = [*sweep, "trainer=gpu"]
+    test_bad_input_is_one_clear_line("gpu", arguments, words, corpus_root, monkeypatch, capfd)
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)

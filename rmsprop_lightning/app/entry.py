@@ -248,6 +248,10 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             except OmegaConfBaseException as error:
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
+        if str(OmegaConf.select(job, "trainer.accelerator")) in ("gpu", "cuda", "mps"):  # torch only then
+            from rmsprop_lightning.app.validation import check_accelerator
+
+            check_accelerator(OmegaConf.select(job, "trainer.accelerator"))
         if complete:  # each swept option, before any job runs
             check_missing(job)
 
