@@ -263,7 +263,9 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
 
 
 def check_input_files(cfg: DictConfig) -> None:
-    """Every input file the config names exists."""
+    """Every input file the config names exists; ``train=false`` names a checkpoint to test."""
+    if select(cfg, "train") is False and not select(cfg, "ckpt_path"):
+        raise InputError("train=false tests a checkpoint; allowed: train=false ckpt_path=<checkpoint>")
     for key in INPUT_FILES:
         path = select(cfg, key)
         if path is None or Path(str(path)).expanduser().is_file():
