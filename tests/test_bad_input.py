@@ -112,6 +112,7 @@ CASES = [
         ["-m", "hparams_search=rmsprop_optuna", "optimizer.lr=choice(0.1,-1)"],
         ["optimizer.lr", "got -1"],
     ),
+    ("a needed group removed", ["~optimizer"], ["~optimizer removes a group", "rmsprop_centered"]),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),

@@ -26,6 +26,8 @@ MODES = {"--run": "run", "--multirun": "multirun", "--cfg": "cfg", "--info": "in
 HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 # groups that only a multirun uses
 SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
+# the groups a run is built from, which an option may replace but nothing may remove
+NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
@@ -110,8 +112,13 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     others = []
     for override in overrides:
         group = override.key_or_group
+        if override.is_delete() and group in NEEDED_GROUPS:
+            raise InputError(
+                f"{override.input_line} removes a group every run needs; "
+                f"allowed: {group}=<option> with one of {', '.join(groups[group])}"
+            )
         chosen = (
-            override_values(override, groups[group]) if group in groups and not override.is_delete() else None
+            None if group not in groups or override.is_delete() else override_values(override, groups[group])
         )
         if chosen is None:
             continue
