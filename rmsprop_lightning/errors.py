@@ -47,6 +47,13 @@ class InterruptedRun(BaseException):
         self.exit_code = 128 + signal_number
 
 
+def program() -> str:
+    """The command that started this program, for the commands messages suggest: ``python train.py`` or
+    ``rmsprop-train``."""
+    name = Path(sys.argv[0]).name
+    return f"python {name}" if name.endswith(".py") else name
+
+
 # the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank
 RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
 

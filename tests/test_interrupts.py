@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from tests.conftest import ROOT, run_train, train_in_process
 
@@ -130,3 +132,12 @@ def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatc
     assert resumed["status"] == "completed" and resumed["steps"] == 20
     for key in ("final", "best", "best_step", "value"):  # as the run never stopped
         assert resumed[key] == expected[key], key
+
+
+@pytest.mark.parametrize(
+    ("started", "command"),
+    [("/venv/bin/rmsprop-train", "rmsprop-train"), ("/clone/train.py", "python train.py")],
+)
+def test_the_resume_command_a_message_suggests_is_the_one_that_started_the_run(started, command, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [started, "seed=1"])
+    assert stopped_outside_steps(signal.SIGTERM, "/runs/r").args[0].endswith(f"{command} resume=/runs/r")

@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
-from rmsprop_lightning.errors import DivergedError, InputError, InterruptedRun, RunError, is_rank_zero
+from rmsprop_lightning.errors import (
+    DivergedError,
+    InputError,
+    InterruptedRun,
+    RunError,
+    is_rank_zero,
+    program,
+)
 from rmsprop_lightning.summary import read_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -242,7 +249,7 @@ def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
     """The stop of a job by a signal outside its training steps, which takes no checkpoint."""
     name = signal.Signals(signum).name
     return InterruptedRun(
-        f"stopped by {name} outside the training steps; resume with: python train.py resume={run_dir}", signum
+        f"stopped by {name} outside the training steps; resume with: {program()} resume={run_dir}", signum
     )
 
 

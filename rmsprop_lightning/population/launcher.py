@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
-from rmsprop_lightning.errors import InterruptedRun, exit_with, reported_errors
+from rmsprop_lightning.errors import InterruptedRun, exit_with, program, reported_errors
 from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared, worker_signals
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
@@ -110,7 +110,7 @@ def launch(launcher: Any, populations: list[list[Member]], alone: list[DictConfi
             name = signal.Signals(received[0]).name
             stop = InterruptedRun(f"stopped by {name} once the jobs were written", received[0])
         if stop is not None:  # every member is written: the sweep stops here
-            resume = "each job's last.ckpt is saved: resume one with python train.py resume=<job>"
+            resume = f"each job's last.ckpt is saved: resume one with {program()} resume=<job>"
             exit_with(InterruptedRun(f"{stop}; {resume}", stop.exit_code - 128))
     for job in alone:
         returns[job.hydra.job.num] = sweep_job(launcher, job, launcher.task_function)
