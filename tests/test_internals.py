@@ -31,6 +31,7 @@ def test_a_schedulers_state_dict_keeps_its_last_learning_rates_under_the_known_k
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     if kind == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+        optimizer.step()
         scheduler.step()
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
