@@ -113,6 +113,11 @@ CASES = [
         ["optimizer.lr", "got -1"],
     ),
     ("a needed group removed", ["~optimizer"], ["~optimizer removes a group", "rmsprop_centered"]),
+    (
+        "a search of a metric no trial logs",
+        ["-m", "hparams_search=rmsprop_optuna", "optimized_metric=test/loss", "test=false"],
+        ["optimized_metric=test/loss comes from the test, but test=false"],
+    ),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),
@@ -220,8 +225,8 @@ CASES = [
     ),
     ("features vs in_features", ["model.in_features=12"], ["model.in_features=12", "10 feature columns"]),
     ("val fraction above 1", ["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
-    ("zero batch size", ["data.batch_size=0"], ["data.batch_size", "positive integer"]),
-    ("negative batch size", ["data.batch_size=-4"], ["data.batch_size", "positive integer"]),
+    ("zero batch size", ["data.batch_size=0"], ["data.batch_size=0 is invalid", "integer ≥ 1"]),
+    ("negative batch size", ["data.batch_size=-4"], ["data.batch_size=-4 is invalid", "integer ≥ 1"]),
     (
         "misspelt lr multiplier",
         ["module.lr_multipliers={{baises:0.1}}"],

@@ -154,7 +154,7 @@ def test_scheduler_dict_takes_interval_and_monitor_from_config(compose_cfg):
 
 
 def test_the_config_check_knows_the_modules_losses():
-    from rmsprop_lightning.app.config_checks import LOSS_NAMES
+    from rmsprop_lightning.app.rules import LOSS_NAMES
     from rmsprop_lightning.module import LOSSES
 
     assert tuple(LOSSES) == LOSS_NAMES

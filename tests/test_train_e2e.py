@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from rmsprop_lightning import FeedForward
-from rmsprop_lightning.app.config_checks import METRICS
+from rmsprop_lightning.app.rules import METRICS
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import RegressionModule
 from tests.conftest import CONF, QUICK, run_dirs, train_in_process

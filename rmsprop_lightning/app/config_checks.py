@@ -3,17 +3,16 @@ each raises :class:`~rmsprop_lightning.errors.InputError` naming the key as type
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.rules import METRICS, RULES, Rule, show
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.optim.validation import validate_options
 
@@ -21,122 +20,12 @@ from rmsprop_lightning.optim.validation import validate_options
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 # callbacks Lightning refuses to run without a logger
 NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
-# Lightning's precision settings
-PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
-PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
-# RegressionModule's losses (rmsprop_lightning.module.LOSSES)
-LOSS_NAMES = ("mse", "l1", "huber")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
-# what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
-VAL_METRICS = ("val/loss", "val/rmse")
-METRICS = (*VAL_METRICS, "test/loss", "test/rmse", "test/r2")
 # what check_writable allows where a run's output folder cannot be written
 WRITABLE_RUN_FOLDER = (
     "a writable folder (set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
 )
-
-
-@dataclass(frozen=True)
-class Number:
-    """An allowed number: integer or real, within bounds (:class:`OneOf` adds values such as -1 or null)."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    integer: bool = False
-    low_open: bool = False
-    high_open: bool = False
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if self.integer and not isinstance(value, int):
-            return False
-        above = value >= self.high if self.high_open else value > self.high
-        below = value <= self.low if self.low_open else value < self.low
-        return math.isfinite(value) and not above and not below
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if math.isinf(self.high):
-            bound = f" {'>' if self.low_open else '≥'} {show(self.low)}" if math.isfinite(self.low) else ""
-        elif math.isinf(self.low):
-            bound = f" {'<' if self.high_open else '≤'} {show(self.high)}"
-        else:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
-        return f"{kind}{bound}"
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """Values allowed by any of several rules, or one of a fixed set of choices."""
-
-    rules: tuple[Number, ...] = ()
-    choices: tuple[Any, ...] = ()
-
-    def accepts(self, value: Any) -> bool:
-        return value in self.choices or any(rule.accepts(value) for rule in self.rules)
-
-    def describe(self) -> str:
-        choices = (choice if isinstance(choice, str) else show(choice) for choice in self.choices)
-        return " or ".join(dict.fromkeys([*(rule.describe() for rule in self.rules), *choices]))
-
-
-Rule = Number | OneOf
-
-FRACTION_OR_COUNT = OneOf(
-    (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
-)
-LIMIT_BATCHES = OneOf((Number(integer=True, low=0), Number(low=0, high=1)), choices=(None,))
-RULES: dict[str, Rule] = {
-    "seed": Number(integer=True, low=0, high=2**32 - 1),
-    "on_nonfinite": OneOf(choices=("stop", "skip")),
-    "ckpt_restore": OneOf(choices=("full", "weights")),
-    "module.loss": OneOf(choices=LOSS_NAMES),
-    "scheduler.interval": OneOf(choices=("step", "epoch")),
-    "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
-    "trainer.max_steps": OneOf((Number(integer=True, low=1),), choices=(-1,)),
-    "trainer.precision": OneOf(choices=PRECISIONS),
-    "trainer.accelerator": OneOf(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
-    "trainer.max_epochs": OneOf((Number(integer=True, low=1),), choices=(-1, None)),
-    "trainer.min_steps": OneOf((Number(integer=True, low=0),), choices=(None,)),
-    "trainer.min_epochs": OneOf((Number(integer=True, low=0),), choices=(None,)),
-    "trainer.val_check_interval": FRACTION_OR_COUNT,
-    "trainer.check_val_every_n_epoch": OneOf((Number(integer=True, low=1),), choices=(None,)),
-    "trainer.log_every_n_steps": Number(integer=True, low=1),
-    "trainer.accumulate_grad_batches": Number(integer=True, low=1),
-    "trainer.gradient_clip_val": OneOf((Number(low=0),), choices=(None,)),
-    "trainer.limit_train_batches": LIMIT_BATCHES,
-    "trainer.limit_val_batches": LIMIT_BATCHES,
-    "trainer.limit_test_batches": LIMIT_BATCHES,
-    "trainer.num_nodes": Number(integer=True, low=1),
-    "module.loss_flush_every": Number(integer=True, low=1),
-    "optimized_metric": OneOf(choices=(*METRICS, None)),
-    "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
-    "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
-    "scheduler.scheduler.T_max": Number(integer=True, low=1),
-    "scheduler.scheduler.gamma": Number(low=0, low_open=True),
-    # torch threads per process of the population and Slurm launchers (a sweep's config has it)
-    "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
-    "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),
-    # the Optuna sweeper's (hparams_search=rmsprop_optuna): one objective, trials in batches of n_jobs
-    "hydra.sweeper.n_trials": Number(integer=True, low=1),
-    "hydra.sweeper.n_jobs": Number(integer=True, low=1),
-    "hydra.sweeper.direction": OneOf(choices=("minimize", "maximize")),
-    "hydra.sweeper.max_failure_rate": Number(low=0, high=1),
-}
-
-
-def show(value: Any) -> str:
-    """A value as the user would type it on the command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def select(cfg: DictConfig, key: str) -> Any:
@@ -260,6 +149,22 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
             f"but trainer.check_val_every_n_epoch={every} validates every {every}; "
             f"allowed: scheduler.frequency={every} or a multiple of it"
         )
+
+
+def check_searched_metric(cfg: DictConfig) -> None:
+    """A search (any sweeper but the basic one) optimizes ``optimized_metric``: every trial must log it."""
+    metric = select(cfg, "optimized_metric")
+    if metric is None:
+        raise InputError(
+            f"optimized_metric=null leaves the search nothing to optimize; allowed: {', '.join(METRICS)}"
+        )
+    if metric.startswith("test/") and select(cfg, "test") is False:
+        raise InputError(f"optimized_metric={metric} comes from the test, but test=false; allowed: test=true")
+    for key in ("data.val_fraction", "trainer.limit_val_batches"):
+        if metric.startswith("val/") and select(cfg, key) == 0:
+            raise InputError(
+                f"optimized_metric={metric} needs a validation, but {key}=0 leaves none; allowed: {key} > 0"
+            )
 
 
 def check_input_files(cfg: DictConfig) -> None:

@@ -232,7 +232,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
     interval's end) among the others' first."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rmsprop_lightning.app.config_checks import check_missing, show, validate_config
+    from rmsprop_lightning.app.config_checks import check_missing, check_searched_metric, validate_config
+    from rmsprop_lightning.app.rules import show
 
     base = cfg.copy()
     # ${hydra:...} as the first job started here reads it; nothing checked depends on the run's folder
@@ -255,6 +256,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             except OmegaConfBaseException as error:
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
+        if base.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+            check_searched_metric(job)
         if str(OmegaConf.select(job, "trainer.accelerator")) in ("gpu", "cuda", "mps"):  # torch only then
             from rmsprop_lightning.app.validation import check_accelerator
 
