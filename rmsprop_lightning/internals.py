@@ -87,3 +87,16 @@ def count_the_validated_step(trainer: pl.Trainer) -> None:
     loop = trainer.fit_loop.epoch_loop
     if loop.restarted_on_last and not loop._should_accumulate() and not validation_follows(trainer):
         loop._batches_that_stepped += 1
+
+
+def count_batches_served(trainer: pl.Trainer, served: int) -> None:
+    """Sets the restored epoch's batch count to the ``served`` batches its loader's position accounts for.
+
+    Lightning ends an epoch when that count reaches the loader's length, so a branch whose loader has more
+    batches left than the parent's count allows (another batch size or world size) lost the rest of its
+    epoch. Call it once the fit loop is restored and before its first batch (``on_train_start``).
+    """
+    current = trainer.fit_loop.epoch_loop.batch_progress.current
+    shift = served - current.ready
+    current.ready, current.started = current.ready + shift, current.started + shift
+    current.processed, current.completed = current.processed + shift, current.completed + shift

@@ -158,3 +158,14 @@ def test_a_branch_at_an_epochs_end_keeps_no_best_of_its_parents(compose_cfg, tmp
         "best-000039.ckpt"
     ]
     assert summary["best_step"]["val/loss"] == 39
+
+
+def test_a_branch_with_larger_batches_serves_the_rest_of_its_parents_epoch(compose_cfg, tmp_path):
+    """410 training rows: the parent's 5 batches of 32 leave 250, 4 batches of 64 (Lightning's count of
+    the parent's batches against 7 per epoch ended the epoch after 2 of them)."""
+    job(compose_cfg, tmp_path / "first", "trainer.max_steps=5")
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", "data.batch_size=64", "trainer.max_steps=10")
+    saved = torch.load(tmp_path / "branch" / "checkpoints" / "last.ckpt", weights_only=True)
+    (loader,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (loader["epoch"], loader["position"]) == (1, 64)  # the epoch's 4 batches, then the next's first

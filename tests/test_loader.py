@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -73,6 +74,55 @@ def test_state_dict_resumes_mid_epoch():
     resumed = make_loader(seed=3)
     resumed.load_state_dict(loader.state_dict())
     assert rows_seen(resumed) + rows_seen(resumed) == expected
+
+
+def served_together(loaders: list[InMemoryBatchLoader], batches: int | None = None) -> list[int]:
+    """The sample ids that ranks' loaders serve in lockstep (all their epoch, or its first ``batches``)."""
+    steps = zip(*(iter(loader) for loader in loaders), strict=True)
+    return [int(i) for step in islice(steps, batches) for features, _ in step for i in features[:, 0]]
+
+
+def test_a_position_saved_by_two_ranks_goes_on_with_the_rows_they_left_in_one_process():
+    ranks = [make_loader(seed=3, rank=rank, world_size=2) for rank in range(2)]
+    served = served_together(ranks, 5)  # 80 of 103 rows, the order padded to 104
+    single = make_loader(seed=3)
+    single.load_state_dict(ranks[0].state_dict())
+    reference = make_loader(seed=3)
+    whole, next_epoch = rows_seen(reference), rows_seen(reference)
+    rest = rows_seen(single)
+    assert sorted(served + rest) == list(range(103)) and rest == whole[80:]
+    assert rows_seen(single) == next_epoch
+    finished = make_loader(seed=3)
+    finished.load_state_dict({"epoch": 0, "position": 52, "world_size": 2})  # the padded epoch served
+    assert rows_seen(finished) == next_epoch
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_a_position_saved_by_one_process_goes_on_with_the_rows_it_left_in_several(world_size, caplog):
+    single = make_loader(count=102, seed=4)
+    whole = rows_seen(make_loader(count=102, seed=4))
+    iterator = iter(single)
+    for _ in range(5):  # 40 rows: 2 ranks take the next 62, 3 ranks skip 2 (not a multiple of 3)
+        next(iterator)
+    ranks = [make_loader(count=102, seed=4, rank=rank, world_size=world_size) for rank in range(world_size)]
+    for loader in ranks:
+        loader.load_state_dict(single.state_dict())
+    start = -(-40 // world_size) * world_size
+    assert sorted(served_together(ranks)) == sorted(whole[start:])
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    if world_size == 3:
+        assert warnings == [
+            "The checkpoint's 1 process(es) served 40 of the 102 rows of epoch 0, which 3 process(es) "
+            "cannot split evenly: the epoch goes on after its first 42 rows, 2 row(s) unseen in it"
+        ]
+    else:
+        assert warnings == []
+
+
+def test_a_position_saved_without_a_world_size_is_taken_as_this_worlds():
+    loader = make_loader(seed=3, rank=1, world_size=2)
+    loader.load_state_dict({"epoch": 0, "position": 40})
+    assert rows_seen(loader) == rows_seen(make_loader(seed=3, rank=1, world_size=2))[40:]
 
 
 def test_datamodule_splits_and_standardises_on_training_rows():

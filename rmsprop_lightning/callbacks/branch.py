@@ -14,7 +14,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint
-from rmsprop_lightning.internals import SCHEDULER_LAST_LRS, epochs_done
+from rmsprop_lightning.data.loader import InMemoryBatchLoader
+from rmsprop_lightning.internals import SCHEDULER_LAST_LRS, count_batches_served, epochs_done
 from rmsprop_lightning.optim.functional import OPTIONAL_STATES
 
 log = logging.getLogger(__name__)
@@ -131,3 +132,8 @@ class CheckpointBranch(Callback):
             ", ".join(kept) or "no optimizer state",
             "; ".join(dict.fromkeys(changes)) or "the optimizer settings are the checkpoint's",
         )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.train_dataloader  # restored: with another batch or world size, its own count goes
+        if isinstance(loader, InMemoryBatchLoader):
+            count_batches_served(trainer, loader.batches_served())

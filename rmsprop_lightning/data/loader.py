@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -77,8 +80,18 @@ class InMemoryBatchLoader:
         order = torch.cat([order, order[: -count % self.world_size]])  # padded like DistributedSampler
         return order[self.rank :: self.world_size]
 
+    def _end(self) -> int:
+        """Where this rank's epoch ends in its shard: before the short last batch ``drop_last`` leaves out."""
+        return min(len(self) * self.batch_size, self.shard_size)
+
+    def batches_served(self) -> int:
+        """Batches of the epoch its position accounts for (its length less those it has left): what a
+        trainer's count in the epoch must read once a restore changed the batch size or world size."""
+        left = -(-max(self._end() - self._position, 0) // self.batch_size)  # rounded up
+        return len(self) - left
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        end = min(len(self) * self.batch_size, self.shard_size)
+        end = self._end()
         continuing = self._restored and self._position < end
         self._restored = False
         if not continuing and self._position > 0:
@@ -92,11 +105,42 @@ class InMemoryBatchLoader:
             yield features[start : self._position], targets[start : self._position]
 
     def state_dict(self) -> dict[str, Any]:
-        """Epoch and position within it, so a resumed run sees the same batches."""
-        return {"epoch": self.epoch, "position": self._position}
+        """Epoch, position in this rank's shard and the world size, so a resumed run sees the same batches
+        and a branch into another number of processes goes on with the rows its epoch has left."""
+        return {"epoch": self.epoch, "position": self._position, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` saved."""
+        """Restores what :meth:`state_dict` saved, its position mapped onto this world's shards (a state
+        without a world size, written before it was kept, is taken as this world's)."""
         self.epoch = int(state["epoch"])
-        self._position = int(state["position"])
+        saved_world = int(state.get("world_size", self.world_size))
+        self._position = self._position_in_world(int(state["position"]), saved_world)
         self._restored = True
+
+    def _position_in_world(self, position: int, world_size: int) -> int:
+        """This rank's position once ``world_size`` ranks served ``position`` rows each of their shards.
+
+        Ranks take the epoch's order (padded when shuffled) by stride, so together they served its first
+        ``world_size * position`` rows. This world goes on after them: at the next epoch when they
+        were all the rows, else at the first multiple of this world's size at or after them, which
+        leaves fewer rows than that unseen in this epoch (one warning says how many).
+        """
+        if world_size == self.world_size:
+            return position
+        served, count = world_size * position, len(self.features)
+        if served >= count:
+            return self.shard_size  # the epoch was served: the next iter() starts the next one
+        resumed = -(-served // self.world_size)
+        if (skipped := resumed * self.world_size - served) and self.rank == 0:
+            log.warning(
+                "The checkpoint's %d process(es) served %d of the %d rows of epoch %d, which %d process(es) "
+                "cannot split evenly: the epoch goes on after its first %d rows, %d row(s) unseen in it",
+                world_size,
+                served,
+                count,
+                self.epoch,
+                self.world_size,
+                served + skipped,
+                skipped,
+            )
+        return resumed

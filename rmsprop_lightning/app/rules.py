@@ -1,0 +1,125 @@
+"""What each checked config key allows: a table of rules, and the values they describe to the user."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Lightning's precision settings
+PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
+PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
+# RegressionModule's losses (rmsprop_lightning.module.LOSSES)
+LOSS_NAMES = ("mse", "l1", "huber")
+# what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
+VAL_METRICS = ("val/loss", "val/rmse")
+METRICS = (*VAL_METRICS, "test/loss", "test/rmse", "test/r2")
+
+
+@dataclass(frozen=True)
+class Number:
+    """An allowed number: integer or real, within bounds (:class:`OneOf` adds values such as -1 or null)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value >= self.high if self.high_open else value > self.high
+        below = value <= self.low if self.low_open else value < self.low
+        return math.isfinite(value) and not above and not below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if math.isinf(self.high):
+            bound = f" {'>' if self.low_open else '≥'} {show(self.low)}" if math.isfinite(self.low) else ""
+        elif math.isinf(self.low):
+            bound = f" {'<' if self.high_open else '≤'} {show(self.high)}"
+        else:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            bound = f" in {left}{show(self.low)}, {show(self.high)}{right}"
+        return f"{kind}{bound}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Values allowed by any of several rules, or one of a fixed set of choices."""
+
+    rules: tuple[Number, ...] = ()
+    choices: tuple[Any, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.choices or any(rule.accepts(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        choices = (choice if isinstance(choice, str) else show(choice) for choice in self.choices)
+        return " or ".join(dict.fromkeys([*(rule.describe() for rule in self.rules), *choices]))
+
+
+Rule = Number | OneOf
+
+FRACTION_OR_COUNT = OneOf(
+    (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
+)
+FRACTION = Number(low=0, high=1, high_open=True)
+LIMIT_BATCHES = OneOf((Number(integer=True, low=0), Number(low=0, high=1)), choices=(None,))
+RULES: dict[str, Rule] = {
+    "seed": Number(integer=True, low=0, high=2**32 - 1),
+    "on_nonfinite": OneOf(choices=("stop", "skip")),
+    "ckpt_restore": OneOf(choices=("full", "weights")),
+    "module.loss": OneOf(choices=LOSS_NAMES),
+    "scheduler.interval": OneOf(choices=("step", "epoch")),
+    "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
+    "trainer.max_steps": OneOf((Number(integer=True, low=1),), choices=(-1,)),
+    "trainer.precision": OneOf(choices=PRECISIONS),
+    "trainer.accelerator": OneOf(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
+    "trainer.max_epochs": OneOf((Number(integer=True, low=1),), choices=(-1, None)),
+    "trainer.min_steps": OneOf((Number(integer=True, low=0),), choices=(None,)),
+    "trainer.min_epochs": OneOf((Number(integer=True, low=0),), choices=(None,)),
+    "trainer.val_check_interval": FRACTION_OR_COUNT,
+    "trainer.check_val_every_n_epoch": OneOf((Number(integer=True, low=1),), choices=(None,)),
+    "trainer.log_every_n_steps": Number(integer=True, low=1),
+    "trainer.accumulate_grad_batches": Number(integer=True, low=1),
+    "trainer.gradient_clip_val": OneOf((Number(low=0),), choices=(None,)),
+    "trainer.limit_train_batches": LIMIT_BATCHES,
+    "trainer.limit_val_batches": LIMIT_BATCHES,
+    "trainer.limit_test_batches": LIMIT_BATCHES,
+    "trainer.num_nodes": Number(integer=True, low=1),
+    "module.loss_flush_every": Number(integer=True, low=1),
+    # what the data module and the model refuse once built, answered before torch is imported
+    "data.batch_size": Number(integer=True, low=1),
+    "data.eval_batch_size": OneOf((Number(integer=True, low=1),), choices=(None,)),
+    "data.val_fraction": FRACTION,
+    "data.test_fraction": FRACTION,
+    "model.dropout": FRACTION,
+    "optimized_metric": OneOf(choices=(*METRICS, None)),
+    "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
+    "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
+    "scheduler.scheduler.T_max": Number(integer=True, low=1),
+    "scheduler.scheduler.gamma": Number(low=0, low_open=True),
+    # torch threads per process of the population and Slurm launchers (a sweep's config has it)
+    "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
+    "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),
+    # the Optuna sweeper's (hparams_search=rmsprop_optuna): one objective, trials in batches of n_jobs
+    "hydra.sweeper.n_trials": Number(integer=True, low=1),
+    "hydra.sweeper.n_jobs": Number(integer=True, low=1),
+    "hydra.sweeper.direction": OneOf(choices=("minimize", "maximize")),
+    "hydra.sweeper.max_failure_rate": Number(low=0, high=1),
+}
+
+
+def show(value: Any) -> str:
+    """A value as the user would type it on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
