@@ -118,6 +118,11 @@ CASES = [
         ["-m", "hparams_search=rmsprop_optuna", "optimized_metric=test/loss", "test=false"],
         ["optimized_metric=test/loss comes from the test, but test=false"],
     ),
+    (
+        "fewer validation rows than processes",
+        ["trainer=ddp_cpu", "data.source.num_samples=20", "data.val_fraction=0.05", "data.test_fraction=0.1"],
+        ["data.val_fraction=0.05 leaves 1 val row(s) for 2 processes"],
+    ),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
+from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.model import FeedForward
 
@@ -175,3 +176,20 @@ def test_the_config_check_knows_the_modules_losses():
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
     assert checked_command_line(CONF, "train", arguments)[: len(arguments)] == arguments
+
+
+@pytest.mark.parametrize(
+    ("trainer", "count"),
+    [
+        ("trainer=default", 1),
+        ("trainer=ddp_cpu", 2),
+        ("trainer.devices=3", 3),
+        ("trainer.devices='3'", 3),
+        ("trainer.num_nodes=2", 2),
+    ],
+)
+def test_the_processes_of_a_trainer_config_are_those_lightning_starts(compose_cfg, trainer, count):
+    settings = compose_cfg(trainer, "trainer.accelerator=cpu").trainer
+    assert processes(settings) == count
+    keys = ("accelerator", "devices", "num_nodes")
+    assert pl.Trainer(**{key: settings[key] for key in keys}, logger=False).world_size == count

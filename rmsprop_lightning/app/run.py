@@ -23,10 +23,12 @@ from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
     check_data,
+    check_rows_per_process,
     check_same_data,
     check_targets,
     input_errors,
     load_checkpoint,
+    processes,
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
@@ -79,8 +81,7 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
         or trainer.get("overfit_batches")  # epochs of its batches, which the data's length does not tell
     ):
         return {}
-    world = trainer.get("num_nodes", 1) * (trainer.devices if isinstance(trainer.get("devices"), int) else 1)
-    epoch = datamodule.train_batches(world)
+    epoch = datamodule.train_batches(processes(trainer))
     interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
     within = interval if isinstance(interval, int) else int(epoch * (1.0 if interval is None else interval))
     first = within if every is None else (every - 1) * epoch + within
@@ -126,6 +127,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             datamodule = instantiate(cfg.data)
             model = build_model(cfg, datamodule)
             check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
+            check_rows_per_process(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
             module = build_module(cfg, model)

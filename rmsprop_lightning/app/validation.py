@@ -144,6 +144,32 @@ def check_data(cfg: DictConfig, datamodule: Any) -> None:
             )
 
 
+def processes(trainer: DictConfig) -> int:
+    """How many processes the ``trainer`` config runs: its nodes times its devices, as Lightning counts them
+    (``-1`` and ``auto`` for a GPU: every GPU of the machine)."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    accelerator, devices = str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and CUDAAccelerator.is_available())
+    kind = CUDAAccelerator if gpu else CPUAccelerator
+    if devices == "auto":
+        return kind.auto_device_count() * trainer.get("num_nodes", 1)
+    parsed = kind.parse_devices(OmegaConf.to_object(devices) if OmegaConf.is_config(devices) else devices)
+    return (len(parsed) if isinstance(parsed, list) else parsed) * trainer.get("num_nodes", 1)
+
+
+def check_rows_per_process(cfg: DictConfig, datamodule: Any) -> None:
+    """Each process evaluates its share of the validation and test rows, so each needs one."""
+    world = processes(cfg.trainer)
+    for split, key in (("val", "data.val_fraction"), ("test", "data.test_fraction")):
+        rows = len(datamodule.splits[split][0])
+        if 0 < rows < world:
+            raise InputError(
+                f"{key}={select(cfg, key)} leaves {rows} {split} row(s) for {world} processes; allowed: "
+                f"at least one row per process (a larger {key} or more data), or fewer processes"
+            )
+
+
 def check_same_data(cfg: DictConfig, datamodule: Any) -> None:
     """A resumed run goes on with the data it was trained on: a data file changed since is refused."""
     saved = load_checkpoint(cfg.ckpt_path).get(type(datamodule).__qualname__) or {}
