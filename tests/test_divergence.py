@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from functools import partial
@@ -105,6 +106,18 @@ def test_skip_leaves_the_parameters_of_that_step_unchanged_and_counts_it():
     optimizer = module.trainer.optimizers[0]
     assert {int(state["step"]) for state in optimizer.state.values()} == {5}
     assert (2, {"train/skipped_steps": 1.0}) in logger.logged
+
+
+def test_many_skipped_updates_take_a_few_lines(caplog):
+    data = batches(count=12)
+    for _, targets in data.data:
+        targets[0, 0] = math.inf
+    guard = DivergenceGuard("skip")
+    with caplog.at_level(logging.WARNING, logger="rmsprop_lightning.callbacks.divergence"):
+        fit(guard, data)
+    lines = [record.getMessage() for record in caplog.records if "update skipped" in record.getMessage()]
+    assert guard.skipped == 12 and len(lines) == 4  # at the 1st, 2nd, 4th and 8th skip
+    assert lines[-1].startswith("step 7: ") and lines[-1].endswith("(8 so far; the next line comes at 16)")
 
 
 class TwoOptimizers(pl.LightningModule):

@@ -125,12 +125,15 @@ class DivergenceGuard(Callback):
         for parameter in parameters:
             parameter.grad = None
         self.skipped += 1
-        log.warning(
-            "step %d: non-finite loss or gradient (loss %s); update skipped (%d so far)",
-            trainer.global_step,
-            loss_text(losses),
-            self.skipped,
-        )
+        if self.skipped & (self.skipped - 1) == 0:  # the 1st, 2nd, 4th, 8th, …: a few lines for many skips
+            log.warning(
+                "step %d: non-finite loss or gradient (loss %s); update skipped (%d so far; the next line "
+                "comes at %d)",
+                trainer.global_step,
+                loss_text(losses),
+                self.skipped,
+                2 * self.skipped,
+            )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({SKIPPED_TAG: float(self.skipped)}, step=trainer.global_step)
