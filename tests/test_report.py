@@ -144,10 +144,16 @@ def test_a_two_parameter_grid_gets_a_heat_map(tmp_path):
     assert "![heatmap](heatmap.png)" in (folder / "report.md").read_text()
 
 
-def test_report_refuses_a_folder_without_jobs(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        report.main([str(tmp_path)])
-    assert "no job with a metrics.json" in capsys.readouterr().err
+def test_report_refuses_a_folder_without_jobs(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    make_job(tmp_path / "logs" / "train" / "runs", 0, ["seed=0"])  # two levels down: a task's folder
+    line = rejection(capsys, str(tmp_path / "logs" / "train"))
+    assert line.startswith(
+        f"error: no metrics.json in {tmp_path / 'logs' / 'train'} or the folders directly in"
+    )
+    assert line.endswith(
+        "allowed: sweep folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
+    )
 
 
 def test_run_folders_are_reported_as_jobs(tmp_path, capsys):

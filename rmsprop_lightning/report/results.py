@@ -149,7 +149,10 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
         for folder in job_folders(path) or ([path] if summary_path(path).is_file() else [])  # a single run
     ]
     if not jobs:
-        raise ValueError(f"no job with a metrics.json in or below {', '.join(map(str, paths))}")
+        raise ValueError(
+            f"no metrics.json in {', '.join(map(str, paths))} or the folders directly in it; allowed: sweep "
+            "folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
+        )
     records = {
         path: json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()
     }
