@@ -123,6 +123,7 @@ CASES = [
         ["trainer=ddp_cpu", "data.source.num_samples=20", "data.val_fraction=0.05", "data.test_fraction=0.1"],
         ["data.val_fraction=0.05 leaves 1 val row(s) for 2 processes"],
     ),
+    ("a time limit Lightning cannot read", ["trainer.max_time=abc"], ["trainer.max_time='abc' is invalid"]),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),
@@ -324,6 +325,12 @@ CASES = [
     ),
     # resume
     ("resume a non-run folder", ["resume={files}"], ["not a run folder", ".hydra/config.yaml"]),
+    (
+        "resume a missing folder",
+        ["resume=no/such/run"],
+        ["resume=no/such/run is not a run folder (no such folder)"],
+    ),
+    ("a CSV as checkpoint", ["ckpt_path={files}/good.csv"], ["good.csv is not a checkpoint torch can read"]),
     ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),

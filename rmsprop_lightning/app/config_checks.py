@@ -4,6 +4,7 @@ each raises :class:`~rmsprop_lightning.errors.InputError` naming the key as type
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +55,7 @@ def validate_config(cfg: DictConfig) -> None:
             check_value(key, value, rule)
     check_training_length(cfg)
     check_devices(select(cfg, "trainer.devices"))
+    check_max_time(select(cfg, "trainer.max_time"))
     check_loggers(cfg)
     check_scheduler_validation(cfg)
     check_input_files(cfg)
@@ -95,6 +97,16 @@ def check_devices(devices: Any) -> None:
         raise InputError(
             f"trainer.devices={devices} is invalid; allowed: an integer ≥ 1, -1 (all), auto or a list of ids"
         )
+
+
+def check_max_time(limit: Any) -> None:
+    """``trainer.max_time`` as Lightning's ``Timer`` reads it: ``DD:HH:MM:SS``, timedelta fields, or null."""
+    if limit is None or isinstance(limit, Mapping) or re.fullmatch(r"\d+:\d+:\d+:\d+", str(limit)):
+        return
+    raise InputError(
+        f"trainer.max_time={show(limit)} is invalid; allowed: DD:HH:MM:SS (00:12:00:00 for 12 hours), "
+        "a mapping such as {hours: 12}, or null"
+    )
 
 
 def check_missing(cfg: DictConfig, path: str = "") -> None:

@@ -75,11 +75,13 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     position = next((i for i, argument in enumerate(parsed.overrides) if argument.startswith(typed)), None)
     if position is None:
         return list(arguments)
-    run_dir = Path(parsed.overrides[position].split("=", 1)[1]).expanduser().absolute()
+    typed_dir = parsed.overrides[position].split("=", 1)[1]
+    run_dir = Path(typed_dir).expanduser().absolute()
     saved_config = run_dir / HYDRA_FOLDER / "config.yaml"
     if not saved_config.is_file():
+        why = f"it has no {HYDRA_FOLDER}/config.yaml" if run_dir.is_dir() else "no such folder"
         raise InputError(
-            f"resume={run_dir} is not a run folder (it has no {HYDRA_FOLDER}/config.yaml); "
+            f"resume={typed_dir} is not a run folder ({why}); "
             "allowed: a folder under logs/<task>/runs/ or a multirun job folder"
         )
     for option in CONFIG_OPTIONS:

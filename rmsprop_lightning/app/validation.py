@@ -197,7 +197,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "allowed: checkpoints written by this project"
         ) from error
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
-        raise InputError(f"ckpt_path={path} is truncated or corrupt ({first_line(error)})") from error
+        raise InputError(
+            f"ckpt_path={path} is not a checkpoint torch can read: another kind of file, or one truncated or "
+            f"corrupt ({first_line(error)})"
+        ) from error
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise InputError(f"ckpt_path={path} is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
