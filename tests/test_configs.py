@@ -9,11 +9,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.model import FeedForward
+from tests.conftest import ROOT
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -193,3 +195,11 @@ def test_the_processes_of_a_trainer_config_are_those_lightning_starts(compose_cf
     assert processes(settings) == count
     keys = ("accelerator", "devices", "num_nodes")
     assert pl.Trainer(**{key: settings[key] for key in keys}, logger=False).world_size == count
+
+
+def test_a_source_tree_without_an_editable_install_finds_its_configs_beside_the_package(monkeypatch):
+    def not_installed(package: str):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(cli, "files", not_installed)
+    assert (cli.config_dir() / "train.yaml").read_text() == (ROOT / "conf" / "train.yaml").read_text()

@@ -19,7 +19,17 @@ from rmsprop_lightning.app.jobs import run_job
 from rmsprop_lightning.app.resolvers import register_resolvers
 from rmsprop_lightning.errors import reported_errors
 
-CONFIG_DIR = Path(str(files("rmsprop_lightning.conf")))
+
+def config_dir() -> Path:
+    """The configs: inside the installed package, or ``conf/`` beside the package in a source tree that
+    runs without an editable install (another install then provides the package's data)."""
+    try:
+        return Path(str(files("rmsprop_lightning.conf")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "conf"
+
+
+CONFIG_DIR = config_dir()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
