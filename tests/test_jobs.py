@@ -19,7 +19,7 @@ from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, sig
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.summary import read_summary, write_summary
-from tests.conftest import QUICK
+from tests.conftest import QUICK, ROOT
 
 
 def test_write_summary_merges_fields_and_leaves_no_temporary_file(tmp_path):
@@ -74,18 +74,26 @@ def test_torch_threads_are_restored_after_the_job(monkeypatch):
     assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
 
 
+def test_a_slurm_sweep_from_a_machine_without_slurm_is_one_line(monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(extras.shutil, "which", lambda program: None)
+    with pytest.raises(SystemExit) as exited:
+        extras.exit_if_plugin_missing(["-m", "hydra/launcher=slurm", "seed=0,1"])
+    assert exited.value.code == 2
+    assert "this machine has no sbatch" in capsys.readouterr().err
+    extras.exit_if_plugin_missing(["hydra/launcher=slurm", "--cfg", "job"])  # printing its config is fine
+
+
 def test_missing_plugin_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(extras, "is_installed", lambda module: False)
-    with pytest.raises(extras.MissingExtraError, match=r"pip install -e '\.\[sweeps\]'"):
+    with pytest.raises(extras.MissingExtraError, match=re.escape(f"pip install -e '{ROOT}[sweeps]'")):
         extras.check_plugin_overrides(["seed=1", "hparams_search=rmsprop_optuna"])
     with pytest.raises(extras.MissingExtraError, match=r"hydra/launcher=slurm needs .*\[slurm\]"):
         extras.check_plugin_overrides(["hydra/launcher=slurm"])
     with pytest.raises(SystemExit) as exited:
         extras.exit_if_plugin_missing(["hydra/launcher=joblib_local"])
     assert exited.value.code == 2  # bad input
-    assert re.fullmatch(
-        r"error: hydra/launcher=joblib_local needs .*\[sweeps\]'\)\n", capsys.readouterr().err
-    )
+    assert re.fullmatch(r"error: hydra/launcher=joblib_local needs .*\[sweeps\]'\n", capsys.readouterr().err)
     with pytest.raises(extras.MissingExtraError, match=r"data=diabetes needs .*\[datasets\]"):
         extras.require("sklearn.datasets", "datasets", "data=diabetes")
     extras.check_plugin_overrides(["optimizer=rmsprop", "seed=0,1"])

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 from rmsprop_lightning.errors import InputError, exit_with
 
+# the launcher that submits a sweep's jobs to a SLURM cluster
+SLURM = "hydra/launcher=slurm"
 # command-line overrides that select a Hydra plugin, and the (module, extra) each needs
 PLUGIN_OVERRIDES: dict[str, tuple[str, str]] = {
     "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps"),
     "hydra/launcher=submitit": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    SLURM: ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweeps"),
     "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", "sweeps"),
 }
@@ -23,8 +27,12 @@ class MissingExtraError(ImportError):
 
 
 def install_hint(extra: str) -> str:
-    """The command that installs ``extra``, from a checkout or from the package index."""
-    return f"pip install -e '.[{extra}]' (or pip install 'rmsprop-lightning[{extra}]')"
+    """The command that installs ``extra``, from any folder: into the source tree this package runs from,
+    or from the package index for an installed package."""
+    source = Path(__file__).resolve().parents[2]
+    if (source / "pyproject.toml").is_file():
+        return f"pip install -e '{source}[{extra}]'"
+    return f"pip install 'rmsprop-lightning[{extra}]'"
 
 
 def is_installed(module: str) -> bool:
@@ -53,8 +61,17 @@ def check_plugin_overrides(arguments: Sequence[str]) -> None:
 
 
 def exit_if_plugin_missing(arguments: Sequence[str]) -> None:
-    """For entry points: :func:`check_plugin_overrides`, ending the program with its message."""
+    """For entry points: :func:`check_plugin_overrides`, ending the program with its message; a sweep
+    submitted to SLURM from a machine without its ``sbatch`` ends too (submitit would fail once under way)."""
     try:
         check_plugin_overrides(arguments)
     except MissingExtraError as error:
         exit_with(InputError(str(error)))
+    sweep = any(argument in ("-m", "--multirun") for argument in arguments)
+    if sweep and SLURM in arguments and shutil.which("sbatch") is None:
+        exit_with(
+            InputError(
+                f"{SLURM} submits the jobs to a SLURM cluster, but this machine has no sbatch; "
+                "allowed: hydra/launcher=basic, joblib_local or population here, or a SLURM login node"
+            )
+        )
