@@ -196,11 +196,14 @@ def test_skip_still_stops_on_nonfinite_parameters():
         ({"lr": 1000.0, "eps": 1e-8, "alpha": 0.99}, False, "lr=1000 is too large"),
         ({"lr": 0.001, "eps": 1e-8, "alpha": 0.99}, False, "trainer.gradient_clip_val"),
         ({"lr": 1.0, "alpha": 0.75}, False, "lr=1 is too large"),  # ASGD: an alpha, no eps
+        ({"lr": 0.01, "eps": 1e-8, "alpha": 0.99, "dtype": torch.float16}, False, "torch.float16 parameters"),
     ],
 )
 def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):
     optimizer_class = torch.optim.RMSprop if "eps" in group else torch.optim.ASGD
-    optimizer = optimizer_class([torch.zeros(1, requires_grad=True)], **group)
+    options = {key: value for key, value in group.items() if key != "dtype"}
+    parameter = torch.zeros(1, dtype=group.get("dtype", torch.float32), requires_grad=True)
+    optimizer = optimizer_class([parameter], **options)
     assert words in likely_cause(optimizer, loss_finite)
 
 

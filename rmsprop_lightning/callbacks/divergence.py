@@ -42,6 +42,12 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
             "centered=True: torch's centered RMSprop takes sqrt(v - m²) without a clamp and it turns NaN "
             "when the gradient is nearly constant; use a larger optimizer.eps or optimizer.centered=false"
         )
+    dtype = group["params"][0].dtype
+    if eps is not None and 0 < eps < torch.finfo(dtype).tiny:  # half precision: eps rounds to 0 or loses bits
+        return (
+            f"eps={eps:g} is below what {dtype} parameters hold ({torch.finfo(dtype).tiny:.2g}): the step "
+            "divides by ≈0 where a gradient is small; raise optimizer.eps or use trainer.precision=bf16-mixed"
+        )
     if eps is not None and eps < 1e-10:
         return (
             f"eps={eps:g} is tiny: a weight whose gradient stays near zero is divided by ≈0; "
