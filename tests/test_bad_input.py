@@ -124,6 +124,12 @@ CASES = [
         ["data.val_fraction=0.05 leaves 1 val row(s) for 2 processes"],
     ),
     ("a time limit Lightning cannot read", ["trainer.max_time=abc"], ["trainer.max_time='abc' is invalid"]),
+    (
+        "a misspelt launcher",
+        ["-m", "hydra/launcher=populaton", "seed=0,1"],
+        ["hydra/launcher=populaton is not an option of hydra/launcher", "did you mean population"],
+    ),
+    ("a misspelt launcher without -m", ["hydra/launcher=populaton"], ["did you mean population"]),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     ("a glob matching no option", ["-m", "optimizer=glob(rmsprop_x*)"], ["matches no option of optimizer"]),
     ("a broken interpolation", ["optimizer.lr=${{nope}}"], ["optimizer", "'nope' not found"]),

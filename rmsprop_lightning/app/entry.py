@@ -98,6 +98,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
+    check_hydra_options(config_dir, overrides)
     if not (parsed.multirun or parsed.cfg or parsed.info):  # a run of one job
         for override in overrides:
             if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
@@ -133,12 +134,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             )
         for choice in chosen:  # one option, or a list of options merged
             for value in choice if isinstance(choice, list) else [choice]:
-                typed = "null" if value is None else str(value)
-                if typed not in groups[group]:
-                    raise InputError(
-                        f"{group}={typed} is not an option of {group}{close_match(typed, groups[group])}; "
-                        f"allowed: {', '.join(groups[group])}"
-                    )
+                check_option(group, value, groups[group])
         options = [f"[{','.join(map(str, c))}]" if isinstance(c, list) else c for c in chosen]
         selections.append(f"{override.get_key_element()}={options[0]}")
         others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
@@ -153,6 +149,37 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]
     return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
+
+
+def check_option(group: str, value: Any, allowed: Sequence[str]) -> None:
+    """Refuses ``value`` unless it is one of the group's ``allowed`` options."""
+    typed = "null" if value is None else str(value)
+    if typed not in allowed:
+        raise InputError(
+            f"{group}={typed} is not an option of {group}{close_match(typed, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
+def check_hydra_options(config_dir: Path, overrides: Sequence[Any]) -> None:
+    """Refuses an option of Hydra's launcher or sweeper group that neither a plugin nor ``conf/`` provides."""
+    chosen = [override for override in overrides if override.key_or_group in HYDRA_GROUPS]
+    if not chosen:
+        return
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            options = {group: sorted(loader.get_group_options(group)) for group in HYDRA_GROUPS}
+    finally:
+        GlobalHydra.instance().clear()
+    for override in chosen:
+        allowed = options[override.key_or_group]
+        for value in [] if override.is_delete() else override_values(override, allowed) or []:
+            check_option(override.key_or_group, value, allowed)
 
 
 def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfig | None) -> None:
