@@ -3,11 +3,12 @@ a bad input, a diverged run or a stop on SIGTERM/Ctrl-C is not a bug."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,12 @@ log = logging.getLogger(__name__)
 
 # what Hydra writes into a run folder before the job starts, and the job wrapper's summary
 HYDRA_RUN_FILES = frozenset({".hydra", "metrics.json"})
+
+
+def close_match(word: str, allowed: Sequence[str], prefix: str = "") -> str:
+    """`` (did you mean <prefix><closest>?)`` for the closest of ``allowed`` to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, allowed, n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 class RunError(Exception):

@@ -3,18 +3,17 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 
 from __future__ import annotations
 
-import difflib
-import os
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.override_checks import check_keys, override_values
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
+from rmsprop_lightning.errors import InputError, close_match, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import SUMMARY_FILE
 
@@ -30,10 +29,6 @@ SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
 NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
-# the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
-SWEEP_KEYS = ("hydra.launcher.", "hydra.sweeper.")
-# a search space: the sweeper reads its keys, and their values are checked with the keys they name
-SEARCH_SPACE = "hydra.sweeper.params."
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
@@ -48,12 +43,6 @@ def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: 
     hydra_main()
 
 
-def close_match(word: str, allowed: Sequence[str], prefix: str = "") -> str:
-    """`` (did you mean <prefix><closest>?)`` for the closest of ``allowed`` to ``word``, or nothing."""
-    close = difflib.get_close_matches(word, allowed, n=1)
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""
-
-
 def group_options(config_dir: Path) -> dict[str, list[str]]:
     """``{group: [option, ...]}`` for every config group folder (Hydra's own ``hydra/`` groups aside)."""
     groups = {}
@@ -62,22 +51,6 @@ def group_options(config_dir: Path) -> dict[str, list[str]]:
         if not group.startswith("hydra") and not folder.name.startswith("__"):
             groups[group] = sorted(path.stem for path in folder.glob("*.yaml"))
     return groups
-
-
-def override_values(override: Any, options: Sequence[str] = ()) -> list[Any] | None:
-    """The values an override gives: each of a sweep's, an interval's ends, the ``options`` a glob matches;
-    ``None`` for a sweep only its sweeper expands."""
-    from hydra.core.override_parser.types import Glob, IntervalSweep
-
-    value = override.value()
-    if isinstance(value, IntervalSweep):
-        return [value.start, value.end]
-    if isinstance(value, Glob):
-        return value.filter(list(options))
-    try:
-        return list(override.sweep_iterator()) if override.is_sweep_override() else [value]
-    except Exception:  # a sweep expanded later
-        return None
 
 
 def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
@@ -200,114 +173,4 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
         raise InputError(
             f"{key}={typed[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
             "to continue one"
-        )
-
-
-def check_keys(
-    config_dir: Path,
-    config_name: str,
-    selections: list[str],
-    overrides: Sequence[Any],
-    groups: Collection[str],
-    context: str = "",
-    complete: bool = True,
-) -> DictConfig | None:
-    """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
-    :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, or
-    ``None`` when Hydra cannot compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.types import OverrideType
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
-            cfg = compose(config_name, overrides=selections, return_hydra_config=True)
-    except Exception:  # anything else Hydra finds wrong, it reports itself
-        return None
-    finally:
-        GlobalHydra.instance().clear()
-    values = []
-    for override in overrides:
-        key = override.key_or_group
-        if override.type != OverrideType.CHANGE or key in groups:
-            continue
-        if override.is_hydra_override() and (not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE)):
-            continue  # Hydra checks its own
-        check_key(cfg, key, context)
-        chosen = override_values(override)
-        if chosen is not None and override.is_interval_sweep():
-            check_interval(cfg, override, chosen)
-        if chosen is not None:  # with another group option (context), each value is checked once
-            values.append((key, chosen[:1] if context else chosen))
-    check_values(cfg, values, complete)
-    return cfg
-
-
-def check_interval(cfg: DictConfig, override: Any, ends: list[float]) -> None:
-    """Refuses an ``interval()`` whose ends a sweeper could draw values outside the key's range from."""
-    try:
-        check_values(cfg, [(override.key_or_group, ends)], complete=False)
-    except InputError as error:
-        integral = all(float(end).is_integer() for end in ends) and not override.is_hydra_override()
-        hint = "; interval() draws real numbers, int(interval(...)) integers" if integral else ""
-        raise InputError(f"{override.input_line}: {error}{hint}") from None
-
-
-def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], complete: bool = True) -> None:
-    """Checks the overridden values (:func:`validate_config`) before any job runs: each swept value (or an
-    interval's end) among the others' first."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from rmsprop_lightning.app.config_checks import check_missing, check_searched_metric, validate_config
-    from rmsprop_lightning.app.rules import show
-
-    base = cfg.copy()
-    # ${hydra:...} as the first job started here reads it; nothing checked depends on the run's folder
-    with open_dict(base):
-        base.hydra.runtime.cwd = base.hydra.runtime.output_dir = os.getcwd()
-        base.hydra.job.num, base.hydra.job.id = 0, "0"
-    HydraConfig.instance().set_config(base)
-    firsts = [(key, chosen[0]) for key, chosen in values]
-    variants = [firsts] + [
-        [*firsts[:index], (key, value), *firsts[index + 1 :]]
-        for index, (key, chosen) in enumerate(values)
-        for value in chosen[1:]
-    ]
-    for variant in variants:
-        job = base.copy()
-        for key, value in variant:
-            try:
-                with read_write(job.hydra):  # read-only since set_config; a launcher's settings are typed
-                    OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
-            except OmegaConfBaseException as error:
-                raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
-        validate_config(job)
-        if base.hydra.runtime.choices.get("hydra/sweeper") != "basic":
-            check_searched_metric(job)
-        if str(OmegaConf.select(job, "trainer.accelerator")) in ("gpu", "cuda", "mps"):  # torch only then
-            from rmsprop_lightning.app.validation import check_accelerator
-
-            check_accelerator(OmegaConf.select(job, "trainer.accelerator"))
-        if complete:  # each swept option, before any job runs
-            check_missing(job)
-
-
-def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
-    """Refuses ``key`` when ``cfg`` lacks it, naming the keys that exist where it goes."""
-    parts = key.split(".")
-    for depth in range(1, len(parts) + 1):
-        parent_path = ".".join(parts[: depth - 1])
-        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
-        names = [str(name) for name in parent] if isinstance(parent, DictConfig) else []
-        if parts[depth - 1] in names:
-            continue
-        allowed = sorted(name for name in names if not name.startswith("_"))
-        hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
-        where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
-        # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
-        adds = "" if f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
-        raise InputError(
-            f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
-            f"allowed: {', '.join(allowed) or 'none'}{adds}"
         )

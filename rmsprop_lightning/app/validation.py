@@ -20,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
-from rmsprop_lightning.app.entry import close_match
-from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.errors import InputError, close_match
 from rmsprop_lightning.internals import epochs_done
 
 # constructor arguments the project passes at call time rather than from the config

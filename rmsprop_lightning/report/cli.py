@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rmsprop_lightning.app.config_checks import check_writable
-from rmsprop_lightning.app.entry import close_match
 from rmsprop_lightning.app.extras import install_hint, is_installed
-from rmsprop_lightning.errors import InputError, exit_with
+from rmsprop_lightning.errors import InputError, close_match, exit_with
 from rmsprop_lightning.report.results import Sweep, load_sweep, sweep_timing
 from rmsprop_lightning.report.table import (
     SCALE_KEY,
