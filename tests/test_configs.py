@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,6 +16,7 @@ from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.model import FeedForward
 from tests.conftest import ROOT
 
@@ -174,10 +177,40 @@ def test_the_config_check_knows_the_modules_losses():
         ["-m", "optimizer=rmsprop,rmsprop_centered", "optimizer.momentum=0.9"],  # a key every option has
         ["--cfg", "job", "data=csv"],  # a printed config may leave the data path for later
         ["callbacks.model_checkpoint.monitor=null"],  # the latest checkpoint
+        ["-m", "experiment=lr_alpha_grid"],  # a study's search space in its config
+        ["-m", "experiment=variants", "optimizer=glob(rmsprop_c*)"],
+        [
+            "-m",
+            "hparams_search=rmsprop_optuna",
+            "seed=int(interval(0,9))",
+            "optimizer.lr=tag(log,interval(1e-5,1))",
+        ],
+        [
+            "-m",
+            "hparams_search=rmsprop_optuna",
+            "optimizer.momentum=range(0,0.9,0.001)",
+        ],  # a search: its ends
+        ["-m", "seed=glob(*)"],  # no group: Hydra's to expand
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
     assert checked_command_line(CONF, "train", arguments)[: len(arguments)] == arguments
+
+
+@pytest.mark.parametrize(
+    ("params", "refusal"),
+    [
+        ("optimizer: rmsprop,rmsprop_centred", "optimizer=rmsprop_centred is not an option of optimizer"),
+        ("seed: range(-2,2)", "seed=-2 is invalid"),
+        ("optimizer.lrr: 0.1,0.2", "optimizer.lrr is not a key of optimizer"),
+    ],
+)
+def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(tmp_path, params, refusal):
+    shutil.copytree(CONF, tmp_path / "conf")
+    study = "# @package _global_\nhydra:\n  sweeper:\n    params:\n      " + params + "\n"
+    (tmp_path / "conf" / "experiment" / "study.yaml").write_text(study)
+    with pytest.raises(InputError, match=re.escape(refusal)):
+        checked_command_line(tmp_path / "conf", "train", ["-m", "experiment=study"])
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.override_checks import check_keys, override_values
+from rmsprop_lightning.app.override_checks import check_keys, check_option, override_values
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.errors import InputError, close_match, exit_with, is_rank_zero
+from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import SUMMARY_FILE
 
@@ -122,16 +122,6 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]
     return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
-
-
-def check_option(group: str, value: Any, allowed: Sequence[str]) -> None:
-    """Refuses ``value`` unless it is one of the group's ``allowed`` options."""
-    typed = "null" if value is None else str(value)
-    if typed not in allowed:
-        raise InputError(
-            f"{group}={typed} is not an option of {group}{close_match(typed, allowed)}; "
-            f"allowed: {', '.join(allowed)}"
-        )
 
 
 def check_hydra_options(config_dir: Path, overrides: Sequence[Any]) -> None:

@@ -4,7 +4,7 @@ value, an interval's ends, the launcher's and sweeper's settings (Hydra would an
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,22 @@ from rmsprop_lightning.errors import InputError, close_match
 
 # the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
 SWEEP_KEYS = ("hydra.launcher.", "hydra.sweeper.")
-# a search space: the sweeper reads its keys, and their values are checked with the keys they name
+# a search space typed as Hydra settings: left to Hydra (the config's own is checked with the keys it names)
 SEARCH_SPACE = "hydra.sweeper.params."
+# launchers that run the jobs on this machine, which must have the devices they ask for
+LOCAL_LAUNCHERS = ("basic", "joblib", "joblib_local", "population", "submitit_local")
 
 
-def override_values(override: Any, options: Sequence[str] = ()) -> list[Any] | None:
-    """The values an override gives: each of a sweep's, an interval's ends, the ``options`` a glob matches;
-    ``None`` for a sweep only its sweeper expands."""
+def override_values(override: Any, options: Sequence[str] | None = None) -> list[Any] | None:
+    """The values an override gives: each of a sweep's, an interval's ends, the group ``options`` a glob
+    matches; ``None`` for a sweep only its sweeper expands."""
     from hydra.core.override_parser.types import Glob, IntervalSweep
 
     value = override.value()
     if isinstance(value, IntervalSweep):
         return [value.start, value.end]
     if isinstance(value, Glob):
-        return value.filter(list(options))
+        return None if options is None else value.filter(list(options))
     try:
         return list(override.sweep_iterator()) if override.is_sweep_override() else [value]
     except Exception:  # a sweep expanded later
@@ -40,7 +42,7 @@ def check_keys(
     config_name: str,
     selections: list[str],
     overrides: Sequence[Any],
-    groups: Collection[str],
+    groups: Mapping[str, Sequence[str]],
     context: str = "",
     complete: bool = True,
 ) -> DictConfig | None:
@@ -49,7 +51,7 @@ def check_keys(
     ``None`` when Hydra cannot compose it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.types import OverrideType
+    from hydra.core.override_parser.types import OverrideType, RangeSweep
 
     GlobalHydra.instance().clear()
     try:
@@ -59,31 +61,78 @@ def check_keys(
         return None
     finally:
         GlobalHydra.instance().clear()
+    searched = search_space(cfg, overrides)
+    for override in searched:  # the config's search space: its groups' options here, its keys below
+        if override.key_or_group in groups:
+            options = groups[override.key_or_group]
+            for value in override_values(override, options) or []:
+                check_option(override.key_or_group, value, options)
+    searching = cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic"
     values = []
-    for override in overrides:
+    for override in [*overrides, *searched]:
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or key in groups:
             continue
-        if override.is_hydra_override() and (not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE)):
-            continue  # Hydra checks its own
+        if override.is_hydra_override() and (
+            not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
+        ):
+            continue  # Hydra checks its own; a search space's keys are checked as the keys they name
         check_key(cfg, key, context)
-        chosen = override_values(override)
-        if chosen is not None and override.is_interval_sweep():
-            check_interval(cfg, override, chosen)
-        if chosen is not None:  # with another group option (context), each value is checked once
+        chosen = override_values(override) or []
+        if override.is_interval_sweep():
+            check_interval(cfg, override)
+        if searching and isinstance(override.value(), RangeSweep):  # a search draws from it: its ends
+            chosen = chosen[:1] + chosen[-1:]
+        if chosen:  # with another group option (context), each value is checked once
             values.append((key, chosen[:1] if context else chosen))
     check_values(cfg, values, complete)
     return cfg
 
 
-def check_interval(cfg: DictConfig, override: Any, ends: list[float]) -> None:
-    """Refuses an ``interval()`` whose ends a sweeper could draw values outside the key's range from."""
-    try:
-        check_values(cfg, [(override.key_or_group, ends)], complete=False)
-    except InputError as error:
-        integral = all(float(end).is_integer() for end in ends) and not override.is_hydra_override()
-        hint = "; interval() draws real numbers, int(interval(...)) integers" if integral else ""
-        raise InputError(f"{override.input_line}: {error}{hint}") from None
+def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
+    """The sweeper's ``params`` as overrides: the config's, then those set as ``hydra.sweeper.params…`` on the
+    command line; a key the command line sweeps itself is the command line's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = dict(OmegaConf.select(cfg, SEARCH_SPACE[:-1]) or {})
+    for override in overrides:
+        if override.key_or_group == SEARCH_SPACE[:-1] and isinstance(override.value(), dict):
+            params.update(override.value())
+        elif override.key_or_group.startswith(SEARCH_SPACE):  # a sweep as typed; a quoted one as its text
+            typed = override.input_line.split("=", 1)[1]
+            params[override.key_or_group.removeprefix(SEARCH_SPACE)] = (
+                typed if override.is_sweep_override() else override.value()
+            )
+    typed = {override.key_or_group for override in overrides}
+    lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
+    return OverridesParser.create().parse_overrides(lines)
+
+
+def check_interval(cfg: DictConfig, override: Any) -> None:
+    """Refuses an ``interval()`` a search cannot draw from, or whose real numbers its integer key refuses."""
+    interval, key = override.value(), override.key_or_group
+    if interval.start > interval.end or ("log" in interval.tags and interval.start <= 0):
+        raise InputError(
+            f"{override.input_line}: a search cannot draw from it; allowed: start ≤ end, and start > 0 on a "
+            "log scale"
+        )
+    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    integers = isinstance(current, int) and not isinstance(current, bool)
+    if integers and not all(isinstance(end, int) for end in (interval.start, interval.end)):
+        raise InputError(
+            f"{override.input_line}: interval() draws real numbers, but {key} takes integers; "
+            "allowed: int(interval(...))"
+        )
+
+
+def check_option(group: str, value: Any, allowed: Sequence[str]) -> None:
+    """Refuses ``value`` unless it is one of the group's ``allowed`` options."""
+    typed = "null" if value is None else str(value)
+    if typed not in allowed:
+        raise InputError(
+            f"{group}={typed} is not an option of {group}{close_match(typed, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
 
 
 def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], complete: bool = True) -> None:
@@ -112,17 +161,21 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             try:
                 with read_write(job.hydra):  # read-only since set_config; a launcher's settings are typed
                     OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
-            except OmegaConfBaseException as error:
+            except (OmegaConfBaseException, AttributeError) as error:  # AttributeError: into a null mapping
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
         if base.hydra.runtime.choices.get("hydra/sweeper") != "basic":
             check_searched_metric(job)
-        if str(OmegaConf.select(job, "trainer.accelerator")) in ("gpu", "cuda", "mps"):  # torch only then
-            from rmsprop_lightning.app.validation import check_accelerator
-
-            check_accelerator(OmegaConf.select(job, "trainer.accelerator"))
         if complete:  # each swept option, before any job runs
             check_missing(job)
+            accelerator = str(OmegaConf.select(job, "trainer.accelerator"))
+            if (
+                accelerator in ("gpu", "cuda", "mps")
+                and base.hydra.runtime.choices.get("hydra/launcher") in LOCAL_LAUNCHERS
+            ):
+                from rmsprop_lightning.app.validation import check_accelerator  # torch only then
+
+                check_accelerator(accelerator)
 
 
 def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
