@@ -116,7 +116,7 @@ CASES = [
     (
         "a search of a metric no trial logs",
         ["-m", "hparams_search=rmsprop_optuna", "optimized_metric=test/loss", "test=false"],
-        ["optimized_metric=test/loss comes from the test, but test=false"],
+        ["optimized_metric=test/loss needs a test split, but test=false leaves none"],
     ),
     (
         "fewer validation rows than processes",
@@ -130,6 +130,11 @@ CASES = [
         ["hydra/launcher=populaton is not an option of hydra/launcher", "did you mean population"],
     ),
     ("a misspelt launcher without -m", ["hydra/launcher=populaton"], ["did you mean population"]),
+    (
+        "a search of a metric with no test rows",
+        ["-m", "hparams_search=rmsprop_optuna", "optimized_metric=test/loss", "data.test_fraction=0"],
+        ["optimized_metric=test/loss needs a test split, but data.test_fraction=0 leaves none"],
+    ),
     ("testing no checkpoint", ["train=false"], ["train=false", "allowed: train=false ckpt_path="]),
     (
         "an interval a search cannot draw from",

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.entry import checked_command_line
@@ -236,3 +237,21 @@ def test_a_source_tree_without_an_editable_install_finds_its_configs_beside_the_
 
     monkeypatch.setattr(cli, "files", not_installed)
     assert (cli.config_dir() / "train.yaml").read_text() == (ROOT / "conf" / "train.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "count"),
+    [
+        ("gpu", -1, 4),
+        ("gpu", "auto", 4),
+        ("auto", -1, 4),
+        ("gpu", "0,1", 2),
+        ("cuda", [0, 2], 2),
+        ("gpu", 3, 3),
+    ],
+)
+def test_the_processes_on_a_machine_of_four_gpus(monkeypatch, accelerator, devices, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    settings = OmegaConf.create({"accelerator": accelerator, "devices": devices, "num_nodes": 2})
+    assert processes(settings) == 2 * count

@@ -100,12 +100,11 @@ def check_devices(devices: Any) -> None:
 
 
 def check_max_time(limit: Any) -> None:
-    """``trainer.max_time`` as Lightning's ``Timer`` reads it: ``DD:HH:MM:SS``, timedelta fields, or null."""
-    if limit is None or isinstance(limit, Mapping) or re.fullmatch(r"\d+:\d+:\d+:\d+", str(limit)):
+    """``trainer.max_time`` in the text form Lightning's ``Timer`` reads from a config, ``DD:HH:MM:SS``."""
+    if limit is None or re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(limit)):
         return
     raise InputError(
-        f"trainer.max_time={show(limit)} is invalid; allowed: DD:HH:MM:SS (00:12:00:00 for 12 hours), "
-        "a mapping such as {hours: 12}, or null"
+        f"trainer.max_time={show(limit)} is invalid; allowed: DD:HH:MM:SS (00:12:00:00 for 12 hours) or null"
     )
 
 
@@ -148,12 +147,11 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
             f"scheduler.interval=step steps the scheduler on {monitor} every {frequency} batch(es) of an "
             "epoch, not after each validation; allowed: scheduler.interval=epoch"
         )
-    for key in ("data.val_fraction", "trainer.limit_val_batches"):
-        if select(cfg, key) == 0:
-            raise InputError(
-                f"scheduler.monitor={monitor} needs a validation, but {key}=0 leaves none; "
-                f"allowed: {key} > 0, or another scheduler"
-            )
+    if (setting := unused_split(cfg, "val")) is not None:
+        raise InputError(
+            f"scheduler.monitor={monitor} needs a validation, but {setting} leaves none; allowed: another "
+            "scheduler, or a validation"
+        )
     every = select(cfg, "trainer.check_val_every_n_epoch")
     if interval == "epoch" and isinstance(every, int) and frequency % every:
         raise InputError(
@@ -163,6 +161,14 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
         )
 
 
+def unused_split(cfg: DictConfig, stage: str) -> str | None:
+    """The setting (as typed) that leaves the ``val`` or ``test`` stage no rows or batches, if one does."""
+    for key in (f"data.{stage}_fraction", f"trainer.limit_{stage}_batches"):
+        if select(cfg, key) == 0:
+            return f"{key}=0"
+    return "test=false" if stage == "test" and select(cfg, "test") is False else None
+
+
 def check_searched_metric(cfg: DictConfig) -> None:
     """A search (any sweeper but the basic one) optimizes ``optimized_metric``: every trial must log it."""
     metric = select(cfg, "optimized_metric")
@@ -170,13 +176,9 @@ def check_searched_metric(cfg: DictConfig) -> None:
         raise InputError(
             f"optimized_metric=null leaves the search nothing to optimize; allowed: {', '.join(METRICS)}"
         )
-    if metric.startswith("test/") and select(cfg, "test") is False:
-        raise InputError(f"optimized_metric={metric} comes from the test, but test=false; allowed: test=true")
-    for key in ("data.val_fraction", "trainer.limit_val_batches"):
-        if metric.startswith("val/") and select(cfg, key) == 0:
-            raise InputError(
-                f"optimized_metric={metric} needs a validation, but {key}=0 leaves none; allowed: {key} > 0"
-            )
+    stage = metric.split("/")[0]
+    if (setting := unused_split(cfg, stage)) is not None:
+        raise InputError(f"optimized_metric={metric} needs a {stage} split, but {setting} leaves none")
 
 
 def check_input_files(cfg: DictConfig) -> None:

@@ -145,12 +145,14 @@ def check_data(cfg: DictConfig, datamodule: Any) -> None:
 
 def processes(trainer: DictConfig) -> int:
     """How many processes the ``trainer`` config runs: its nodes times its devices, as Lightning counts them
-    (``-1`` and ``auto`` for a GPU: every GPU of the machine)."""
-    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+    (``gpu`` and ``auto`` pick MPS, then CUDA; ``-1`` and ``auto`` devices are all of the machine's)."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
     accelerator, devices = str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto")
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and CUDAAccelerator.is_available())
-    kind = CUDAAccelerator if gpu else CPUAccelerator
+    if accelerator in ("gpu", "auto"):
+        cuda = "cuda" if accelerator == "gpu" or CUDAAccelerator.is_available() else "cpu"
+        accelerator = "mps" if MPSAccelerator.is_available() else cuda
+    kind = {"cuda": CUDAAccelerator, "mps": MPSAccelerator}.get(accelerator, CPUAccelerator)
     if devices == "auto":
         return kind.auto_device_count() * trainer.get("num_nodes", 1)
     parsed = kind.parse_devices(OmegaConf.to_object(devices) if OmegaConf.is_config(devices) else devices)
@@ -165,7 +167,7 @@ def check_rows_per_process(cfg: DictConfig, datamodule: Any) -> None:
         if 0 < rows < world:
             raise InputError(
                 f"{key}={select(cfg, key)} leaves {rows} {split} row(s) for {world} processes; allowed: "
-                f"at least one row per process (a larger {key} or more data), or fewer processes"
+                f"at least one row per process (a larger {key} or more data), {key}=0, or fewer processes"
             )
 
 
