@@ -55,10 +55,9 @@ class InterruptedRun(BaseException):
 
 
 def program() -> str:
-    """The command that started this program, for the commands messages suggest: ``python train.py`` or
-    ``rmsprop-train``."""
-    name = Path(sys.argv[0]).name
-    return f"python {name}" if name.endswith(".py") else name
+    """The command that started this program, for the commands messages suggest: ``python <script as
+    typed>`` or ``rmsprop-train``."""
+    return f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name
 
 
 # the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
-from tests.conftest import ROOT, run_train, train_in_process
+from tests.conftest import ROOT, TRAIN, run_train, train_in_process
 
 RUN = (
     "data.source.num_samples=512",
@@ -69,7 +69,7 @@ def error_line(result: Any, run_dir: Path) -> str:
     """The one error line, which ends with the resume command."""
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert line.endswith(f"; resume with: python train.py resume={run_dir}")
+    assert line.endswith(f"; resume with: python {TRAIN} resume={run_dir}")
     return line
 
 
@@ -136,7 +136,7 @@ def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatc
 
 @pytest.mark.parametrize(
     ("started", "command"),
-    [("/venv/bin/rmsprop-train", "rmsprop-train"), ("/clone/train.py", "python train.py")],
+    [("/venv/bin/rmsprop-train", "rmsprop-train"), ("../clone/train.py", "python ../clone/train.py")],
 )
 def test_the_resume_command_a_message_suggests_is_the_one_that_started_the_run(started, command, monkeypatch):
     monkeypatch.setattr(sys, "argv", [started, "seed=1"])

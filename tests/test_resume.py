@@ -29,7 +29,7 @@ from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InputError, InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
-from tests.conftest import ROOT, run_dirs, run_train, train_in_process
+from tests.conftest import ROOT, TRAIN, run_dirs, run_train, train_in_process
 
 # dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
 # fed by validation every 10 steps, a checkpoint every 5 steps, 13 batches an epoch
@@ -196,7 +196,7 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bit_identical(references, tmp_p
     assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
     assert f"stopped by SIGTERM after step 17; checkpoint saved to {run_dir}" in stopped.stderr
-    assert f"resume with: python train.py resume={run_dir}" in stopped.stderr
+    assert f"resume with: python {TRAIN} resume={run_dir}" in stopped.stderr
     assert last_checkpoint(run_dir)["global_step"] == 17
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 17
