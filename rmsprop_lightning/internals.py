@@ -58,6 +58,12 @@ def epochs_done(checkpoint: Mapping[str, Any]) -> int:
     return completed + bool(epochs.get("started", 0) > completed and at_last_batch)
 
 
+def saved_loader_states(checkpoint: Mapping[str, Any]) -> list[Any]:
+    """The training data loaders' states a Lightning checkpoint holds (the fit loop's ``combined_loader``),
+    empty where it holds none."""
+    return checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
+
+
 def resumed_after_epoch_end(trainer: pl.Trainer) -> bool:
     """Whether the run resumed from a checkpoint of an epoch's last batch (its epoch end counted as done)."""
     epoch_loop = trainer.fit_loop.epoch_loop

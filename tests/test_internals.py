@@ -6,6 +6,7 @@ When a dependency moves one of them, this file fails first, naming it.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import lightning.pytorch as pl
 import pytest
@@ -14,6 +15,9 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from rmsprop_lightning import internals
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
+from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.model import FeedForward
+from rmsprop_lightning.module import RegressionModule
 
 
 def test_the_ddp_launcher_pieces_the_hydra_fix_overrides_exist():
@@ -184,3 +188,14 @@ def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_
     # validating elsewhere, Lightning leaves it uncounted (if it counts it one day, drop the fix)
     assert fit(7, None, ckpt_path=path) == 6
     assert fit(7, None, CountValidatedStep(), ckpt_path=path) == 7
+
+
+def test_a_checkpoint_holds_the_training_loaders_state_where_internals_reads_it(tmp_path):
+    datamodule = RegressionDataModule(batch_size=32)
+    module = RegressionModule(FeedForward(10, 5, 1), partial(torch.optim.RMSprop, lr=0.01))
+    trainer = pl.Trainer(max_steps=7, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert internals.saved_loader_states(saved) == [trainer.train_dataloader.state_dict()]
+    assert trainer.train_dataloader.state_dict()["position"] == 7 * 32

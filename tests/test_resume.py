@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.app.resume import check_followers, started_where_it_was
+from rmsprop_lightning.app.validation import check_same_processes
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InputError, InterruptedRun
@@ -459,3 +460,19 @@ def test_a_stop_inside_an_accumulation_waits_for_the_end_of_its_step(tmp_path):
     saved = torch.load(last.path, weights_only=True)
     progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
     assert (saved["global_step"], progress) == (2, 6)  # no batch of step 3 begun
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
+    # devices=-1 or auto resume on a machine with other devices: each process's data position would not hold
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save(
+        {"state_dict": {}, "loops": {"fit_loop": {"state_dict": {"combined_loader": [{"world_size": 2}]}}}},
+        checkpoint,
+    )
+    cfg = OmegaConf.create({"ckpt_path": str(checkpoint), "trainer": {"accelerator": "cpu", "devices": 1}})
+    with pytest.raises(
+        InputError, match=r"resume: the run trained with 2 process\(es\), and trainer.devices=1 gives 1"
+    ):
+        check_same_processes(cfg)
+    cfg.trainer.devices = 2
+    check_same_processes(cfg)

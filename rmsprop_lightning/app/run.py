@@ -25,6 +25,7 @@ from rmsprop_lightning.app.validation import (
     check_data,
     check_rows_per_process,
     check_same_data,
+    check_same_processes,
     check_targets,
     input_errors,
     load_checkpoint,
@@ -104,9 +105,10 @@ def build_trainer(
         return trainer
     strategy = cfg.trainer.get("strategy", "auto")
     if strategy not in ("auto", "ddp"):  # a variant whose settings HydraDDPStrategy would not carry over
+        shown = strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy
         raise InputError(
-            f"trainer.strategy={strategy} starts its extra processes with the whole command line; "
-            "allowed: trainer=ddp or trainer=ddp_cpu, or trainer.strategy=ddp"
+            f"trainer.strategy={shown} starts its extra processes with the whole command line; allowed: "
+            "trainer=ddp or trainer=ddp_cpu, whose HydraDDPStrategy takes DDPStrategy's arguments"
         )
     log.info("DDP with HydraDDPStrategy, whose extra processes run this job (Lightning's run the command)")
     return instantiate(cfg.trainer, **settings, strategy=HydraDDPStrategy())
@@ -130,6 +132,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             check_rows_per_process(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
+                check_same_processes(cfg)
             module = build_module(cfg, model)
             # an optimizer or scheduler refusing its settings does so now
             optimizer = module.configure_optimizers()

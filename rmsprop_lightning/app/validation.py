@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
 from rmsprop_lightning.errors import InputError, close_match
-from rmsprop_lightning.internals import epochs_done
+from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
@@ -169,6 +169,18 @@ def check_rows_per_process(cfg: DictConfig, datamodule: Any) -> None:
                 f"{key}={select(cfg, key)} leaves {rows} {split} row(s) for {world} processes; allowed: "
                 f"at least one row per process (a larger {key} or more data), {key}=0, or fewer processes"
             )
+
+
+def check_same_processes(cfg: DictConfig) -> None:
+    """A resumed run goes on with as many processes as it trained with: its data position is per process."""
+    states = saved_loader_states(load_checkpoint(cfg.ckpt_path))
+    saved, now = states[0].get("world_size") if states else None, processes(cfg.trainer)
+    if saved is not None and saved != now:
+        raise InputError(
+            f"resume: the run trained with {saved} process(es), and trainer.devices={cfg.trainer.devices} "
+            f"gives {now} here; allowed: {saved} process(es), or a new run from the checkpoint with "
+            f"ckpt_path={cfg.ckpt_path}"
+        )
 
 
 def check_same_data(cfg: DictConfig, datamodule: Any) -> None:
