@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rmsprop_lightning.app import cli
+from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.app.validation import processes
@@ -58,6 +59,23 @@ def test_default_config_builds_every_object(compose_cfg):
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.RMSprop)
     assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["alpha"] == 0.99
+
+
+@pytest.mark.parametrize("strategy", [None, "+trainer.strategy=ddp"])
+def test_lightnings_own_ddp_becomes_the_one_whose_ranks_run_the_job(compose_cfg, strategy):
+    overrides = ["trainer.accelerator=cpu", "trainer.devices=2", *([strategy] if strategy else [])]
+    trainer = build_all(compose_cfg(*overrides))[-1]
+    assert type(trainer.strategy) is HydraDDPStrategy and trainer.world_size == 2
+
+
+def test_a_variant_of_lightnings_ddp_is_refused_naming_it(compose_cfg):
+    cfg = compose_cfg(
+        "trainer.accelerator=cpu", "trainer.devices=2", "+trainer.strategy=ddp_find_unused_parameters_true"
+    )
+    with pytest.raises(
+        InputError, match=r"trainer.strategy=ddp_find_unused_parameters_true starts its extra"
+    ):
+        build_all(cfg)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def test_ddp_cpu_run_writes_one_folder(tmp_path):
     assert not (tmp_path / "logs" / "train" / "multiruns").exists()
 
 
+@pytest.mark.slow
 def test_lightnings_own_ddp_in_a_multirun_runs_the_job_in_every_rank(tmp_path):
     # two devices and no strategy: Lightning picks its DDP, whose extra rank would start the sweep again
     devices = ("trainer.accelerator=cpu", "trainer.devices=2", *DDP_QUICK[1:])
