@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -54,10 +55,19 @@ class InterruptedRun(BaseException):
         self.exit_code = 128 + signal_number
 
 
+# the command that started a run or sweep, for the processes launchers start (joblib's, submitit's)
+PROGRAM_ENV = "RMSPROP_LIGHTNING_PROGRAM"
+
+
+def started_as(script: str) -> str:
+    """``python <script as typed>``, or the console command (``rmsprop-train``) that ``script`` is."""
+    return f"python {shlex.quote(script)}" if script.endswith(".py") else Path(script).name
+
+
 def program() -> str:
-    """The command that started this program, for the commands messages suggest: ``python <script as
-    typed>`` or ``rmsprop-train``."""
-    return f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name
+    """The command that started this run or sweep, for the commands messages suggest (the entry point keeps
+    it in the environment for the processes launchers start)."""
+    return os.environ.get(PROGRAM_ENV) or started_as(sys.argv[0])
 
 
 # the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank

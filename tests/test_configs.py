@@ -210,6 +210,15 @@ def test_the_config_check_knows_the_modules_losses():
             "optimizer.momentum=range(0,0.9,0.001)",
         ],  # a search: its ends
         ["-m", "seed=glob(*)"],  # no group: Hydra's to expand
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer=rmsprop_nesterov"],  # momentum drawn above 0
+        ["-m", "hydra/sweeper=optuna", "seed=0"],  # the plugin's own defaults (an enum direction)
+        ["-m", "experiment=lr_alpha_grid", "~hydra.sweeper.params.seed"],
+        [
+            "-m",
+            "hydra.sweeper.params.scheduler=plateau",
+            "hydra.sweeper.params.scheduler.scheduler.patience=1,2",
+        ],
+        ["--help", "hparams_search=rmsprop_optuna"],
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
@@ -217,16 +226,24 @@ def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
 
 
 @pytest.mark.parametrize(
-    ("params", "refusal"),
+    ("sweeper", "params", "refusal"),
     [
-        ("optimizer: rmsprop,rmsprop_centred", "optimizer=rmsprop_centred is not an option of optimizer"),
-        ("seed: range(-2,2)", "seed=-2 is invalid"),
-        ("optimizer.lrr: 0.1,0.2", "optimizer.lrr is not a key of optimizer"),
+        (
+            "basic",
+            "optimizer: rmsprop,rmsprop_centred",
+            "optimizer=rmsprop_centred is not an option of optimizer",
+        ),
+        ("basic", "seed: range(-2,2)", "seed=-2 is invalid"),
+        ("basic", "optimizer.lrr: 0.1,0.2", "optimizer.lrr is not a key of optimizer"),
+        ("optuna", "optimizer.momentum: range(0.0, 1.0, 0.5)", "got 1.0"),  # Optuna draws its stop too
     ],
 )
-def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(tmp_path, params, refusal):
+def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(
+    tmp_path, sweeper, params, refusal
+):
     shutil.copytree(CONF, tmp_path / "conf")
-    study = "# @package _global_\nhydra:\n  sweeper:\n    params:\n      " + params + "\n"
+    defaults = f"defaults:\n  - override /hydra/sweeper: {sweeper}\n"
+    study = f"# @package _global_\n{defaults}hydra:\n  sweeper:\n    params:\n      {params}\n"
     (tmp_path / "conf" / "experiment" / "study.yaml").write_text(study)
     with pytest.raises(InputError, match=re.escape(refusal)):
         checked_command_line(tmp_path / "conf", "train", ["-m", "experiment=study"])

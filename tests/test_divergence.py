@@ -196,7 +196,11 @@ def test_skip_still_stops_on_nonfinite_parameters():
         ({"lr": 1000.0, "eps": 1e-8, "alpha": 0.99}, False, "lr=1000 is too large"),
         ({"lr": 0.001, "eps": 1e-8, "alpha": 0.99}, False, "trainer.gradient_clip_val"),
         ({"lr": 1.0, "alpha": 0.75}, False, "lr=1 is too large"),  # ASGD: an alpha, no eps
-        ({"lr": 0.01, "eps": 1e-8, "alpha": 0.99, "dtype": torch.float16}, False, "torch.float16 parameters"),
+        (
+            {"lr": 0.01, "eps": 1e-8, "alpha": 0.99, "dtype": torch.float16},
+            False,
+            "eps=1e-08 rounds to 0 in torch.float16",
+        ),
     ],
 )
 def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):

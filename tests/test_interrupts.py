@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
+from rmsprop_lightning.errors import PROGRAM_ENV
 from tests.conftest import ROOT, TRAIN, run_train, train_in_process
 
 RUN = (
@@ -139,5 +140,12 @@ def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatc
     [("/venv/bin/rmsprop-train", "rmsprop-train"), ("../clone/train.py", "python ../clone/train.py")],
 )
 def test_the_resume_command_a_message_suggests_is_the_one_that_started_the_run(started, command, monkeypatch):
+    monkeypatch.delenv(PROGRAM_ENV, raising=False)  # as a process a launcher did not start
     monkeypatch.setattr(sys, "argv", [started, "seed=1"])
     assert stopped_outside_steps(signal.SIGTERM, "/runs/r").args[0].endswith(f"{command} resume=/runs/r")
+
+
+def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep(monkeypatch):
+    monkeypatch.setenv(PROGRAM_ENV, "rmsprop-train")  # as the entry point leaves it for joblib's workers
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert stopped_outside_steps(signal.SIGINT, "/runs/r").args[0].endswith("rmsprop-train resume=/runs/r")

@@ -471,7 +471,8 @@ def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
     )
     cfg = OmegaConf.create({"ckpt_path": str(checkpoint), "trainer": {"accelerator": "cpu", "devices": 1}})
     with pytest.raises(
-        InputError, match=r"resume: the run trained with 2 process\(es\), and trainer.devices=1 gives 1"
+        InputError,
+        match=r"resume: the run trained with 2 process\(es\), and its trainer's devices and num_nodes give 1",
     ):
         check_same_processes(cfg)
     cfg.trainer.devices = 2

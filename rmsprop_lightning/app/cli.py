@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import warnings
 from importlib.resources import files
@@ -17,7 +18,7 @@ from rmsprop_lightning.app.entry import run_app
 from rmsprop_lightning.app.extras import exit_if_plugin_missing
 from rmsprop_lightning.app.jobs import run_job
 from rmsprop_lightning.app.resolvers import register_resolvers
-from rmsprop_lightning.errors import reported_errors
+from rmsprop_lightning.errors import PROGRAM_ENV, reported_errors, started_as
 
 
 def config_dir() -> Path:
@@ -59,6 +60,7 @@ def leave_out_of_shutdown_collections() -> None:
 
 def train_main() -> None:
     """``rmsprop-train [overrides]``: the template's training job."""
+    os.environ[PROGRAM_ENV] = started_as(sys.argv[0])  # for the resume commands of jobs in other processes
     exit_if_plugin_missing(sys.argv[1:])
     register_resolvers()
     register_population_launcher()

@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def select(cfg: DictConfig, key: str) -> Any:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig | ListConfig):
             return OmegaConf.to_container(value, resolve=True)
-        return value
+        return value.name if isinstance(value, Enum) else value  # as typed: a structured config's enums
     except OmegaConfBaseException as error:
         raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
 
@@ -149,8 +150,8 @@ def check_scheduler_validation(cfg: DictConfig) -> None:
         )
     if (setting := unused_split(cfg, "val")) is not None:
         raise InputError(
-            f"scheduler.monitor={monitor} needs a validation, but {setting} leaves none; allowed: another "
-            "scheduler, or a validation"
+            f"scheduler.monitor={monitor} needs a validation, but {setting} leaves none; allowed: a "
+            "validation, or a scheduler that follows the steps (cosine, step, warmup_cosine)"
         )
     every = select(cfg, "trainer.check_val_every_n_epoch")
     if interval == "epoch" and isinstance(every, int) and frequency % every:
@@ -178,7 +179,10 @@ def check_searched_metric(cfg: DictConfig) -> None:
         )
     stage = metric.split("/")[0]
     if (setting := unused_split(cfg, stage)) is not None:
-        raise InputError(f"optimized_metric={metric} needs a {stage} split, but {setting} leaves none")
+        raise InputError(
+            f"optimized_metric={metric} needs a {stage} split, but {setting} leaves none; allowed: a metric "
+            "the trials log, or that split"
+        )
 
 
 def check_input_files(cfg: DictConfig) -> None:

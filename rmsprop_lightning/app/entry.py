@@ -72,7 +72,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
     check_hydra_options(config_dir, overrides)
-    if not (parsed.multirun or parsed.cfg or parsed.info):  # a run of one job
+    if not (parsed.multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
             if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
                 raise InputError(

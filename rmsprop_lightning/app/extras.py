@@ -10,8 +10,8 @@ from types import ModuleType
 
 from rmsprop_lightning.errors import InputError, exit_with
 
-# the launcher that submits a sweep's jobs to a SLURM cluster
-SLURM = "hydra/launcher=slurm"
+# the launchers that submit a sweep's jobs to a SLURM cluster
+SLURM, SUBMITIT_SLURM = "hydra/launcher=slurm", "hydra/launcher=submitit_slurm"
 # command-line overrides that select a Hydra plugin, and the (module, extra) each needs
 PLUGIN_OVERRIDES: dict[str, tuple[str, str]] = {
     "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "sweeps"),
@@ -68,10 +68,11 @@ def exit_if_plugin_missing(arguments: Sequence[str]) -> None:
     except MissingExtraError as error:
         exit_with(InputError(str(error)))
     sweep = any(argument in ("-m", "--multirun") for argument in arguments)
-    if sweep and SLURM in arguments and shutil.which("sbatch") is None:
+    submits = [argument for argument in arguments if argument in (SLURM, SUBMITIT_SLURM)]
+    if sweep and submits and shutil.which("sbatch") is None:
         exit_with(
             InputError(
-                f"{SLURM} submits the jobs to a SLURM cluster, but this machine has no sbatch; "
+                f"{submits[0]} submits the jobs to a SLURM cluster, but this machine has no sbatch; "
                 "allowed: hydra/launcher=basic, joblib_local or population here, or a SLURM login node"
             )
         )

@@ -3,6 +3,7 @@ value, an interval's ends, the launcher's and sweeper's settings (Hydra would an
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,20 +16,18 @@ from rmsprop_lightning.errors import InputError, close_match
 
 # the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
 SWEEP_KEYS = ("hydra.launcher.", "hydra.sweeper.")
-# a search space typed as Hydra settings: left to Hydra (the config's own is checked with the keys it names)
+# a study's search space, the config's or typed on the command line: checked as the keys it names
 SEARCH_SPACE = "hydra.sweeper.params."
 # launchers that run the jobs on this machine, which must have the devices they ask for
 LOCAL_LAUNCHERS = ("basic", "joblib", "joblib_local", "population", "submitit_local")
 
 
 def override_values(override: Any, options: Sequence[str] | None = None) -> list[Any] | None:
-    """The values an override gives: each of a sweep's, an interval's ends, the group ``options`` a glob
-    matches; ``None`` for a sweep only its sweeper expands."""
-    from hydra.core.override_parser.types import Glob, IntervalSweep
+    """The values an override gives: each of a sweep's, the group ``options`` a glob matches; ``None`` for a
+    sweep only its sweeper expands (an interval)."""
+    from hydra.core.override_parser.types import Glob
 
     value = override.value()
-    if isinstance(value, IntervalSweep):
-        return [value.start, value.end]
     if isinstance(value, Glob):
         return None if options is None else value.filter(list(options))
     try:
@@ -51,7 +50,7 @@ def check_keys(
     ``None`` when Hydra cannot compose it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.types import OverrideType, RangeSweep
+    from hydra.core.override_parser.types import OverrideType
 
     GlobalHydra.instance().clear()
     try:
@@ -62,13 +61,13 @@ def check_keys(
     finally:
         GlobalHydra.instance().clear()
     searched = search_space(cfg, overrides)
-    for override in searched:  # the config's search space: its groups' options here, its keys below
-        if override.key_or_group in groups:
+    chosen_groups = {override.key_or_group for override in searched if override.key_or_group in groups}
+    for override in searched:  # the search space's groups: their options here, their keys when a job runs
+        if override.key_or_group in chosen_groups:
             options = groups[override.key_or_group]
             for value in override_values(override, options) or []:
                 check_option(override.key_or_group, value, options)
-    searching = cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic"
-    values = []
+    values, intervals = [], []
     for override in [*overrides, *searched]:
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or key in groups:
@@ -77,16 +76,53 @@ def check_keys(
             not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
         ):
             continue  # Hydra checks its own; a search space's keys are checked as the keys they name
+        if override in searched and key.split(".")[0] in chosen_groups:
+            continue
         check_key(cfg, key, context)
-        chosen = override_values(override) or []
         if override.is_interval_sweep():
-            check_interval(cfg, override)
-        if searching and isinstance(override.value(), RangeSweep):  # a search draws from it: its ends
-            chosen = chosen[:1] + chosen[-1:]
-        if chosen:  # with another group option (context), each value is checked once
-            values.append((key, chosen[:1] if context else chosen))
+            intervals.append(override)
+        elif chosen := search_draws(override, cfg) or override_values(override):
+            values.append((key, chosen[:1] if context else chosen))  # with another group option: once
     check_values(cfg, values, complete)
+    for override in intervals:  # its draws, among the other keys' first values
+        draws = (override.key_or_group, interval_draws(cfg, override))
+        try:
+            check_values(cfg, [*(entry for entry in values if entry[0] != draws[0]), draws], complete=False)
+        except InputError as error:
+            raise InputError(f"{override.input_line} draws values it refuses: {error}") from None
     return cfg
+
+
+def search_draws(override: Any, cfg: DictConfig) -> list[Any] | None:
+    """A search's ``range()`` as its sweeper draws from it: its start and Optuna's ``high`` (its last step at
+    or before ``stop``), where the basic sweeper runs each value below ``stop``."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = override.value()
+    if not isinstance(value, RangeSweep) or cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic":
+        return None
+    return [value.start, value.start + math.floor((value.stop - value.start) / value.step) * value.step]
+
+
+def interval_draws(cfg: DictConfig, override: Any) -> list[Any]:
+    """Values just inside an ``interval()``'s ends (its ends for integers), once a search can draw from it:
+    its ends as limits, not as values (a momentum drawn from ``interval(0, 0.9)`` is never exactly 0)."""
+    interval, key = override.value(), override.key_or_group
+    if interval.start > interval.end or ("log" in interval.tags and interval.start <= 0):
+        raise InputError(
+            f"{override.input_line}: a search cannot draw from it; allowed: start ≤ end, and start > 0 on a "
+            "log scale"
+        )
+    if all(isinstance(end, int) for end in (interval.start, interval.end)):
+        return [interval.start, interval.end]
+    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if isinstance(current, int) and not isinstance(current, bool):
+        raise InputError(
+            f"{override.input_line}: interval() draws real numbers, but {key} takes integers; "
+            "allowed: int(interval(...))"
+        )
+    inset = (interval.end - interval.start) * 1e-9
+    return [interval.start + inset, interval.end - inset]
 
 
 def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
@@ -98,31 +134,17 @@ def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
     for override in overrides:
         if override.key_or_group == SEARCH_SPACE[:-1] and isinstance(override.value(), dict):
             params.update(override.value())
-        elif override.key_or_group.startswith(SEARCH_SPACE):  # a sweep as typed; a quoted one as its text
+        elif override.key_or_group.startswith(SEARCH_SPACE) and not override.is_delete():  # a quoted one:
             typed = override.input_line.split("=", 1)[1]
             params[override.key_or_group.removeprefix(SEARCH_SPACE)] = (
                 typed if override.is_sweep_override() else override.value()
             )
+    for override in overrides:
+        if override.is_delete() and override.key_or_group.startswith(SEARCH_SPACE):
+            params.pop(override.key_or_group.removeprefix(SEARCH_SPACE), None)
     typed = {override.key_or_group for override in overrides}
     lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
     return OverridesParser.create().parse_overrides(lines)
-
-
-def check_interval(cfg: DictConfig, override: Any) -> None:
-    """Refuses an ``interval()`` a search cannot draw from, or whose real numbers its integer key refuses."""
-    interval, key = override.value(), override.key_or_group
-    if interval.start > interval.end or ("log" in interval.tags and interval.start <= 0):
-        raise InputError(
-            f"{override.input_line}: a search cannot draw from it; allowed: start ≤ end, and start > 0 on a "
-            "log scale"
-        )
-    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    integers = isinstance(current, int) and not isinstance(current, bool)
-    if integers and not all(isinstance(end, int) for end in (interval.start, interval.end)):
-        raise InputError(
-            f"{override.input_line}: interval() draws real numbers, but {key} takes integers; "
-            "allowed: int(interval(...))"
-        )
 
 
 def check_option(group: str, value: Any, allowed: Sequence[str]) -> None:

@@ -105,7 +105,7 @@ def build_trainer(
         return trainer
     strategy = cfg.trainer.get("strategy", "auto")
     if strategy not in ("auto", "ddp"):  # a variant whose settings HydraDDPStrategy would not carry over
-        shown = strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy
+        shown = strategy.get("_target_", "{...}") if isinstance(strategy, DictConfig) else strategy
         raise InputError(
             f"trainer.strategy={shown} starts its extra processes with the whole command line; allowed: "
             "trainer=ddp or trainer=ddp_cpu, whose HydraDDPStrategy takes DDPStrategy's arguments"

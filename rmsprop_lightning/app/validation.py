@@ -172,13 +172,14 @@ def check_rows_per_process(cfg: DictConfig, datamodule: Any) -> None:
 
 
 def check_same_processes(cfg: DictConfig) -> None:
-    """A resumed run goes on with as many processes as it trained with: its data position is per process."""
+    """A resumed run goes on with as many processes as it trained with: only then does it continue exactly
+    as if it had never stopped (a branch, ``ckpt_path=``, may change them)."""
     states = saved_loader_states(load_checkpoint(cfg.ckpt_path))
     saved, now = states[0].get("world_size") if states else None, processes(cfg.trainer)
     if saved is not None and saved != now:
         raise InputError(
-            f"resume: the run trained with {saved} process(es), and trainer.devices={cfg.trainer.devices} "
-            f"gives {now} here; allowed: {saved} process(es), or a new run from the checkpoint with "
+            f"resume: the run trained with {saved} process(es), and its trainer's devices and num_nodes "
+            f"give {now} here; allowed: {saved} process(es), or a new run from the checkpoint with "
             f"ckpt_path={cfg.ckpt_path}"
         )
 

@@ -44,8 +44,9 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
         )
     dtype = group["params"][0].dtype
     if eps is not None and 0 < eps < torch.finfo(dtype).tiny:  # half precision: eps rounds to 0 or loses bits
+        held = "rounds to 0" if torch.tensor(eps, dtype=dtype).item() == 0 else "is subnormal"
         return (
-            f"eps={eps:g} is below what {dtype} parameters hold ({torch.finfo(dtype).tiny:.2g}): the step "
+            f"eps={eps:g} {held} in {dtype} (smallest normal number {torch.finfo(dtype).tiny:.2g}): the step "
             "divides by ≈0 where a gradient is small; raise optimizer.eps or use trainer.precision=bf16-mixed"
         )
     if eps is not None and eps < 1e-10:
