@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 from rmsprop_lightning.app.cli import train_main
 from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.app.resolvers import register_resolvers
+from rmsprop_lightning.errors import PROGRAM_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -99,6 +100,7 @@ def train_in_process(cwd: Path, *overrides: str, check: bool = True) -> int:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         patch.setattr(sys, "argv", [str(TRAIN), *overrides])
+        patch.setenv(PROGRAM_ENV, "")  # the entry point writes it: undone with the rest
         GlobalHydra.instance().clear()
         code = 0
         try:

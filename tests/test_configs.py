@@ -211,6 +211,8 @@ def test_the_config_check_knows_the_modules_losses():
         ],  # a search: its ends
         ["-m", "seed=glob(*)"],  # no group: Hydra's to expand
         ["-m", "hparams_search=rmsprop_optuna", "optimizer=rmsprop_nesterov"],  # momentum drawn above 0
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer.nesterov=true"],  # the same, from the other key
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer.momentum=shuffle(range(0.0,1.0,0.5))"],  # below 1
         ["-m", "hydra/sweeper=optuna", "seed=0"],  # the plugin's own defaults (an enum direction)
         ["-m", "experiment=lr_alpha_grid", "~hydra.sweeper.params.seed"],
         [
@@ -236,6 +238,13 @@ def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
         ("basic", "seed: range(-2,2)", "seed=-2 is invalid"),
         ("basic", "optimizer.lrr: 0.1,0.2", "optimizer.lrr is not a key of optimizer"),
         ("optuna", "optimizer.momentum: range(0.0, 1.0, 0.5)", "got 1.0"),  # Optuna draws its stop too
+        ("optuna", "optimizer.alpha: range(0.9, 1.0, 0.05)", "got 1.0"),  # in decimal: 1.0, not 0.95
+        (
+            "basic",
+            "optimizer: rmsprop,rmsprop_tf\n      optimizer.lr: -1,0.1",
+            "got -1",
+        ),  # a chosen group's key
+        ("basic", "scheduler: plateau\n      scheduler.scheduler.patiense: 1,2", "patiense is not a key"),
     ],
 )
 def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(

@@ -201,6 +201,7 @@ def test_skip_still_stops_on_nonfinite_parameters():
             False,
             "eps=1e-08 rounds to 0 in torch.float16",
         ),
+        ({"lr": 0.01, "eps": 1e-6, "alpha": 0.99, "dtype": torch.float16}, False, "eps=1e-06 is subnormal"),
     ],
 )
 def test_likely_cause_names_the_hyper_parameter(group, loss_finite, words):

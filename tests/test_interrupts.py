@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from rmsprop_lightning.app.cli import train_main
 from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from rmsprop_lightning.errors import PROGRAM_ENV
@@ -145,7 +146,10 @@ def test_the_resume_command_a_message_suggests_is_the_one_that_started_the_run(s
     assert stopped_outside_steps(signal.SIGTERM, "/runs/r").args[0].endswith(f"{command} resume=/runs/r")
 
 
-def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep(monkeypatch):
-    monkeypatch.setenv(PROGRAM_ENV, "rmsprop-train")  # as the entry point leaves it for joblib's workers
-    monkeypatch.setattr(sys, "argv", ["-c"])
+def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep(monkeypatch, capsys):
+    monkeypatch.setenv(PROGRAM_ENV, "")  # restored after the entry point has written it
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/rmsprop-train", "--cfg", "job"])
+    train_main()
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["-c"])  # as in a joblib worker
     assert stopped_outside_steps(signal.SIGINT, "/runs/r").args[0].endswith("rmsprop-train resume=/runs/r")

@@ -3,9 +3,9 @@ value, an interval's ends, the launcher's and sweeper's settings (Hydra would an
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +48,18 @@ def check_keys(
     """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
     :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, or
     ``None`` when Hydra cannot compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.types import OverrideType
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
-            cfg = compose(config_name, overrides=selections, return_hydra_config=True)
-    except Exception:  # anything else Hydra finds wrong, it reports itself
+    cfg = compose_config(config_dir, config_name, selections)
+    if cfg is None:  # anything else Hydra finds wrong, it reports itself
         return None
-    finally:
-        GlobalHydra.instance().clear()
     searched = search_space(cfg, overrides)
-    chosen_groups = {override.key_or_group for override in searched if override.key_or_group in groups}
-    for override in searched:  # the search space's groups: their options here, their keys when a job runs
-        if override.key_or_group in chosen_groups:
-            options = groups[override.key_or_group]
-            for value in override_values(override, options) or []:
-                check_option(override.key_or_group, value, options)
+    chosen = {}  # the groups the search space chooses options of, and those options
+    for override in searched:
+        if override.key_or_group in groups:
+            chosen[override.key_or_group] = override_values(override, groups[override.key_or_group]) or []
+            for value in chosen[override.key_or_group]:
+                check_option(override.key_or_group, value, groups[override.key_or_group])
     values, intervals = [], []
     for override in [*overrides, *searched]:
         key = override.key_or_group
@@ -76,32 +69,71 @@ def check_keys(
             not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
         ):
             continue  # Hydra checks its own; a search space's keys are checked as the keys they name
-        if override in searched and key.split(".")[0] in chosen_groups:
+        try:
+            check_key(cfg, key, context)
+        except InputError:  # a key of another option the search space chooses is checked when a job runs
+            group = key.split(".")[0]
+            options = [f"{group}={option}" for option in chosen.get(group, []) if override in searched]
+            if not any(
+                has_key(compose_config(config_dir, config_name, [*selections, o]), key) for o in options
+            ):
+                raise
             continue
-        check_key(cfg, key, context)
         if override.is_interval_sweep():
             intervals.append(override)
-        elif chosen := search_draws(override, cfg) or override_values(override):
-            values.append((key, chosen[:1] if context else chosen))  # with another group option: once
-    check_values(cfg, values, complete)
-    for override in intervals:  # its draws, among the other keys' first values
-        draws = (override.key_or_group, interval_draws(cfg, override))
-        try:
-            check_values(cfg, [*(entry for entry in values if entry[0] != draws[0]), draws], complete=False)
-        except InputError as error:
-            raise InputError(f"{override.input_line} draws values it refuses: {error}") from None
+            values.append((key, interval_draws(cfg, override)))
+        elif drawn := search_draws(override, cfg) or override_values(override):
+            values.append((key, drawn[:1] if context else drawn))  # with another group option: once
+    try:
+        check_values(cfg, values, complete)
+    except InputError as error:  # an interval's draws are values nobody typed: name the interval
+        typed = next((o.input_line for o in intervals if str(error).startswith(o.key_or_group)), None)
+        if typed is None:
+            raise
+        raise InputError(f"{typed} draws values it refuses: {error}") from None
     return cfg
+
+
+def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
+    """The config composed with the group ``selections`` and Hydra's own keys, or ``None`` where Hydra
+    cannot compose it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
+            return compose(config_name, overrides=list(selections), return_hydra_config=True)
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def has_key(cfg: DictConfig | None, key: str) -> bool:
+    """Whether the composed ``cfg`` has ``key``."""
+    return (
+        cfg is not None
+        and OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is not KeyError
+    )
 
 
 def search_draws(override: Any, cfg: DictConfig) -> list[Any] | None:
     """A search's ``range()`` as its sweeper draws from it: its start and Optuna's ``high`` (its last step at
-    or before ``stop``), where the basic sweeper runs each value below ``stop``."""
+    or before ``stop``, in decimal as Optuna computes it), where the basic sweeper runs each value below
+    ``stop`` (and a shuffled range is a choice of them)."""
     from hydra.core.override_parser.types import RangeSweep
 
     value = override.value()
-    if not isinstance(value, RangeSweep) or cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic":
+    basic = cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic"
+    if not isinstance(value, RangeSweep) or value.shuffle or basic:
         return None
-    return [value.start, value.start + math.floor((value.stop - value.start) / value.step) * value.step]
+    start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
+    high = (stop - start) // step * step + start
+    return [
+        value.start,
+        int(high) if isinstance(value.start, int) and isinstance(value.step, int) else float(high),
+    ]
 
 
 def interval_draws(cfg: DictConfig, override: Any) -> list[Any]:
