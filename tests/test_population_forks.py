@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from rmsprop_lightning.app.jobs import available_cores
-from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared, worker_signals
+from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared
 
 
 def pid_and_square(item: int) -> tuple[int, int]:
@@ -77,8 +78,39 @@ def test_a_second_ctrl_c_while_the_workers_are_busy_stops_at_once():
     start = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt), deferred_signals("testing the workers' items first"):
-            fork_map(ctrl_c_twice_at_three, list(range(64)), initializer=worker_signals)
+            fork_map(ctrl_c_twice_at_three, list(range(64)))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - start < 20 and not multiprocessing.active_children()
+
+
+def slow_square(item: int) -> int:
+    time.sleep(0.002)
+    return item * item
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two workers")
+def test_sigterms_to_the_workers_amid_the_items_lose_none_and_stop_none():
+    # as SIGTERM to the process group: a worker it ended while waiting for an item held the queue's lock
+    def waited_too_long(signum, frame):
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        raise TimeoutError("a worker ended by SIGTERM left the pool waiting")
+
+    def terminate_the_workers() -> None:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for worker in multiprocessing.active_children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+            time.sleep(0.001)
+
+    previous = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.alarm(60)
+    try:
+        results = fork_map(slow_square, list(range(400)), meanwhile=terminate_the_workers)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert results == [i * i for i in range(400)] and not multiprocessing.active_children()

@@ -43,29 +43,34 @@ def fork_map(
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         meanwhile()
         return [function(item) for item in items]
-    shared["task"] = function
-    with multiprocessing.get_context("fork").Pool(workers, initializer=initializer) as pool:
+    shared["task"], shared["initializer"] = function, initializer
+    with multiprocessing.get_context("fork").Pool(workers, initializer=start_worker) as pool:
         try:
-            pending = pool.map_async(shielded_task, items, chunksize=-(-len(items) // (4 * workers)))
+            pending = pool.map_async(run_task, items, chunksize=-(-len(items) // (4 * workers)))
             meanwhile()
-            return pending.get()
-        except BaseException:  # an error or a second Ctrl-C: a worker amid an item ignores the pool's SIGTERM
+            results = pending.get()
+            pool.close()  # the workers end once they have read the pool's end: its SIGTERM reaches none
+            pool.join()
+            return results
+        except BaseException:  # an error or a second Ctrl-C: the workers ignore the pool's SIGTERM
             for worker in multiprocessing.active_children():
                 worker.kill()
             raise
 
 
-def shielded_task(item: Item) -> Result:
-    """A worker's item, which a SIGTERM to the process group does not cut short: a lost item would leave
-    the pool waiting for good, and the parent decides when to stop.
+def start_worker() -> None:
+    """A forked worker leaves SIGTERM and Ctrl-C to the parent, which decides the stop, then runs the
+    ``initializer``: a worker ended as it waits for an item would hold the pool's queue lock for good, and
+    one ended amid an item would lose it; either way the pool would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if shared.get("initializer") is not None:
+        shared["initializer"]()
 
-    An idle worker ends on SIGTERM.
-    """
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        return shared["task"](item)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+def run_task(item: Item) -> Result:
+    """A worker's item: the shared ``function`` (a worker has it from the fork, so nothing is pickled)."""
+    return shared["task"](item)
 
 
 def compose(job: tuple[int, Sequence[str]]) -> DictConfig:
@@ -91,14 +96,7 @@ def compose_jobs(
     for number, overrides in jobs:
         log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
     shared["launcher"] = launcher
-    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile), initializer=worker_signals)
-
-
-def worker_signals() -> None:
-    """A forked worker leaves Ctrl-C (SIGINT to the process group) to the parent, which decides the stop,
-    and ends on SIGTERM between its items (not with the parent's handler, which it inherited)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return fork_map(compose, jobs, lambda: importlib.import_module(meanwhile))
 
 
 @contextlib.contextmanager

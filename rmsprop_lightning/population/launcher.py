@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from rmsprop_lightning.app.jobs import resolve_threads, torch_threads
 from rmsprop_lightning.app.jobs import run_job as run_recorded_job
 from rmsprop_lightning.errors import InterruptedRun, exit_with, program, reported_errors
-from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared, worker_signals
+from rmsprop_lightning.population.forks import deferred_signals, fork_map, shared
 from rmsprop_lightning.population.members import Member, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, write_member
 from rmsprop_lightning.population.train import train_population
@@ -63,10 +63,8 @@ def sweep_job(launcher: Any, config: DictConfig, task: Callable[[DictConfig], An
 
 
 def writer_process() -> None:
-    """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork), with a
-    worker's signals."""
+    """A forked writer runs torch on one thread (the parent's OpenMP pool does not survive a fork)."""
     torch.set_num_threads(1)
-    worker_signals()
 
 
 def write_job(index: int) -> JobReturn:
