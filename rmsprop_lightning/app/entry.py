@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.override_checks import check_keys, check_option, override_values
+from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on, override_values
 from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
@@ -129,16 +129,9 @@ def check_hydra_options(config_dir: Path, overrides: Sequence[Any]) -> None:
     chosen = [override for override in overrides if override.key_or_group in HYDRA_GROUPS]
     if not chosen:
         return
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
-            loader = GlobalHydra.instance().config_loader()
-            options = {group: sorted(loader.get_group_options(group)) for group in HYDRA_GROUPS}
-    finally:
-        GlobalHydra.instance().clear()
+    with hydra_on(config_dir) as hydra:
+        loader = hydra.config_loader()
+        options = {group: sorted(loader.get_group_options(group)) for group in HYDRA_GROUPS}
     for override in chosen:
         allowed = options[override.key_or_group]
         for value in [] if override.is_delete() else override_values(override, allowed) or []:

@@ -3,8 +3,9 @@ value, an interval's ends, the launcher's and sweeper's settings (Hydra would an
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -94,20 +95,30 @@ def check_keys(
     return cfg
 
 
-def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
-    """The config composed with the group ``selections`` and Hydra's own keys, or ``None`` where Hydra
-    cannot compose it."""
-    from hydra import compose, initialize_config_dir
+@contextlib.contextmanager
+def hydra_on(config_dir: Path) -> Iterator[Any]:
+    """Hydra set up on ``config_dir`` for a check before Hydra itself starts, and cleared after it."""
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir.absolute()), version_base="1.3"):
+            yield GlobalHydra.instance()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
+    """The config composed with the group ``selections`` and Hydra's own keys, or ``None`` where Hydra
+    cannot compose it."""
+    from hydra import compose
+
+    try:
+        with hydra_on(config_dir):
             return compose(config_name, overrides=list(selections), return_hydra_config=True)
     except Exception:
         return None
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def has_key(cfg: DictConfig | None, key: str) -> bool:
@@ -164,16 +175,17 @@ def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
 
     params = dict(OmegaConf.select(cfg, SEARCH_SPACE[:-1]) or {})
     for override in overrides:
+        key = override.key_or_group.removeprefix(SEARCH_SPACE)
         if override.key_or_group == SEARCH_SPACE[:-1] and isinstance(override.value(), dict):
             params.update(override.value())
-        elif override.key_or_group.startswith(SEARCH_SPACE) and not override.is_delete():  # a quoted one:
-            typed = override.input_line.split("=", 1)[1]
-            params[override.key_or_group.removeprefix(SEARCH_SPACE)] = (
-                typed if override.is_sweep_override() else override.value()
+        elif not override.key_or_group.startswith(SEARCH_SPACE):
+            continue
+        elif override.is_delete():
+            params.pop(key, None)
+        else:  # a sweep as typed; a quoted one as its text
+            params[key] = (
+                override.input_line.split("=", 1)[1] if override.is_sweep_override() else override.value()
             )
-    for override in overrides:
-        if override.is_delete() and override.key_or_group.startswith(SEARCH_SPACE):
-            params.pop(override.key_or_group.removeprefix(SEARCH_SPACE), None)
     typed = {override.key_or_group for override in overrides}
     lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
     return OverridesParser.create().parse_overrides(lines)
@@ -203,6 +215,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         base.hydra.runtime.cwd = base.hydra.runtime.output_dir = os.getcwd()
         base.hydra.job.num, base.hydra.job.id = 0, "0"
     HydraConfig.instance().set_config(base)
+    searching = base.hydra.runtime.choices.get("hydra/sweeper") != "basic"
+    here = base.hydra.runtime.choices.get("hydra/launcher") in LOCAL_LAUNCHERS  # the jobs run on this machine
     firsts = [(key, chosen[0]) for key, chosen in values]
     variants = [firsts] + [
         [*firsts[:index], (key, value), *firsts[index + 1 :]]
@@ -218,15 +232,12 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             except (OmegaConfBaseException, AttributeError) as error:  # AttributeError: into a null mapping
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
-        if base.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+        if searching:
             check_searched_metric(job)
         if complete:  # each swept option, before any job runs
             check_missing(job)
             accelerator = str(OmegaConf.select(job, "trainer.accelerator"))
-            if (
-                accelerator in ("gpu", "cuda", "mps")
-                and base.hydra.runtime.choices.get("hydra/launcher") in LOCAL_LAUNCHERS
-            ):
+            if here and accelerator in ("gpu", "cuda", "mps"):
                 from rmsprop_lightning.app.validation import check_accelerator  # torch only then
 
                 check_accelerator(accelerator)
