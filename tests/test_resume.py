@@ -290,6 +290,24 @@ def test_a_longer_resume_is_refused_where_the_schedule_follows_the_length(tmp_pa
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
 
 
+def test_a_tested_run_continued_without_its_test_is_refused(tmp_path, capfd):
+    # TensorBoard's HPARAMS would show the earlier part's test as the run's, which metrics.json has not
+    train_in_process(tmp_path, "data.source.num_samples=512", "trainer.max_steps=20")
+    (run_dir,) = run_dirs(tmp_path)
+    events = sorted((run_dir / "tensorboard").glob("events.*"))
+    capfd.readouterr()
+    code = train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40", "test=false", check=False)
+    out, err = capfd.readouterr()
+    assert code == 2, out + err
+    (line,) = (out + err).strip().splitlines()
+    assert line.startswith(
+        "error: resume: test=false would leave the test/loss, test/r2, test/rmse of the run's earlier part"
+    )
+    assert line.endswith(f"test=false ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert sorted((run_dir / "tensorboard").glob("events.*")) == events
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
+
+
 def test_a_list_that_follows_the_length_is_named_with_its_values():
     saved = OmegaConf.create({"trainer": {"max_steps": 20}, "milestones": [5, "${trainer.max_steps}"]})
     (longer,) = OverridesParser.create().parse_overrides(["trainer.max_steps=40"])

@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from rmsprop_lightning import FeedForward, OptimizerStateMonitor, RegressionDataModule, RegressionModule
+from rmsprop_lightning.app.resume import SAFE_KEYS
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.logging.tensorboard import (
@@ -31,6 +32,7 @@ from rmsprop_lightning.logging.tensorboard import (
     continue_tensorboard,
     finish_tensorboard,
     flatten_hparams,
+    run_hparams,
 )
 from tests.conftest import QUICK, ROOT, run_dirs, run_train, train_in_process
 
@@ -173,6 +175,13 @@ def test_a_run_killed_after_a_validation_and_resumed_logs_each_point_once(tmp_pa
     assert [step for step, _ in scalars["val/loss"]] == [10, 20, 30, 40]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["best"]["val/loss"] == pytest.approx(min(value for _, value in scalars["val/loss"]))
+
+
+def test_hparams_hold_no_setting_a_resume_may_change(compose_cfg):
+    # TensorBoard shows a run's first HPARAMS record: one that a longer resume changed would stay stale
+    keys = set(run_hparams(compose_cfg()))
+    assert {"seed", "data/batch_size", "optimizer/lr"} <= keys
+    assert not keys & {key.replace(".", "/") for key in SAFE_KEYS}
 
 
 def test_flattened_hparams_name_the_class_and_keep_types():

@@ -119,8 +119,10 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
 
         state = load_checkpoint(checkpoint)
         new_limits = any(f"trainer.{key}" in changed for key in limits)
-        if new_limits or read_summary(run_dir).get("status") == "completed":
+        summary = read_summary(run_dir)
+        if new_limits or summary.get("status") == "completed":
             check_steps_left(state, limits, f"resume={run_dir}: its {checkpoint.name}")
+        check_test_kept(changed.get("test"), summary, run_dir)
         # else a run that stopped after its training, before its test ended, has its test run
         check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
@@ -176,6 +178,18 @@ def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
                 f"resume={run_dir}: the run was written in {Path(folder).parent} and moved since; allowed: "
                 f"resume it there, or start a new run from it with ckpt_path={run_dir}/checkpoints/last.ckpt"
             )
+
+
+def check_test_kept(test: Any, summary: dict[str, Any], run_dir: Path) -> None:
+    """Refuses ``test=false`` for a run whose earlier part tested: its test metrics would stay the last in
+    TensorBoard, and so in HPARAMS, though they are not the continued run's."""
+    tested = sorted(key for key in summary.get("final") or {} if key.startswith("test/"))
+    if test is False and tested:
+        raise InputError(
+            f"resume: test=false would leave the {', '.join(tested)} of the run's earlier part as its last "
+            "in TensorBoard and HPARAMS; allowed: test=true, or a new run from it with test=false "
+            f"ckpt_path={last_checkpoint(run_dir)}"
+        )
 
 
 def check_override(override: Override, saved: DictConfig) -> None:

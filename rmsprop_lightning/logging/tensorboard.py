@@ -19,8 +19,9 @@ from rmsprop_lightning.logging.event_file import scalars_summary
 HParamValue = bool | int | float | str
 MODES = ("last", "min", "max")
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
-# config entries besides the optimizer and scheduler shown on the HPARAMS tab
-RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden", "trainer.max_steps")
+# config entries besides the optimizer and scheduler shown on the HPARAMS tab: none a resume may change,
+# since TensorBoard shows a run's first HPARAMS record
+RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden")
 
 
 def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
