@@ -580,6 +580,21 @@ def test_an_infinite_state_leaves_the_other_values_as_they_are():
     assert math.isfinite(values["optim/grad_norm"]) and values["optim/effective_lr_min"] == 0.0
 
 
+def test_norms_whose_squares_sum_above_float32s_range_are_finite():
+    model = FeedForward(hidden=5)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    model(torch.randn(4, 10)).square().sum().backward()
+    params = list(model.parameters())
+    before = torch._foreach_neg(params)
+    optimizer.step()
+    states = [optimizer.state[param]["square_avg"] for param in params]
+    for state in states:  # each norm 1.5e19 (its square, 2.25e38, fits float32; the sum of four does not)
+        state.mul_(1.5e19 / state.double().norm().item())
+    norms = StateNorms(optimizer, "optim/", {}, None)
+    values = dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
+    assert values["optim/square_avg_norm"] == pytest.approx(3e19, rel=1e-6)
+
+
 def test_a_nan_state_of_one_group_leaves_the_other_groups_values_finite():
     model = FeedForward(hidden=5)
     groups = build_param_groups(model, no_weight_decay_on_bias=True)

@@ -155,18 +155,21 @@ class StateNorms:
         self.names += [f"{prefix}{infix}update_to_param_ratio" for infix, _ in scopes]
         if rms:
             self.names += [f"{prefix}effective_lr_max", f"{prefix}effective_lr_min"]
-        weights = torch.zeros(len(rows), len(columns) + len(rms))
-        for r, row in enumerate(rows):
-            weights[r, list(row)] = torch.tensor(list(row.values()))
         device = params[0].device
+        # the tensors' norms summed as squares in float64 where the device has it: in float32 the squares of
+        # several norms near 1.8e19 would sum to inf
+        self.dtype = dtype = torch.float32 if device.type == "mps" else torch.float64
+        weights = torch.zeros(len(rows), len(columns) + len(rms), dtype=dtype)
+        for r, row in enumerate(rows):
+            weights[r, list(row)] = torch.tensor(list(row.values()), dtype=dtype)
         self.weights = weights.to(device)
         self.used = self.weights != 0  # a row's columns: an inf elsewhere must not turn it into NaN (inf × 0)
         self.num_scopes = len(scopes)  # grad_norm, param_norm and update_norm take that many rows each
         self.zero = torch.zeros((), device=device)
         self.exponents = torch.tensor(
-            [0.5] * self.num_norms + [1.0] * (len(rows) - self.num_norms), device=device
+            [0.5] * self.num_norms + [1.0] * (len(rows) - self.num_norms), dtype=dtype, device=device
         )
-        self.signs = torch.tensor([1.0, -1.0], device=device)
+        self.signs = torch.tensor([1.0, -1.0], dtype=dtype, device=device)
 
     def matches(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether the plan still describes ``optimizer``: the same parameters and forms, the same states."""
@@ -180,7 +183,7 @@ class StateNorms:
         torch._foreach_add_(updates, params)
         grads = [self.zero if param.grad is None else stored_values(param.grad) for param in params]
         tensors = [*grads, *params, *updates, *(state[params[i]][key] for key, i in self.state_columns)]
-        norms = torch._foreach_norm(tensors)
+        norms = torch._foreach_norm(tensors)  # in each tensor's dtype, as torch's clip_grad_norm_ computes
         size_sums, highest, inverse_highest = [], [], []  # per tensor: Σ s, max s, max 1/s
         for members in self.buckets:
             # the updates' norms are taken: their memory holds the step sizes now
@@ -193,7 +196,7 @@ class StateNorms:
             highest += torch._foreach_max(sizes)
             size_sums += [size.sum() for size in sizes]
         count, width = len(norms), self.weights.shape[1]
-        columns = torch.stack([*norms, *size_sums, *highest, *inverse_highest]).float()
+        columns = torch.stack([*norms, *size_sums, *highest, *inverse_highest]).to(self.dtype)
         columns[:count].square_()
         terms = torch.where(self.used, self.weights * columns[:width], 0.0)
         sums = terms.sum(1).pow_(self.exponents)  # norms: roots of sums of squares

@@ -91,6 +91,7 @@ class StackedStateNorms:
         self.applies = applies[:, kept]
 
         device = params[0].device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # the squares', as StateNorms'
         self.kept = kept.nonzero().squeeze(1).to(device)
         self.missing = ~self.applies.to(device)
         # which tensors each scope sums (selected, not weighted: an overflow to inf must not make 0 × inf)
@@ -117,7 +118,7 @@ class StackedStateNorms:
         columns = [norm(param.grad) for param in params] + [norm(param) for param in params]
         columns += [norm(update) for update in updates]
         columns += [norm(state.get(key)) for key in self.keys for state in states]
-        squares = torch.stack(columns, 1).float().square().view(members, -1, len(params))
+        squares = torch.stack(columns, 1).to(self.dtype).square().view(members, -1, len(params))
         norms = torch.where(self.norm_terms, squares.unsqueeze(2), 0.0).sum(3).sqrt_()  # [P, quantity, scope]
 
         k = {group: optimizer.member_coefficients(group) for group in {self.group_of[j] for j in self.rms}}
@@ -138,4 +139,4 @@ class StackedStateNorms:
             torch.where(self.rms_has, inverse_, 0.0).amax(1).reciprocal(),
         ]
         values = torch.cat([norms.flatten(1), means, norms[:, 2] / norms[:, 1], torch.stack(extremes, 1)], 1)
-        return values[:, self.kept].masked_fill_(self.missing, torch.nan)
+        return values[:, self.kept].float().masked_fill_(self.missing, torch.nan)
