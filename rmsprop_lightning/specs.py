@@ -7,10 +7,11 @@ pickled objects; :func:`from_spec` rebuilds them with Hydra.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -40,14 +41,40 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, PLAIN_TYPES)
 
 
+def importable(obj: Any) -> bool:
+    """Whether another process finds ``obj`` by its qualified name: not what a script (``__main__``) or a
+    function defines."""
+    if getattr(obj, "__module__", "__main__") == "__main__":
+        return False
+    try:
+        return get_object(qualified_name(obj)) is obj
+    except Exception:  # Hydra's locate raises ImportError or ValueError, attribute lookups others
+        return False
+
+
+def takes(cls: type, arguments: Mapping[str, Any]) -> bool:
+    """Whether ``cls`` takes ``arguments``: a subclass with a constructor of its own may not take its base's
+    ``spec``."""
+    try:
+        inspect.signature(cls).bind(**arguments)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def to_spec(obj: Any) -> Any:
     """A ``_target_`` mapping for ``obj`` (a keyword-only ``functools.partial``, an object with a ``spec``
-    of its constructor arguments, or plain data), or ``None`` when it cannot be described as data."""
+    of its constructor arguments, or plain data), or ``None`` when another process could not rebuild it
+    from data."""
     if obj is None or isinstance(obj, PLAIN_TYPES):
         return obj
     if isinstance(obj, functools.partial) and not obj.args:
+        if not importable(obj.func):
+            return None
         spec = {"_target_": qualified_name(obj.func), "_partial_": True, **plain(obj.keywords)}
     elif isinstance(getattr(obj, "spec", None), Mapping):
+        if not (importable(type(obj)) and takes(type(obj), obj.spec)):
+            return None
         spec = {"_target_": qualified_name(type(obj)), **plain(obj.spec)}
     elif isinstance(obj, Mapping | DictConfig):
         spec = plain(obj)

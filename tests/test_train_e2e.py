@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -72,14 +73,51 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, capfd):
     assert len(losses) == 30 and all(0 < value < 100 for value in losses)
 
 
-@pytest.mark.parametrize("part", ["model", "optimizer", "scheduler"])
-def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part):
+class WideNet(FeedForward):
+    """A subclass with a constructor of its own, which does not take its base's ``spec``."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__(in_features=10, hidden=[width], out_features=1)
+
+
+def in_a_script(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """An optimizer factory as a training script defines it: another process cannot import it."""
+    return torch.optim.SGD(*args, **kwargs)
+
+
+in_a_script.__module__ = "__main__"
+
+
+def undescribed(case: str) -> Any:
+    """A model, optimizer or scheduler that no data lets another process rebuild."""
+    if case == "subclass":
+        return WideNet(width=4)
+    if case == "script":
+        return partial(in_a_script, lr=0.1)
+
+    def local(*args: Any) -> None:  # defined in a function: not importable by its name
+        return None
+
+    return local if case == "function" else partial(local, step_size=1)
+
+
+@pytest.mark.parametrize(
+    ("part", "case"),
+    [
+        ("model", "subclass"),
+        ("optimizer", "function"),
+        ("optimizer", "script"),
+        ("scheduler", "function"),
+        ("scheduler", "local partial"),
+    ],
+)
+def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part, case):
     parts = {
         "model": FeedForward(hidden=5),
         "optimizer": partial(torch.optim.SGD, lr=0.1),
         "scheduler": partial(torch.optim.lr_scheduler.StepLR, step_size=1),
     }
-    parts[part] = lambda *args: None  # a function of its own: no data describes it
+    parts[part] = undescribed(case)
     module = RegressionModule(**parts)
     hparams = dict(module.hparams)  # what load_from_checkpoint passes back
     with pytest.raises(
@@ -87,6 +125,19 @@ def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part):
     ):
         RegressionModule(**hparams)
     RegressionModule(**{**hparams, part: parts[part]})
+
+
+class HalvedNet(FeedForward):
+    """A subclass with its base's constructor, which its base's ``spec`` describes."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features) / 2
+
+
+def test_a_subclass_with_its_base_constructor_is_rebuilt_as_itself():
+    module = RegressionModule(model=HalvedNet(hidden=5), optimizer=partial(torch.optim.SGD, lr=0.1))
+    loaded = RegressionModule(**module.hparams)
+    assert type(loaded.model) is HalvedNet and loaded.model.spec == module.model.spec
 
 
 def test_overfitting_one_batch_validates_at_its_epochs(tmp_path):
