@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import tracemalloc
+from functools import partial
 from itertools import islice
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
+from rmsprop_lightning import FeedForward, RegressionModule
 from rmsprop_lightning.data import InMemoryBatchLoader, RegressionDataModule, Table
-from rmsprop_lightning.data.sources import from_csv, from_numpy
+from rmsprop_lightning.data.sources import from_csv, from_numpy, synthetic
+from rmsprop_lightning.optim import RMSprop
 
 
 def rows_seen(loader: InMemoryBatchLoader) -> list[int]:
@@ -227,3 +231,24 @@ def test_csv_is_parsed_into_the_array_as_it_is_read(tmp_path):
         tracemalloc.stop()
     assert table.features.shape == (20_000, 3)
     assert peak < 3 * 20_000 * 4 * 8, peak
+
+
+def test_each_trainer_of_a_data_module_starts_at_its_first_epoch():
+    # a loop of fits over one data module: each fit sees the batches a fresh data module serves
+    datamodule = RegressionDataModule(synthetic(num_samples=128), batch_size=32)
+    weights = []
+    for _ in range(2):
+        pl.seed_everything(0, verbose=False)
+        module = RegressionModule(FeedForward(hidden=5), partial(RMSprop, lr=0.01))
+        trainer = pl.Trainer(
+            max_steps=5,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        weights.append(torch.cat([param.detach().flatten() for param in module.parameters()]))
+    assert torch.equal(weights[0], weights[1])

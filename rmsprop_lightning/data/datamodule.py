@@ -54,6 +54,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.scaling: dict[str, torch.Tensor] = {}  # the standardisation, once the data is split
         self._loaders: dict[str, InMemoryBatchLoader] = {}
+        self._loaders_for: pl.Trainer | None = None  # the trainer whose device and ranks they serve
 
     @property
     def num_features(self) -> int:
@@ -112,7 +113,10 @@ class RegressionDataModule(pl.LightningDataModule):
         ]
 
     def setup(self, stage: str) -> None:
+        """Builds the loaders for the trainer; another trainer gets new ones, from its first epoch."""
         trainer = self.trainer
+        if trainer is not self._loaders_for:
+            self._loaders, self._loaders_for = {}, trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         for split, (features, targets) in self.splits.items():

@@ -39,4 +39,6 @@ class PopulationDataModule(RegressionDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        self._loaders["train"] = StackedBatchLoader(self._loaders["train"], self.seeds)
+        train = self._loaders["train"]
+        if not isinstance(train, StackedBatchLoader):  # built for this trainer, not stacked yet
+            self._loaders["train"] = StackedBatchLoader(train, self.seeds)
