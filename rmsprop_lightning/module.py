@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -130,6 +130,10 @@ class RegressionModule(pl.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def predict_step(self, batch: torch.Tensor | Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The model's outputs for a batch of features, or of ``(features, ...)`` (targets are ignored)."""
+        return self(batch if isinstance(batch, torch.Tensor) else batch[0])
 
     def on_validation_epoch_start(self) -> None:
         self._totals = {}

@@ -252,3 +252,17 @@ def test_each_trainer_of_a_data_module_starts_at_its_first_epoch():
         trainer.test(module, datamodule=datamodule, verbose=False)
         weights.append(torch.cat([param.detach().flatten() for param in module.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_predict_gives_the_models_outputs_for_the_test_split_or_a_loader_of_features():
+    datamodule = RegressionDataModule(synthetic(num_samples=128), batch_size=32, eval_batch_size=8)
+    module = RegressionModule(FeedForward(hidden=5), partial(RMSprop, lr=0.01))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    features = datamodule.splits["test"][0]
+    with torch.no_grad():
+        expected = module(features)
+    predicted = trainer.predict(module, datamodule=datamodule)
+    assert len(predicted) == 2  # batches of eval_batch_size
+    torch.testing.assert_close(torch.cat(predicted), expected)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features), batch_size=5)
+    torch.testing.assert_close(torch.cat(trainer.predict(module, loader)), expected)

@@ -152,6 +152,10 @@ class RegressionDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> InMemoryBatchLoader | list:
         return self._loaders.get("test", [])
 
+    def predict_dataloader(self) -> InMemoryBatchLoader | list:
+        """The test split, whose features ``trainer.predict`` gives the model."""
+        return self.test_dataloader()
+
 
 def split_and_standardize(
     table: Table,
