@@ -49,7 +49,8 @@ class RMSprop(torch.optim.RMSprop):
             differs from torch's placement once the learning rate changes.
         nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
         bias_correction: divide the running averages by ``1 - alpha**t`` as optax does (with ``centered``
-            and ``initial_square_avg=0`` the first step is then about ``lr·g/eps``).
+            and ``initial_square_avg=0`` the first variance is 0 up to rounding, so the first step is
+            ``lr·g/sqrt(eps)`` with ``eps_in_sqrt`` and up to ``lr·g/eps`` without).
         decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of adding
             ``weight_decay * θ`` to the gradient.
         fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding and
