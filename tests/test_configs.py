@@ -258,6 +258,47 @@ def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(
         checked_command_line(tmp_path / "conf", "train", ["-m", "experiment=study"])
 
 
+@pytest.fixture
+def user_configs(tmp_path) -> str:
+    """A user's own config folder, on Hydra's search path: an optimizer preset, a launcher, a new group."""
+    for path, text in {
+        "optimizer/mine.yaml": "defaults:\n  - rmsprop\nmomentum: 0.5\n",
+        "hydra/launcher/mine.yaml": "defaults:\n  - basic\n",
+        "extra/one.yaml": "note: hello\n",
+    }.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    return f"hydra.searchpath=[file://{tmp_path}]"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["optimizer=mine", "optimizer.lr=0.1"],
+        ["-m", "optimizer=mine,rmsprop_centered", "seed=0,1"],
+        ["-m", "hydra/launcher=mine", "seed=0,1"],
+        ["+extra=one", "extra.note=bye"],
+    ],
+)
+def test_a_users_configs_on_the_search_path_pass_the_checks(user_configs, arguments):
+    arguments = [*arguments, user_configs]
+    assert checked_command_line(CONF, "train", arguments)[: len(arguments)] == arguments
+
+
+@pytest.mark.parametrize(
+    ("arguments", "refusal"),
+    [
+        (["optimizer=mien"], "optimizer=mien is not an option of optimizer (did you mean mine?)"),
+        (["optimizer=mine", "optimizer.momentum=1.5"], "optimizer.momentum must be in [0, 1)"),
+        (["-m", "hydra/launcher=mien", "seed=0,1"], "(did you mean mine?)"),
+        (["+extra=two"], "extra=two is not an option of extra; allowed: one"),
+    ],
+)
+def test_a_users_configs_on_the_search_path_are_checked(user_configs, arguments, refusal):
+    with pytest.raises(InputError, match=re.escape(refusal)):
+        checked_command_line(CONF, "train", [*arguments, user_configs])
+
+
 @pytest.mark.parametrize(
     ("trainer", "count"),
     [

@@ -27,6 +27,8 @@ HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
 # the groups a run is built from, which an option may replace but nothing may remove
 NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
+# where Hydra looks for configs besides conf/: a user's own options of the groups
+SEARCH_PATH = "hydra.searchpath"
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
@@ -43,14 +45,34 @@ def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: 
     hydra_main()
 
 
-def group_options(config_dir: Path) -> dict[str, list[str]]:
-    """``{group: [option, ...]}`` for every config group folder (Hydra's own ``hydra/`` groups aside)."""
+def group_options(
+    config_dir: Path, config_name: str = "train", searchpath: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """``{group: [option, ...]}`` for every config group (Hydra's own ``hydra/`` groups aside): the folders of
+    ``config_dir``, or with a typed ``hydra.searchpath`` every group Hydra finds on that path."""
+    if not searchpath:
+        groups = {}
+        for folder in sorted(path for path in config_dir.rglob("*") if path.is_dir()):
+            group = folder.relative_to(config_dir).as_posix()
+            if not group.startswith("hydra") and not folder.name.startswith("__"):
+                groups[group] = sorted(path.stem for path in folder.glob("*.yaml"))
+        return groups
+    from hydra.core.object_type import ObjectType
+
     groups = {}
-    for folder in sorted(path for path in config_dir.rglob("*") if path.is_dir()):
-        group = folder.relative_to(config_dir).as_posix()
-        if not group.startswith("hydra") and not folder.name.startswith("__"):
-            groups[group] = sorted(path.stem for path in folder.glob("*.yaml"))
-    return groups
+    with hydra_on(config_dir) as hydra:
+        loader = hydra.config_loader()
+
+        def listed(group: str, kind: ObjectType) -> list[str]:
+            return sorted(loader.get_group_options(group, kind, config_name, list(searchpath)))
+
+        pending = [name for name in listed("", ObjectType.GROUP) if name != "hydra"]
+        while pending:
+            group = pending.pop()
+            if options := listed(group, ObjectType.CONFIG):
+                groups[group] = options
+            pending += [f"{group}/{name}" for name in listed(group, ObjectType.GROUP)]
+    return dict(sorted(groups.items()))
 
 
 def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
@@ -71,18 +93,19 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_output_folder(overrides, parsed.multirun, None)
         return list(arguments)
-    check_hydra_options(config_dir, overrides)
+    searchpath = [o.input_line for o in overrides if o.key_or_group == SEARCH_PATH]  # the user's configs too
+    check_hydra_options(config_dir, config_name, overrides, searchpath)
     if not (parsed.multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
             if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
                 raise InputError(
                     f"{override.input_line} is for a sweep; allowed: the same with -m (--multirun)"
                 )
-    groups = group_options(config_dir)
+    groups = group_options(config_dir, config_name, searchpath)
     entries = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
     defaults = {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
     # each group's first option (Hydra's launcher and sweeper as chosen); every other option of a swept group
-    selections = [o.input_line for o in overrides if o.key_or_group.startswith(HYDRA_GROUPS)]
+    selections = [*searchpath, *(o.input_line for o in overrides if o.key_or_group.startswith(HYDRA_GROUPS))]
     others = []
     for override in overrides:
         group = override.key_or_group
@@ -124,14 +147,22 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
 
 
-def check_hydra_options(config_dir: Path, overrides: Sequence[Any]) -> None:
-    """Refuses an option of Hydra's launcher or sweeper group that neither a plugin nor ``conf/`` provides."""
+def check_hydra_options(
+    config_dir: Path, config_name: str, overrides: Sequence[Any], searchpath: Sequence[str]
+) -> None:
+    """Refuses an option of Hydra's launcher or sweeper group that no plugin, ``conf/`` or typed
+    ``hydra.searchpath`` provides."""
+    from hydra.core.object_type import ObjectType
+
     chosen = [override for override in overrides if override.key_or_group in HYDRA_GROUPS]
     if not chosen:
         return
     with hydra_on(config_dir) as hydra:
         loader = hydra.config_loader()
-        options = {group: sorted(loader.get_group_options(group)) for group in HYDRA_GROUPS}
+        options = {
+            group: sorted(loader.get_group_options(group, ObjectType.CONFIG, config_name, list(searchpath)))
+            for group in HYDRA_GROUPS
+        }
     for override in chosen:
         allowed = options[override.key_or_group]
         for value in [] if override.is_delete() else override_values(override, allowed) or []:
