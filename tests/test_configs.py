@@ -221,6 +221,14 @@ def test_the_config_check_knows_the_modules_losses():
             "hydra.sweeper.params.scheduler.scheduler.patience=1,2",
         ],
         ["--help", "hparams_search=rmsprop_optuna"],
+        # overrides apply in order, as Hydra applies them: a key a former one made, removed or set
+        ["model.hidden=[64,64]", "model.hidden.0=32"],
+        ["module.lr_multipliers={bias:0.1}", "module.lr_multipliers.bias=0.2"],
+        ["+module.extra={a:1}", "module.extra.a=2"],
+        ["logger=none", "~callbacks.learning_rate_monitor", "~callbacks.optimizer_state_monitor"],
+        ["data=csv", f"++data.source.path={CONF / 'train.yaml'}", "data.source.target=y"],
+        ["hydra.mode=MULTIRUN", "seed=0,1"],  # Hydra's -m in the config
+        ["--shell-completion", "install=bash"],  # its arguments are not overrides
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):

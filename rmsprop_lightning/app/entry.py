@@ -83,19 +83,26 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = hydra_argument_parser().parse_args(list(arguments))
+    if parsed.shell_completion or parsed.experimental_rerun:  # its arguments are not overrides
+        return list(arguments)
     modes = [flag for flag, given in MODES.items() if getattr(parsed, given)]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
+    if parsed.resolve and not (parsed.cfg or parsed.help):
+        raise InputError("--resolve shows a resolved config; allowed: with --cfg or --help")
     try:
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
+    multirun = parsed.multirun or any(
+        o.key_or_group == "hydra.mode" and str(o.value()) == "MULTIRUN" for o in overrides
+    )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
-        check_output_folder(overrides, parsed.multirun, None)
+        check_output_folder(overrides, multirun, None)
         return list(arguments)
     searchpath = [o.input_line for o in overrides if o.key_or_group == SEARCH_PATH]  # the user's configs too
     check_hydra_options(config_dir, config_name, overrides, searchpath)
-    if not (parsed.multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
+    if not (multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
             if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
                 raise InputError(
@@ -139,8 +146,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
-    check_output_folder(overrides, parsed.multirun, cfg)
-    if not parsed.multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
+    check_output_folder(overrides, multirun, cfg)
+    if not multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]

@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.errors import InputError, close_match
@@ -47,11 +47,16 @@ def check_keys(
     complete: bool = True,
 ) -> DictConfig | None:
     """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
-    :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, or
-    ``None`` when Hydra cannot compose it."""
+    :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, with the
+    other overrides applied as Hydra applies them where it can, or ``None`` when Hydra cannot compose it."""
     from hydra.core.override_parser.types import OverrideType
 
-    cfg = compose_config(config_dir, config_name, selections)
+    # each override that sweeps nothing nor chooses a group, in order (+key, ++key, ~key included)
+    edits = [o.input_line for o in overrides if not o.is_sweep_override() and o.key_or_group not in groups]
+    cfg = compose_config(config_dir, config_name, [*selections, *edits]) if edits else None
+    edited = cfg is not None  # then every key an edit names exists
+    if not edited:  # an edit Hydra refuses: each key is checked against the config it changes
+        cfg = compose_config(config_dir, config_name, selections)
     if cfg is None:  # anything else Hydra finds wrong, it reports itself
         return None
     searched = search_space(cfg, overrides)
@@ -64,6 +69,8 @@ def check_keys(
     values, intervals = [], []
     for override in [*overrides, *searched]:
         key = override.key_or_group
+        if override.type == OverrideType.DEL and not edited and key not in groups:
+            check_key(cfg, key, context)
         if override.type != OverrideType.CHANGE or key in groups:
             continue
         if override.is_hydra_override() and (
@@ -81,6 +88,11 @@ def check_keys(
                 raise
             continue
         if override.is_interval_sweep():
+            if cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic":  # it runs a list of values
+                raise InputError(
+                    f"{override.input_line}: the basic sweeper cannot draw from an interval; allowed: a list "
+                    "such as 0.01,0.1 or range(...), or interval() with hparams_search=rmsprop_optuna"
+                )
             intervals.append(override)
             values.append((key, interval_draws(cfg, override)))
         elif drawn := search_draws(override, cfg) or override_values(override):
@@ -249,7 +261,10 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
     for depth in range(1, len(parts) + 1):
         parent_path = ".".join(parts[: depth - 1])
         parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
-        names = [str(name) for name in parent] if isinstance(parent, DictConfig) else []
+        if isinstance(parent, DictConfig):
+            names = [str(name) for name in parent]
+        else:  # a list's keys are its indices
+            names = [str(index) for index in range(len(parent))] if isinstance(parent, ListConfig) else []
         if parts[depth - 1] in names:
             continue
         allowed = sorted(name for name in names if not name.startswith("_"))
