@@ -73,6 +73,19 @@ CASES = [
     ),
     ("a sweep without -m", ["optimizer.lr=0.01,0.1"], ["optimizer.lr=0.01,0.1", "with -m"]),
     (
+        "an interval for the basic sweeper",
+        ["-m", "optimizer.lr=interval(0.01,0.1)"],
+        ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
+    ),
+    ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
+    ("removing a key that is not there", ["~optimizer.lrr"], ["optimizer.lrr", "not a key of optimizer"]),
+    (
+        "lr multipliers as a list",
+        ["module.lr_multipliers=[1,2]"],
+        ["module.lr_multipliers", "{regex: factor}"],
+    ),
+    ("an lr multiplier of text", ["module.lr_multipliers={{bias:x}}"], ["module.lr_multipliers.bias", "> 0"]),
+    (
         "a misspelt launcher setting",
         ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_tsk=1", "seed=0,1"],
         ["hydra.launcher.cpus_per_tsk", "did you mean hydra.launcher.cpus_per_task"],
@@ -221,6 +234,11 @@ CASES = [
         ["hydra.run.dir=${{paths.root_dir}}/logs/train/runs/{earlier.name}"],
         ["hydra.run.dir=${paths.root_dir}/logs", "already holds a run"],
     ),
+    (
+        "run folder in use, interpolated with a typed key",
+        ["+where=train/runs/{earlier.name}", "hydra.run.dir=${{paths.root_dir}}/logs/${{where}}"],
+        ["hydra.run.dir=${paths.root_dir}/logs/${where}", "already holds a run"],
+    ),
     ("sweep folder in use", ["-m", "hydra.sweep.dir={earlier}/..", "seed=0,1"], ["hydra.sweep.dir="]),
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
@@ -366,6 +384,16 @@ CASES = [
         ["moved_run: the run was written in", "moved since", "ckpt_path="],
     ),
     ("resume as a multirun", ["-m", "resume={earlier}"], ["--multirun"]),
+    (
+        "no features",
+        [
+            "data=csv",
+            "data.source.path={files}/good.csv",
+            "data.source.target=target",
+            "data.source.features=[]",
+        ],
+        ["data.source.features is empty"],
+    ),
     # output
     (
         "log dir under a file",

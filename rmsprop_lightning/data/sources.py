@@ -88,13 +88,17 @@ def from_csv(
     targets = column_names(target)
     if not targets:
         raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
+    if features is not None and not column_names(features):
+        raise ValueError("data.source.features is empty; allowed: a list of column names, or null for all")
     with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
         reader = enumerate(csv.reader(handle, delimiter=delimiter), start=1)
         rows = ((number, row) for number, row in reader if not blank(row))
         header = [name.strip() for name in next(rows, (0, []))[1]]
         if not header:
             raise ValueError(f"{path} is empty (a header row and data rows are required)")
-        feature_names = column_names(features) if features else [c for c in header if c not in targets]
+        feature_names = (
+            [c for c in header if c not in targets] if features is None else column_names(features)
+        )
         check_columns(path, header, targets, feature_names)
         values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
     if not len(values):
