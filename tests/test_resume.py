@@ -308,6 +308,18 @@ def test_a_tested_run_continued_without_its_test_is_refused(tmp_path, capfd):
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 20
 
 
+def test_a_quoted_run_folder_resumes_with_any_form_of_a_safe_key(tmp_path):
+    # a job folder named by its overrides holds '=', ',' and brackets: quoted as Hydra's grammar quotes them
+    run_dir = tmp_path / "1_logger=[tensorboard,csv]"
+    train_in_process(
+        tmp_path, "data.source.num_samples=512", "trainer.max_steps=10", f'hydra.run.dir="{run_dir}"'
+    )
+    for limit in ("trainer.max_steps=15", "++trainer.max_steps=20", "+trainer.max_steps=25"):
+        train_in_process(tmp_path, f"resume='{run_dir}'", limit)
+        assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == int(limit[-2:])
+    assert last_checkpoint(run_dir)["global_step"] == 25
+
+
 def test_a_list_that_follows_the_length_is_named_with_its_values():
     saved = OmegaConf.create({"trainer": {"max_steps": 20}, "milestones": [5, "${trainer.max_steps}"]})
     (longer,) = OverridesParser.create().parse_overrides(["trainer.max_steps=40"])

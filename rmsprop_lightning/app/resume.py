@@ -60,6 +60,15 @@ def continues_itself(cfg: DictConfig) -> bool:
     return bool(run_dir and ckpt_path) and Path(ckpt_path) == last_checkpoint(run_dir)
 
 
+def unquoted(text: str) -> str:
+    """A typed value as Hydra's grammar reads a quoted string; other text (a path with ``=``) as it is."""
+    try:
+        value = OverridesParser.create().parse_override(f"value={text}").value()
+    except Exception:  # not Hydra's grammar: a folder name with '=', ',' or brackets, as typed
+        return text
+    return value if isinstance(value, str) else text
+
+
 def quote(value: str) -> str:
     """Quotes a value for Hydra's override parser (paths may hold '=' or ',')."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -76,7 +85,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     if position is None:
         return list(arguments)
     typed_dir = parsed.overrides[position].split("=", 1)[1]
-    run_dir = Path(typed_dir).expanduser().absolute()
+    run_dir = Path(unquoted(typed_dir)).expanduser().absolute()
     saved_config = run_dir / HYDRA_FOLDER / "config.yaml"
     if not saved_config.is_file():
         why = f"it has no {HYDRA_FOLDER}/config.yaml" if run_dir.is_dir() else "no such folder"
@@ -92,16 +101,17 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
             )
     saved = OmegaConf.load(saved_config)
     overrides = [argument for index, argument in enumerate(parsed.overrides) if index != position]
-    parsed_overrides = OverridesParser.create().parse_overrides(overrides)
-    for override in parsed_overrides:
+    typed = OverridesParser.create().parse_overrides(overrides)
+    for override in typed:
         check_override(override, saved)
-    check_followers(saved, parsed_overrides, run_dir)
+    check_followers(saved, typed, run_dir)
     flags = [argument for argument in arguments if argument not in parsed.overrides]
     rewritten = [
         f"--config-dir={run_dir / HYDRA_FOLDER}",
         "--config-name=config",
         *flags,
-        *overrides,
+        # a safe key with ++, which sets it whether the run's config has it or not (an older run's may not)
+        *(f"++{o.input_line.lstrip('+')}" if o.key_or_group in SAFE_KEYS else o.input_line for o in typed),
         f"++{RESUME_KEY}={quote(str(run_dir))}",
         f"hydra.run.dir={quote(str(run_dir))}",
         "hydra.output_subdir=null",  # the run's .hydra records stay as they are
@@ -110,7 +120,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     rewritten += started_where_it_was(saved, run_dir)
     checkpoint = last_checkpoint(run_dir)
     if checkpoint.is_file():
-        changed = {o.key_or_group: o.value() for o in parsed_overrides}
+        changed = {o.key_or_group: o.value() for o in typed}
         limits = {
             key: changed.get(f"trainer.{key}", OmegaConf.select(saved, f"trainer.{key}", default=None))
             for key in ("max_steps", "max_epochs")
@@ -195,7 +205,7 @@ def check_test_kept(test: Any, summary: dict[str, Any], run_dir: Path) -> None:
 def check_override(override: Override, saved: DictConfig) -> None:
     """Refuses an override that would make the resumed run a different experiment."""
     key = override.key_or_group
-    if key in SAFE_KEYS and override.type in (OverrideType.CHANGE, OverrideType.ADD):  # + for older runs
+    if key in SAFE_KEYS and override.type in (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD):
         return
     if override.type == OverrideType.CHANGE and not override.is_sweep_override():
         current = lenient_select(saved, key)
