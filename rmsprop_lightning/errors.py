@@ -70,6 +70,11 @@ def program() -> str:
     return os.environ.get(PROGRAM_ENV) or started_as(sys.argv[0])
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """The command that resumes the run in ``run_dir``, quoted for a shell."""
+    return f"{program()} {shlex.quote(f'resume={run_dir}')}"
+
+
 # the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank
 RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
 

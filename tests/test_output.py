@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from rmsprop_lightning.app.cli import leave_out_of_shutdown_collections
+from rmsprop_lightning.app.jobs import closing_line
+from rmsprop_lightning.errors import PROGRAM_ENV, resume_command
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.report.cli import main as report_main
 from tests.conftest import run_train, train_in_process
@@ -90,3 +92,13 @@ def test_the_end_of_a_run_freezes_its_objects_unless_triton_would_report_them_as
         assert (gc.get_freeze_count() > 0) is not triton
     finally:
         gc.unfreeze()
+
+
+def test_the_commands_a_run_suggests_are_quoted_for_a_shell(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROGRAM_ENV, "rmsprop-train")
+    run_dir = tmp_path / "1_logger=[tensorboard,csv] b"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "tensorboard" / "events.out.tfevents.1").touch()
+    assert resume_command(run_dir) == f"rmsprop-train 'resume={run_dir}'"
+    line = closing_line(str(run_dir), {"steps": 5, "wall_seconds": 1.0})
+    assert line.endswith(f"tensorboard --logdir '{run_dir}' --samples_per_plugin scalars=1000000")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_seed_example_prints_the_snippets_losses(tmp_path, capfd):
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     optimizer.step()
     assert after[0] == f"{torch.nn.functional.mse_loss(model(inputs), targets).item():.4f}"
+
+
+def test_a_job_moved_into_its_folder_reads_input_files_from_where_the_command_ran(tmp_path):
+    rows = ["a,b,y", *(f"{i},{i % 3},{i * 0.5}" for i in range(40))]
+    (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
+    data = ("data=csv", "data.source.path=table.csv", "data.source.target=y")
+    train_in_process(tmp_path, *data, "trainer.max_steps=5", "hydra.job.chdir=true")
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path, capfd):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.config_checks import validate_config
+from rmsprop_lightning.app.config_checks import INPUT_FILES, validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import (
     DivergedError,
@@ -27,7 +28,7 @@ from rmsprop_lightning.errors import (
     InterruptedRun,
     RunError,
     is_rank_zero,
-    program,
+    resume_command,
 )
 from rmsprop_lightning.summary import read_summary, write_summary
 
@@ -105,6 +106,20 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
     return fields, hydra_cfg.get("launcher"), hydra_cfg.mode == RunMode.MULTIRUN
 
 
+def read_from_launch_folder(cfg: DictConfig) -> None:
+    """Makes the relative input files of a job that ``hydra.job.chdir`` moved into its run folder absolute,
+    from the folder the command ran in, where they were checked (Hydra's ``to_absolute_path``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import to_absolute_path
+
+    if not (HydraConfig.initialized() and HydraConfig.get().job.get("chdir")):
+        return
+    for key in INPUT_FILES:
+        path = OmegaConf.select(cfg, key, default=None)
+        if isinstance(path, str) and not Path(path).expanduser().is_absolute():
+            OmegaConf.update(cfg, key, to_absolute_path(path))
+
+
 def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
     """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails)."""
     from rmsprop_lightning.app.run import run
@@ -149,6 +164,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         )
     try:
         with signals_stop(output_dir) as signals, ExitStack() as threads_set:
+            read_from_launch_folder(cfg)
             validate_config(cfg)
             threads = resolve_threads(cfg.get("threads_per_job"), launcher)
             with signals.held():  # torch and Lightning, with the threads (BLAS libraries read them once)
@@ -249,7 +265,7 @@ def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
     """The stop of a job by a signal outside its training steps, which takes no checkpoint."""
     name = signal.Signals(signum).name
     return InterruptedRun(
-        f"stopped by {name} outside the training steps; resume with: {program()} resume={run_dir}", signum
+        f"stopped by {name} outside the training steps; resume with: {resume_command(run_dir)}", signum
     )
 
 
@@ -271,7 +287,7 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     )
     line = f"Done: {summary.get('steps')} steps {took}{'; ' + shown if shown else ''}; folder {output_dir}"
     if any(Path(output_dir).rglob("events.out.tfevents.*")):  # TensorBoard shows 1000 points unless told
-        line += f"; tensorboard --logdir {output_dir} --samples_per_plugin scalars=1000000"
+        line += f"; tensorboard --logdir {shlex.quote(output_dir)} --samples_per_plugin scalars=1000000"
     return line
 
 

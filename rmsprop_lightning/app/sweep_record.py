@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,4 +80,4 @@ class SweepRecord(Callback):
         record.update(finished_at=time.time(), statuses=dict(statuses))
         path.write_text(json.dumps(record, indent=2) + "\n")
         tally = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "no jobs"
-        log.info("Multirun finished: %s. Report: rmsprop-report %s", tally, sweep_dir)
+        log.info("Multirun finished: %s. Report: rmsprop-report %s", tally, shlex.quote(str(sweep_dir)))

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
-from rmsprop_lightning.errors import InterruptedRun, program
+from rmsprop_lightning.errors import InterruptedRun, resume_command
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class GracefulInterrupt(Callback):
         self._restore()
 
     def _resume(self) -> str:
-        return f"; resume with: {program()} resume={self.run_dir}" if self.run_dir is not None else ""
+        return f"; resume with: {resume_command(self.run_dir)}" if self.run_dir is not None else ""
 
     def _stop(self, trainer: pl.Trainer) -> None:
         signum = self.received or signal.SIGTERM

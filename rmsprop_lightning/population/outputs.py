@@ -18,7 +18,7 @@ from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import diverged_message
 from rmsprop_lightning.callbacks.fit_stats import best_values
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
-from rmsprop_lightning.errors import DivergedError, program
+from rmsprop_lightning.errors import DivergedError, resume_command
 from rmsprop_lightning.logging.event_file import EventFile, scalars_summary
 from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger, run_hparams
 from rmsprop_lightning.population.checkpoints import write_checkpoints
@@ -157,7 +157,7 @@ def write_member(
     frozen = record.frozen_at[index]
     interrupted = record.result.interrupted is not None and frozen < 0
     if interrupted:
-        message = f"{record.result.interrupted}; resume with: {program()} resume={cfg.paths.output_dir}"
+        message = f"{record.result.interrupted}; resume with: {resume_command(cfg.paths.output_dir)}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
     write_loggers(cfg, member, scalars, finished=frozen < 0 and not interrupted)
     last = write_checkpoints(cfg, member, record, index, scalars)
