@@ -78,13 +78,18 @@ CASES = [
         ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
+    ("search path not a list", ["hydra.searchpath=/tmp"], ["hydra.searchpath=/tmp", "[file:///abs/dir]"]),
     ("removing a key that is not there", ["~optimizer.lrr"], ["optimizer.lrr", "not a key of optimizer"]),
     (
         "lr multipliers as a list",
         ["module.lr_multipliers=[1,2]"],
         ["module.lr_multipliers", "{regex: factor}"],
     ),
-    ("an lr multiplier of text", ["module.lr_multipliers={{bias:x}}"], ["module.lr_multipliers.bias", "> 0"]),
+    (
+        "an lr multiplier of text",
+        ["module.lr_multipliers={{bias:x}}"],
+        ["module.lr_multipliers['bias']", "> 0", "'x'"],
+    ),
     (
         "a misspelt launcher setting",
         ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_tsk=1", "seed=0,1"],

@@ -228,6 +228,8 @@ def test_the_config_check_knows_the_modules_losses():
         ["logger=none", "~callbacks.learning_rate_monitor", "~callbacks.optimizer_state_monitor"],
         ["data=csv", f"++data.source.path={CONF / 'train.yaml'}", "data.source.target=y"],
         ["hydra.mode=MULTIRUN", "seed=0,1"],  # Hydra's -m in the config
+        ["hydra.mode=RunMode.MULTIRUN", "seed=0,1"],
+        ["callbacks.progress_bar.refresh_rate=1", "~callbacks.progress_bar"],  # set, then removed
         ["--shell-completion", "install=bash"],  # its arguments are not overrides
     ],
 )
@@ -264,6 +266,19 @@ def test_a_studys_search_space_in_its_config_is_checked_before_its_first_job(
     (tmp_path / "conf" / "experiment" / "study.yaml").write_text(study)
     with pytest.raises(InputError, match=re.escape(refusal)):
         checked_command_line(tmp_path / "conf", "train", ["-m", "experiment=study"])
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["+module.extra={a:1}", "module.extra.a=2", "trainer.max_stepz=1"],
+        ["~hydra/job_logging", "trainer.max_stepz=1"],
+        ["trainer.max_stepz=1", "optimizer.lr=0.1"],
+    ],
+)
+def test_the_override_hydra_refuses_is_the_one_named(arguments):
+    with pytest.raises(InputError, match=r"^trainer.max_stepz is not a key of trainer \(did you mean"):
+        checked_command_line(CONF, "train", arguments)
 
 
 @pytest.fixture

@@ -95,12 +95,19 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
     multirun = parsed.multirun or any(
-        o.key_or_group == "hydra.mode" and str(o.value()) == "MULTIRUN" for o in overrides
+        o.key_or_group == "hydra.mode" and str(o.value()).removeprefix("RunMode.") == "MULTIRUN"
+        for o in overrides
     )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_output_folder(overrides, multirun, None)
         return list(arguments)
-    searchpath = [o.input_line for o in overrides if o.key_or_group == SEARCH_PATH]  # the user's configs too
+    typed_paths = [o for o in overrides if o.key_or_group == SEARCH_PATH and not o.is_delete()]
+    for override in typed_paths:  # the user's own configs too
+        if not (isinstance(override.value(), list) and all(isinstance(p, str) for p in override.value())):
+            raise InputError(
+                f"{override.input_line} is not a list of folders; allowed: {SEARCH_PATH}=[file:///abs/dir]"
+            )
+    searchpath = [override.input_line for override in typed_paths]
     check_hydra_options(config_dir, config_name, overrides, searchpath)
     if not (multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:

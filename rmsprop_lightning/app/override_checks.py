@@ -48,17 +48,16 @@ def check_keys(
 ) -> DictConfig | None:
     """Refuses an override of a key the config composed with the group ``selections`` lacks, or a value
     :func:`check_values` refuses (a value left as ``???`` too, if ``complete``); returns that config, with the
-    other overrides applied as Hydra applies them where it can, or ``None`` when Hydra cannot compose it."""
+    other overrides applied in order as Hydra applies them, up to one it refuses; ``None`` when Hydra cannot
+    compose it."""
     from hydra.core.override_parser.types import OverrideType
 
     # each override that sweeps nothing nor chooses a group, in order (+key, ++key, ~key included)
-    edits = [o.input_line for o in overrides if not o.is_sweep_override() and o.key_or_group not in groups]
-    cfg = compose_config(config_dir, config_name, [*selections, *edits]) if edits else None
-    edited = cfg is not None  # then every key an edit names exists
-    if not edited:  # an edit Hydra refuses: each key is checked against the config it changes
-        cfg = compose_config(config_dir, config_name, selections)
+    edits = [o for o in overrides if not o.is_sweep_override() and o.key_or_group not in groups]
+    cfg, applied = compose_edits(config_dir, config_name, selections, edits)
     if cfg is None:  # anything else Hydra finds wrong, it reports itself
         return None
+    composed = {id(edit) for edit in edits[:applied]}  # their keys exist, their values are in cfg
     searched = search_space(cfg, overrides)
     chosen = {}  # the groups the search space chooses options of, and those options
     for override in searched:
@@ -69,9 +68,11 @@ def check_keys(
     values, intervals = [], []
     for override in [*overrides, *searched]:
         key = override.key_or_group
-        if override.type == OverrideType.DEL and not edited and key not in groups:
-            check_key(cfg, key, context)
-        if override.type != OverrideType.CHANGE or key in groups:
+        if id(override) in composed or key in groups:
+            continue
+        if override.type == OverrideType.DEL and "/" not in key:  # a key, not a Hydra group
+            check_key(cfg, key, context, removing=True)
+        if override.type != OverrideType.CHANGE:
             continue
         if override.is_hydra_override() and (
             not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
@@ -105,6 +106,24 @@ def check_keys(
             raise
         raise InputError(f"{typed} draws values it refuses: {error}") from None
     return cfg
+
+
+def compose_edits(
+    config_dir: Path, config_name: str, selections: Sequence[str], edits: Sequence[Any]
+) -> tuple[DictConfig | None, int]:
+    """The config composed with the group ``selections`` and the longest run of ``edits`` Hydra applies, and
+    how many it applied: an edit it refuses is checked against the config it changes."""
+    lines = [edit.input_line for edit in edits]
+    cfg = compose_config(config_dir, config_name, [*selections, *lines])
+    if cfg is not None:
+        return cfg, len(edits)
+    cfg, applied = compose_config(config_dir, config_name, selections), 0
+    while cfg is not None and applied + 1 < len(edits):
+        longer = compose_config(config_dir, config_name, [*selections, *lines[: applied + 1]])
+        if longer is None:
+            break
+        cfg, applied = longer, applied + 1
+    return cfg, applied
 
 
 @contextlib.contextmanager
@@ -255,8 +274,9 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
                 check_accelerator(accelerator)
 
 
-def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
-    """Refuses ``key`` when ``cfg`` lacks it, naming the keys that exist where it goes."""
+def check_key(cfg: DictConfig, key: str, context: str = "", removing: bool = False) -> None:
+    """Refuses ``key`` when ``cfg`` lacks it, naming the keys that exist where it goes (and, unless it is
+    being removed, how to add it)."""
     parts = key.split(".")
     for depth in range(1, len(parts) + 1):
         parent_path = ".".join(parts[: depth - 1])
@@ -271,7 +291,7 @@ def check_key(cfg: DictConfig, key: str, context: str = "") -> None:
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
         # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
-        adds = "" if f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
+        adds = "" if removing or f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
             f"allowed: {', '.join(allowed) or 'none'}{adds}"
