@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
-from rmsprop_lightning.app.resume import check_followers, started_where_it_was
+from rmsprop_lightning.app.resume import check_followers, check_override, started_where_it_was
 from rmsprop_lightning.app.validation import check_same_processes
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
@@ -318,6 +318,16 @@ def test_a_quoted_run_folder_resumes_with_any_form_of_a_safe_key(tmp_path):
         train_in_process(tmp_path, f"resume='{run_dir}'", limit)
         assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == int(limit[-2:])
     assert last_checkpoint(run_dir)["global_step"] == 25
+
+
+def test_a_safe_key_of_a_callback_the_run_has_not_is_refused():
+    saved = OmegaConf.create({"callbacks": {"last_checkpoint": {"every_n_train_steps": 100}}, "trainer": {}})
+    parse = OverridesParser.create().parse_overrides
+    (missing,) = parse(["callbacks.progress_bar.refresh_rate=5"])  # ++ would add a callback without a class
+    with pytest.raises(InputError, match=r"the run has no callbacks.progress_bar"):
+        check_override(missing, saved)
+    for typed in parse(["++callbacks.last_checkpoint.every_n_train_steps=5", "+trainer.max_steps=9"]):
+        check_override(typed, saved)
 
 
 def test_a_list_that_follows_the_length_is_named_with_its_values():

@@ -197,8 +197,8 @@ def check_test_kept(test: Any, summary: dict[str, Any], run_dir: Path) -> None:
     if test is False and tested:
         raise InputError(
             f"resume: test=false would leave the {', '.join(tested)} of the run's earlier part as its last "
-            "in TensorBoard and HPARAMS; allowed: test=true, or a new run from it with test=false "
-            f"ckpt_path={last_checkpoint(run_dir)}"
+            "in TensorBoard and HPARAMS; allowed: test=true, or a new run from it with its settings and "
+            f"test=false ckpt_path={last_checkpoint(run_dir)}"
         )
 
 
@@ -206,6 +206,12 @@ def check_override(override: Override, saved: DictConfig) -> None:
     """Refuses an override that would make the resumed run a different experiment."""
     key = override.key_or_group
     if key in SAFE_KEYS and override.type in (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD):
+        parent = key.rpartition(".")[0]
+        if parent and not isinstance(lenient_select(saved, parent), DictConfig):  # a callback it has not
+            raise InputError(
+                f"resume: {override.input_line}: the run has no {parent}; allowed: settings of what it has "
+                f"(its {HYDRA_FOLDER}/config.yaml)"
+            )
         return
     if override.type == OverrideType.CHANGE and not override.is_sweep_override():
         current = lenient_select(saved, key)
