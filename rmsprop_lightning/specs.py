@@ -41,13 +41,17 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, PLAIN_TYPES)
 
 
+# the module names of a script: run, or re-run in a spawned process
+SCRIPT_MODULES = ("__main__", "__mp_main__")
+
+
 def importable(obj: Any) -> bool:
-    """Whether another process finds ``obj`` by its qualified name: not what a script (``__main__``) or a
-    function defines."""
-    if getattr(obj, "__module__", "__main__") == "__main__":
+    """Whether another process finds ``obj`` by its qualified name: not what a script or a function defines
+    (a bound method is found as an equal one)."""
+    if getattr(obj, "__module__", "__main__") in SCRIPT_MODULES:
         return False
     try:
-        return get_object(qualified_name(obj)) is obj
+        return get_object(qualified_name(obj)) == obj
     except Exception:  # Hydra's locate raises ImportError or ValueError, attribute lookups others
         return False
 

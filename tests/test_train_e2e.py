@@ -144,6 +144,27 @@ class HalvedNet(FeedForward):
         return super().forward(features) / 2
 
 
+class Factories:
+    """Optimizer factories as class methods, whose every lookup makes a new (equal) bound method."""
+
+    @classmethod
+    def sgd(cls, params: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr)
+
+
+def test_a_class_methods_partial_is_described_and_a_spawned_scripts_is_not(monkeypatch):
+    module = RegressionModule(model=FeedForward(hidden=5), optimizer=partial(Factories.sgd, lr=0.1))
+    assert module.hparams["optimizer"]["_target_"] == "tests.test_train_e2e.Factories.sgd"
+    RegressionModule(**module.hparams)
+    monkeypatch.setattr(HalvedNet, "__module__", "__mp_main__")  # the script, as a spawned process names it
+    assert (
+        RegressionModule(model=HalvedNet(hidden=5), optimizer=partial(torch.optim.SGD, lr=0.1)).hparams[
+            "model"
+        ]
+        == "not plain data"
+    )
+
+
 def test_a_subclass_with_its_base_constructor_is_rebuilt_as_itself():
     module = RegressionModule(model=HalvedNet(hidden=5), optimizer=partial(torch.optim.SGD, lr=0.1))
     loaded = RegressionModule(**module.hparams)
