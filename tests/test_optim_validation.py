@@ -90,10 +90,19 @@ def test_sparse_gradients_are_refused() -> None:
         RMSprop([param]).step()
 
 
-@pytest.mark.parametrize("factor", [math.inf, math.nan, 0.0, -1.0])
+@pytest.mark.parametrize("factor", [math.inf, math.nan, 0.0, -1.0, "0.1", True])
 def test_bad_lr_multiplier_is_named(factor: float) -> None:
-    with pytest.raises(ValueError, match=r"^lr_multipliers\['bias'\] must be > 0 and finite"):
+    with pytest.raises(ValueError, match=r"^lr_multipliers\['bias'\] must be a number > 0 and finite"):
         build_param_groups(torch.nn.Linear(2, 2), lr_multipliers={"weight": 0.5, "bias": factor})
+
+
+@pytest.mark.parametrize(
+    ("multipliers", "message"),
+    [([1, 2], "is not a mapping"), ({"(": 2.0}, r"\['\('\] is not a regular expression")],
+)
+def test_lr_multipliers_that_are_not_regular_expressions_to_factors_are_named(multipliers, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_param_groups(torch.nn.Linear(2, 2), lr_multipliers=multipliers)
 
 
 def fit(

@@ -234,8 +234,8 @@ def test_misaligned_shapes_are_refused() -> None:
         StackedRMSprop(groups, population.shadows)
 
 
-@pytest.mark.parametrize("overflow", [False, True], ids=["finite", "overflow"])
-def test_stacked_state_norms_are_each_members_state_norms(overflow: bool) -> None:
+@pytest.mark.parametrize("large", [None, "near", "overflow"])
+def test_stacked_state_norms_are_each_members_state_norms(large: str | None) -> None:
     population = Population(mixed_members())
     population.stepping.discard(0)  # frozen at step 0: no state, so no state keys
     for t in range(5):
@@ -246,10 +246,13 @@ def test_stacked_state_norms_are_each_members_state_norms(overflow: bool) -> Non
             for optimizer in (population.optimizer, *population.solos)
         )
     population.step()
-    if overflow:  # one member's state too large to square in float32: inf in its scopes, no NaN elsewhere
-        for optimizer, index in ((population.optimizer, 3), (population.solos[3], ...)):
-            first = optimizer.param_groups[0]["params"][0]
-            optimizer.state[first]["square_avg"][index].view(-1)[0] = 1e30
+    for optimizer, index in ((population.optimizer, 3), (population.solos[3], ...)):
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        if large == "overflow":  # one member's state too large to square in float32: inf in its scopes only
+            optimizer.state[params[0]]["square_avg"][index].view(-1)[0] = 1e30
+        elif large == "near":  # each of its norms 1.5e19: their squares fit float32, their sum does not
+            for state in (optimizer.state[param]["square_avg"][index] for param in params):
+                state.mul_(1.5e19 / state.double().norm().item())
     norms = StackedStateNorms(population.optimizer)
     values = norms.values(minus_before)
     assert values.shape == (12, len(norms.names)) and values.dtype == torch.float32
@@ -267,3 +270,6 @@ def test_stacked_state_norms_are_each_members_state_norms(overflow: bool) -> Non
         }
         assert got.keys() == expected.keys()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=0.0)
+    if large == "near":
+        total = values[3, norms.names.index("optim/square_avg_norm")].item()
+        assert total == pytest.approx(1.5e19 * len(norms.params) ** 0.5, rel=1e-5)

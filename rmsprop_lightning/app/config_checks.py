@@ -14,9 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.rules import METRICS, RULES, Number, Rule, show
+from rmsprop_lightning.app.rules import METRICS, RULES, Rule, show
 from rmsprop_lightning.errors import InputError
-from rmsprop_lightning.optim.validation import validate_options
+from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_options
 
 # keys Hydra's instantiate reads itself, never passed to the target
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
@@ -57,7 +57,10 @@ def validate_config(cfg: DictConfig) -> None:
     check_training_length(cfg)
     check_devices(select(cfg, "trainer.devices"))
     check_max_time(select(cfg, "trainer.max_time"))
-    check_lr_multipliers(select(cfg, "module.lr_multipliers"))
+    try:
+        checked_lr_multipliers(select(cfg, "module.lr_multipliers"))
+    except ValueError as error:
+        raise InputError(f"module.{error}") from None
     check_loggers(cfg)
     check_scheduler_validation(cfg)
     check_input_files(cfg)
@@ -67,23 +70,6 @@ def check_value(key: str, value: Any, rule: Rule) -> None:
     """Refuses ``value`` at ``key`` unless ``rule`` accepts it."""
     if not rule.accepts(value):
         raise InputError(f"{key}={show(value)} is invalid; allowed: {rule.describe()}")
-
-
-def check_lr_multipliers(multipliers: Any) -> None:
-    """``module.lr_multipliers``: null, or regular expressions on parameter names mapped to factors > 0."""
-    key = "module.lr_multipliers"
-    if multipliers is None:
-        return
-    if not isinstance(multipliers, Mapping):
-        raise InputError(
-            f"{key}={show(multipliers)} is invalid; allowed: {{regex: factor}}, e.g. {{bias:0.1}}"
-        )
-    for pattern, factor in multipliers.items():
-        check_value(f"{key}.{pattern}", factor, Number(low=0, low_open=True))
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise InputError(f"{key}.{pattern} is not a regular expression: {error}") from None
 
 
 def check_launcher_threads(launcher: DictConfig) -> None:

@@ -42,7 +42,7 @@ def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
-    """A template run's hyper-parameters: optimizer and scheduler flattened, seed, batch, model, steps."""
+    """A template run's hyper-parameters: optimizer and scheduler flattened, seed, batch size, widths."""
     params = flatten_hparams(cfg.optimizer, "optimizer")
     scheduler = OmegaConf.select(cfg, "scheduler.scheduler")
     params.update(

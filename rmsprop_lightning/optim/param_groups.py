@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from rmsprop_lightning.optim.validation import checked_lr_multipliers
 
 LR_MULTIPLIER_KEY = "lr_multiplier"
 
@@ -25,17 +26,12 @@ def build_param_groups(
     ``no_weight_decay_on_bias`` puts 1-D parameters (biases, norm scales) into groups with ``weight_decay=0``.
     """
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    patterns = []
-    for pattern, factor in (lr_multipliers or {}).items():
-        try:
-            compiled = re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"lr_multipliers[{pattern!r}] is not a regular expression: {error}") from None
-        if not (float(factor) > 0 and math.isfinite(float(factor))):
-            raise ValueError(f"lr_multipliers[{pattern!r}] must be > 0 and finite, got {factor}")
+    patterns = checked_lr_multipliers(lr_multipliers)
+    for compiled, _ in patterns:
         if not any(compiled.search(name) for name in names):  # a typo would change nothing
-            raise ValueError(f"lr_multipliers[{pattern!r}] matches no parameter; names: {', '.join(names)}")
-        patterns.append((compiled, float(factor)))
+            raise ValueError(
+                f"lr_multipliers[{compiled.pattern!r}] matches no parameter; names: {', '.join(names)}"
+            )
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
@@ -60,3 +61,22 @@ def validate_options(options: Mapping[str, Any]) -> None:
             raise ValueError(f"{name} must be False (torch.optim.RMSprop has it), got {options[name]!r}")
     if options.get("nesterov") and not options.get("momentum", 0.0) > 0.0:
         raise ValueError("nesterov must be False when momentum is 0 (Nesterov momentum needs momentum > 0)")
+
+
+def checked_lr_multipliers(lr_multipliers: Any) -> list[tuple[re.Pattern[str], float]]:
+    """``lr_multipliers`` as compiled regular expressions on parameter names and their factors; ``ValueError``
+    naming an entry that is not a regular expression mapped to a number > 0."""
+    if lr_multipliers is None:
+        return []
+    if not isinstance(lr_multipliers, Mapping):
+        raise ValueError(f"lr_multipliers={lr_multipliers!r} is not a mapping; allowed: {{regex: factor}}")
+    checked = []
+    for pattern, factor in lr_multipliers.items():
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise ValueError(f"lr_multipliers[{pattern!r}] is not a regular expression: {error}") from None
+        if isinstance(factor, bool) or not isinstance(factor, Real) or not 0 < factor < math.inf:
+            raise ValueError(f"lr_multipliers[{pattern!r}] must be a number > 0 and finite, got {factor!r}")
+        checked.append((compiled, float(factor)))
+    return checked
