@@ -1,9 +1,10 @@
-"""``metrics.json``: the small machine-readable summary each job leaves in its folder."""
+"""``metrics.json``: the machine-readable summary each job leaves in its folder, and its closing line."""
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,18 @@ def _jsonable(value: Any) -> Any:
 def as_float(value: Any) -> float:
     """A summary number back as a float (``"nan"``/``"inf"`` strings included; ``None`` is NaN)."""
     return math.nan if value is None else float(value)
+
+
+def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
+    """The run in one line: its end metrics, its folder and, if it has event files, how to look at them."""
+    metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}
+    metrics.update({tag: value for tag, value in summary.get("final", {}).items() if tag.startswith("test/")})
+    shown = ", ".join(f"{tag}={value:.4g}" for tag, value in metrics.items())
+    population = summary.get("population")
+    took = (
+        f"in a population of {population['members']}" if population else f"in {summary['wall_seconds']:.1f} s"
+    )
+    line = f"Done: {summary.get('steps')} steps {took}{'; ' + shown if shown else ''}; folder {output_dir}"
+    if any(Path(output_dir).rglob("events.out.tfevents.*")):  # TensorBoard shows 1000 points unless told
+        line += f"; tensorboard --logdir {shlex.quote(output_dir)} --samples_per_plugin scalars=1000000"
+    return line

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from rmsprop_lightning.app.cli import leave_out_of_shutdown_collections
-from rmsprop_lightning.app.jobs import closing_line
 from rmsprop_lightning.errors import PROGRAM_ENV, resume_command
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.report.cli import main as report_main
+from rmsprop_lightning.summary import closing_line
 from tests.conftest import run_train, train_in_process
 
 SHORT = ("data.source.num_samples=2048", "trainer.max_steps=40")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from rmsprop_lightning.errors import (
     is_rank_zero,
     resume_command,
 )
-from rmsprop_lightning.summary import read_summary, write_summary
+from rmsprop_lightning.summary import closing_line, read_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -274,21 +273,6 @@ def torch_thread_count() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
-    """The run in one line: its end metrics, its folder and, if it has event files, how to look at them."""
-    metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}
-    metrics.update({tag: value for tag, value in summary.get("final", {}).items() if tag.startswith("test/")})
-    shown = ", ".join(f"{tag}={value:.4g}" for tag, value in metrics.items())
-    population = summary.get("population")
-    took = (
-        f"in a population of {population['members']}" if population else f"in {summary['wall_seconds']:.1f} s"
-    )
-    line = f"Done: {summary.get('steps')} steps {took}{'; ' + shown if shown else ''}; folder {output_dir}"
-    if any(Path(output_dir).rglob("events.out.tfevents.*")):  # TensorBoard shows 1000 points unless told
-        line += f"; tensorboard --logdir {shlex.quote(output_dir)} --samples_per_plugin scalars=1000000"
-    return line
 
 
 def record_end(
