@@ -78,13 +78,18 @@ class RegressionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-        for name, value in parts.items():
-            # a checkpoint keeps only what plain data describes (rmsprop_lightning.specs)
-            if (value is None and name != "scheduler") or (isinstance(value, str) and value == UNDESCRIBED):
-                raise ValueError(
-                    f"{name} is not described in the checkpoint (it was not plain data); "
-                    f"pass {name}=... to load_from_checkpoint"
-                )
+        # a checkpoint keeps only what plain data describes (rmsprop_lightning.specs)
+        missing = [
+            name
+            for name, value in parts.items()
+            if (value is None and name != "scheduler") or (isinstance(value, str) and value == UNDESCRIBED)
+        ]
+        if missing:
+            passed = ", ".join(f"{name}=..." for name in missing)
+            raise ValueError(
+                f"not described in the checkpoint (not plain data): {', '.join(missing)}; "
+                f"pass {passed} to load_from_checkpoint"
+            )
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
         if scheduler_interval not in ("step", "epoch"):

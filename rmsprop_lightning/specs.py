@@ -7,11 +7,12 @@ pickled objects; :func:`from_spec` rebuilds them with Hydra.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -46,38 +47,45 @@ SCRIPT_MODULES = ("__main__", "__mp_main__")
 
 
 def importable(obj: Any) -> bool:
-    """Whether another process finds ``obj`` by its qualified name: not what a script or a function defines
-    (a bound method is found as an equal one)."""
-    if getattr(obj, "__module__", "__main__") in SCRIPT_MODULES:
+    """Whether another process finds ``obj`` (a class or function) by its qualified name, as Hydra locates a
+    ``_target_``: not what a script or a function defines (a bound method is found as an equal one)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    if module is None or module in SCRIPT_MODULES or "<" in qualname:  # <locals>, <lambda>
         return False
     try:
-        return get_object(qualified_name(obj)) == obj
-    except Exception:  # Hydra's locate raises ImportError or ValueError, attribute lookups others
+        found = importlib.import_module(module)
+        for name in qualname.split("."):
+            found = getattr(found, name)
+    except (ImportError, AttributeError):
         return False
+    return found == obj
 
 
-def takes(cls: type, arguments: Mapping[str, Any]) -> bool:
-    """Whether ``cls`` takes ``arguments``: a subclass with a constructor of its own may not take its base's
-    ``spec``."""
+def describes(cls: type, arguments: Mapping[str, Any]) -> bool:
+    """Whether ``arguments`` name each parameter of ``cls``'s constructor and nothing else: a subclass with
+    parameters of its own (or ``**kwargs``) is not described by the ``spec`` its base wrote."""
     try:
-        inspect.signature(cls).bind(**arguments)
+        parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         return False
-    return True
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return all(p.kind in named for p in parameters) and {p.name for p in parameters} == set(arguments)
 
 
 def to_spec(obj: Any) -> Any:
-    """A ``_target_`` mapping for ``obj`` (a keyword-only ``functools.partial``, an object with a ``spec``
-    of its constructor arguments, or plain data), or ``None`` when another process could not rebuild it
-    from data."""
+    """A ``_target_`` mapping for ``obj`` (a class or function, a keyword-only ``functools.partial`` of one,
+    an object with a ``spec`` of its constructor arguments, or plain data), or ``None`` when another process
+    could not rebuild it from data."""
     if obj is None or isinstance(obj, PLAIN_TYPES):
         return obj
     if isinstance(obj, functools.partial) and not obj.args:
         if not importable(obj.func):
             return None
         spec = {"_target_": qualified_name(obj.func), "_partial_": True, **plain(obj.keywords)}
+    elif isinstance(obj, type) or inspect.isroutine(obj):  # a factory called as it is
+        return {"_target_": qualified_name(obj), "_partial_": True} if importable(obj) else None
     elif isinstance(getattr(obj, "spec", None), Mapping):
-        if not (importable(type(obj)) and takes(type(obj), obj.spec)):
+        if not (importable(type(obj)) and describes(type(obj), obj.spec)):
             return None
         spec = {"_target_": qualified_name(type(obj)), **plain(obj.spec)}
     elif isinstance(obj, Mapping | DictConfig):

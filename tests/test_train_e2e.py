@@ -16,7 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from rmsprop_lightning import FeedForward
 from rmsprop_lightning.app.rules import METRICS
 from rmsprop_lightning.logging.events import read_scalars
-from rmsprop_lightning.module import RegressionModule
+from rmsprop_lightning.module import UNDESCRIBED, RegressionModule
+from rmsprop_lightning.optim import RMSprop
 from tests.conftest import CONF, QUICK, run_dirs, train_in_process
 
 
@@ -90,6 +91,17 @@ class WideNet(FeedForward):
         super().__init__(in_features=10, hidden=[width], out_features=1)
 
 
+class ScaledNet(FeedForward):
+    """A subclass with its base's parameters and one of its own, which its base's ``spec`` leaves out."""
+
+    def __init__(self, in_features: int = 10, hidden: int = 5, out_features: int = 1, scale: float = 1.0):
+        super().__init__(in_features=in_features, hidden=hidden, out_features=out_features)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features) * self.scale
+
+
 def in_a_script(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """An optimizer factory as a training script defines it: another process cannot import it."""
     return torch.optim.SGD(*args, **kwargs)
@@ -102,6 +114,8 @@ def undescribed(case: str) -> Any:
     """A model, optimizer or scheduler that no data lets another process rebuild."""
     if case == "subclass":
         return WideNet(width=4)
+    if case == "subclass with a parameter of its own":
+        return ScaledNet(hidden=4, scale=100.0)
     if case == "script":
         return partial(in_a_script, lr=0.1)
 
@@ -115,6 +129,7 @@ def undescribed(case: str) -> Any:
     ("part", "case"),
     [
         ("model", "subclass"),
+        ("model", "subclass with a parameter of its own"),
         ("optimizer", "function"),
         ("optimizer", "script"),
         ("scheduler", "function"),
@@ -131,10 +146,27 @@ def test_a_part_the_checkpoint_cannot_describe_is_asked_for_on_load(part, case):
     module = RegressionModule(**parts)
     hparams = dict(module.hparams)  # what load_from_checkpoint passes back
     with pytest.raises(
-        ValueError, match=rf"{part} is not described .* pass {part}=\.\.\. to load_from_checkpoint"
+        ValueError,
+        match=rf"not described in the checkpoint .*: {part}; pass {part}=\.\.\. to load_from_checkpoint",
     ):
         RegressionModule(**hparams)
     RegressionModule(**{**hparams, part: parts[part]})
+
+
+def test_every_part_the_checkpoint_cannot_describe_is_asked_for_at_once():
+    module = RegressionModule(model=WideNet(width=4), optimizer=undescribed("function"))
+    with pytest.raises(ValueError, match=r": model, optimizer; pass model=\.\.\., optimizer=\.\.\. to"):
+        RegressionModule(**module.hparams)
+
+
+def test_a_factory_passed_as_it_is_is_described():
+    module = RegressionModule(model=FeedForward(hidden=5), optimizer=RMSprop)
+    assert module.hparams["optimizer"] == {
+        "_target_": "rmsprop_lightning.optim.rmsprop.RMSprop",
+        "_partial_": True,
+    }
+    rebuilt = RegressionModule(**module.hparams).optimizer_factory(torch.nn.Linear(2, 1).parameters())
+    assert isinstance(rebuilt, RMSprop)
 
 
 class HalvedNet(FeedForward):
@@ -157,12 +189,8 @@ def test_a_class_methods_partial_is_described_and_a_spawned_scripts_is_not(monke
     assert module.hparams["optimizer"]["_target_"] == "tests.test_train_e2e.Factories.sgd"
     RegressionModule(**module.hparams)
     monkeypatch.setattr(HalvedNet, "__module__", "__mp_main__")  # the script, as a spawned process names it
-    assert (
-        RegressionModule(model=HalvedNet(hidden=5), optimizer=partial(torch.optim.SGD, lr=0.1)).hparams[
-            "model"
-        ]
-        == "not plain data"
-    )
+    spawned = RegressionModule(model=HalvedNet(hidden=5), optimizer=partial(torch.optim.SGD, lr=0.1))
+    assert spawned.hparams["model"] == UNDESCRIBED
 
 
 def test_a_subclass_with_its_base_constructor_is_rebuilt_as_itself():
