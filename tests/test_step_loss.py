@@ -188,7 +188,8 @@ def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
     buffer.record_vector(5, ["c"], torch.tensor(-1.0))
     buffer.record_vector(6, ["a"], torch.tensor([0.5], dtype=torch.float64))
     buffer.record_vector(7, ["a"], torch.tensor(0.25, dtype=torch.float64))
-    assert len(buffer) == 5
+    buffer.record_vector(8, ["a", "b"], torch.tensor([1e45, 1e-50], dtype=torch.float64))  # beyond float32
+    assert len(buffer) == 6
     transfers = count_transfers(monkeypatch)
     assert buffer.drain() == [
         (3, {"a": 1.5, "b": 2.0}),
@@ -196,6 +197,7 @@ def test_buffer_drains_in_order_with_one_transfer(monkeypatch):
         (5, {"c": -1.0}),
         (6, {"a": 0.5}),
         (7, {"a": 0.25}),
+        (8, {"a": 1e45, "b": 1e-50}),
     ]
     assert transfers == ["tolist"]
     assert len(buffer) == 0 and buffer.drain() == []

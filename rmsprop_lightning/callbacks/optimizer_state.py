@@ -83,7 +83,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     - ``optim/<state>_norm``: L2 norm of each tensor state (``square_avg``, ``momentum_buffer``,
       ``grad_avg``, Adam's ``exp_avg``, …); each tensor's norm in its dtype, as ``clip_grad_norm_`` takes
-      it (in float32, inf for elements above about 1.8e19);
+      it (in float32: inf past about 1.8e19, and inexact to 0 for elements below about 1e-19);
     - ``optim/grad_norm`` (``.grad`` as the step read it: clipped, before weight decay),
       ``optim/param_norm`` (after the step), ``optim/update_norm`` (‖θ_after − θ_before‖) and
       ``optim/update_to_param_ratio``;

@@ -34,7 +34,12 @@ class StepMetricBuffer:
         transfer to the host."""
         if not self._records:
             return []
-        flat = iter(torch.cat([values.reshape(-1) for _, _, values in self._records]).float().tolist())
+        # as Python floats: the float64 ones (the monitor's norms) keep their range
+        flat = iter(
+            torch.cat([values.reshape(-1) for _, _, values in self._records])
+            .to("cpu", torch.float64)
+            .tolist()
+        )
         entries = [(step, {name: next(flat) for name in names}) for step, names, _ in self._records]
         self.clear()
         return entries
