@@ -314,10 +314,30 @@ def test_a_quoted_run_folder_resumes_with_any_form_of_a_safe_key(tmp_path):
     train_in_process(
         tmp_path, "data.source.num_samples=512", "trainer.max_steps=10", f'hydra.run.dir="{run_dir}"'
     )
-    for limit in ("trainer.max_steps=15", "++trainer.max_steps=20", "+trainer.max_steps=25"):
-        train_in_process(tmp_path, f"resume='{run_dir}'", limit)
+    forms = (("", "trainer.max_steps=15"), ("++", "++trainer.max_steps=20"), ("+", "+trainer.max_steps=25"))
+    for plus, limit in forms:  # resume= as typed in any form; hydra.verbose, which the run's config has not
+        train_in_process(tmp_path, f"{plus}resume='{run_dir}'", limit, "hydra.verbose=false")
         assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == int(limit[-2:])
-    assert last_checkpoint(run_dir)["global_step"] == 25
+    assert last_checkpoint(run_dir)["global_step"] == 25 and not (tmp_path / "logs").exists()
+
+
+def test_a_resume_that_fails_to_start_leaves_the_run_as_it_was(tmp_path):
+    train_in_process(tmp_path, "data.source.num_samples=512", "trainer.max_steps=10")
+    (run_dir,) = run_dirs(tmp_path)
+    before = {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+    # Lightning refuses its trainer: no progress bar, yet the progress-bar callback
+    code = train_in_process(
+        tmp_path,
+        f"resume={run_dir}",
+        "trainer.max_steps=15",
+        "trainer.enable_progress_bar=false",
+        check=False,
+    )
+    assert code != 0
+    after = {path: path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+    assert {path: data for path, data in after.items() if path.name not in ("metrics.json", "train.log")} == {
+        path: data for path, data in before.items() if path.name not in ("metrics.json", "train.log")
+    }
 
 
 def test_a_safe_key_of_a_callback_the_run_has_not_is_refused():

@@ -36,6 +36,8 @@ SAFE_KEYS = (
     "test",
     "hydra.verbose",
 )
+# the safe keys of the run's own config, which record_resume writes back (Hydra's are not in it)
+RECORDED_KEYS = tuple(key for key in SAFE_KEYS if not key.startswith("hydra."))
 # command-line options that pick another config, which a resume replaces with the run's own
 CONFIG_OPTIONS = ("config_path", "config_name", "config_dir", "multirun")
 
@@ -79,8 +81,9 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     the app's ``config_dir``) and checkpoint; ``InputError`` for a folder that is not a run or an override
     that would change the experiment."""
     parsed = hydra_argument_parser().parse_args(list(arguments))
-    # a user's resume= or +resume=; not the ++resume= written here, as DDP ranks re-run the command line
-    typed = (f"{RESUME_KEY}=", f"+{RESUME_KEY}=")
+    # a user's resume=, +resume= or ++resume=; not the ++resume= written here beside the run's own config,
+    # as DDP ranks re-run the command line
+    typed = tuple(f"{plus}{RESUME_KEY}=" for plus in ("", "+", "" if parsed.config_dir else "++"))
     position = next((i for i, argument in enumerate(parsed.overrides) if argument.startswith(typed)), None)
     if position is None:
         return list(arguments)
@@ -110,8 +113,11 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         f"--config-dir={run_dir / HYDRA_FOLDER}",
         "--config-name=config",
         *flags,
-        # a safe key with ++, which sets it whether the run's config has it or not (an older run's may not)
-        *(f"++{o.input_line.lstrip('+')}" if o.key_or_group in SAFE_KEYS else o.input_line for o in typed),
+        # with ++, a key of the run's config is set whether it has it or not (an older run's may not)
+        *(
+            f"++{o.input_line.lstrip('+')}" if o.key_or_group in RECORDED_KEYS else o.input_line
+            for o in typed
+        ),
         f"++{RESUME_KEY}={quote(str(run_dir))}",
         f"hydra.run.dir={quote(str(run_dir))}",
         "hydra.output_subdir=null",  # the run's .hydra records stay as they are
@@ -206,8 +212,12 @@ def check_override(override: Override, saved: DictConfig) -> None:
     """Refuses an override that would make the resumed run a different experiment."""
     key = override.key_or_group
     if key in SAFE_KEYS and override.type in (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD):
+        if override.is_sweep_override():
+            raise InputError(
+                f"resume: {override.input_line} is a sweep; allowed: one value (a resume is one run)"
+            )
         parent = key.rpartition(".")[0]
-        if parent and not isinstance(lenient_select(saved, parent), DictConfig):  # a callback it has not
+        if key in RECORDED_KEYS and parent and not isinstance(lenient_select(saved, parent), DictConfig):
             raise InputError(
                 f"resume: {override.input_line}: the run has no {parent}; allowed: settings of what it has "
                 f"(its {HYDRA_FOLDER}/config.yaml)"

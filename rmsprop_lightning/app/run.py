@@ -18,7 +18,12 @@ from rmsprop_lightning.app.distributed import (
     clean_distributed_state,
     runs_the_job_in_every_rank,
 )
-from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
+from rmsprop_lightning.app.resume import (
+    RESUME_KEY,
+    continues_itself,
+    discard_redone_checkpoints,
+    record_resume,
+)
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
@@ -142,13 +147,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 *safeguards(cfg, module, optimizer),
             ]
             loggers = instantiate_entries(cfg.get("logger"))
-            if cfg.get(RESUME_KEY):
-                continue_tensorboard(
-                    loggers, load_checkpoint(cfg.ckpt_path)["global_step"] if continues_itself(cfg) else None
-                )
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)
+            if cfg.get(RESUME_KEY):  # its folder's records change once all the run needs is built
+                record_resume(cfg)
+                discard_redone_checkpoints(cfg)
+                continue_tensorboard(
+                    loggers, load_checkpoint(cfg.ckpt_path)["global_step"] if continues_itself(cfg) else None
+                )
         ckpt_path, trains = cfg.get("ckpt_path"), cfg.get("train", True)
         if ckpt_path and (is_weights_branch(cfg) or not trains):  # train=false tests the checkpoint's weights
             saved = load_checkpoint(ckpt_path)

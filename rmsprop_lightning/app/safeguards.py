@@ -8,12 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from rmsprop_lightning.app.config_checks import check_writable
-from rmsprop_lightning.app.resume import (
-    RESUME_KEY,
-    continues_itself,
-    discard_redone_checkpoints,
-    record_resume,
-)
+from rmsprop_lightning.app.resume import continues_itself
 from rmsprop_lightning.app.validation import check_checkpoint
 from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
@@ -22,8 +17,7 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 
 
 def safeguards(cfg: DictConfig, module: Any, optimizer: Any) -> list[Callback]:
-    """Checks the checkpoint to start from and the output folder, then records a resume's overrides and
-    removes the checkpoints it redoes; returns the safety callbacks."""
+    """Checks the checkpoint to start from and the output folder; returns the safety callbacks."""
     output_dir = cfg.paths.output_dir
     callbacks: list[Callback] = []
     if cfg.get("ckpt_path"):
@@ -33,9 +27,6 @@ def safeguards(cfg: DictConfig, module: Any, optimizer: Any) -> list[Callback]:
         if full and not continues_itself(cfg):
             callbacks.append(CheckpointBranch())
     check_writable(output_dir)
-    if cfg.get(RESUME_KEY):
-        record_resume(cfg)
-        discard_redone_checkpoints(cfg)
     return [
         *callbacks,
         RandomState(),
