@@ -78,6 +78,18 @@ CASES = [
         ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
+    ("a sweep in a printed config", ["--cfg", "job", "seed=0,1"], ["seed=0,1", "one value"]),
+    ("a range of no values", ["-m", "seed=range(0,3,0)"], ["seed=range(0,3,0) has no values"]),
+    (
+        "a search from an empty range",
+        ["-m", "hparams_search=rmsprop_optuna", "seed=range(5,0)"],
+        ["no values"],
+    ),
+    (
+        "a search over a glob",
+        ["-m", "hparams_search=rmsprop_optuna", "optimizer=glob(rmsprop_c*)"],
+        ["optimizer=glob(rmsprop_c*)", "choice(...)"],
+    ),
     ("search path not a list", ["hydra.searchpath=/tmp"], ["hydra.searchpath=/tmp", "[file:///abs/dir]"]),
     ("removing a key that is not there", ["~optimizer.lrr"], ["optimizer.lrr", "not a key of optimizer"]),
     (
@@ -376,6 +388,7 @@ CASES = [
     ),
     ("a CSV as checkpoint", ["ckpt_path={files}/good.csv"], ["good.csv is not a checkpoint torch can read"]),
     ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
+    ("resume with a sweep", ["resume={earlier}", "trainer.max_steps=40,50"], ["is a sweep", "one value"]),
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
     (

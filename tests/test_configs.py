@@ -315,6 +315,10 @@ def test_a_users_configs_on_the_search_path_pass_the_checks(user_configs, argume
         (["optimizer=mine", "optimizer.momentum=1.5"], "optimizer.momentum must be in [0, 1)"),
         (["-m", "hydra/launcher=mien", "seed=0,1"], "(did you mean mine?)"),
         (["+extra=two"], "extra=two is not an option of extra; allowed: one"),
+        (
+            ["-m", "optimizer=glob(m*)"],
+            "glob() does not see the options of hydra.searchpath; allowed: optimizer=mine",
+        ),
     ],
 )
 def test_a_users_configs_on_the_search_path_are_checked(user_configs, arguments, refusal):

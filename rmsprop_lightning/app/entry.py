@@ -81,6 +81,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     A multirun's job folders (and TensorBoard runs) are named by the keys that vary across the sweep only.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     parsed = hydra_argument_parser().parse_args(list(arguments))
     if parsed.shell_completion or parsed.experimental_rerun:  # its arguments are not overrides
@@ -109,12 +110,12 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             )
     searchpath = [override.input_line for override in typed_paths]
     check_hydra_options(config_dir, config_name, overrides, searchpath)
-    if not (multirun or parsed.cfg or parsed.info or parsed.help or parsed.hydra_help):  # one job
+    printing = parsed.cfg or parsed.info  # one job's config, which may show a sweep's groups
+    if not (multirun or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
-            if override.is_sweep_override() or override.key_or_group in SWEEP_GROUPS:
-                raise InputError(
-                    f"{override.input_line} is for a sweep; allowed: the same with -m (--multirun)"
-                )
+            if override.is_sweep_override() or (override.key_or_group in SWEEP_GROUPS and not printing):
+                allowed = "one value, as --cfg and --info show one job" if printing else "the same with -m"
+                raise InputError(f"{override.input_line} is for a sweep; allowed: {allowed}")
     groups = group_options(config_dir, config_name, searchpath)
     entries = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults", [])
     defaults = {str(key) for entry in entries if isinstance(entry, DictConfig) for key in entry}
@@ -133,6 +134,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
         if chosen is None:
             continue
+        if searchpath and isinstance(override.value(), Glob):  # Hydra's glob() reads conf/ alone
+            raise InputError(
+                f"{override.input_line}: glob() does not see the options of hydra.searchpath; allowed: "
+                f"{group}={','.join(chosen)}"
+            )
         if not chosen:
             raise InputError(
                 f"{override.input_line} matches no option of {group}; allowed: {', '.join(groups[group])}"

@@ -66,8 +66,11 @@ def check_keys(
             for value in chosen[override.key_or_group]:
                 check_option(override.key_or_group, value, groups[override.key_or_group])
     values, intervals = [], []
+    searching = cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic"
     for override in [*overrides, *searched]:
         key = override.key_or_group
+        if override.is_sweep_override():
+            check_sweep(override, searching)
         if id(override) in composed or key in groups:
             continue
         if override.type == OverrideType.DEL and "/" not in key:  # a key, not a Hydra group
@@ -89,7 +92,7 @@ def check_keys(
                 raise
             continue
         if override.is_interval_sweep():
-            if cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic":  # it runs a list of values
+            if not searching:  # the basic sweeper runs a list of values
                 raise InputError(
                     f"{override.input_line}: the basic sweeper cannot draw from an interval; allowed: a list "
                     "such as 0.01,0.1 or range(...), or interval() with hparams_search=rmsprop_optuna"
@@ -108,6 +111,25 @@ def check_keys(
     return cfg
 
 
+def check_sweep(override: Any, searching: bool) -> None:
+    """Refuses a sweep its sweeper cannot expand: a range with no values, or a ``glob()`` for a search."""
+    from hydra.core.override_parser.types import Glob, RangeSweep
+
+    value = override.value()
+    if isinstance(value, RangeSweep):
+        start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
+        if step == 0 or (stop - start) * step <= 0:
+            raise InputError(
+                f"{override.input_line} has no values; allowed: range(start, stop, step) with a step "
+                "other than 0 that goes from start toward stop"
+            )
+    if searching and isinstance(value, Glob):
+        raise InputError(
+            f"{override.input_line}: a search chooses among listed options; allowed: "
+            f"{override.key_or_group}=choice(...) with the options"
+        )
+
+
 def compose_edits(
     config_dir: Path, config_name: str, selections: Sequence[str], edits: Sequence[Any]
 ) -> tuple[DictConfig | None, int]:
@@ -117,12 +139,14 @@ def compose_edits(
     cfg = compose_config(config_dir, config_name, [*selections, *lines])
     if cfg is not None:
         return cfg, len(edits)
-    cfg, applied = compose_config(config_dir, config_name, selections), 0
-    while cfg is not None and applied + 1 < len(edits):
-        longer = compose_config(config_dir, config_name, [*selections, *lines[: applied + 1]])
+    cfg, applied, refused = compose_config(config_dir, config_name, selections), 0, len(edits)
+    while cfg is not None and refused - applied > 1:  # a longer run of them fails once one fails: bisect
+        middle = (applied + refused) // 2
+        longer = compose_config(config_dir, config_name, [*selections, *lines[:middle]])
         if longer is None:
-            break
-        cfg, applied = longer, applied + 1
+            refused = middle
+        else:
+            cfg, applied = longer, middle
     return cfg, applied
 
 
