@@ -564,16 +564,26 @@ def test_layout_charts_every_state_and_the_losses():
     ]
 
 
-def test_an_infinite_state_leaves_the_other_values_as_they_are():
+def one_rmsprop_step() -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], list[torch.Tensor]]:
+    """torch's RMSprop after one step on the canonical net: the optimizer, its parameters and −θ before it."""
     model = FeedForward(hidden=5)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
     model(torch.randn(4, 10)).square().sum().backward()
     params = list(model.parameters())
     before = torch._foreach_neg(params)
     optimizer.step()
-    optimizer.state[params[0]]["square_avg"][0, 0] = math.inf  # overflowed, as a huge lr makes it
+    return optimizer, params, before
+
+
+def measured(optimizer: torch.optim.Optimizer, before: list[torch.Tensor]) -> dict[str, float]:
     norms = StateNorms(optimizer, "optim/", {}, None)
-    values = dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
+    return dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
+
+
+def test_an_infinite_state_leaves_the_other_values_as_they_are():
+    optimizer, params, before = one_rmsprop_step()
+    optimizer.state[params[0]]["square_avg"][0, 0] = math.inf  # overflowed, as a huge lr makes it
+    values = measured(optimizer, before)
     assert values["optim/square_avg_norm"] == math.inf
     param_norm = math.sqrt(sum(p.detach().double().square().sum().item() for p in params))
     assert values["optim/param_norm"] == pytest.approx(param_norm, rel=1e-6)
@@ -581,18 +591,10 @@ def test_an_infinite_state_leaves_the_other_values_as_they_are():
 
 
 def test_norms_whose_squares_sum_above_float32s_range_are_finite():
-    model = FeedForward(hidden=5)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
-    model(torch.randn(4, 10)).square().sum().backward()
-    params = list(model.parameters())
-    before = torch._foreach_neg(params)
-    optimizer.step()
-    states = [optimizer.state[param]["square_avg"] for param in params]
-    for state in states:  # each norm 1.5e19 (its square, 2.25e38, fits float32; the sum of four does not)
-        state.mul_(1.5e19 / state.double().norm().item())
-    norms = StateNorms(optimizer, "optim/", {}, None)
-    values = dict(zip(norms.names, norms.values(optimizer, before).tolist(), strict=True))
-    assert values["optim/square_avg_norm"] == pytest.approx(3e19, rel=1e-6)
+    optimizer, params, before = one_rmsprop_step()
+    for state in (optimizer.state[param]["square_avg"] for param in params):  # each norm 1.5e19: its square
+        state.mul_(1.5e19 / state.double().norm().item())  # (2.25e38) fits float32, the sum of four does not
+    assert measured(optimizer, before)["optim/square_avg_norm"] == pytest.approx(3e19, rel=1e-6)
 
 
 def test_a_nan_state_of_one_group_leaves_the_other_groups_values_finite():
