@@ -83,8 +83,8 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     parsed = hydra_argument_parser().parse_args(list(arguments))
     # a user's resume=, +resume= or ++resume=; not the ++resume= written here beside the run's own config,
     # as DDP ranks re-run the command line
-    typed = tuple(f"{plus}{RESUME_KEY}=" for plus in ("", "+", "" if parsed.config_dir else "++"))
-    position = next((i for i, argument in enumerate(parsed.overrides) if argument.startswith(typed)), None)
+    forms = tuple(f"{plus}{RESUME_KEY}=" for plus in ("", "+", "" if parsed.config_dir else "++"))
+    position = next((i for i, argument in enumerate(parsed.overrides) if argument.startswith(forms)), None)
     if position is None:
         return list(arguments)
     typed_dir = parsed.overrides[position].split("=", 1)[1]
