@@ -11,8 +11,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on, override_values
+from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
+from rmsprop_lightning.app.sweep_values import override_values
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import SUMMARY_FILE

@@ -1,40 +1,31 @@
 """The overrides' keys and values checked against the config they compose, before Hydra starts: each swept
-value, an interval's ends, the launcher's and sweeper's settings (Hydra would answer with a block of text)."""
+value, the launcher's and sweeper's settings (Hydra would answer with a block of text)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.sweep_values import (
+    SEARCH_SPACE,
+    check_sweep,
+    interval_draws,
+    override_values,
+    search_draws,
+    search_space,
+)
 from rmsprop_lightning.errors import InputError, close_match
 
 # the launcher's and the sweeper's settings, checked with the job's (Hydra would answer with a block of text)
 SWEEP_KEYS = ("hydra.launcher.", "hydra.sweeper.")
-# a study's search space, the config's or typed on the command line: checked as the keys it names
-SEARCH_SPACE = "hydra.sweeper.params."
 # launchers that run the jobs on this machine, which must have the devices they ask for
 LOCAL_LAUNCHERS = ("basic", "joblib", "joblib_local", "population", "submitit_local")
-
-
-def override_values(override: Any, options: Sequence[str] | None = None) -> list[Any] | None:
-    """The values an override gives: each of a sweep's, the group ``options`` a glob matches; ``None`` for a
-    sweep only its sweeper expands (an interval)."""
-    from hydra.core.override_parser.types import Glob
-
-    value = override.value()
-    if isinstance(value, Glob):
-        return None if options is None else value.filter(list(options))
-    try:
-        return list(override.sweep_iterator()) if override.is_sweep_override() else [value]
-    except Exception:  # a sweep expanded later
-        return None
 
 
 def check_keys(
@@ -111,25 +102,6 @@ def check_keys(
     return cfg
 
 
-def check_sweep(override: Any, searching: bool) -> None:
-    """Refuses a sweep its sweeper cannot expand: a range with no values, or a ``glob()`` for a search."""
-    from hydra.core.override_parser.types import Glob, RangeSweep
-
-    value = override.value()
-    if isinstance(value, RangeSweep):
-        start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
-        if step == 0 or (stop - start) * step <= 0:
-            raise InputError(
-                f"{override.input_line} has no values; allowed: range(start, stop, step) with a step "
-                "other than 0 that goes from start toward stop"
-            )
-    if searching and isinstance(value, Glob):
-        raise InputError(
-            f"{override.input_line}: a search chooses among listed options; allowed: "
-            f"{override.key_or_group}=choice(...) with the options"
-        )
-
-
 def compose_edits(
     config_dir: Path, config_name: str, selections: Sequence[str], edits: Sequence[Any]
 ) -> tuple[DictConfig | None, int]:
@@ -182,68 +154,6 @@ def has_key(cfg: DictConfig | None, key: str) -> bool:
         cfg is not None
         and OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is not KeyError
     )
-
-
-def search_draws(override: Any, cfg: DictConfig) -> list[Any] | None:
-    """A search's ``range()`` as its sweeper draws from it: its start and Optuna's ``high`` (its last step at
-    or before ``stop``, in decimal as Optuna computes it), where the basic sweeper runs each value below
-    ``stop`` (and a shuffled range is a choice of them)."""
-    from hydra.core.override_parser.types import RangeSweep
-
-    value = override.value()
-    basic = cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic"
-    if not isinstance(value, RangeSweep) or value.shuffle or basic:
-        return None
-    start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
-    high = (stop - start) // step * step + start
-    return [
-        value.start,
-        int(high) if isinstance(value.start, int) and isinstance(value.step, int) else float(high),
-    ]
-
-
-def interval_draws(cfg: DictConfig, override: Any) -> list[Any]:
-    """Values just inside an ``interval()``'s ends (its ends for integers), once a search can draw from it:
-    its ends as limits, not as values (a momentum drawn from ``interval(0, 0.9)`` is never exactly 0)."""
-    interval, key = override.value(), override.key_or_group
-    if interval.start > interval.end or ("log" in interval.tags and interval.start <= 0):
-        raise InputError(
-            f"{override.input_line}: a search cannot draw from it; allowed: start ≤ end, and start > 0 on a "
-            "log scale"
-        )
-    if all(isinstance(end, int) for end in (interval.start, interval.end)):
-        return [interval.start, interval.end]
-    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    if isinstance(current, int) and not isinstance(current, bool):
-        raise InputError(
-            f"{override.input_line}: interval() draws real numbers, but {key} takes integers; "
-            "allowed: int(interval(...))"
-        )
-    inset = (interval.end - interval.start) * 1e-9
-    return [interval.start + inset, interval.end - inset]
-
-
-def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
-    """The sweeper's ``params`` as overrides: the config's, then those set as ``hydra.sweeper.params…`` on the
-    command line; a key the command line sweeps itself is the command line's."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = dict(OmegaConf.select(cfg, SEARCH_SPACE[:-1]) or {})
-    for override in overrides:
-        key = override.key_or_group.removeprefix(SEARCH_SPACE)
-        if override.key_or_group == SEARCH_SPACE[:-1] and isinstance(override.value(), dict):
-            params.update(override.value())
-        elif not override.key_or_group.startswith(SEARCH_SPACE):
-            continue
-        elif override.is_delete():
-            params.pop(key, None)
-        else:  # a sweep as typed; a quoted one as its text
-            params[key] = (
-                override.input_line.split("=", 1)[1] if override.is_sweep_override() else override.value()
-            )
-    typed = {override.key_or_group for override in overrides}
-    lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
-    return OverridesParser.create().parse_overrides(lines)
 
 
 def check_option(group: str, value: Any, allowed: Sequence[str]) -> None:

@@ -18,12 +18,8 @@ from rmsprop_lightning.app.distributed import (
     clean_distributed_state,
     runs_the_job_in_every_rank,
 )
-from rmsprop_lightning.app.resume import (
-    RESUME_KEY,
-    continues_itself,
-    discard_redone_checkpoints,
-    record_resume,
-)
+from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
+from rmsprop_lightning.app.resume_records import discard_redone_checkpoints, record_resume
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,

@@ -1,0 +1,75 @@
+"""What a resumed run changes in its folder once it starts: the safe keys it changed, written into its saved
+config, overrides and summary, and the checkpoints it redoes removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rmsprop_lightning.app.resume import (
+    CHECKPOINT_FOLDER,
+    HYDRA_FOLDER,
+    LAST_CHECKPOINT,
+    RESUME_KEY,
+    SAFE_KEYS,
+    continues_itself,
+    lenient_select,
+    quote,
+)
+from rmsprop_lightning.atomic import replace_atomically
+from rmsprop_lightning.errors import is_rank_zero
+from rmsprop_lightning.summary import write_summary
+
+
+def record_resume(cfg: DictConfig) -> None:
+    """Writes the safe keys a resume changed into the run's saved config, overrides and summary (rank 0)."""
+    if not is_rank_zero():
+        return
+    hydra_dir = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER
+    saved = OmegaConf.load(hydra_dir / "config.yaml")
+    values = {key: lenient_select(cfg, key) for key in SAFE_KEYS}
+    changed = {key: value for key, value in values.items() if lenient_select(saved, key) != value}
+    if not changed:
+        return
+    for key, value in changed.items():
+        OmegaConf.update(saved, key, value, force_add=True)
+    replace_atomically(hydra_dir / "config.yaml", lambda file: file.write(OmegaConf.to_yaml(saved).encode()))
+    overrides_file = hydra_dir / "overrides.yaml"
+    previous = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    kept = [line for line in previous if line.split("=", 1)[0].lstrip("+~") not in changed]
+    lines = kept + [f"{key}={_override_value(value)}" for key, value in changed.items()]
+    replace_atomically(overrides_file, lambda file: file.write(OmegaConf.to_yaml(lines).encode()))
+    write_summary(cfg[RESUME_KEY], overrides=lines)
+
+
+def discard_redone_checkpoints(cfg: DictConfig) -> None:
+    """Removes the checkpoints a resumed run's earlier part wrote after the one it resumes from (all but
+    ``last.ckpt`` when it starts again): the run redoes those steps, and Lightning would add a ``-v1``."""
+    if not is_rank_zero():
+        return
+    kept = {LAST_CHECKPOINT}
+    if continues_itself(cfg):
+        from rmsprop_lightning.app.validation import load_checkpoint
+
+        for state in load_checkpoint(cfg.ckpt_path).get("callbacks", {}).values():
+            if isinstance(state, dict):
+                paths = [
+                    *state.get("best_k_models", {}),
+                    state.get("best_model_path"),
+                    state.get("last_model_path"),
+                ]
+                kept |= {Path(path).name for path in paths if path}
+    for path in (Path(cfg[RESUME_KEY]) / CHECKPOINT_FOLDER).glob("*.ckpt"):
+        if path.name not in kept:
+            path.unlink()
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as Hydra's override grammar reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return quote(value) if isinstance(value, str) else str(value)
