@@ -79,6 +79,10 @@ CASES = [
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
     ("a sweep in a printed config", ["--cfg", "job", "seed=0,1"], ["seed=0,1", "one value"]),
+    ("a sweep in a printed multirun", ["--cfg", "job", "hydra.mode=MULTIRUN", "seed=0,1"], ["one value"]),
+    ("adding a key that is there", ["+seed=1"], ["+seed=1", "already set", "seed=1 (or ++seed=1)"]),
+    ("test not a flag", ["test=maybe"], ["test='maybe'", "true or false"]),
+    ("negative refresh rate", ["callbacks.progress_bar.refresh_rate=-1"], ["refresh_rate=-1", "≥ 0"]),
     ("a range of no values", ["-m", "seed=range(0,3,0)"], ["seed=range(0,3,0) has no values"]),
     (
         "a search from an empty range",

@@ -19,6 +19,7 @@ from rmsprop_lightning.app.run import build_model, build_module, build_trainer, 
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.model import FeedForward
 from tests.conftest import ROOT
 
@@ -229,12 +230,15 @@ def test_the_config_check_knows_the_modules_losses():
         ["data=csv", f"++data.source.path={CONF / 'train.yaml'}", "data.source.target=y"],
         ["hydra.mode=MULTIRUN", "seed=0,1"],  # Hydra's -m in the config
         ["hydra.mode=RunMode.MULTIRUN", "seed=0,1"],
+        ["seed=0,1", "-m"],  # a flag after the overrides
         ["callbacks.progress_bar.refresh_rate=1", "~callbacks.progress_bar"],  # set, then removed
         ["--shell-completion", "install=bash"],  # its arguments are not overrides
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):
-    assert checked_command_line(CONF, "train", arguments)[: len(arguments)] == arguments
+    checked = checked_command_line(CONF, "train", arguments)
+    assert [argument for argument in checked if argument in arguments] == arguments
+    hydra_argument_parser().parse_args(checked)  # a flag that follows overrides is followed by none
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     searchpath = [override.input_line for override in typed_paths]
     check_hydra_options(config_dir, config_name, overrides, searchpath)
     printing = parsed.cfg or parsed.info  # one job's config, which may show a sweep's groups
-    if not (multirun or parsed.help or parsed.hydra_help):  # one job
+    if printing or not (multirun or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
             if override.is_sweep_override() or (override.key_or_group in SWEEP_GROUPS and not printing):
                 allowed = "one value, as --cfg and --info show one job" if printing else "the same with -m"
@@ -161,11 +161,14 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     check_output_folder(overrides, multirun, cfg)
-    if not multirun or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
+    if not multirun or printing or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     excluded = [*OmegaConf.select(cfg, EXCLUDE_KEYS), *common]
-    return [*arguments, f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"]
+    # after the last override: Hydra's parser takes no override after a flag that follows overrides
+    after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
+    exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
+    return [*arguments[:after], exclude, *arguments[after:]]
 
 
 def check_hydra_options(

@@ -66,6 +66,9 @@ def check_keys(
             continue
         if override.type == OverrideType.DEL and "/" not in key:  # a key, not a Hydra group
             check_key(cfg, key, context, removing=True)
+        if override.type == OverrideType.ADD and has_key(cfg, key):  # Hydra adds no key that is there
+            line = override.input_line.removeprefix("+")
+            raise InputError(f"{override.input_line}: {key} is already set; allowed: {line} (or ++{line})")
         if override.type != OverrideType.CHANGE:
             continue
         if override.is_hydra_override() and (

@@ -68,9 +68,14 @@ FRACTION_OR_COUNT = OneOf(
     (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
 )
 FRACTION = Number(low=0, high=1, high_open=True)
+FLAG = OneOf(choices=(True, False))
 LIMIT_BATCHES = OneOf((Number(integer=True, low=0), Number(low=0, high=1)), choices=(None,))
 RULES: dict[str, Rule] = {
     "seed": Number(integer=True, low=0, high=2**32 - 1),
+    "train": FLAG,
+    "test": FLAG,
+    "trainer.enable_progress_bar": FLAG,
+    "callbacks.progress_bar.refresh_rate": Number(integer=True, low=0),
     "on_nonfinite": OneOf(choices=("stop", "skip")),
     "ckpt_restore": OneOf(choices=("full", "weights")),
     "module.loss": OneOf(choices=LOSS_NAMES),
