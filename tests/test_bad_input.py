@@ -190,7 +190,7 @@ CASES = [
     (
         "group added twice",
         ["+logger=csv"],
-        ["+logger=csv: the config already chooses a logger option", "allowed: logger=csv"],
+        ["+logger=csv: the config already chooses an option of logger", "allowed: logger=csv"],
     ),
     (
         "plateau without validation",

@@ -146,8 +146,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             )
         if override.is_add() and group in defaults:
             raise InputError(
-                f"{override.input_line}: the config already chooses a {group} option, so + cannot add one; "
-                f"allowed: {override.input_line.lstrip('+')}"
+                f"{override.input_line}: the config already chooses an option of {group}, so + cannot add "
+                f"one; allowed: {override.input_line.lstrip('+')}"
             )
         for choice in chosen:  # one option, or a list of options merged
             for value in choice if isinstance(choice, list) else [choice]:
