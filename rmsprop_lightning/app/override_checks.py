@@ -19,6 +19,7 @@ from rmsprop_lightning.app.sweep_values import (
     override_values,
     search_draws,
     search_space,
+    searches,
 )
 from rmsprop_lightning.errors import InputError, close_match
 
@@ -57,7 +58,7 @@ def check_keys(
             for value in chosen[override.key_or_group]:
                 check_option(override.key_or_group, value, groups[override.key_or_group])
     values, intervals = [], []
-    searching = cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic"
+    searching = searches(cfg)
     for override in [*overrides, *searched]:
         key = override.key_or_group
         if override.is_sweep_override():
@@ -86,14 +87,9 @@ def check_keys(
                 raise
             continue
         if override.is_interval_sweep():
-            if not searching:  # the basic sweeper runs a list of values
-                raise InputError(
-                    f"{override.input_line}: the basic sweeper cannot draw from an interval; allowed: a list "
-                    "such as 0.01,0.1 or range(...), or interval() with hparams_search=rmsprop_optuna"
-                )
             intervals.append(override)
             values.append((key, interval_draws(cfg, override)))
-        elif drawn := search_draws(override, cfg) or override_values(override):
+        elif drawn := search_draws(override, searching) or override_values(override):
             values.append((key, drawn[:1] if context else drawn))  # with another group option: once
     try:
         check_values(cfg, values, complete)
@@ -183,7 +179,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         base.hydra.runtime.cwd = base.hydra.runtime.output_dir = os.getcwd()
         base.hydra.job.num, base.hydra.job.id = 0, "0"
     HydraConfig.instance().set_config(base)
-    searching = base.hydra.runtime.choices.get("hydra/sweeper") != "basic"
+    searching = searches(base)
     here = base.hydra.runtime.choices.get("hydra/launcher") in LOCAL_LAUNCHERS  # the jobs run on this machine
     firsts = [(key, chosen[0]) for key, chosen in values]
     variants = [firsts] + [

@@ -30,13 +30,25 @@ def override_values(override: Any, options: Sequence[str] | None = None) -> list
         return None
 
 
+def searches(cfg: DictConfig) -> bool:
+    """Whether the config's sweeper searches (draws values from ranges and intervals) rather than running each
+    listed value, as Hydra's basic sweeper does."""
+    return cfg.hydra.runtime.choices.get("hydra/sweeper") != "basic"
+
+
+def decimal_range(value: Any) -> tuple[Decimal, Decimal, Decimal]:
+    """A ``range()``'s start, stop and step in decimal, as Optuna computes with them."""
+    return Decimal(str(value.start)), Decimal(str(value.stop)), Decimal(str(value.step))
+
+
 def check_sweep(override: Any, searching: bool) -> None:
-    """Refuses a sweep its sweeper cannot expand: a range with no values, or a ``glob()`` for a search."""
+    """Refuses a sweep its sweeper cannot expand: a range with no values, a ``glob()`` for a search, an
+    ``interval()`` for the basic sweeper."""
     from hydra.core.override_parser.types import Glob, RangeSweep
 
     value = override.value()
     if isinstance(value, RangeSweep):
-        start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
+        start, stop, step = decimal_range(value)
         if step == 0 or (stop - start) * step <= 0:
             raise InputError(
                 f"{override.input_line} has no values; allowed: range(start, stop, step) with a step "
@@ -47,19 +59,23 @@ def check_sweep(override: Any, searching: bool) -> None:
             f"{override.input_line}: a search chooses among listed options; allowed: "
             f"{override.key_or_group}=choice(...) with the options"
         )
+    if not searching and override.is_interval_sweep():  # the basic sweeper runs a list of values
+        raise InputError(
+            f"{override.input_line}: the basic sweeper cannot draw from an interval; allowed: a list "
+            "such as 0.01,0.1 or range(...), or interval() with hparams_search=rmsprop_optuna"
+        )
 
 
-def search_draws(override: Any, cfg: DictConfig) -> list[Any] | None:
+def search_draws(override: Any, searching: bool) -> list[Any] | None:
     """A search's ``range()`` as its sweeper draws from it: its start and Optuna's ``high`` (its last step at
     or before ``stop``, in decimal as Optuna computes it), where the basic sweeper runs each value below
     ``stop`` (and a shuffled range is a choice of them)."""
     from hydra.core.override_parser.types import RangeSweep
 
     value = override.value()
-    basic = cfg.hydra.runtime.choices.get("hydra/sweeper") == "basic"
-    if not isinstance(value, RangeSweep) or value.shuffle or basic:
+    if not isinstance(value, RangeSweep) or value.shuffle or not searching:
         return None
-    start, stop, step = (Decimal(str(number)) for number in (value.start, value.stop, value.step))
+    start, stop, step = decimal_range(value)
     high = (stop - start) // step * step + start
     return [
         value.start,
