@@ -18,7 +18,7 @@ from rmsprop_lightning.app.cli import train_main
 from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from rmsprop_lightning.errors import PROGRAM_ENV
-from tests.conftest import ROOT, TRAIN, run_train, train_in_process
+from tests.conftest import ROOT, TRAIN, run_dirs, run_train, train_in_process
 
 RUN = (
     "data.source.num_samples=512",
@@ -101,6 +101,21 @@ def test_a_signal_before_training_stops_the_job_as_interrupted(tmp_path):
     assert result.returncode == 143, result.stderr[-3000:]
     assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
     assert summary["status"] == "interrupted" and summary["error"].startswith("stopped by SIGTERM")
+
+
+def test_a_resume_stopped_before_training_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIGNAL_AT", "never:TERM")
+    train_in_process(tmp_path, *RUN)
+    (run_dir,) = run_dirs(tmp_path)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    env = {"PYTHONPATH": str(ROOT), "SIGNAL_AT": "init:TERM"}
+    result = run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30", check=False, env=env)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
+    after = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    assert {p: d for p, d in after.items() if p.name != "train.log"} == {
+        p: d for p, d in before.items() if p.name != "train.log"
+    }
 
 
 def test_a_second_ctrl_c_during_training_stops_at_once_as_interrupted(tmp_path):

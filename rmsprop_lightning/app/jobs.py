@@ -135,7 +135,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     """Checks the config, trains (``train_alone`` by default) and records the job; returns the optimized
     metric, if finite.
 
-    ``train(cfg, fields)`` returns the metric and adds the summary's fields. torch and Lightning
+    ``train(cfg, fields)`` returns the metric and adds the summary's fields, ``steps`` among them once a
+    trainer started; a resume that ends before that leaves its run's record as it was. torch and Lightning
     are imported only once the config passed its checks, so a typo answers at once. A failed job of a
     multirun is recorded and gives ``None``, which Optuna's sweeper records as a failed trial.
     """
@@ -173,8 +174,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             clock = time.perf_counter()
             value = train(cfg, fields)
     except Exception as error:
-        if writes and earlier and isinstance(error, InputError):
-            write_summary(output_dir, **earlier)  # a refused resume leaves the run's record as it was
+        if writes and earlier and (isinstance(error, InputError) or "steps" not in fields):
+            write_summary(output_dir, **earlier)
         elif writes:
             record_end(
                 output_dir, "failed", clock, earlier, error=f"{type(error).__name__}: {error}", **fields
@@ -193,7 +194,9 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
             stop = stopped_outside_steps(signal.SIGTERM, output_dir)
         elif isinstance(stop, SystemExit):
             raise
-        if writes:
+        if writes and earlier and "steps" not in fields:
+            write_summary(output_dir, **earlier)
+        elif writes:
             record_end(output_dir, "interrupted", clock, earlier, error=str(stop) or None, **fields)
         raise stop from None
     if writes:

@@ -38,6 +38,7 @@ class FitStats(Callback):
     checkpoints; :meth:`fields` also holds what was reached before an exception."""
 
     def __init__(self) -> None:
+        self.started = False  # a trainer set it up: the fit or test began
         self.fit_seconds: float | None = None
         self.steps = 0
         self.final: dict[str, float] = {}
@@ -50,6 +51,9 @@ class FitStats(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_step = dict(state_dict["best"]), dict(state_dict["best_step"])
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.started = True
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -74,7 +78,10 @@ class FitStats(Callback):
         self.on_fit_end(trainer, pl_module)
 
     def fields(self) -> dict[str, Any]:
-        """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best`` and ``best_step``."""
+        """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best`` and ``best_step``; none
+        before a trainer set it up."""
+        if not self.started:
+            return {}
         return {
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
