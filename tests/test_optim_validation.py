@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 
-from rmsprop_lightning.optim import RMSprop, init_state
-from rmsprop_lightning.optim.functional import rmsprop
+from rmsprop_lightning.optim import RMSprop
 from rmsprop_lightning.optim.param_groups import build_param_groups
 
 BAD = [
@@ -180,26 +179,6 @@ def test_deepcopy_and_pickle_keep_working() -> None:
     fit(clone, clone_params, 3, seed=2)
     fit(optimizer, first, 3, seed=2)
     assert_same(first, clone_params)
-
-
-def test_functional_api_steps_like_the_optimizer() -> None:
-    torch.manual_seed(0)
-    first = params()
-    second = [torch.nn.Parameter(p.detach().clone()) for p in first]
-    options = {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.9, "centered": True}
-    optimizer = RMSprop(first, **options)
-    states = [{} for _ in second]
-    for state, param in zip(states, second, strict=True):
-        init_state(state, param, momentum=0.9, centered=True, initial_square_avg=0.0)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(5):
-        grads = [torch.randn(p.shape, generator=generator) for p in first]
-        for param, grad in zip(first, grads, strict=True):
-            param.grad = grad
-        optimizer.step()
-        with torch.no_grad():
-            rmsprop(second, grads, states, **options)
-    assert_same(first, second)
 
 
 def test_an_lr_multiplier_that_matches_no_parameter_is_refused() -> None:

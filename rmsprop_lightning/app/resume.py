@@ -191,7 +191,7 @@ def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
         if not Path(folder).resolve().is_relative_to(run_dir.resolve()):
             raise InputError(
                 f"resume={run_dir}: the run was written in {Path(folder).parent} and moved since; allowed: "
-                f"resume it there, or start a new run from it with ckpt_path={run_dir}/checkpoints/last.ckpt"
+                f"resume it there, or start a new run from it with ckpt_path={last_checkpoint(run_dir)}"
             )
 
 

@@ -71,6 +71,19 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
     )
 
 
+def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModule]:
+    """Checks the targets and the accelerator, seeds, then builds the data, the model and the module, in
+    the order that random sources draw in."""
+    check_targets(cfg)
+    check_accelerator(cfg.trainer.get("accelerator"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    with input_errors():
+        datamodule = instantiate(cfg.data)
+        model = build_model(cfg, datamodule)
+        check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
+        return datamodule, build_module(cfg, model)
+
+
 def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
     """Trainer settings that make a fit which would end before its first validation validate at its end:
     without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
@@ -123,18 +136,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
     """
     trainer = None
     try:
-        check_targets(cfg)
-        check_accelerator(cfg.trainer.get("accelerator"))
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, module = build_objects(cfg)
         with input_errors():
-            datamodule = instantiate(cfg.data)
-            model = build_model(cfg, datamodule)
-            check_data(cfg, datamodule)  # after the model: random sources draw in the usual order
             check_rows_per_process(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
                 check_same_processes(cfg)
-            module = build_module(cfg, model)
             # an optimizer or scheduler refusing its settings does so now
             optimizer = module.configure_optimizers()
             callbacks = [

@@ -1,6 +1,6 @@
 """Data: tabular sources, the in-memory batch loader and the Lightning data module."""
 
-from rmsprop_lightning.data.datamodule import RegressionDataModule, split_and_standardize
+from rmsprop_lightning.data.datamodule import RegressionDataModule
 from rmsprop_lightning.data.loader import InMemoryBatchLoader
 from rmsprop_lightning.data.sources import Table, from_csv, from_numpy, random_normal, synthetic
 
@@ -11,6 +11,5 @@ __all__ = [
     "from_csv",
     "from_numpy",
     "random_normal",
-    "split_and_standardize",
     "synthetic",
 ]

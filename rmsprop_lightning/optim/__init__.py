@@ -9,7 +9,6 @@ _EXPORTS = {
     "RMSprop": "rmsprop_lightning.optim.rmsprop",
     "apply_lr_multipliers": "rmsprop_lightning.optim.param_groups",
     "build_param_groups": "rmsprop_lightning.optim.param_groups",
-    "init_state": "rmsprop_lightning.optim.functional",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -265,28 +265,3 @@ def update(
         if not variant.bias_correction:  # one scalar, so that ATen takes the overloads torch takes
             part_corrections, square_scales = part_corrections[0], square_scales[0]
         update_piece(ForeachOps, columns, part_corrections, square_scales, c, variant)
-
-
-def rmsprop(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    states: Sequence[State],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool = False,
-    foreach: bool | None = None,
-    eps_in_sqrt: bool = False,
-    lr_in_momentum: bool = False,
-    nesterov: bool = False,
-    bias_correction: bool = False,
-    decoupled_weight_decay: bool = False,
-) -> None:
-    """Functional RMSprop: one eager step, in place, on ``params`` and their :func:`init_state` states."""
-    variant, coefficients = hyper(locals())
-    corrections = advance(states, alpha, bias_correction)
-    update(rows(params, grads, states), corrections, variant, coefficients, foreach)

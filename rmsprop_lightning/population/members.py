@@ -8,14 +8,12 @@ import json
 import string
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
-from rmsprop_lightning.app.run import build_model, build_module
-from rmsprop_lightning.app.validation import check_accelerator, check_data, check_targets, input_errors
+from rmsprop_lightning.app.run import build_objects
+from rmsprop_lightning.app.validation import input_errors
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.module import RegressionModule
 
@@ -136,14 +134,8 @@ def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
 def build_member(job: int, cfg: DictConfig) -> Member:
     """Seeds, then builds data, model, module, optimizer and scheduler in the order ``run`` does."""
     validate_config(cfg)
-    check_targets(cfg)
-    check_accelerator(cfg.trainer.get("accelerator"))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build_objects(cfg)
     with input_errors():
-        datamodule = instantiate(cfg.data)
-        model = build_model(cfg, datamodule)
-        check_data(cfg, datamodule)
-        module = build_module(cfg, model)
         optimizer = module.build_optimizer()
         scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None
     return Member(job, cfg, datamodule, module, optimizer, scheduler, population_key(cfg, datamodule))
