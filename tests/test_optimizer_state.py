@@ -555,6 +555,7 @@ def test_layout_charts_every_state_and_the_losses():
         pattern, "optim/momentum_buffer_norm"
     )
     assert not re.match(pattern, "optim/square_avg_norm")
+    assert re.match(pattern, "exp-optim/momentum_buffer_norm")  # a logger's prefix
     (loss,) = layout["Loss"]["loss (train every step, val, test)"][1]
     # TensorBoard's custom-scalars plugin matches from the start of the tag
     assert [bool(re.match(loss, tag)) for tag in ("train/loss", "val/loss", "val/rmse")] == [

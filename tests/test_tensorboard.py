@@ -96,6 +96,8 @@ def test_best_follows_the_mode_and_bad_modes_are_refused(tmp_path):
     logger.write_hparams({"lr": 0.1})
     assert read_scalars(tmp_path)["a_best"] == [(5, 0.5)]
     assert len(event_files(tmp_path)) == 1
+    prefixed = TensorBoardRunLogger(tmp_path / "p", hparams_metrics={"a": "min", "c": "last"}, prefix="exp")
+    assert prefixed.metric_tags == ["exp-a_best", "exp-c"]  # the tags it writes
     with pytest.raises(
         ValueError, match=r"hparams_metrics\['a'\]='best' is unknown; allowed: last, min, max"
     ):

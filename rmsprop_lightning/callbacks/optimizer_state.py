@@ -37,13 +37,13 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]
     """A custom-scalars layout: losses together, one chart per optimizer state, one per step quantity.
 
     Each chart holds every optimizer, group and parameter of its quantity (its regular
-    expression skips the scope in ``optim/<scope>/<quantity>``).
+    expression skips the scope in ``optim/<scope>/<quantity>``, and a logger's ``prefix-``).
     """
     leaves = dict.fromkeys(key.rsplit("/", 1)[-1] for key in keys)  # in order of appearance
     quantities = [leaf.removesuffix("_norm") for leaf in leaves if leaf.endswith("_norm")]
 
     def chart(leaf: str) -> list[Any]:
-        return ["Multiline", [rf"^optim/(.+/)?{leaf}$"]]
+        return ["Multiline", [rf"^(.+-)?optim/(.+/)?{leaf}$"]]
 
     states = [q for q in quantities if q not in BASE_QUANTITIES]
     step = {f"{q} norm": chart(f"{q}_norm") for q in BASE_QUANTITIES if q in quantities}

@@ -163,8 +163,9 @@ class TensorBoardRunLogger(TensorBoardLogger):
 
     @property
     def metric_tags(self) -> list[str]:
-        """The HPARAMS columns: ``<tag>`` for ``last``, ``<tag>_best`` for ``min``/``max``."""
-        return [tag if mode == "last" else f"{tag}_best" for tag, mode in self.hparams_metrics.items()]
+        """The HPARAMS columns, as written: ``<tag>`` for ``last``, ``<tag>_best`` for ``min``/``max``."""
+        metrics = self.hparams_metrics.items()
+        return [self.tag_prefix + (tag if mode == "last" else f"{tag}_best") for tag, mode in metrics]
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
