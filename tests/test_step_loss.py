@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.callbacks import LearningRateMonitor
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.logging import step_metrics
 from rmsprop_lightning.logging.step_metrics import StepMetricBuffer
@@ -80,6 +81,8 @@ def test_an_accumulated_step_logs_the_mean_of_its_batches_once(accumulate):
         max_steps=6,
         accumulate_grad_batches=accumulate,
         logger=RecordingLogger(),
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+        log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -95,6 +98,8 @@ def test_an_accumulated_step_logs_the_mean_of_its_batches_once(accumulate):
         batches.setdefault(step, []).append(loss)
     assert [step for step, _ in logged] == list(range(6))
     assert [value for _, value in logged] == pytest.approx([sum(v) / len(v) for v in batches.values()])
+    # so is the learning rate (Lightning's monitor logs it at each batch of a step)
+    assert [step for step, metrics in trainer.logger.calls if "lr-RMSprop/decay" in metrics] == list(range(6))
     assert {len(v) for v in batches.values()} == ({3, 1} if accumulate == 3 else {4, 2})
 
 

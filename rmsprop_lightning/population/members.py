@@ -23,20 +23,21 @@ DATA = ("rmsprop_lightning.data.RegressionDataModule",)
 # the callbacks a population reproduces for its members (others need a run of their own)
 MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
 CHECKPOINT_TIMERS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
+LR_MONITORS = (
+    "rmsprop_lightning.callbacks.LearningRateMonitor",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
+)
 CALLBACKS = (
     MODEL_CHECKPOINT,
     "rmsprop_lightning.callbacks.LastCheckpoint",
-    "lightning.pytorch.callbacks.LearningRateMonitor",
+    *LR_MONITORS,
     "rmsprop_lightning.callbacks.OptimizerStateMonitor",
     "lightning.pytorch.callbacks.TQDMProgressBar",
 )
+LR_MONITOR_OPTIONS = {"logging_interval": "step", "log_momentum": False, "log_weight_decay": False}
 # callback options whose other values a population does not reproduce: {target: {option: its value}}
 UNSUPPORTED_OPTIONS = {
-    "lightning.pytorch.callbacks.LearningRateMonitor": {
-        "logging_interval": "step",
-        "log_momentum": False,
-        "log_weight_decay": False,
-    },
+    **{monitor: LR_MONITOR_OPTIONS for monitor in LR_MONITORS},
     "rmsprop_lightning.callbacks.OptimizerStateMonitor": {"per_parameter": False},
     MODEL_CHECKPOINT: {"save_on_train_epoch_end": None},
 }
