@@ -95,6 +95,13 @@ def count_the_validated_step(trainer: pl.Trainer) -> None:
         loop._batches_that_stepped += 1
 
 
+def count_the_restored_step(trainer: pl.Trainer) -> None:
+    """Counts for the loggers the step of a checkpoint written during that step (at its batch end or in its
+    validation), where the fit has no step left: its loop never restarts to count it, and its test would be
+    logged a step early. Call it at the end of such a fit."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+
+
 def count_batches_served(trainer: pl.Trainer, served: int) -> None:
     """Sets the restored epoch's batch count to the ``served`` batches its loader's position accounts for.
 

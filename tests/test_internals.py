@@ -161,6 +161,11 @@ class CountValidatedStep(pl.Callback):
         internals.count_the_validated_step(trainer)
 
 
+class CountRestoredStep(pl.Callback):
+    def on_fit_end(self, trainer, pl_module) -> None:
+        internals.count_the_restored_step(trainer)
+
+
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch")
 def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_the_loggers(tmp_path):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
@@ -188,6 +193,9 @@ def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_
     # validating elsewhere, Lightning leaves it uncounted (if it counts it one day, drop the fix)
     assert fit(7, None, ckpt_path=path) == 6
     assert fit(7, None, CountValidatedStep(), ckpt_path=path) == 7
+    # with no step left, the fit never starts its training (nor on_train_start): it stays uncounted
+    assert fit(3, 3, ckpt_path=path) == 2
+    assert fit(3, 3, CountRestoredStep(), ckpt_path=path) == 3
 
 
 def test_a_checkpoint_holds_the_training_loaders_state_where_internals_reads_it(tmp_path):

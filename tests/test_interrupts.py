@@ -18,6 +18,7 @@ from rmsprop_lightning.app.cli import train_main
 from rmsprop_lightning.app.jobs import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from rmsprop_lightning.errors import PROGRAM_ENV
+from rmsprop_lightning.logging.events import read_scalars
 from tests.conftest import ROOT, TRAIN, run_dirs, run_train, train_in_process
 
 RUN = (
@@ -56,12 +57,15 @@ class SignalAt(Callback):
         self._maybe_signal("test_batch_end")
 
 
-def stopped(tmp_path: Path, at: str, *overrides: str) -> tuple[Any, Path, dict[str, Any]]:
-    """Runs ``train.py`` with ``SIGNAL_AT=at``; returns the process, its only job's folder and record."""
+def stopped(
+    tmp_path: Path, at: str, *overrides: str, run: tuple[str, ...] = RUN
+) -> tuple[Any, Path, dict[str, Any]]:
+    """Runs ``train.py`` with ``overrides`` then ``run`` and ``SIGNAL_AT=at``; returns the process, its only
+    job's folder and record."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", str(ROOT))
         patch.setenv("SIGNAL_AT", at)
-        result = run_train(tmp_path, *overrides, *RUN, check=False)
+        result = run_train(tmp_path, *overrides, *run, check=False)
     records = sorted((tmp_path / "logs").rglob("metrics.json"))
     assert len(records) == 1, f"{len(records)} jobs ran"
     return result, records[0].parent, json.loads(records[0].read_text())
@@ -135,20 +139,25 @@ def test_a_signal_during_a_multirun_jobs_test_stops_the_sweep(tmp_path):
     assert summary["status"] == "interrupted" and summary["steps"] == 20  # the only job: the second never ran
 
 
-def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatch):
-    result, run_dir, summary = stopped(tmp_path, "test_batch_end:TERM")
+@pytest.mark.parametrize("steps", [20, 25])  # validated at the last step or not
+def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatch, steps):
+    run = (*RUN, f"trainer.max_steps={steps}")
+    result, run_dir, summary = stopped(tmp_path, "test_batch_end:TERM", run=run)
     assert result.returncode == 143, result.stderr[-3000:]
     assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
-    assert summary["status"] == "interrupted" and summary["steps"] == 20
+    assert summary["status"] == "interrupted" and summary["steps"] == steps
     monkeypatch.setenv("SIGNAL_AT", "never:TERM")
     train_in_process(tmp_path, f"resume={run_dir}")
     (tmp_path / "uninterrupted").mkdir()
-    train_in_process(tmp_path / "uninterrupted", *RUN)
+    train_in_process(tmp_path / "uninterrupted", *run)
     (expected,) = (tmp_path / "uninterrupted" / "logs").rglob("metrics.json")
     resumed, expected = json.loads((run_dir / "metrics.json").read_text()), json.loads(expected.read_text())
-    assert resumed["status"] == "completed" and resumed["steps"] == 20
+    assert resumed["status"] == "completed" and resumed["steps"] == steps
     for key in ("final", "best", "best_step", "value"):  # as the run never stopped
         assert resumed[key] == expected[key], key
+    logged, uninterrupted = read_scalars(run_dir), read_scalars(tmp_path / "uninterrupted" / "logs")
+    for tag in ("test/loss", "val/loss_best"):  # at the last step, not one before
+        assert logged[tag] == uninterrupted[tag] == [(steps, uninterrupted[tag][0][1])], tag
 
 
 @pytest.mark.parametrize(

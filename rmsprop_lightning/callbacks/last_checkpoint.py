@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rmsprop_lightning.atomic import remove_stale_temporaries
 from rmsprop_lightning.internals import (
+    count_the_restored_step,
     count_the_validated_step,
     fit_restarting,
     is_last_batch,
@@ -57,7 +58,8 @@ class LastCheckpoint(Checkpoint):
     epoch whose last batch the checkpoint holds, and the one at the end of the epoch the run resumes in (it
     has no metrics to feed them). The checkpoint keeps the metrics, and this callback makes those steps.
     A checkpoint written during a validation holds Lightning's logger step before that step counted, which
-    a resumed run that does not validate there never counts: this callback counts it.
+    a resumed run that does not validate there never counts: this callback counts it, as it counts the step
+    of any of its checkpoints restored by a fit with no step left (whose test would log it a step early).
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
@@ -75,6 +77,7 @@ class LastCheckpoint(Checkpoint):
         self._saving_now = False
         self._resumed_from_mine = False
         self._restored_in_validation = False
+        self._restored_uncounted = False  # a restored step the loggers' count lacks until training starts
         self._restored_metrics: dict[str, Any] = {}
 
     @property
@@ -149,6 +152,8 @@ class LastCheckpoint(Checkpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resumed_from_mine = bool(state_dict.get("written_by_me"))
         self._restored_in_validation = bool(state_dict.get(SAVED_IN_VALIDATION))
+        # written before Lightning counts its step, which a restarting training loop makes up for
+        self._restored_uncounted = self._resumed_from_mine or self._restored_in_validation
         self._restored_metrics = dict(state_dict.get("callback_metrics", {}))
 
     def _put_back_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,11 +167,17 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._put_back_metrics(trainer, pl_module)  # for strategies that restore after on_fit_start
+        self._restored_uncounted = False
         if self._restored_in_validation:  # a run validating at that step counts it when it skips it
             count_the_validated_step(trainer)
             self._restored_in_validation = False
         if self._resumed_from_mine and resumed_after_epoch_end(trainer):
             step_epoch_schedulers(trainer)  # that epoch's end-of-epoch step was skipped
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restored_uncounted:  # no step was left, so training never started
+            count_the_restored_step(trainer)
+            self._restored_uncounted = False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed_from_mine and fit_restarting(trainer):
