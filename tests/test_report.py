@@ -320,3 +320,12 @@ def test_an_unwritable_output_folder_is_one_line_before_any_work(sweep, tmp_path
     line = rejection(capsys, str(sweep), "--output", str(tmp_path / "file" / "out"))
     assert line.startswith(f"error: --output={tmp_path / 'file' / 'out'} cannot be written: ")
     assert line.endswith("; allowed: a writable folder")
+
+
+def test_a_multirun_that_did_not_finish_is_named(sweep):
+    record = json.loads((sweep / "sweep.json").read_text())
+    del record["finished_at"]  # stopped: its later jobs never started
+    (sweep / "sweep.json").write_text(json.dumps(record))
+    text = report_text(sweep)
+    assert f"- multirun `{sweep.name}` did not finish (stopped, or still running)" in text
+    assert "multirun wall time" not in text

@@ -57,8 +57,14 @@ def timing_lines(timing: dict[str, float]) -> list[str]:
 
 
 def failure_lines(sweep: Sweep) -> list[str]:
-    """One line per failed, diverged or unfinished job, with its error."""
-    lines = []
+    """One line per multirun that did not finish (its jobs not started are not in the report), then per
+    failed, diverged or unfinished job, with its error."""
+    lines = [
+        f"- multirun `{folder.name}` did not finish (stopped, or still running): its jobs that never started "
+        "are not in this report"
+        for folder, record in sweep.records.items()
+        if not record.get("finished_at")
+    ]
     for job in sweep.jobs:
         if job.status != "completed":
             error = job.summary.get("error") or ("never finished" if job.status == "running" else "")
