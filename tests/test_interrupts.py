@@ -34,18 +34,23 @@ RUN = (
 class SignalAt(Callback):
     """Sends this process ``SIGNAL_AT=<moment>:<signal>[:<times>]`` once: at ``init`` (while the run builds
     its callbacks, before training), or at the first call of the hook named (``train_batch_end``,
-    ``train_end``, ``test_batch_end``)."""
+    ``train_batch_start``, ``train_end``, ``test_batch_end``). Several, comma-separated, come in turn."""
 
     def __init__(self) -> None:
-        moment, name, times = (os.environ["SIGNAL_AT"] + ":1").split(":")[:3]
-        self.moment, self.signal, self.times = moment, signal.Signals[f"SIG{name}"], int(times)
+        self.due = []
+        for spec in os.environ["SIGNAL_AT"].split(","):
+            moment, name, times = (spec + ":1").split(":")[:3]
+            self.due.append((moment, signal.Signals[f"SIG{name}"], int(times)))
         self._maybe_signal("init")
 
     def _maybe_signal(self, moment: str) -> None:
-        if moment == self.moment:
-            self.moment = None  # once
-            for _ in range(self.times):
-                os.kill(os.getpid(), self.signal)
+        if self.due and moment == self.due[0][0]:
+            _, signum, times = self.due.pop(0)  # once
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._maybe_signal("train_batch_start")
 
     def on_train_batch_end(self, *args: Any) -> None:
         self._maybe_signal("train_batch_end")
@@ -120,6 +125,15 @@ def test_a_resume_stopped_before_training_leaves_the_run_as_it_was(tmp_path, mon
     assert {p: d for p, d in after.items() if p.name != "train.log"} == {
         p: d for p, d in before.items() if p.name != "train.log"
     }
+
+
+def test_a_second_ctrl_c_after_the_stops_checkpoint_says_it_was_saved(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "train_batch_end:INT,train_batch_start:INT")
+    assert result.returncode == 130, result.stderr[-3000:]
+    line = error_line(result, run_dir)
+    last = run_dir / "checkpoints" / LAST_CHECKPOINT
+    assert line.startswith(f"error: stopped by SIGINT again after step 1; checkpoint saved to {last};")
+    assert summary["status"] == "interrupted" and summary["steps"] == 1 and last.is_file()
 
 
 def test_a_second_ctrl_c_during_training_stops_at_once_as_interrupted(tmp_path):

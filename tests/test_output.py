@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.cli import leave_out_of_shutdown_collections
 from rmsprop_lightning.errors import PROGRAM_ENV, resume_command
 from rmsprop_lightning.logging.events import read_scalars
@@ -92,6 +93,19 @@ def test_the_end_of_a_run_freezes_its_objects_unless_triton_would_report_them_as
         assert (gc.get_freeze_count() > 0) is not triton
     finally:
         gc.unfreeze()
+
+
+def test_a_ctrl_c_outside_a_job_is_one_line(monkeypatch, capsys):
+    def interrupted(*args) -> None:  # as while Hydra composes the config, before the job handles signals
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_app", interrupted)
+    monkeypatch.setattr(cli, "leave_out_of_shutdown_collections", lambda: None)  # no freeze in the tests
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setenv(PROGRAM_ENV, "")
+    with pytest.raises(SystemExit) as exit_:
+        cli.train_main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "error: stopped by SIGINT\n"
 
 
 def test_the_commands_a_run_suggests_are_quoted_for_a_shell(tmp_path, monkeypatch):

@@ -66,6 +66,10 @@ def train_main() -> None:
     register_population_launcher()
     quiet_dependencies()
     try:
-        run_app(_hydra_train, CONFIG_DIR)
-    finally:
-        leave_out_of_shutdown_collections()
+        try:
+            run_app(_hydra_train, CONFIG_DIR)
+        finally:
+            leave_out_of_shutdown_collections()
+    except KeyboardInterrupt:  # Ctrl-C before a job handles it (Hydra starting) or after (the shutdown)
+        print("error: stopped by SIGINT", file=sys.stderr, flush=True)
+        sys.exit(130)

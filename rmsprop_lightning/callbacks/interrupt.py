@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_last_checkpoint
 from rmsprop_lightning.errors import InterruptedRun, resume_command
 from rmsprop_lightning.summary import write_summary
 
@@ -36,13 +36,16 @@ class GracefulInterrupt(Callback):
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
         self._step: int | None = None  # the trainer's step count at the last batch end
+        self._last: LastCheckpoint | None = None  # the trainer's, which saves the step stopped at
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
-            step = (self._step or 0) + 1
-            message = f"stopped by SIGINT again during step {step}; no checkpoint saved{self._resume()}"
-            raise InterruptedRun(message, signum)
+            if self._saved_at_stop():  # the stop's checkpoint came before this Ctrl-C
+                message = f"stopped by SIGINT again after step {self.stopped_at}; {self._saved_at_stop()}"
+            else:
+                message = f"stopped by SIGINT again during step {(self._step or 0) + 1}; no checkpoint saved"
+            raise InterruptedRun(message + self._resume(), signum)
         self.received = signum
         log.warning(
             "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
@@ -51,6 +54,7 @@ class GracefulInterrupt(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._step = trainer.global_step
+        self._last = find_last_checkpoint(trainer)
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
 
@@ -97,13 +101,15 @@ class GracefulInterrupt(Callback):
     def _resume(self) -> str:
         return f"; resume with: {resume_command(self.run_dir)}" if self.run_dir is not None else ""
 
+    def _saved_at_stop(self) -> str:
+        """``checkpoint saved to <path>`` once the stopped step's checkpoint is written, else ``""``."""
+        last = self._last
+        saved = last is not None and self.stopped_at is not None and last.saved_step == self.stopped_at
+        return f"checkpoint saved to {last.path}" if saved else ""
+
     def _stop(self, trainer: pl.Trainer) -> None:
         signum = self.received or signal.SIGTERM
-        last = find_last_checkpoint(trainer)
-        if last is not None and last.saved_step == self.stopped_at:
-            saved = f"checkpoint saved to {last.path}"
-        else:
-            saved = "no checkpoint saved (no last_checkpoint callback)"
+        saved = self._saved_at_stop() or "no checkpoint saved (no last_checkpoint callback)"
         message = (
             f"stopped by {signal.Signals(signum).name} after step {self.stopped_at}; {saved}{self._resume()}"
         )
