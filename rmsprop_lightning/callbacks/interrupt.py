@@ -41,8 +41,8 @@ class GracefulInterrupt(Callback):
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
             self._restore()
-            if self._saved_at_stop():  # the stop's checkpoint came before this Ctrl-C
-                message = f"stopped by SIGINT again after step {self.stopped_at}; {self._saved_at_stop()}"
+            if saved := self._saved_at_stop():  # the stop's checkpoint came before this Ctrl-C
+                message = f"stopped by SIGINT again after step {self.stopped_at}; {saved}"
             else:
                 message = f"stopped by SIGINT again during step {(self._step or 0) + 1}; no checkpoint saved"
             raise InterruptedRun(message + self._resume(), signum)
