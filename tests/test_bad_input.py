@@ -82,6 +82,13 @@ CASES = [
     ("a sweep in a printed multirun", ["--cfg", "job", "hydra.mode=MULTIRUN", "seed=0,1"], ["one value"]),
     ("adding a key that is there", ["+seed=1"], ["+seed=1", "already set", "seed=1 (or ++seed=1)"]),
     ("test not a flag", ["test=maybe"], ["test='maybe'", "true or false"]),
+    (
+        "a data flag of text",
+        ["data.standardize_targets=no"],
+        ["data.standardize_targets='no'", "true or false"],
+    ),
+    ("a split seed not an integer", ["data.split_seed=1.5"], ["data.split_seed=1.5", "integer"]),
+    ("an empty data path", ["data=csv", "data.source.path=''"], ["data.source.path=''", "names no file"]),
     ("threads per job of zero", ["threads_per_job=0"], ["threads_per_job=0", "auto", "null"]),
     ("negative refresh rate", ["callbacks.progress_bar.refresh_rate=-1"], ["refresh_rate=-1", "≥ 0"]),
     ("a range of no values", ["-m", "seed=range(0,3,0)"], ["seed=range(0,3,0) has no values"]),

@@ -161,6 +161,64 @@ def test_csv_columns_named_twice_are_refused_and_lines_counted_from_the_file(
         from_csv(path, "y", features)
 
 
+def test_a_csv_quote_left_open_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text('a,y\n"1,2\n' + "3,4\n" * 40_000)  # the rest of the file in one field
+    with pytest.raises(ValueError, match=r"table.csv, line \d+: field larger than field limit"):
+        from_csv(path, "y")
+
+
+def test_a_corrupt_compressed_archive_is_refused(tmp_path):
+    path = tmp_path / "arrays.npz"
+    np.savez_compressed(path, X=np.random.default_rng(0).normal(size=(100, 3)), y=np.zeros(100))
+    data = bytearray(path.read_bytes())
+    data[58] ^= 0xFF  # inside X's compressed bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"is not a numeric NumPy file"):
+        from_numpy(path)
+
+
+@pytest.mark.parametrize("value", [0.5, 0.1, -3.3])  # std of a constant 0.1 in float64: about 1e-17, not 0
+def test_a_constant_column_is_centred_not_scaled(value):
+    features = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    constant = torch.full((200, 1), value, dtype=torch.float64)
+    data = RegressionDataModule(
+        Table(torch.cat([features, constant], 1), constant.clone(), ("a", "b", "k"), ("y",)),
+        standardize_targets=True,
+    )
+    state = data.state_dict()
+    assert state["features_scale"][2].item() == state["targets_scale"].item() == 1.0
+    assert data.splits["test"][1].abs().max().item() == 0.0
+
+
+def test_any_changed_row_is_a_change_of_the_data():
+    features = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    saved = RegressionDataModule(Table(features, features[:, :1], ("a", "b"), ("y",))).state_dict()
+    for row in range(0, 200, 7):  # training, validation and test rows alike
+        changed = features.clone()
+        changed[row, 1] += 1e-3  # the scaling barely moves
+        assert RegressionDataModule(Table(changed, features[:, :1], ("a", "b"), ("y",))).changes(saved)
+    assert not RegressionDataModule(Table(features, features[:, :1], ("a", "b"), ("y",))).changes(saved)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"standardize_targets": "no"}, "true or false"), ({"split_seed": 1.5}, "integer ≥ 0")],
+)
+def test_a_data_module_refuses_settings_of_other_kinds(option, message):
+    with pytest.raises(ValueError, match=message):
+        RegressionDataModule(**option)
+
+
+def test_a_csv_without_a_path_or_a_target_is_refused_by_key(tmp_path):
+    (tmp_path / "table.csv").write_text("a,y\n1,2\n")
+    for path in (None, ""):
+        with pytest.raises(ValueError, match=r"^data.source.path=.* names no file; allowed: the path"):
+            from_csv(path, "y")
+    with pytest.raises(ValueError, match=r"^data.source.target is empty; allowed: a column name"):
+        from_csv(tmp_path / "table.csv", None)
+
+
 def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
     path = tmp_path / "table.csv"
     path.write_bytes("\ufeffid,a,y\nx1,2,3\nx2,5,6\n".encode())
@@ -182,7 +240,8 @@ def test_the_standardisation_is_kept_to_map_new_rows_and_predictions():
     data = RegressionDataModule(Table(features, targets, ("a", "b"), ("y",)), standardize_targets=True)
     (train_features, train_targets), rows = data.splits["train"], data.splits["train"][0].shape[0]
     state = data.state_dict()
-    assert rows == 160 and set(state) == {"features_mean", "features_scale", "targets_mean", "targets_scale"}
+    scaling = {"features_mean", "features_scale", "targets_mean", "targets_scale"}
+    assert rows == 160 and set(state) == {*scaling, "rows_digest"}
     raw = train_targets * state["targets_scale"] + state["targets_mean"]
     assert raw.mean().item() == pytest.approx(state["targets_mean"].item(), rel=1e-5)
     assert torch.allclose(train_features.mean(0), torch.zeros(2), atol=1e-5)

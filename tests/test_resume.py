@@ -485,7 +485,9 @@ def test_a_relative_data_path_is_read_where_the_run_started_while_the_file_is_th
 def test_a_data_module_warns_of_a_checkpoint_standardised_on_other_data():
     state = RegressionDataModule(partial(synthetic, num_samples=256)).state_dict()
     RegressionDataModule(partial(synthetic, num_samples=256)).load_state_dict(state)  # the same data: silent
-    with pytest.warns(UserWarning, match=r"standardised differently \(features_mean, features_scale\)"):
+    with pytest.warns(
+        UserWarning, match=r"differ from this data set \(rows, features_mean, features_scale\)"
+    ):
         RegressionDataModule(partial(synthetic, num_samples=256, seed=1)).load_state_dict(state)
 
 

@@ -221,6 +221,7 @@ def test_training_copies_the_loss_to_the_host_once_per_flush(monkeypatch):
     )
     module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
     data = RegressionDataModule(partial(synthetic, num_samples=256), batch_size=16)
+    data.splits  # noqa: B018  (reads the data, once, before training)
     transfers = count_transfers(monkeypatch, HOST_COPIES)  # not cpu(): Lightning's teardown moves the module
     trainer.fit(module, datamodule=data)
     assert flushes.sizes == [5, 5, 5, 5]

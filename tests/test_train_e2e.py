@@ -38,6 +38,7 @@ def test_default_run_writes_every_step_loss_and_checkpoints_that_reload_weights_
     assert set(saved["RegressionDataModule"]) == {
         "features_mean",
         "features_scale",
+        "rows_digest",
     }  # synthetic targets as drawn
     assert module.configure_optimizers().defaults["lr"] == 0.01
 

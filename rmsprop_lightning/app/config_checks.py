@@ -197,6 +197,8 @@ def check_input_files(cfg: DictConfig) -> None:
         path = select(cfg, key)
         if path is None or Path(str(path)).expanduser().is_file():
             continue
+        if not str(path).strip():
+            raise InputError(f"{key}='{path}' names no file; allowed: the path of a file, or null")
         if key == "ckpt_path" and Path(str(path)).expanduser().is_dir():
             raise InputError(
                 f"ckpt_path={path} is a folder; allowed: a checkpoint file such as "

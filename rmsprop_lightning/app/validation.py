@@ -187,14 +187,14 @@ def check_same_processes(cfg: DictConfig) -> None:
 def check_same_data(cfg: DictConfig, datamodule: Any) -> None:
     """A resumed run goes on with the data it was trained on: a data file changed since is refused."""
     saved = load_checkpoint(cfg.ckpt_path).get(type(datamodule).__qualname__) or {}
-    changed = datamodule.scaling_changes(saved)
+    changed = datamodule.changes(saved)
     if changed:
         source = select(cfg, "data.source.path")
         what = f"data.source.path={source}" if source is not None else "data"
         raise InputError(
-            f"resume: {what} no longer holds the data the run was trained on (the training split's "
-            f"{', '.join(changed)} differ from its checkpoint's); allowed: the run's own data, or a new run "
-            f"from the checkpoint with ckpt_path={cfg.ckpt_path}"
+            f"resume: {what} no longer holds the data the run was trained on (its {', '.join(changed)} "
+            f"differ from its checkpoint's); allowed: the run's own data, or a new run from the checkpoint "
+            f"with ckpt_path={cfg.ckpt_path}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 
 from rmsprop_lightning.data.loader import InMemoryBatchLoader
 from rmsprop_lightning.data.sources import Table, synthetic
+
+DIGEST_KEY = "rows_digest"  # in the state kept in checkpoints
 
 
 class RegressionDataModule(pl.LightningDataModule):
@@ -34,6 +37,13 @@ class RegressionDataModule(pl.LightningDataModule):
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if size is not None and (not isinstance(size, int) or size < 1):
                 raise ValueError(f"data.{name} must be a positive integer, got {size!r}")
+        flags = ("standardize_features", "standardize_targets", "drop_last")
+        for name, flag in zip(flags, (standardize_features, standardize_targets, drop_last), strict=True):
+            if not isinstance(flag, bool):
+                raise ValueError(f"data.{name} must be true or false, got {flag!r}")
+        for name, seed in (("split_seed", split_seed), ("shuffle_seed", shuffle_seed)):
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"data.{name} must be an integer ≥ 0, got {seed!r}")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
                 raise ValueError(f"data.{name} must lie in [0, 1), got {fraction!r}")
@@ -52,6 +62,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.shuffle_seed = shuffle_seed
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._digest = ""  # of the table's rows, once read
         self.scaling: dict[str, torch.Tensor] = {}  # the standardisation, once the data is split
         self._loaders: dict[str, InMemoryBatchLoader] = {}
         self._loaders_for: pl.Trainer | None = None  # the trainer whose device and ranks they serve
@@ -70,8 +81,10 @@ class RegressionDataModule(pl.LightningDataModule):
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
         if self._splits is None:
+            table = self.source if isinstance(self.source, Table) else self.source()
+            self._digest = rows_digest(table)
             self._splits = split_and_standardize(
-                self.source if isinstance(self.source, Table) else self.source(),
+                table,
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
                 seed=self.split_seed,
@@ -82,29 +95,36 @@ class RegressionDataModule(pl.LightningDataModule):
             )
         return self._splits
 
+    @property
+    def digest(self) -> str:
+        """A SHA-1 of the table's rows as read (see :func:`rows_digest`)."""
+        self.splits  # noqa: B018  (reads the table)
+        return self._digest
+
     def state_dict(self) -> dict[str, Any]:
-        """The training split's column means and scales that standardised the data, kept in checkpoints:
-        new rows are ``(x - features_mean) / features_scale``, predictions in the data's units
-        ``y * targets_scale + targets_mean``."""
-        self.splits  # noqa: B018  (standardises the data)
-        return dict(self.scaling)
+        """The training split's column means and scales that standardised the data, and the :attr:`digest` of
+        its rows, kept in checkpoints: new rows are ``(x - features_mean) / features_scale``, predictions in
+        the data's units ``y * targets_scale + targets_mean``."""
+        digest = self.digest  # reads and standardises the data
+        return {**self.scaling, DIGEST_KEY: digest}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Warns when a checkpoint's standardisation is not this data's: its model learnt other data."""
-        if changed := self.scaling_changes(state_dict):
+        """Warns when a checkpoint's data is not this data: its model learnt other data."""
+        if changed := self.changes(state_dict):
             warnings.warn(
-                f"the checkpoint's data were standardised differently ({', '.join(changed)}): "
+                f"the checkpoint's data differ from this data set ({', '.join(changed)}): "
                 "this data set is not the one its model was trained on",
                 stacklevel=2,
             )
 
-    def scaling_changes(self, saved: Mapping[str, Any]) -> list[str]:
-        """The entries of a checkpoint's standardisation (:meth:`state_dict`) that this data set does not
-        reproduce (up to float32 rounding)."""
-        self.splits  # noqa: B018  (standardises the data)
+    def changes(self, saved: Mapping[str, Any]) -> list[str]:
+        """What of a checkpoint's :meth:`state_dict` this data set does not reproduce: its ``rows`` (by the
+        digest, where the checkpoint has one), then the standardisation's entries (up to float32 rounding)."""
+        saved, digest = dict(saved), self.digest  # reads and standardises the data
+        changed = ["rows"] if saved.pop(DIGEST_KEY, digest) != digest else []
         current = {key: value.double() for key, value in self.scaling.items()}
         saved = {key: torch.as_tensor(value).double() for key, value in saved.items()}
-        return [
+        return changed + [
             key
             for key, value in saved.items()
             if key not in current
@@ -157,6 +177,15 @@ class RegressionDataModule(pl.LightningDataModule):
         return self.test_dataloader()
 
 
+def rows_digest(table: Table) -> str:
+    """A SHA-1 of a table's values, shapes and dtypes: any row changed, added, removed or moved changes it."""
+    digest = hashlib.sha1()
+    for tensor in (table.features, table.targets):
+        digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def split_and_standardize(
     table: Table,
     *,
@@ -194,8 +223,10 @@ def split_and_standardize(
 def _standardize(
     values: torch.Tensor, reference: torch.Tensor, name: str, scaling: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Centres and scales columns by the reference rows' mean and std (constant columns kept)."""
+    """Centres and scales columns by the reference rows' mean and std; a constant column is only centred, by
+    its value (its computed mean and std are rounded: the std of a constant 0.1 is 1e-17, not 0)."""
+    constant = (reference == reference[:1]).all(0)
+    mean = scaling[f"{name}_mean"] = torch.where(constant, reference[0], reference.mean(0))
     std = reference.std(0, unbiased=False)
-    mean = scaling[f"{name}_mean"] = reference.mean(0)
-    scale = scaling[f"{name}_scale"] = torch.where(std > 0, std, torch.ones_like(std))
+    scale = scaling[f"{name}_scale"] = torch.where(constant, torch.ones_like(std), std)
     return (values - mean) / scale

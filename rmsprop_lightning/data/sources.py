@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zlib
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -85,22 +86,25 @@ def from_csv(
 ) -> Table:
     """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
     path = existing_file(path)
-    targets = column_names(target)
+    targets = [] if target is None else column_names(target)
     if not targets:
         raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
     if features is not None and not column_names(features):
         raise ValueError("data.source.features is empty; allowed: a list of column names, or null for all")
     with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark dropped
-        reader = enumerate(csv.reader(handle, delimiter=delimiter), start=1)
-        rows = ((number, row) for number, row in reader if not blank(row))
-        header = [name.strip() for name in next(rows, (0, []))[1]]
-        if not header:
-            raise ValueError(f"{path} is empty (a header row and data rows are required)")
-        feature_names = (
-            [c for c in header if c not in targets] if features is None else column_names(features)
-        )
-        check_columns(path, header, targets, feature_names)
-        values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
+        lines = csv.reader(handle, delimiter=delimiter)
+        rows = ((number, row) for number, row in enumerate(lines, start=1) if not blank(row))
+        try:
+            header = [name.strip() for name in next(rows, (0, []))[1]]
+            if not header:
+                raise ValueError(f"{path} is empty (a header row and data rows are required)")
+            feature_names = (
+                [c for c in header if c not in targets] if features is None else column_names(features)
+            )
+            check_columns(path, header, targets, feature_names)
+            values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
+        except csv.Error as error:  # e.g. a quote left open, which makes the rest of the file one field
+            raise ValueError(f"{path}, line {lines.line_num}: {error}") from None
     if not len(values):
         raise ValueError(f"{path} has a header but no data rows")
     columns = torch.from_numpy(values).split([len(feature_names), len(targets)], dim=1)
@@ -114,6 +118,8 @@ def blank(row: list[str]) -> bool:
 
 def existing_file(path: str | Path) -> Path:
     """``path`` with ``~`` expanded, refused unless it is a file."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"data.source.path={path!r} names no file; allowed: the path of a data file")
     path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; allowed: a data file")
@@ -178,7 +184,10 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
                 )
             if missing := [key for key in (features_key, targets_key) if key not in loaded.files]:
                 raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
-            arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
+            try:  # a compressed archive's arrays are read here
+                arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
+            except (ValueError, EOFError, zlib.error) as error:
+                raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
     else:
         if loaded.ndim != 2 or loaded.shape[1] < 2:
             raise ValueError(f"{path}: an .npy file must be 2-D with the target in the last column")
