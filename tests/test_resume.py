@@ -276,6 +276,23 @@ def test_longer_resume_continues_the_finished_run_and_keeps_its_new_length(refer
     assert run_dirs(tmp_path) == [run_dir]
 
 
+def test_a_run_in_float64_resumes_and_tests_its_checkpoints_with_its_weights_exact(tmp_path):
+    run = (*RUN, "trainer.precision=64-true")
+    (tmp_path / "whole").mkdir()
+    train_in_process(tmp_path / "whole", *run)
+    (whole,) = run_dirs(tmp_path / "whole")
+    train_in_process(tmp_path, *replaced(run, "trainer.max_steps=25"))
+    (run_dir,) = run_dirs(tmp_path)
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
+    assert_same_training_state(last_checkpoint(whole), last_checkpoint(run_dir))
+    (best,) = (whole / "checkpoints").glob("best-*.ckpt")
+    (tmp_path / "tested").mkdir()
+    train_in_process(tmp_path / "tested", *run, "train=false", f"ckpt_path={best}")
+    (tested,) = run_dirs(tmp_path / "tested")
+    record, expected = (json.loads((d / "metrics.json").read_text())["final"] for d in (tested, whole))
+    assert record["test/loss"] == expected["test/loss"]
+
+
 def test_a_longer_resume_is_refused_where_the_schedule_follows_the_length(tmp_path, capfd):
     train_in_process(tmp_path, "data.source.num_samples=512", "trainer.max_steps=20", "scheduler=cosine")
     (run_dir,) = run_dirs(tmp_path)

@@ -153,6 +153,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)
+            # as its precision plugin will: Lightning restores a checkpoint's weights before that, which at
+            # 64-true made them float32 first
+            trainer.precision_plugin.convert_module(module)
             if cfg.get(RESUME_KEY):  # its folder's records change once all the run needs is built
                 record_resume(cfg)
                 discard_redone_checkpoints(cfg)
