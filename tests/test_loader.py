@@ -203,7 +203,11 @@ def test_any_changed_row_is_a_change_of_the_data():
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [({"standardize_targets": "no"}, "true or false"), ({"split_seed": 1.5}, "integer ≥ 0")],
+    [
+        ({"standardize_targets": "no"}, "true or false"),
+        ({"split_seed": 1.5}, "integer in"),
+        ({"shuffle_seed": 2**64}, "integer in"),
+    ],
 )
 def test_a_data_module_refuses_settings_of_other_kinds(option, message):
     with pytest.raises(ValueError, match=message):

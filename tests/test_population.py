@@ -191,6 +191,14 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
         assert reason == "callbacks.model_checkpoint keeps more than the lowest val/loss"
 
 
+def test_jobs_whose_splits_follow_their_seed_train_apart(composer):
+    # the config as written is the same for both; their validation rows are not
+    members = [build_member(seed, composer("data.split_seed=${seed}", f"seed={seed}")) for seed in (0, 1)]
+    assert members[0].key != members[1].key
+    same = [build_member(seed, composer("data.split_seed=7", f"seed={seed}")) for seed in (0, 1)]
+    assert same[0].key == same[1].key
+
+
 def test_jobs_without_checkpoints_train_as_a_population(composer):
     overrides = ("data.source.num_samples=512", "trainer.max_steps=20", "logger=none", "callbacks=none")
     cfgs = [composer(*overrides, "trainer.enable_checkpointing=false", f"seed={seed}") for seed in (0, 1)]

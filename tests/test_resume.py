@@ -24,6 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
+from rmsprop_lightning.app import resume_records
 from rmsprop_lightning.app.resume import check_followers, check_override, started_where_it_was
 from rmsprop_lightning.app.validation import check_same_processes
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
@@ -355,6 +356,21 @@ def test_a_resume_that_fails_to_start_leaves_the_run_as_it_was(tmp_path):
     assert {path: data for path, data in after.items() if path.name != "train.log"} == {
         path: data for path, data in before.items() if path.name != "train.log"
     }
+
+
+def test_a_resume_that_fails_once_it_changed_its_folder_is_recorded_as_failed(tmp_path, monkeypatch):
+    train_in_process(tmp_path, "data.source.num_samples=512", "trainer.max_steps=10")
+    (run_dir,) = run_dirs(tmp_path)
+
+    def fails(*args) -> None:  # after the run's records took the new max_steps
+        raise RuntimeError("purge failed")
+
+    monkeypatch.setattr(resume_records, "continue_tensorboard", fails)
+    assert train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=15", check=False) != 0
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: purge failed"
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 15
+    assert "trainer.max_steps=15" in summary["overrides"]  # as the config says
 
 
 def test_a_safe_key_of_a_callback_the_run_has_not_is_refused():

@@ -18,7 +18,7 @@ from rmsprop_lightning.app.entry import run_app
 from rmsprop_lightning.app.extras import exit_if_plugin_missing
 from rmsprop_lightning.app.jobs import run_job
 from rmsprop_lightning.app.resolvers import register_resolvers
-from rmsprop_lightning.errors import PROGRAM_ENV, reported_errors, started_as
+from rmsprop_lightning.errors import PROGRAM_ENV, is_rank_zero, reported_errors, started_as
 
 
 def config_dir() -> Path:
@@ -70,6 +70,9 @@ def train_main() -> None:
             run_app(_hydra_train, CONFIG_DIR)
         finally:
             leave_out_of_shutdown_collections()
-    except KeyboardInterrupt:  # Ctrl-C before a job handles it (Hydra starting) or after (the shutdown)
-        print("error: stopped by SIGINT", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # a Ctrl-C that no job turned into a stop: while Hydra starts, at the end
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if is_rank_zero():
+            print("error: stopped by SIGINT", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -1,11 +1,13 @@
 """What a resumed run changes in its folder once it starts: the safe keys it changed, written into its saved
-config, overrides and summary, and the checkpoints it redoes removed."""
+config, overrides and summary, the checkpoints it redoes removed, and TensorBoard's purge."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.resume import (
@@ -18,8 +20,10 @@ from rmsprop_lightning.app.resume import (
     lenient_select,
     quote,
 )
+from rmsprop_lightning.app.validation import load_checkpoint
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.errors import is_rank_zero
+from rmsprop_lightning.logging.tensorboard import continue_tensorboard
 from rmsprop_lightning.summary import write_summary
 
 
@@ -51,8 +55,6 @@ def discard_redone_checkpoints(cfg: DictConfig) -> None:
         return
     kept = {LAST_CHECKPOINT}
     if continues_itself(cfg):
-        from rmsprop_lightning.app.validation import load_checkpoint
-
         for state in load_checkpoint(cfg.ckpt_path).get("callbacks", {}).values():
             if isinstance(state, dict):
                 paths = [
@@ -64,6 +66,26 @@ def discard_redone_checkpoints(cfg: DictConfig) -> None:
     for path in (Path(cfg[RESUME_KEY]) / CHECKPOINT_FOLDER).glob("*.ckpt"):
         if path.name not in kept:
             path.unlink()
+
+
+class ResumeRecords(Callback):
+    """Changes a resumed run's folder (its records, redone checkpoints, TensorBoard's purge) as its trainer
+    sets up, once: not before the run started, whose job then leaves the run's record as it was."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self._done = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        record_resume(self.cfg)
+        discard_redone_checkpoints(self.cfg)
+        resumed_step = (
+            load_checkpoint(self.cfg.ckpt_path)["global_step"] if continues_itself(self.cfg) else None
+        )
+        continue_tensorboard(trainer.loggers, resumed_step)
 
 
 def _override_value(value: Any) -> str:

@@ -19,7 +19,7 @@ from rmsprop_lightning.app.distributed import (
     runs_the_job_in_every_rank,
 )
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
-from rmsprop_lightning.app.resume_records import discard_redone_checkpoints, record_resume
+from rmsprop_lightning.app.resume_records import ResumeRecords
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
@@ -35,7 +35,7 @@ from rmsprop_lightning.app.validation import (
 )
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InputError, is_rank_zero
-from rmsprop_lightning.logging.tensorboard import continue_tensorboard, finish_tensorboard, run_hparams
+from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 *instantiate_entries(cfg.get("callbacks")),
                 *extra_callbacks,
                 *safeguards(cfg, module, optimizer),
+                *([ResumeRecords(cfg)] if cfg.get(RESUME_KEY) else []),  # after the job's FitStats
             ]
             loggers = instantiate_entries(cfg.get("logger"))
             if is_rank_zero():
@@ -156,12 +157,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             # as its precision plugin will: Lightning restores a checkpoint's weights before that, which at
             # 64-true made them float32 first
             trainer.precision_plugin.convert_module(module)
-            if cfg.get(RESUME_KEY):  # its folder's records change once all the run needs is built
-                record_resume(cfg)
-                discard_redone_checkpoints(cfg)
-                continue_tensorboard(
-                    loggers, load_checkpoint(cfg.ckpt_path)["global_step"] if continues_itself(cfg) else None
-                )
         ckpt_path, trains = cfg.get("ckpt_path"), cfg.get("train", True)
         if ckpt_path and (is_weights_branch(cfg) or not trains):  # train=false tests the checkpoint's weights
             saved = load_checkpoint(ckpt_path)

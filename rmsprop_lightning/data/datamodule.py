@@ -42,8 +42,8 @@ class RegressionDataModule(pl.LightningDataModule):
             if not isinstance(flag, bool):
                 raise ValueError(f"data.{name} must be true or false, got {flag!r}")
         for name, seed in (("split_seed", split_seed), ("shuffle_seed", shuffle_seed)):
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"data.{name} must be an integer ≥ 0, got {seed!r}")
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise ValueError(f"data.{name} must be an integer in [0, 2**63), got {seed!r}")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
                 raise ValueError(f"data.{name} must lie in [0, 1), got {fraction!r}")
@@ -82,7 +82,7 @@ class RegressionDataModule(pl.LightningDataModule):
         """``{"train"|"val"|"test": (features, targets)}``, loaded and split on first access."""
         if self._splits is None:
             table = self.source if isinstance(self.source, Table) else self.source()
-            self._digest = rows_digest(table)
+            self._digest = rows_digest(table.features, table.targets)
             self._splits = split_and_standardize(
                 table,
                 val_fraction=self.val_fraction,
@@ -177,10 +177,10 @@ class RegressionDataModule(pl.LightningDataModule):
         return self.test_dataloader()
 
 
-def rows_digest(table: Table) -> str:
-    """A SHA-1 of a table's values, shapes and dtypes: any row changed, added, removed or moved changes it."""
+def rows_digest(*tensors: torch.Tensor) -> str:
+    """A SHA-1 of tensors' values, shapes and dtypes: any row changed, added, removed or moved changes it."""
     digest = hashlib.sha1()
-    for tensor in (table.features, table.targets):
+    for tensor in tensors:
         digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
 import zlib
 from array import array
 from collections.abc import Iterable, Sequence
@@ -186,7 +187,7 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
                 raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
             try:  # a compressed archive's arrays are read here
                 arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
-            except (ValueError, EOFError, zlib.error) as error:
+            except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
                 raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
     else:
         if loaded.ndim != 2 or loaded.shape[1] < 2:

@@ -53,7 +53,7 @@ class Coefficients(NamedTuple):
 
 
 def hyper(options: Mapping[str, Any]) -> tuple[Variant, Coefficients]:
-    """The variant and coefficients of a parameter group (or of :func:`rmsprop`'s keywords)."""
+    """The variant and coefficients of a parameter group."""
     lr, alpha, momentum = float(options["lr"]), float(options["alpha"]), float(options["momentum"])
     weight_decay = float(options["weight_decay"])
     decoupled, lr_in_momentum = options["decoupled_weight_decay"], options["lr_in_momentum"]

@@ -14,6 +14,7 @@ from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.run import build_objects
 from rmsprop_lightning.app.validation import input_errors
 from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.data.datamodule import rows_digest
 from rmsprop_lightning.module import RegressionModule
 
 OPTIMIZERS = ("rmsprop_lightning.optim.RMSprop", "torch.optim.RMSprop")
@@ -36,7 +37,7 @@ CALLBACKS = (
 LR_MONITOR_OPTIONS = {"logging_interval": "step", "log_momentum": False, "log_weight_decay": False}
 # callback options whose other values a population does not reproduce: {target: {option: its value}}
 UNSUPPORTED_OPTIONS = {
-    **{monitor: LR_MONITOR_OPTIONS for monitor in LR_MONITORS},
+    **{monitor: dict(LR_MONITOR_OPTIONS) for monitor in LR_MONITORS},
     "rmsprop_lightning.callbacks.OptimizerStateMonitor": {"per_parameter": False},
     MODEL_CHECKPOINT: {"save_on_train_epoch_end": None},
 }
@@ -117,13 +118,15 @@ def keeps_best_by_step(checkpoint: DictConfig) -> bool:
 
 
 def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
-    """The config but what members may differ in, and the digest of the data's rows."""
+    """The config but what members may differ in, and a digest of the data's splits (their seed may follow
+    a member's ``seed``)."""
     config = OmegaConf.to_container(cfg, resolve=False)
     for key in MEMBER_KEYS:
         config.pop(key, None)
     scheduler = config.get("scheduler", {}).pop("scheduler", None)
     config["scheduler_class"] = scheduler.get("_target_") if isinstance(scheduler, dict) else scheduler
-    return json.dumps(config, sort_keys=True, default=str) + datamodule.digest
+    splits = [tensor for split in datamodule.splits.values() for tensor in split]
+    return json.dumps(config, sort_keys=True, default=str) + rows_digest(*splits)
 
 
 def build_member(job: int, cfg: DictConfig) -> Member:
