@@ -132,7 +132,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     metric, if finite.
 
     ``train(cfg, fields)`` returns the metric and adds the summary's fields, ``steps`` among them once a
-    trainer started; a resume that ends before that leaves its run's record as it was. torch and Lightning
+    trainer set up; a resume that ends before that leaves its run's record as it was. torch and Lightning
     are imported only once the config passed its checks, so a typo answers at once. A failed job of a
     multirun is recorded and gives ``None``, which Optuna's sweeper records as a failed trial.
     """

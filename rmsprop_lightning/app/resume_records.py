@@ -69,8 +69,8 @@ def discard_redone_checkpoints(cfg: DictConfig) -> None:
 
 
 class ResumeRecords(Callback):
-    """Changes a resumed run's folder (its records, redone checkpoints, TensorBoard's purge) as its trainer
-    sets up, once: not before the run started, whose job then leaves the run's record as it was."""
+    """Changes a resumed run's folder (its records, redone checkpoints, TensorBoard's purge) once, as its
+    trainer sets up: a resume that fails or stops before then leaves the folder as it was."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -148,7 +148,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 *instantiate_entries(cfg.get("callbacks")),
                 *extra_callbacks,
                 *safeguards(cfg, module, optimizer),
-                *([ResumeRecords(cfg)] if cfg.get(RESUME_KEY) else []),  # after the job's FitStats
+                # set up after the job's FitStats: the job counts as started before the folder changes
+                *([ResumeRecords(cfg)] if cfg.get(RESUME_KEY) else []),
             ]
             loggers = instantiate_entries(cfg.get("logger"))
             if is_rank_zero():
