@@ -66,6 +66,10 @@ def test_torch_threads_are_restored_after_the_job(monkeypatch):
     with torch_threads(1):
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
     assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    with torch_threads(None):  # as Lightning's DDP leaves a job
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
 
 
 def test_a_slurm_sweep_from_a_machine_without_slurm_is_one_line(monkeypatch, capsys):

@@ -66,16 +66,15 @@ def resolve_threads(setting: Any, launcher: DictConfig | None, cores: int | None
 
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
-    """Runs the block with ``count`` torch threads (also exported to child processes); restores after."""
-    if count is None:
-        yield
-        return
+    """Runs the block with ``count`` torch threads (``None``: as they are; also exported to child processes),
+    then restores them: Lightning's DDP leaves one per process, which a sweep's next job would inherit."""
     import torch
 
     previous_threads = torch.get_num_threads()
     previous_env = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
-    torch.set_num_threads(count)
-    os.environ.update({name: str(count) for name in THREAD_ENV_VARS})
+    if count is not None:
+        torch.set_num_threads(count)
+        os.environ.update({name: str(count) for name in THREAD_ENV_VARS})
     try:
         yield
     finally:
