@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from rmsprop_lightning.summary import read_summary
 from tests.conftest import ROOT, TRAIN, run_dirs, run_train
 from tests.test_resume import assert_same_training_state, last_checkpoint, train
 
@@ -96,3 +98,40 @@ def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
         while time.monotonic() < deadline:
             os.killpg(process.pid, 0)
             time.sleep(0.2)
+
+
+def ranks_started(group: int) -> list[str]:
+    """The command lines of the processes in the process group ``group``."""
+    commands = []
+    for stat in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{stat}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:
+                commands.append(Path(f"/proc/{stat}/cmdline").read_text().replace("\0", " "))
+        except (OSError, ValueError, IndexError):
+            continue
+    return commands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", [0.2, 1.5])
+def test_a_ctrl_c_while_the_ranks_start_stops_no_rank_alone(tmp_path, wait):
+    # a rank that stopped before joining left the first one waiting in torch's store for 30 minutes
+    command = [sys.executable, str(TRAIN), "trainer=ddp_cpu", *RUN[:2], *RUN[4:5]]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, **pipes)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("train_rank1" in line for line in ranks_started(process.pid)):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        time.sleep(wait)  # the second rank starting Python, or importing torch
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, output[-2000:]
+    assert output.count("no rank stops alone") == 1, output[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert read_summary(run_dir)["status"] == "completed"

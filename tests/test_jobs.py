@@ -211,15 +211,19 @@ def test_a_ctrl_c_before_the_fit_is_recorded_as_interrupted(compose_cfg):
     assert read_summary(cfg.paths.output_dir)["status"] == "interrupted"
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("ranks", ["one", "several", "several starting"])
 def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_would_hang(ranks, monkeypatch):
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: ranks > 1)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: ranks)
+    # starting: a launcher started the ranks (or is starting them), which wait for each other to join
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: ranks == "several")
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1 if ranks == "one" else 2)
+    monkeypatch.setenv("WORLD_SIZE", "2" if ranks == "several starting" else "1")
     if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         pytest.skip("SIGTERM has a handler in this test process")
-    with signals_stop("run"):
+    with signals_stop("run") as signals:
         handler = signal.getsignal(signal.SIGTERM)
-        if ranks > 1:  # Lightning stops all ranks together at their next evaluation batch
+        if ranks != "one":  # Lightning stops all ranks together at their next evaluation batch
+            with signals.held():
+                handler(signal.SIGTERM, None)
             handler(signal.SIGTERM, None)
         else:
             with pytest.raises(InterruptedRun, match="stopped by SIGTERM outside the training steps") as stop:

@@ -48,6 +48,8 @@ def quiet_dependencies() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # Lightning's all_gather (the evaluation's sums under DDP) calls one that torch deprecated
+    warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_gather is deprecated")
 
 
 def leave_out_of_shutdown_collections() -> None:

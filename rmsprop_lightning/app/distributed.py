@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import torch.distributed
@@ -46,6 +50,24 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
+@contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """Processes started in the block ignore SIGINT and SIGTERM until their training steps take them.
+
+    A Ctrl-C reaches every rank: one that stopped while starting would leave the first waiting for it to
+    join (in torch's store, for its timeout). This process would not act on them meanwhile either.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class _HydraJobLauncher(SubprocessScriptLauncher):
     """Starts ranks 1..N-1 with :func:`hydra_job_command` when Hydra is running."""
 
@@ -62,10 +84,11 @@ class _HydraJobLauncher(SubprocessScriptLauncher):
         os.environ["NODE_RANK"] = str(environment.node_rank())
         os.environ["LOCAL_RANK"] = str(environment.local_rank())
         os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
-        for local_rank in range(1, self.num_processes):
-            command, cwd = hydra_job_command(local_rank)
-            child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
-            self.procs.append(subprocess.Popen(command, env=child_env, cwd=cwd))
+        with stop_signals_ignored():
+            for local_rank in range(1, self.num_processes):
+                command, cwd = hydra_job_command(local_rank)
+                child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+                self.procs.append(subprocess.Popen(command, env=child_env, cwd=cwd))
 
     def release_ranks(self, timeout: float = 60.0) -> None:
         """Waits for the job's other ranks to end (kills them after ``timeout`` seconds) and takes them off

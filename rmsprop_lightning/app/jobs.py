@@ -210,13 +210,14 @@ class SignalsStop:
         self.received: int | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        dist = sys.modules.get("torch.distributed")  # not imported by this check
-        if dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # one rank stopping alone amid the others' collectives would hang them all
-            name = signal.Signals(signum).name
-            log.warning(
-                "Received %s outside the training steps of a distributed run: no rank stops alone", name
-            )
+        if is_one_of_several_ranks():
+            # one rank stopping alone would hang the others: in their collectives, or waiting for it to join
+            if is_rank_zero():
+                log.warning(
+                    "Received %s outside the training steps of a distributed run: no rank stops alone "
+                    "(during the training steps a signal stops every rank after the step)",
+                    signal.Signals(signum).name,
+                )
             return
         if self.holding and not (self.received and signum == signal.SIGINT):
             self.received = self.received or signum
@@ -256,6 +257,15 @@ def signals_stop(run_dir: str) -> Iterator[SignalsStop]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def is_one_of_several_ranks() -> bool:
+    """Whether this process is a rank of a distributed run: one whose process group is up, or, while the
+    ranks start, one a launcher started or is starting others for (it sets ``WORLD_SIZE``)."""
+    dist = sys.modules.get("torch.distributed")  # not imported by this check
+    if dist and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return int(os.environ.get("WORLD_SIZE") or 1) > 1
 
 
 def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
