@@ -31,6 +31,7 @@ from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InputError, InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
+from rmsprop_lightning.optim import RMSprop
 from tests.conftest import ROOT, TRAIN, run_dirs, run_train, train_in_process
 
 # dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
@@ -555,6 +556,42 @@ def test_a_stop_inside_an_accumulation_waits_for_the_end_of_its_step(tmp_path):
     saved = torch.load(last.path, weights_only=True)
     progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
     assert (saved["global_step"], progress) == (2, 6)  # no batch of step 3 begun
+
+
+class StopInValidation(pl.Callback):
+    """Tells the trainer to stop in the validation after one step, as early stopping does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_end(self, trainer, pl_module):
+        trainer.should_stop = trainer.should_stop or trainer.global_step == self.step
+
+
+def test_a_stop_told_by_a_validation_saves_that_step_and_resumes_exactly(tmp_path):
+    step = 66  # between two of its checkpoints
+
+    def fit(folder, *callbacks, ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        module = RegressionModule(FeedForward(), partial(RMSprop, lr=0.01, momentum=0.9))
+        trainer = pl.Trainer(
+            max_steps=90,
+            callbacks=[LastCheckpoint(tmp_path / folder, every_n_train_steps=50), *callbacks],
+            val_check_interval=3,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        data = RegressionDataModule(partial(synthetic, num_samples=400))  # 10 batches an epoch
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+        return trainer.global_step, list(module.parameters())
+
+    assert fit("stopped", StopInValidation(step))[0] == step
+    assert torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=False)["global_step"] == step
+    resumed = fit("stopped", ckpt_path=tmp_path / "stopped" / "last.ckpt")
+    whole = fit("whole")
+    assert resumed[0] == whole[0] == 90
+    assert all(torch.equal(a, b) for a, b in zip(resumed[1], whole[1], strict=True))
 
 
 def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):

@@ -50,9 +50,12 @@ def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
 class LastCheckpoint(Checkpoint):
     """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
 
-    It also saves after the last step, when training is told to stop and on :meth:`request_save`; after the
-    step's validation if one follows (Lightning does not repeat a validation due at a checkpoint's step).
-    As a ``Checkpoint`` it runs after the other callbacks, so a step they reject is never saved.
+    It also saves after the last step, when training is told to stop (at a step's end, or by its validation:
+    early stopping) and on :meth:`request_save`; after the step's validation if one follows (Lightning does
+    not repeat a validation due at a checkpoint's step).
+    As a ``Checkpoint`` it runs after the other callbacks, so a step they reject is never saved; it also
+    takes the place of Lightning's default ``ModelCheckpoint``, and a ``ModelCheckpoint`` goes before it in
+    the list, as ``trainer.checkpoint_callback`` (what ``ckpt_path="best"`` reads) is the first.
 
     Lightning's resume skips two plateau-scheduler steps that these checkpoints come before: that of the
     epoch whose last batch the checkpoint holds, and the one at the end of the epoch the run resumes in (it
@@ -116,6 +119,7 @@ class LastCheckpoint(Checkpoint):
         self._requested = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._after_validation |= trainer.should_stop  # told to stop after its step (early stopping, a timer)
         self.finish(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
