@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -16,33 +16,22 @@ def temporary_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def new_file_mode() -> int:
-    """The permissions ``open()`` would give a new file under the process's umask (mkstemp uses 0600)."""
-    try:
-        with open("/proc/self/status") as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
 def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Calls ``write`` on a temporary file beside ``path``, syncs it and renames it over ``path`` (atomic
-    on POSIX); the folder is synced too, so the new name survives a power cut."""
+    on POSIX); the folder is synced too, so the new name survives a power cut. The file gets the mode
+    ``open()`` gives a new one (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = temporary_prefix(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=TEMPORARY_SUFFIX)
+    temporary = path.parent / f"{temporary_prefix(path)}{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(handle, new_file_mode())
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:

@@ -4,7 +4,6 @@ config, overrides and summary, the checkpoints it redoes removed, and TensorBoar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -20,6 +19,7 @@ from rmsprop_lightning.app.resume import (
     lenient_select,
     quote,
 )
+from rmsprop_lightning.app.rules import show
 from rmsprop_lightning.app.validation import load_checkpoint
 from rmsprop_lightning.atomic import replace_atomically
 from rmsprop_lightning.errors import is_rank_zero
@@ -43,7 +43,8 @@ def record_resume(cfg: DictConfig) -> None:
     overrides_file = hydra_dir / "overrides.yaml"
     previous = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     kept = [line for line in previous if line.split("=", 1)[0].lstrip("+~") not in changed]
-    lines = kept + [f"{key}={_override_value(value)}" for key, value in changed.items()]
+    # as Hydra's override grammar reads them back
+    lines = kept + [f"{key}={quote(v) if isinstance(v, str) else show(v)}" for key, v in changed.items()]
     replace_atomically(overrides_file, lambda file: file.write(OmegaConf.to_yaml(lines).encode()))
     write_summary(cfg[RESUME_KEY], overrides=lines)
 
@@ -86,12 +87,3 @@ class ResumeRecords(Callback):
             load_checkpoint(self.cfg.ckpt_path)["global_step"] if continues_itself(self.cfg) else None
         )
         continue_tensorboard(trainer.loggers, resumed_step)
-
-
-def _override_value(value: Any) -> str:
-    """``value`` as Hydra's override grammar reads it back."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return quote(value) if isinstance(value, str) else str(value)
