@@ -207,11 +207,26 @@ def test_any_changed_row_is_a_change_of_the_data():
         ({"standardize_targets": "no"}, "true or false"),
         ({"split_seed": 1.5}, "integer in"),
         ({"shuffle_seed": 2**64}, "integer in"),
+        ({"batch_size": True}, "positive integer"),
+        ({"val_fraction": None}, r"must lie in \[0, 1\), got None"),
+        ({"test_fraction": "0.1"}, r"must lie in \[0, 1\), got '0.1'"),
     ],
 )
 def test_a_data_module_refuses_settings_of_other_kinds(option, message):
     with pytest.raises(ValueError, match=message):
         RegressionDataModule(**option)
+
+
+@pytest.mark.parametrize(
+    ("features", "targets", "message"),
+    [
+        (torch.randn(4, 2), torch.randn(4), "2-D"),  # a target vector, not a column
+        (torch.randint(0, 3, (4, 2)), torch.randn(4, 1), "floating-point"),
+    ],
+)
+def test_a_table_of_other_shapes_or_kinds_is_refused(features, targets, message):
+    with pytest.raises(ValueError, match=message):
+        Table.numbered(features, targets)
 
 
 def test_a_csv_without_a_path_or_a_target_is_refused_by_key(tmp_path):

@@ -35,7 +35,7 @@ class RegressionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if size is not None and (not isinstance(size, int) or size < 1):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
                 raise ValueError(f"data.{name} must be a positive integer, got {size!r}")
         flags = ("standardize_features", "standardize_targets", "drop_last")
         for name, flag in zip(flags, (standardize_features, standardize_targets, drop_last), strict=True):
@@ -45,7 +45,11 @@ class RegressionDataModule(pl.LightningDataModule):
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
                 raise ValueError(f"data.{name} must be an integer in [0, 2**63), got {seed!r}")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= fraction < 1.0:
+            if (
+                isinstance(fraction, bool)
+                or not isinstance(fraction, int | float)
+                or not 0.0 <= fraction < 1.0
+            ):
                 raise ValueError(f"data.{name} must lie in [0, 1), got {fraction!r}")
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(

@@ -31,6 +31,8 @@ class Table:
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.targets.ndim != 2:
             raise ValueError("features and targets must be 2-D (samples × columns)")
+        if not (self.features.is_floating_point() and self.targets.is_floating_point()):
+            raise ValueError("features and targets must be floating-point tensors (e.g. tensor.double())")
         if len(self.features) != len(self.targets):
             raise ValueError(f"features have {len(self.features)} rows but targets have {len(self.targets)}")
         for kind, values, names in (
@@ -48,6 +50,8 @@ class Table:
     @classmethod
     def numbered(cls, features: torch.Tensor, targets: torch.Tensor) -> Table:
         """A table whose columns are named ``x0, x1, …`` and ``y0, y1, …``."""
+        if features.ndim != 2 or targets.ndim != 2:
+            raise ValueError("features and targets must be 2-D (samples × columns)")
         feature_names = tuple(f"x{i}" for i in range(features.shape[1]))
         return cls(features, targets, feature_names, tuple(f"y{i}" for i in range(targets.shape[1])))
 
