@@ -8,13 +8,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from rmsprop_lightning import FeedForward
+from rmsprop_lightning import FeedForward, RegressionDataModule
 from rmsprop_lightning.app.rules import METRICS
+from rmsprop_lightning.callbacks import UpdateReport
+from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.module import UNDESCRIBED, RegressionModule
 from rmsprop_lightning.optim import RMSprop
@@ -207,3 +210,24 @@ def test_overfitting_one_batch_validates_at_its_epochs(tmp_path):
     )
     (run_dir,) = run_dirs(tmp_path)
     assert [step for step, _ in read_scalars(run_dir / "tensorboard")["val/loss"]] == [100, 200]
+
+
+def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
+    def fit(*callbacks):
+        pl.seed_everything(0, verbose=False)
+        module = RegressionModule(FeedForward(hidden=[8], dropout=0.5), partial(RMSprop, lr=0.01))
+        trainer = pl.Trainer(
+            max_steps=5,
+            callbacks=list(callbacks),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256)))
+        return list(module.parameters())
+
+    reported = fit(UpdateReport(num_steps=3))
+    assert "Loss after 3 updates" in capfd.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(reported, fit(), strict=True))

@@ -10,7 +10,11 @@ from lightning.pytorch.callbacks import Callback
 
 
 class UpdateReport(Callback):
-    """For the first ``num_steps`` steps, prints the batch loss before and after the optimizer step."""
+    """For the first ``num_steps`` steps, prints the batch loss before and after the optimizer step.
+
+    The module computes it with its ``criterion`` (as :class:`~rmsprop_lightning.RegressionModule` has), in
+    eval mode: a dropout layer draws no random numbers the training would otherwise have drawn.
+    """
 
     def __init__(self, num_steps: int = 1) -> None:
         if num_steps < 1:
@@ -21,7 +25,12 @@ class UpdateReport(Callback):
     @torch.no_grad()
     def _batch_loss(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
         features, targets = batch
-        return pl_module.criterion(pl_module(features), targets)
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            return pl_module.criterion(pl_module(features), targets)
+        finally:
+            pl_module.train(training)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
