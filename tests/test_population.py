@@ -258,6 +258,10 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     ours_data, theirs_data = ours_ckpt["RegressionDataModule"], theirs_ckpt["RegressionDataModule"]
     assert ours_data.pop("rows_digest") == theirs_data.pop("rows_digest")
     torch.testing.assert_close(ours_data, theirs_data)
+    ours_random, theirs_random = (ckpt["callbacks"]["RandomState"] for ckpt in (ours_ckpt, theirs_ckpt))
+    assert torch.equal(ours_random["torch"], theirs_random["torch"])  # its seed's, not the last job built's
+    assert torch.equal(ours_random["numpy"][1], theirs_random["numpy"][1])
+    assert ours_random["python"] == theirs_random["python"]
     ours_best, theirs_best = ours_ckpt["callbacks"]["FitStats"], theirs_ckpt["callbacks"]["FitStats"]
     assert ours_best["best_step"] == theirs_best["best_step"]
     assert ours_best["best"] == pytest.approx(theirs_best["best"], rel=1e-4)
@@ -295,6 +299,7 @@ def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp
     assert ours["status"] == theirs["status"] == "diverged"
     assert ours["diverged_at_step"] == theirs["diverged_at_step"] > 10
     assert ours["error"].replace(str(member), str(solo)) == theirs["error"]  # the same lr, the same file
+    assert ours["final"] == pytest.approx(theirs["final"], rel=1e-5)  # with the lr of the step it diverged at
     ours, theirs = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=False) for f in (member, solo))
     assert ours["global_step"] == theirs["global_step"] == 10 and ours["loops"] == theirs["loops"]
     assert ours["lr_schedulers"] == theirs["lr_schedulers"]
@@ -303,6 +308,22 @@ def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp
     (our_optimizer,), (their_optimizer,) = ours["optimizer_states"], theirs["optimizer_states"]
     assert our_optimizer["param_groups"] == their_optimizer["param_groups"]
     torch.testing.assert_close(our_optimizer["state"], their_optimizer["state"], rtol=1e-4, atol=1e-6)
+
+
+def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path):
+    # the learning rate grows 100-fold a step, logged at every step: the last one is the one that diverged
+    common = (*QUICK, "scheduler=step", "scheduler.interval=step", "scheduler.scheduler.step_size=1")
+    common += ("trainer.log_every_n_steps=1",)
+    run_train(tmp_path, "-m", "hydra/launcher=population", "scheduler.scheduler.gamma=1,100", *common)
+    member = job_folders(only_sweep(tmp_path))[1]
+    (tmp_path / "solo").mkdir()
+    train_in_process(tmp_path / "solo", "scheduler.scheduler.gamma=100", *common, check=False)
+    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
+    ours, theirs = read_summary(member), read_summary(solo)
+    assert ours["status"] == theirs["status"] == "diverged"
+    assert ours["final"] == pytest.approx(theirs["final"], rel=1e-5)
+    ours, theirs = (read_scalars(folder / "tensorboard")["lr-RMSprop/decay"] for folder in (member, solo))
+    assert ours == pytest.approx(theirs, rel=1e-6)
 
 
 def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path):

@@ -87,7 +87,7 @@ def write_checkpoints(
     random_state, guard, stats = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop")), FitStats()
     stats.best, stats.best_step = best_values(scalars, saved_at)
     states: dict[str, Any] = {
-        random_state.state_key: random_state.state_dict(),
+        random_state.state_key: member.random_state,
         guard.state_key: {"skipped": 0},  # members skip no step: on_nonfinite=skip runs alone
         stats.state_key: stats.state_dict(),
     }

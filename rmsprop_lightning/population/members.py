@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.run import build_objects
 from rmsprop_lightning.app.validation import input_errors
+from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.data.datamodule import rows_digest
 from rmsprop_lightning.module import RegressionModule
@@ -56,6 +57,7 @@ class Member:
     optimizer: torch.optim.Optimizer  # its own optimizer: settings, and learning rates its scheduler sets
     scheduler: Any | None
     key: str  # members with equal keys form one population
+    random_state: dict[str, Any]  # the generators after its build, as its solo run keeps them
 
 
 def solo_reason(cfg: DictConfig) -> str | None:
@@ -136,4 +138,5 @@ def build_member(job: int, cfg: DictConfig) -> Member:
     with input_errors():
         optimizer = module.build_optimizer()
         scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None
-    return Member(job, cfg, datamodule, module, optimizer, scheduler, population_key(cfg, datamodule))
+    key = population_key(cfg, datamodule)
+    return Member(job, cfg, datamodule, module, optimizer, scheduler, key, RandomState().state_dict())

@@ -67,7 +67,7 @@ class PopulationRecord:
             scalars[step]["train/loss"] = loss
         tags = lr_tags(member.optimizer)
         for step, lrs in self.result.module.lr_records:
-            if step < end:
+            if step <= end:  # logged as its step began: also that of a diverged member's last step
                 scalars[step].update(zip(tags, lrs[index], strict=True))
         applies = self.norm_applies[index] if self.norm_applies else []
         for step, rows in self.norms:
