@@ -15,7 +15,13 @@ from omegaconf import OmegaConf
 from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
-from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
+from rmsprop_lightning.app.run import (
+    build_model,
+    build_module,
+    build_trainer,
+    instantiate_entries,
+    validation_at_the_end,
+)
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InputError
@@ -67,6 +73,37 @@ def test_lightnings_own_ddp_becomes_the_one_whose_ranks_run_the_job(compose_cfg,
     overrides = ["trainer.accelerator=cpu", "trainer.devices=2", *([strategy] if strategy else [])]
     trainer = build_all(compose_cfg(*overrides))[-1]
     assert type(trainer.strategy) is HydraDDPStrategy and trainer.world_size == 2
+
+
+EPOCHS_OF_13 = ("data.batch_size=256", "trainer.max_epochs=1")  # 3277 training rows
+# two steps an epoch of 7 batches, the second of 3: the third step ends with the 11th batch
+SHORT_WINDOWS = ("data.batch_size=512", "trainer.accumulate_grad_batches=4", "trainer.max_steps=3")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batches"),
+    [
+        ((*EPOCHS_OF_13, "trainer.check_val_every_n_epoch=2"), 13),
+        ((*SHORT_WINDOWS, "trainer.check_val_every_n_epoch=2"), 11),
+        (("trainer.limit_train_batches=50", "trainer.check_val_every_n_epoch=3", "trainer.max_steps=99"), 99),
+        (("debug=overfit", "trainer.max_steps=5"), 5),  # one batch an epoch, validated every 100
+    ],
+)
+def test_a_fit_that_would_end_before_its_first_validation_validates_at_its_last_batch(
+    compose_cfg, overrides, batches
+):
+    cfg = compose_cfg(*overrides)
+    settings = validation_at_the_end(cfg, instantiate(cfg.data))
+    assert settings == {"val_check_interval": batches, "check_val_every_n_epoch": None}
+
+
+def test_overfitting_takes_the_same_batch_every_epoch():
+    datamodule = RegressionDataModule(batch_size=8)
+    datamodule.trainer = pl.Trainer(overfit_batches=1, logger=False)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    first, second = (next(iter(loader))[1] for _ in range(2))
+    assert torch.equal(first, second)
 
 
 def test_a_variant_of_lightnings_ddp_is_refused_naming_it(compose_cfg):

@@ -84,26 +84,42 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
         return datamodule, build_module(cfg, model)
 
 
+def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> int:
+    """Training batches an epoch takes on each process: the loader's, less what the limits leave out."""
+    epoch = datamodule.train_batches(processes(trainer))
+    limit = trainer.get("overfit_batches") or trainer.get("limit_train_batches")
+    if limit is None:
+        return epoch
+    return min(epoch, limit) if isinstance(limit, int) else int(epoch * limit)
+
+
 def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
     """Trainer settings that make a fit which would end before its first validation validate at its end:
     without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
     trainer = cfg.trainer
-    max_steps = trainer.get("max_steps", -1)
-    if (
-        max_steps < 1
-        or not len(datamodule.splits["val"][0])
-        or trainer.get("limit_train_batches") is not None
-        or trainer.get("overfit_batches")  # epochs of its batches, which the data's length does not tell
-    ):
+    epoch = batches_per_epoch(trainer, datamodule)
+    if not epoch or not len(datamodule.splits["val"][0]):
         return {}
-    epoch = datamodule.train_batches(processes(trainer))
+    # an epoch's last window of accumulated batches steps too, full or not
+    window = trainer.get("accumulate_grad_batches", 1)
+    steps_per_epoch = -(-epoch // window)
+    ends = []  # (batches, steps) where max_steps and max_epochs end the fit
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    if max_steps >= 1:
+        epochs, steps = divmod(max_steps, steps_per_epoch)
+        ends.append((epochs * epoch + steps * window, max_steps))
+    if max_epochs is not None and max_epochs >= 0:
+        ends.append((max_epochs * epoch, max_epochs * steps_per_epoch))
+    if not ends:
+        return {}
+    batches, steps = min(ends)
     interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
-    within = interval if isinstance(interval, int) else int(epoch * (1.0 if interval is None else interval))
+    fraction = 1.0 if interval is None else interval
+    within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
     first = within if every is None else (every - 1) * epoch + within
-    batches = max_steps * trainer.get("accumulate_grad_batches", 1)
-    if first <= batches:
+    if first <= batches or not steps:
         return {}
-    log.info("The first validation would come after the last step: validating at step %d", max_steps)
+    log.info("The first validation would come after the last step: validating at step %d", steps)
     return {"val_check_interval": batches, "check_val_every_n_epoch": None}
 
 
