@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -30,6 +31,8 @@ class FeedForward(nn.Sequential):
         activation: str | None = "relu",
         dropout: float = 0.0,
     ) -> None:
+        if isinstance(hidden, str) or not isinstance(hidden, int | Sequence):
+            raise ValueError(f"model.hidden must be a positive integer or a list of them, got {hidden!r}")
         widths = [hidden] if isinstance(hidden, int) else list(hidden)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

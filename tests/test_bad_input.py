@@ -82,6 +82,8 @@ CASES = [
     ("a sweep in a printed multirun", ["--cfg", "job", "hydra.mode=MULTIRUN", "seed=0,1"], ["one value"]),
     ("adding a key that is there", ["+seed=1"], ["+seed=1", "already set", "seed=1 (or ++seed=1)"]),
     ("test not a flag", ["test=maybe"], ["test='maybe'", "true or false"]),
+    ("bias decay not a flag", ["module.no_weight_decay_on_bias=null"], ["no_weight_decay_on_bias=null"]),
+    ("a scheduler never stepped", ["scheduler=step", "scheduler.frequency=0"], ["scheduler.frequency=0"]),
     (
         "a data flag of text",
         ["data.standardize_targets=no"],
@@ -309,6 +311,7 @@ CASES = [
     # model
     ("zero width", ["model.hidden=0"], ["model.hidden", "positive"]),
     ("negative width in list", ["model.hidden=[64,-1]"], ["model.hidden", "positive"]),
+    ("no width", ["model.hidden=null"], ["model.hidden", "positive integer or a list", "None"]),
     ("unknown activation", ["model.activation=relu6"], ["model.activation", "'relu6'", "tanh"]),
     ("dropout of 1.5", ["model.dropout=1.5"], ["model.dropout", "[0, 1)"]),
     # trainer

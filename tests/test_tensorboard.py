@@ -182,8 +182,15 @@ def test_a_run_killed_after_a_validation_and_resumed_logs_each_point_once(tmp_pa
 def test_hparams_hold_no_setting_a_resume_may_change(compose_cfg):
     # TensorBoard shows a run's first HPARAMS record: one that a longer resume changed would stay stale
     keys = set(run_hparams(compose_cfg()))
-    assert {"seed", "data/batch_size", "optimizer/lr"} <= keys
+    assert {"seed", "data/batch_size", "optimizer/lr", "module/loss"} <= keys
     assert not keys & {key.replace(".", "/") for key in SAFE_KEYS}
+
+
+def test_hparams_hold_what_changes_the_run_beyond_the_optimizer(compose_cfg):
+    cfg = compose_cfg("scheduler=step", "scheduler.interval=step", "+module.lr_multipliers={bias$: 0.1}")
+    params = run_hparams(cfg)
+    assert params["scheduler/interval"] == "step" and params["scheduler/frequency"] == 1
+    assert params["module/lr_multipliers/bias$"] == 0.1 and params["module/loss"] == "mse"
 
 
 def test_flattened_hparams_name_the_class_and_keep_types():

@@ -80,6 +80,8 @@ RULES: dict[str, Rule] = {
     "ckpt_restore": OneOf(choices=("full", "weights")),
     "module.loss": OneOf(choices=LOSS_NAMES),
     "scheduler.interval": OneOf(choices=("step", "epoch")),
+    "scheduler.frequency": Number(integer=True, low=1),
+    "module.no_weight_decay_on_bias": FLAG,
     "threads_per_job": OneOf((Number(integer=True, low=1),), choices=("auto", None)),
     "trainer.max_steps": OneOf((Number(integer=True, low=1),), choices=(-1,)),
     "trainer.precision": OneOf(choices=PRECISIONS),

@@ -21,7 +21,14 @@ MODES = ("last", "min", "max")
 DEFAULT_HPARAMS_METRICS = {"val/loss": "min", "test/loss": "last", "test/rmse": "last"}
 # config entries besides the optimizer and scheduler shown on the HPARAMS tab: none a resume may change,
 # since TensorBoard shows a run's first HPARAMS record
-RUN_HPARAM_KEYS = ("seed", "data.batch_size", "model.hidden")
+RUN_HPARAM_KEYS = (
+    "seed",
+    "data.batch_size",
+    "model.hidden",
+    "module.loss",
+    "module.no_weight_decay_on_bias",
+    "module.lr_multipliers",
+)
 
 
 def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
@@ -42,12 +49,15 @@ def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
-    """A template run's hyper-parameters: optimizer and scheduler flattened, seed, batch size, widths."""
+    """A template run's hyper-parameters: optimizer and scheduler (with when it steps) flattened, seed, batch
+    size, widths, and the module's loss and parameter groups."""
     params = flatten_hparams(cfg.optimizer, "optimizer")
     scheduler = OmegaConf.select(cfg, "scheduler.scheduler")
-    params.update(
-        flatten_hparams(scheduler, "scheduler") if scheduler is not None else {"scheduler/class": "none"}
-    )
+    if scheduler is None:
+        params["scheduler/class"] = "none"
+    else:
+        params.update(flatten_hparams(scheduler, "scheduler"))
+        params.update({f"scheduler/{key}": cfg.scheduler.get(key) for key in ("interval", "frequency")})
     for key in RUN_HPARAM_KEYS:
         value = OmegaConf.select(cfg, key)
         if value is not None:
