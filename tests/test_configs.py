@@ -19,6 +19,7 @@ from rmsprop_lightning.app.run import (
     build_model,
     build_module,
     build_trainer,
+    check_schedule_length,
     instantiate_entries,
     validation_at_the_end,
 )
@@ -408,3 +409,15 @@ def test_the_processes_on_a_machine_of_four_gpus(monkeypatch, accelerator, devic
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     settings = OmegaConf.create({"accelerator": accelerator, "devices": devices, "num_nodes": 2})
     assert processes(settings) == 2 * count
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "warmup_cosine"])
+def test_a_schedule_over_max_steps_that_max_epochs_cuts_short_is_refused(compose_cfg, scheduler):
+    cfg = compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}")
+    with pytest.raises(
+        InputError, match=r"follows trainer.max_steps=2000, but trainer.max_epochs=1 ends the run "
+    ):
+        check_schedule_length(cfg, instantiate(cfg.data))
+    check_schedule_length(
+        compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}", "trainer.max_steps=13"), instantiate(cfg.data)
+    )

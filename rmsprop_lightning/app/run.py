@@ -93,34 +93,52 @@ def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> 
     return min(epoch, limit) if isinstance(limit, int) else int(epoch * limit)
 
 
-def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
-    """Trainer settings that make a fit which would end before its first validation validate at its end:
-    without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
-    trainer = cfg.trainer
+def run_length(trainer: DictConfig, datamodule: RegressionDataModule) -> tuple[int, int] | None:
+    """``(batches, steps)`` of a fit on each process, where ``max_steps`` or ``max_epochs`` ends it first."""
     epoch = batches_per_epoch(trainer, datamodule)
-    if not epoch or not len(datamodule.splits["val"][0]):
-        return {}
-    # an epoch's last window of accumulated batches steps too, full or not
     window = trainer.get("accumulate_grad_batches", 1)
-    steps_per_epoch = -(-epoch // window)
-    ends = []  # (batches, steps) where max_steps and max_epochs end the fit
+    steps_per_epoch = -(-epoch // window)  # an epoch's last window of batches steps too, full or not
+    ends = []
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
-    if max_steps >= 1:
+    if max_steps >= 1 and epoch:
         epochs, steps = divmod(max_steps, steps_per_epoch)
         ends.append((epochs * epoch + steps * window, max_steps))
     if max_epochs is not None and max_epochs >= 0:
         ends.append((max_epochs * epoch, max_epochs * steps_per_epoch))
-    if not ends:
+    return min(ends) if ends else None
+
+
+def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
+    """Trainer settings that make a fit which would end before its first validation validate at its end:
+    without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
+    trainer, length = cfg.trainer, run_length(cfg.trainer, datamodule)
+    if length is None or not length[1] or not len(datamodule.splits["val"][0]):
         return {}
-    batches, steps = min(ends)
+    (batches, steps), epoch = length, batches_per_epoch(trainer, datamodule)
     interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
     fraction = 1.0 if interval is None else interval
     within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
     first = within if every is None else (every - 1) * epoch + within
-    if first <= batches or not steps:
+    if first <= batches:
         return {}
     log.info("The first validation would come after the last step: validating at step %d", steps)
     return {"val_check_interval": batches, "check_val_every_n_epoch": None}
+
+
+def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
+    """Refuses a schedule that follows ``trainer.max_steps`` in a fit that ``trainer.max_epochs`` ends first:
+    it would never reach its end (a cosine's ``T_max``)."""
+    length, max_steps = run_length(cfg.trainer, datamodule), cfg.trainer.get("max_steps", -1)
+    if length is None or length[1] >= max_steps:
+        return
+    settings = OmegaConf.to_container(cfg.scheduler.get("scheduler") or {}, resolve=False)
+    for key, value in settings.items():
+        if isinstance(value, str) and "trainer.max_steps" in value:
+            raise InputError(
+                f"scheduler.scheduler.{key} follows trainer.max_steps={max_steps}, but "
+                f"trainer.max_epochs={cfg.trainer.max_epochs} ends the run after {length[1]} steps; allowed: "
+                f"trainer.max_steps={length[1]} (then max_epochs may go), or a {key} of its own"
+            )
 
 
 def build_trainer(
@@ -155,6 +173,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
         datamodule, module = build_objects(cfg)
         with input_errors():
             check_rows_per_process(cfg, datamodule)
+            check_schedule_length(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
                 check_same_processes(cfg)
