@@ -24,10 +24,18 @@ def summary_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / SUMMARY_FILE
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON record (a job's summary, a sweep's); one that is not JSON, cut short or edited, is named."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a JSON record ({error})") from None
+
+
 def read_summary(output_dir: str | Path) -> dict[str, Any]:
     """The job's summary, or ``{}`` when it has none yet."""
     path = summary_path(output_dir)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def write_summary(output_dir: str | Path, **fields: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from rmsprop_lightning.logging.events import read_csv_scalars
 from rmsprop_lightning.population.outputs import summary_fields
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.report.results import load_sweep
@@ -329,3 +330,25 @@ def test_a_multirun_that_did_not_finish_is_named(sweep):
     text = report_text(sweep)
     assert f"- multirun `{sweep.name}` did not finish (stopped, or still running)" in text
     assert "multirun wall time" not in text
+
+
+def test_a_job_given_twice_counts_once(sweep, monkeypatch):
+    monkeypatch.chdir(sweep.parent)
+    once = load_sweep([sweep])
+    twice = load_sweep([sweep, Path("sweep"), sweep / "0_job"])  # by two names, and one of its runs
+    assert [job.folder for job in twice.jobs] == [job.folder for job in once.jobs]
+    assert len(twice.records) == 1
+
+
+def test_a_record_that_is_not_json_is_one_line_naming_it(sweep, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    (sweep / "0_job" / "metrics.json").write_text("")  # cut short
+    line = rejection(capsys, str(sweep))
+    assert line.startswith(f"error: {sweep / '0_job' / 'metrics.json'} is not a JSON record (Expecting value")
+
+
+def test_csv_logs_give_one_point_a_step_the_last_written(tmp_path):
+    table = tmp_path / "csv" / "version_0" / "metrics.csv"
+    table.parent.mkdir(parents=True)  # a run resumed after kill -9 logs again the steps after its checkpoint
+    table.write_text("epoch,step,train/loss\n0,30,0.5\n0,31,0.4\n0,31,0.3\n0,32,0.2\n")
+    assert read_csv_scalars(tmp_path)["train/loss"] == [(30, 0.5), (31, 0.3), (32, 0.2)]

@@ -45,16 +45,17 @@ def read_scalars(log_dir: str | Path) -> dict[str, Series]:
 
 
 def read_csv_scalars(log_dir: str | Path) -> dict[str, Series]:
-    """The same from every ``metrics.csv`` of Lightning's ``CSVLogger`` below ``log_dir``."""
-    scalars: dict[str, Series] = {}
+    """The same from every ``metrics.csv`` of Lightning's ``CSVLogger`` below ``log_dir``, one point a step
+    (the last written: a run resumed after ``kill -9`` logs again the steps after its checkpoint)."""
+    last: dict[str, dict[int, float]] = {}
     for path in sorted(Path(log_dir).rglob("metrics.csv")):
         with path.open(newline="") as file:
             for row in csv.DictReader(file):
                 step = int(row.pop("step"))
                 for tag, value in row.items():
                     if value:
-                        scalars.setdefault(tag, []).append((step, float(value)))
-    return sort_points(scalars)
+                        last.setdefault(tag, {})[step] = float(value)
+    return sort_points({tag: list(points.items()) for tag, points in last.items()})
 
 
 def sort_points(scalars: dict[str, Series]) -> dict[str, Series]:

@@ -6,7 +6,6 @@ by default); only keys that vary across the sweep name it.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
 from rmsprop_lightning.logging.events import Series, read_csv_scalars, read_scalars
-from rmsprop_lightning.summary import as_float, read_summary, summary_path
+from rmsprop_lightning.summary import as_float, read_json, read_summary, summary_path
 
 OPTUNA_RESULTS = "optimization_results.yaml"
 
@@ -143,18 +142,20 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
     for path in paths:
         if not path.is_dir():
             raise FileNotFoundError(f"sweep folder not found: {path}")
-    jobs = [
-        Job(folder, read_summary(folder), read_scalars(folder) or read_csv_scalars(folder))
+    folders = (
+        folder.resolve()
         for path in paths
         for folder in job_folders(path) or ([path] if summary_path(path).is_file() else [])  # a single run
-    ]
+    )
+    # a job given twice (a sweep and one of its runs, the same folder by two names) counts once
+    jobs = [Job(f, read_summary(f), read_scalars(f) or read_csv_scalars(f)) for f in dict.fromkeys(folders)]
     if not jobs:
         raise ValueError(
             f"no metrics.json in {', '.join(map(str, paths))} or the folders directly in it; allowed: sweep "
             "folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
         )
     records = {
-        path: json.loads((path / SWEEP_FILE).read_text()) for path in paths if (path / SWEEP_FILE).is_file()
+        path.resolve(): read_json(path / SWEEP_FILE) for path in paths if (path / SWEEP_FILE).is_file()
     }
     return Sweep(paths, jobs, records, _optuna_results(paths))
 
