@@ -352,3 +352,14 @@ def test_csv_logs_give_one_point_a_step_the_last_written(tmp_path):
     table.parent.mkdir(parents=True)  # a run resumed after kill -9 logs again the steps after its checkpoint
     table.write_text("epoch,step,train/loss\n0,30,0.5\n0,31,0.4\n0,31,0.3\n0,32,0.2\n")
     assert read_csv_scalars(tmp_path)["train/loss"] == [(30, 0.5), (31, 0.3), (32, 0.2)]
+
+
+def test_losses_by_other_criteria_get_thresholds_of_their_own(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [("mse", 1, 1.0), ("mse", 2, 2.0), ("l1", 1, 8.0), ("l1", 2, 4.0)]
+    for num, (loss, lr, scale) in enumerate(jobs):
+        make_job(sweep, num, [f"module.loss={loss}", f"optimizer.lr={lr}"], scale=scale)
+    text = report_text(sweep)
+    assert "val/loss ≤ 0.025 (module.loss=mse), 0.1 (module.loss=l1)" in text  # each one's lower median
+    labels = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if "module.loss=" in line[:20]]
+    assert [label.split(",")[0] for label in labels] == ["module.loss=l1"] * 2 + ["module.loss=mse"] * 2

@@ -19,7 +19,6 @@ from rmsprop_lightning.app.extras import install_hint, is_installed
 from rmsprop_lightning.errors import InputError, close_match, exit_with
 from rmsprop_lightning.report.results import Sweep, load_sweep, sweep_timing
 from rmsprop_lightning.report.table import (
-    SCALE_KEY,
     THRESHOLD_TAG,
     Row,
     build_rows,
@@ -109,7 +108,7 @@ def build_report(
     keys = sweep.varying_keys(over)
     folders = ", ".join(f"`{folder.name}`" for folder in sweep.folders)
     limit_text = ", ".join(
-        f"{limit:.4g}" + (f" ({SCALE_KEY}={scale})" if scale else "")
+        f"{limit:.4g}" + (f" ({scale})" if scale else "")
         for scale, limit in limits.items()
         if math.isfinite(limit)
     )

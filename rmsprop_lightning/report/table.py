@@ -13,8 +13,9 @@ from typing import Any
 from rmsprop_lightning.report.results import Configuration, mean_std
 
 THRESHOLD_TAG = "val/loss"
-# losses on different data sets are on different scales: each data set gets its own threshold
-SCALE_KEY = "data"
+# losses on other data, by another criterion or of other target units are on other scales: each gets its
+# own threshold, and its rows come together
+SCALE_KEYS = ("data", "module.loss", "data.standardize_targets")
 
 
 @dataclass
@@ -34,8 +35,10 @@ def default_threshold(configurations: Sequence[Configuration], tag: str = THRESH
 
 
 def scale_of(configuration: Configuration) -> str:
-    """The data set a configuration trains on, when the sweep varies it (``""`` otherwise)."""
-    return configuration.setting.get(SCALE_KEY, "")
+    """The scale of a configuration's losses, as the settings the sweep varies of :data:`SCALE_KEYS` give it
+    (``""`` where it varies none)."""
+    setting = configuration.setting
+    return ", ".join(f"{key}={setting[key]}" for key in SCALE_KEYS if key in setting)
 
 
 def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> dict[str, float]:
