@@ -121,11 +121,10 @@ class RegressionModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         """Adds the batch's loss, error and target sums to the epoch totals (for loss, RMSE and R²)."""
         features, targets = batch
-        predictions = self(features)
-        predictions = predictions.to(torch.promote_types(predictions.dtype, torch.float32))  # bf16 → float32
-        loss_sum = self.criterion(predictions, targets).double() * len(targets)
-        sse = (predictions - targets).pow(2).sum(0).double()  # per target column
-        targets = targets.double()
+        # summed in float64: in float32 the squares of large errors overflow long before their mean does
+        predictions, targets = self(features).double(), targets.double()
+        loss_sum = self.criterion(predictions, targets) * len(targets)
+        sse = (predictions - targets).pow(2).sum(0)  # per target column
         count = torch.full_like(sse, len(targets))
         sums = torch.stack([loss_sum.expand_as(sse), sse, count, targets.sum(0), targets.pow(2).sum(0)])
         self._totals[stage] = self._totals.get(stage, 0) + sums

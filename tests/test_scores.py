@@ -30,3 +30,15 @@ def test_rmse_is_over_every_target_and_r2_the_mean_over_target_columns():
     per_column = 1 - errors.pow(2).sum(0) / (target - target.mean(0)).pow(2).sum(0)
     assert scores["test/r2"] == pytest.approx(per_column.mean().item(), rel=1e-5)
     assert scores["test/rmse"] == pytest.approx(errors.pow(2).mean().sqrt().item(), rel=1e-5)
+
+
+def test_scores_of_large_errors_are_summed_without_overflow():
+    # 410 squares near 1e38 sum past float32's 3.4e38; their mean does not
+    data = RegressionDataModule(batch_size=16, eval_batch_size=1024)
+    module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+    with torch.no_grad():
+        module.model[-1].bias.fill_(1e19)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (scores,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert scores["val/loss"] == pytest.approx(1e38, rel=1e-3)
+    assert scores["val/rmse"] == pytest.approx(1e19, rel=1e-3)

@@ -134,12 +134,13 @@ class PopulationModule(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Adds the batch's per-member loss sum, squared error and target sums to the epoch's totals."""
-        losses, predictions = self.member_losses(batch)
-        targets = batch[1].double()
+        _, predictions = self.member_losses(batch)
+        predictions, targets = predictions.double(), batch[1].double()  # summed in float64, as a solo run's
+        losses = self.criterion(predictions, targets.expand_as(predictions)).mean(dim=(1, 2))
         count = targets.shape[0]
-        errors = (predictions.double() - targets).pow(2).sum(dim=1)  # [P, out]: per member and target column
+        errors = (predictions - targets).pow(2).sum(dim=1)  # [P, out]: per member and target column
         columns = {
-            "loss": losses.double() * count,
+            "loss": losses * count,
             "sse": errors,
             "count": targets.new_full(losses.shape, count),
             "sum": targets.sum(0).expand_as(errors),
