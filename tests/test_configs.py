@@ -414,10 +414,14 @@ def test_the_processes_on_a_machine_of_four_gpus(monkeypatch, accelerator, devic
 @pytest.mark.parametrize("scheduler", ["cosine", "warmup_cosine"])
 def test_a_schedule_over_max_steps_that_max_epochs_cuts_short_is_refused(compose_cfg, scheduler):
     cfg = compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}")
-    with pytest.raises(
-        InputError, match=r"follows trainer.max_steps=2000, but trainer.max_epochs=1 ends the run "
-    ):
-        check_schedule_length(cfg, instantiate(cfg.data))
-    check_schedule_length(
-        compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}", "trainer.max_steps=13"), instantiate(cfg.data)
-    )
+    data = instantiate(cfg.data)
+    with pytest.raises(InputError, match=r"trainer.max_epochs=1 ends the run after 13 steps, before sch"):
+        check_schedule_length(cfg, data)
+    for fine in ("trainer.max_steps=13", "scheduler.interval=epoch"):
+        check_schedule_length(compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}", fine), data)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "step", "plateau"])
+def test_a_run_that_max_epochs_ends_first_takes_schedules_of_their_own_length(compose_cfg, scheduler):
+    cfg = compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}")
+    check_schedule_length(cfg, instantiate(cfg.data))

@@ -225,6 +225,8 @@ def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_wo
             with signals.held():
                 handler(signal.SIGTERM, None)
             handler(signal.SIGTERM, None)
+            with pytest.raises(InterruptedRun, match="stopped by SIGINT outside"):  # Ctrl-C again: at once
+                handler(signal.SIGINT, None)
         else:
             with pytest.raises(InterruptedRun, match="stopped by SIGTERM outside the training steps") as stop:
                 handler(signal.SIGTERM, None)

@@ -344,3 +344,14 @@ def test_predict_gives_the_models_outputs_for_the_test_split_or_a_loader_of_feat
     torch.testing.assert_close(torch.cat(predicted), expected)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features), batch_size=5)
     torch.testing.assert_close(torch.cat(trainer.predict(module, loader)), expected)
+
+
+def test_a_loader_that_keeps_its_order_serves_every_rank_as_many_batches():
+    # overfitting: the same batches every epoch, and, as in every training epoch, no rank left waiting
+    features, targets = torch.randn(65, 2), torch.randn(65, 1)
+    kept = partial(InMemoryBatchLoader, features, targets, 32, reshuffle=False, world_size=2)
+    loaders = [kept(rank=rank) for rank in (0, 1)]
+    assert [len(loader) for loader in loaders] == [2, 2]
+    for loader in loaders:
+        first, second = ([batch[1] for batch in loader] for _ in range(2))
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

@@ -337,7 +337,7 @@ def test_a_job_given_twice_counts_once(sweep, monkeypatch):
     once = load_sweep([sweep])
     twice = load_sweep([sweep, Path("sweep"), sweep / "0_job"])  # by two names, and one of its runs
     assert [job.folder for job in twice.jobs] == [job.folder for job in once.jobs]
-    assert len(twice.records) == 1
+    assert len(twice.records) == 1 and [folder.name for folder in twice.folders] == ["sweep", "0_job"]
 
 
 def test_a_record_that_is_not_json_is_one_line_naming_it(sweep, capsys, monkeypatch):
@@ -348,10 +348,13 @@ def test_a_record_that_is_not_json_is_one_line_naming_it(sweep, capsys, monkeypa
 
 
 def test_csv_logs_give_one_point_a_step_the_last_written(tmp_path):
-    table = tmp_path / "csv" / "version_0" / "metrics.csv"
-    table.parent.mkdir(parents=True)  # a run resumed after kill -9 logs again the steps after its checkpoint
-    table.write_text("epoch,step,train/loss\n0,30,0.5\n0,31,0.4\n0,31,0.3\n0,32,0.2\n")
-    assert read_csv_scalars(tmp_path)["train/loss"] == [(30, 0.5), (31, 0.3), (32, 0.2)]
+    # a run resumed after kill -9 logs again the steps after its checkpoint, in its file or the next version's
+    rows = {9: "0,30,0.5\n0,31,0.4\n0,31,0.3\n0,32,0.2\n", 10: "0,32,0.1\n"}
+    for version, lines in rows.items():
+        table = tmp_path / "csv" / f"version_{version}" / "metrics.csv"
+        table.parent.mkdir(parents=True)
+        table.write_text("epoch,step,train/loss\n" + lines)
+    assert read_csv_scalars(tmp_path)["train/loss"] == [(30, 0.5), (31, 0.3), (32, 0.1)]
 
 
 def test_losses_by_other_criteria_get_thresholds_of_their_own(tmp_path):

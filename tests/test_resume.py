@@ -594,6 +594,24 @@ def test_a_stop_told_by_a_validation_saves_that_step_and_resumes_exactly(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(resumed[1], whole[1], strict=True))
 
 
+def test_a_stop_told_by_a_validation_inside_an_accumulation_saves_nothing_of_it(tmp_path):
+    # a step of 4 batches, validated after batch 6: the gradients of batches 5 and 6 are in no state to save
+    last = LastCheckpoint(tmp_path, every_n_train_steps=50)
+    trainer = pl.Trainer(
+        max_steps=20,
+        accumulate_grad_batches=4,
+        val_check_interval=6,
+        check_val_every_n_epoch=None,
+        callbacks=[last, StopInValidation(1)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = RegressionModule(FeedForward(), partial(RMSprop, lr=0.01))
+    trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=400)))
+    assert trainer.global_step == 1 and not last.path.exists()
+
+
 def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
     # devices=-1 or auto resume on a machine with other devices: each process's data position would not hold
     checkpoint = tmp_path / "last.ckpt"

@@ -215,7 +215,8 @@ def test_overfitting_one_batch_validates_at_its_epochs(tmp_path):
 def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
     def fit(*callbacks):
         pl.seed_everything(0, verbose=False)
-        module = RegressionModule(FeedForward(hidden=[8], dropout=0.5), partial(RMSprop, lr=0.01))
+        module = RegressionModule(FeedForward(hidden=[8, 8], dropout=0.5), partial(RMSprop, lr=0.01))
+        module.model[2].eval()  # the first dropout layer stays off, as its user set it
         trainer = pl.Trainer(
             max_steps=5,
             callbacks=list(callbacks),

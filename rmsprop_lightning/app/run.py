@@ -126,18 +126,20 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
 
 
 def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
-    """Refuses a schedule that follows ``trainer.max_steps`` in a fit that ``trainer.max_epochs`` ends first:
-    it would never reach its end (a cosine's ``T_max``)."""
+    """Refuses a schedule stepped every step that follows ``trainer.max_steps`` in a fit that
+    ``trainer.max_epochs`` ends first: it would never reach its end (a cosine's ``T_max``)."""
+    scheduler = cfg.scheduler.get("scheduler")
+    if not isinstance(scheduler, DictConfig) or cfg.scheduler.get("interval") != "step":
+        return
     length, max_steps = run_length(cfg.trainer, datamodule), cfg.trainer.get("max_steps", -1)
     if length is None or length[1] >= max_steps:
         return
-    settings = OmegaConf.to_container(cfg.scheduler.get("scheduler") or {}, resolve=False)
-    for key, value in settings.items():
+    for key, value in OmegaConf.to_container(scheduler, resolve=False).items():
         if isinstance(value, str) and "trainer.max_steps" in value:
             raise InputError(
-                f"scheduler.scheduler.{key} follows trainer.max_steps={max_steps}, but "
-                f"trainer.max_epochs={cfg.trainer.max_epochs} ends the run after {length[1]} steps; allowed: "
-                f"trainer.max_steps={length[1]} (then max_epochs may go), or a {key} of its own"
+                f"trainer.max_epochs={cfg.trainer.max_epochs} ends the run after {length[1]} steps, before "
+                f"scheduler.scheduler.{key}, which follows trainer.max_steps={max_steps}, ends the schedule; "
+                f"allowed: trainer.max_steps={length[1]}, or a scheduler.scheduler.{key} of its own"
             )
 
 

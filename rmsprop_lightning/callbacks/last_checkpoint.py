@@ -82,6 +82,8 @@ class LastCheckpoint(Checkpoint):
         self._restored_in_validation = False
         self._restored_uncounted = False  # a restored step the loggers' count lacks until training starts
         self._restored_metrics: dict[str, Any] = {}
+        self._step_seen: int | None = None  # the trainer's step count at the last batch end
+        self._stepped = False  # whether that batch ended an optimizer step (not inside an accumulation)
 
     @property
     def path(self) -> Path:
@@ -103,9 +105,10 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        due = (
-            self._requested or trainer.global_step % self.every_n_train_steps == 0 or training_stops(trainer)
-        )
+        self._stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        # at a step's end only: inside an accumulation of gradients the state holds gradients no save keeps
+        periodic = trainer.global_step % self.every_n_train_steps == 0
+        due = self._requested or (self._stepped and (periodic or training_stops(trainer)))
         self._requested = False
         if not (due and self._may_save(trainer)):
             return
@@ -119,7 +122,8 @@ class LastCheckpoint(Checkpoint):
         self._requested = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._after_validation |= trainer.should_stop  # told to stop after its step (early stopping, a timer)
+        # told to stop by it (early stopping) at a step's end: never inside an accumulation of gradients
+        self._after_validation |= trainer.should_stop and self._stepped
         self.finish(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -170,6 +174,7 @@ class LastCheckpoint(Checkpoint):
         self._put_back_metrics(trainer, pl_module)  # also for a fit with no step left, which never starts
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._step_seen, self._stepped = trainer.global_step, False
         self._put_back_metrics(trainer, pl_module)  # for strategies that restore after on_fit_start
         self._restored_uncounted = False
         if self._restored_in_validation:  # a run validating at that step counts it when it skips it

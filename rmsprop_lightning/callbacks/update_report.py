@@ -25,12 +25,13 @@ class UpdateReport(Callback):
     @torch.no_grad()
     def _batch_loss(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
         features, targets = batch
-        training = pl_module.training
+        modes = {module: module.training for module in pl_module.modules()}  # each as the fit left it
         pl_module.eval()
         try:
             return pl_module.criterion(pl_module(features), targets)
         finally:
-            pl_module.train(training)
+            for module, training in modes.items():
+                module.training = training
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

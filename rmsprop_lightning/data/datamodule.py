@@ -143,9 +143,7 @@ class RegressionDataModule(pl.LightningDataModule):
             self._loaders, self._loaders_for = {}, trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        overfit = (
-            trainer is not None and trainer.overfit_batches > 0
-        )  # the same batches every epoch, unshuffled
+        overfit = trainer is not None and trainer.overfit_batches > 0  # the same batches every epoch
         for split, (features, targets) in self.splits.items():
             if split in self._loaders or len(features) == 0:
                 continue
@@ -154,7 +152,8 @@ class RegressionDataModule(pl.LightningDataModule):
                 features.to(device),
                 targets.to(device),
                 self.batch_size if training else self.eval_batch_size,
-                shuffle=training and not overfit,
+                shuffle=training,
+                reshuffle=not overfit,
                 drop_last=self.drop_last and training,
                 seed=self.shuffle_seed,
                 rank=rank,

@@ -29,6 +29,7 @@ class InMemoryBatchLoader:
     Each ``iter()`` starts the next epoch, except right after :meth:`load_state_dict`,
     where it continues the restored epoch from the restored position (unless that epoch
     was finished: a checkpoint taken after an epoch's last batch resumes in the next).
+    ``reshuffle=False`` keeps the first epoch's order in every epoch (to overfit the same batches).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class InMemoryBatchLoader:
         batch_size: int,
         *,
         shuffle: bool = True,
+        reshuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
         rank: int = 0,
@@ -53,6 +55,7 @@ class InMemoryBatchLoader:
         self.targets = targets
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.reshuffle = reshuffle
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
@@ -95,7 +98,7 @@ class InMemoryBatchLoader:
         continuing = self._restored and self._position < end
         self._restored = False
         if not continuing and self._position > 0:
-            self.epoch += int(self.shuffle)
+            self.epoch += int(self.shuffle and self.reshuffle)
             self._position = 0
         indices = self.shard_indices(self.epoch).to(self.features.device)
         features, targets = self.features[indices], self.targets[indices]

@@ -50,10 +50,11 @@ class Table:
     @classmethod
     def numbered(cls, features: torch.Tensor, targets: torch.Tensor) -> Table:
         """A table whose columns are named ``x0, x1, …`` and ``y0, y1, …``."""
-        if features.ndim != 2 or targets.ndim != 2:
-            raise ValueError("features and targets must be 2-D (samples × columns)")
-        feature_names = tuple(f"x{i}" for i in range(features.shape[1]))
-        return cls(features, targets, feature_names, tuple(f"y{i}" for i in range(targets.shape[1])))
+
+        def names(prefix: str, columns: torch.Tensor) -> tuple[str, ...]:  # none where not 2-D: refused then
+            return tuple(f"{prefix}{i}" for i in range(columns.shape[1] if columns.ndim == 2 else 0))
+
+        return cls(features, targets, names("x", features), names("y", targets))
 
 
 def synthetic(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def read_csv_scalars(log_dir: str | Path) -> dict[str, Series]:
     """The same from every ``metrics.csv`` of Lightning's ``CSVLogger`` below ``log_dir``, one point a step
     (the last written: a run resumed after ``kill -9`` logs again the steps after its checkpoint)."""
     last: dict[str, dict[int, float]] = {}
-    for path in sorted(Path(log_dir).rglob("metrics.csv")):
+    for path in sorted(Path(log_dir).rglob("metrics.csv"), key=written_order):
         with path.open(newline="") as file:
             for row in csv.DictReader(file):
                 step = int(row.pop("step"))
@@ -56,6 +57,11 @@ def read_csv_scalars(log_dir: str | Path) -> dict[str, Series]:
                     if value:
                         last.setdefault(tag, {})[step] = float(value)
     return sort_points({tag: list(points.items()) for tag, points in last.items()})
+
+
+def written_order(path: Path) -> list[str | int]:
+    """A sort key that puts ``version_9`` before ``version_10``, as a CSV logger numbers them."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def sort_points(scalars: dict[str, Series]) -> dict[str, Series]:

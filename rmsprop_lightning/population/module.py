@@ -98,12 +98,15 @@ class PopulationModule(pl.LightningModule):
     def optimizer(self) -> StackedRMSprop:
         return self.optimizers().optimizer
 
-    def member_losses(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Each member's mean loss on ``batch`` (``[P]``) and its predictions ``[P, B, out]``."""
+    def member_losses(self, batch: Batch, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Each member's mean loss on ``batch`` (``[P]``) and its predictions ``[P, B, out]``, both in
+        ``dtype`` if given."""
         features, targets = batch
         if features.dim() == 3:  # [B, P, in] training batches: one batch per member
             features, targets = features.transpose(0, 1), targets.transpose(0, 1)
         predictions = self.model(features)
+        if dtype is not None:
+            predictions, targets = predictions.to(dtype), targets.to(dtype)
         return self.criterion(predictions, targets.expand_as(predictions)).mean(dim=(1, 2)), predictions
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -134,9 +137,8 @@ class PopulationModule(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Adds the batch's per-member loss sum, squared error and target sums to the epoch's totals."""
-        _, predictions = self.member_losses(batch)
-        predictions, targets = predictions.double(), batch[1].double()  # summed in float64, as a solo run's
-        losses = self.criterion(predictions, targets.expand_as(predictions)).mean(dim=(1, 2))
+        losses, predictions = self.member_losses(batch, torch.float64)  # summed in float64, as a solo run's
+        targets = batch[1].double()
         count = targets.shape[0]
         errors = (predictions - targets).pow(2).sum(dim=1)  # [P, out]: per member and target column
         columns = {

@@ -138,25 +138,23 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 def load_sweep(folders: Sequence[str | Path]) -> Sweep:
     """Reads every job below the sweep ``folders``, or the runs they are (``metrics.json`` and scalars)."""
-    paths = [Path(folder) for folder in folders]
-    for path in paths:
-        if not path.is_dir():
-            raise FileNotFoundError(f"sweep folder not found: {path}")
-    folders = (
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"sweep folder not found: {folder}")
+    # a folder given twice (by two names, or a sweep and one of its runs) counts once
+    paths = list(dict.fromkeys(Path(folder).resolve() for folder in folders))
+    found = (
         folder.resolve()
         for path in paths
         for folder in job_folders(path) or ([path] if summary_path(path).is_file() else [])  # a single run
     )
-    # a job given twice (a sweep and one of its runs, the same folder by two names) counts once
-    jobs = [Job(f, read_summary(f), read_scalars(f) or read_csv_scalars(f)) for f in dict.fromkeys(folders)]
+    jobs = [Job(f, read_summary(f), read_scalars(f) or read_csv_scalars(f)) for f in dict.fromkeys(found)]
     if not jobs:
         raise ValueError(
             f"no metrics.json in {', '.join(map(str, paths))} or the folders directly in it; allowed: sweep "
             "folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
         )
-    records = {
-        path.resolve(): read_json(path / SWEEP_FILE) for path in paths if (path / SWEEP_FILE).is_file()
-    }
+    records = {path: read_json(path / SWEEP_FILE) for path in paths if (path / SWEEP_FILE).is_file()}
     return Sweep(paths, jobs, records, _optuna_results(paths))
 
 

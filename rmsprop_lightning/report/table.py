@@ -42,7 +42,7 @@ def scale_of(configuration: Configuration) -> str:
 
 
 def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> dict[str, float]:
-    """``{data set: threshold}``: ``fixed`` for all, or each data set's :func:`default_threshold`."""
+    """``{scale: threshold}``: ``fixed`` for all, or each loss scale's :func:`default_threshold`."""
     groups: dict[str, list[Configuration]] = {}
     for configuration in configurations:
         groups.setdefault(scale_of(configuration), []).append(configuration)
@@ -54,7 +54,7 @@ def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> 
 def build_rows(
     configurations: Sequence[Configuration], limits: dict[str, float], tag: str = THRESHOLD_TAG
 ) -> list[Row]:
-    """One row per configuration, by data set, then by mean best ``val/loss`` (missing ones last)."""
+    """One row per configuration, by loss scale, then by mean best ``val/loss`` (missing ones last)."""
     rows = []
     for configuration in configurations:
         completed = configuration.with_status("completed")
