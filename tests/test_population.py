@@ -285,18 +285,34 @@ def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_pa
     assert output.count("Done: ") == 1 and output.count("diverged; the sweep goes on") == 2
 
 
+def diverging_member_and_its_solo_run(
+    tmp_path: Path, step_size: int, gamma: str, *extra: str
+) -> tuple[Path, Path]:
+    """The folders of a population's member whose learning rate grows ``gamma``-fold every ``step_size`` steps
+    (the other member's stays) and of the same job run alone, both recorded as diverged."""
+    common = (
+        *QUICK,
+        "scheduler=step",
+        "scheduler.interval=step",
+        f"scheduler.scheduler.step_size={step_size}",
+    )
+    run_train(
+        tmp_path, "-m", "hydra/launcher=population", f"scheduler.scheduler.gamma=1,{gamma}", *common, *extra
+    )
+    member = job_folders(only_sweep(tmp_path))[1]
+    (tmp_path / "solo").mkdir()
+    train_in_process(tmp_path / "solo", f"scheduler.scheduler.gamma={gamma}", *common, *extra, check=False)
+    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
+    assert read_summary(member)["status"] == read_summary(solo)["status"] == "diverged"
+    return member, solo
+
+
 def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp_path):
     # the learning rate grows 1e30-fold at step 10: the member diverges after its save at step 10, and its
     # scheduler, which would grow it again at step 20, stays where it was
-    common = (*QUICK, "scheduler=step", "scheduler.interval=step", "scheduler.scheduler.step_size=10")
-    common += ("callbacks.last_checkpoint.every_n_train_steps=10",)
-    run_train(tmp_path, "-m", "hydra/launcher=population", "scheduler.scheduler.gamma=1,1e30", *common)
-    member = job_folders(only_sweep(tmp_path))[1]
-    (tmp_path / "solo").mkdir()
-    train_in_process(tmp_path / "solo", "scheduler.scheduler.gamma=1e30", *common, check=False)
-    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
+    saved = "callbacks.last_checkpoint.every_n_train_steps=10"
+    member, solo = diverging_member_and_its_solo_run(tmp_path, 10, "1e30", saved)
     ours, theirs = read_summary(member), read_summary(solo)
-    assert ours["status"] == theirs["status"] == "diverged"
     assert ours["diverged_at_step"] == theirs["diverged_at_step"] > 10
     assert ours["error"].replace(str(member), str(solo)) == theirs["error"]  # the same lr, the same file
     assert ours["final"] == pytest.approx(theirs["final"], rel=1e-5)  # with the lr of the step it diverged at
@@ -312,16 +328,8 @@ def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp
 
 def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path):
     # the learning rate grows 100-fold a step, logged at every step: the last one is the one that diverged
-    common = (*QUICK, "scheduler=step", "scheduler.interval=step", "scheduler.scheduler.step_size=1")
-    common += ("trainer.log_every_n_steps=1",)
-    run_train(tmp_path, "-m", "hydra/launcher=population", "scheduler.scheduler.gamma=1,100", *common)
-    member = job_folders(only_sweep(tmp_path))[1]
-    (tmp_path / "solo").mkdir()
-    train_in_process(tmp_path / "solo", "scheduler.scheduler.gamma=100", *common, check=False)
-    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
-    ours, theirs = read_summary(member), read_summary(solo)
-    assert ours["status"] == theirs["status"] == "diverged"
-    assert ours["final"] == pytest.approx(theirs["final"], rel=1e-5)
+    member, solo = diverging_member_and_its_solo_run(tmp_path, 1, "100", "trainer.log_every_n_steps=1")
+    assert read_summary(member)["final"] == pytest.approx(read_summary(solo)["final"], rel=1e-5)
     ours, theirs = (read_scalars(folder / "tensorboard")["lr-RMSprop/decay"] for folder in (member, solo))
     assert ours == pytest.approx(theirs, rel=1e-6)
 
