@@ -210,19 +210,21 @@ class SignalsStop:
         self.received: int | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        distributed, again = is_one_of_several_ranks(), self.received and signum == signal.SIGINT
-        if again or not (distributed or self.holding):
-            raise stopped_outside_steps(signum, self.run_dir)
-        self.received = self.received or signum
-        # one rank stopping alone would hang the others: in their collectives, or waiting for it to join
-        why = "outside the training steps of a distributed run: no rank stops alone" if distributed else ""
-        if is_rank_zero():
-            log.warning(
-                "Received %s%s (%s; Ctrl-C again stops at once)",
-                signal.Signals(signum).name,
-                f" {why}" if why else "",
-                "in them a signal stops every rank after its step" if why else "importing first",
-            )
+        name = signal.Signals(signum).name
+        if is_one_of_several_ranks():
+            # one rank stopping alone would hang the others: in their collectives, or waiting for it to join
+            if is_rank_zero():
+                log.warning(
+                    "Received %s outside the training steps of a distributed run: no rank stops alone (in "
+                    "them a signal stops every rank after its step)",
+                    name,
+                )
+            return
+        if self.holding and not (self.received and signum == signal.SIGINT):
+            self.received = self.received or signum
+            log.warning("Received %s: importing first (Ctrl-C again stops at once)", name)
+            return
+        raise stopped_outside_steps(signum, self.run_dir)
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -233,7 +235,7 @@ class SignalsStop:
             yield
         finally:
             self.holding = False
-        if self.received is not None and not is_one_of_several_ranks():
+        if self.received is not None:
             raise stopped_outside_steps(self.received, self.run_dir)
 
 
