@@ -355,3 +355,14 @@ def test_a_loader_that_keeps_its_order_serves_every_rank_as_many_batches():
     for loader in loaders:
         first, second = ([batch[1] for batch in loader] for _ in range(2))
         assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@pytest.mark.parametrize("reshuffle", [True, False])  # limit_train_batches, or overfit_batches
+def test_a_loader_restored_at_the_end_of_a_limited_epoch_goes_on_in_the_next(reshuffle):
+    features = torch.arange(100.0).unsqueeze(1)
+    limited = partial(InMemoryBatchLoader, features, features, 10, reshuffle=reshuffle, batch_limit=2)
+    whole = limited()
+    assert len(list(whole)) == 2  # the epoch the trainer's limit leaves
+    restored = limited()
+    restored.load_state_dict(whole.state_dict())  # a checkpoint at that epoch's end
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(restored, whole, strict=True))

@@ -34,6 +34,7 @@ from rmsprop_lightning.app.validation import (
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
+from rmsprop_lightning.data.loader import limited_batches
 from rmsprop_lightning.errors import InputError, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
@@ -86,11 +87,8 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
 
 def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> int:
     """Training batches an epoch takes on each process: the loader's, less what the limits leave out."""
-    epoch = datamodule.train_batches(processes(trainer))
     limit = trainer.get("overfit_batches") or trainer.get("limit_train_batches")
-    if limit is None:
-        return epoch
-    return min(epoch, limit) if isinstance(limit, int) else int(epoch * limit)
+    return limited_batches(datamodule.train_batches(processes(trainer)), 1.0 if limit is None else limit)
 
 
 def run_length(trainer: DictConfig, datamodule: RegressionDataModule) -> tuple[int, int] | None:

@@ -144,6 +144,7 @@ class RegressionDataModule(pl.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         overfit = trainer is not None and trainer.overfit_batches > 0  # the same batches every epoch
+        limit = trainer.limit_train_batches if trainer is not None else 1.0  # overfit_batches sets it too
         for split, (features, targets) in self.splits.items():
             if split in self._loaders or len(features) == 0:
                 continue
@@ -154,6 +155,7 @@ class RegressionDataModule(pl.LightningDataModule):
                 self.batch_size if training else self.eval_batch_size,
                 shuffle=training,
                 reshuffle=not overfit,
+                batch_limit=limit if training else 1.0,
                 drop_last=self.drop_last and training,
                 seed=self.shuffle_seed,
                 rank=rank,

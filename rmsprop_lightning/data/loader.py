@@ -19,6 +19,12 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)
 
 
+def limited_batches(batches: int, limit: int | float) -> int:
+    """The batches of an epoch that Lightning's ``limit_train_batches`` (or ``overfit_batches``) leaves: at
+    most ``limit`` of them, or that fraction of them."""
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
 class InMemoryBatchLoader:
     """Serves ``(features, targets)`` batches as views of tensors already on the device.
 
@@ -29,7 +35,8 @@ class InMemoryBatchLoader:
     Each ``iter()`` starts the next epoch, except right after :meth:`load_state_dict`,
     where it continues the restored epoch from the restored position (unless that epoch
     was finished: a checkpoint taken after an epoch's last batch resumes in the next).
-    ``reshuffle=False`` keeps the first epoch's order in every epoch (to overfit the same batches).
+    ``reshuffle=False`` keeps the first epoch's order in every epoch (to overfit the same batches);
+    ``batch_limit`` is the trainer's limit of batches an epoch, where a restored epoch ends too.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class InMemoryBatchLoader:
         *,
         shuffle: bool = True,
         reshuffle: bool = True,
+        batch_limit: int | float = 1.0,
         drop_last: bool = False,
         seed: int = 0,
         rank: int = 0,
@@ -56,6 +64,7 @@ class InMemoryBatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.reshuffle = reshuffle
+        self.batch_limit = batch_limit
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
@@ -83,15 +92,20 @@ class InMemoryBatchLoader:
         order = torch.cat([order, order[: -count % self.world_size]])  # padded like DistributedSampler
         return order[self.rank :: self.world_size]
 
+    def _batches(self) -> int:
+        """The batches an epoch takes: all, or those the trainer's limit leaves."""
+        return limited_batches(len(self), self.batch_limit)
+
     def _end(self) -> int:
-        """Where this rank's epoch ends in its shard: before the short last batch ``drop_last`` leaves out."""
-        return min(len(self) * self.batch_size, self.shard_size)
+        """Where this rank's epoch ends in its shard: after its last batch the limit leaves, before the
+        short last batch ``drop_last`` leaves out."""
+        return min(self._batches() * self.batch_size, self.shard_size)
 
     def batches_served(self) -> int:
         """Batches of the epoch its position accounts for (its length less those it has left): what a
         trainer's count in the epoch must read once a restore changed the batch size or world size."""
         left = -(-max(self._end() - self._position, 0) // self.batch_size)  # rounded up
-        return len(self) - left
+        return self._batches() - left
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         end = self._end()
