@@ -91,9 +91,9 @@ def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> 
     return limited_batches(datamodule.train_batches(processes(trainer)), 1.0 if limit is None else limit)
 
 
-def run_length(trainer: DictConfig, datamodule: RegressionDataModule) -> tuple[int, int] | None:
-    """``(batches, steps)`` of a fit on each process, where ``max_steps`` or ``max_epochs`` ends it first."""
-    epoch = batches_per_epoch(trainer, datamodule)
+def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
+    """``(batches, steps)`` of a fit on each process, where ``max_steps`` or ``max_epochs`` ends it first,
+    with epochs of ``epoch`` batches."""
     window = trainer.get("accumulate_grad_batches", 1)
     steps_per_epoch = -(-epoch // window)  # an epoch's last window of batches steps too, full or not
     ends = []
@@ -109,10 +109,12 @@ def run_length(trainer: DictConfig, datamodule: RegressionDataModule) -> tuple[i
 def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
     """Trainer settings that make a fit which would end before its first validation validate at its end:
     without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
-    trainer, length = cfg.trainer, run_length(cfg.trainer, datamodule)
+    trainer = cfg.trainer
+    epoch = batches_per_epoch(trainer, datamodule)
+    length = run_length(trainer, epoch)
     if length is None or not length[1] or not len(datamodule.splits["val"][0]):
         return {}
-    (batches, steps), epoch = length, batches_per_epoch(trainer, datamodule)
+    batches, steps = length
     interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
     fraction = 1.0 if interval is None else interval
     within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
@@ -129,7 +131,8 @@ def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> 
     scheduler = cfg.scheduler.get("scheduler")
     if not isinstance(scheduler, DictConfig) or cfg.scheduler.get("interval") != "step":
         return
-    length, max_steps = run_length(cfg.trainer, datamodule), cfg.trainer.get("max_steps", -1)
+    length = run_length(cfg.trainer, batches_per_epoch(cfg.trainer, datamodule))
+    max_steps = cfg.trainer.get("max_steps", -1)
     if length is None or length[1] >= max_steps:
         return
     for key, value in OmegaConf.to_container(scheduler, resolve=False).items():
