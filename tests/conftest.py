@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from rmsprop_lightning.app.cli import train_main
+from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.app.resolvers import register_resolvers
 from rmsprop_lightning.errors import PROGRAM_ENV
@@ -55,15 +56,25 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Gives each pytest-xdist worker, and the processes it starts, its share of the cores.
+    """Gives each pytest-xdist worker, and the processes it starts, its share of the cores, and those
+    processes Ctrl-C as a terminal gives it.
 
     With torch's default of every core in each of several workers, small-op training slows many times over.
+    A shell starts a background job (``pytest &``) with SIGINT ignored, which its processes would inherit;
+    a handler of this process is not inherited.
     """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(available_cores() // workers, 1)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+    import lightning.pytorch  # noqa: F401  (most tests build a Trainer)
+
+    # the objects of the imports live to the end: the collections the tests' allocations set off skip them
+    gc.collect()
+    gc.freeze()
 
 
 def run_train(
@@ -101,15 +112,16 @@ def train_in_process(cwd: Path, *overrides: str, check: bool = True) -> int:
         patch.chdir(cwd)
         patch.setattr(sys, "argv", [str(TRAIN), *overrides])
         patch.setenv(PROGRAM_ENV, "")  # the entry point writes it: undone with the rest
+        # a process's end, which this one does not meet after each run: a full collection of the tests' heap
+        patch.setattr(cli, "leave_out_of_shutdown_collections", lambda: None)
         GlobalHydra.instance().clear()
         code = 0
         try:
-            train_main()
+            cli.train_main()
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else 1
         finally:
             GlobalHydra.instance().clear()
-            gc.unfreeze()  # what the entry point froze for the interpreter's shutdown
             for handler in root.handlers[:]:  # Hydra's job logging, into the run's folder
                 if handler not in handlers:
                     root.removeHandler(handler)

@@ -92,7 +92,7 @@ def test_the_end_of_a_run_freezes_its_objects_unless_triton_would_report_them_as
         leave_out_of_shutdown_collections()
         assert (gc.get_freeze_count() > 0) is not triton
     finally:
-        gc.unfreeze()
+        gc.freeze()  # as the tests keep their imports' objects (conftest.py)
 
 
 def test_a_ctrl_c_outside_a_job_is_one_line(monkeypatch, capsys):
