@@ -41,7 +41,8 @@ def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> N
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Deletes temporary files a killed :func:`replace_atomically` left beside ``path``; returns them."""
+    """Deletes temporary files a killed :func:`replace_atomically` left beside ``path`` (whose name may be a
+    glob: ``*.ckpt``); returns them."""
     path = Path(path)
     stale = sorted(path.parent.glob(f"{temporary_prefix(path)}*{TEMPORARY_SUFFIX}"))
     for leftover in stale:

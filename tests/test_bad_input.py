@@ -337,6 +337,53 @@ CASES = [
         ["callbacks.last_checkpoint.every_n_train_steps=0"],
         ["every_n_train_steps=0"],
     ),
+    # schedulers, whose mistakes showed only at their first step, or trained a wrong run
+    (
+        "a step schedule of 0 epochs",
+        ["scheduler=step", "scheduler.scheduler.step_size=0"],
+        ["step_size=0", "≥ 1"],
+    ),
+    (
+        "a plateau on no metric",
+        ["scheduler=plateau", "scheduler.monitor=val/los"],
+        ["monitor='val/los'", "val/loss"],
+    ),
+    ("a negative lr floor", ["scheduler=cosine", "scheduler.scheduler.eta_min=-1"], ["eta_min=-1", "≥ 0"]),
+    # devices, data sizes, the output folders and callbacks' options
+    (
+        "float16 on the cpu",
+        ["trainer=cpu", "trainer.precision=16-mixed"],
+        ["precision=16-mixed", "bf16-mixed"],
+    ),
+    ("all devices of a cpu", ["trainer=cpu", "trainer.devices=-1"], ["trainer.devices=-1", "≥ 1"]),
+    ("text as devices", ["trainer.devices=abc"], ["trainer.devices='abc'", "auto"]),
+    ("nodes outside a cluster", ["trainer.num_nodes=2"], ["trainer.num_nodes=2", "trainer.num_nodes=1"]),
+    ("text as the data seed", ["data.source.seed=abc"], ["data.source.seed='abc'", "an integer"]),
+    ("determinism maybe", ["trainer.deterministic=maybe"], ["trainer.deterministic='maybe'", "warn"]),
+    ("a task name with a slash", ["task_name=a/b"], ["task_name='a/b'", "folder name"]),
+    ("no task name", ["task_name=null"], ["task_name=null", "folder name"]),
+    ("one folder for all jobs", ["-m", "seed=0,1", "hydra.sweep.subdir=x"], ["subdir=x", "${hydra.job.num}"]),
+    ("an empty sweep folder", ["-m", "seed=0,1", "hydra.sweep.dir="], ["hydra.sweep.dir=''", "a folder"]),
+    (
+        "test nothing",
+        ["train=false", "test=false", "ckpt_path={earlier}/checkpoints/last.ckpt"],
+        ["test=true"],
+    ),
+    (
+        "monitor every 0 steps",
+        ["callbacks.optimizer_state_monitor.every_n_steps=0"],
+        ["callbacks.optimizer_state_monitor.every_n_steps=0", "≥ 1"],
+    ),
+    (
+        "monitor of no regex",
+        ["callbacks.optimizer_state_monitor.per_parameter='(a'"],
+        ["callbacks.optimizer_state_monitor.per_parameter='(a' is not a valid regular expression"],
+    ),
+    (
+        "a lightning callback's option",
+        ["callbacks.learning_rate_monitor.logging_interval=batch"],
+        ["callbacks.learning_rate_monitor.logging_interval should be", "step"],
+    ),
     # other top-level keys
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),
     ("unknown nonfinite mode", ["on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop or skip"]),
@@ -403,6 +450,11 @@ CASES = [
     ),
     ("a CSV as checkpoint", ["ckpt_path={files}/good.csv"], ["good.csv is not a checkpoint torch can read"]),
     ("resume changing lr", ["resume={earlier}", "optimizer.lr=0.5"], ["optimizer.lr=0.5", "would change"]),
+    (
+        "resume with a bad safe value",
+        ["resume={earlier}", "trainer.max_steps=40", "test=maybe"],
+        ["test='maybe'", "true or false"],
+    ),
     ("resume with a sweep", ["resume={earlier}", "trainer.max_steps=40,50"], ["is a sweep", "one value"]),
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
@@ -464,10 +516,13 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     shutil.copytree(earlier, folder / "moved_run")
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` with the hash of its bytes."""
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file below ``folder`` with the hash of its bytes and the time it was last written."""
     return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        str(path.relative_to(folder)): (
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            path.stat().st_mtime_ns,
+        )
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }

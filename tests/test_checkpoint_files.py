@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.atomic import remove_stale_temporaries, replace_atomically
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
 from rmsprop_lightning.callbacks.random_state import RandomState
 
 # rewrites a ~32 MB checkpoint through AtomicCheckpointIO until killed, counting versions
@@ -45,6 +47,15 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_checkpoint(tmp_path)
         assert torch.equal(checkpoint["weights"], torch.full((8_000_000,), float(checkpoint["version"])))
         assert remove_stale_temporaries(path), "the kill did not land during a write"
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_fit_removes_what_killed_writes_of_its_folders_checkpoints_left(tmp_path):
+    kept = ["best-000030.ckpt", "last.ckpt", ".notes.tmp"]
+    stale = [".last.ckpt.0a1b2c3d.tmp", ".best-000039.ckpt.5c28c305.tmp"]
+    for name in kept + stale:
+        (tmp_path / name).write_bytes(b"x")
+    LastCheckpoint(dirpath=tmp_path).setup(SimpleNamespace(is_global_zero=True), None, "fit")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_replace_atomically_keeps_the_old_file_when_the_write_fails(tmp_path):

@@ -24,10 +24,12 @@ from rmsprop_lightning.app.run import (
     validation_at_the_end,
 )
 from rmsprop_lightning.app.validation import processes
+from rmsprop_lightning.callbacks.state_norms import group_scopes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.model import FeedForward
+from rmsprop_lightning.optim.param_groups import build_param_groups
 from tests.conftest import ROOT
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -41,8 +43,8 @@ def build_all(cfg):
     """Instantiates data, model, module, callbacks, loggers and trainer as ``run`` does."""
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, build_model(cfg, datamodule))
-    callbacks = instantiate_entries(cfg.get("callbacks"))
-    loggers = instantiate_entries(cfg.get("logger"))
+    callbacks = instantiate_entries(cfg, "callbacks")
+    loggers = instantiate_entries(cfg, "logger")
     trainer = build_trainer(cfg, callbacks, loggers, datamodule)
     return datamodule, module, callbacks, loggers, trainer
 
@@ -185,6 +187,14 @@ def test_biases_are_exempt_from_weight_decay_in_the_template(compose_cfg):
     assert by_name["decay_lrx0.5"]["lr"] == pytest.approx(0.005) and by_name["no_decay"]["lr"] == 0.01
     weights = {id(module.model[0].weight), id(module.model[2].weight)}
     assert {id(p) for p in by_name["decay_lrx0.5"]["params"]} == weights
+
+
+def test_groups_of_close_lr_multipliers_keep_names_of_their_own():
+    # shown to six digits both factors read 0.123456, and the monitor's keys would fall back to pg1, pg2, …
+    model = FeedForward(in_features=10, hidden=5, out_features=1)
+    factors = {"^0": 0.1234561, "^2": 0.1234564}
+    groups = build_param_groups(model, no_weight_decay_on_bias=False, lr_multipliers=factors)
+    assert group_scopes(groups) == ["decay_lrx0.1234561/", "decay_lrx0.1234564/"]
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,8 @@ def test_a_member_in_float32_reaches_its_solo_runs_validation_loss(composer, flo
     _, scores = record.validations[-1]
     member = 2 * PRESETS.index(preset)
     assert scores["val/loss"][member] == pytest.approx(float(metrics["val/loss"]), rel=1e-3)
+    # recorded as the solo run logs it: the event file's float32, in metrics.json too
+    assert float(torch.tensor(scores["val/loss"][member], dtype=torch.float32)) == scores["val/loss"][member]
 
 
 @pytest.mark.parametrize(
@@ -332,6 +334,16 @@ def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path)
     assert read_summary(member)["final"] == pytest.approx(read_summary(solo)["final"], rel=1e-5)
     ours, theirs = (read_scalars(folder / "tensorboard")["lr-RMSprop/decay"] for folder in (member, solo))
     assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_a_member_that_diverges_in_half_precision_is_told_why_as_its_solo_run(tmp_path):
+    # eps=1e-8 rounds to 0 in float16, the precision of the population's weights (its optimizers' are float32)
+    train_in_process(
+        tmp_path, "-m", "hydra/launcher=population", "trainer.precision=16-true", "seed=0,1", *QUICK
+    )
+    for job in job_folders(only_sweep(tmp_path)):
+        summary = read_summary(job)
+        assert summary["status"] == "diverged" and "rounds to 0 in torch.float16" in summary["error"]
 
 
 def test_a_bad_launcher_setting_is_one_line_before_any_job(tmp_path):

@@ -232,3 +232,17 @@ def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
     reported = fit(UpdateReport(num_steps=3))
     assert "Loss after 3 updates" in capfd.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(reported, fit(), strict=True))
+
+
+class ThreadsAtSetUp(pl.Callback):
+    """Sets torch's threads as the trainer sets up, as Lightning's DDP on the CPU does for each process."""
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        torch.set_num_threads(3)
+
+
+def test_the_summary_records_the_threads_the_fit_ran_with(tmp_path):
+    callback = f"+callbacks.threads._target_={__name__}.ThreadsAtSetUp"
+    train_in_process(tmp_path, *QUICK, "trainer.max_steps=2", callback)
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "metrics.json").read_text())["threads"] == 3

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.rules import METRICS, RULES, Rule, show
+from rmsprop_lightning.app.rules import METRICS, RULES, Number, OneOf, Rule, show
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_options
 
@@ -63,6 +63,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise InputError(f"module.{error}") from None
     check_loggers(cfg)
     check_scheduler_validation(cfg)
+    check_task_name(select(cfg, "task_name"))
     check_input_files(cfg)
 
 
@@ -98,9 +99,16 @@ def check_loggers(cfg: DictConfig) -> None:
 
 def check_devices(devices: Any) -> None:
     """``trainer.devices`` as Lightning reads it: a count, -1 for all, ``auto``, or ids (a list or a text)."""
-    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
+    count = OneOf((Number(integer=True, low=1),), choices=(-1, "auto")).accepts(devices)
+    ids = (
+        isinstance(devices, list | ListConfig)
+        and bool(devices)
+        and all(Number(integer=True, low=0).accepts(i) for i in devices)
+    )
+    text = isinstance(devices, str) and re.fullmatch(r"\s*(-1|\d+(\s*,\s*\d+)*\s*,?)\s*", devices)
+    if not (count or ids or text):
         raise InputError(
-            f"trainer.devices={devices} is invalid; allowed: an integer ≥ 1, -1 (all), auto or a list of ids"
+            f"trainer.devices={show(devices)} is invalid; allowed: an integer ≥ 1, -1 (all), auto or ids"
         )
 
 
@@ -189,10 +197,18 @@ def check_searched_metric(cfg: DictConfig) -> None:
         )
 
 
+def check_task_name(name: Any) -> None:
+    """``task_name`` is one folder's name: the runs go in ``<paths.log_dir>/<task_name>/``."""
+    if not isinstance(name, str) or name.strip(" .") == "" or any(sep in name for sep in "/\\"):
+        raise InputError(f"task_name={show(name)} is invalid; allowed: a folder name (no /), such as train")
+
+
 def check_input_files(cfg: DictConfig) -> None:
     """Every input file the config names exists; ``train=false`` names a checkpoint to test."""
     if select(cfg, "train") is False and not select(cfg, "ckpt_path"):
         raise InputError("train=false tests a checkpoint; allowed: train=false ckpt_path=<checkpoint>")
+    if select(cfg, "train") is False and select(cfg, "test") is False:
+        raise InputError("train=false test=false does nothing; allowed: test=true to test the checkpoint")
     for key in INPUT_FILES:
         path = select(cfg, key)
         if path is None or Path(str(path)).expanduser().is_file():

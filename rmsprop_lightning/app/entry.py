@@ -3,6 +3,7 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
 SEARCH_PATH = "hydra.searchpath"
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+# each job's folder in a sweep's
+SWEEP_SUBDIR = "hydra.sweep.subdir"
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
@@ -198,6 +201,14 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
     a second run would mix with its own; other DDP ranks, started in the first rank's folder, skip this."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     typed = [str(o.value()) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
+    if typed and not typed[-1].strip():
+        raise InputError(f"{key}='{typed[-1]}' names no folder; allowed: a folder's path")
+    subdirs = [str(o.value()) for o in overrides if o.key_or_group == SWEEP_SUBDIR]
+    if multirun and subdirs and not re.search(r"job[.:](num|id)\b", subdirs[-1]):
+        raise InputError(  # every job would write into the same folder
+            f"{SWEEP_SUBDIR}={subdirs[-1]} names one folder for every job; allowed: a name with "
+            "${hydra.job.num} in it, such as ${hydra.job.num}_${hydra.job.override_dirname}"
+        )
     if not typed or not is_rank_zero():
         return
     folder = typed[-1]

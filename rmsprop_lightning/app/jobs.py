@@ -100,18 +100,17 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
     return fields, hydra_cfg.get("launcher"), hydra_cfg.mode == RunMode.MULTIRUN
 
 
-def read_from_launch_folder(cfg: DictConfig) -> None:
-    """Makes the relative input files of a job that ``hydra.job.chdir`` moved into its run folder absolute,
-    from the folder the command ran in, where they were checked (Hydra's ``to_absolute_path``)."""
+def check_job_config(cfg: DictConfig) -> None:
+    """Validates the config, once the relative input files of a job that ``hydra.job.chdir`` moved into its
+    run folder are made absolute, from the folder the command ran in (Hydra's ``to_absolute_path``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path
 
-    if not (HydraConfig.initialized() and HydraConfig.get().job.get("chdir")):
-        return
-    for key in INPUT_FILES:
+    for key in INPUT_FILES if HydraConfig.initialized() and HydraConfig.get().job.get("chdir") else ():
         path = OmegaConf.select(cfg, key, default=None)
         if isinstance(path, str) and not Path(path).expanduser().is_absolute():
             OmegaConf.update(cfg, key, to_absolute_path(path))
+    validate_config(cfg)
 
 
 def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
@@ -142,6 +141,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     earlier: dict[str, Any] = {}  # the record of the run a resume continues
     if cfg.get(RESUME_KEY):  # the run keeps its own overrides and job number (a resume updates them)
         job_fields, earlier = {}, read_summary(output_dir)
+    if earlier:  # a resume the checks refuse leaves its run's record untouched, its time included
+        check_job_config(cfg)
     writes = is_rank_zero()
     fields: dict[str, Any] = {}
     if writes:
@@ -159,8 +160,8 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
         )
     try:
         with signals_stop(output_dir) as signals, ExitStack() as threads_set:
-            read_from_launch_folder(cfg)
-            validate_config(cfg)
+            if not earlier:
+                check_job_config(cfg)
             threads = resolve_threads(cfg.get("threads_per_job"), launcher)
             with signals.held():  # torch and Lightning, with the threads (BLAS libraries read them once)
                 threads_set.enter_context(torch_threads(threads))

@@ -9,6 +9,8 @@ from typing import Any
 # Lightning's precision settings
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
 PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
+# float16 mixed precision, which Lightning runs on a GPU only (bfloat16 in its place on the CPU)
+FLOAT16_MIXED = ("16-mixed", "16")
 # RegressionModule's losses (rmsprop_lightning.module.LOSSES)
 LOSS_NAMES = ("mse", "l1", "huber")
 # what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
@@ -113,8 +115,32 @@ RULES: dict[str, Rule] = {
     "optimized_metric": OneOf(choices=(*METRICS, None)),
     "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
     "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
+    "scheduler.monitor": OneOf(choices=(*VAL_METRICS, None)),
     "scheduler.scheduler.T_max": Number(integer=True, low=1),
     "scheduler.scheduler.gamma": Number(low=0, low_open=True),
+    "scheduler.scheduler.eta_min": Number(low=0),
+    "scheduler.scheduler.step_size": Number(integer=True, low=1),
+    "scheduler.scheduler.mode": OneOf(choices=("min", "max")),
+    "scheduler.scheduler.factor": Number(low=0, high=1, high_open=True),
+    "scheduler.scheduler.patience": Number(integer=True, low=0),
+    "scheduler.scheduler.warmup_steps": Number(integer=True, low=0),
+    "scheduler.scheduler.total_steps": Number(integer=True, low=1),
+    "scheduler.scheduler.min_factor": Number(low=0, high=1),
+    # the synthetic and random-normal data sets' sizes and seed
+    "data.source.num_samples": Number(integer=True, low=1),
+    "data.source.num_features": Number(integer=True, low=1),
+    "data.source.num_targets": Number(integer=True, low=1),
+    "data.source.teacher_hidden": Number(integer=True, low=1),
+    "data.source.noise_std": Number(low=0),
+    "data.source.seed": Number(integer=True, low=0, high=2**63 - 1),
+    "trainer.deterministic": OneOf(choices=(True, False, "warn", None)),
+    "callbacks.model_checkpoint.save_top_k": Number(integer=True, low=-1),
+    "callbacks.last_checkpoint.every_n_train_steps": Number(integer=True, low=1),
+    "callbacks.optimizer_state_monitor.every_n_steps": OneOf((Number(integer=True, low=1),), choices=(None,)),
+    "callbacks.optimizer_state_monitor.flush_every": Number(integer=True, low=1),
+    "callbacks.optimizer_state_monitor.flush_secs": OneOf((Number(low=0, low_open=True),), choices=(None,)),
+    "callbacks.optimizer_state_monitor.tensorboard_layout": FLAG,
+    "logger.tensorboard.log_graph": FLAG,
     # torch threads per process of the population and Slurm launchers (a sweep's config has it)
     "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
     "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
@@ -24,10 +26,12 @@ from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
     check_data,
+    check_nodes,
     check_rows_per_process,
     check_same_data,
     check_same_processes,
     check_targets,
+    first_line,
     input_errors,
     load_checkpoint,
     processes,
@@ -42,10 +46,27 @@ from rmsprop_lightning.module import RegressionModule
 log = logging.getLogger(__name__)
 
 
-def instantiate_entries(group: DictConfig | None) -> list[Any]:
-    """Instantiates every entry of a ``name: {_target_: ...}`` group; entries without a target are skipped."""
-    entries = group.values() if group else []
-    return [instantiate(entry) for entry in entries if isinstance(entry, DictConfig) and "_target_" in entry]
+def instantiate_entries(cfg: DictConfig, group: str) -> list[Any]:
+    """Instantiates every entry of the ``name: {_target_: ...}`` group ``cfg[group]`` that has a target; an
+    entry refusing its arguments is named in the error (:func:`entry_error`)."""
+    built = []
+    for name, entry in (cfg.get(group) or {}).items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            try:
+                built.append(instantiate(entry))
+            except InstantiationException as error:
+                raise entry_error(f"{group}.{name}", entry, error.__cause__ or error) from error
+    return built
+
+
+def entry_error(path: str, entry: DictConfig, error: BaseException) -> InputError:
+    """``error`` as one line naming the entry at ``path``, or its key as typed where the message starts with
+    one (``every_n_steps must be ...``: ``callbacks.<name>.every_n_steps must be ...``)."""
+    message = first_line(error)
+    word = re.match(r"\w+", message)
+    if word and word.group() in entry:
+        return InputError(f"{path}.{message}")
+    return InputError(f"{path}: {message}")
 
 
 def build_model(cfg: DictConfig, datamodule: RegressionDataModule) -> Any:
@@ -76,7 +97,8 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
     """Checks the targets and the accelerator, seeds, then builds the data, the model and the module, in
     the order that random sources draw in."""
     check_targets(cfg)
-    check_accelerator(cfg.trainer.get("accelerator"))
+    check_accelerator(*(cfg.trainer.get(key) for key in ("accelerator", "precision", "devices")))
+    check_nodes(cfg.trainer.get("num_nodes"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with input_errors():
         datamodule = instantiate(cfg.data)
@@ -183,13 +205,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             # an optimizer or scheduler refusing its settings does so now
             optimizer = module.configure_optimizers()
             callbacks = [
-                *instantiate_entries(cfg.get("callbacks")),
+                *instantiate_entries(cfg, "callbacks"),
                 *extra_callbacks,
                 *safeguards(cfg, module, optimizer),
                 # set up after the job's FitStats: the job counts as started before the folder changes
                 *([ResumeRecords(cfg)] if cfg.get(RESUME_KEY) else []),
             ]
-            loggers = instantiate_entries(cfg.get("logger"))
+            loggers = instantiate_entries(cfg, "logger")
             if is_rank_zero():
                 log.info("Run folder: %s", cfg.paths.output_dir)
             trainer = build_trainer(cfg, callbacks, loggers, datamodule)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -20,9 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
+from rmsprop_lightning.app.rules import FLOAT16_MIXED
 from rmsprop_lightning.errors import InputError, close_match
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
+# what the launchers of a run over several nodes set (srun, torchrun or by hand, MPI, LSF)
+CLUSTER_ENV_VARS = ("SLURM_NTASKS", "MASTER_ADDR", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "LSB_JOBID")
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
 # errors that, raised while objects are built from the config and the data is read, mean bad input
@@ -85,8 +89,10 @@ def check_options(node: DictConfig, path: str) -> None:
             raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
 
 
-def check_accelerator(accelerator: Any) -> None:
-    """``trainer.accelerator`` names one this machine has (Lightning's error names no setting)."""
+def check_accelerator(accelerator: Any, precision: Any = None, devices: Any = 1) -> None:
+    """``trainer.accelerator`` names one this machine has (Lightning's error names no setting), and a run on
+    the CPU asks for a number of processes and no float16 mixed precision, which Lightning there replaces
+    with bfloat16."""
     from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
     cuda, mps = CUDAAccelerator.is_available(), MPSAccelerator.is_available()
@@ -94,6 +100,30 @@ def check_accelerator(accelerator: Any) -> None:
         raise InputError(
             f"trainer.accelerator={accelerator}: this machine has none; allowed: trainer=cpu, or "
             "trainer.accelerator=auto (a GPU where there is one)"
+        )
+    on_cpu = str(accelerator) == "cpu" or (str(accelerator) == "auto" and not (cuda or mps))
+    if on_cpu and not (devices == "auto" or (str(devices).strip().isdigit() and int(devices) > 0)):
+        raise InputError(
+            f"trainer.devices={devices} names devices of a GPU; allowed: a number of processes on the CPU ≥ 1"
+        )
+    if on_cpu and str(precision) in FLOAT16_MIXED:
+        raise InputError(
+            f"trainer.precision={precision}: float16 mixed precision runs on a GPU only; allowed: "
+            "trainer.precision=bf16-mixed on the CPU"
+        )
+
+
+def check_nodes(num_nodes: Any) -> None:
+    """A run over several nodes is started on each by a cluster's launcher (``srun``, ``torchrun``, MPI, LSF)
+    or with ``MASTER_ADDR`` set by hand: started otherwise, it would wait for the other nodes for good."""
+    if (
+        isinstance(num_nodes, int)
+        and num_nodes > 1
+        and not any(name in os.environ for name in CLUSTER_ENV_VARS)
+    ):
+        raise InputError(
+            f"trainer.num_nodes={num_nodes} needs a process on every node, which srun or torchrun starts; "
+            "allowed: trainer.num_nodes=1 here"
         )
 
 

@@ -33,8 +33,11 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sums).sum().isfinite() if sums else torch.tensor(True)
 
 
-def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
-    """A guess at why RMSprop diverged, from its hyper-parameters, with what to change."""
+def likely_cause(
+    optimizer: torch.optim.Optimizer, loss_finite: bool, dtype: torch.dtype | None = None
+) -> str:
+    """A guess at why RMSprop diverged, from its hyper-parameters and the parameters' ``dtype`` (its
+    parameters' by default), with what to change."""
     group = optimizer.param_groups[0]
     lr, eps, alpha = group.get("lr"), group.get("eps"), group.get("alpha")
     if loss_finite and group.get("centered"):
@@ -42,7 +45,7 @@ def likely_cause(optimizer: torch.optim.Optimizer, loss_finite: bool) -> str:
             "centered=True: torch's centered RMSprop takes sqrt(v - m²) without a clamp and it turns NaN "
             "when the gradient is nearly constant; use a larger optimizer.eps or optimizer.centered=false"
         )
-    dtype = group["params"][0].dtype
+    dtype = dtype or group["params"][0].dtype
     if eps is not None and 0 < eps < torch.finfo(dtype).tiny:  # half precision: eps rounds to 0 or loses bits
         held = "rounds to 0" if torch.tensor(eps, dtype=dtype).item() == 0 else "is subnormal"
         return (
@@ -71,14 +74,20 @@ def loss_text(losses: Iterable[torch.Tensor]) -> str:
 
 
 def diverged_message(
-    step: int, loss: str, finite: bool, optimizer: torch.optim.Optimizer, last: Path | None
+    step: int,
+    loss: str,
+    finite: bool,
+    optimizer: torch.optim.Optimizer,
+    last: Path | None,
+    dtype: torch.dtype | None = None,
 ) -> str:
-    """The error of a run that diverged at ``step`` with ``loss`` (text); ``last``: the checkpoint kept."""
+    """The error of a run that diverged at ``step`` with ``loss`` (text); ``last``: the checkpoint kept;
+    ``dtype``: the parameters' (as :func:`likely_cause` takes it)."""
     what = "parameters" if finite else "loss"
     kept = f"The last good state is kept in {last}." if last else "No checkpoint was written before it."
     return (
         f"training diverged at step {step}: non-finite {what} (loss {loss}); "
-        f"likely cause: {likely_cause(optimizer, finite)}. {kept}"
+        f"likely cause: {likely_cause(optimizer, finite, dtype)}. {kept}"
     )
 
 

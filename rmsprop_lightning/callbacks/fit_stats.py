@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.logging.tensorboard import is_better
@@ -34,12 +35,14 @@ def best_values(
 
 
 class FitStats(Callback):
-    """Measures ``trainer.fit`` and keeps the best value (and its step) of every ``val/`` metric, also in
-    checkpoints; :meth:`fields` also holds what was reached before an exception."""
+    """Measures ``trainer.fit`` (and its torch threads, which Lightning's DDP on the CPU sets) and keeps the
+    best value (and its step) of every ``val/`` metric, also in checkpoints; :meth:`fields` also holds what
+    was reached before an exception."""
 
     def __init__(self) -> None:
         self.started = False  # a trainer set it up: the fit or test began
         self.fit_seconds: float | None = None
+        self.threads: int | None = None
         self.steps = 0
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
@@ -57,6 +60,7 @@ class FitStats(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        self.threads = torch.get_num_threads()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -78,11 +82,12 @@ class FitStats(Callback):
         self.on_fit_end(trainer, pl_module)
 
     def fields(self) -> dict[str, Any]:
-        """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best`` and ``best_step``; none
-        before a trainer set it up."""
+        """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best``, ``best_step`` and, once a fit
+        started, ``threads``; none before a trainer set it up."""
         if not self.started:
             return {}
         return {
+            **({"threads": self.threads} if self.threads else {}),
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
             "final": dict(self.final),

@@ -68,10 +68,7 @@ class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
         whole = isinstance(every_n_train_steps, int) and not isinstance(every_n_train_steps, bool)
         if not whole or every_n_train_steps < 1:
-            raise ValueError(
-                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid; "
-                "allowed: a positive integer"
-            )
+            raise ValueError(f"every_n_train_steps must be a positive integer, got {every_n_train_steps!r}")
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
         self.saved_step: int | None = None
@@ -91,8 +88,8 @@ class LastCheckpoint(Checkpoint):
         return self.dirpath / LAST_CHECKPOINT
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero:
-            remove_stale_temporaries(self.path)
+        if stage == "fit" and trainer.is_global_zero:  # of any checkpoint here: a ModelCheckpoint's too
+            remove_stale_temporaries(self.dirpath / "*.ckpt")
 
     def _may_save(self, trainer: pl.Trainer) -> bool:
         return (

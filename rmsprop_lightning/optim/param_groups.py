@@ -40,7 +40,8 @@ def build_param_groups(
         exempt = no_weight_decay_on_bias and parameter.ndim <= 1
         if (factor, exempt) not in groups:
             name = "no_decay" if exempt else "decay"
-            group = {"params": [], "name": name if factor == 1.0 else f"{name}_lrx{factor:g}"}
+            shown = f"{factor:g}" if float(f"{factor:g}") == factor else repr(float(factor))  # each its own
+            group = {"params": [], "name": name if factor == 1.0 else f"{name}_lrx{shown}"}
             if exempt:
                 group["weight_decay"] = 0.0
             if factor != 1.0:

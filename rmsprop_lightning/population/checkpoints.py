@@ -74,7 +74,7 @@ def write_checkpoints(
 ) -> Path | None:
     """The best checkpoint (weights) and ``last.ckpt`` (continues as a solo run with ``resume=``), cut
     from the population's last save or, for a member that diverged, the save before; its path."""
-    callbacks = instantiate_entries(cfg.get("callbacks"))
+    callbacks = instantiate_entries(cfg, "callbacks")
     best = find_callback(callbacks, ModelCheckpoint)
     if best is not None and record.best_step and record.best_step[index] >= 0:
         write_best(best, member, record, index)

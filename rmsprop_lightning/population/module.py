@@ -164,8 +164,9 @@ class PopulationModule(pl.LightningModule):
         if stage == "test":  # R²: the mean over target columns
             scores["test/r2"] = (1 - t["sse"] / (t["sum_sq"] - t["sum"] * t["sum"] / rows[:, None])).mean(1)
         # as RegressionModule logs them: the loss in float64 when the run is, the others in float32
+        loss_dtype = torch.promote_types(self.dtype, torch.float32)
         return {
-            tag: value if tag.endswith("loss") and value.dtype == torch.float64 else value.float()
+            tag: value.to(loss_dtype if tag.endswith("loss") else torch.float32)
             for tag, value in scores.items()
         }
 

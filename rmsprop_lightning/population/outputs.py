@@ -127,7 +127,7 @@ def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: b
     """Hands the member's scalars and hyper-parameters to the loggers its config names."""
     monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor") or {}
     layout = bool(monitor.get("tensorboard_layout", True))
-    for logger in instantiate_entries(cfg.get("logger")):
+    for logger in instantiate_entries(cfg, "logger"):
         logger.log_hyperparams(member.module.hparams)
         if isinstance(logger, TensorBoardRunLogger):  # its writer stays closed: the file is written here
             write_tensorboard(logger, scalars, run_hparams(cfg), layout, finished)
@@ -144,7 +144,10 @@ def divergence(record: PopulationRecord, index: int, member: Member, last: Path 
     ``last.ckpt`` from before, if any."""
     frozen = record.frozen_at[index]
     loss = record.losses[index][frozen] if frozen < len(record.losses[index]) else float("nan")
-    return DivergedError(diverged_message(frozen, f"{loss:.6g}", math.isfinite(loss), member.optimizer, last))
+    dtype = record.result.module.dtype  # the population's precision; the member's optimizer holds float32
+    return DivergedError(
+        diverged_message(frozen, f"{loss:.6g}", math.isfinite(loss), member.optimizer, last, dtype)
+    )
 
 
 def write_member(

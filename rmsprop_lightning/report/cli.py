@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.app.extras import install_hint, is_installed
@@ -175,9 +175,16 @@ def checked_sweep(args: argparse.Namespace) -> Sweep:
     return sweep
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose error is one line, as the training command's are."""
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(InputError(f"{message}; allowed: see {self.prog} --help"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rmsprop-report`` and ``python -m rmsprop_lightning.report.cli``."""
-    parser = argparse.ArgumentParser(prog="rmsprop-report", description=__doc__)
+    parser = ArgumentParser(prog="rmsprop-report", description=__doc__)
     parser.add_argument(
         "sweep_dirs", nargs="+", type=Path, help="multirun folders (logs/train/multiruns/…) or run folders"
     )
