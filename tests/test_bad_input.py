@@ -385,6 +385,7 @@ CASES = [
         ["callbacks.learning_rate_monitor.logging_interval should be", "step"],
     ),
     # other top-level keys
+    ("weights of no checkpoint", ["ckpt_restore=weights"], ["ckpt_restore=weights", "ckpt_path="]),
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),
     ("unknown nonfinite mode", ["on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop or skip"]),
     ("unknown loss", ["module.loss=mae"], ["module.loss='mae'", "mse or l1 or huber"]),

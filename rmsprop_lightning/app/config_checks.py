@@ -207,6 +207,8 @@ def check_input_files(cfg: DictConfig) -> None:
     """Every input file the config names exists; ``train=false`` names a checkpoint to test."""
     if select(cfg, "train") is False and not select(cfg, "ckpt_path"):
         raise InputError("train=false tests a checkpoint; allowed: train=false ckpt_path=<checkpoint>")
+    if select(cfg, "ckpt_restore") == "weights" and not select(cfg, "ckpt_path"):
+        raise InputError("ckpt_restore=weights needs a checkpoint; allowed: with ckpt_path=<checkpoint>")
     if select(cfg, "train") is False and select(cfg, "test") is False:
         raise InputError("train=false test=false does nothing; allowed: test=true to test the checkpoint")
     for key in INPUT_FILES:
