@@ -348,6 +348,11 @@ CASES = [
         ["scheduler=plateau", "scheduler.monitor=val/los"],
         ["monitor='val/los'", "val/loss"],
     ),
+    (
+        "a warm-up past the end",
+        ["scheduler=warmup_cosine", "debug=fast"],
+        ["warmup_steps=100", "total_steps=20"],
+    ),
     ("a negative lr floor", ["scheduler=cosine", "scheduler.scheduler.eta_min=-1"], ["eta_min=-1", "≥ 0"]),
     # devices, data sizes, the output folders and callbacks' options
     (

@@ -17,6 +17,7 @@ BAD = [
     ({"lr": math.inf}, "lr"),
     ({"lr": "0.1"}, "lr"),
     ({"lr": True}, "lr"),
+    ({"lr": 10**400}, "lr"),  # too large for a float
     ({"alpha": 1.0}, "alpha"),
     ({"alpha": -0.5}, "alpha"),
     ({"alpha": math.nan}, "alpha"),

@@ -63,6 +63,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise InputError(f"module.{error}") from None
     check_loggers(cfg)
     check_scheduler_validation(cfg)
+    check_warmup(cfg)
     check_task_name(select(cfg, "task_name"))
     check_input_files(cfg)
 
@@ -146,6 +147,16 @@ def check_training_length(cfg: DictConfig) -> None:
                 f"trainer.min_{unit}={minimum} exceeds trainer.max_{unit}={limit}; "
                 f"allowed: min_{unit} ≤ max_{unit}"
             )
+
+
+def check_warmup(cfg: DictConfig) -> None:
+    """``warmup_cosine`` warms up for fewer steps than it lasts (``total_steps``: ``trainer.max_steps``)."""
+    warmup, total = (select(cfg, f"scheduler.scheduler.{key}") for key in ("warmup_steps", "total_steps"))
+    if isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
+        raise InputError(
+            f"scheduler.scheduler.warmup_steps={warmup} is not below scheduler.scheduler.total_steps="
+            f"{total}; allowed: fewer warm-up steps, or more steps"
+        )
 
 
 def check_scheduler_validation(cfg: DictConfig) -> None:

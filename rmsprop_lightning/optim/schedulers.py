@@ -11,7 +11,8 @@ from torch.optim.lr_scheduler import LambdaLR
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.0
 ) -> LambdaLR:
-    """Linear warm-up from 0 to the base lr over ``warmup_steps``, then cosine decay to ``min_factor``."""
+    """Linear warm-up to the base lr (step ``s < warmup_steps`` takes ``(s + 1) / warmup_steps`` of it), then
+    cosine decay to ``min_factor`` of it, reached at step ``total_steps``."""
     if warmup_steps < 0 or total_steps < 1 or warmup_steps >= total_steps:
         raise ValueError(
             f"scheduler needs 0 ≤ warmup_steps < total_steps, got {warmup_steps} and {total_steps}"

@@ -46,7 +46,7 @@ def validate_options(options: Mapping[str, Any]) -> None:
         allowed = _range_text(low, high, open_high)
         if isinstance(value, bool) or not isinstance(value, Real):
             raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
-        value = float(value)
+        value = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
         above = value >= high if open_high else value > high
         if not math.isfinite(value) or value < low or above:
             raise ValueError(f"{name} must be {allowed}, got {value!r}")
