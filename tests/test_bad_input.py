@@ -389,6 +389,7 @@ CASES = [
         ["callbacks.learning_rate_monitor.logging_interval=batch"],
         ["callbacks.learning_rate_monitor.logging_interval should be", "step"],
     ),
+    ("half of one test batch", ["trainer.limit_test_batches=0.5"], ["limit_test_batches=0.5", "1 batch(es)"]),
     # other top-level keys
     ("weights of no checkpoint", ["ckpt_restore=weights"], ["ckpt_restore=weights", "ckpt_path="]),
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),

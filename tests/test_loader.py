@@ -366,3 +366,15 @@ def test_a_loader_restored_at_the_end_of_a_limited_epoch_goes_on_in_the_next(res
     restored = limited()
     restored.load_state_dict(whole.state_dict())  # a checkpoint at that epoch's end
     assert all(torch.equal(a[0], b[0]) for a, b in zip(restored, whole, strict=True))
+
+
+def test_a_scaling_one_side_applies_and_the_other_does_not_is_a_change_of_the_data():
+    table = Table(
+        torch.randn(200, 2, generator=torch.Generator().manual_seed(0)),
+        torch.randn(200, 1),
+        ("a", "b"),
+        ("y",),
+    )
+    raw, scaled = (RegressionDataModule(table, standardize_targets=flag) for flag in (False, True))
+    assert scaled.changes(raw.state_dict()) == ["targets_mean", "targets_scale"]
+    assert raw.changes(scaled.state_dict()) == ["targets_mean", "targets_scale"]

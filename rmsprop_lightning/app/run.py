@@ -147,6 +147,27 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
     return {"val_check_interval": batches, "check_val_every_n_epoch": None}
 
 
+def check_batch_limits(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
+    """A fraction in ``trainer.limit_<split>_batches`` leaves each process a batch of that split: Lightning
+    refuses it only once the split's loop starts (the test's after the whole fit)."""
+    world = processes(cfg.trainer)
+    for split in ("train", "val", "test"):
+        key, rows = f"trainer.limit_{split}_batches", len(datamodule.splits[split][0])
+        limit = OmegaConf.select(cfg, key)
+        if not isinstance(limit, float) or limit <= 0 or not rows:
+            continue
+        batches = (
+            datamodule.train_batches(world)
+            if split == "train"
+            else -(-max(rows // world, 1) // datamodule.eval_batch_size)  # the smallest shard's
+        )
+        if int(batches * limit) == 0:
+            raise InputError(
+                f"{key}={limit} leaves none of the {split} split's {batches} batch(es) per process; "
+                f"allowed: a fraction ≥ {1 / batches:.3g}, or a number of batches"
+            )
+
+
 def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
     """Refuses a schedule stepped every step that follows ``trainer.max_steps`` in a fit that
     ``trainer.max_epochs`` ends first: it would never reach its end (a cosine's ``T_max``)."""
@@ -198,6 +219,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
         datamodule, module = build_objects(cfg)
         with input_errors():
             check_rows_per_process(cfg, datamodule)
+            check_batch_limits(cfg, datamodule)
             check_schedule_length(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)

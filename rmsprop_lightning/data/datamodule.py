@@ -128,12 +128,14 @@ class RegressionDataModule(pl.LightningDataModule):
         changed = ["rows"] if saved.pop(DIGEST_KEY, digest) != digest else []
         current = {key: value.double() for key, value in self.scaling.items()}
         saved = {key: torch.as_tensor(value).double() for key, value in saved.items()}
+        keys = [*saved, *(key for key in current if key not in saved)]  # a scaling one of them lacks too
         return changed + [
             key
-            for key, value in saved.items()
+            for key in keys
             if key not in current
-            or value.shape != current[key].shape
-            or not current[key].allclose(value, 1e-5)
+            or key not in saved
+            or saved[key].shape != current[key].shape
+            or not current[key].allclose(saved[key], 1e-5)
         ]
 
     def setup(self, stage: str) -> None:
