@@ -363,6 +363,8 @@ CASES = [
     ("all devices of a cpu", ["trainer=cpu", "trainer.devices=-1"], ["trainer.devices=-1", "≥ 1"]),
     ("text as devices", ["trainer.devices=abc"], ["trainer.devices='abc'", "auto"]),
     ("nodes outside a cluster", ["trainer.num_nodes=2"], ["trainer.num_nodes=2", "trainer.num_nodes=1"]),
+    ("a sweep's nodes", ["-m", "seed=0,1", "trainer.num_nodes=2"], ["trainer.num_nodes=2"]),
+    ("a sweep's gpu ids", ["-m", "seed=0,1", "trainer=cpu", "trainer.devices=[0]"], ["trainer.devices=[0]"]),
     ("text as the data seed", ["data.source.seed=abc"], ["data.source.seed='abc'", "an integer"]),
     ("determinism maybe", ["trainer.deterministic=maybe"], ["trainer.deterministic='maybe'", "warn"]),
     ("a task name with a slash", ["task_name=a/b"], ["task_name='a/b'", "folder name"]),

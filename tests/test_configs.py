@@ -281,6 +281,14 @@ def test_the_config_check_knows_the_modules_losses():
         ["seed=0,1", "-m"],  # a flag after the overrides
         ["callbacks.progress_bar.refresh_rate=1", "~callbacks.progress_bar"],  # set, then removed
         ["--shell-completion", "install=bash"],  # its arguments are not overrides
+        ["-m", "optimizer.lr=0.01,0.02", "hydra.sweep.subdir=${hydra.job.override_dirname}"],  # Hydra's docs'
+        ["task_name=20261207"],  # a number, as Hydra reads it, names a folder too
+        [  # a scheduler of one's own whose options have the names of the shipped ones' (mode, total_steps)
+            "scheduler=cosine",
+            "~scheduler.scheduler",
+            "+scheduler.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:0.01,"
+            "total_steps:null,epochs:2,steps_per_epoch:2,anneal_strategy:linear}",
+        ],
     ],
 )
 def test_valid_command_lines_pass_the_checks_before_hydra(arguments):

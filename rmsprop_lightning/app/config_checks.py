@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.rules import METRICS, RULES, Number, OneOf, Rule, show
+from rmsprop_lightning.app.rules import METRICS, RULES, TARGET_RULES, Number, OneOf, Rule, show
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_options
 
@@ -28,6 +28,8 @@ INPUT_FILES = ("data.source.path", "ckpt_path")
 WRITABLE_RUN_FOLDER = (
     "a writable folder (set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
 )
+# what the launchers of a run over several nodes set (srun, torchrun or by hand, MPI, LSF)
+CLUSTER_ENV_VARS = ("SLURM_NTASKS", "MASTER_ADDR", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "LSB_JOBID")
 
 
 def select(cfg: DictConfig, key: str) -> Any:
@@ -49,7 +51,16 @@ def validate_config(cfg: DictConfig) -> None:
             validate_options({key: value for key, value in optimizer.items() if key not in HYDRA_KEYS})
         except ValueError as error:
             raise InputError(f"optimizer.{error}") from None
-    for key, rule in RULES.items():
+    targets = {node: select(cfg, f"{node}._target_") for node in TARGET_RULES}
+    rules = {
+        **RULES,
+        **{
+            f"{node}.{key}": rule
+            for node in TARGET_RULES
+            for key, rule in TARGET_RULES[node].get(targets[node], {}).items()
+        },
+    }
+    for key, rule in rules.items():
         absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
         value = select(cfg, key)  # a broken interpolation is refused here, before the key counts as absent
         if not absent:
@@ -113,6 +124,20 @@ def check_devices(devices: Any) -> None:
         )
 
 
+def check_nodes(num_nodes: Any) -> None:
+    """A run over several nodes is started on each by a cluster's launcher (``srun``, ``torchrun``, MPI, LSF)
+    or with ``MASTER_ADDR`` set by hand: started otherwise, it would wait for the other nodes for good."""
+    if (
+        isinstance(num_nodes, int)
+        and num_nodes > 1
+        and not any(name in os.environ for name in CLUSTER_ENV_VARS)
+    ):
+        raise InputError(
+            f"trainer.num_nodes={num_nodes} needs a process on every node, which srun or torchrun starts; "
+            "allowed: trainer.num_nodes=1 here"
+        )
+
+
 def check_max_time(limit: Any) -> None:
     """``trainer.max_time`` in the text form Lightning's ``Timer`` reads from a config, ``DD:HH:MM:SS``."""
     if limit is None or re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(limit)):
@@ -152,7 +177,8 @@ def check_training_length(cfg: DictConfig) -> None:
 def check_warmup(cfg: DictConfig) -> None:
     """``warmup_cosine`` warms up for fewer steps than it lasts (``total_steps``: ``trainer.max_steps``)."""
     warmup, total = (select(cfg, f"scheduler.scheduler.{key}") for key in ("warmup_steps", "total_steps"))
-    if isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
+    ours = select(cfg, "scheduler.scheduler._target_") == "rmsprop_lightning.optim.schedulers.warmup_cosine"
+    if ours and isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
         raise InputError(
             f"scheduler.scheduler.warmup_steps={warmup} is not below scheduler.scheduler.total_steps="
             f"{total}; allowed: fewer warm-up steps, or more steps"
@@ -209,8 +235,9 @@ def check_searched_metric(cfg: DictConfig) -> None:
 
 
 def check_task_name(name: Any) -> None:
-    """``task_name`` is one folder's name: the runs go in ``<paths.log_dir>/<task_name>/``."""
-    if not isinstance(name, str) or name.strip(" .") == "" or any(sep in name for sep in "/\\"):
+    """``task_name`` is one folder's name (a number too): the runs go in ``<paths.log_dir>/<task_name>/``."""
+    text = str(name) if isinstance(name, str | int | float) and not isinstance(name, bool) else ""
+    if text.strip(" .") == "" or any(sep in text for sep in "/\\"):
         raise InputError(f"task_name={show(name)} is invalid; allowed: a folder name (no /), such as train")
 
 

@@ -170,7 +170,12 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
     interval's end) among the others' first."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rmsprop_lightning.app.config_checks import check_missing, check_searched_metric, validate_config
+    from rmsprop_lightning.app.config_checks import (
+        check_missing,
+        check_nodes,
+        check_searched_metric,
+        validate_config,
+    )
     from rmsprop_lightning.app.rules import FLOAT16_MIXED, show
 
     base = cfg.copy()
@@ -200,12 +205,18 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             check_searched_metric(job)
         if complete:  # each swept option, before any job runs
             check_missing(job)
-            accelerator = str(OmegaConf.select(job, "trainer.accelerator"))
-            precision = OmegaConf.select(job, "trainer.precision")
-            if here and (accelerator in ("gpu", "cuda", "mps") or str(precision) in FLOAT16_MIXED):
+            if not here:  # the machine the jobs run on has its own devices
+                continue
+            check_nodes(OmegaConf.select(job, "trainer.num_nodes"))
+            settings = [
+                OmegaConf.select(job, f"trainer.{key}") for key in ("accelerator", "precision", "devices")
+            ]
+            accelerator, precision, devices = settings
+            counted = devices == "auto" or str(devices).strip().isdigit()  # processes, not GPU ids
+            if str(accelerator) in ("gpu", "cuda", "mps") or str(precision) in FLOAT16_MIXED or not counted:
                 from rmsprop_lightning.app.validation import check_accelerator  # torch only then
 
-                check_accelerator(accelerator, precision)
+                check_accelerator(*settings)
 
 
 def check_key(cfg: DictConfig, key: str, context: str = "", removing: bool = False) -> None:
@@ -224,10 +235,8 @@ def check_key(cfg: DictConfig, key: str, context: str = "", removing: bool = Fal
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
-        # a launcher takes only its own arguments (a mapping among them, Slurm's, takes new keys), the
-        # optimizer only its options
-        closed = f"{parent_path}." in SWEEP_KEYS or parent_path == "optimizer"
-        adds = "" if removing or closed else f" (+{key}=... adds a new key)"
+        # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
+        adds = "" if removing or f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
             f"allowed: {', '.join(allowed) or 'none'}{adds}"

@@ -116,31 +116,7 @@ RULES: dict[str, Rule] = {
     "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
     "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
     "scheduler.monitor": OneOf(choices=(*VAL_METRICS, None)),
-    "scheduler.scheduler.T_max": Number(integer=True, low=1),
-    "scheduler.scheduler.gamma": Number(low=0, low_open=True),
-    "scheduler.scheduler.eta_min": Number(low=0),
-    "scheduler.scheduler.step_size": Number(integer=True, low=1),
-    "scheduler.scheduler.mode": OneOf(choices=("min", "max")),
-    "scheduler.scheduler.factor": Number(low=0, high=1, high_open=True),
-    "scheduler.scheduler.patience": Number(integer=True, low=0),
-    "scheduler.scheduler.warmup_steps": Number(integer=True, low=0),
-    "scheduler.scheduler.total_steps": Number(integer=True, low=1),
-    "scheduler.scheduler.min_factor": Number(low=0, high=1),
-    # the synthetic and random-normal data sets' sizes and seed
-    "data.source.num_samples": Number(integer=True, low=1),
-    "data.source.num_features": Number(integer=True, low=1),
-    "data.source.num_targets": Number(integer=True, low=1),
-    "data.source.teacher_hidden": Number(integer=True, low=1),
-    "data.source.noise_std": Number(low=0),
-    "data.source.seed": Number(integer=True, low=0, high=2**63 - 1),
     "trainer.deterministic": OneOf(choices=(True, False, "warn", None)),
-    "callbacks.model_checkpoint.save_top_k": Number(integer=True, low=-1),
-    "callbacks.last_checkpoint.every_n_train_steps": Number(integer=True, low=1),
-    "callbacks.optimizer_state_monitor.every_n_steps": OneOf((Number(integer=True, low=1),), choices=(None,)),
-    "callbacks.optimizer_state_monitor.flush_every": Number(integer=True, low=1),
-    "callbacks.optimizer_state_monitor.flush_secs": OneOf((Number(low=0, low_open=True),), choices=(None,)),
-    "callbacks.optimizer_state_monitor.tensorboard_layout": FLAG,
-    "logger.tensorboard.log_graph": FLAG,
     # torch threads per process of the population and Slurm launchers (a sweep's config has it)
     "hydra.launcher.cpus_per_task": OneOf((Number(integer=True, low=1),), choices=(None,)),
     "hydra.launcher.n_jobs": OneOf((Number(integer=True, low=1), Number(integer=True, high=-1))),
@@ -149,6 +125,52 @@ RULES: dict[str, Rule] = {
     "hydra.sweeper.n_jobs": Number(integer=True, low=1),
     "hydra.sweeper.direction": OneOf(choices=("minimize", "maximize")),
     "hydra.sweeper.max_failure_rate": Number(low=0, high=1),
+}
+
+
+SIZE = Number(integer=True, low=1)
+# the options of the targets the configs ship, by the node that builds them and its target: another target
+# there (a scheduler of a user's own) may read the same names otherwise
+TARGET_RULES: dict[str, dict[str, dict[str, Rule]]] = {
+    "scheduler.scheduler": {
+        "torch.optim.lr_scheduler.CosineAnnealingLR": {"T_max": SIZE, "eta_min": Number(low=0)},
+        "torch.optim.lr_scheduler.StepLR": {"step_size": SIZE, "gamma": Number(low=0, low_open=True)},
+        "torch.optim.lr_scheduler.ReduceLROnPlateau": {
+            "mode": OneOf(choices=("min", "max")),
+            "factor": Number(low=0, high=1, high_open=True),
+            "patience": Number(integer=True, low=0),
+        },
+        "rmsprop_lightning.optim.schedulers.warmup_cosine": {
+            "warmup_steps": Number(integer=True, low=0),
+            "total_steps": SIZE,
+            "min_factor": Number(low=0, high=1),
+        },
+    },
+    "data.source": {
+        "rmsprop_lightning.data.sources.synthetic": {
+            **dict.fromkeys(("num_samples", "num_features", "num_targets", "teacher_hidden"), SIZE),
+            "noise_std": Number(low=0),
+            "seed": Number(integer=True, low=0, high=2**63 - 1),
+        },
+        "rmsprop_lightning.data.sources.random_normal": dict.fromkeys(
+            ("num_samples", "num_features", "num_targets"), SIZE
+        ),
+    },
+    "callbacks.model_checkpoint": {
+        "lightning.pytorch.callbacks.ModelCheckpoint": {"save_top_k": Number(integer=True, low=-1)}
+    },
+    "callbacks.last_checkpoint": {
+        "rmsprop_lightning.callbacks.LastCheckpoint": {"every_n_train_steps": SIZE}
+    },
+    "callbacks.optimizer_state_monitor": {
+        "rmsprop_lightning.callbacks.OptimizerStateMonitor": {
+            "every_n_steps": OneOf((SIZE,), choices=(None,)),
+            "flush_every": SIZE,
+            "flush_secs": OneOf((Number(low=0, low_open=True),), choices=(None,)),
+            "tensorboard_layout": FLAG,
+        }
+    },
+    "logger.tensorboard": {"rmsprop_lightning.logging.tensorboard.TensorBoardRunLogger": {"log_graph": FLAG}},
 }
 
 

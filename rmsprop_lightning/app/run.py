@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.config_checks import check_nodes
 from rmsprop_lightning.app.distributed import (
     HydraDDPStrategy,
     clean_distributed_state,
@@ -26,7 +27,6 @@ from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
     check_data,
-    check_nodes,
     check_rows_per_process,
     check_same_data,
     check_same_processes,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -25,8 +24,6 @@ from rmsprop_lightning.app.rules import FLOAT16_MIXED
 from rmsprop_lightning.errors import InputError, close_match
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
-# what the launchers of a run over several nodes set (srun, torchrun or by hand, MPI, LSF)
-CLUSTER_ENV_VARS = ("SLURM_NTASKS", "MASTER_ADDR", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "LSB_JOBID")
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
 # errors that, raised while objects are built from the config and the data is read, mean bad input
@@ -110,20 +107,6 @@ def check_accelerator(accelerator: Any, precision: Any = None, devices: Any = 1)
         raise InputError(
             f"trainer.precision={precision}: float16 mixed precision runs on a GPU only; allowed: "
             "trainer.precision=bf16-mixed on the CPU"
-        )
-
-
-def check_nodes(num_nodes: Any) -> None:
-    """A run over several nodes is started on each by a cluster's launcher (``srun``, ``torchrun``, MPI, LSF)
-    or with ``MASTER_ADDR`` set by hand: started otherwise, it would wait for the other nodes for good."""
-    if (
-        isinstance(num_nodes, int)
-        and num_nodes > 1
-        and not any(name in os.environ for name in CLUSTER_ENV_VARS)
-    ):
-        raise InputError(
-            f"trainer.num_nodes={num_nodes} needs a process on every node, which srun or torchrun starts; "
-            "allowed: trainer.num_nodes=1 here"
         )
 
 
