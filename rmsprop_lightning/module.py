@@ -162,6 +162,11 @@ class RegressionModule(pl.LightningModule):
         # a logged ``step`` is the loggers' step: the optimizer steps done (Lightning's default is one less)
         self.log("step", float(self.trainer.global_step), sync_dist=True)
 
+    def on_validation_end(self) -> None:
+        # once the loggers and the checkpoints of this validation have it: kept among the callback metrics,
+        # it would name the files a ModelCheckpoint saves until the next validation
+        self.trainer.callback_metrics.pop("step", None)
+
     def on_test_epoch_end(self) -> None:
         if "test" in self._totals:
             self._log_epoch_scores("test")

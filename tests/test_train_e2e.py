@@ -246,3 +246,20 @@ def test_the_summary_records_the_threads_the_fit_ran_with(tmp_path):
     train_in_process(tmp_path, *QUICK, "trainer.max_steps=2", callback)
     (run_dir,) = run_dirs(tmp_path)
     assert json.loads((run_dir / "metrics.json").read_text())["threads"] == 3
+
+
+def test_a_checkpoint_saved_between_validations_is_named_after_its_own_step(tmp_path):
+    # validation every 103 steps; a step the module logged there named the saves up to the next one
+    module = RegressionModule(
+        model=FeedForward(in_features=10, hidden=5, out_features=1), optimizer=partial(RMSprop)
+    )
+    saves = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=50, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_steps=260, callbacks=[saves], logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(module, datamodule=RegressionDataModule(batch_size=32))
+    steps = {
+        path.name: torch.load(path, weights_only=False)["global_step"] for path in tmp_path.glob("*.ckpt")
+    }
+    assert {name: step for name, step in steps.items() if f"step={step}." not in name} == {}
+    assert sorted(steps.values()) == [50, 100, 150, 200, 250]
