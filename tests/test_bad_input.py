@@ -370,6 +370,11 @@ CASES = [
     ("a task name with a slash", ["task_name=a/b"], ["task_name='a/b'", "folder name"]),
     ("no task name", ["task_name=null"], ["task_name=null", "folder name"]),
     ("one folder for all jobs", ["-m", "seed=0,1", "hydra.sweep.subdir=x"], ["subdir=x", "${hydra.job.num}"]),
+    (
+        "one folder for jobs differing in a left-out key",  # trainer is left out of override_dirname
+        ["-m", "trainer=cpu,default", "hydra.sweep.subdir=${{hydra.job.override_dirname}}"],
+        ["subdir=${hydra.job.override_dirname}", "${hydra.job.num}"],
+    ),
     ("an empty sweep folder", ["-m", "seed=0,1", "hydra.sweep.dir="], ["hydra.sweep.dir=''", "a folder"]),
     (
         "test nothing",

@@ -281,7 +281,7 @@ def test_the_config_check_knows_the_modules_losses():
         ["seed=0,1", "-m"],  # a flag after the overrides
         ["callbacks.progress_bar.refresh_rate=1", "~callbacks.progress_bar"],  # set, then removed
         ["--shell-completion", "install=bash"],  # its arguments are not overrides
-        ["-m", "optimizer.lr=0.01,0.02", "hydra.sweep.subdir=${hydra.job.override_dirname}"],  # Hydra's docs'
+        ["-m", "optimizer.lr=0.01,0.02", "hydra.sweep.subdir=${hydra.job.num}_lr"],
         ["task_name=20261207"],  # a number, as Hydra reads it, names a folder too
         [  # a scheduler of one's own whose options have the names of the shipped ones' (mode, total_steps)
             "scheduler=cosine",

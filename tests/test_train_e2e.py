@@ -263,3 +263,16 @@ def test_a_checkpoint_saved_between_validations_is_named_after_its_own_step(tmp_
     }
     assert {name: step for name, step in steps.items() if f"step={step}." not in name} == {}
     assert sorted(steps.values()) == [50, 100, 150, 200, 250]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("trainer.overfit_batches=2", "trainer.limit_val_batches=0.5"),
+        ("trainer=debug", "trainer.limit_val_batches=0.5", "trainer.limit_test_batches=0.5"),
+        ("test=false", "trainer.limit_test_batches=0.5"),
+    ],
+    ids=["overfit_batches replaces it", "fast_dev_run replaces them", "no test to limit"],
+)
+def test_a_limit_of_no_batch_that_does_not_apply_is_not_refused(tmp_path, overrides):
+    assert train_in_process(tmp_path, *QUICK, "trainer.max_steps=4", *overrides, check=False) == 0

@@ -3,6 +3,7 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -203,10 +204,10 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
     if typed and not typed[-1].strip():
         raise InputError(f"{key}='{typed[-1]}' names no folder; allowed: a folder's path")
     subdirs = [str(o.value()) for o in overrides if o.key_or_group == SWEEP_SUBDIR]
-    if multirun and subdirs and "${" not in subdirs[-1]:
-        raise InputError(  # every job would write into the same folder
-            f"{SWEEP_SUBDIR}={subdirs[-1]} names one folder for every job; allowed: a name that varies with "
-            "the job, such as ${hydra.job.num}_${hydra.job.override_dirname}"
+    if multirun and subdirs and not re.search(r"job[.:](num|id)\b", subdirs[-1]):
+        raise InputError(  # jobs would share a folder: ${hydra.job.override_dirname} leaves out keys too
+            f"{SWEEP_SUBDIR}={subdirs[-1]} may name one folder for several jobs; allowed: a name with "
+            "${hydra.job.num} in it, such as ${hydra.job.num}_${hydra.job.override_dirname}"
         )
     if not typed or not is_rank_zero():
         return

@@ -150,8 +150,12 @@ def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> 
 def check_batch_limits(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
     """A fraction in ``trainer.limit_<split>_batches`` leaves each process a batch of that split: Lightning
     refuses it only once the split's loop starts (the test's after the whole fit)."""
-    world = processes(cfg.trainer)
-    for split in ("train", "val", "test"):
+    world, trains = processes(cfg.trainer), cfg.get("train", True)
+    # the splits that run under the limits: fast_dev_run replaces them all, overfit_batches the fit's
+    replaced = {"train", "val", "test"} if cfg.trainer.get("fast_dev_run") else set()
+    replaced |= {"train", "val"} if cfg.trainer.get("overfit_batches") else set()
+    runs = {"train": trains, "val": trains, "test": cfg.get("test", True)}
+    for split in sorted({split for split, run in runs.items() if run} - replaced):
         key, rows = f"trainer.limit_{split}_batches", len(datamodule.splits[split][0])
         limit = OmegaConf.select(cfg, key)
         if not isinstance(limit, float) or limit <= 0 or not rows:

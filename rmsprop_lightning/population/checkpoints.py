@@ -105,9 +105,9 @@ def write_checkpoints(
         for tag, value in scalars[step].items()
         if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
     }
-    if validated:  # RegressionModule logs the step of its last validation
-        final["step"] = torch.tensor(float(validated[-1]))
     in_validation = population["callbacks"].get(last.state_key, {}).get(SAVED_IN_VALIDATION)
+    if validated and in_validation:  # RegressionModule's logged step, kept until its validation ends
+        final["step"] = torch.tensor(float(validated[-1]))
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
     states[last.state_key][SAVED_IN_VALIDATION] = in_validation  # as the population's save was
     monitor = find_callback(callbacks, OptimizerStateMonitor)
