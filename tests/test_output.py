@@ -21,6 +21,13 @@ from tests.conftest import run_train, train_in_process
 SHORT = ("data.source.num_samples=2048", "trainer.max_steps=40")
 
 
+def test_a_piped_run_without_callbacks_draws_no_progress_bar(tmp_path, capfd):
+    # with no progress-bar callback Lightning adds its own, which draws every step: a line each on a pipe
+    capfd.readouterr()
+    train_in_process(tmp_path, "callbacks=none", "data.source.num_samples=512", "trainer.max_steps=30")
+    assert "it/s" not in "".join(capfd.readouterr())
+
+
 def test_a_piped_run_is_quiet_says_where_it_wrote_and_validates_at_its_end(tmp_path):
     result = run_train(tmp_path, *SHORT)  # 1639 training rows, batch 32: the first epoch ends at step 52
     output = result.stdout + result.stderr

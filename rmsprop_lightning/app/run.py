@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +21,7 @@ from rmsprop_lightning.app.distributed import (
     clean_distributed_state,
     runs_the_job_in_every_rank,
 )
+from rmsprop_lightning.app.resolvers import on_terminal
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.resume_records import ResumeRecords
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
@@ -194,10 +195,13 @@ def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> 
 def build_trainer(
     cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
 ) -> pl.Trainer:
-    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically; where
-    Lightning would pick its own DDP, the same with :class:`HydraDDPStrategy`."""
+    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically, and
+    Lightning's own progress bar (where no callback is one) on a terminal only; where Lightning would pick
+    its own DDP, the same with :class:`HydraDDPStrategy`."""
     settings = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     settings.update(validation_at_the_end(cfg, datamodule))
+    if not any(isinstance(callback, ProgressBar) for callback in callbacks):  # Lightning would add its own
+        settings["enable_progress_bar"] = on_terminal(cfg.trainer.get("enable_progress_bar", True), False)
     trainer = instantiate(cfg.trainer, **settings)
     if runs_the_job_in_every_rank(trainer):
         return trainer
