@@ -51,15 +51,10 @@ def validate_config(cfg: DictConfig) -> None:
             validate_options({key: value for key, value in optimizer.items() if key not in HYDRA_KEYS})
         except ValueError as error:
             raise InputError(f"optimizer.{error}") from None
-    targets = {node: select(cfg, f"{node}._target_") for node in TARGET_RULES}
-    rules = {
-        **RULES,
-        **{
-            f"{node}.{key}": rule
-            for node in TARGET_RULES
-            for key, rule in TARGET_RULES[node].get(targets[node], {}).items()
-        },
-    }
+    rules = dict(RULES)
+    for node, by_target in TARGET_RULES.items():  # the options of the target the node builds
+        target_rules = by_target.get(select(cfg, f"{node}._target_"), {})
+        rules.update({f"{node}.{key}": rule for key, rule in target_rules.items()})
     for key, rule in rules.items():
         absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
         value = select(cfg, key)  # a broken interpolation is refused here, before the key counts as absent
@@ -122,6 +117,11 @@ def check_devices(devices: Any) -> None:
         raise InputError(
             f"trainer.devices={show(devices)} is invalid; allowed: an integer ≥ 1, -1 (all), auto or ids"
         )
+
+
+def counts_processes(devices: Any) -> bool:
+    """Whether ``trainer.devices`` is a number of processes (or ``auto``), as the CPU takes, not GPU ids."""
+    return devices == "auto" or (str(devices).strip().isdigit() and int(devices) > 0)
 
 
 def check_nodes(num_nodes: Any) -> None:

@@ -174,6 +174,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         check_missing,
         check_nodes,
         check_searched_metric,
+        counts_processes,
         validate_config,
     )
     from rmsprop_lightning.app.rules import FLOAT16_MIXED, show
@@ -212,8 +213,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
                 OmegaConf.select(job, f"trainer.{key}") for key in ("accelerator", "precision", "devices")
             ]
             accelerator, precision, devices = settings
-            counted = devices == "auto" or str(devices).strip().isdigit()  # processes, not GPU ids
-            if str(accelerator) in ("gpu", "cuda", "mps") or str(precision) in FLOAT16_MIXED or not counted:
+            gpu_ids = not counts_processes(devices)
+            if str(accelerator) in ("gpu", "cuda", "mps") or str(precision) in FLOAT16_MIXED or gpu_ids:
                 from rmsprop_lightning.app.validation import check_accelerator  # torch only then
 
                 check_accelerator(*settings)

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.config_checks import HYDRA_KEYS, select
+from rmsprop_lightning.app.config_checks import HYDRA_KEYS, counts_processes, select
 from rmsprop_lightning.app.rules import FLOAT16_MIXED
 from rmsprop_lightning.errors import InputError, close_match
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
@@ -99,7 +99,7 @@ def check_accelerator(accelerator: Any, precision: Any = None, devices: Any = 1)
             "trainer.accelerator=auto (a GPU where there is one)"
         )
     on_cpu = str(accelerator) == "cpu" or (str(accelerator) == "auto" and not (cuda or mps))
-    if on_cpu and not (devices == "auto" or (str(devices).strip().isdigit() and int(devices) > 0)):
+    if on_cpu and not counts_processes(devices):
         raise InputError(
             f"trainer.devices={devices} names devices of a GPU; allowed: a number of processes on the CPU ≥ 1"
         )
