@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,6 +285,16 @@ def test_a_failing_plot_leaves_the_table_written(sweep, monkeypatch):
         report.main([str(sweep)])
     assert "| optimizer=centered | 3 |" in (sweep / "report.md").read_text()
     assert set(csv_rows(sweep)) == {"optimizer=centered", "optimizer=rmsprop"}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback_and_the_files_are_written(sweep):
+    reader, writer = os.pipe()
+    os.close(reader)  # as `rmsprop-report … | head` once head has its lines
+    command = [sys.executable, "-m", "rmsprop_lightning.report.cli", str(sweep), "--no-plots"]
+    done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    os.close(writer)
+    assert (done.returncode, done.stderr) == (1, "")
+    assert "| optimizer=centered | 3 |" in (sweep / "report.md").read_text()
 
 
 def rejection(capsys, *arguments: str) -> str:

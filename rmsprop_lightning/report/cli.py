@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,11 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         (output / "report.md").write_text(text)
     elif not args.no_plots:
         print(f"Plots skipped: they need matplotlib: {install_hint('plots')}", file=sys.stderr)
-    print(text)
-    print(
-        f"Written: {output / 'report.md'}, {output / 'report.csv'}"
-        + "".join(f", {output / p}" for p in plots)
-    )
+    try:
+        print(text)
+        print(
+            f"Written: {output / 'report.md'}, {output / 'report.csv'}"
+            + "".join(f", {output / p}" for p in plots)
+        )
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (`| head`) stopped reading; the files are written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        return 1  # as Python's documentation does on a broken pipe
     return 0
 
 
