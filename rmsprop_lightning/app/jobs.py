@@ -65,9 +65,10 @@ def resolve_threads(setting: Any, launcher: DictConfig | None, cores: int | None
 
 
 @contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | None) -> Iterator[int]:
     """Runs the block with ``count`` torch threads (``None``: as they are; also exported to child processes),
-    then restores them: Lightning's DDP leaves one per process, which a sweep's next job would inherit."""
+    which it yields, then restores them: Lightning's DDP leaves one per process, which a sweep's next job
+    would inherit."""
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -76,7 +77,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(count)
         os.environ.update({name: str(count) for name in THREAD_ENV_VARS})
     try:
-        yield
+        yield previous_threads if count is None else count
     finally:
         torch.set_num_threads(previous_threads)
         for name in THREAD_ENV_VARS:
@@ -164,9 +165,9 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
                 check_job_config(cfg)
             threads = resolve_threads(cfg.get("threads_per_job"), launcher)
             with signals.held():  # torch and Lightning, with the threads (BLAS libraries read them once)
-                threads_set.enter_context(torch_threads(threads))
+                in_effect = threads_set.enter_context(torch_threads(threads))
                 import_module("rmsprop_lightning.app.run")  # the process's one-off cost
-            fields["threads"] = threads or torch_thread_count()
+            fields["threads"] = in_effect
             clock = time.perf_counter()
             value = train(cfg, fields)
     except Exception as error:
@@ -274,13 +275,6 @@ def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
     return InterruptedRun(
         f"stopped by {name} outside the training steps; resume with: {resume_command(run_dir)}", signum
     )
-
-
-def torch_thread_count() -> int:
-    """torch's CPU threads in this process."""
-    import torch
-
-    return torch.get_num_threads()
 
 
 def record_end(
