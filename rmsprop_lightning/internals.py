@@ -43,6 +43,13 @@ def validation_follows(trainer: pl.Trainer) -> bool:
     return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
 
 
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step Lightning's loggers are at, which ``self.log`` and its ``LearningRateMonitor`` log at: the
+    optimizer steps done, or under manual optimization the batches done, where ``global_step`` counts every
+    optimizer's steps (Lightning issues #17958, #20240: no public name for it)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def is_last_batch(trainer: pl.Trainer) -> bool:
     """Whether the batch that just ended is the last of its epoch (Lightning's loop progress)."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)

@@ -125,6 +125,36 @@ class Unscheduled(Tiny):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class TwoByHand(Unscheduled):
+    """Manual optimization stepping two optimizers per batch; records the loggers' step at each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.steps: list[tuple[int, int]] = []  # (loggers' step, global_step) at each batch's start
+
+    def training_step(self, batch, batch_idx):
+        self.steps.append((internals.logger_step(self.trainer), self.trainer.global_step))
+        loss = super().training_step(batch, batch_idx)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in self.optimizers():
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
+
+
+def test_the_loggers_step_counts_batches_under_manual_optimization():
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
+    module = TwoByHand()
+    pl.Trainer(
+        max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    ).fit(module, train_dataloaders=data)
+    assert module.steps == [(0, 0), (1, 2), (2, 4)]
+
+
 def test_epochs_done_counts_an_epoch_whose_last_batch_a_checkpoint_holds(tmp_path):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
     trainer = pl.Trainer(
@@ -185,7 +215,7 @@ def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_
         )
         trainer.fit(Unscheduled(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
         assert trainer.global_step == max_steps
-        return trainer.fit_loop.epoch_loop._batches_that_stepped
+        return internals.logger_step(trainer)
 
     assert fit(3, 3, SaveAfterValidation(path)) == 3
     # validating at step 3 again, Lightning counts it while it skips that validation: nothing to add

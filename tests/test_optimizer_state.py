@@ -22,6 +22,7 @@ from rmsprop_lightning.callbacks import OptimizerStateMonitor
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.callbacks.state_norms import StateNorms
 from rmsprop_lightning.data import synthetic
+from rmsprop_lightning.internals import logger_step
 from rmsprop_lightning.optim import RMSprop, build_param_groups
 from tests.conftest import CONF
 from tests.test_step_loss import RecordingLogger
@@ -109,19 +110,24 @@ def test_one_group_has_no_group_keys_and_per_parameter_selects_by_regex():
 
 
 class ManualTwoOptimizers(RegressionModule):
-    """Manual optimization with two optimizers of the same class, as with GAN-style training."""
+    """Manual optimization with two optimizers of the same class, as with GAN-style training; the second
+    steps at every ``second_every``-th batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, second_every: int = 1) -> None:
         super().__init__(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
         self.automatic_optimization = False
+        self.second_every = second_every
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
-        for optimizer in self.optimizers():
-            optimizer.zero_grad()
+        self.log("logged/loss", loss)  # at the loggers' step, which counts batches here
+        first, second = self.optimizers()
+        first.zero_grad()
+        second.zero_grad()
         self.manual_backward(loss)
-        for optimizer in self.optimizers():
-            optimizer.step()
+        first.step()
+        if batch_idx % self.second_every == self.second_every - 1:
+            second.step()
         return loss
 
     def configure_optimizers(self):
@@ -129,48 +135,53 @@ class ManualTwoOptimizers(RegressionModule):
         return [torch.optim.RMSprop(first, lr=0.01), torch.optim.RMSprop(second, lr=0.001)]
 
 
+def turns(values: dict[int, dict[str, float]]) -> dict[int, set[str]]:
+    """``{step: {optimizer key, ...}}``: which optimizers the monitor logged at each step."""
+    return {step: {key.split("/")[1] for key in keys} for step, keys in values.items()}
+
+
 def test_several_optimizers_get_their_class_and_index_in_the_keys():
     module = ManualTwoOptimizers()
-    logger = fit(module, OptimizerStateMonitor(), steps=4)
+    logger = fit(module, OptimizerStateMonitor(), steps=4)  # two batches: Lightning counts both steps of each
     values = logged(logger)
-    # the two optimizers' steps reach the logger in order
+    # one logger call per batch, both optimizers in it
     steps = [step for step, metrics in logger.calls if any(key.startswith("optim/") for key in metrics)]
-    assert steps == [0, 1, 2, 3]
-    # Lightning counts both optimizers' steps: each is logged at its own count, two per batch
-    assert [{key.split("/")[1] for key in values[step]} for step in range(4)] == [
-        {"RMSprop"},
-        {"RMSprop-1"},
-    ] * 2
-    last = values[2] | values[3]
-    assert "optim/RMSprop/square_avg_norm" in last and "optim/RMSprop-1/square_avg_norm" in last
+    assert steps == [0, 1]
+    assert turns(values) == {0: {"RMSprop", "RMSprop-1"}, 1: {"RMSprop", "RMSprop-1"}}
     for prefix, layer in (("optim/RMSprop/", module.model[0]), ("optim/RMSprop-1/", module.model[2])):
         norm = torch.cat([p.detach().flatten() for p in layer.parameters()]).norm().item()
-        assert last[f"{prefix}param_norm"] == pytest.approx(norm, rel=1e-6)
-    # at an even interval each optimizer still has its turn: the first step at or past each multiple
-    values = logged(fit(ManualTwoOptimizers(), OptimizerStateMonitor(every_n_steps=4), steps=16))
-    assert {step: {key.split("/")[1] for key in keys} for step, keys in values.items()} == {
-        3: {"RMSprop-1"},
-        4: {"RMSprop"},
-        7: {"RMSprop-1"},
-        8: {"RMSprop"},
-        11: {"RMSprop-1"},
-        12: {"RMSprop"},
-        15: {"RMSprop-1"},
+        assert values[1][f"{prefix}param_norm"] == pytest.approx(norm, rel=1e-6)
+
+
+def test_under_manual_optimization_the_monitor_logs_at_the_steps_self_log_does():
+    logger = fit(ManualTwoOptimizers(), OptimizerStateMonitor(), steps=16, log_every_n_steps=2)
+    loss_steps = [step for step, metrics in logger.calls if "logged/loss" in metrics]
+    assert loss_steps == [1, 3, 5, 7]  # 8 batches
+    assert turns(logged(logger)) == {step: {"RMSprop", "RMSprop-1"} for step in loss_steps}
+    # an optimizer that steps at every third batch logs its first step at or past each multiple
+    values = logged(fit(ManualTwoOptimizers(3), OptimizerStateMonitor(every_n_steps=4), steps=16))
+    assert turns(values) == {
+        3: {"RMSprop"},
+        5: {"RMSprop-1"},
+        7: {"RMSprop"},
+        8: {"RMSprop-1"},
+        11: {"RMSprop", "RMSprop-1"},
     }
 
 
 def test_several_optimizers_keep_their_turns_across_a_resume(tmp_path):
-    def turns(values):
-        return {step: {key.split("/")[1] for key in keys} for step, keys in values.items()}
-
+    # the second optimizer's turn at batch 8 comes after the cut, which the due step it saved keeps
     pl.seed_everything(0, verbose=False)
-    straight = turns(logged(fit(ManualTwoOptimizers(), OptimizerStateMonitor(every_n_steps=4), steps=16)))
+    straight = turns(logged(fit(ManualTwoOptimizers(3), OptimizerStateMonitor(every_n_steps=4), steps=16)))
+    assert straight[8] == {"RMSprop-1"}
     pl.seed_everything(0, verbose=False)
-    module, checkpoint = ManualTwoOptimizers(), tmp_path / "cut.ckpt"
+    module, checkpoint = ManualTwoOptimizers(3), tmp_path / "cut.ckpt"
     save = [SaveAtEnd(checkpoint)]
-    first = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=8, callbacks=save))
+    # 10 optimizer steps: 8 batches
+    first = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=10, callbacks=save))
     second = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=16, ckpt_path=checkpoint))
-    assert turns(first) | turns(second) == straight  # the second optimizer's turn at step 8 is kept
+    assert max(first) < 8 <= min(second)
+    assert turns(first) | turns(second) == straight
 
 
 class SaveAtEnd(pl.Callback):
@@ -186,7 +197,8 @@ class SaveAtEnd(pl.Callback):
 class Recorder(pl.Callback):
     """Copies everything the monitor reads, independently: the parameters before the step, the rest after.
 
-    Both are taken in torch's own step hooks, registered before the monitor's.
+    Both are taken in torch's own step hooks, registered before the monitor's, at the first step of a
+    loggers' step (of a batch, under manual optimization), which the monitor logs.
     """
 
     def __init__(self) -> None:
@@ -201,7 +213,7 @@ class Recorder(pl.Callback):
 
     def _before(self, trainer, optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.before[trainer.global_step] = [real64(p) for p in params]
+        self.before.setdefault(logger_step(trainer), [real64(p) for p in params])
 
     def _after(self, trainer, optimizer, names):
         params = []
@@ -221,7 +233,7 @@ class Recorder(pl.Callback):
                         },
                     }
                 )
-        self.after[trainer.global_step] = params
+        self.after.setdefault(logger_step(trainer), params)
 
 
 def real64(tensor: torch.Tensor) -> torch.Tensor:
@@ -323,7 +335,7 @@ class ComplexTerm(RegressionModule):
 
 
 class TwoStepsPerBatch(RegressionModule):
-    """Manual optimization stepping one optimizer twice per batch: each step is logged at its count."""
+    """Manual optimization stepping one optimizer twice per batch: the first step of each is logged."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -382,7 +394,7 @@ def test_values_equal_norms_computed_from_the_optimizer_state(compose_cfg, name)
     changes["states_added_mid_fit"] = [CenteredMomentumFromStep2()]
     monitor = OptimizerStateMonitor(per_parameter=True, flush_every=3)
     values = logged(fit(module, monitor, steps, callbacks=[*changes.get(name, []), recorder]))
-    assert sorted(values) == list(range(steps))  # every optimizer step, as Lightning counts them
+    assert sorted(values) == list(range(4))  # every batch, as the loggers count them
     last = max(values)
     groups = {p["group"] for p in recorder.after[last]}
     assert len(groups) > 1 and all(f"optim/{group}/update_norm" in values[last] for group in groups)

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, StateNorms
+from rmsprop_lightning.internals import logger_step
 from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
 
 PREFIX = "optim/"
@@ -69,7 +70,7 @@ class OptimizerWatch:
 
     optimizer: torch.optim.Optimizer
     prefix: str  # of its keys
-    due: int = 0  # the step count (Lightning's, once this step is done) at or after which it logs next
+    due: int | None = None  # the loggers' step count at or after which it logs next (None: at its first)
     minus_before: Sequence[Tensor] | None = None  # −θ before the step under way, when it is logged
     norms: StateNorms | None = None  # its keys and reductions; rebuilt when stale
 
@@ -94,14 +95,15 @@ class OptimizerStateMonitor(BufferedStepLogger):
 
     It measures in torch's step hooks of the trainer's optimizers, so a step's values are those
     of the step itself (its gradients after clipping, its learning rate before a scheduler
-    moves it), logged at ``trainer.global_step`` as it reads during the step, as the loss of its
-    batch is. Only global rank zero measures and writes. Raises ``MisconfigurationException`` at
-    the start of training when the trainer has no logger.
+    moves it), logged at the step of Lightning's loggers, as ``self.log`` logs its batch's loss: the
+    optimizer steps done (``trainer.global_step``), or under manual optimization the batches done
+    (``global_step`` counts every optimizer's steps there). Only global rank zero measures and writes.
+    Raises ``MisconfigurationException`` at the start of training when the trainer has no logger.
 
     Args:
-        every_n_steps: log every this many optimizer steps (steps ``n−1, 2n−1, …`` as
-            Lightning counts; with several optimizers, the first step of each at or past those);
-            ``None`` follows the trainer's ``log_every_n_steps``.
+        every_n_steps: log every this many steps of the loggers (steps ``n−1, 2n−1, …``; each
+            optimizer's first step at or past those, once per step); ``None`` follows the trainer's
+            ``log_every_n_steps``, as ``self.log`` does.
         per_parameter: ``True`` for per-parameter keys of all parameters, or a regular
             expression searched in the parameter names (e.g. ``"weight$"``).
         flush_every: logged steps kept on the device before one transfer to the loggers.
@@ -162,8 +164,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         restored, self._restored = self._restored, {}
         if restored.get("interval") == interval and len(restored["due"]) == len(self._watches):
             dues = restored["due"]  # as the interrupted run had them: each optimizer keeps its turn
-        else:
-            dues = [first_due(trainer.global_step, interval)] * len(self._watches)
+        else:  # from the loggers' step at the first step: a resumed loop counts its restored step later
+            dues = [None] * len(self._watches)
         for watch, due in zip(self._watches, dues, strict=True):
             watch.due = due
         if not trainer.is_global_zero:  # other ranks neither measure nor write
@@ -199,10 +201,13 @@ class OptimizerStateMonitor(BufferedStepLogger):
     ) -> None:
         """Torch's pre-step hook: on a logged step, keeps −θ, which the post-step hook turns into the update.
 
-        An optimizer logs its first step that brings Lightning's count (``global_step + 1``) to or past a
-        multiple of the interval: with several optimizers, each step counts, and each optimizer has its turn.
+        An optimizer logs its first step that brings the loggers' count (the steps done, this one included)
+        to or past a multiple of the interval: with several optimizers, each has its turn.
         """
-        counted = self._trainer.global_step + 1
+        done = logger_step(self._trainer)
+        if watch.due is None:
+            watch.due = first_due(done, self._interval)
+        counted = done + 1
         if counted < watch.due:
             watch.minus_before = None
             return
@@ -213,10 +218,10 @@ class OptimizerStateMonitor(BufferedStepLogger):
     def _after_step(
         self, watch: OptimizerWatch, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
-        """Torch's post-step hook: on a logged step, records its values at ``global_step``.
+        """Torch's post-step hook: on a logged step, records its values at the loggers' step.
 
         Here the gradients are those the optimizer stepped with and the learning rate the one
-        it used; Lightning counts the step once it returns, so ``global_step`` is its number.
+        it used; Lightning counts the step once its batch ends, so the loggers' step is its number.
         """
         if watch.minus_before is None:
             return
@@ -224,7 +229,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
             watch.norms = StateNorms(optimizer, watch.prefix, self._param_names, self.per_parameter)
         values = watch.norms.values(optimizer, watch.minus_before)
         watch.minus_before = None
-        self.buffer.record_vector(self._trainer.global_step, watch.norms.names, values)
+        self.buffer.record_vector(logger_step(self._trainer), watch.norms.names, values)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

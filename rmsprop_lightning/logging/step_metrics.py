@@ -30,8 +30,8 @@ class StepMetricBuffer:
         self._records.append((int(step), tuple(names), values.detach()))
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order, after a single
-        transfer to the host."""
+        """Empties the buffer and returns ``(step, {name: value})`` pairs in recording order, records of one
+        step in one pair (several optimizers'), after a single transfer to the host."""
         if not self._records:
             return []
         # as Python floats: the float64 ones (the monitor's norms) keep their range
@@ -40,7 +40,13 @@ class StepMetricBuffer:
             .to("cpu", torch.float64)
             .tolist()
         )
-        entries = [(step, {name: next(flat) for name in names}) for step, names, _ in self._records]
+        entries: list[tuple[int, dict[str, float]]] = []
+        for step, names, _ in self._records:
+            values = {name: next(flat) for name in names}
+            if entries and entries[-1][0] == step:
+                entries[-1][1].update(values)
+            else:
+                entries.append((step, values))
         self.clear()
         return entries
 
