@@ -379,3 +379,12 @@ def test_losses_by_other_criteria_get_thresholds_of_their_own(tmp_path):
     assert "val/loss ≤ 0.025 (module.loss=mse), 0.1 (module.loss=l1)" in text  # each one's lower median
     labels = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if "module.loss=" in line[:20]]
     assert [label.split(",")[0] for label in labels] == ["module.loss=l1"] * 2 + ["module.loss=mse"] * 2
+
+
+def test_losses_on_other_data_files_get_thresholds_of_their_own(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [("a.csv", 1, 1.0), ("a.csv", 2, 2.0), ("b.csv", 1, 8.0), ("b.csv", 2, 4.0)]
+    for num, (path, lr, scale) in enumerate(jobs):
+        make_job(sweep, num, ["data=csv", f"data.source.path={path}", f"optimizer.lr={lr}"], scale=scale)
+    text = report_text(sweep)
+    assert "val/loss ≤ 0.025 (data.source.path=a.csv), 0.1 (data.source.path=b.csv)" in text

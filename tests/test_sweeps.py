@@ -103,6 +103,19 @@ def test_a_failing_job_is_recorded_and_the_others_complete(tmp_path, capfd):
     assert "| model.activation=nope | 1 | — |" in capfd.readouterr().out
 
 
+def test_swept_file_paths_name_one_folder_per_job(tmp_path):
+    (tmp_path / "data").mkdir()
+    rows = "\n".join(f"{x},{x / 2},{3 * x}" for x in range(64))
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / "data" / name).write_text(f"x1,x2,target\n{rows}\n")
+    paths = f"{tmp_path / 'data' / 'a.csv'},data/b.csv"  # an absolute path and one with a folder
+    train_in_process(tmp_path, "-m", "data=csv", f"data.source.path={paths}", *QUICK[1:])
+    sweep = only_sweep(tmp_path)
+    assert [folder.parent for folder in job_folders(sweep)] == [sweep, sweep]
+    assert job_folders(sweep)[1].name == "1_data.source.path=data%2Fb.csv"
+    assert json.loads((sweep / "sweep.json").read_text())["statuses"] == {"completed": 2}
+
+
 def test_the_sweep_record_names_the_search_space_that_ran(tmp_path):
     # the study's config sweeps 2 optimizers, 5 lrs, 3 alphas and 3 seeds; the command line narrows it
     overrides = ("optimizer=rmsprop", "optimizer.lr=0.01", "optimizer.alpha=0.9", "seed=0,1")

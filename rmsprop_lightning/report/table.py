@@ -13,9 +13,11 @@ from typing import Any
 from rmsprop_lightning.report.results import Configuration, mean_std
 
 THRESHOLD_TAG = "val/loss"
-# losses on other data, by another criterion or of other target units are on other scales: each gets its
-# own threshold, and its rows come together
+# losses on other data (another data option, or another file, target or generator of one: data.source.*),
+# by another criterion or of other target units are on other scales: each gets its own threshold, and its
+# rows come together
 SCALE_KEYS = ("data", "module.loss", "data.standardize_targets")
+SCALE_PREFIX = "data.source."
 
 
 @dataclass
@@ -35,10 +37,12 @@ def default_threshold(configurations: Sequence[Configuration], tag: str = THRESH
 
 
 def scale_of(configuration: Configuration) -> str:
-    """The scale of a configuration's losses, as the settings the sweep varies of :data:`SCALE_KEYS` give it
-    (``""`` where it varies none)."""
+    """The scale of a configuration's losses, as the settings the sweep varies of :data:`SCALE_KEYS` and
+    under :data:`SCALE_PREFIX` give it (``""`` where it varies none)."""
     setting = configuration.setting
-    return ", ".join(f"{key}={setting[key]}" for key in SCALE_KEYS if key in setting)
+    keys = [key for key in SCALE_KEYS if key in setting]
+    keys += sorted(key for key in setting if key.startswith(SCALE_PREFIX))
+    return ", ".join(f"{key}={setting[key]}" for key in keys)
 
 
 def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> dict[str, float]:
