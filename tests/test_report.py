@@ -388,3 +388,16 @@ def test_losses_on_other_data_files_get_thresholds_of_their_own(tmp_path):
         make_job(sweep, num, ["data=csv", f"data.source.path={path}", f"optimizer.lr={lr}"], scale=scale)
     text = report_text(sweep)
     assert "val/loss ≤ 0.025 (data.source.path=a.csv), 0.1 (data.source.path=b.csv)" in text
+
+
+def test_a_best_optuna_trial_outside_the_reported_folders_is_said_to_be(sweep):
+    def results(best_value: float) -> str:
+        return f"name: optuna\nbest_params:\n  optimizer.lr: 0.01\nbest_value: {best_value}\n"
+
+    (sweep / "optimization_results.yaml").write_text(results(0.25))
+    assert "its trial is in none of the folders reported" in report_text(sweep)
+    (sweep / "0_job" / "metrics.json").write_text(
+        json.dumps(json.loads((sweep / "0_job" / "metrics.json").read_text()) | {"value": 0.25})
+    )
+    text = report_text(sweep)
+    assert "- best value: 0.25" in text and "in none of the folders" not in text

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.app.extras import install_hint, is_installed
@@ -80,12 +80,16 @@ def repeat_lines(sweep: Sweep) -> list[str]:
     return [f"- {', '.join(names)}: the same overrides" for names in same.values() if len(names) > 1]
 
 
-def optuna_lines(optuna: dict[str, Any] | None) -> list[str]:
-    """The Optuna sweeper's best parameters and value."""
+def optuna_lines(sweep: Sweep) -> list[str]:
+    """The Optuna sweeper's best parameters and value, and whether its trial is among the report's jobs (a
+    study continued from an earlier sweep folder may have found it there)."""
+    optuna = sweep.optuna
     if not optuna or "best_params" not in optuna:
         return []
     lines = [f"- best value: {optuna['best_value']:.6g}"]
     lines += [f"- `{name}={value}`" for name, value in optuna["best_params"].items()]
+    if not any(job.summary.get("value") == optuna["best_value"] for job in sweep.jobs):
+        lines.append("- its trial is in none of the folders reported: an earlier sweep of the study ran it")
     return lines
 
 
@@ -133,7 +137,7 @@ def build_report(
         markdown_table(rows),
     ]
     for title, lines in (
-        ("Best parameters (Optuna)", optuna_lines(sweep.optuna)),
+        ("Best parameters (Optuna)", optuna_lines(sweep)),
         ("Failed, diverged or unfinished runs", failure_lines(sweep)),
         ("Repeated runs, each counted in n", repeat_lines(sweep)),
         ("Timing", timing_lines(sweep_timing(sweep))),
