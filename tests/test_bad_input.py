@@ -397,6 +397,14 @@ CASES = [
         ["callbacks.learning_rate_monitor.logging_interval should be", "step"],
     ),
     ("half of one test batch", ["trainer.limit_test_batches=0.5"], ["limit_test_batches=0.5", "1 batch(es)"]),
+    (
+        "a validation interval longer than an epoch",
+        ["data.batch_size=400", "trainer.val_check_interval=20"],
+        [
+            "trainer.val_check_interval=20 is more than an epoch's 9 training batches",
+            "check_val_every_n_epoch=null",
+        ],
+    ),
     # other top-level keys
     ("weights of no checkpoint", ["ckpt_restore=weights"], ["ckpt_restore=weights", "ckpt_path="]),
     ("negative seed", ["seed=-1"], ["seed=-1", "integer"]),

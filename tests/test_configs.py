@@ -15,14 +15,8 @@ from omegaconf import OmegaConf
 from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
-from rmsprop_lightning.app.run import (
-    build_model,
-    build_module,
-    build_trainer,
-    check_schedule_length,
-    instantiate_entries,
-    validation_at_the_end,
-)
+from rmsprop_lightning.app.fit_length import check_schedule_length, validation_at_the_end
+from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.callbacks.state_norms import group_scopes
 from rmsprop_lightning.data import RegressionDataModule

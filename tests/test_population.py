@@ -468,3 +468,16 @@ def test_a_signal_while_the_jobs_are_set_up_stops_the_sweep_in_one_line(tmp_path
 def test_a_members_best_checkpoint_at_a_save_is_the_one_model_checkpoint_keeps(losses, until, kept) -> None:
     validations = [(10 * (i + 1), {"val/loss": [0.9, loss]}) for i, loss in enumerate(losses)]
     assert best_until(SimpleNamespace(validations=validations), 1, until) == kept
+
+
+def test_a_population_that_fails_says_why_in_one_line_and_its_jobs_run_alone(tmp_path, monkeypatch, capfd):
+    def fail(members):
+        raise ValueError("no population today")
+
+    monkeypatch.setattr("rmsprop_lightning.population.launcher.train_population", fail)
+    train_in_process(tmp_path, "-m", "hydra/launcher=population", "seed=0,1", *QUICK)
+    output = "".join(capfd.readouterr())
+    assert "failed (ValueError: no population today); they run one by one" in output
+    assert "Traceback" not in output
+    summaries = [read_summary(job) for job in job_folders(only_sweep(tmp_path))]
+    assert [summary["status"] for summary in summaries] == ["completed", "completed"]

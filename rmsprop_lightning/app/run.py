@@ -21,6 +21,12 @@ from rmsprop_lightning.app.distributed import (
     clean_distributed_state,
     runs_the_job_in_every_rank,
 )
+from rmsprop_lightning.app.fit_length import (
+    check_batch_limits,
+    check_schedule_length,
+    check_val_interval,
+    validation_at_the_end,
+)
 from rmsprop_lightning.app.resolvers import on_terminal
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.resume_records import ResumeRecords
@@ -35,11 +41,9 @@ from rmsprop_lightning.app.validation import (
     first_line,
     input_errors,
     load_checkpoint,
-    processes,
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.data.loader import limited_batches
 from rmsprop_lightning.errors import InputError, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
@@ -108,90 +112,6 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
         return datamodule, build_module(cfg, model)
 
 
-def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> int:
-    """Training batches an epoch takes on each process: the loader's, less what the limits leave out."""
-    limit = trainer.get("overfit_batches") or trainer.get("limit_train_batches")
-    return limited_batches(datamodule.train_batches(processes(trainer)), 1.0 if limit is None else limit)
-
-
-def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
-    """``(batches, steps)`` of a fit on each process, where ``max_steps`` or ``max_epochs`` ends it first,
-    with epochs of ``epoch`` batches."""
-    window = trainer.get("accumulate_grad_batches", 1)
-    steps_per_epoch = -(-epoch // window)  # an epoch's last window of batches steps too, full or not
-    ends = []
-    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
-    if max_steps >= 1 and epoch:
-        epochs, steps = divmod(max_steps, steps_per_epoch)
-        ends.append((epochs * epoch + steps * window, max_steps))
-    if max_epochs is not None and max_epochs >= 0:
-        ends.append((max_epochs * epoch, max_epochs * steps_per_epoch))
-    return min(ends) if ends else None
-
-
-def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
-    """Trainer settings that make a fit which would end before its first validation validate at its end:
-    without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
-    trainer = cfg.trainer
-    epoch = batches_per_epoch(trainer, datamodule)
-    length = run_length(trainer, epoch)
-    if length is None or not length[1] or not len(datamodule.splits["val"][0]):
-        return {}
-    batches, steps = length
-    interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
-    fraction = 1.0 if interval is None else interval
-    within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
-    first = within if every is None else (every - 1) * epoch + within
-    if first <= batches:
-        return {}
-    log.info("The first validation would come after the last step: validating at step %d", steps)
-    return {"val_check_interval": batches, "check_val_every_n_epoch": None}
-
-
-def check_batch_limits(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
-    """A fraction in ``trainer.limit_<split>_batches`` leaves each process a batch of that split: Lightning
-    refuses it only once the split's loop starts (the test's after the whole fit)."""
-    world, trains = processes(cfg.trainer), cfg.get("train", True)
-    # the splits that run under the limits: fast_dev_run replaces them all, overfit_batches the fit's
-    replaced = {"train", "val", "test"} if cfg.trainer.get("fast_dev_run") else set()
-    replaced |= {"train", "val"} if cfg.trainer.get("overfit_batches") else set()
-    runs = {"train": trains, "val": trains, "test": cfg.get("test", True)}
-    for split in sorted({split for split, run in runs.items() if run} - replaced):
-        key, rows = f"trainer.limit_{split}_batches", len(datamodule.splits[split][0])
-        limit = OmegaConf.select(cfg, key)
-        if not isinstance(limit, float) or limit <= 0 or not rows:
-            continue
-        batches = (
-            datamodule.train_batches(world)
-            if split == "train"
-            else -(-max(rows // world, 1) // datamodule.eval_batch_size)  # the smallest shard's
-        )
-        if int(batches * limit) == 0:
-            raise InputError(
-                f"{key}={limit} leaves none of the {split} split's {batches} batch(es) per process; "
-                f"allowed: a fraction ≥ {1 / batches:.3g}, or a number of batches"
-            )
-
-
-def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
-    """Refuses a schedule stepped every step that follows ``trainer.max_steps`` in a fit that
-    ``trainer.max_epochs`` ends first: it would never reach its end (a cosine's ``T_max``)."""
-    scheduler = cfg.scheduler.get("scheduler")
-    if not isinstance(scheduler, DictConfig) or cfg.scheduler.get("interval") != "step":
-        return
-    length = run_length(cfg.trainer, batches_per_epoch(cfg.trainer, datamodule))
-    max_steps = cfg.trainer.get("max_steps", -1)
-    if length is None or length[1] >= max_steps:
-        return
-    for key, value in OmegaConf.to_container(scheduler, resolve=False).items():
-        if isinstance(value, str) and "trainer.max_steps" in value:
-            raise InputError(
-                f"trainer.max_epochs={cfg.trainer.max_epochs} ends the run after {length[1]} steps, before "
-                f"scheduler.scheduler.{key}, which follows trainer.max_steps={max_steps}, ends the schedule; "
-                f"allowed: trainer.max_steps={length[1]}, or a scheduler.scheduler.{key} of its own"
-            )
-
-
 def build_trainer(
     cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
 ) -> pl.Trainer:
@@ -228,6 +148,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
         with input_errors():
             check_rows_per_process(cfg, datamodule)
             check_batch_limits(cfg, datamodule)
+            check_val_interval(cfg, datamodule)
             check_schedule_length(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)

@@ -9,6 +9,7 @@ job gets its own folder, written through Hydra's ``run_job``, so the sweep looks
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -93,8 +94,10 @@ def launch(launcher: Any, populations: list[list[Member]], alone: list[DictConfi
             with torch_threads(threads):
                 result = train_population(members)
                 threads = torch.get_num_threads()
-        except Exception:  # each job then runs alone and records its own outcome
-            log.exception("The population of jobs %s failed; they run one by one", [m.job for m in members])
+        except Exception as error:  # each job then runs alone and records its own outcome
+            jobs, why = [m.job for m in members], f"{type(error).__name__}: {error}"
+            full = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the traceback, as for the jobs' errors
+            log.error("The population of jobs %s failed (%s); they run one by one", jobs, why, exc_info=full)
             alone.extend(member.cfg for member in members)
             continue
         shared.update(launcher=launcher, members=members, record=PopulationRecord(result), threads=threads)

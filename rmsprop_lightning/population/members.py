@@ -11,7 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
-from rmsprop_lightning.app.run import build_objects, check_batch_limits, check_schedule_length
+from rmsprop_lightning.app.fit_length import check_batch_limits, check_schedule_length, check_val_interval
+from rmsprop_lightning.app.run import build_objects
 from rmsprop_lightning.app.validation import input_errors
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.data import RegressionDataModule
@@ -137,6 +138,7 @@ def build_member(job: int, cfg: DictConfig) -> Member:
     datamodule, module = build_objects(cfg)
     with input_errors():
         check_batch_limits(cfg, datamodule)
+        check_val_interval(cfg, datamodule)
         check_schedule_length(cfg, datamodule)
         optimizer = module.build_optimizer()
         scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.fabric.plugins import CheckpointIO
 
-from rmsprop_lightning.app.run import validation_at_the_end
+from rmsprop_lightning.app.fit_length import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
 from rmsprop_lightning.errors import InterruptedRun
