@@ -401,3 +401,16 @@ def test_a_best_optuna_trial_outside_the_reported_folders_is_said_to_be(sweep):
     )
     text = report_text(sweep)
     assert "- best value: 0.25" in text and "in none of the folders" not in text
+
+
+def test_jobs_of_several_sweeps_are_named_with_their_sweep(tmp_path):
+    for sweep in ("first", "second"):
+        make_job(tmp_path / sweep, 0, ["seed=0"], status="failed", error="ValueError: bad")
+    text = report_text(tmp_path / "first", tmp_path / "second")
+    assert "- `first/0_job`: **failed** ValueError: bad" in text
+    assert "- `first/0_job`, `second/0_job`: the same overrides" in text
+
+
+def test_a_run_completed_with_a_non_finite_loss_is_diverged_and_says_so(tmp_path):
+    make_job(tmp_path / "sweep", 0, ["on_nonfinite=skip"], final={"val/loss": "inf"})
+    assert "- `0_job`: **diverged** completed with a final val/loss of inf" in report_text(tmp_path / "sweep")

@@ -18,7 +18,7 @@ from typing import NoReturn
 from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.app.extras import install_hint, is_installed
 from rmsprop_lightning.errors import InputError, close_match, exit_with
-from rmsprop_lightning.report.results import Sweep, load_sweep, sweep_timing
+from rmsprop_lightning.report.results import Job, Sweep, load_sweep, sweep_timing
 from rmsprop_lightning.report.table import (
     THRESHOLD_TAG,
     Row,
@@ -56,6 +56,22 @@ def timing_lines(timing: dict[str, float]) -> list[str]:
     return lines
 
 
+def job_name(sweep: Sweep, job: Job) -> str:
+    """The job's folder name, with its sweep's where the report's jobs come from several folders."""
+    several = len({other.folder.parent for other in sweep.jobs}) > 1
+    return f"{job.folder.parent.name}/{job.folder.name}" if several else job.folder.name
+
+
+def why_not_completed(job: Job) -> str:
+    """The error of a job that did not complete; a run that completed with a non-finite ``val/loss``
+    (``on_nonfinite=skip``) counts as diverged."""
+    if job.status == "running":
+        return "never finished"
+    if job.summary.get("status") == "completed":
+        return f"completed with a final val/loss of {job.value('final', 'val/loss')}"
+    return job.summary.get("error") or ""
+
+
 def failure_lines(sweep: Sweep) -> list[str]:
     """One line per multirun that did not finish (its jobs not started are not in the report), then per
     failed, diverged or unfinished job, with its error."""
@@ -67,8 +83,7 @@ def failure_lines(sweep: Sweep) -> list[str]:
     ]
     for job in sweep.jobs:
         if job.status != "completed":
-            error = job.summary.get("error") or ("never finished" if job.status == "running" else "")
-            lines.append(f"- `{job.folder.name}`: **{job.status}** {error}".rstrip())
+            lines.append(f"- `{job_name(sweep, job)}`: **{job.status}** {why_not_completed(job)}".rstrip())
     return lines
 
 
@@ -76,7 +91,9 @@ def repeat_lines(sweep: Sweep) -> list[str]:
     """One line per set of jobs with the same overrides, seed included: they count as separate runs."""
     same: dict[tuple[str, ...], list[str]] = {}
     for job in sweep.jobs:
-        same.setdefault(tuple(sorted(job.summary.get("overrides", []))), []).append(f"`{job.folder.name}`")
+        same.setdefault(tuple(sorted(job.summary.get("overrides", []))), []).append(
+            f"`{job_name(sweep, job)}`"
+        )
     return [f"- {', '.join(names)}: the same overrides" for names in same.values() if len(names) > 1]
 
 
