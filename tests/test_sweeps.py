@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import QUICK, TRAIN, run_train, train_in_process
+from tests.conftest import QUICK, run_train, train_in_process
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Optuna trials: few steps, one folder per trial
@@ -144,33 +140,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_one_thread_each(tmp_path):
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert [s["threads"] for s in summaries] == [1, 1]
     assert summaries[0]["final"]["val/loss"] != summaries[1]["final"]["val/loss"]
-
-
-@pytest.mark.slow
-def test_sigterm_to_a_joblib_sweeps_process_stops_its_workers_jobs_with_checkpoints(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    command = [sys.executable, str(TRAIN), "-m", "hydra/launcher=joblib_local", "seed=0,1"]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    process = subprocess.Popen(
-        [*command, "trainer.max_steps=1000000"], cwd=tmp_path, start_new_session=True, **pipes
-    )
-    try:
-        output, started = [], 0
-        for line in process.stdout:
-            output.append(line)
-            started += line.startswith("Run folder:")
-            if started == 2:
-                time.sleep(3.0)  # into their training steps
-                process.send_signal(signal.SIGTERM)  # to the launching process alone, as `kill <pid>` does
-                break
-        assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(output)
-        for job in job_folders(only_sweep(tmp_path)):
-            summary = read_summary(job)
-            assert summary["status"] == "interrupted", "".join(output)
-            saved = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
-            assert saved["global_step"] == summary["steps"] > 0
-    finally:  # workers a stopped sweep left behind
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
