@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
 from rmsprop_lightning.errors import DivergedError
@@ -237,3 +239,7 @@ def test_forced_divergence_stops_at_the_first_nonfinite_step_keeping_the_last_go
     losses = read_scalars(run_dir / "tensorboard")["train/loss"]
     assert [s for s, _ in losses] == list(range(step))
     assert all(math.isfinite(value) for _, value in losses)
+    # its settings have their HPARAMS row, with the best val/loss it reached
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    assert metadata.SESSION_START_INFO_TAG in accumulator.PluginTagToContent(metadata.PLUGIN_NAME)

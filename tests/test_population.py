@@ -334,6 +334,10 @@ def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path)
     assert read_summary(member)["final"] == pytest.approx(read_summary(solo)["final"], rel=1e-5)
     ours, theirs = (read_scalars(folder / "tensorboard")["lr-RMSprop/decay"] for folder in (member, solo))
     assert ours == pytest.approx(theirs, rel=1e-6)
+    for folder in (member, solo):  # an HPARAMS row of its settings, as a finished run has
+        accumulator = EventAccumulator(str(folder / "tensorboard"))
+        accumulator.Reload()
+        assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
 
 
 def test_a_member_that_diverges_in_half_precision_is_told_why_as_its_solo_run(tmp_path):

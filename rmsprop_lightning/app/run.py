@@ -44,7 +44,7 @@ from rmsprop_lightning.app.validation import (
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.errors import InputError, is_rank_zero
+from rmsprop_lightning.errors import DivergedError, InputError, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 
@@ -177,7 +177,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 datamodule.load_state_dict(saved[type(datamodule).__qualname__])
             ckpt_path = None
         if trains:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except DivergedError:  # an HPARAMS row for its settings too, which a sweep's tab compares
+                finish_tensorboard(trainer.loggers, run_hparams(cfg))
+                raise
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback

@@ -109,7 +109,8 @@ def write_tensorboard(
     logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any], layout: bool, finished: bool
 ) -> None:
     """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass: with the
-    optimizer-state charts' ``layout``, and the best values and HPARAMS a ``finished`` fit adds."""
+    optimizer-state charts' ``layout``, and the best values and HPARAMS that a ``finished`` fit (one that
+    completed or diverged) adds."""
     events = EventFile(logger.log_dir)
     for step, metrics in sorted(scalars.items()):
         logger.keep_best(metrics)
@@ -162,7 +163,7 @@ def write_member(
     if interrupted:
         message = f"{record.result.interrupted}; resume with: {resume_command(cfg.paths.output_dir)}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    write_loggers(cfg, member, scalars, finished=frozen < 0 and not interrupted)
+    write_loggers(cfg, member, scalars, finished=not interrupted)  # a diverged run has its HPARAMS row
     last = write_checkpoints(cfg, member, record, index, scalars)
     if frozen >= 0:
         error = divergence(record, index, member, last)
