@@ -481,6 +481,11 @@ CASES = [
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
     (
+        "resume a run with no last checkpoint",
+        ["resume={files}/no_last_run", "trainer.max_steps=40"],
+        ["no last.ckpt to continue its 30 steps from", "ckpt_path=<a checkpoint of it>"],
+    ),
+    (
         "resume a run at its epoch limit",
         ["resume={earlier}", "trainer.max_steps=-1", "trainer.max_epochs=2"],
         ["2 epoch(s)", "nothing left to train", "trainer.max_epochs > 2"],
@@ -536,6 +541,8 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     (folder / "garbage.ckpt").write_bytes(bytes(range(256)) * 40)
     torch.save({"state_dict": {}, "note": fractions.Fraction(1, 3)}, folder / "pickled.ckpt")
     shutil.copytree(earlier, folder / "moved_run")
+    shutil.copytree(earlier, folder / "no_last_run")  # trained, with its last.ckpt gone
+    (folder / "no_last_run" / "checkpoints" / "last.ckpt").unlink()
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

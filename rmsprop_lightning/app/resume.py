@@ -142,10 +142,22 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
+        check_nothing_trained(run_dir, checkpoint.name)
         print(
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
+
+
+def check_nothing_trained(run_dir: Path, checkpoint: str) -> None:
+    """Refuses to start again from step 0 a run that recorded steps without a checkpoint to continue them
+    from (``callbacks=none``, or deleted since): its results would be replaced, not continued."""
+    steps = read_summary(run_dir).get("steps")
+    if steps:
+        raise InputError(
+            f"resume={run_dir}: it has no {checkpoint} to continue its {steps} steps from, and starting "
+            "again would replace them; allowed: ckpt_path=<a checkpoint of it> (a new run), or a new run"
+        )
 
 
 def recorded_logging(saved: DictConfig, run_dir: Path, config_dir: Path) -> list[str]:
