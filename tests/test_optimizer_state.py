@@ -167,6 +167,9 @@ def test_under_manual_optimization_the_monitor_logs_at_the_steps_self_log_does()
         8: {"RMSprop-1"},
         11: {"RMSprop", "RMSprop-1"},
     }
+    # one that starts stepping after the first multiple logs its first step (at batch 5, 14 optimizer steps)
+    values = logged(fit(ManualTwoOptimizers(6), OptimizerStateMonitor(every_n_steps=4), steps=14))
+    assert turns(values) == {3: {"RMSprop"}, 5: {"RMSprop-1"}, 7: {"RMSprop"}, 11: {"RMSprop", "RMSprop-1"}}
 
 
 def test_several_optimizers_keep_their_turns_across_a_resume(tmp_path):
@@ -182,6 +185,18 @@ def test_several_optimizers_keep_their_turns_across_a_resume(tmp_path):
     second = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=16, ckpt_path=checkpoint))
     assert max(first) < 8 <= min(second)
     assert turns(first) | turns(second) == straight
+
+
+def test_a_checkpoint_of_an_older_monitor_counting_global_steps_starts_new_turns(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module, checkpoint = ManualTwoOptimizers(), tmp_path / "cut.ckpt"
+    fit(module, OptimizerStateMonitor(every_n_steps=4), steps=16, callbacks=[SaveAtEnd(checkpoint)])
+    saved = torch.load(checkpoint, weights_only=False)
+    (key,) = [key for key in saved["callbacks"] if key.startswith("OptimizerStateMonitor")]
+    saved["callbacks"][key] = {"interval": 4, "due": [20, 20]}  # global_step's count: 16 steps in 8 batches
+    torch.save(saved, checkpoint)
+    second = logged(fit(module, OptimizerStateMonitor(every_n_steps=4), steps=32, ckpt_path=checkpoint))
+    assert turns(second) == {11: {"RMSprop", "RMSprop-1"}, 15: {"RMSprop", "RMSprop-1"}}
 
 
 class SaveAtEnd(pl.Callback):

@@ -207,7 +207,7 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
     if multirun and subdirs and not re.search(r"job[.:](num|id)\b", subdirs[-1]):
         raise InputError(  # jobs would share a folder: ${hydra.job.override_dirname} leaves out keys too
             f"{SWEEP_SUBDIR}={subdirs[-1]} may name one folder for several jobs; allowed: a name with "
-            "${hydra.job.num} in it, such as ${hydra.job.num}_${hydra.job.override_dirname}"
+            "${hydra.job.num} in it, such as ${hydra.job.num}_${folder_name:${hydra.job.override_dirname}}"
         )
     if not typed or not is_rank_zero():
         return

@@ -64,6 +64,12 @@ def first_due(steps_done: int, interval: int) -> int:
     return -(-(steps_done + 1) // interval) * interval
 
 
+def monitor_state(interval: int, dues: Sequence[int | None]) -> dict[str, Any]:
+    """The monitor's state in a checkpoint: its interval and each optimizer's next due step, counted in the
+    loggers' steps (``axis``; an older checkpoint's, without it, counted ``global_step``)."""
+    return {"interval": interval, "due": list(dues), "axis": "loggers"}
+
+
 @dataclasses.dataclass(slots=True)
 class OptimizerWatch:
     """What the monitor keeps of one optimizer, at hand for its step hooks."""
@@ -162,9 +168,10 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._trainer = trainer
         self._interval = interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
         restored, self._restored = self._restored, {}
-        if restored.get("interval") == interval and len(restored["due"]) == len(self._watches):
+        same = restored.get("interval") == interval and len(restored.get("due", [])) == len(self._watches)
+        if same and restored.get("axis") == monitor_state(interval, [])["axis"]:
             dues = restored["due"]  # as the interrupted run had them: each optimizer keeps its turn
-        else:  # from the loggers' step at the first step: a resumed loop counts its restored step later
+        else:  # set at the first batch, where a resumed loop has counted its restored step
             dues = [None] * len(self._watches)
         for watch, due in zip(self._watches, dues, strict=True):
             watch.due = due
@@ -185,7 +192,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         return f"{type(self).__qualname__}[every_n_steps={self.every_n_steps}, per_parameter={pattern!r}]"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"interval": self._interval, "due": [watch.due for watch in self._watches]}
+        return monitor_state(self._interval, [watch.due for watch in self._watches])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict)
@@ -205,7 +212,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         to or past a multiple of the interval: with several optimizers, each has its turn.
         """
         done = logger_step(self._trainer)
-        if watch.due is None:
+        if watch.due is None:  # hooked after its fit's first batch started
             watch.due = first_due(done, self._interval)
         counted = done + 1
         if counted < watch.due:
@@ -230,6 +237,15 @@ class OptimizerStateMonitor(BufferedStepLogger):
         values = watch.norms.values(optimizer, watch.minus_before)
         watch.minus_before = None
         self.buffer.record_vector(logger_step(self._trainer), watch.norms.names, values)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """At the fit's first batch, an optimizer with no turn restored gets its first: the first multiple of
+        the interval past the steps done, logged by its first step at or past it (however late it starts)."""
+        for watch in self._watches:
+            if watch.due is None:
+                watch.due = first_due(logger_step(trainer), self._interval)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

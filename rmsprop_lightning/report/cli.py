@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.app.extras import install_hint, is_installed
@@ -105,9 +105,24 @@ def optuna_lines(sweep: Sweep) -> list[str]:
         return []
     lines = [f"- best value: {optuna['best_value']:.6g}"]
     lines += [f"- `{name}={value}`" for name, value in optuna["best_params"].items()]
-    if not any(job.summary.get("value") == optuna["best_value"] for job in sweep.jobs):
+    if not any(has_settings(job, optuna["best_params"]) for job in sweep.jobs):
         lines.append("- its trial is in none of the folders reported: an earlier sweep of the study ran it")
     return lines
+
+
+def has_settings(job: Job, params: dict[str, Any]) -> bool:
+    """Whether the job's overrides set every key of ``params`` to its value (numbers compared as numbers)."""
+    for key, value in params.items():
+        typed = job.overrides.get(key)
+        if typed is None:
+            return False
+        try:
+            same = float(typed) == float(value)
+        except (TypeError, ValueError):
+            same = str(typed).lower() == str(value).lower()  # a flag: true, True
+        if not same:
+            return False
+    return True
 
 
 def no_threshold_text(sweep: Sweep) -> str:
