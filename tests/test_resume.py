@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.app import resume_records
 from rmsprop_lightning.app.resume import check_followers, check_override, started_where_it_was
+from rmsprop_lightning.app.run_lock import folder_lock
 from rmsprop_lightning.app.validation import check_same_processes
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
 from rmsprop_lightning.data import synthetic
@@ -236,6 +237,21 @@ def test_a_branch_resumed_before_its_first_checkpoint_starts_again_as_that_branc
     (expected,) = run_dirs(uninterrupted)
     assert_same_training_state(last_checkpoint(expected), last_checkpoint(run_dir))
     assert last_checkpoint(run_dir)["optimizer_states"][0]["param_groups"][0]["lr"] <= 0.01
+
+
+def test_a_resume_of_a_run_still_running_elsewhere_is_one_line_and_touches_nothing(tmp_path, capfd):
+    train_in_process(tmp_path, *replaced(RUN, "trainer.max_steps=10"))
+    (run_dir,) = run_dirs(tmp_path)
+    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")}
+    capfd.readouterr()
+    with folder_lock(run_dir, "its job"):  # as the process that runs it holds it
+        code = train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=20", check=False)
+    error = capfd.readouterr().err.strip()
+    assert code == 2 and error == (
+        f"error: resume={run_dir}: the run is still running in another process; allowed: once it has ended "
+        "(stopped with Ctrl-C or SIGTERM, it saves its step), resume it"
+    )
+    assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")} == before
 
 
 def test_a_run_started_again_keeps_only_its_own_best_checkpoint(tmp_path):

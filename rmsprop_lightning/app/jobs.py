@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import INPUT_FILES, validate_config
 from rmsprop_lightning.app.resume import RESUME_KEY
+from rmsprop_lightning.app.run_lock import folder_lock
 from rmsprop_lightning.errors import (
     DivergedError,
     InputError,
@@ -127,6 +128,16 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
 
 
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
+    """:func:`recorded_job` holding its run folder (the first rank): a resume of a run still running, in
+    another process, would mix their records."""
+    if not is_rank_zero():
+        return recorded_job(cfg, train)
+    typed = f"resume={cfg.paths.output_dir}" if cfg.get(RESUME_KEY) else cfg.paths.output_dir
+    with folder_lock(cfg.paths.output_dir, typed):
+        return recorded_job(cfg, train)
+
+
+def recorded_job(cfg: DictConfig, train: Training) -> float | None:
     """Checks the config, trains (``train_alone`` by default) and records the job; returns the optimized
     metric, if finite.
 

@@ -12,6 +12,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.run_lock import check_free
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import read_summary
@@ -101,6 +102,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
             raise InputError(
                 f"resume= continues one run with its own config; it cannot be combined with {flag}"
             )
+    check_free(run_dir, f"resume={typed_dir}")
     saved = OmegaConf.load(saved_config)
     overrides = [argument for index, argument in enumerate(parsed.overrides) if index != position]
     typed = OverridesParser.create().parse_overrides(overrides)
