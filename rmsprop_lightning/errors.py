@@ -88,6 +88,12 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in RANK_ENV_VARS)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library messages often add paragraphs of advice)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turns :class:`RunError` and :class:`InterruptedRun` into one line on stderr and ``sys.exit``."""

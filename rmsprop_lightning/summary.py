@@ -27,9 +27,12 @@ def summary_path(output_dir: str | Path) -> Path:
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON record (a job's summary, a sweep's); one that is not JSON, cut short or edited, is named."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not a JSON record ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a JSON record (a {type(record).__name__}, not an object)")
+    return record
 
 
 def read_summary(output_dir: str | Path) -> dict[str, Any]:

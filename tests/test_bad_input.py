@@ -481,6 +481,16 @@ CASES = [
     ("resume changing preset", ["resume={earlier}", "optimizer=rmsprop_centered"], ["would change"]),
     ("resume a finished run", ["resume={earlier}"], ["step 30", "nothing left to train"]),
     (
+        "resume a run whose summary is cut short",
+        ["resume={files}/cut_summary_run", "trainer.max_steps=40"],
+        ["cut_summary_run: its records cannot be read", "metrics.json is not a JSON record"],
+    ),
+    (
+        "resume a run whose config is edited",
+        ["resume={files}/edited_config_run", "trainer.max_steps=40"],
+        ["edited_config_run: its records cannot be read", ".hydra/config.yaml and metrics.json"],
+    ),
+    (
         "resume a run with no last checkpoint",
         ["resume={files}/no_last_run", "trainer.max_steps=40"],
         ["no last.ckpt to continue its 30 steps from", "ckpt_path=<a checkpoint of it>"],
@@ -543,6 +553,10 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     shutil.copytree(earlier, folder / "moved_run")
     shutil.copytree(earlier, folder / "no_last_run")  # trained, with its last.ckpt gone
     (folder / "no_last_run" / "checkpoints" / "last.ckpt").unlink()
+    shutil.copytree(earlier, folder / "cut_summary_run")
+    (folder / "cut_summary_run" / "metrics.json").write_text("{")
+    shutil.copytree(earlier, folder / "edited_config_run")
+    (folder / "edited_config_run" / ".hydra" / "config.yaml").write_text(": :")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

@@ -358,6 +358,9 @@ def test_a_record_that_is_not_json_is_one_line_naming_it(sweep, capsys, monkeypa
     (sweep / "0_job" / "metrics.json").write_text("")  # cut short
     line = rejection(capsys, str(sweep))
     assert line.startswith(f"error: {sweep / '0_job' / 'metrics.json'} is not a JSON record (Expecting value")
+    (sweep / "0_job" / "metrics.json").write_text("[]")  # JSON, but no record
+    line = rejection(capsys, str(sweep))
+    assert line == f"error: {sweep / '0_job' / 'metrics.json'} is not a JSON record (a list, not an object)"
 
 
 def test_csv_logs_give_one_point_a_step_the_last_written(tmp_path):

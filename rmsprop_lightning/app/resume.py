@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.run_lock import check_free
-from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.errors import InputError, first_line
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import read_summary
 
@@ -103,7 +104,13 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
                 f"resume= continues one run with its own config; it cannot be combined with {flag}"
             )
     check_free(run_dir, f"resume={typed_dir}")
-    saved = OmegaConf.load(saved_config)
+    try:
+        saved, _ = OmegaConf.load(saved_config), read_summary(run_dir)
+    except (ValueError, yaml.YAMLError) as error:  # edited, or cut short
+        raise InputError(
+            f"resume={typed_dir}: its records cannot be read ({first_line(error)}); allowed: a run folder "
+            "whose .hydra/config.yaml and metrics.json are as the run wrote them"
+        ) from None
     overrides = [argument for index, argument in enumerate(parsed.overrides) if index != position]
     typed = OverridesParser.create().parse_overrides(overrides)
     for override in typed:

@@ -38,13 +38,12 @@ from rmsprop_lightning.app.validation import (
     check_same_data,
     check_same_processes,
     check_targets,
-    first_line,
     input_errors,
     load_checkpoint,
     read_data,
 )
 from rmsprop_lightning.data import RegressionDataModule
-from rmsprop_lightning.errors import DivergedError, InputError, is_rank_zero
+from rmsprop_lightning.errors import DivergedError, InputError, first_line, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
 from rmsprop_lightning.module import RegressionModule
 

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, counts_processes, select
 from rmsprop_lightning.app.rules import FLOAT16_MIXED
-from rmsprop_lightning.errors import InputError, close_match
+from rmsprop_lightning.errors import InputError, close_match, first_line
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
 # constructor arguments the project passes at call time rather than from the config
@@ -120,12 +120,6 @@ def input_errors() -> Iterator[None]:
         raise InputError(first_line(cause)) from error
     except INPUT_ERRORS as error:
         raise InputError(first_line(error)) from error
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (library messages often add paragraphs of advice)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_data(cfg: DictConfig, datamodule: Any) -> None:
