@@ -128,7 +128,7 @@ CASES = [
     ),
     (
         "a bad launcher setting in a sweep",
-        ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=1,0", "seed=0,1"],
+        ["-m", "hydra/launcher=population", "hydra.launcher.cpus_per_task=0", "seed=0,1"],
         ["hydra.launcher.cpus_per_task=0", "integer ≥ 1"],
     ),
     (
@@ -184,6 +184,21 @@ CASES = [
         "an interval a search cannot draw from",
         ["-m", "hparams_search=rmsprop_optuna", "optimizer.lr=tag(log,interval(0,0.1))"],
         ["optimizer.lr=tag(log,interval(0,0.1)): a search cannot draw from it"],
+    ),
+    (
+        "a sweep of a Hydra setting",
+        ["-m", "hydra.launcher.n_jobs=1,2", "seed=0,1"],
+        ["hydra.launcher.n_jobs=1,2: Hydra sweeps none of its own settings; allowed: one value"],
+    ),
+    (
+        "a sweep typed as a search space entry",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.params.optimizer.lr=interval(1e-3,1e-1)"],
+        ["allowed: -m optimizer.lr=interval(1e-3,1e-1)"],
+    ),
+    (
+        "a search space entry of a dotted key",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.params.optimizer.lr='interval(1e-3,1e-1)'"],
+        ["Hydra reads optimizer.lr as keys nested in the search space", "-m optimizer.lr="],
     ),
     (
         "a bad value in a search space",

@@ -260,9 +260,9 @@ def test_the_config_check_knows_the_modules_losses():
         ["-m", "experiment=lr_alpha_grid", "~hydra.sweeper.params.seed"],
         [
             "-m",
-            "hydra.sweeper.params.scheduler=plateau",
-            "hydra.sweeper.params.scheduler.scheduler.patience=1,2",
-        ],
+            "experiment=lr_alpha_grid",
+            "hydra.sweeper.params.seed='0,1'",
+        ],  # an entry, of a key with no dot
         ["--help", "hparams_search=rmsprop_optuna"],
         # overrides apply in order, as Hydra applies them: a key a former one made, removed or set
         ["model.hidden=[64,64]", "model.hidden.0=32"],

@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.app.sweep_values import override_values
+from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import SUMMARY_FILE
@@ -99,6 +99,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except Exception as error:  # Hydra's grammar error says where the override is malformed
         raise InputError(str(error).strip().splitlines()[0]) from None
+    check_hydra_settings(overrides)
     multirun = parsed.multirun or any(
         o.key_or_group == "hydra.mode" and str(o.value()).removeprefix("RunMode.") == "MULTIRUN"
         for o in overrides

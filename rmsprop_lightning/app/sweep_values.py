@@ -125,3 +125,24 @@ def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
     typed = {override.key_or_group for override in overrides}
     lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
     return OverridesParser.create().parse_overrides(lines)
+
+
+def check_hydra_settings(overrides: Sequence[Any]) -> None:
+    """Refuses a sweep of one of Hydra's own settings, which Hydra does not take, and a search-space entry of
+    a dotted key (``hydra.sweeper.params.optimizer.lr=...``), which Hydra reads as nested keys the space
+    lacks: the command line's own sweep of that key replaces the entry."""
+    from hydra.core.override_parser.types import OverrideType
+
+    for override in overrides:
+        key, value = override.key_or_group, override.input_line.split("=", 1)[-1]
+        entry = key.removeprefix(SEARCH_SPACE)
+        if key.startswith("hydra.") and override.is_sweep_override():
+            allowed = f"-m {entry}={value}" if key.startswith(SEARCH_SPACE) else "one value"
+            raise InputError(
+                f"{override.input_line}: Hydra sweeps none of its own settings; allowed: {allowed}"
+            )
+        if key.startswith(SEARCH_SPACE) and "." in entry and override.type != OverrideType.DEL:
+            raise InputError(
+                f"{override.input_line}: Hydra reads {entry} as keys nested in the search space; allowed: "
+                f"-m {entry}={value}, which replaces that key's search"
+            )
