@@ -201,6 +201,11 @@ CASES = [
         ["Hydra reads optimizer.lr as keys nested in the search space", "-m optimizer.lr="],
     ),
     (
+        "a malformed search space entry",
+        ["-m", "experiment=throughput", "hydra.sweeper.params.seed='range(0,'"],
+        ["hydra.sweeper.params.seed=range(0,:"],
+    ),
+    (
         "a bad value in a search space",
         ["-m", "experiment=throughput", "hydra.sweeper.params.seed='-1,0'"],
         ["seed=-1 is invalid"],

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.errors import InputError, first_line
 
 # a study's search space, the config's or typed on the command line: checked as the keys it names
 SEARCH_SPACE = "hydra.sweeper.params."
@@ -123,8 +123,14 @@ def search_space(cfg: DictConfig, overrides: Sequence[Any]) -> list[Any]:
                 override.input_line.split("=", 1)[1] if override.is_sweep_override() else override.value()
             )
     typed = {override.key_or_group for override in overrides}
-    lines = [f"{key}={value}" for key, value in params.items() if key not in typed]
-    return OverridesParser.create().parse_overrides(lines)
+    parser, searched = OverridesParser.create(), []
+    for key, value in params.items():
+        if key not in typed:
+            try:
+                searched += parser.parse_overrides([f"{key}={value}"])
+            except Exception as error:  # Hydra's grammar error says where the value is malformed
+                raise InputError(f"{SEARCH_SPACE}{key}={value}: {first_line(error)}") from None
+    return searched
 
 
 def check_hydra_settings(overrides: Sequence[Any]) -> None:
