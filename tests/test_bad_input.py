@@ -513,7 +513,7 @@ CASES = [
     (
         "resume a run with no last checkpoint",
         ["resume={files}/no_last_run", "trainer.max_steps=40"],
-        ["no last.ckpt to continue its 30 steps from", "ckpt_path=<a checkpoint of it>"],
+        ["completed 30 steps and has no last.ckpt to continue from", "ckpt_path=<a checkpoint of it>"],
     ),
     (
         "resume a run at its epoch limit",

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
-from rmsprop_lightning.app.fit_length import check_schedule_length, validation_at_the_end
+from rmsprop_lightning.app.fit_length import check_schedule_length, check_val_interval, validation_at_the_end
 from rmsprop_lightning.app.run import build_model, build_module, build_trainer, instantiate_entries
 from rmsprop_lightning.app.validation import processes
 from rmsprop_lightning.callbacks.state_norms import group_scopes
@@ -437,3 +437,25 @@ def test_a_schedule_over_max_steps_that_max_epochs_cuts_short_is_refused(compose
 def test_a_run_that_max_epochs_ends_first_takes_schedules_of_their_own_length(compose_cfg, scheduler):
     cfg = compose_cfg(*EPOCHS_OF_13, f"scheduler={scheduler}")
     check_schedule_length(cfg, instantiate(cfg.data))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["trainer.val_check_interval=200"], True),  # 103 batches an epoch, as Lightning refuses it
+        (["trainer.val_check_interval=103"], False),
+        (["trainer.val_check_interval=200", "trainer.check_val_every_n_epoch=null"], False),
+        (["trainer.val_check_interval=200", "trainer.limit_val_batches=0"], False),  # no validation
+        (["trainer.val_check_interval=30", "trainer.limit_train_batches=0"], False),  # no training batch
+        (["trainer.val_check_interval=200", "trainer.max_steps=150"], False),  # validates at its last step
+    ],
+)
+def test_a_validation_interval_longer_than_an_epoch_is_refused_where_lightning_refuses_it(
+    compose_cfg, overrides, refused
+):
+    cfg = compose_cfg(*overrides)
+    if refused:
+        with pytest.raises(InputError, match=r"val_check_interval=200 is more than an epoch's 103 training"):
+            check_val_interval(cfg, instantiate(cfg.data))
+    else:
+        check_val_interval(cfg, instantiate(cfg.data))

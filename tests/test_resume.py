@@ -254,6 +254,16 @@ def test_a_resume_of_a_run_still_running_elsewhere_is_one_line_and_touches_nothi
     assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")} == before
 
 
+def test_a_run_diverged_before_its_first_save_starts_again_with_skip(tmp_path):
+    quick = ("data.source.num_samples=512", "trainer.max_steps=20", "callbacks.progress_bar.refresh_rate=0")
+    assert train_in_process(tmp_path, *quick, "optimizer.lr=1e30", check=False) == 3
+    (run_dir,) = run_dirs(tmp_path)
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+    train_in_process(tmp_path, f"resume={run_dir}", "on_nonfinite=skip")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", 20)
+
+
 def test_a_run_started_again_keeps_only_its_own_best_checkpoint(tmp_path):
     # killed after the validations at 10 and 20 but before any last.ckpt: the resume starts again
     killed = train(

@@ -70,8 +70,9 @@ def check_val_interval(cfg: DictConfig, datamodule: RegressionDataModule) -> Non
     trains = cfg.get("train", True) and not trainer.get("fast_dev_run")  # fast_dev_run validates each batch
     if type(interval) is not int or every is None or not trains:
         return
-    epoch = batches_per_epoch(trainer, datamodule)
-    if interval > epoch and not last_batch_before_validation(cfg, datamodule):  # else it validates at its end
+    epoch, validates = batches_per_epoch(trainer, datamodule), trainer.get("limit_val_batches") != 0
+    # as Lightning's rule, which a fit of no batch or no validation skips; one too short validates at its end
+    if 0 < epoch < interval and validates and not last_batch_before_validation(cfg, datamodule):
         raise InputError(
             f"trainer.val_check_interval={interval} is more than an epoch's {epoch} training batches; "
             f"allowed: at most {epoch}, or trainer.check_val_every_n_epoch=null to count across epochs"

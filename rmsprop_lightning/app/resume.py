@@ -159,13 +159,14 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
 
 
 def check_nothing_trained(run_dir: Path, checkpoint: str) -> None:
-    """Refuses to start again from step 0 a run that recorded steps without a checkpoint to continue them
-    from (``callbacks=none``, or deleted since): its results would be replaced, not continued."""
-    steps = read_summary(run_dir).get("steps")
-    if steps:
+    """Refuses to start again from step 0 a run that completed without a checkpoint to continue it from
+    (``callbacks=none``, or deleted since): its results would be replaced, not continued. A run killed or
+    diverged before its first save starts again."""
+    summary = read_summary(run_dir)
+    if summary.get("status") == "completed" and summary.get("steps"):
         raise InputError(
-            f"resume={run_dir}: it has no {checkpoint} to continue its {steps} steps from, and starting "
-            "again would replace them; allowed: ckpt_path=<a checkpoint of it> (a new run), or a new run"
+            f"resume={run_dir}: it completed {summary['steps']} steps and has no {checkpoint} to continue "
+            "from; allowed: ckpt_path=<a checkpoint of it> for a new run from it, or a new run"
         )
 
 
