@@ -78,6 +78,11 @@ CASES = [
         ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
+    (
+        "a path holding '=' unquoted",
+        ["ckpt_path=sweep/0_seed=0/checkpoints/last.ckpt"],
+        ["a value holding '=' is quoted for Hydra", "\"ckpt_path='sweep/0_seed=0/checkpoints/last.ckpt'\""],
+    ),
     ("a sweep in a printed config", ["--cfg", "job", "seed=0,1"], ["seed=0,1", "one value"]),
     ("a sweep in a printed multirun", ["--cfg", "job", "hydra.mode=MULTIRUN", "seed=0,1"], ["one value"]),
     ("adding a key that is there", ["+seed=1"], ["+seed=1", "already set", "seed=1 (or ++seed=1)"]),
@@ -234,7 +239,7 @@ CASES = [
     ),
     ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
-    ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1)", "parsing"]),
+    ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1): extraneous input ')'", "grammar"]),
     # data
     ("missing csv", ["data=csv", "data.source.path={files}/missing.csv"], ["missing.csv", "no such file"]),
     ("empty csv", ["data=csv", "data.source.path={files}/empty.csv"], ["empty.csv", "empty"]),

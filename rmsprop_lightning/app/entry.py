@@ -35,6 +35,8 @@ SEARCH_PATH = "hydra.searchpath"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # each job's folder in a sweep's
 SWEEP_SUBDIR = "hydra.sweep.subdir"
+# the lines of Hydra's grammar errors around the one that says what is wrong
+GRAMMAR_NOISE = ("Error parsing override", "See https://hydra.cc")
 
 
 def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: str = "train") -> None:
@@ -95,10 +97,22 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
     if parsed.resolve and not (parsed.cfg or parsed.help):
         raise InputError("--resolve shows a resolved config; allowed: with --cfg or --help")
-    try:
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-    except Exception as error:  # Hydra's grammar error says where the override is malformed
-        raise InputError(str(error).strip().splitlines()[0]) from None
+    parser = OverridesParser.create()
+    for argument in parsed.overrides:  # each alone, to name the one Hydra's grammar refuses
+        try:
+            parser.parse_overrides([argument])
+        except Exception as error:  # Hydra's message says where the override is malformed
+            key, _, value = argument.partition("=")
+            if "=" in value:  # a path such as a multirun job folder's (0_seed=0)
+                raise InputError(
+                    f"{argument}: a value holding '=' is quoted for Hydra; allowed: \"{key}='{value}'\""
+                ) from None
+            detail = [line for line in str(error).splitlines() if not line.startswith(GRAMMAR_NOISE)]
+            raise InputError(
+                f"{argument}: {(detail or ['not an override'])[0].strip()}; allowed: key=value in Hydra's "
+                "override grammar (a value with spaces, commas or brackets quoted)"
+            ) from None
+    overrides = parser.parse_overrides(parsed.overrides)
     check_hydra_settings(overrides)
     multirun = parsed.multirun or any(
         o.key_or_group == "hydra.mode" and str(o.value()).removeprefix("RunMode.") == "MULTIRUN"
