@@ -416,3 +416,17 @@ def test_jobs_of_several_sweeps_are_named_with_their_sweep(tmp_path):
 def test_a_run_completed_with_a_non_finite_loss_is_diverged_and_says_so(tmp_path):
     make_job(tmp_path / "sweep", 0, ["on_nonfinite=skip"], final={"val/loss": "inf"})
     assert "- `0_job`: **diverged** completed with a final val/loss of inf" in report_text(tmp_path / "sweep")
+
+
+def test_a_file_given_as_a_folder_is_one_line_saying_so(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    (tmp_path / "table.csv").write_text("a,b\n")
+    line = rejection(capsys, str(tmp_path / "table.csv"))
+    assert line.startswith(f"error: {tmp_path / 'table.csv'}: a file, not a folder; allowed: sweep folders")
+
+
+def test_logs_that_cannot_be_read_are_one_line_naming_the_job(sweep, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    (sweep / "0_job" / "tensorboard" / "events.out.tfevents.0.host.0").mkdir()  # a folder, not a file
+    line = rejection(capsys, str(sweep))
+    assert line.startswith(f"error: {sweep / '0_job'}: its logs cannot be read (")

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
+from rmsprop_lightning.errors import first_line
 from rmsprop_lightning.logging.events import Series, read_csv_scalars, read_scalars
 from rmsprop_lightning.summary import as_float, read_json, read_summary, summary_path
 
 OPTUNA_RESULTS = "optimization_results.yaml"
+# what rmsprop-report reads
+FOLDERS = "sweep folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
 
 
 @dataclass
@@ -140,7 +143,8 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
     """Reads every job below the sweep ``folders``, or the runs they are (``metrics.json`` and scalars)."""
     for folder in folders:
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"sweep folder not found: {folder}")
+            what = "a file, not a folder" if Path(folder).exists() else "not found"
+            raise FileNotFoundError(f"{folder}: {what}; allowed: {FOLDERS}")
     # a folder given twice (by two names, or a sweep and one of its runs) counts once
     paths = list(dict.fromkeys(Path(folder).resolve() for folder in folders))
     found = (
@@ -148,12 +152,15 @@ def load_sweep(folders: Sequence[str | Path]) -> Sweep:
         for path in paths
         for folder in job_folders(path) or ([path] if summary_path(path).is_file() else [])  # a single run
     )
-    jobs = [Job(f, read_summary(f), read_scalars(f) or read_csv_scalars(f)) for f in dict.fromkeys(found)]
+    jobs = []
+    for folder in dict.fromkeys(found):
+        try:
+            jobs.append(Job(folder, read_summary(folder), read_scalars(folder) or read_csv_scalars(folder)))
+        except OSError as error:  # a log replaced by a folder, or unreadable
+            raise ValueError(f"{folder}: its logs cannot be read ({first_line(error)})") from None
     if not jobs:
-        raise ValueError(
-            f"no metrics.json in {', '.join(map(str, paths))} or the folders directly in it; allowed: sweep "
-            "folders (logs/<task>/multiruns/<sweep>) or run folders (logs/<task>/runs/<run>)"
-        )
+        folders = ", ".join(map(str, paths))
+        raise ValueError(f"no metrics.json in {folders} or the folders directly in it; allowed: {FOLDERS}")
     records = {path: read_json(path / SWEEP_FILE) for path in paths if (path / SWEEP_FILE).is_file()}
     return Sweep(paths, jobs, records, _optuna_results(paths))
 
