@@ -191,6 +191,16 @@ CASES = [
         ["optimizer.lr=tag(log,interval(0,0.1)): a search cannot draw from it"],
     ),
     (
+        "a study storage that is no URL",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.storage=nope"],
+        ["hydra.sweeper.storage=nope is not a database URL"],
+    ),
+    (
+        "a study storage that is no database",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.storage=sqlite:///{files}/garbage.ckpt"],
+        ["garbage.ckpt is not an SQLite database"],
+    ),
+    (
         "a sweep of a Hydra setting",
         ["-m", "hydra.launcher.n_jobs=1,2", "seed=0,1"],
         ["hydra.launcher.n_jobs=1,2: Hydra sweeps none of its own settings; allowed: one value"],

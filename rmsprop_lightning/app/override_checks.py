@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.sweep_values import (
     SEARCH_SPACE,
+    check_study_storage,
     check_sweep,
     interval_draws,
     override_values,
@@ -204,6 +205,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         validate_config(job)
         if searching:
             check_searched_metric(job)
+            check_study_storage(job)
         if complete:  # each swept option, before any job runs
             check_missing(job)
             if not here:  # the machine the jobs run on has its own devices
