@@ -64,10 +64,13 @@ def first_due(steps_done: int, interval: int) -> int:
     return -(-(steps_done + 1) // interval) * interval
 
 
+# what the due steps in the monitor's checkpointed state count (an older one's, without it: global_step)
+STEP_AXIS = "loggers"
+
+
 def monitor_state(interval: int, dues: Sequence[int | None]) -> dict[str, Any]:
-    """The monitor's state in a checkpoint: its interval and each optimizer's next due step, counted in the
-    loggers' steps (``axis``; an older checkpoint's, without it, counted ``global_step``)."""
-    return {"interval": interval, "due": list(dues), "axis": "loggers"}
+    """The monitor's state in a checkpoint: its interval and each optimizer's next due step."""
+    return {"interval": interval, "due": list(dues), "axis": STEP_AXIS}
 
 
 @dataclasses.dataclass(slots=True)
@@ -169,10 +172,9 @@ class OptimizerStateMonitor(BufferedStepLogger):
         self._interval = interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
         restored, self._restored = self._restored, {}
         same = restored.get("interval") == interval and len(restored.get("due", [])) == len(self._watches)
-        if same and restored.get("axis") == monitor_state(interval, [])["axis"]:
-            dues = restored["due"]  # as the interrupted run had them: each optimizer keeps its turn
-        else:  # set at the first batch, where a resumed loop has counted its restored step
-            dues = [None] * len(self._watches)
+        # as the interrupted run had them, each optimizer keeping its turn; else set at the first batch, where
+        # a resumed loop has counted its restored step
+        dues = restored["due"] if same and restored.get("axis") == STEP_AXIS else [None] * len(self._watches)
         for watch, due in zip(self._watches, dues, strict=True):
             watch.due = due
         if not trainer.is_global_zero:  # other ranks neither measure nor write
