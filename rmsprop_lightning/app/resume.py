@@ -105,8 +105,9 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
             )
     check_free(run_dir, f"resume={typed_dir}")
     try:
-        saved, _ = OmegaConf.load(saved_config), read_summary(run_dir)
-    except (ValueError, yaml.YAMLError) as error:  # edited, or cut short
+        saved = OmegaConf.load(saved_config)
+        read_summary(run_dir)  # read again below: a record edited or cut short is named here
+    except (ValueError, yaml.YAMLError) as error:
         raise InputError(
             f"resume={typed_dir}: its records cannot be read ({first_line(error)}); allowed: a run folder "
             "whose .hydra/config.yaml and metrics.json are as the run wrote them"
