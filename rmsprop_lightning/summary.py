@@ -28,7 +28,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON record (a job's summary, a sweep's); one that is not JSON, cut short or edited, is named."""
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a JSON record ({error})") from None
     if not isinstance(record, dict):
         raise ValueError(f"{path} is not a JSON record (a {type(record).__name__}, not an object)")

@@ -15,7 +15,7 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.app.cli import train_main
-from rmsprop_lightning.app.jobs import stopped_outside_steps
+from rmsprop_lightning.app.job_signals import stopped_outside_steps
 from rmsprop_lightning.callbacks.last_checkpoint import LAST_CHECKPOINT
 from rmsprop_lightning.errors import PROGRAM_ENV
 from rmsprop_lightning.logging.events import read_scalars

@@ -15,7 +15,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf, open_dict
 
 from rmsprop_lightning.app import extras
-from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, signals_stop, torch_threads
+from rmsprop_lightning.app.job_signals import signals_stop
+from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, torch_threads
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.summary import read_summary, write_summary

@@ -116,20 +116,6 @@ def test_swept_file_paths_name_one_folder_per_job(tmp_path):
     assert json.loads((sweep / "sweep.json").read_text())["statuses"] == {"completed": 2}
 
 
-def test_a_study_continued_in_another_direction_is_one_line_before_any_folder(tmp_path, capfd):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    study = ("-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.n_trials=1", *QUICK)
-    train_in_process(tmp_path, *study)
-    capfd.readouterr()
-    assert train_in_process(tmp_path, *study, "hydra.sweeper.direction=maximize", check=False) == 2
-    database = Path("logs") / "train" / "optuna.db"  # as the storage names it, from the run folder
-    assert capfd.readouterr().err.strip() == (
-        f"error: hydra.sweeper.direction=maximize: study rmsprop_optuna_train in {database} was created to "
-        "minimize; allowed: hydra.sweeper.direction=minimize, or another hydra.sweeper.study_name"
-    )
-    assert len(sweep_dirs(tmp_path)) == 1
-
-
 def test_the_sweep_record_names_the_search_space_that_ran(tmp_path):
     # the study's config sweeps 2 optimizers, 5 lrs, 3 alphas and 3 seeds; the command line narrows it
     overrides = ("optimizer=rmsprop", "optimizer.lr=0.01", "optimizer.alpha=0.9", "seed=0,1")

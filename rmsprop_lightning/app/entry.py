@@ -103,7 +103,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             parser.parse_overrides([argument])
         except Exception as error:  # Hydra's message says where the override is malformed
             key, _, value = argument.partition("=")
-            if "=" in value:  # a path such as a multirun job folder's (0_seed=0)
+            if "=" in value and not any(mark in value for mark in "[]{}(),'\""):  # a path: 0_seed=0
                 raise InputError(
                     f"{argument}: a value holding '=' is quoted for Hydra; allowed: \"{key}='{value}'\""
                 ) from None

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.errors import InputError, first_line
 
@@ -156,45 +156,27 @@ def check_hydra_settings(overrides: Sequence[Any]) -> None:
 
 
 def check_study_storage(cfg: DictConfig) -> None:
-    """A search's ``hydra.sweeper.storage``: ``null`` (in memory) or a database URL, an SQLite file being a
-    database in a writable folder, whose study of that name goes on in the same direction; Optuna reports
-    anything else in a traceback, once the sweep's folder is made."""
+    """A search's ``hydra.sweeper.storage`` is ``null`` (in memory) or a database URL, and an SQLite file
+    that exists is an SQLite database: Optuna reports either in a traceback, once the sweep's folder is
+    made. Nothing is opened for writing here (nor Optuna imported): a refused command leaves no trace."""
     storage = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
     if storage is None:
         return
     from sqlalchemy.engine import make_url  # the Optuna sweeper's (extra `sweeps`)
     from sqlalchemy.exc import ArgumentError
 
-    from rmsprop_lightning.app.config_checks import check_writable
-
     key = f"hydra.sweeper.storage={storage}"
     try:
         url = make_url(str(storage))
     except ArgumentError:
         raise InputError(f"{key} is not a database URL; allowed: null or sqlite:///<file>") from None
-    if url.get_backend_name() != "sqlite" or not url.database:
-        return  # a server's, which only the sweep reaches
-    path = Path(url.database)
-    check_writable(path.parent, "hydra.sweeper.storage", "a writable folder for the study's file")
-    if not path.exists() or (path.is_file() and not path.stat().st_size):
-        return
-    if path.is_dir() or not is_sqlite(path):
+    in_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    path = Path(url.database) if in_file else None
+    if path is not None and path.exists() and (path.is_dir() or not is_sqlite(path)):
         raise InputError(f"{key}: {path} is not an SQLite database; allowed: a new file or a study's")
-    import optuna
-
-    name, direction = cfg.hydra.sweeper.get("study_name"), cfg.hydra.sweeper.get("direction")
-    wanted = [str(d).lower() for d in (direction if isinstance(direction, ListConfig) else [direction])]
-    for study in optuna.get_all_study_summaries(storage=str(storage)):
-        kept = [d.name.lower() for d in study.directions]
-        if study.study_name == name and kept != wanted:
-            raise InputError(
-                f"hydra.sweeper.direction={','.join(wanted)}: study {name} in {path} was created to "
-                f"{','.join(kept)}; allowed: hydra.sweeper.direction={','.join(kept)}, or another "
-                "hydra.sweeper.study_name"
-            )
 
 
 def is_sqlite(path: Path) -> bool:
-    """Whether the file starts as every SQLite database does."""
+    """Whether the file is empty (SQLite makes it a database) or starts as every SQLite database does."""
     with path.open("rb") as file:
-        return file.read(16) == b"SQLite format 3\x00"
+        return file.read(16) in (b"", b"SQLite format 3\x00")
