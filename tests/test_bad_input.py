@@ -306,6 +306,8 @@ CASES = [
         ["hydra.run.dir=${paths.root_dir}/logs/${where}", "already holds a run"],
     ),
     ("sweep folder in use", ["-m", "hydra.sweep.dir={earlier}/..", "seed=0,1"], ["hydra.sweep.dir="]),
+    ("a sweep into a run's folder", ["-m", "hydra.sweep.dir={earlier}", "seed=0,1"], ["already holds a run"]),
+    ("a run into a folder of runs", ["hydra.run.dir={earlier}/.."], ["already holds a run"]),
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
     ("empty npy", ["data=npy", "data.source.path={files}/empty.npy"], ["empty.npy"]),

@@ -233,7 +233,7 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
             folder = str(OmegaConf.select(cfg, key))
         except OmegaConfBaseException:  # a resolver only Hydra's run has (${hydra:...})
             return
-    if any(Path(folder).glob(f"*/{SUMMARY_FILE}" if multirun else SUMMARY_FILE)):
+    if any(Path(folder).glob(SUMMARY_FILE)) or any(Path(folder).glob(f"*/{SUMMARY_FILE}")):  # a run, runs
         raise InputError(
             f"{key}={typed[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
             "to continue one"
