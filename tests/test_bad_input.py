@@ -66,6 +66,7 @@ CASES = [
     # sweeps: every value and every option is checked before any job runs
     ("a bad value in a sweep", ["-m", "optimizer.lr=0.01,-1"], ["optimizer.lr", "-1", ">= 0"]),
     ("a bad seed in a sweep", ["-m", "seed=0,1.5"], ["seed=1.5", "integer"]),
+    ("a bad width in a sweep", ["-m", "model.hidden=4,-3"], ["model.hidden=-3 is invalid", "[64,64]"]),
     (
         "a key of one swept option only",
         ["-m", "scheduler=cosine,none", "scheduler.scheduler.T_max=30"],
@@ -348,7 +349,7 @@ CASES = [
     # model
     ("zero width", ["model.hidden=0"], ["model.hidden", "positive"]),
     ("negative width in list", ["model.hidden=[64,-1]"], ["model.hidden", "positive"]),
-    ("no width", ["model.hidden=null"], ["model.hidden", "positive integer or a list", "None"]),
+    ("no width", ["model.hidden=null"], ["model.hidden=null", "positive integer or a list"]),
     ("unknown activation", ["model.activation=relu6"], ["model.activation", "'relu6'", "tanh"]),
     ("dropout of 1.5", ["model.dropout=1.5"], ["model.dropout", "[0, 1)"]),
     # trainer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,19 @@ class OneOf:
         return " or ".join(dict.fromkeys([*(rule.describe() for rule in self.rules), *choices]))
 
 
-Rule = Number | OneOf
+@dataclass(frozen=True)
+class Widths:
+    """Layer widths: one positive integer, or a list of them."""
+
+    def accepts(self, value: Any) -> bool:
+        widths = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        return all(Number(integer=True, low=1).accepts(width) for width in widths)
+
+    def describe(self) -> str:
+        return "a positive integer or a list of them, such as [64,64]"
+
+
+Rule = Number | OneOf | Widths
 
 FRACTION_OR_COUNT = OneOf(
     (Number(integer=True, low=1), Number(low=0, high=1, low_open=True)), choices=(None,)
@@ -112,6 +125,7 @@ RULES: dict[str, Rule] = {
     "data.standardize_targets": FLAG,
     "data.drop_last": FLAG,
     "model.dropout": FRACTION,
+    "model.hidden": Widths(),
     "optimized_metric": OneOf(choices=(*METRICS, None)),
     "callbacks.model_checkpoint.monitor": OneOf(choices=(*VAL_METRICS, None)),
     "callbacks.model_checkpoint.mode": OneOf(choices=("min", "max")),
