@@ -80,6 +80,11 @@ CASES = [
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
     (
+        "a path of a two-key job folder unquoted",
+        ["ckpt_path=sweep/0_optimizer.lr=0.01,seed=0/last.ckpt"],
+        ["\"ckpt_path='sweep/0_optimizer.lr=0.01,seed=0/last.ckpt'\""],
+    ),
+    (
         "a path holding '=' unquoted",
         ["ckpt_path=sweep/0_seed=0/checkpoints/last.ckpt"],
         ["a value holding '=' is quoted for Hydra", "\"ckpt_path='sweep/0_seed=0/checkpoints/last.ckpt'\""],
@@ -200,6 +205,11 @@ CASES = [
         "a study storage that is no database",
         ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.storage=sqlite:///{files}/garbage.ckpt"],
         ["garbage.ckpt is not an SQLite database"],
+    ),
+    (
+        "a study storage in a folder that cannot be written",
+        ["-m", "hparams_search=rmsprop_optuna", "hydra.sweeper.storage=sqlite:////proc/nope/x.db"],
+        ["hydra.sweeper.storage=/proc cannot be written", "a writable folder for the study's file"],
     ),
     (
         "a sweep of a Hydra setting",

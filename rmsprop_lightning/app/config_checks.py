@@ -266,13 +266,17 @@ def check_input_files(cfg: DictConfig) -> None:
 
 
 def check_writable(
-    path: str | Path, key: str = "paths.output_dir", allowed: str = WRITABLE_RUN_FOLDER
+    path: str | Path, key: str = "paths.output_dir", allowed: str = WRITABLE_RUN_FOLDER, make: bool = True
 ) -> None:
     """``path`` is a folder this process can create and write in (for a run, checked before Hydra creates
-    it), by writing a file there: permissions alone do not tell (root, read-only mounts, ``/proc``)."""
+    it), by writing a file there: permissions alone do not tell (root, read-only mounts, ``/proc``). With
+    ``make=False`` nothing is left behind: the file goes in the nearest folder of the path that exists."""
     path = Path(os.path.abspath(path))
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if make:
+            path.mkdir(parents=True, exist_ok=True)
+        while not path.exists():
+            path = path.parent
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:

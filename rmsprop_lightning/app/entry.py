@@ -103,7 +103,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             parser.parse_overrides([argument])
         except Exception as error:  # Hydra's message says where the override is malformed
             key, _, value = argument.partition("=")
-            if "=" in value and not any(mark in value for mark in "[]{}(),'\""):  # a path: 0_seed=0
+            path = "/" in value or not any(mark in value for mark in "[]{}(),")  # a job folder's: 0_seed=0
+            if "=" in value and path and not any(quote in value for quote in "'\""):
                 raise InputError(
                     f"{argument}: a value holding '=' is quoted for Hydra; allowed: \"{key}='{value}'\""
                 ) from None

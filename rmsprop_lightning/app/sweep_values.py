@@ -171,9 +171,14 @@ def check_study_storage(cfg: DictConfig) -> None:
     except ArgumentError:
         raise InputError(f"{key} is not a database URL; allowed: null or sqlite:///<file>") from None
     in_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    path = Path(url.database) if in_file else None
-    if path is not None and path.exists() and (path.is_dir() or not is_sqlite(path)):
+    path = Path(url.database) if in_file else None  # else in memory, or a server's
+    if path is None:
+        return
+    if path.exists() and (path.is_dir() or not is_sqlite(path)):
         raise InputError(f"{key}: {path} is not an SQLite database; allowed: a new file or a study's")
+    from rmsprop_lightning.app.config_checks import check_writable
+
+    check_writable(path.parent, "hydra.sweeper.storage", "a writable folder for the study's file", make=False)
 
 
 def is_sqlite(path: Path) -> bool:
