@@ -79,6 +79,8 @@ CASES = [
         ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
+    ("a config name no folder has", ["--config-name=trian"], ["--config-name=trian is in none of"]),
+    ("a config folder not there", ["--config-dir={files}/nope"], ["--config-dir=", "is not a folder"]),
     (
         "a path of a two-key job folder unquoted",
         ["ckpt_path=sweep/0_optimizer.lr=0.01,seed=0/last.ckpt"],

@@ -120,6 +120,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         for o in overrides
     )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
+        check_config_flags(parsed, config_dir)
         check_output_folder(overrides, multirun, None)
         return list(arguments)
     typed_paths = [o for o in overrides if o.key_or_group == SEARCH_PATH and not o.is_delete()]
@@ -188,6 +189,28 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
+
+
+def check_config_flags(parsed: Any, config_dir: Path) -> None:
+    """Refuses a ``--config-dir`` or an absolute ``--config-path`` that is no folder, and a ``--config-name``
+    none of the config folders has (Hydra answers each in several lines); a relative ``--config-path``,
+    which Hydra reads from the entry point's module, is Hydra's to check."""
+    folders = [config_dir]
+    for flag, typed in (("--config-path", parsed.config_path), ("--config-dir", parsed.config_dir)):
+        if typed is None:
+            continue
+        folder = Path(typed).expanduser()
+        if flag == "--config-path" and not folder.is_absolute():
+            return
+        if not folder.is_dir():
+            raise InputError(f"{flag}={typed} is not a folder; allowed: a folder of config files")
+        folders = [folder] if flag == "--config-path" else [*folders, folder]
+    name = parsed.config_name
+    if name and not any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file() for folder in folders):
+        raise InputError(
+            f"--config-name={name} is in none of {', '.join(map(str, folders))}; allowed: the name of a "
+            "config file there, without .yaml"
+        )
 
 
 def check_hydra_options(
