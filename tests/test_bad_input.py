@@ -229,6 +229,11 @@ CASES = [
         ["Hydra reads optimizer.lr as keys nested in the search space", "-m optimizer.lr="],
     ),
     (
+        "a search space entry where the sweeper has none",
+        ["-m", "hydra.sweeper.params.seed='0,1'"],
+        ["this sweeper has no search space to set an entry of; allowed: -m seed=0,1"],
+    ),
+    (
         "a malformed search space entry",
         ["-m", "experiment=throughput", "hydra.sweeper.params.seed='range(0,'"],
         ["hydra.sweeper.params.seed=range(0,:"],

@@ -73,6 +73,14 @@ def check_keys(
             raise InputError(f"{override.input_line}: {key} is already set; allowed: {line} (or ++{line})")
         if override.type != OverrideType.CHANGE:
             continue
+        if key.startswith(SEARCH_SPACE) and OmegaConf.select(cfg, SEARCH_SPACE[:-1]) is None:
+            typed = override.value()  # a quoted sweep as its text
+            value = typed if isinstance(typed, str) else override.input_line.split("=", 1)[1]
+            entry = key.removeprefix(SEARCH_SPACE)
+            raise InputError(
+                f"{override.input_line}: this sweeper has no search space to set an entry of; "
+                f"allowed: -m {entry}={value}"
+            )
         if override.is_hydra_override() and (
             not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
         ):
