@@ -120,7 +120,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         for o in overrides
     )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
-        check_config_flags(parsed, config_dir)
+        check_config_flags(parsed, config_dir, searched=any(o.key_or_group == SEARCH_PATH for o in overrides))
         check_output_folder(overrides, multirun, None)
         return list(arguments)
     typed_paths = [o for o in overrides if o.key_or_group == SEARCH_PATH and not o.is_delete()]
@@ -191,10 +191,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     return [*arguments[:after], exclude, *arguments[after:]]
 
 
-def check_config_flags(parsed: Any, config_dir: Path) -> None:
+def check_config_flags(parsed: Any, config_dir: Path, searched: bool = False) -> None:
     """Refuses a ``--config-dir`` or an absolute ``--config-path`` that is no folder, and a ``--config-name``
     none of the config folders has (Hydra answers each in several lines); a relative ``--config-path``,
-    which Hydra reads from the entry point's module, is Hydra's to check."""
+    which Hydra reads from the entry point's module, and a name a typed ``hydra.searchpath`` may provide,
+    are Hydra's to check."""
     folders = [config_dir]
     for flag, typed in (("--config-path", parsed.config_path), ("--config-dir", parsed.config_dir)):
         if typed is None:
@@ -206,7 +207,8 @@ def check_config_flags(parsed: Any, config_dir: Path) -> None:
             raise InputError(f"{flag}={typed} is not a folder; allowed: a folder of config files")
         folders = [folder] if flag == "--config-path" else [*folders, folder]
     name = parsed.config_name
-    if name and not any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file() for folder in folders):
+    found = name and any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file() for folder in folders)
+    if name and not found and not searched:
         raise InputError(
             f"--config-name={name} is in none of {', '.join(map(str, folders))}; allowed: the name of a "
             "config file there, without .yaml"
