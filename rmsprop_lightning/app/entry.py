@@ -97,10 +97,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
     if parsed.resolve and not (parsed.cfg or parsed.help):
         raise InputError("--resolve shows a resolved config; allowed: with --cfg or --help")
-    parser = OverridesParser.create()
+    parser, overrides = OverridesParser.create(), []
     for argument in parsed.overrides:  # each alone, to name the one Hydra's grammar refuses
         try:
-            parser.parse_overrides([argument])
+            overrides += parser.parse_overrides([argument])
         except Exception as error:  # Hydra's message says where the override is malformed
             key, _, value = argument.partition("=")
             path = "/" in value or not any(mark in value for mark in "[]{}(),")  # a job folder's: 0_seed=0
@@ -113,7 +113,6 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
                 f"{argument}: {(detail or ['not an override'])[0].strip()}; allowed: key=value in Hydra's "
                 "override grammar (a value with spaces, commas or brackets quoted)"
             ) from None
-    overrides = parser.parse_overrides(parsed.overrides)
     check_hydra_settings(overrides)
     multirun = parsed.multirun or any(
         o.key_or_group == "hydra.mode" and str(o.value()).removeprefix("RunMode.") == "MULTIRUN"

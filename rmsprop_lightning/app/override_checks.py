@@ -19,6 +19,7 @@ from rmsprop_lightning.app.sweep_values import (
     interval_draws,
     override_values,
     search_draws,
+    search_entry,
     search_space,
     searches,
 )
@@ -74,9 +75,7 @@ def check_keys(
         if override.type != OverrideType.CHANGE:
             continue
         if key.startswith(SEARCH_SPACE) and OmegaConf.select(cfg, SEARCH_SPACE[:-1]) is None:
-            typed = override.value()  # a quoted sweep as its text
-            value = typed if isinstance(typed, str) else override.input_line.split("=", 1)[1]
-            entry = key.removeprefix(SEARCH_SPACE)
+            entry, value = search_entry(override)
             raise InputError(
                 f"{override.input_line}: this sweeper has no search space to set an entry of; "
                 f"allowed: -m {entry}={value}"

@@ -141,8 +141,7 @@ def check_hydra_settings(overrides: Sequence[Any]) -> None:
     from hydra.core.override_parser.types import OverrideType
 
     for override in overrides:
-        key, value = override.key_or_group, override.input_line.split("=", 1)[-1]
-        entry = key.removeprefix(SEARCH_SPACE)
+        key, (entry, value) = override.key_or_group, search_entry(override)
         if key.startswith("hydra.") and override.is_sweep_override():
             allowed = f"-m {entry}={value}" if key.startswith(SEARCH_SPACE) else "one value"
             raise InputError(
@@ -153,6 +152,14 @@ def check_hydra_settings(overrides: Sequence[Any]) -> None:
                 f"{override.input_line}: Hydra reads {entry} as keys nested in the search space; allowed: "
                 f"-m {entry}={value}, which replaces that key's search"
             )
+
+
+def search_entry(override: Any) -> tuple[str, str]:
+    """A ``hydra.sweeper.params.<key>=<value>`` override as the key and the sweep the command line would
+    type for it (a quoted sweep as its text)."""
+    typed = override.value()
+    value = typed if isinstance(typed, str) else override.input_line.split("=", 1)[-1]
+    return override.key_or_group.removeprefix(SEARCH_SPACE), value
 
 
 def check_study_storage(cfg: DictConfig) -> None:
