@@ -16,6 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from rmsprop_lightning.app import cli
 from rmsprop_lightning.app.jobs import available_cores
@@ -137,3 +139,12 @@ def train_in_process(cwd: Path, *overrides: str, check: bool = True) -> int:
 def run_dirs(root: Path, task: str = "train") -> list[Path]:
     """The single-run folders written below ``root``."""
     return sorted((root / "logs" / task / "runs").glob("*"))
+
+
+def read_hparams(event_file: Path) -> dict[str, object]:
+    """The HPARAMS an event file records for its run: name → value."""
+    accumulator = EventAccumulator(str(event_file))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in hparams.items()}

@@ -29,7 +29,7 @@ from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import CONF, QUICK, TRAIN, run_train, train_in_process
+from tests.conftest import CONF, QUICK, TRAIN, read_hparams, run_train, train_in_process
 from tests.test_sweeps import only_sweep
 
 PRESETS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
@@ -247,6 +247,8 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     member = jobs[9]
     assert files(member) == files(solo)
     assert scalar_tags(member) == scalar_tags(solo)
+    (ours_events,), (theirs_events,) = (folder.rglob("events.out.tfevents.*") for folder in (member, solo))
+    assert read_hparams(ours_events) == read_hparams(theirs_events)
     ours, theirs = read_summary(member), read_summary(solo)
     assert ours["best_step"] == theirs["best_step"] and ours["steps"] == theirs["steps"]
     assert ours["best"]["val/loss"] == pytest.approx(theirs["best"]["val/loss"], rel=1e-4)

@@ -34,7 +34,7 @@ from rmsprop_lightning.logging.tensorboard import (
     flatten_hparams,
     run_hparams,
 )
-from tests.conftest import QUICK, ROOT, run_dirs, run_train, train_in_process
+from tests.conftest import QUICK, ROOT, read_hparams, run_dirs, run_train, train_in_process
 
 HPARAMS_COLUMNS = ["val/loss_best", "test/loss", "test/rmse"]
 EVERY_STEP = ("callbacks.optimizer_state_monitor.every_n_steps=1",)
@@ -191,6 +191,21 @@ def test_hparams_hold_what_changes_the_run_beyond_the_optimizer(compose_cfg):
     params = run_hparams(cfg)
     assert params["scheduler/interval"] == "step" and params["scheduler/frequency"] == 1
     assert params["module/lr_multipliers/bias$"] == 0.1 and params["module/loss"] == "mse"
+
+
+def test_hparams_name_the_presets_and_each_key_the_command_line_set_also_after_a_resume(tmp_path):
+    # a sweep of any of them compares its runs on the HPARAMS tab; a resume's own command line changes none
+    typed = ["optimizer=rmsprop_centered", "data.source.noise_std=0.3", "trainer.precision=bf16-mixed"]
+    train_in_process(tmp_path, *typed, "+trainer.gradient_clip_val=0.5", *QUICK)
+    (run_dir,) = run_dirs(tmp_path)
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
+    first, resumed = (read_hparams(path) for path in event_files(run_dir / "tensorboard"))
+    assert first == resumed
+    assert first["optimizer"] == "rmsprop_centered" and first["data"] == "synthetic"
+    assert first["optimizer/centered"] is True and first["data/source/noise_std"] == 0.3
+    assert first["trainer/precision"] == "bf16-mixed" and first["trainer/gradient_clip_val"] == 0.5
+    assert first["data/source/num_samples"] == 512 and first["trainer/val_check_interval"] == 10
+    assert not [name for name in first if name.startswith(("callbacks", "trainer/max_steps", "resume"))]
 
 
 def test_flattened_hparams_name_the_class_and_keep_types():

@@ -27,6 +27,7 @@ from rmsprop_lightning.app.fit_length import (
     check_val_interval,
     validation_at_the_end,
 )
+from rmsprop_lightning.app.job_hparams import job_hparams
 from rmsprop_lightning.app.resolvers import on_terminal
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.resume_records import ResumeRecords
@@ -44,7 +45,7 @@ from rmsprop_lightning.app.validation import (
 )
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import DivergedError, InputError, first_line, is_rank_zero
-from rmsprop_lightning.logging.tensorboard import finish_tensorboard, run_hparams
+from rmsprop_lightning.logging.tensorboard import finish_tensorboard
 from rmsprop_lightning.module import RegressionModule
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except DivergedError:  # an HPARAMS row for its settings too, which a sweep's tab compares
-                finish_tensorboard(trainer.loggers, run_hparams(cfg))
+                finish_tensorboard(trainer.loggers, job_hparams(cfg))
                 raise
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
@@ -189,7 +190,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
             metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
-        finish_tensorboard(trainer.loggers, run_hparams(cfg))
+        finish_tensorboard(trainer.loggers, job_hparams(cfg))
         return metrics.get(cfg.get("optimized_metric") or "")
     finally:
         clean_distributed_state(trainer)

@@ -48,10 +48,14 @@ def flatten_hparams(config: Any, prefix: str) -> dict[str, HParamValue]:
     return flat
 
 
-def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
-    """A template run's hyper-parameters: optimizer and scheduler (with when it steps) flattened, seed, batch
-    size, widths, and the module's loss and parameter groups."""
-    params = flatten_hparams(cfg.optimizer, "optimizer")
+def run_hparams(
+    cfg: DictConfig, choices: Mapping[str, str] | None = None, keys: Iterable[str] = ()
+) -> dict[str, HParamValue]:
+    """A template run's hyper-parameters: its config groups' ``choices`` (group: option), optimizer and
+    scheduler (with when it steps) flattened, seed, batch size, widths, the module's loss and parameter
+    groups, and the other config ``keys`` flattened."""
+    params: dict[str, HParamValue] = dict(choices or {})
+    params.update(flatten_hparams(cfg.optimizer, "optimizer"))
     scheduler = OmegaConf.select(cfg, "scheduler.scheduler")
     if scheduler is None:
         params["scheduler/class"] = "none"
@@ -62,6 +66,8 @@ def run_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             params.update(flatten_hparams(value, key.replace(".", "/")))
+    for key in keys:
+        params.update(flatten_hparams(OmegaConf.select(cfg, key), key.replace(".", "/")))
     return params
 
 

@@ -14,13 +14,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import custom_scalars
 
+from rmsprop_lightning.app.job_hparams import job_hparams
 from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import diverged_message
 from rmsprop_lightning.callbacks.fit_stats import best_values
 from rmsprop_lightning.callbacks.optimizer_state import custom_scalars_layout
 from rmsprop_lightning.errors import DivergedError, resume_command
 from rmsprop_lightning.logging.event_file import EventFile, scalars_summary
-from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger, run_hparams
+from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
 from rmsprop_lightning.population.checkpoints import write_checkpoints
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.train import PopulationResult
@@ -131,7 +132,7 @@ def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: b
     for logger in instantiate_entries(cfg, "logger"):
         logger.log_hyperparams(member.module.hparams)
         if isinstance(logger, TensorBoardRunLogger):  # its writer stays closed: the file is written here
-            write_tensorboard(logger, scalars, run_hparams(cfg), layout, finished)
+            write_tensorboard(logger, scalars, job_hparams(cfg), layout, finished)
             save_hparams_to_yaml(Path(logger.log_dir) / TensorBoardLogger.NAME_HPARAMS_FILE, logger.hparams)
             continue
         for step in sorted(scalars):
