@@ -120,6 +120,11 @@ CASES = [
     ("search path not a list", ["hydra.searchpath=/tmp"], ["hydra.searchpath=/tmp", "[file:///abs/dir]"]),
     ("removing a key that is not there", ["~optimizer.lrr"], ["optimizer.lrr", "not a key of optimizer"]),
     (
+        "removing a null key",
+        ["~trainer.max_time"],
+        ["~trainer.max_time: trainer.max_time is null", "max_time=<"],
+    ),
+    (
         "lr multipliers as a list",
         ["module.lr_multipliers=[1,2]"],
         ["module.lr_multipliers", "{regex: factor}"],

@@ -69,6 +69,11 @@ def check_keys(
             continue
         if override.type == OverrideType.DEL and "/" not in key:  # a key, not a Hydra group
             check_key(cfg, key, context, removing=True)
+            if OmegaConf.select(cfg, key) is None:  # Hydra finds no key to delete where the value is null
+                raise InputError(
+                    f"{override.input_line}: {key} is null, which Hydra cannot delete; "
+                    f"allowed: leaving it null (its default), or {key}=<value>"
+                )
         if override.type == OverrideType.ADD and has_key(cfg, key):  # Hydra adds no key that is there
             line = override.input_line.removeprefix("+")
             raise InputError(f"{override.input_line}: {key} is already set; allowed: {line} (or ++{line})")
