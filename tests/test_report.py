@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -230,6 +231,19 @@ def test_a_populations_shared_fit_counts_once(tmp_path):
     assert csv_rows(sweep)["optimizer=rmsprop"]["in_population"] == "3"
 
 
+def test_a_wall_time_over_solo_and_population_jobs_says_how_many_shared_a_fit(tmp_path):
+    sweep = tmp_path / "sweep"
+    population = SimpleNamespace(
+        id="p1", frozen_at=[-1] * 2, global_step=20, result=SimpleNamespace(fit_seconds=6.0)
+    )
+    scalars = {9: {"val/loss": 0.5}, 19: {"val/loss": 0.25}}
+    for seed in (0, 1):
+        fields = summary_fields(population, seed, scalars)
+        make_job(sweep, seed, ["optimizer=rmsprop", f"seed={seed}"], wall_seconds=0.5, **fields)
+    make_job(sweep, 2, ["optimizer=rmsprop", "seed=2"], wall_seconds=2.0)  # trained alone, resumed say
+    assert "| 5.00 (2 shared) |" in report_text(sweep)  # (6 + 0.5) × 2 and 2, over 3
+
+
 def test_the_cost_ratio_counts_the_fits_of_the_timed_sweeps_only(sweep, tmp_path):
     run = make_job(tmp_path / "runs", 0, ["optimizer=rmsprop", "seed=9"], fit_seconds=7.0)
     text = report_text(sweep, run)
@@ -274,6 +288,43 @@ def test_a_panel_without_finite_values_says_so_instead_of_failing(tmp_path):
         "optimizer.lr=0.01 square_avg": [],
         "optimizer.lr=1e4 square_avg": ["no finite positive values"],
     }
+
+
+def test_plots_name_a_state_runs_lack_show_one_point_runs_and_wrap_long_labels(tmp_path):
+    sweep = tmp_path / "sweep"
+    searched = [
+        "optimizer.lr=0.0021177913315908337",
+        "optimizer.alpha=0.9156984350117928",
+        "optimizer.eps=1.019000001e-06",
+    ]
+    make_job(sweep, 0, ["optimizer.centered=true", *searched])
+    make_job(sweep, 1, ["optimizer.centered=false", *searched])
+    diverged = ["optimizer.centered=true", "optimizer.lr=1e37", "optimizer.alpha=0.9", "optimizer.eps=1e-8"]
+    make_job(sweep, 2, diverged, status="diverged")
+    writer = SummaryWriter(str(sweep / "0_job" / "tensorboard"))  # only the centered run has grad_avg
+    writer.add_scalar("optim/grad_avg_norm", 0.5, 39)
+    writer.close()
+    for run in ("1_job", "2_job"):  # the centered run with a huge lr diverged at its first step
+        shutil.rmtree(sweep / run / "tensorboard")
+    writer = SummaryWriter(str(sweep / "2_job" / "tensorboard"))
+    writer.add_scalar("train/loss", 2.0, 0)
+    writer.close()
+    writer = SummaryWriter(str(sweep / "1_job" / "tensorboard"))
+    writer.add_scalar("optim/square_avg_norm", 0.1, 39)
+    writer.close()
+    from rmsprop_lightning.report import plots
+
+    configurations = load_sweep([sweep]).configurations()
+    figure = plots.optimizer_state(configurations, ["optimizer.centered"])
+    notes = {axis.get_title(): [text.get_text() for text in axis.texts] for axis in figure.axes}
+    plots.plt.close(figure)
+    assert notes["optimizer.centered=false grad_avg"] == ["not logged by these runs"]
+    assert notes["optimizer.centered=true grad_avg"] == []
+    figure = plots.loss_curves(configurations, ["optimizer.centered"])
+    lines = {line.get_label(): line.get_marker() for axis in figure.axes for line in axis.get_lines()}
+    plots.plt.close(figure)
+    assert lines["optimizer.lr=1e37, optimizer.alpha=0.9,\noptimizer.eps=1e-8 (n=1)"] == "o"
+    assert lines["optimizer.lr=0.002118, optimizer.alpha=0.9157,\noptimizer.eps=1.019e-06 (n=1)"] == "None"
 
 
 def test_a_failing_plot_leaves_the_table_written(sweep, monkeypatch):

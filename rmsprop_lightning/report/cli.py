@@ -157,8 +157,8 @@ def build_report(
     )
     if any(row.cells["in_population"] for row in rows):
         threshold_text += (
-            " A wall time marked shared is of jobs trained together as a population: the population's "
-            "fit, which its members share, plus the job's own outputs."
+            " A wall time marked shared (k shared: k of its runs) is of jobs trained together as a "
+            "population: the population's fit, which its members share, plus the job's own outputs."
         )
     sections = [
         f"# Sweep report: {folders}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import numpy as np
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES
 from rmsprop_lightning.logging.events import Series
-from rmsprop_lightning.report.results import Configuration, Sweep, mean_std
+from rmsprop_lightning.report.results import Configuration, Sweep, mean_std, short_number
 
 # OptimizerStateMonitor's norm of each state over all parameter groups
 STATE_TAG = re.compile(r"^optim/(?P<state>[^/]+)_norm$")
 STATE_ORDER = ("square_avg", "momentum_buffer", "grad_avg")
+# a legend label's line length; longer labels (a search's settings) put the legend below its panel
+LABEL_WIDTH = 48
 
 
 def write_plots(sweep: Sweep, over: Sequence[str], output: Path) -> list[str]:
@@ -51,14 +54,14 @@ def _panels(configurations: Sequence[Configuration], keys: Sequence[str]) -> dic
     """The configurations by their setting of ``keys`` (one panel each), titled ``key=value, ...``."""
     panels: dict[str, list[Configuration]] = {}
     for configuration in configurations:
-        title = ", ".join(f"{k}={configuration.setting[k]}" for k in keys)
+        title = ", ".join(f"{k}={short_number(configuration.setting[k])}" for k in keys)
         panels.setdefault(title, []).append(configuration)
     return panels
 
 
 def _line_label(configuration: Configuration, panel_keys: Sequence[str]) -> str:
-    items = [f"{k}={v}" for k, v in configuration.setting.items() if k not in panel_keys]
-    return ", ".join(items) or configuration.label
+    items = [f"{k}={short_number(v)}" for k, v in configuration.setting.items() if k not in panel_keys]
+    return textwrap.fill(", ".join(items), LABEL_WIDTH, break_on_hyphens=False) or configuration.label
 
 
 def _stack(series: Sequence[Series]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,18 +99,22 @@ def _band_plot(axis: plt.Axes, series: Sequence[Series], label: str, color) -> b
         matrix = np.where(np.isfinite(matrix) & (matrix > 0), matrix, np.nan)
         mean = smooth(np.nanmean(matrix, axis=0), window)
         low, high = (smooth(reduce(matrix, axis=0), window) for reduce in (np.nanmin, np.nanmax))
-    axis.plot(steps, mean, label=f"{label} (n={len(series)})", color=color, linewidth=1.2)
+    marker = "o" if len(steps) == 1 else None  # a run that diverged at its first step has one point
+    axis.plot(steps, mean, label=f"{label} (n={len(series)})", color=color, linewidth=1.2, marker=marker)
     if len(series) > 1:
         axis.fill_between(steps, low, high, color=color, alpha=0.2)
     return True
 
 
-def _legend_or_note(axis: plt.Axes, drawn: bool, legend: bool = True) -> None:
-    """The panel's legend (where ``legend``) when it has lines, else a note saying why it has none."""
+def _legend_or_note(axis: plt.Axes, drawn: bool, legend: bool = True, logged: bool = True) -> None:
+    """The panel's legend (where ``legend``) when it has lines, else a note saying why it has none: no value
+    was ``logged``, or none was finite and positive."""
     if not drawn:
-        axis.text(0.5, 0.5, "no finite positive values", transform=axis.transAxes, ha="center", color="gray")
+        note = "no finite positive values" if logged else "not logged by these runs"
+        axis.text(0.5, 0.5, note, transform=axis.transAxes, ha="center", color="gray")
     elif legend:
-        axis.legend(fontsize=7)
+        below = any("\n" in label for label in axis.get_legend_handles_labels()[1])
+        axis.legend(fontsize=7, **({"loc": "upper center", "bbox_to_anchor": (0.5, -0.15)} if below else {}))
 
 
 def _colors(count: int) -> list:
@@ -168,11 +175,12 @@ def optimizer_state(configurations: Sequence[Configuration], panel_keys: Sequenc
         legend = True  # on the row's first panel with lines
         for column, state in enumerate(states):
             axis = axes[row][column]
-            drawn = False
+            drawn = logged = False
             for configuration, color in zip(members, _colors(len(members)), strict=True):
                 series = [norms[id(job)].get(state, []) for job in configuration.jobs]
                 drawn |= _band_plot(axis, series, _line_label(configuration, panel_keys), color)
-            _legend_or_note(axis, drawn, legend)
+                logged |= any(series)
+            _legend_or_note(axis, drawn, legend, logged)
             legend &= not drawn
             axis.set(yscale="log", xlabel="step", ylabel=f"‖{state}‖", title=f"{title} {state}".strip())
             axis.grid(True, which="both", alpha=0.3)
@@ -218,8 +226,8 @@ def heatmap(configurations: Sequence[Configuration], keys: Sequence[str]) -> plt
             axis.text(
                 j, i, text, ha="center", va="center", fontsize=8, color="white" if shade > 0.6 else "black"
             )
-        axis.set_xticks(range(len(xs)), xs)
-        axis.set_yticks(range(len(ys)), ys)
+        axis.set_xticks(range(len(xs)), [short_number(x) for x in xs])
+        axis.set_yticks(range(len(ys)), [short_number(y) for y in ys])
         axis.set(xlabel=x_key, ylabel=y_key, title=title)
         figure.colorbar(image, ax=axis, label="log10 mean best val/loss")
     figure.suptitle("Best validation loss over the grid (mean over seeds)")

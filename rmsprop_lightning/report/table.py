@@ -117,7 +117,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
     for row in rows:
         cells = row.cells
         steps = _pm(cells["steps_to_threshold"], ".0f", ".0f")
-        wall_mean = cells["wall_seconds"][0]
+        wall_mean, shared = cells["wall_seconds"][0], cells["in_population"]
+        # a mean over solo and population jobs alike says how many of them share a population's fit
+        marker = "" if not shared else " (shared)" if shared == cells["completed"] else f" ({shared} shared)"
         values = [
             row.configuration.label,
             str(cells["n"]),
@@ -125,9 +127,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             _pm(cells["final_val_loss"]),
             _pm(cells["test_loss"]),
             f"{steps} ({cells['reached']}/{cells['curves']})" if cells["curves"] else "n/a",
-            (f"{wall_mean:.2f}" + (" (shared)" if cells["in_population"] else ""))
-            if math.isfinite(wall_mean)
-            else "—",
+            f"{wall_mean:.2f}{marker}" if math.isfinite(wall_mean) else "—",
             str(cells["failed"]),
             str(cells["diverged"]),
         ]
