@@ -160,6 +160,19 @@ def test_a_branch_at_an_epochs_end_keeps_no_best_of_its_parents(compose_cfg, tmp
     assert summary["best_step"]["val/loss"] == 39
 
 
+def test_a_branch_that_would_end_before_its_next_validation_validates_at_its_end(compose_cfg, tmp_path):
+    each_epoch = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")  # 13 batches each
+    job(compose_cfg, tmp_path / "first", *each_epoch, "trainer.max_steps=15")  # validated at 13
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    summary = job(
+        compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *each_epoch, "trainer.max_steps=20"
+    )
+    assert summary["best_step"] == {"val/loss": 20, "val/rmse": 20} and summary["value"] is not None
+    assert [path.name for path in (tmp_path / "branch" / "checkpoints").glob("best-*")] == [
+        "best-000020.ckpt"
+    ]
+
+
 def test_a_branch_with_larger_batches_serves_the_rest_of_its_parents_epoch(compose_cfg, tmp_path):
     """410 training rows: the parent's 5 batches of 32 leave 250, 4 batches of 64 (Lightning's count of
     the parent's batches against 7 per epoch ended the epoch after 2 of them)."""

@@ -8,7 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.validation import processes
+from rmsprop_lightning.app.resume import continues_itself
+from rmsprop_lightning.app.safeguards import is_weights_branch
+from rmsprop_lightning.app.validation import load_checkpoint, processes
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.data.loader import limited_batches
 from rmsprop_lightning.errors import InputError
@@ -37,28 +39,53 @@ def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
     return min(ends) if ends else None
 
 
+def restored_batches(cfg: DictConfig, epoch: int) -> int:
+    """Training batches a branch's fit has behind it once it restores its checkpoint's loops; none for a fit
+    from step 0, and for a resumed run, whose validations are those of the run it continues."""
+    ckpt_path, window = cfg.get("ckpt_path"), cfg.trainer.get("accumulate_grad_batches", 1)
+    if not ckpt_path or not cfg.get("train", True) or continues_itself(cfg) or is_weights_branch(cfg):
+        return 0
+    steps_per_epoch = -(-epoch // window)
+    epochs, steps = divmod(load_checkpoint(ckpt_path)["global_step"], steps_per_epoch)
+    return epochs * epoch + steps * window
+
+
+def next_validation(trainer: DictConfig, epoch: int, done: int, end: int) -> int | None:
+    """The batch count, from the fit's first batch, of its first validation after ``done`` batches, if there
+    is one by ``end``."""
+    interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
+    fraction = 1.0 if interval is None else interval
+    within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
+    if every is None:  # the interval counts batches across epochs
+        position = (done // within + 1) * within
+        return position if position <= end else None
+    for index in range(done // epoch, -(-end // epoch)):  # the epochs left, validating every `every`
+        position = index * epoch + (max(done - index * epoch, 0) // within + 1) * within
+        # an interval longer than an epoch (Lightning refuses it) is taken as it counts
+        if (index + 1) % every == 0 and (position <= (index + 1) * epoch or within > epoch):
+            return position if position <= end else None
+    return None
+
+
 def last_batch_before_validation(cfg: DictConfig, datamodule: RegressionDataModule) -> tuple[int, int] | None:
-    """``(batches, steps)`` of a fit that would end before its first validation; ``None`` for one that
-    validates (or has no validation data)."""
+    """``(batches, steps)`` of a fit that would end before its next validation (a branch's: after its
+    checkpoint's); ``None`` for one that validates (or has no validation data)."""
     trainer = cfg.trainer
     epoch = batches_per_epoch(trainer, datamodule)
     length = run_length(trainer, epoch)
     if length is None or not length[1] or not len(datamodule.splits["val"][0]):
         return None
-    interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
-    fraction = 1.0 if interval is None else interval
-    within = interval if isinstance(interval, int) else max(int(epoch * fraction), 1)
-    first = within if every is None else (every - 1) * epoch + within
-    return length if first > length[0] else None
+    done = restored_batches(cfg, epoch)
+    return length if next_validation(trainer, epoch, done, length[0]) is None else None
 
 
 def validation_at_the_end(cfg: DictConfig, datamodule: RegressionDataModule) -> dict[str, Any]:
-    """Trainer settings that make a fit which would end before its first validation validate at its end:
+    """Trainer settings that make a fit which would end before its next validation validate at its end:
     without one there would be no ``val/*``, no best checkpoint and nothing to compare."""
     length = last_batch_before_validation(cfg, datamodule)
     if length is None:
         return {}
-    log.info("The first validation would come after the last step: validating at step %d", length[1])
+    log.info("No validation would come before the last step: validating at step %d", length[1])
     return {"val_check_interval": length[0], "check_val_every_n_epoch": None}
 
 
