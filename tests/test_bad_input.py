@@ -287,6 +287,16 @@ CASES = [
         ["data.source.target: column 'price'", "columns found", "a, b, target"],
     ),
     (
+        "a file separated by semicolons",
+        ["data=csv", "data.source.path={files}/semicolons.csv", "data.source.target=target"],
+        ["column 'target' not found", "columns found: a;b;target", "allowed: data.source.delimiter=';'"],
+    ),
+    (
+        "archive arrays of other names",
+        ["data=npy", "data.source.path={files}/named.npz"],
+        ["named.npz lacks array(s) ['X', 'y']", "data.source.features_key", "inputs, target"],
+    ),
+    (
         "missing feature column",
         ["data=csv", "data.source.path={files}/good.csv", "data.source.features=[a,c]"],
         ["data.source.features: column 'c'", "columns found", "a, b, target"],
@@ -600,6 +610,8 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     indexed = [f",{rows[0]}", *(f"{i},{row}" for i, row in enumerate(rows[1:]))]  # pandas' index column
     (folder / "unnamed.csv").write_text("\n".join(indexed) + "\n")
     np.savez(folder / "arrays.npz", X=np.ones((40, 2)), y=np.arange(40.0))
+    np.savez(folder / "named.npz", inputs=np.ones((40, 2)), target=np.arange(40.0))
+    (folder / "semicolons.csv").write_text("\n".join(row.replace(",", ";") for row in rows) + "\n")
     np.savez(folder / "complex.npz", X=np.ones((40, 2), dtype=complex), y=np.arange(40.0))
     np.savez(folder / "timedelta.npz", X=np.ones((40, 2), dtype="m8[s]"), y=np.arange(40.0))
     np.savez(folder / "no_rows.npz", X=np.ones((0, 2)), y=np.ones(0))

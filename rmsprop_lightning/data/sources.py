@@ -149,8 +149,12 @@ def check_columns(path: Path, header: list[str], targets: list[str], feature_nam
             )
         if name not in header:
             key = "target" if name in targets else "features"
+            # a header of one column holding another separator: a file that is not comma-separated
+            other = [sep for sep in ";|" if len(header) == 1 and sep in header[0]]
+            hint = f"; allowed: data.source.delimiter='{other[0]}'" if other else ""
             raise ValueError(
                 f"data.source.{key}: column {name!r} not found in {path}; columns found: {', '.join(header)}"
+                + hint
             )
     if not feature_names:
         raise ValueError(f"{path} has no feature columns besides the target(s) {targets}")
@@ -190,7 +194,10 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
                     f"copy of X); allowed: two different arrays of {path}: {', '.join(loaded.files)}"
                 )
             if missing := [key for key in (features_key, targets_key) if key not in loaded.files]:
-                raise ValueError(f"{path} lacks array(s) {missing}; arrays found: {loaded.files}")
+                raise ValueError(
+                    f"{path} lacks array(s) {missing}; allowed: data.source.features_key and "
+                    f"data.source.targets_key naming two of its arrays: {', '.join(loaded.files)}"
+                )
             try:  # a compressed archive's arrays are read here
                 arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
             except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
