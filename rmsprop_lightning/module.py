@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
+from torch import Tensor, nn
 
 from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
 from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups, lr_ratios_kept
@@ -20,6 +20,20 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 LOSSES: dict[str, Callable[[], nn.Module]] = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss}
 LOSS_KEY = ("train/loss",)
 UNDESCRIBED = "not plain data"  # saved for a model, optimizer or scheduler that to_spec cannot describe
+
+
+def regression_scores(
+    stage: str, loss_sum: Tensor, sse: Tensor, rows: Tensor, sums: Tensor, squares: Tensor, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """``<stage>/loss`` (in ``dtype``), ``/rmse`` and on test ``/r2`` (float32) from sums over rows, leading
+    dimensions (members) kept; ``sse`` and the targets' ``sums`` and ``squares`` per target column."""
+    scores = {
+        f"{stage}/loss": (loss_sum / rows).to(dtype),
+        f"{stage}/rmse": (sse.sum(-1) / (rows * sse.shape[-1])).sqrt().float(),
+    }
+    if stage == "test":  # R²: the mean over target columns
+        scores["test/r2"] = (1 - sse / (squares - sums * sums / rows[..., None])).mean(-1).float()
+    return scores
 
 
 class StepLossLogger(BufferedStepLogger):
@@ -149,12 +163,10 @@ class RegressionModule(pl.LightningModule):
         row weighs the same however the rows are shared out."""
         totals = self._totals[stage]
         loss_sum, sse, count, total, total_sq = self.all_gather(totals).reshape(-1, *totals.shape).sum(0)
-        loss = (loss_sum[0] / count[0]).to(torch.promote_types(self.dtype, torch.float32))
-        self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=stage == "val")
-        self.log(f"{stage}/rmse", (sse.sum() / count.sum()).sqrt().float(), sync_dist=True)
-        if stage == "test":
-            variance_sum = total_sq - total * total / count
-            self.log("test/r2", (1 - sse / variance_sum).mean().float(), sync_dist=True)
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        scores = regression_scores(stage, loss_sum[0], sse, count[0], total, total_sq, dtype)
+        for tag, value in scores.items():
+            self.log(tag, value, sync_dist=True, prog_bar=tag == "val/loss")
 
     def on_validation_epoch_end(self) -> None:
         if "val" in self._totals:

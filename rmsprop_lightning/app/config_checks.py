@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.override_checks import has_key
 from rmsprop_lightning.app.rules import METRICS, RULES, TARGET_RULES, Number, OneOf, Rule, show
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_options
@@ -56,9 +57,8 @@ def validate_config(cfg: DictConfig) -> None:
         target_rules = by_target.get(select(cfg, f"{node}._target_"), {})
         rules.update({f"{node}.{key}": rule for key, rule in target_rules.items()})
     for key, rule in rules.items():
-        absent = OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError
         value = select(cfg, key)  # a broken interpolation is refused here, before the key counts as absent
-        if not absent:
+        if has_key(cfg, key):
             check_value(key, value, rule)
     check_training_length(cfg)
     check_devices(select(cfg, "trainer.devices"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmsprop_lightning.app.resume import lenient_select
 from rmsprop_lightning.errors import InputError, first_line
 
 # a study's search space, the config's or typed on the command line: checked as the keys it names
@@ -95,7 +96,7 @@ def interval_draws(cfg: DictConfig, override: Any) -> list[Any]:
         )
     if all(isinstance(end, int) for end in (interval.start, interval.end)):
         return [interval.start, interval.end]
-    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    current = lenient_select(cfg, key)
     if isinstance(current, int) and not isinstance(current, bool):
         raise InputError(
             f"{override.input_line}: interval() draws real numbers, but {key} takes integers; "

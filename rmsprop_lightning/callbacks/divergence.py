@@ -22,6 +22,11 @@ MODES = ("stop", "skip")
 SKIPPED_TAG = "train/skipped_steps"
 
 
+def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (a collective only where there are other ranks)."""
+    return trainer.strategy.reduce_boolean_decision(flag, all=False) if trainer.world_size > 1 else flag
+
+
 def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """A 0-d bool tensor: whether every element of every tensor is finite (no host sync).
 
@@ -112,13 +117,6 @@ class DivergenceGuard(Callback):
         self._parameters: list[torch.Tensor] = []
         self._checked_step: int | None = None
 
-    def _agree(self, trainer: pl.Trainer, finite: torch.Tensor) -> bool:
-        """Whether every rank saw finite values (one host sync; one all-reduce under DDP)."""
-        bad = not bool(finite)
-        if trainer.world_size > 1:  # a collective per step only where there are other ranks
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        return not bad
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._checked_step = trainer.global_step
         self._losses, self._stepped = [], 0
@@ -136,7 +134,7 @@ class DivergenceGuard(Callback):
             return
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         losses, self._stepped = self._losses[self._stepped :], len(self._losses)  # this optimizer's
-        if self._agree(trainer, all_finite([*losses, *(p.grad for p in parameters)])):
+        if not any_rank(trainer, not all_finite([*losses, *(p.grad for p in parameters)])):
             return
         for parameter in parameters:
             parameter.grad = None
@@ -161,7 +159,7 @@ class DivergenceGuard(Callback):
             return  # accumulating gradients: no update yet
         self._checked_step = trainer.global_step
         checked = self._parameters + self._losses if self.on_nonfinite == "stop" else self._parameters
-        if self._agree(trainer, all_finite(checked)):
+        if not any_rank(trainer, not all_finite(checked)):
             self._losses, self._stepped = [], 0
             return
         step = trainer.global_step - 1

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from rmsprop_lightning.callbacks.divergence import any_rank
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_last_checkpoint
 from rmsprop_lightning.errors import InterruptedRun, resume_command
 from rmsprop_lightning.summary import write_summary
@@ -66,14 +67,12 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = any_rank(trainer, self.received is not None)
         stepped, self._step = trainer.global_step != self._step, trainer.global_step
         if stop and stepped and self.stopped_at is None:  # never inside an accumulation of gradients
             self.stopped_at = trainer.global_step
-            if (last := find_last_checkpoint(trainer)) is not None:
-                last.request_save()
+            if self._last is not None:
+                self._last.request_save()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -83,9 +82,7 @@ class GracefulInterrupt(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = any_rank(trainer, self.received is not None)  # a collective on every rank
         if stop and self.stopped_at is None:  # after the last step's end, whose checkpoint is saved as usual
             self.stopped_at = trainer.global_step
 

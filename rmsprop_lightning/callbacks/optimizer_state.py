@@ -59,6 +59,12 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list[Any]]
     }
 
 
+def monitor_interval(every_n_steps: int | None, log_every_n_steps: int | None) -> int:
+    """The monitor's steps between records: ``every_n_steps``, else the trainer's ``log_every_n_steps``
+    (``None``: Lightning's default, 50)."""
+    return every_n_steps or max(50 if log_every_n_steps is None else log_every_n_steps, 1)
+
+
 def first_due(steps_done: int, interval: int) -> int:
     """The first multiple of ``interval`` that the next step count, ``steps_done + 1``, reaches or passes."""
     return -(-(steps_done + 1) // interval) * interval
@@ -169,7 +175,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
             ]
         self._param_names = {id(param): name for name, param in pl_module.named_parameters()}
         self._trainer = trainer
-        self._interval = interval = self.every_n_steps or max(trainer.log_every_n_steps, 1)
+        self._interval = interval = monitor_interval(self.every_n_steps, trainer.log_every_n_steps)
         restored, self._restored = self._restored, {}
         same = restored.get("interval") == interval and len(restored.get("due", [])) == len(self._watches)
         # as the interrupted run had them, each optimizer keeping its turn; else set at the first batch, where

@@ -16,7 +16,12 @@ from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint, find_callback
-from rmsprop_lightning.callbacks.optimizer_state import OptimizerStateMonitor, first_due, monitor_state
+from rmsprop_lightning.callbacks.optimizer_state import (
+    OptimizerStateMonitor,
+    first_due,
+    monitor_interval,
+    monitor_state,
+)
 from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.internals import SCHEDULER_LAST_LRS
 from rmsprop_lightning.population.members import Member
@@ -112,7 +117,7 @@ def write_checkpoints(
     states[last.state_key][SAVED_IN_VALIDATION] = in_validation  # as the population's save was
     monitor = find_callback(callbacks, OptimizerStateMonitor)
     if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
-        interval = monitor.every_n_steps or max(cfg.trainer.get("log_every_n_steps", 50), 1)
+        interval = monitor_interval(monitor.every_n_steps, cfg.trainer.get("log_every_n_steps"))
         states[monitor.state_key] = monitor_state(interval, [first_due(saved_at, interval)])
     if diverged:  # as they were at the save: the optimizer's state, the scheduler's and its learning rates
         optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.module import LOSSES
+from rmsprop_lightning.module import LOSSES, regression_scores
 from rmsprop_lightning.population.coefficients import broadcast
 from rmsprop_lightning.population.norms import StackedStateNorms
 from rmsprop_lightning.population.optim import StackedRMSprop
@@ -156,19 +156,8 @@ class PopulationModule(pl.LightningModule):
     def _scores(self, stage: str) -> dict[str, Tensor]:
         """``<stage>/loss``, ``/rmse`` (and ``/r2`` on test) per member from the epoch's totals."""
         t = self._totals
-        rows = t["count"]
-        scores = {
-            f"{stage}/loss": t["loss"] / rows,
-            f"{stage}/rmse": (t["sse"].sum(1) / (rows * t["sse"].shape[1])).sqrt(),
-        }
-        if stage == "test":  # R²: the mean over target columns
-            scores["test/r2"] = (1 - t["sse"] / (t["sum_sq"] - t["sum"] * t["sum"] / rows[:, None])).mean(1)
-        # as RegressionModule logs them: the loss in float64 when the run is, the others in float32
-        loss_dtype = torch.promote_types(self.dtype, torch.float32)
-        return {
-            tag: value.to(loss_dtype if tag.endswith("loss") else torch.float32)
-            for tag, value in scores.items()
-        }
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        return regression_scores(stage, t["loss"], t["sse"], t["count"], t["sum"], t["sum_sq"], dtype)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._totals:

@@ -18,6 +18,7 @@ from lightning.fabric.plugins import CheckpointIO
 from rmsprop_lightning.app.fit_length import validation_at_the_end
 from rmsprop_lightning.callbacks import LastCheckpoint
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
+from rmsprop_lightning.callbacks.optimizer_state import monitor_interval
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.logging.events import log_level
 from rmsprop_lightning.population.data import PopulationDataModule
@@ -89,7 +90,7 @@ def build_population(members: Sequence[Member]) -> PopulationModule:
         schedulers,
         settings,
         loss=hparams.loss,
-        monitor_every=(monitor.get("every_n_steps") or every) if monitor else None,
+        monitor_every=monitor_interval(monitor.get("every_n_steps"), every) if monitor else None,
         lr_every=every if lrs else None,
     )
 
