@@ -110,8 +110,6 @@ class _HydraJobLauncher(SubprocessScriptLauncher):
 class HydraDDPStrategy(DDPStrategy):
     """Lightning's DDP whose child processes run exactly the current Hydra job."""
 
-    strategy_name = "hydra_ddp"
-
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if isinstance(self._launcher, SubprocessScriptLauncher):

@@ -86,7 +86,7 @@ def check_options(node: DictConfig, path: str) -> None:
             raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
 
 
-def check_accelerator(accelerator: Any, precision: Any = None, devices: Any = 1) -> None:
+def check_accelerator(accelerator: Any, precision: Any, devices: Any) -> None:
     """``trainer.accelerator`` names one this machine has (Lightning's error names no setting), and a run on
     the CPU asks for a number of processes and no float16 mixed precision, which Lightning there replaces
     with bfloat16."""

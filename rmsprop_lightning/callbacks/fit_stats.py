@@ -17,9 +17,9 @@ from rmsprop_lightning.logging.tensorboard import is_better
 def keep_best(
     best: dict[str, float], best_step: dict[str, int], metrics: Mapping[str, float], step: int
 ) -> None:
-    """Takes the ``val/`` values of ``metrics`` that beat ``best`` (R² maximised, the rest minimised)."""
+    """Takes the ``val/`` values of ``metrics`` that beat ``best`` (lower is better: losses and RMSEs)."""
     for tag, value in metrics.items():
-        if tag.startswith("val/") and is_better(value, best.get(tag), "max" if tag.endswith("r2") else "min"):
+        if tag.startswith("val/") and is_better(value, best.get(tag), "min"):
             best[tag], best_step[tag] = value, step
 
 

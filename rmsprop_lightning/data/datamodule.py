@@ -204,11 +204,11 @@ def split_and_standardize(
     seed: int,
     standardize_features: bool,
     standardize_targets: bool,
-    min_train_rows: int = 1,
-    scaling: dict[str, torch.Tensor] | None = None,
+    min_train_rows: int,
+    scaling: dict[str, torch.Tensor],
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Splits rows by a seeded permutation and standardises with training-split statistics, which go
-    into ``scaling`` when given (``features_mean``, ``features_scale``, ``targets_…``)."""
+    into ``scaling`` (``features_mean``, ``features_scale``, ``targets_…``)."""
     count = len(table.features)
     num_val, num_test = round(count * val_fraction), round(count * test_fraction)
     num_train = count - num_val - num_test
@@ -221,7 +221,6 @@ def split_and_standardize(
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
     features, targets = table.features, table.targets
-    scaling = {} if scaling is None else scaling
     if standardize_features:
         features = _standardize(features, features[parts["train"]], "features", scaling)
     if standardize_targets:

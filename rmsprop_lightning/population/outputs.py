@@ -137,8 +137,7 @@ def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: b
             continue
         for step in sorted(scalars):
             logger.log_metrics(scalars[step], step)
-        logger.save()
-        logger.finalize("success")
+        logger.finalize("success")  # which saves (Lightning's CSV and TensorBoard loggers)
 
 
 def divergence(record: PopulationRecord, index: int, member: Member, last: Path | None) -> DivergedError:
