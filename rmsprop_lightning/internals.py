@@ -1,8 +1,9 @@
 """Every use of another library's private API, in one place, each with the reason and the upstream issue.
 
-The one exception is the DDP launcher fix (``app/distributed.py``), which overrides two private methods
-of the launcher and the strategy found here. ``tests/test_internals.py`` checks each of them against the
-installed versions, so an upgrade that moves one fails there, loudly, rather than somewhere in a run.
+The one exception is the DDP launcher fix (``app/distributed.py``): it subclasses the launcher found here,
+overriding ``_call_children_scripts`` and calling ``_check_can_spawn_children``, and DDP's strategy,
+overriding ``_configure_launcher`` to replace ``_launcher``. ``tests/test_internals.py`` checks the three
+methods against the installed versions, so an upgrade that moves one fails there, loudly, not in a run.
 """
 
 from __future__ import annotations

@@ -136,8 +136,7 @@ def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
 
 
 def recorded_job(cfg: DictConfig, train: Training) -> float | None:
-    """Checks the config, trains (``train_alone`` by default) and records the job; returns the optimized
-    metric, if finite.
+    """Checks the config, trains with ``train`` and records the job; returns the optimized metric, if finite.
 
     ``train(cfg, fields)`` returns the metric and adds the summary's fields, ``steps`` among them once a
     trainer set up; a resume that ends before that leaves its run's record as it was. torch and Lightning

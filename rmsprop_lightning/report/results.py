@@ -38,7 +38,7 @@ class Job:
 
     @property
     def status(self) -> str:
-        """``completed``, ``failed``, ``diverged`` or ``running`` (a job that never finished)."""
+        """``completed``, ``failed``, ``diverged``, ``interrupted`` or ``running`` (never finished)."""
         status = self.summary.get("status", "running")
         if status == "completed" and not math.isfinite(self.value("final", "val/loss")):
             return "diverged" if "val/loss" in self.summary.get("final", {}) else status
