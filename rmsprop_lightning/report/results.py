@@ -1,11 +1,13 @@
 """A sweep folder as data: its jobs (summary + TensorBoard scalars) grouped into configurations.
 
-A configuration is a set of jobs whose overrides agree on every key except those aggregated over (the seed,
-by default); only keys that vary across the sweep name it.
+A configuration is a set of jobs whose settings agree on every key some job overrode (a job that did not
+holds its config's default), except those aggregated over (the seed, by default); only keys that vary
+across the sweep name it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -13,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from rmsprop_lightning.app.resume import HYDRA_FOLDER
 from rmsprop_lightning.app.sweep_record import SWEEP_FILE, job_folders
 from rmsprop_lightning.errors import first_line
 from rmsprop_lightning.logging.events import Series, read_csv_scalars, read_scalars
@@ -35,6 +40,18 @@ class Job:
     def overrides(self) -> dict[str, str]:
         """The job's task overrides as ``{key: value}``."""
         return parse_overrides(self.summary.get("overrides", []))
+
+    def setting(self, key: str) -> str:
+        """The job's ``key`` as its overrides typed it, else as its saved config holds it (a default: the
+        option a config group chose, a key's value), else ``-``."""
+        return self.overrides[key] if key in self.overrides else saved_setting(self.saved_config, key)
+
+    @functools.cached_property
+    def saved_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The config groups' chosen options and the config, as the job's ``.hydra`` folder saved them."""
+        folder = self.folder / HYDRA_FOLDER
+        runtime = (read_yaml(folder / "hydra.yaml").get("hydra") or {}).get("runtime") or {}
+        return runtime.get("choices") or {}, read_yaml(folder / "config.yaml")
 
     @property
     def status(self) -> str:
@@ -100,24 +117,47 @@ class Sweep:
     optuna: dict[str, Any] | None
 
     def varying_keys(self, over: Sequence[str]) -> list[str]:
-        """Override keys that take more than one value across the jobs, except ``over``."""
-        keys: dict[str, set[str]] = {}
-        for job in self.jobs:
-            for key, value in job.overrides.items():
-                keys.setdefault(key, set()).add(value)
-        missing = {key for key in keys if any(key not in job.overrides for job in self.jobs)}
-        return [
-            key for key, values in keys.items() if key not in over and (len(values) > 1 or key in missing)
-        ]
+        """Override keys that take more than one value across the jobs (typed or default), except ``over``."""
+        keys = dict.fromkeys(key for job in self.jobs for key in job.overrides if key not in over)
+        return [key for key in keys if len({job.setting(key) for job in self.jobs}) > 1]
 
     def configurations(self, over: Sequence[str] = ("seed",)) -> list[Configuration]:
         """Jobs grouped by the varying keys (in first-seen order of settings)."""
         keys = self.varying_keys(over)
         groups: dict[tuple[str, ...], Configuration] = {}
         for job in self.jobs:
-            setting = {key: job.overrides.get(key, "-") for key in keys}
+            setting = {key: job.setting(key) for key in keys}
             groups.setdefault(tuple(setting.values()), Configuration(setting)).jobs.append(job)
         return list(groups.values())
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A saved config as plain data; empty where the file is missing or unreadable."""
+    try:
+        loaded = yaml.load(
+            path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def saved_setting(saved: tuple[dict[str, Any], dict[str, Any]], key: str) -> str:
+    """``key`` in a job's saved ``(choices, config)``: a config group's chosen option, or the value (as an
+    override types it, interpolations as written); ``-`` where the config does not hold it."""
+    choices, value = saved
+    if key in choices:
+        return typed(choices[key])
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "-"
+        value = value[part]
+    return "-" if isinstance(value, dict | list) else typed(value)
+
+
+def typed(value: Any) -> str:
+    """A plain value as the command line types it: ``null``, ``true``, ``0.01``."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def short_number(value: str, width: int = 8) -> str:
