@@ -289,7 +289,7 @@ CASES = [
     (
         "a file separated by semicolons",
         ["data=csv", "data.source.path={files}/semicolons.csv", "data.source.target=target"],
-        ["column 'target' not found", "columns found: a;b;target", "allowed: data.source.delimiter=';'"],
+        ["column 'target' not found", "columns found: a;b;target", "allowed: \"data.source.delimiter=';'\""],
     ),
     (
         "archive arrays of other names",

@@ -195,12 +195,19 @@ def test_hparams_hold_what_changes_the_run_beyond_the_optimizer(compose_cfg):
 
 def test_hparams_name_the_presets_and_each_key_the_command_line_set_also_after_a_resume(tmp_path):
     # a sweep of any of them compares its runs on the HPARAMS tab; a resume's own command line changes none
+    parent_root = tmp_path / "parent"
+    parent_root.mkdir()
+    train_in_process(parent_root, *QUICK)
+    (parent,) = run_dirs(parent_root)
+    branch = f"ckpt_path={parent}/checkpoints/last.ckpt"  # a resume points ckpt_path at its own checkpoint
     typed = ["optimizer=rmsprop_centered", "data.source.noise_std=0.3", "trainer.precision=bf16-mixed"]
-    train_in_process(tmp_path, *typed, "+trainer.gradient_clip_val=0.5", *QUICK)
+    train_in_process(
+        tmp_path, *typed, "+trainer.gradient_clip_val=0.5", branch, *QUICK, "trainer.max_steps=40"
+    )
     (run_dir,) = run_dirs(tmp_path)
-    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=40")
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=50")
     first, resumed = (read_hparams(path) for path in event_files(run_dir / "tensorboard"))
-    assert first == resumed
+    assert first == resumed and first["ckpt_path"] == f"{parent}/checkpoints/last.ckpt"
     assert first["optimizer"] == "rmsprop_centered" and first["data"] == "synthetic"
     assert first["optimizer/centered"] is True and first["data/source/noise_std"] == 0.3
     assert first["trainer/precision"] == "bf16-mixed" and first["trainer/gradient_clip_val"] == 0.5

@@ -16,22 +16,26 @@ CHOSEN_GROUPS = ("experiment", "debug", "data", "model", "optimizer", "scheduler
 UNRECORDED = ("hydra", "paths", "callbacks", "logger", RESUME_KEY)
 
 
-def run_hydra_config(cfg: DictConfig) -> DictConfig | None:
-    """The run's Hydra settings: a resumed run's saved ones (its command line and choices), else the job's."""
+def run_configs(cfg: DictConfig) -> tuple[DictConfig, DictConfig | None]:
+    """The run's config as it started and its Hydra settings: a resumed run's saved ones (a resume points
+    ``ckpt_path`` at the run's own checkpoint, makes input paths absolute), else the job's."""
     if cfg.get(RESUME_KEY):
-        saved = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER / "hydra.yaml"
-        return OmegaConf.load(saved).get("hydra") if saved.is_file() else None
+        folder = Path(cfg[RESUME_KEY]) / HYDRA_FOLDER
+        saved = (
+            OmegaConf.load(folder / "hydra.yaml").get("hydra") if (folder / "hydra.yaml").is_file() else None
+        )
+        return OmegaConf.load(folder / "config.yaml"), saved
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.get() if HydraConfig.initialized() else None
+    return cfg, HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def job_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
     """:func:`run_hparams`, the option each of :data:`CHOSEN_GROUPS` chose, and each other key of the run's
     command line: what a sweep varies, but what a resume may change (TensorBoard keeps the first record)."""
-    hydra_cfg = run_hydra_config(cfg)
+    started, hydra_cfg = run_configs(cfg)
     if hydra_cfg is None:
-        return run_hparams(cfg)
+        return run_hparams(started)
     choices = hydra_cfg.runtime.choices
     keys = []
     for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
@@ -40,4 +44,4 @@ def job_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
         if not skipped and key.split(".")[0] not in UNRECORDED:
             keys.append(key)
     chosen = {group: choices[group] for group in CHOSEN_GROUPS if choices.get(group) is not None}
-    return run_hparams(cfg, chosen, keys)
+    return run_hparams(started, chosen, keys)

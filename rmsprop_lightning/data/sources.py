@@ -151,7 +151,7 @@ def check_columns(path: Path, header: list[str], targets: list[str], feature_nam
             key = "target" if name in targets else "features"
             # a header of one column holding another separator: a file that is not comma-separated
             other = [sep for sep in ";|" if len(header) == 1 and sep in header[0]]
-            hint = f"; allowed: data.source.delimiter='{other[0]}'" if other else ""
+            hint = f"; allowed: \"data.source.delimiter='{other[0]}'\"" if other else ""
             raise ValueError(
                 f"data.source.{key}: column {name!r} not found in {path}; columns found: {', '.join(header)}"
                 + hint
