@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from rmsprop_lightning.app.jobs import run_job
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import QUICK
+from tests.conftest import QUICK, ROOT, run_train, train_in_process
 
 STEPS = ("trainer.max_steps=40", "trainer.log_every_n_steps=5")
 
@@ -171,6 +171,25 @@ def test_a_branch_that_would_end_before_its_next_validation_validates_at_its_end
     assert [path.name for path in (tmp_path / "branch" / "checkpoints").glob("best-*")] == [
         "best-000020.ckpt"
     ]
+
+
+def test_a_resumed_branch_validates_at_its_end_as_the_branch_would_have(tmp_path):
+    each_epoch = [
+        "trainer.val_check_interval=1.0",
+        "trainer.check_val_every_n_epoch=1",
+        *QUICK[:1],
+        *QUICK[-1:],
+    ]
+    train_in_process(tmp_path, *each_epoch, "trainer.max_steps=15", f"hydra.run.dir={tmp_path / 'parent'}")
+    branch = [*each_epoch, f"ckpt_path={tmp_path / 'parent' / 'checkpoints' / 'last.ckpt'}"]
+    kill = "+callbacks.self_kill._target_=tests.self_kill.SelfKill"
+    environment = {"PYTHONPATH": str(ROOT), "SELF_KILL": "train_batch_start:20:TERM"}
+    folder = tmp_path / "branch"
+    run = [*branch, "trainer.max_steps=24", kill, f"hydra.run.dir={folder}"]
+    stopped = run_train(tmp_path, *run, env=environment, check=False)
+    assert stopped.returncode == 143 and read_summary(folder)["steps"] == 21  # the step under way ends
+    train_in_process(tmp_path, f"resume={folder}")  # its next validation would be at step 26
+    assert read_summary(folder)["best_step"] == {"val/loss": 24, "val/rmse": 24}
 
 
 def test_a_branch_with_larger_batches_serves_the_rest_of_its_parents_epoch(compose_cfg, tmp_path):

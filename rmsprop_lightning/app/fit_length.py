@@ -4,13 +4,15 @@ checks of the trainer's batch settings that Lightning makes only once a loop sta
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.resume import continues_itself
+from rmsprop_lightning.app.resume import HYDRA_FOLDER, RESUME_KEY, continues_itself
 from rmsprop_lightning.app.safeguards import is_weights_branch
 from rmsprop_lightning.app.validation import load_checkpoint, processes
+from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.data.loader import limited_batches
 from rmsprop_lightning.errors import InputError
@@ -39,14 +41,29 @@ def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
     return min(ends) if ends else None
 
 
-def restored_batches(cfg: DictConfig, epoch: int) -> int:
-    """Training batches a branch's fit has behind it once it restores its checkpoint's loops; none for a fit
-    from step 0, and for a resumed run, whose validations are those of the run it continues."""
-    ckpt_path, window = cfg.get("ckpt_path"), cfg.trainer.get("accumulate_grad_batches", 1)
-    if not ckpt_path or not cfg.get("train", True) or continues_itself(cfg) or is_weights_branch(cfg):
+def branch_start(cfg: DictConfig) -> str | None:
+    """The checkpoint whose loops a fit restores at its start (a resumed run's: the one its first part
+    started from, as it validates as the run it continues); ``None`` for a fit from step 0."""
+    if not cfg.get("train", True) or is_weights_branch(cfg):
+        return None
+    if not continues_itself(cfg):
+        return cfg.get("ckpt_path")
+    saved = OmegaConf.load(Path(cfg[RESUME_KEY]) / HYDRA_FOLDER / "config.yaml")
+    return None if saved.get("ckpt_restore") == "weights" else saved.get("ckpt_path")
+
+
+def restored_batches(cfg: DictConfig, epoch: int) -> int | None:
+    """Training batches the fit has behind it once it restored its checkpoint's loops; ``None`` where it
+    cannot tell: that checkpoint is gone, or its run took other batches per epoch or per step."""
+    ckpt_path, window = branch_start(cfg), cfg.trainer.get("accumulate_grad_batches", 1)
+    if not ckpt_path:
         return 0
-    steps_per_epoch = -(-epoch // window)
-    epochs, steps = divmod(load_checkpoint(ckpt_path)["global_step"], steps_per_epoch)
+    if not Path(ckpt_path).is_file():
+        return None
+    checkpoint = load_checkpoint(ckpt_path)
+    if (checkpoint.get("callbacks", {}).get(FitStats.__qualname__) or {}).get("batches") != [epoch, window]:
+        return None
+    epochs, steps = divmod(checkpoint["global_step"], -(-epoch // window))
     return epochs * epoch + steps * window
 
 
@@ -69,13 +86,15 @@ def next_validation(trainer: DictConfig, epoch: int, done: int, end: int) -> int
 
 def last_batch_before_validation(cfg: DictConfig, datamodule: RegressionDataModule) -> tuple[int, int] | None:
     """``(batches, steps)`` of a fit that would end before its next validation (a branch's: after its
-    checkpoint's); ``None`` for one that validates (or has no validation data)."""
+    checkpoint's); ``None`` for one that validates, has no validation data, or cannot be told."""
     trainer = cfg.trainer
     epoch = batches_per_epoch(trainer, datamodule)
     length = run_length(trainer, epoch)
     if length is None or not length[1] or not len(datamodule.splits["val"][0]):
         return None
     done = restored_batches(cfg, epoch)
+    if done is None:  # Lightning's restored counters run their own way: its validations come where they may
+        return None
     return length if next_validation(trainer, epoch, done, length[0]) is None else None
 
 

@@ -47,10 +47,11 @@ class FitStats(Callback):
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.best_step: dict[str, int] = {}
+        self.batches: list[int] | None = None  # the fit's training batches per epoch and per step
         self._fit_start: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self.best), "best_step": dict(self.best_step)}
+        return {"best": dict(self.best), "best_step": dict(self.best_step), "batches": self.batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_step = dict(state_dict["best"]), dict(state_dict["best_step"])
@@ -61,6 +62,10 @@ class FitStats(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
         self.threads = torch.get_num_threads()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # what a branch from its checkpoints needs to count the batches behind it as Lightning does
+        self.batches = [int(trainer.num_training_batches), trainer.accumulate_grad_batches]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -91,7 +96,8 @@ class FitStats(Callback):
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
             "final": dict(self.final),
-            **self.state_dict(),
+            "best": dict(self.best),
+            "best_step": dict(self.best_step),
         }
 
 

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
+from rmsprop_lightning.app.fit_length import batches_per_epoch
 from rmsprop_lightning.app.run import instantiate_entries
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats, best_values
@@ -91,6 +92,7 @@ def write_checkpoints(
     saved_at = population["global_step"]
     random_state, guard, stats = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop")), FitStats()
     stats.best, stats.best_step = best_values(scalars, saved_at)
+    stats.batches = [batches_per_epoch(cfg.trainer, member.datamodule), 1]  # members accumulate no gradients
     states: dict[str, Any] = {
         random_state.state_key: member.random_state,
         guard.state_key: {"skipped": 0},  # members skip no step: on_nonfinite=skip runs alone
