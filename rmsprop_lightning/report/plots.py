@@ -21,7 +21,7 @@ from rmsprop_lightning.report.results import Configuration, Sweep, mean_std, sho
 # OptimizerStateMonitor's norm of each state over all parameter groups
 STATE_TAG = re.compile(r"^optim/(?P<state>[^/]+)_norm$")
 STATE_ORDER = ("square_avg", "momentum_buffer", "grad_avg")
-# a legend label's line length; longer labels (a search's settings) put the legend below its panel
+# a legend label's line length; longer labels (a search's settings) put the legend beside its panel
 LABEL_WIDTH = 48
 
 
@@ -62,6 +62,14 @@ def _panels(configurations: Sequence[Configuration], keys: Sequence[str]) -> dic
 def _line_label(configuration: Configuration, panel_keys: Sequence[str]) -> str:
     items = [f"{k}={short_number(v)}" for k, v in configuration.setting.items() if k not in panel_keys]
     return textwrap.fill(", ".join(items), LABEL_WIDTH, break_on_hyphens=False) or configuration.label
+
+
+def _height(panels: dict[str, list[Configuration]], panel_keys: Sequence[str], least: float) -> float:
+    """A row's height in inches: ``least``, or what the tallest legend beside a panel needs."""
+    lines = max(
+        sum(_line_label(c, panel_keys).count("\n") + 1 for c in members) for members in panels.values()
+    )
+    return max(least, 0.16 * lines + 0.8)
 
 
 def _stack(series: Sequence[Series]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +121,8 @@ def _legend_or_note(axis: plt.Axes, drawn: bool, legend: bool = True, logged: bo
         note = "no finite positive values" if logged else "not logged by these runs"
         axis.text(0.5, 0.5, note, transform=axis.transAxes, ha="center", color="gray")
     elif legend:
-        below = any("\n" in label for label in axis.get_legend_handles_labels()[1])
-        axis.legend(fontsize=7, **({"loc": "upper center", "bbox_to_anchor": (0.5, -0.15)} if below else {}))
+        beside = any("\n" in label for label in axis.get_legend_handles_labels()[1])
+        axis.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if beside else {}))
 
 
 def _colors(count: int) -> list:
@@ -126,7 +134,11 @@ def loss_curves(configurations: Sequence[Configuration], panel_keys: Sequence[st
     """Per-step ``train/loss`` per configuration: mean over seeds, min–max band, log scale."""
     panels = _panels(configurations, panel_keys)
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False, layout="constrained"
+        1,
+        len(panels),
+        figsize=(6.5 * len(panels), _height(panels, panel_keys, 4.5)),
+        squeeze=False,
+        layout="constrained",
     )
     drawn = False
     for axis, (title, members) in zip(axes[0], panels.items(), strict=True):
@@ -167,7 +179,7 @@ def optimizer_state(configurations: Sequence[Configuration], panel_keys: Sequenc
     figure, axes = plt.subplots(
         len(panels),
         len(states),
-        figsize=(5 * len(states), 3.8 * len(panels)),
+        figsize=(5 * len(states), _height(panels, panel_keys, 3.8) * len(panels)),
         squeeze=False,
         layout="constrained",
     )
