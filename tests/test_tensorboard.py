@@ -197,7 +197,7 @@ def test_hparams_name_the_presets_and_each_key_the_command_line_set_also_after_a
     # a sweep of any of them compares its runs on the HPARAMS tab; a resume's own command line changes none
     parent_root = tmp_path / "parent"
     parent_root.mkdir()
-    train_in_process(parent_root, *QUICK)
+    train_in_process(parent_root, "data.source.noise_std=0.3", *QUICK)
     (parent,) = run_dirs(parent_root)
     branch = f"ckpt_path={parent}/checkpoints/last.ckpt"  # a resume points ckpt_path at its own checkpoint
     typed = ["optimizer=rmsprop_centered", "data.source.noise_std=0.3", "trainer.precision=bf16-mixed"]
