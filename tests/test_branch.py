@@ -160,10 +160,17 @@ def test_a_branch_at_an_epochs_end_keeps_no_best_of_its_parents(compose_cfg, tmp
     assert summary["best_step"]["val/loss"] == 39
 
 
-def test_a_branch_that_would_end_before_its_next_validation_validates_at_its_end(compose_cfg, tmp_path):
+@pytest.mark.parametrize("recorded", [True, False], ids=["batches recorded", "an older checkpoint"])
+def test_a_branch_that_would_end_before_its_next_validation_validates_at_its_end(
+    compose_cfg, tmp_path, recorded
+):
     each_epoch = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")  # 13 batches each
     job(compose_cfg, tmp_path / "first", *each_epoch, "trainer.max_steps=15")  # validated at 13
     parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    if not recorded:  # as a run before checkpoints recorded their batches wrote it
+        checkpoint = torch.load(parent, weights_only=True)
+        del checkpoint["callbacks"]["FitStats"]["batches"], checkpoint["callbacks"]["FitStats"]["start_step"]
+        torch.save(checkpoint, parent)
     summary = job(
         compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *each_epoch, "trainer.max_steps=20"
     )
@@ -188,6 +195,7 @@ def test_a_resumed_branch_validates_at_its_end_as_the_branch_would_have(tmp_path
     run = [*branch, "trainer.max_steps=24", kill, f"hydra.run.dir={folder}"]
     stopped = run_train(tmp_path, *run, env=environment, check=False)
     assert stopped.returncode == 143 and read_summary(folder)["steps"] == 21  # the step under way ends
+    (tmp_path / "parent" / "checkpoints" / "last.ckpt").unlink()  # the resume needs its own checkpoint only
     train_in_process(tmp_path, f"resume={folder}")  # its next validation would be at step 26
     assert read_summary(folder)["best_step"] == {"val/loss": 24, "val/rmse": 24}
 

@@ -202,14 +202,19 @@ def csv_rows(folder: Path) -> dict[str, dict[str, str]]:
 
 def test_a_run_on_defaults_joins_the_configuration_that_typed_them(tmp_path):
     sweep = tmp_path / "sweep"
-    make_job(sweep, 0, ["optimizer=rmsprop", "optimizer.lr=0.01", "seed=0"])
-    make_job(sweep, 1, ["optimizer=rmsprop_centered", "optimizer.lr=0.1", "seed=0"])
+    swept = ["optimizer.centered=False", "optimizer.eps=1e-8"]  # as Hydra's sweep and a user write them
+    make_job(sweep, 0, ["optimizer=rmsprop", "optimizer.lr=0.01", *swept, "seed=0"])
+    make_job(
+        sweep, 1, ["optimizer=rmsprop_centered", "optimizer.lr=0.1", "optimizer.centered=True", "seed=0"]
+    )
     run = make_job(tmp_path / "runs", 0, ["seed=1"])  # its saved config holds the defaults
     (run / ".hydra").mkdir()
     (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      optimizer: rmsprop\n")
-    (run / ".hydra" / "config.yaml").write_text("optimizer:\n  lr: 0.01\n  centered: false\n")
+    (run / ".hydra" / "config.yaml").write_text("optimizer:\n  lr: 0.01\n  centered: false\n  eps: 1.0e-08\n")
     text = report_text(sweep, run)
-    assert "| optimizer=rmsprop, optimizer.lr=0.01 | 2 |" in text and "=-" not in text
+    assert (
+        "| optimizer=rmsprop, optimizer.lr=0.01, optimizer.centered=False, optimizer.eps=1e-8 | 2 |" in text
+    )
 
 
 def test_a_missing_fit_time_is_left_out_and_zero_is_a_time(tmp_path):

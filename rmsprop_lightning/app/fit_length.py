@@ -4,12 +4,11 @@ checks of the trainer's batch settings that Lightning makes only once a loop sta
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.resume import HYDRA_FOLDER, RESUME_KEY, continues_itself
+from rmsprop_lightning.app.resume import continues_itself
 from rmsprop_lightning.app.safeguards import is_weights_branch
 from rmsprop_lightning.app.validation import load_checkpoint, processes
 from rmsprop_lightning.callbacks.fit_stats import FitStats
@@ -41,29 +40,19 @@ def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
     return min(ends) if ends else None
 
 
-def branch_start(cfg: DictConfig) -> str | None:
-    """The checkpoint whose loops a fit restores at its start (a resumed run's: the one its first part
-    started from, as it validates as the run it continues); ``None`` for a fit from step 0."""
-    if not cfg.get("train", True) or is_weights_branch(cfg):
-        return None
-    if not continues_itself(cfg):
-        return cfg.get("ckpt_path")
-    saved = OmegaConf.load(Path(cfg[RESUME_KEY]) / HYDRA_FOLDER / "config.yaml")
-    return None if saved.get("ckpt_restore") == "weights" else saved.get("ckpt_path")
-
-
 def restored_batches(cfg: DictConfig, epoch: int) -> int | None:
-    """Training batches the fit has behind it once it restored its checkpoint's loops; ``None`` where it
-    cannot tell: that checkpoint is gone, or its run took other batches per epoch or per step."""
-    ckpt_path, window = branch_start(cfg), cfg.trainer.get("accumulate_grad_batches", 1)
-    if not ckpt_path:
+    """Training batches before the step the run's first fit started at: a branch's checkpoint's step (a
+    resumed run's first part's, as it validates as the run it continues); ``None`` where the checkpoint
+    batched otherwise (batch size, accumulation), whose counters Lightning restores its own way."""
+    ckpt_path, window = cfg.get("ckpt_path"), cfg.trainer.get("accumulate_grad_batches", 1)
+    if not ckpt_path or not cfg.get("train", True) or is_weights_branch(cfg):
         return 0
-    if not Path(ckpt_path).is_file():
-        return None
     checkpoint = load_checkpoint(ckpt_path)
-    if (checkpoint.get("callbacks", {}).get(FitStats.__qualname__) or {}).get("batches") != [epoch, window]:
+    stats = checkpoint.get("callbacks", {}).get(FitStats.__qualname__) or {}
+    if stats.get("batches", [epoch, window]) != [epoch, window]:  # an older run's is taken as the same
         return None
-    epochs, steps = divmod(checkpoint["global_step"], -(-epoch // window))
+    start = stats.get("start_step", 0) if continues_itself(cfg) else checkpoint["global_step"]
+    epochs, steps = divmod(start, -(-epoch // window))
     return epochs * epoch + steps * window
 
 

@@ -48,13 +48,20 @@ class FitStats(Callback):
         self.best: dict[str, float] = {}
         self.best_step: dict[str, int] = {}
         self.batches: list[int] | None = None  # the fit's training batches per epoch and per step
+        self.start_step: int | None = None  # the step the run's first fit started at (a branch's parent's)
         self._fit_start: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self.best), "best_step": dict(self.best_step), "batches": self.batches}
+        return {
+            "best": dict(self.best),
+            "best_step": dict(self.best_step),
+            "batches": self.batches,
+            "start_step": self.start_step,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_step = dict(state_dict["best"]), dict(state_dict["best_step"])
+        self.start_step = state_dict.get("start_step", 0)  # an older run's: from step 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.started = True
@@ -64,8 +71,10 @@ class FitStats(Callback):
         self.threads = torch.get_num_threads()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # what a branch from its checkpoints needs to count the batches behind it as Lightning does
+        # what a branch from its checkpoints, or a resume, needs to count the batches behind it as Lightning
         self.batches = [int(trainer.num_training_batches), trainer.accumulate_grad_batches]
+        if self.start_step is None:
+            self.start_step = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -93,6 +93,7 @@ def write_checkpoints(
     random_state, guard, stats = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop")), FitStats()
     stats.best, stats.best_step = best_values(scalars, saved_at)
     stats.batches = [batches_per_epoch(cfg.trainer, member.datamodule), 1]  # members accumulate no gradients
+    stats.start_step = 0  # members start from step 0: a job from a checkpoint runs alone
     states: dict[str, Any] = {
         random_state.state_key: member.random_state,
         guard.state_key: {"skipped": 0},  # members skip no step: on_nonfinite=skip runs alone

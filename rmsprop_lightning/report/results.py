@@ -119,15 +119,16 @@ class Sweep:
     def varying_keys(self, over: Sequence[str]) -> list[str]:
         """Override keys that take more than one value across the jobs (typed or default), except ``over``."""
         keys = dict.fromkeys(key for job in self.jobs for key in job.overrides if key not in over)
-        return [key for key in keys if len({job.setting(key) for job in self.jobs}) > 1]
+        return [key for key in keys if len({canonical(job.setting(key)) for job in self.jobs}) > 1]
 
     def configurations(self, over: Sequence[str] = ("seed",)) -> list[Configuration]:
         """Jobs grouped by the varying keys (in first-seen order of settings)."""
         keys = self.varying_keys(over)
         groups: dict[tuple[str, ...], Configuration] = {}
         for job in self.jobs:
-            setting = {key: job.setting(key) for key in keys}
-            groups.setdefault(tuple(setting.values()), Configuration(setting)).jobs.append(job)
+            setting = {key: job.setting(key) for key in keys}  # as the first job of its configuration says
+            same = tuple(canonical(value) for value in setting.values())
+            groups.setdefault(same, Configuration(setting)).jobs.append(job)
         return list(groups.values())
 
 
@@ -158,6 +159,19 @@ def saved_setting(saved: tuple[dict[str, Any], dict[str, Any]], key: str) -> str
 def typed(value: Any) -> str:
     """A plain value as the command line types it: ``null``, ``true``, ``0.01``."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def canonical(text: str) -> str:
+    """A typed value in one spelling: numbers as Python writes them (``1e-8`` and ``1e-08`` alike), booleans
+    and null in lower case (a Hydra sweep writes ``False``)."""
+    if text.lower() in ("true", "false", "null"):
+        return text.lower()
+    for number in (int, float):
+        try:
+            return str(number(text))
+        except ValueError:
+            continue
+    return text
 
 
 def short_number(value: str, width: int = 8) -> str:
