@@ -217,6 +217,24 @@ def test_a_run_on_defaults_joins_the_configuration_that_typed_them(tmp_path):
     )
 
 
+def test_settings_compare_as_hydra_reads_them_in_the_table_and_the_heat_map(tmp_path):
+    sweep = tmp_path / "sweep"
+    grid = [("1e-8", "0.0"), ("1.0e-08", "0.9"), ("0.1", "0.0"), ("0.1", "0.9")]
+    for num, (lr, momentum) in enumerate(grid):
+        make_job(sweep, num, [f"optimizer.lr={lr}", f"optimizer.momentum={momentum}"], scale=num + 1.0)
+    make_job(sweep, 4, ["optimizer.lr=01", "optimizer.momentum=0.0"])  # a string to Hydra, not the number 1
+    make_job(sweep, 5, ["optimizer.lr=1", "optimizer.momentum=0.0"])
+    from rmsprop_lightning.report import plots
+
+    configurations = load_sweep([sweep]).configurations()
+    assert len(configurations) == 6
+    figure = plots.heatmap(configurations[:4], ["optimizer.lr", "optimizer.momentum"])
+    (axis, _) = figure.axes  # the panel and its colour bar
+    plots.plt.close(figure)
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["1e-8", "0.1"]
+    assert "—" not in [text.get_text() for text in axis.texts]  # every cell of the 2 × 2 grid has its value
+
+
 def test_a_missing_fit_time_is_left_out_and_zero_is_a_time(tmp_path):
     sweep = tmp_path / "sweep"
     for seed in (0, 1):  # train=false: no fit

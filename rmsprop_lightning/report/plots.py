@@ -16,7 +16,7 @@ import numpy as np
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES
 from rmsprop_lightning.logging.events import Series
-from rmsprop_lightning.report.results import Configuration, Sweep, mean_std, short_number
+from rmsprop_lightning.report.results import Configuration, Sweep, canonical, mean_std, short_number
 
 # OptimizerStateMonitor's norm of each state over all parameter groups
 STATE_TAG = re.compile(r"^optim/(?P<state>[^/]+)_norm$")
@@ -212,6 +212,14 @@ def _numeric(values: set[str]) -> bool:
     return True
 
 
+def _grid_axis(members: Sequence[Configuration], key: str) -> dict[str, str]:
+    """A heat map axis: each value of ``key`` (``1e-8`` and ``1.0e-08`` one) as first spelled, in order."""
+    spelled: dict[str, str] = {}
+    for configuration in members:
+        spelled.setdefault(canonical(configuration.setting[key]), configuration.setting[key])
+    return dict(sorted(spelled.items(), key=lambda item: float(item[1])))
+
+
 def heatmap(configurations: Sequence[Configuration], keys: Sequence[str]) -> plt.Figure | None:
     """Mean best ``val/loss`` over a grid of exactly two numeric keys, one panel per other setting."""
     numeric = [k for k in keys if _numeric({c.setting[k] for c in configurations})]
@@ -223,13 +231,14 @@ def heatmap(configurations: Sequence[Configuration], keys: Sequence[str]) -> plt
         1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, layout="constrained"
     )
     for axis, (title, members) in zip(axes[0], panels.items(), strict=True):
-        xs = sorted({c.setting[x_key] for c in members}, key=float)
-        ys = sorted({c.setting[y_key] for c in members}, key=float)
+        xs, ys = (_grid_axis(members, key) for key in (x_key, y_key))
         grid = np.full((len(ys), len(xs)), np.nan)
         for c in members:
-            grid[ys.index(c.setting[y_key]), xs.index(c.setting[x_key])] = mean_std(
-                c.values("best", "val/loss")
-            )[0]
+            row, column = (
+                list(ys).index(canonical(c.setting[y_key])),
+                list(xs).index(canonical(c.setting[x_key])),
+            )
+            grid[row, column] = mean_std(c.values("best", "val/loss"))[0]
         with np.errstate(all="ignore"):
             image = axis.imshow(np.log10(grid), cmap="viridis_r", aspect="auto", origin="lower")
         for (i, j), value in np.ndenumerate(grid):
@@ -238,8 +247,8 @@ def heatmap(configurations: Sequence[Configuration], keys: Sequence[str]) -> plt
             axis.text(
                 j, i, text, ha="center", va="center", fontsize=8, color="white" if shade > 0.6 else "black"
             )
-        axis.set_xticks(range(len(xs)), [short_number(x) for x in xs])
-        axis.set_yticks(range(len(ys)), [short_number(y) for y in ys])
+        axis.set_xticks(range(len(xs)), [short_number(x) for x in xs.values()])
+        axis.set_yticks(range(len(ys)), [short_number(y) for y in ys.values()])
         axis.set(xlabel=x_key, ylabel=y_key, title=title)
         figure.colorbar(image, ax=axis, label="log10 mean best val/loss")
     figure.suptitle("Best validation loss over the grid (mean over seeds)")

@@ -161,17 +161,17 @@ def typed(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+@functools.cache
 def canonical(text: str) -> str:
-    """A typed value in one spelling: numbers as Python writes them (``1e-8`` and ``1e-08`` alike), booleans
-    and null in lower case (a Hydra sweep writes ``False``)."""
-    if text.lower() in ("true", "false", "null"):
-        return text.lower()
-    for number in (int, float):
-        try:
-            return str(number(text))
-        except ValueError:
-            continue
-    return text
+    """A typed value as Hydra reads it, for comparing settings: ``1e-8`` and ``1.0e-08``, ``False`` and
+    ``false`` alike; ``01`` stays a string and ``1.0`` a float, as for Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return repr(OverridesParser.create().parse_override(f"key={text}").value())
+    except HydraException:  # text the grammar refuses (a=b) is compared as it is
+        return text
 
 
 def short_number(value: str, width: int = 8) -> str:
