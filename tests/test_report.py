@@ -233,6 +233,10 @@ def test_settings_compare_as_hydra_reads_them_in_the_table_and_the_heat_map(tmp_
     plots.plt.close(figure)
     assert [tick.get_text() for tick in axis.get_xticklabels()] == ["1e-8", "0.1"]
     assert "—" not in [text.get_text() for text in axis.texts]  # every cell of the 2 × 2 grid has its value
+    assert list(plots._panels(configurations[:4], ["optimizer.lr"])) == [
+        "optimizer.lr=1e-8",
+        "optimizer.lr=0.1",
+    ]
 
 
 def test_a_missing_fit_time_is_left_out_and_zero_is_a_time(tmp_path):

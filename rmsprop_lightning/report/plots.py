@@ -47,14 +47,17 @@ def _panel_keys(configurations: Sequence[Configuration], keys: Sequence[str]) ->
     """With two or more varying keys, the one with the fewest values splits the figures into panels."""
     if len(keys) < 2:
         return []
-    return [min(keys, key=lambda key: len({c.setting[key] for c in configurations}))]
+    return [min(keys, key=lambda key: len({canonical(c.setting[key]) for c in configurations}))]
 
 
 def _panels(configurations: Sequence[Configuration], keys: Sequence[str]) -> dict[str, list[Configuration]]:
     """The configurations by their setting of ``keys`` (one panel each), titled ``key=value, ...``."""
+    titles: dict[tuple[str, ...], str] = {}  # by the values of the keys, as their first spelling
     panels: dict[str, list[Configuration]] = {}
     for configuration in configurations:
-        title = ", ".join(f"{k}={short_number(configuration.setting[k])}" for k in keys)
+        setting = configuration.setting
+        same = tuple(canonical(setting[k]) for k in keys)
+        title = titles.setdefault(same, ", ".join(f"{k}={short_number(setting[k])}" for k in keys))
         panels.setdefault(title, []).append(configuration)
     return panels
 
