@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,8 @@ def run_hparams(
 ) -> dict[str, HParamValue]:
     """A template run's hyper-parameters: its config groups' ``choices`` (group: option), optimizer and
     scheduler (with when it steps) flattened, seed, batch size, widths, the module's loss and parameter
-    groups, and the other config ``keys`` flattened."""
+    groups, and the other config ``keys`` flattened, as text: TensorBoard fails to sort or filter a column
+    whose runs hold numbers and text."""
     params: dict[str, HParamValue] = dict(choices or {})
     params.update(flatten_hparams(cfg.optimizer, "optimizer"))
     scheduler = OmegaConf.select(cfg, "scheduler.scheduler")
@@ -66,8 +68,11 @@ def run_hparams(
         value = OmegaConf.select(cfg, key)
         if value is not None:
             params.update(flatten_hparams(value, key.replace(".", "/")))
-    for key in keys:
-        params.update(flatten_hparams(OmegaConf.select(cfg, key), key.replace(".", "/")))
+    if "model/hidden" in params:  # a width or a list of them: as text, one type in every run
+        params["model/hidden"] = str(params["model/hidden"])
+    for key in keys:  # as text: one type for a key that is a number in one run and null or a list in another
+        for name, value in flatten_hparams(OmegaConf.select(cfg, key), key.replace(".", "/")).items():
+            params.setdefault(name, json.dumps(value) if isinstance(value, bool) else str(value))
     return params
 
 
