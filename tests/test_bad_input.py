@@ -292,6 +292,16 @@ CASES = [
         ["column 'target' not found", "columns found: a;b;target", "allowed: \"data.source.delimiter=';'\""],
     ),
     (
+        "a file separated by tabs",
+        ["data=csv", "data.source.path={files}/tabs.csv", "data.source.target=target"],
+        ["column 'target' not found", "allowed: \"data.source.delimiter='\\t'\""],
+    ),
+    (
+        "a delimiter of two characters",
+        ["data=csv", "data.source.path={files}/good.csv", "data.source.delimiter=ab"],
+        ["data.source.delimiter='ab' is not one character", "allowed: one character"],
+    ),
+    (
         "archive arrays of other names",
         ["data=npy", "data.source.path={files}/named.npz"],
         ["named.npz lacks array(s) ['X', 'y']", "data.source.features_key", "inputs, target"],
@@ -612,6 +622,7 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     np.savez(folder / "arrays.npz", X=np.ones((40, 2)), y=np.arange(40.0))
     np.savez(folder / "named.npz", inputs=np.ones((40, 2)), target=np.arange(40.0))
     (folder / "semicolons.csv").write_text("\n".join(row.replace(",", ";") for row in rows) + "\n")
+    (folder / "tabs.csv").write_text("\n".join(row.replace(",", "\t") for row in rows) + "\n")
     np.savez(folder / "complex.npz", X=np.ones((40, 2), dtype=complex), y=np.arange(40.0))
     np.savez(folder / "timedelta.npz", X=np.ones((40, 2), dtype="m8[s]"), y=np.arange(40.0))
     np.savez(folder / "no_rows.npz", X=np.ones((0, 2)), y=np.ones(0))

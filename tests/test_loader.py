@@ -245,6 +245,15 @@ def test_csv_reads_only_the_columns_it_uses_past_a_byte_order_mark(tmp_path):
     assert table.features.tolist() == [[2.0], [5.0]] and table.targets.tolist() == [[3.0], [6.0]]
 
 
+def test_a_tab_is_typed_as_backslash_t_and_other_delimiters_are_one_character(tmp_path):
+    path = tmp_path / "table.tsv"
+    path.write_text("a\ty\n1\t2\n3\t4\n")
+    table = from_csv(path, "y", delimiter="\\t")  # as data.source.delimiter='\t' reaches it
+    assert table.features.tolist() == [[1.0], [3.0]] and table.targets.tolist() == [[2.0], [4.0]]
+    with pytest.raises(ValueError, match=r"data.source.delimiter='ab' is not one character; allowed: "):
+        from_csv(path, "y", delimiter="ab")
+
+
 def test_csv_columns_named_by_numbers_are_found_as_typed(tmp_path):
     path = tmp_path / "years.csv"
     path.write_text("2024,2025\n1,2\n3,4\n")

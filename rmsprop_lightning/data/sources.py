@@ -91,8 +91,16 @@ def from_csv(
     features: list[str] | None = None,
     delimiter: str = ",",
 ) -> Table:
-    """Reads a CSV with a header row; ``features`` default to every column that is not a target."""
+    """Reads a CSV with a header row; ``features`` default to every column that is not a target.
+
+    ``delimiter`` is one character; ``\\t`` (a backslash and a t, as a command line gives it) is a tab."""
     path = existing_file(path)
+    delimiter = "\t" if delimiter == "\\t" else delimiter
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise ValueError(
+            f"data.source.delimiter={delimiter!r} is not one character; allowed: one character, e.g. ';', "
+            "or '\\t' for a tab"
+        )
     targets = [] if target is None else column_names(target)
     if not targets:
         raise ValueError("data.source.target is empty; allowed: a column name or a list of them")
@@ -150,7 +158,7 @@ def check_columns(path: Path, header: list[str], targets: list[str], feature_nam
         if name not in header:
             key = "target" if name in targets else "features"
             # a header of one column holding another separator: a file that is not comma-separated
-            other = [sep for sep in ";|" if len(header) == 1 and sep in header[0]]
+            other = [repr(sep)[1:-1] for sep in ";|\t" if len(header) == 1 and sep in header[0]]
             hint = f"; allowed: \"data.source.delimiter='{other[0]}'\"" if other else ""
             raise ValueError(
                 f"data.source.{key}: column {name!r} not found in {path}; columns found: {', '.join(header)}"
