@@ -272,6 +272,16 @@ CASES = [
     ),
     ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
+    (
+        "misspelt key of Hydra's",
+        ["hydra.run.dirr=x"],
+        ["hydra.run.dirr is not a key of hydra.run", "hydra.run.dir?"],
+    ),
+    (
+        "value Hydra's schema refuses",
+        ["hydra.job.chdir=maybe"],
+        ["hydra.job.chdir=maybe: ", "not a valid bool"],
+    ),
     ("override parse error", ["optimizer.lr=0.1)"], ["optimizer.lr=0.1): extraneous input ')'", "grammar"]),
     # data
     ("missing csv", ["data=csv", "data.source.path={files}/missing.csv"], ["missing.csv", "no such file"]),

@@ -85,10 +85,14 @@ def check_keys(
                 f"{override.input_line}: this sweeper has no search space to set an entry of; "
                 f"allowed: -m {entry}={value}"
             )
-        if override.is_hydra_override() and (
-            not key.startswith(SWEEP_KEYS) or key.startswith(SEARCH_SPACE[:-1])
-        ):
-            continue  # Hydra checks its own; a search space's keys are checked as the keys they name
+        if override.is_hydra_override() and key.startswith(SEARCH_SPACE[:-1]):
+            continue  # a search space's keys are checked as the keys they name
+        if override.is_hydra_override() and not key.startswith(SWEEP_KEYS):
+            check_key(cfg, key, context)
+            refusal = composition_error(config_dir, config_name, [*selections, override.input_line])
+            if refusal:  # a value of Hydra's own settings, which Hydra answers with a block of text
+                raise InputError(f"{override.input_line}: {refusal}")
+            continue
         try:
             check_key(cfg, key, context)
         except InputError:  # a key of another option the search space chooses is checked when a job runs
@@ -158,6 +162,18 @@ def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]
             return compose(config_name, overrides=list(selections), return_hydra_config=True)
     except Exception:
         return None
+
+
+def composition_error(config_dir: Path, config_name: str, selections: Sequence[str]) -> str | None:
+    """The first line of the reason Hydra gives for not composing the config with ``selections``, if any."""
+    from hydra import compose
+
+    try:
+        with hydra_on(config_dir):
+            compose(config_name, overrides=list(selections), return_hydra_config=True)
+    except Exception as error:  # "Error merging override …", caused by what is wrong with it
+        return str(error.__cause__ or error).splitlines()[0]
+    return None
 
 
 def has_key(cfg: DictConfig | None, key: str) -> bool:
