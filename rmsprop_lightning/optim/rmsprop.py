@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,6 +12,8 @@ from torch import Tensor
 from rmsprop_lightning.optim import compiled
 from rmsprop_lightning.optim.functional import State, advance, hyper, init_state, rows, update
 from rmsprop_lightning.optim.validation import validate_options
+
+log = logging.getLogger(__name__)
 
 
 class RMSprop(torch.optim.RMSprop):
@@ -54,8 +56,8 @@ class RMSprop(torch.optim.RMSprop):
         decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of adding
             ``weight_decay * θ`` to the gradient.
         fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding and
-            worth its compile time for large models on long runs; if compiling fails it warns once and
-            steps eagerly. ``None`` means ``False``.
+            worth its compile time for large models on long runs; if compiling fails it logs a warning once
+            and steps eagerly. ``None`` means ``False``.
     """
 
     def __init__(
@@ -155,15 +157,16 @@ class RMSprop(torch.optim.RMSprop):
         return loss
 
     def _compiled_step(self, parts: list[compiled.Part]) -> None:
-        """The fast step of ``parts``; the eager one, after one warning, if ``torch.compile`` fails."""
+        """The fast step of ``parts``; the eager one, after one logged warning, if ``torch.compile`` fails."""
         try:
             compiled.step(parts)
         except Exception as error:  # any compiler failure (no C++ compiler, unsupported op, ...)
             self._fast_failed = True
-            warnings.warn(
-                f"RMSprop fast step unavailable (torch.compile failed: {type(error).__name__}: {error}); "
-                "using the eager step",
-                stacklevel=3,
+            # logged, not warned: nothing in the calling code causes it, and a run's log keeps it
+            log.warning(
+                "RMSprop fast step unavailable (torch.compile failed: %s: %s); using the eager step",
+                type(error).__name__,
+                error,
             )
             for part in parts:
                 update(*part, foreach=None)
