@@ -31,8 +31,9 @@ def regression_scores(
         f"{stage}/loss": (loss_sum / rows).to(dtype),
         f"{stage}/rmse": (sse.sum(-1) / (rows * sse.shape[-1])).sqrt().float(),
     }
-    if stage == "test":  # R²: the mean over target columns
-        scores["test/r2"] = (1 - sse / (squares - sums * sums / rows[..., None])).mean(-1).float()
+    if stage == "test":  # R²: the mean over target columns; undefined (NaN) where a column does not vary
+        spread = squares - sums * sums / rows[..., None]
+        scores["test/r2"] = torch.where(spread > 0, 1 - sse / spread, torch.nan).mean(-1).float()
     return scores
 
 

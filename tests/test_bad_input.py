@@ -389,6 +389,26 @@ CASES = [
         ["data=npy", "data.source.path={files}/scalars.npz"],
         ["scalars.npz", "'X' has shape ()", "one row per sample"],
     ),
+    (
+        "3-d arrays",
+        ["data=npy", "data.source.path={files}/cubes.npz"],
+        ["cubes.npz", "'X' has shape (40, 2, 2)", "(n,) or (n, columns)"],
+    ),
+    (
+        "values too large to standardise",
+        ["data=csv", "data.source.path={files}/huge.csv"],
+        ["data column 'b' is too large", "allowed: values below about 1e38"],
+    ),
+    (
+        "values too large for float32",
+        ["data=csv", "data.source.path={files}/large.csv", "data.standardize_features=false"],
+        ["data column 'b' is too large", "float32"],
+    ),
+    (
+        "a batch larger than the training split, dropped",
+        ["data=csv", "data.source.path={files}/good.csv", "data.batch_size=64", "data.drop_last=true"],
+        ["data.batch_size=64 is more than the 32 training rows", "data.drop_last=false"],
+    ),
     ("features vs in_features", ["model.in_features=12"], ["model.in_features=12", "10 feature columns"]),
     ("val fraction above 1", ["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     ("zero batch size", ["data.batch_size=0"], ["data.batch_size=0 is invalid", "integer ≥ 1"]),
@@ -637,6 +657,9 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     np.savez(folder / "timedelta.npz", X=np.ones((40, 2), dtype="m8[s]"), y=np.arange(40.0))
     np.savez(folder / "no_rows.npz", X=np.ones((0, 2)), y=np.ones(0))
     np.savez(folder / "scalars.npz", X=np.float64(1), y=np.float64(2))
+    np.savez(folder / "cubes.npz", X=np.ones((40, 2, 2)), y=np.arange(40.0))
+    (folder / "huge.csv").write_text("\n".join([rows[0], *(f"{i},{i}e200,{i}" for i in range(40))]) + "\n")
+    (folder / "large.csv").write_text("\n".join([rows[0], *(f"{i},{i}e38,{i}" for i in range(40))]) + "\n")
     np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
     (folder / "empty.npy").write_bytes(b"")
     checkpoint = (earlier / "checkpoints" / "last.ckpt").read_bytes()

@@ -254,6 +254,11 @@ def test_a_tab_is_typed_as_backslash_t_and_other_delimiters_are_one_character(tm
         from_csv(path, "y", delimiter="ab")
 
 
+def test_synthetic_data_may_have_more_targets_than_features():
+    table = synthetic(num_samples=64, num_features=2, num_targets=3)
+    assert table.features.shape == (64, 2) and table.targets.shape == (64, 3)
+
+
 def test_csv_columns_named_by_numbers_are_found_as_typed(tmp_path):
     path = tmp_path / "years.csv"
     path.write_text("2024,2025\n1,2\n3,4\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import lightning.pytorch as pl
@@ -42,3 +43,17 @@ def test_scores_of_large_errors_are_summed_without_overflow():
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)
     assert scores["val/loss"] == pytest.approx(1e38, rel=1e-3)
     assert scores["val/rmse"] == pytest.approx(1e19, rel=1e-3)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_r2_is_nan_where_the_test_targets_do_not_vary(rows):
+    """R² divides by the targets' spread: none in a test split of one row, or of a constant column."""
+    features = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    targets = torch.stack([features[:, 0], torch.full((50,), 3.0)], 1)
+    table = Table(features, targets, ("a", "b", "c"), ("varies", "constant"))
+    data = RegressionDataModule(table, batch_size=16, test_fraction=rows / 50)
+    module = RegressionModule(FeedForward(3, 4, 2), partial(torch.optim.RMSprop, lr=0.01))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (scores,) = trainer.test(module, datamodule=data, verbose=False)
+    assert len(data.splits["test"][0]) == rows
+    assert math.isnan(scores["test/r2"]) and math.isfinite(scores["test/rmse"])

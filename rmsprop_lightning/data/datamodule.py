@@ -94,7 +94,7 @@ class RegressionDataModule(pl.LightningDataModule):
                 seed=self.split_seed,
                 standardize_features=self.standardize_features,
                 standardize_targets=self.standardize_targets,
-                min_train_rows=self.batch_size if self.drop_last else 1,
+                full_batch=self.batch_size if self.drop_last else None,
                 scaling=self.scaling,
             )
         return self._splits
@@ -204,19 +204,26 @@ def split_and_standardize(
     seed: int,
     standardize_features: bool,
     standardize_targets: bool,
-    min_train_rows: int,
+    full_batch: int | None,
     scaling: dict[str, torch.Tensor],
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Splits rows by a seeded permutation and standardises with training-split statistics, which go
-    into ``scaling`` (``features_mean``, ``features_scale``, ``targets_…``)."""
+    into ``scaling`` (``features_mean``, ``features_scale``, ``targets_…``); with ``drop_last``, the
+    training split must fill one batch of ``full_batch`` rows."""
     count = len(table.features)
     num_val, num_test = round(count * val_fraction), round(count * test_fraction)
     num_train = count - num_val - num_test
     empty = (val_fraction > 0 and num_val == 0) or (test_fraction > 0 and num_test == 0)
-    if num_train < max(min_train_rows, 2) or empty:
+    if num_train < 2 or empty:
         raise ValueError(
             f"{count} rows are too few for the split (train {num_train}, val {num_val}, test {num_test}); "
             "use more data, or data.val_fraction/test_fraction that give each split a row (0 for none)"
+        )
+    if full_batch is not None and num_train < full_batch:
+        raise ValueError(
+            f"data.batch_size={full_batch} is more than the {num_train} training rows with "
+            f"data.drop_last=true (no batch would train); allowed: data.batch_size up to {num_train}, or "
+            "data.drop_last=false"
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
@@ -226,7 +233,17 @@ def split_and_standardize(
     if standardize_targets:
         targets = _standardize(targets, targets[parts["train"]], "targets", scaling)
     # standardised in the table's precision, served in float32
-    return {name: (features[index].float(), targets[index].float()) for name, index in parts.items()}
+    served = {"features": features.float(), "targets": targets.float()}
+    for kind, names in (("features", table.feature_names), ("targets", table.target_names)):
+        fits = served[kind].isfinite().all(0)
+        for statistic in ("mean", "scale"):  # the mean or std of huge values overflows float64
+            fits &= scaling.get(f"{kind}_{statistic}", torch.zeros(())).isfinite()
+        if not fits.all():
+            raise ValueError(
+                f"data column {names[int((~fits).nonzero()[0])]!r} is too large to train on in float32 (or "
+                "to standardise in float64); allowed: values below about 1e38 in magnitude (rescale it)"
+            )
+    return {name: (served["features"][index], served["targets"][index]) for name, index in parts.items()}
 
 
 def _standardize(

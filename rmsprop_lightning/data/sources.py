@@ -65,8 +65,9 @@ def synthetic(
     noise_std: float = 0.1,
     seed: int = 1234,
 ) -> Table:
-    """Inputs ``randn(n, d)``; targets from a fixed random tanh teacher network plus Gaussian noise (by
-    default the data ``train.py`` trains on, whose checkpoints then test and predict on their own rows)."""
+    """Inputs ``randn(n, d)``; targets from a fixed random tanh teacher network, plus half of input
+    ``k mod d`` for target ``k``, plus Gaussian noise (by default the data ``train.py`` trains on, whose
+    checkpoints then test and predict on their own rows)."""
     if num_samples < 1 or num_features < 1 or num_targets < 1 or teacher_hidden < 1:
         raise ValueError("data.source.num_samples, num_features, num_targets and teacher_hidden must be ≥ 1")
     if noise_std < 0:
@@ -75,7 +76,7 @@ def synthetic(
     inputs = torch.randn(num_samples, num_features, generator=generator)
     w1 = torch.randn(num_features, teacher_hidden, generator=generator) / math.sqrt(num_features)
     w2 = torch.randn(teacher_hidden, num_targets, generator=generator) / math.sqrt(teacher_hidden)
-    targets = torch.tanh(inputs @ w1) @ w2 + inputs[:, :num_targets] * 0.5
+    targets = torch.tanh(inputs @ w1) @ w2 + inputs[:, torch.arange(num_targets) % num_features] * 0.5
     targets = targets + noise_std * torch.randn(num_samples, num_targets, generator=generator)
     return Table.numbered(inputs, targets)
 
@@ -217,13 +218,16 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
     for key, values in arrays.items():
         if values.dtype.kind not in "iuf":
             raise ValueError(f"{path}: array {key!r} holds {values.dtype}; allowed: integers or reals")
-        if values.ndim == 0 or values.size == 0:
-            raise ValueError(f"{path}: array {key!r} has shape {values.shape}; allowed: one row per sample")
+        if values.ndim not in (1, 2) or values.size == 0:
+            raise ValueError(
+                f"{path}: array {key!r} has shape {values.shape}; "
+                "allowed: one row per sample, (n,) or (n, columns)"
+            )
     return Table.numbered(*(float64_rows(values) for values in arrays.values()))
 
 
 def float64_rows(values: np.ndarray) -> torch.Tensor:
-    """``values`` as a float64 tensor with one row per sample (the other axes flattened)."""
+    """``values`` (1-D: one column) as a float64 tensor of one row per sample."""
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64).reshape(len(values), -1))
 
 
