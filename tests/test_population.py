@@ -274,6 +274,33 @@ def test_each_job_folder_is_a_solo_runs_and_resumes_as_one(tmp_path):
     assert report.main([str(sweep), "--no-plots"]) == 0
 
 
+def test_a_member_ending_an_epoch_keeps_the_plateau_scheduler_its_solo_run_keeps(tmp_path):
+    # 512 rows: 13 batches an epoch; 26 steps end the second, whose validation the plateau scheduler follows
+    # after the save (it halves the lr from the second epoch on: patience 0, no loss is 99% below the best)
+    common = (
+        "data.source.num_samples=512",
+        "trainer.max_steps=26",
+        "scheduler=plateau",
+        "scheduler.scheduler.patience=0",
+        "+scheduler.scheduler.threshold=0.99",
+        "callbacks.progress_bar.refresh_rate=0",
+    )
+    run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,0.02", *common)
+    member = job_folders(only_sweep(tmp_path))[0]
+    (tmp_path / "solo").mkdir()
+    train_in_process(tmp_path / "solo", "optimizer.lr=0.01", *common)
+    (solo,) = (tmp_path / "solo" / "logs" / "train" / "runs").glob("*")
+    ours, theirs = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=False) for f in (member, solo))
+    assert ours["global_step"] == theirs["global_step"] == 26 and ours["loops"] == theirs["loops"]
+    assert theirs["lr_schedulers"][0]["_last_lr"] == [0.01, 0.01]  # halved after the save, by the resume
+    assert ours["lr_schedulers"][0].keys() == theirs["lr_schedulers"][0].keys()
+    for key, value in theirs["lr_schedulers"][0].items():
+        assert ours["lr_schedulers"][0][key] == pytest.approx(value, rel=1e-4), key
+    (our_optimizer,), (their_optimizer,) = ours["optimizer_states"], theirs["optimizer_states"]
+    assert our_optimizer["param_groups"] == their_optimizer["param_groups"]
+    torch.testing.assert_close(our_optimizer["state"], their_optimizer["state"], rtol=1e-4, atol=1e-6)
+
+
 def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_path):
     # 1e30: the parameters turn infinite; 2e8: the loss does first
     result = run_train(tmp_path, "-m", "hydra/launcher=population", "optimizer.lr=0.01,1e30,2e8", *QUICK)

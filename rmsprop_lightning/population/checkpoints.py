@@ -122,15 +122,13 @@ def write_checkpoints(
     if monitor is not None:  # as a solo run's monitor keeps its one optimizer's turn
         interval = monitor_interval(monitor.every_n_steps, cfg.trainer.get("log_every_n_steps"))
         states[monitor.state_key] = monitor_state(interval, [first_due(saved_at, interval)])
-    if diverged:  # as they were at the save: the optimizer's state, the scheduler's and its learning rates
-        optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])
-        schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
-        for scheduler in schedulers:
-            for group, lr in zip(optimizer_state["param_groups"], scheduler[SCHEDULER_LAST_LRS], strict=True):
-                group["lr"] = lr
-    else:
-        optimizer_state = trained.optimizer.member_state_dict(index)
-        schedulers = [member.scheduler.state_dict()] if member.scheduler is not None else []
+    # as they were at the save: the optimizer's state, the scheduler's and its learning rates (a plateau
+    # scheduler steps after the save that ends an epoch, a step the resumed solo run takes itself)
+    optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])
+    schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
+    for scheduler in schedulers:
+        for group, lr in zip(optimizer_state["param_groups"], scheduler[SCHEDULER_LAST_LRS], strict=True):
+            group["lr"] = lr
     checkpoint = {
         **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
         "state_dict": {  # the member's slice of each stacked parameter, under RegressionModule's names
