@@ -148,15 +148,24 @@ class TensorBoardRunLogger(TensorBoardLogger):
         later steps and takes up the best values of the earlier ones."""
         from rmsprop_lightning.logging.events import read_scalars
 
-        # the validation at resumed_step came before the checkpoint, its batch after it and is logged again
-        # (the same values; read_scalars keeps the last point of a step)
-        purge_step = 0 if resumed_step is None else resumed_step + 1
+        # the validation at resumed_step came before the checkpoint, and its values are written back after the
+        # purge; the batch of that step (train/loss, lr-*, optim/*) came after it, and is logged again
+        kept = -1 if resumed_step is None else resumed_step
         earlier = read_scalars(self.log_dir)
         for tag, _ in self._tracked:
             for step, value in earlier.get(self.tag_prefix + tag, []):
-                if step < purge_step:
+                if step <= kept:
                     self.keep_best({tag: value})
-        self._purge(purge_step)
+        self._purge(max(kept, 0))
+        validation = {
+            tag: value
+            for tag, points in earlier.items()
+            if tag.startswith(f"{self.tag_prefix}val/")
+            for step, value in points
+            if step == kept
+        }
+        if validation:
+            self.experiment.file_writer.add_summary(scalars_summary(validation), kept)
 
     @rank_zero_only
     def _purge(self, step: int) -> None:
