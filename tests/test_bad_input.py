@@ -273,6 +273,26 @@ CASES = [
     ("unknown scheduler", ["scheduler=cosin"], ["scheduler=cosin", "did you mean cosine", "warmup_cosine"]),
     ("misspelt group", ["optimzer.lr=0.1"], ["optimzer", "did you mean optimizer"]),
     (
+        "a process-group backend misspelt",
+        ["trainer=ddp_cpu", "trainer.strategy.process_group_backend=glo"],
+        ["trainer.strategy.process_group_backend='glo' is invalid", "allowed: gloo or nccl"],
+    ),
+    (
+        "a process-group backend this torch lacks",
+        ["trainer=ddp_cpu", "trainer.strategy.process_group_backend=mpi"],
+        ["trainer.strategy.process_group_backend=mpi: this build of torch has no mpi", "allowed: gloo"],
+    ),
+    (
+        "a strategy flag that is not one",
+        ["trainer=ddp_cpu", "trainer.strategy.find_unused_parameters=maybe"],
+        ["trainer.strategy.find_unused_parameters='maybe' is invalid", "true or false"],
+    ),
+    (
+        "a batch larger than each process's share, dropped",
+        ["trainer=ddp_cpu", "trainer.devices=4", "data.batch_size=1000", "data.drop_last=true"],
+        ["data.batch_size=1000 is more than the 819 training rows each of the 4 processes"],
+    ),
+    (
         "misspelt key of Hydra's",
         ["hydra.run.dirr=x"],
         ["hydra.run.dirr is not a key of hydra.run", "hydra.run.dir?"],

@@ -239,12 +239,12 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             if not here:  # the machine the jobs run on has its own devices
                 continue
             check_nodes(OmegaConf.select(job, "trainer.num_nodes"))
-            settings = [
-                OmegaConf.select(job, f"trainer.{key}") for key in ("accelerator", "precision", "devices")
-            ]
-            accelerator, precision, devices = settings
-            gpu_ids = not counts_processes(devices)
-            if str(accelerator) in ("gpu", "cuda", "mps") or str(precision) in FLOAT16_MIXED or gpu_ids:
+            keys = ("accelerator", "precision", "devices", "strategy.process_group_backend")
+            settings = [OmegaConf.select(job, f"trainer.{key}", default=None) for key in keys]
+            accelerator, precision, devices, backend = settings
+            gpu = str(accelerator) in ("gpu", "cuda", "mps") or not counts_processes(devices)
+            # float16 mixed precision, or a backend other than the gloo that every build of torch has
+            if gpu or str(precision) in FLOAT16_MIXED or backend not in (None, "gloo"):
                 from rmsprop_lightning.app.validation import check_accelerator  # torch only then
 
                 check_accelerator(*settings)

@@ -12,6 +12,8 @@ PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 
 PRECISIONS = (*PRECISION_NAMES, 64, 32, 16)
 # float16 mixed precision, which Lightning runs on a GPU only (bfloat16 in its place on the CPU)
 FLOAT16_MIXED = ("16-mixed", "16")
+# torch.distributed's process-group backends (which of them a build of torch has is checked with torch)
+BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
 # RegressionModule's losses (rmsprop_lightning.module.LOSSES)
 LOSS_NAMES = ("mse", "l1", "huber")
 # what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
@@ -185,6 +187,12 @@ TARGET_RULES: dict[str, dict[str, dict[str, Rule]]] = {
         }
     },
     "logger.tensorboard": {"rmsprop_lightning.logging.tensorboard.TensorBoardRunLogger": {"log_graph": FLAG}},
+    "trainer.strategy": {
+        "rmsprop_lightning.app.distributed.HydraDDPStrategy": {
+            "process_group_backend": OneOf(choices=(*BACKENDS, None)),
+            **dict.fromkeys(("find_unused_parameters", "static_graph", "gradient_as_bucket_view"), FLAG),
+        }
+    },
 }
 
 

@@ -102,7 +102,8 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
     """Checks the targets and the accelerator, seeds, then builds the data, the model and the module, in
     the order that random sources draw in."""
     check_targets(cfg)
-    check_accelerator(*(cfg.trainer.get(key) for key in ("accelerator", "precision", "devices")))
+    backend = OmegaConf.select(cfg, "trainer.strategy.process_group_backend", default=None)
+    check_accelerator(*(cfg.trainer.get(key) for key in ("accelerator", "precision", "devices")), backend)
     check_nodes(cfg.trainer.get("num_nodes"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with input_errors():

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_checks import HYDRA_KEYS, counts_processes, select
-from rmsprop_lightning.app.rules import FLOAT16_MIXED
+from rmsprop_lightning.app.rules import BACKENDS, FLOAT16_MIXED
 from rmsprop_lightning.errors import InputError, close_match, first_line
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
@@ -86,11 +86,19 @@ def check_options(node: DictConfig, path: str) -> None:
             raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
 
 
-def check_accelerator(accelerator: Any, precision: Any, devices: Any) -> None:
-    """``trainer.accelerator`` names one this machine has (Lightning's error names no setting), and a run on
-    the CPU asks for a number of processes and no float16 mixed precision, which Lightning there replaces
-    with bfloat16."""
+def check_accelerator(accelerator: Any, precision: Any, devices: Any, backend: Any = None) -> None:
+    """``trainer.accelerator`` names one this machine has (Lightning's error names no setting), a run on the
+    CPU asks for a number of processes and no float16 mixed precision, which Lightning there replaces with
+    bfloat16, and DDP's ``process_group_backend`` is one this build of torch has."""
+    import torch.distributed
     from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    built = [name for name in BACKENDS if getattr(torch.distributed, f"is_{name}_available", bool)()]
+    if backend is not None and backend not in built:
+        raise InputError(
+            f"trainer.strategy.process_group_backend={backend}: this build of torch has no {backend}; "
+            f"allowed: {', '.join(built) or 'none'}"
+        )
 
     cuda, mps = CUDAAccelerator.is_available(), MPSAccelerator.is_available()
     if not {"gpu": cuda or mps, "cuda": cuda, "mps": mps}.get(str(accelerator), True):
@@ -136,8 +144,17 @@ def read_data(cfg: DictConfig, datamodule: Any) -> None:
 
 
 def check_data(cfg: DictConfig, datamodule: Any) -> None:
-    """Reads the data (if the model did not need it yet); checks explicit model sizes against it."""
+    """Reads the data (if the model did not need it yet); checks explicit model sizes against it, and that
+    with ``drop_last`` each process's share of the training split fills a batch."""
     read_data(cfg, datamodule)
+    world, rows = processes(cfg.trainer), len(datamodule.splits["train"][0])
+    share = -(-rows // world)  # the loader pads the shares to one size
+    if datamodule.drop_last and world > 1 and share < datamodule.batch_size:
+        raise InputError(
+            f"data.batch_size={datamodule.batch_size} is more than the {share} training rows each of the "
+            f"{world} processes gets with data.drop_last=true; allowed: data.batch_size up to {share}, or "
+            "data.drop_last=false"
+        )
     for key, size, what in (
         ("in_features", datamodule.num_features, "feature columns"),
         ("out_features", datamodule.num_targets, "target columns"),
