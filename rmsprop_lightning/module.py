@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from rmsprop_lightning.internals import logger_step
 from rmsprop_lightning.logging.step_metrics import BufferedStepLogger
 from rmsprop_lightning.optim.param_groups import apply_lr_multipliers, build_param_groups, lr_ratios_kept
 from rmsprop_lightning.specs import from_spec, to_spec
@@ -61,9 +62,10 @@ class StepLossLogger(BufferedStepLogger):
                 loss = self._losses[0] if len(self._losses) == 1 else torch.stack(self._losses).sum()
                 # Lightning divides each batch's loss by accumulate_grad_batches, also in a shorter last step
                 scale = trainer.accumulate_grad_batches / len(self._losses)
-                self.buffer.record_vector(
-                    trainer.global_step - 1, LOSS_KEY, loss if scale == 1 else loss * scale
-                )
+                # at the loggers' step, as self.log logs this batch (under manual optimization global_step
+                # counts every optimizer's steps)
+                loss = loss if scale == 1 else loss * scale
+                self.buffer.record_vector(logger_step(trainer), LOSS_KEY, loss)
             self._losses = []
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 

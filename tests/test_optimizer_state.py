@@ -466,6 +466,10 @@ def test_every_n_steps_and_the_trainer_interval():
     module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
     logger = fit(module, OptimizerStateMonitor(every_n_steps=2), steps=6, accumulate_grad_batches=3)
     assert sorted(logged(logger)) == [1, 3, 5]
+    for every_n_steps, steps in ((None, []), (4, [3, 7])):  # log_every_n_steps=0: self.log logs nothing
+        module = RegressionModule(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))
+        logger = fit(module, OptimizerStateMonitor(every_n_steps), steps=10, log_every_n_steps=0)
+        assert sorted(logged(logger)) == steps
 
 
 def test_no_logger_is_a_clear_error():

@@ -110,6 +110,45 @@ class SkipsOddBatches(LossRecordingModule):
         return super().training_step(batch, batch_idx) if batch_idx % 2 == 0 else None
 
 
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimization: two optimizers step at every batch, so global_step counts two a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.first, self.second = torch.nn.Linear(10, 5), torch.nn.Linear(5, 1)
+
+    def training_step(self, batch, batch_idx):
+        features, targets = batch
+        loss = torch.nn.functional.mse_loss(self.second(torch.relu(self.first(features))), targets)
+        self.manual_backward(loss)
+        for optimizer in self.optimizers():
+            optimizer.step()
+            optimizer.zero_grad()
+        self.log("mine", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(layer.parameters(), 0.01) for layer in (self.first, self.second)]
+
+
+def test_under_manual_optimization_the_loss_is_logged_at_the_step_self_log_uses():
+    logger = RecordingLogger()
+    trainer = pl.Trainer(
+        max_steps=8,  # 4 batches of two optimizer steps
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[StepLossLogger(flush_every=1)],
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TwoOptimizers(), datamodule=RegressionDataModule(partial(synthetic, num_samples=256)))
+    steps = {key: [step for step, values in logger.calls if key in values] for key in ("mine", "train/loss")}
+    assert steps["mine"] == steps["train/loss"] == [0, 1, 2, 3]
+
+
 def test_a_skipped_batch_logs_no_loss_and_the_others_theirs():
     pl.seed_everything(0, verbose=False)
     module = SkipsOddBatches(FeedForward(), partial(torch.optim.RMSprop, lr=0.01))

@@ -118,7 +118,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
     Args:
         every_n_steps: log every this many steps of the loggers (steps ``n−1, 2n−1, …``; each
             optimizer's first step at or past those, once per step); ``None`` follows the trainer's
-            ``log_every_n_steps``, as ``self.log`` does.
+            ``log_every_n_steps``, as ``self.log`` does (``0``: never).
         per_parameter: ``True`` for per-parameter keys of all parameters, or a regular
             expression searched in the parameter names (e.g. ``"weight$"``).
         flush_every: logged steps kept on the device before one transfer to the loggers.
@@ -183,7 +183,8 @@ class OptimizerStateMonitor(BufferedStepLogger):
         dues = restored["due"] if same and restored.get("axis") == STEP_AXIS else [None] * len(self._watches)
         for watch, due in zip(self._watches, dues, strict=True):
             watch.due = due
-        if not trainer.is_global_zero:  # other ranks neither measure nor write
+        # other ranks neither measure nor write; self.log logs nothing with log_every_n_steps=0
+        if not trainer.is_global_zero or (self.every_n_steps is None and trainer.log_every_n_steps == 0):
             return
         for watch in self._watches:
             self._hooks.append(
