@@ -1,6 +1,6 @@
 """SIGTERM and Ctrl-C outside a job's training steps: they stop the job at once, or once an import is done
 (inside the steps :class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes over); no rank of a
-distributed run stops alone."""
+distributed run stops alone: while they start, every rank stops after its first training step."""
 
 from __future__ import annotations
 
@@ -26,20 +26,27 @@ class SignalsStop:
         self.run_dir = run_dir
         self.holding = False
         self.received: int | None = None
+        self.at_first_step = False  # a distributed run's: its ranks stop after their first training step
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.received and signum == signal.SIGINT:  # Ctrl-C again
+            raise stopped_outside_steps(signum, self.run_dir)
+        self.received = self.received or signum
         if is_one_of_several_ranks():
             # one rank stopping alone would hang the others: in their collectives, or waiting for it to join
+            from rmsprop_lightning.callbacks.interrupt import stop_at_first_step  # Lightning is imported now
+
+            stop_at_first_step(self.received)
+            self.at_first_step = True
             if is_rank_zero():
                 log.warning(
-                    "Received %s outside the training steps of a distributed run: no rank stops alone (in "
-                    "them a signal stops every rank after its step)",
+                    "Received %s while the ranks of a distributed run start: every rank stops after its "
+                    "first training step (Ctrl-C again stops at once)",
                     name,
                 )
             return
-        if self.holding and not (self.received and signum == signal.SIGINT):
-            self.received = self.received or signum
+        if self.holding:
             log.warning("Received %s: importing first (Ctrl-C again stops at once)", name)
             return
         raise stopped_outside_steps(signum, self.run_dir)
@@ -53,7 +60,7 @@ class SignalsStop:
             yield
         finally:
             self.holding = False
-        if self.received is not None:
+        if self.received is not None and not self.at_first_step:
             raise stopped_outside_steps(self.received, self.run_dir)
 
 
