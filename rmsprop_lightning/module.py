@@ -34,7 +34,8 @@ def regression_scores(
     }
     if stage == "test":  # R²: the mean over target columns; undefined (NaN) where a column does not vary
         spread = squares - sums * sums / rows[..., None]
-        scores["test/r2"] = torch.where(spread > 0, 1 - sse / spread, torch.nan).mean(-1).float()
+        varies = spread > squares * rows[..., None] * torch.finfo(spread.dtype).eps  # beyond its rounding
+        scores["test/r2"] = torch.where(varies, 1 - sse / spread, torch.nan).mean(-1).float()
     return scores
 
 

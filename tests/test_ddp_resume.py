@@ -136,3 +136,14 @@ def test_a_ctrl_c_while_the_ranks_start_stops_every_rank_after_the_first_step(tm
     assert output.count("every rank stops after its first training step") == 1, output[-2000:]
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["status"] == "interrupted" and read_summary(run_dir)["steps"] == 1
+
+
+@pytest.mark.slow
+def test_a_ddp_run_continued_from_its_validations_checkpoint_writes_that_validation_back_once(tmp_path):
+    # the checkpoint of step 20 follows the validation at step 20, which the resumed run's first rank writes
+    # back into the event file (the other rank has none to write to)
+    run_dir = tmp_path / "run"
+    first = ("trainer=ddp_cpu", RUN[0], *RUN[2:5], "trainer.max_steps=20", "test=false")
+    run_train(tmp_path, *first, f"hydra.run.dir={run_dir}")
+    run_train(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["steps"] == 30

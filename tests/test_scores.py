@@ -11,6 +11,7 @@ import torch
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.data import Table
+from rmsprop_lightning.module import regression_scores
 
 
 def test_rmse_is_over_every_target_and_r2_the_mean_over_target_columns():
@@ -57,3 +58,14 @@ def test_r2_is_nan_where_the_test_targets_do_not_vary(rows):
     (scores,) = trainer.test(module, datamodule=data, verbose=False)
     assert len(data.splits["test"][0]) == rows
     assert math.isnan(scores["test/r2"]) and math.isfinite(scores["test/rmse"])
+
+
+@pytest.mark.parametrize("value", [3.4670212268829346, 1.616843342781067])
+def test_r2_is_nan_where_constant_targets_leave_a_rounding_spread(value):
+    """Seven equal float32 targets whose sum of squares about their mean rounds to 1e-14, not 0."""
+    targets = torch.full((7, 1), value, dtype=torch.float32).double()
+    sums, squares, rows = targets.sum(0), targets.square().sum(0), torch.tensor(7.0, dtype=torch.float64)
+    assert (squares - sums * sums / rows).item() > 0
+    sse = torch.tensor([0.5], dtype=torch.float64)
+    scores = regression_scores("test", torch.tensor(1.0), sse, rows, sums, squares, torch.float32)
+    assert math.isnan(scores["test/r2"])

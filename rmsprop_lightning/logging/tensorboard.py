@@ -156,7 +156,6 @@ class TensorBoardRunLogger(TensorBoardLogger):
             for step, value in earlier.get(self.tag_prefix + tag, []):
                 if step <= kept:
                     self.keep_best({tag: value})
-        self._purge(max(kept, 0))
         validation = {
             tag: value
             for tag, points in earlier.items()
@@ -164,17 +163,19 @@ class TensorBoardRunLogger(TensorBoardLogger):
             for step, value in points
             if step == kept
         }
-        if validation:
-            self.experiment.file_writer.add_summary(scalars_summary(validation), kept)
+        self._purge(max(kept, 0), validation)
 
     @rank_zero_only
-    def _purge(self, step: int) -> None:
-        """Writes a SessionLog START at ``step``, as ``SummaryWriter(purge_step=step)`` does."""
+    def _purge(self, step: int, kept: Mapping[str, float]) -> None:
+        """Writes a SessionLog START at ``step``, as ``SummaryWriter(purge_step=step)`` does, then the
+        ``kept`` scalars at ``step``."""
         # twice: the server's Python loader takes a run's first START for its first session and purges at
         # later ones only (RustBoard drops a series' points from a step that is logged again)
         start = Event(session_log=SessionLog(status=SessionLog.START))
         for _ in range(2):
             self.experiment.file_writer.add_event(start, step)
+        if kept:
+            self.experiment.file_writer.add_summary(scalars_summary(kept), step)
         self.experiment.flush()
 
     def keep_best(self, metrics: Mapping[str, Any]) -> None:
