@@ -55,6 +55,21 @@ class InterruptedRun(BaseException):
         self.exit_code = 128 + signal_number
 
 
+# a signal that a distributed run's first rank took while the ranks started, where none may stop alone
+_stop_requested: list[int] = []
+
+
+def request_stop(signum: int | None) -> None:
+    """Has the next fit stop every rank after its first training step, as if ``signum`` came then
+    (:class:`~rmsprop_lightning.callbacks.GracefulInterrupt` takes it up); ``None`` withdraws it."""
+    _stop_requested[:] = [] if signum is None else [signum]
+
+
+def requested_stop() -> int | None:
+    """Takes up the signal :func:`request_stop` left, if any."""
+    return _stop_requested.pop() if _stop_requested else None
+
+
 # the command that started a run or sweep, for the processes launchers start (joblib's, submitit's)
 PROGRAM_ENV = "RMSPROP_LIGHTNING_PROGRAM"
 

@@ -14,10 +14,10 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf, open_dict
 
+from rmsprop_lightning import errors
 from rmsprop_lightning.app import extras
 from rmsprop_lightning.app.job_signals import signals_stop
 from rmsprop_lightning.app.jobs import record_end, resolve_threads, run_job, torch_threads
-from rmsprop_lightning.callbacks import interrupt
 from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import InterruptedRun
 from rmsprop_lightning.summary import read_summary, write_summary
@@ -216,7 +216,7 @@ def test_a_ctrl_c_before_the_fit_is_recorded_as_interrupted(compose_cfg):
 @pytest.mark.parametrize("ranks", ["one", "several", "several starting"])
 def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_would_hang(ranks, monkeypatch):
     # starting: a launcher started the ranks (or is starting them), which wait for each other to join
-    monkeypatch.setattr(interrupt, "_requested", [])  # what the next fit's GracefulInterrupt takes up
+    monkeypatch.setattr(errors, "_stop_requested", [])  # what the next fit's GracefulInterrupt takes up
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: ranks == "several")
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1 if ranks == "one" else 2)
     monkeypatch.setenv("WORLD_SIZE", "2" if ranks == "several starting" else "1")
@@ -227,7 +227,7 @@ def test_a_signal_outside_the_training_steps_stops_the_job_unless_other_ranks_wo
         if ranks != "one":  # every rank stops after its first training step; Ctrl-C again stops at once
             with signals.held():
                 handler(signal.SIGTERM, None)
-            assert interrupt._requested == [signal.SIGTERM]
+            assert errors.requested_stop() == signal.SIGTERM
             with pytest.raises(InterruptedRun, match="stopped by SIGINT outside the training steps"):
                 handler(signal.SIGINT, None)
         else:

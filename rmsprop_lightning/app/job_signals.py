@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from rmsprop_lightning.errors import InterruptedRun, is_rank_zero, resume_command
+from rmsprop_lightning.errors import InterruptedRun, is_rank_zero, request_stop, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ class SignalsStop:
         self.received = self.received or signum
         if is_one_of_several_ranks():
             # one rank stopping alone would hang the others: in their collectives, or waiting for it to join
-            from rmsprop_lightning.callbacks.interrupt import stop_at_first_step  # Lightning is imported now
-
-            stop_at_first_step(self.received)
+            request_stop(self.received)
             self.at_first_step = True
             if is_rank_zero():
                 log.warning(
@@ -71,6 +69,7 @@ def signals_stop(run_dir: str) -> Iterator[SignalsStop]:
     takes over); a handler set by others stays."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
     stop = SignalsStop(run_dir)
+    request_stop(None)  # one an earlier job's ranks took, whose fit never started
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum, default in defaults.items():

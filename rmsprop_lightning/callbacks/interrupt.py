@@ -14,20 +14,12 @@ from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.divergence import any_rank
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_last_checkpoint
-from rmsprop_lightning.errors import InterruptedRun, resume_command
+from rmsprop_lightning.errors import InterruptedRun, requested_stop, resume_command
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# a signal taken before the next fit's training steps, which then stops it (see stop_at_first_step)
-_requested: list[int] = []
-
-
-def stop_at_first_step(signum: int) -> None:
-    """Has the next fit's :class:`GracefulInterrupt` stop after its first step, as if ``signum`` came then:
-    a signal that a distributed run's first rank took while the ranks started, where none may stop alone."""
-    _requested[:] = [signum]
 
 
 class GracefulInterrupt(Callback):
@@ -66,8 +58,7 @@ class GracefulInterrupt(Callback):
         self._last = find_last_checkpoint(trainer)
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
-        if _requested:
-            self.received = self.received or _requested.pop()
+        self.received = self.received or requested_stop()  # one taken while distributed ranks started
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
