@@ -381,6 +381,19 @@ CASES = [
     ("sweep folder in use", ["-m", "hydra.sweep.dir={earlier}/..", "seed=0,1"], ["hydra.sweep.dir="]),
     ("a sweep into a run's folder", ["-m", "hydra.sweep.dir={earlier}", "seed=0,1"], ["already holds a run"]),
     ("a run into a folder of runs", ["hydra.run.dir={earlier}/.."], ["already holds a run"]),
+    ("a run into a run's folder", ["hydra.run.dir={earlier}/checkpoints"], ["lies in the run folder"]),
+    ("a sweep into a sweep's folder", ["-m", "hydra.sweep.dir={files}/sweep", "seed=0,1"], ["holds a sweep"]),
+    (
+        "an output folder of the run's own",
+        ["paths.output_dir={files}/elsewhere"],
+        ["paths.output_dir is the folder Hydra makes for each run", "allowed: hydra.run.dir=<folder>"],
+    ),
+    ("an output folder removed", ["~paths.output_dir"], ["~paths.output_dir: paths.output_dir is the"]),
+    (
+        "an experiment's sweep without -m",
+        ["experiment=lr_alpha_grid"],
+        ["experiment=lr_alpha_grid sweeps optimizer, optimizer.lr", "allowed: the same with -m"],
+    ),
     ("too few rows", ["data=csv", "data.source.path={files}/tiny.csv"], ["3 rows", "too few"]),
     ("pickled npy", ["data=npy", "data.source.path={files}/objects.npy"], ["objects.npy", "numeric"]),
     ("empty npy", ["data=npy", "data.source.path={files}/empty.npy"], ["empty.npy"]),
@@ -678,6 +691,8 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     np.savez(folder / "no_rows.npz", X=np.ones((0, 2)), y=np.ones(0))
     np.savez(folder / "scalars.npz", X=np.float64(1), y=np.float64(2))
     np.savez(folder / "cubes.npz", X=np.ones((40, 2, 2)), y=np.arange(40.0))
+    (folder / "sweep").mkdir()
+    (folder / "sweep" / "multirun.yaml").write_text("hydra: {}\n")  # a sweep whose jobs wrote nothing yet
     (folder / "huge.csv").write_text("\n".join([rows[0], *(f"{i},{i}e200,{i}" for i in range(40))]) + "\n")
     (folder / "large.csv").write_text("\n".join([rows[0], *(f"{i},{i}e38,{i}" for i in range(40))]) + "\n")
     np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)

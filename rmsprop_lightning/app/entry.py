@@ -118,6 +118,13 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         o.key_or_group == "hydra.mode" and str(o.value()).removeprefix("RunMode.") == "MULTIRUN"
         for o in overrides
     )
+    for override in overrides:  # a run's folder is Hydra's: set apart, it would split the run in two
+        if override.key_or_group == "paths.output_dir":
+            where = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+            raise InputError(
+                f"{override.input_line}: paths.output_dir is the folder Hydra makes for each run; allowed: "
+                f"{where}=<folder>"
+            )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_config_flags(parsed, config_dir, searched=any(o.key_or_group == SEARCH_PATH for o in overrides))
         check_output_folder(overrides, multirun, None)
@@ -180,6 +187,12 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     check_output_folder(overrides, multirun, cfg)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
+    if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
+        typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
+        raise InputError(
+            f"{typed} sweeps {', '.join(params)} (hydra.sweeper.params); allowed: the same with -m"
+        )
     if not multirun or printing or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
     common = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
@@ -237,8 +250,9 @@ def check_hydra_options(
 
 
 def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfig | None) -> None:
-    """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run, whose records
-    a second run would mix with its own; other DDP ranks, started in the first rank's folder, skip this."""
+    """Refuses a ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) that already holds a run or a sweep, or
+    lies in a run's folder, whose records a second run would mix with its own; other DDP ranks, started in
+    the first rank's folder, skip this."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     typed = [str(o.value()) for o in overrides if o.key_or_group == key and not o.is_sweep_override()]
     if typed and not typed[-1].strip():
@@ -263,3 +277,7 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
             f"{key}={typed[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
             "to continue one"
         )
+    if (Path(folder) / "multirun.yaml").is_file():  # a sweep whose jobs wrote nothing yet (a population's)
+        raise InputError(f"{key}={typed[-1]} already holds a sweep; allowed: another folder")
+    if run := next((p for p in Path(folder).absolute().parents if (p / SUMMARY_FILE).is_file()), None):
+        raise InputError(f"{key}={typed[-1]} lies in the run folder {run}; allowed: a folder outside it")
