@@ -389,6 +389,7 @@ CASES = [
         ["paths.output_dir is the folder Hydra makes for each run", "allowed: hydra.run.dir=<folder>"],
     ),
     ("an output folder removed", ["~paths.output_dir"], ["~paths.output_dir: paths.output_dir is the"]),
+    ("a typo after naming the config", ["-cn", "train", "optimizer.lrr=0.1"], ["optimizer.lrr is not a key"]),
     (
         "an experiment's sweep without -m",
         ["experiment=lr_alpha_grid"],

@@ -128,7 +128,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         check_config_flags(parsed, config_dir, searched=any(o.key_or_group == SEARCH_PATH for o in overrides))
         check_output_folder(overrides, multirun, None)
-        return list(arguments)
+        named = (parsed.config_name or "").removesuffix(".yaml")
+        own = parsed.config_path or parsed.config_dir or not (config_dir / f"{named}.yaml").is_file()
+        if own or not is_rank_zero():  # configs of the user's own, which Hydra checks; a DDP rank's job
+            return list(arguments)
+        config_name = named  # one of these configs, checked as the default one
     typed_paths = [o for o in overrides if o.key_or_group == SEARCH_PATH and not o.is_delete()]
     for override in typed_paths:  # the user's own configs too
         if not (isinstance(override.value(), list) and all(isinstance(p, str) for p in override.value())):
