@@ -389,6 +389,8 @@ CASES = [
         ["paths.output_dir is the folder Hydra makes for each run", "allowed: hydra.run.dir=<folder>"],
     ),
     ("an output folder removed", ["~paths.output_dir"], ["~paths.output_dir: paths.output_dir is the"]),
+    ("an empty root folder", ["paths.root_dir=''"], ["paths.root_dir='' names no folder"]),
+    ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null names no folder"]),
     ("a typo after naming the config", ["-cn", "train", "optimizer.lrr=0.1"], ["optimizer.lrr is not a key"]),
     (
         "an experiment's sweep without -m",

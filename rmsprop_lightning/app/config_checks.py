@@ -25,10 +25,10 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_a
 NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
+# the environment variable conf/paths/default.yaml reads paths.root_dir from
+ROOT_ENV = "RMSPROP_LIGHTNING_ROOT"
 # what check_writable allows where a run's output folder cannot be written
-WRITABLE_RUN_FOLDER = (
-    "a writable folder (set paths.log_dir, or the RMSPROP_LIGHTNING_ROOT environment variable)"
-)
+WRITABLE_RUN_FOLDER = f"a writable folder (set paths.log_dir, or the {ROOT_ENV} environment variable)"
 # what the launchers of a run over several nodes set (srun, torchrun or by hand, MPI, LSF)
 CLUSTER_ENV_VARS = ("SLURM_NTASKS", "MASTER_ADDR", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "LSB_JOBID")
 
@@ -71,6 +71,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_scheduler_validation(cfg)
     check_warmup(cfg)
     check_task_name(select(cfg, "task_name"))
+    check_log_folders(cfg)
     check_input_files(cfg)
 
 
@@ -239,6 +240,17 @@ def check_task_name(name: Any) -> None:
     text = str(name) if isinstance(name, str | int | float) and not isinstance(name, bool) else ""
     if text.strip(" .") == "" or any(sep in text for sep in "/\\"):
         raise InputError(f"task_name={show(name)} is invalid; allowed: a folder name (no /), such as train")
+
+
+def check_log_folders(cfg: DictConfig) -> None:
+    """``paths.root_dir`` and ``paths.log_dir`` name folders: empty, the runs would go to ``/logs``."""
+    for key in ("paths.root_dir", "paths.log_dir"):
+        value = select(cfg, key)
+        text = str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
+        if has_key(cfg, key) and not text.strip():
+            empty = key == "paths.root_dir" and os.environ.get(ROOT_ENV) == ""
+            hint = f" ({ROOT_ENV} is set and empty: unset it, or name a folder)" if empty else ""
+            raise InputError(f"{key}={show(value)} names no folder{hint}; allowed: a folder's path")
 
 
 def check_input_files(cfg: DictConfig) -> None:
