@@ -389,8 +389,16 @@ CASES = [
         ["paths.output_dir is the folder Hydra makes for each run", "allowed: hydra.run.dir=<folder>"],
     ),
     ("an output folder removed", ["~paths.output_dir"], ["~paths.output_dir: paths.output_dir is the"]),
+    ("a key other settings read, removed", ["~seed"], ["~seed: other settings read seed"]),
+    ("a node other settings read, null", ["module=null"], ["module=null: other settings read module"]),
+    ("Hydra's config resolved alone", ["--cfg", "hydra", "--resolve"], ["allowed: --cfg all --resolve"]),
+    (
+        "a flag between overrides",
+        ["debug=fast", "-m", "seed=0,1"],
+        ["-m comes between the overrides debug=fast and seed=0,1", "-m debug=fast seed=0,1"],
+    ),
     ("an empty root folder", ["paths.root_dir=''"], ["paths.root_dir='' names no folder"]),
-    ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null names no folder"]),
+    ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null: other settings read paths.log_dir"]),
     ("a typo after naming the config", ["-cn", "train", "optimizer.lrr=0.1"], ["optimizer.lrr is not a key"]),
     (
         "an experiment's sweep without -m",

@@ -29,6 +29,8 @@ HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
 # the groups a run is built from, which an option may replace but nothing may remove
 NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
+# keys other settings read, which a command line may change but neither remove nor set to null
+NEEDED_KEYS = ("seed", "module", "paths.root_dir", "paths.log_dir")
 # where Hydra looks for configs besides conf/: a user's own options of the groups
 SEARCH_PATH = "hydra.searchpath"
 # the keys left out of a multirun job's folder name
@@ -43,6 +45,7 @@ def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: 
     """Runs a ``@hydra.main`` function on ``sys.argv``: ``resume=<run dir>`` rewritten, overrides checked."""
     arguments = sys.argv[1:]
     try:
+        check_flags_first(arguments)
         sys.argv[1:] = resume_arguments(arguments, Path(config_dir))
         if sys.argv[1:] == arguments:
             sys.argv[1:] = checked_command_line(Path(config_dir), config_name, arguments)
@@ -97,6 +100,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         raise InputError(f"{' and '.join(modes)} cannot be combined; allowed: one of {', '.join(MODES)}")
     if parsed.resolve and not (parsed.cfg or parsed.help):
         raise InputError("--resolve shows a resolved config; allowed: with --cfg or --help")
+    if parsed.resolve and parsed.cfg == "hydra":  # Hydra resolves its node alone: hydra.run.dir reads paths.*
+        raise InputError(
+            "--cfg hydra --resolve: Hydra's folders read the run's paths; allowed: --cfg all --resolve"
+        )
     parser, overrides = OverridesParser.create(), []
     for argument in parsed.overrides:  # each alone, to name the one Hydra's grammar refuses
         try:
@@ -155,6 +162,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     others = []
     for override in overrides:
         group = override.key_or_group
+        if group in NEEDED_KEYS and (override.is_delete() or override.value() is None):
+            raise InputError(
+                f"{override.input_line}: other settings read {group}; allowed: a value of {group}"
+            )
         if override.is_delete() and group in NEEDED_GROUPS:
             raise InputError(
                 f"{override.input_line} removes a group every run needs; "
@@ -205,6 +216,21 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
+
+
+def check_flags_first(arguments: Sequence[str]) -> None:
+    """Refuses overrides on both sides of a flag: Hydra's parser takes one run of them (it answers with its
+    usage)."""
+    overrides = [i for i, typed in enumerate(arguments) if "=" in typed and not typed.startswith("-")]
+    start = overrides[0] if overrides else len(arguments)
+    flag = next((i for i in range(start, len(arguments)) if arguments[i].startswith("-")), None)
+    if flag is not None and overrides[-1] > flag:
+        typed = [arguments[i] for i in overrides]
+        flags = [argument for i, argument in enumerate(arguments) if i not in overrides]
+        raise InputError(
+            f"{arguments[flag]} comes between the overrides {arguments[overrides[0]]} and "
+            f"{arguments[overrides[-1]]}; allowed: the flags first, as in {' '.join([*flags, *typed])}"
+        )
 
 
 def check_config_flags(parsed: Any, config_dir: Path, searched: bool = False) -> None:
