@@ -58,7 +58,8 @@ def group_options(
     config_dir: Path, config_name: str = "train", searchpath: Sequence[str] = ()
 ) -> dict[str, list[str]]:
     """``{group: [option, ...]}`` for every config group (Hydra's own ``hydra/`` groups aside): the folders of
-    ``config_dir``, or with a typed ``hydra.searchpath`` every group Hydra finds on that path."""
+    ``config_dir``, or with a typed ``hydra.searchpath`` every group Hydra finds on that path, two levels
+    deep (a path naming a large folder would have every folder below it walked)."""
     if not searchpath:
         groups = {}
         for folder in sorted(path for path in config_dir.rglob("*") if path.is_dir()):
@@ -80,7 +81,8 @@ def group_options(
             group = pending.pop()
             if options := listed(group, ObjectType.CONFIG):
                 groups[group] = options
-            pending += [f"{group}/{name}" for name in listed(group, ObjectType.GROUP)]
+            if "/" not in group:
+                pending += [f"{group}/{name}" for name in listed(group, ObjectType.GROUP)]
     return dict(sorted(groups.items()))
 
 
