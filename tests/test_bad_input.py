@@ -79,7 +79,7 @@ CASES = [
         ["optimizer.lr=interval(0.01,0.1)", "basic sweeper", "hparams_search=rmsprop_optuna"],
     ),
     ("resolve without cfg", ["--resolve"], ["--resolve", "with --cfg"]),
-    ("a config name no folder has", ["--config-name=trian"], ["--config-name=trian is in none of"]),
+    ("a config name no folder has", ["--config-name=trian"], ["--config-name=trian: trian.yaml is in"]),
     ("a config folder not there", ["--config-dir={files}/nope"], ["--config-dir=", "is not a folder"]),
     (
         "a path of a two-key job folder unquoted",
@@ -399,6 +399,8 @@ CASES = [
     ),
     ("an empty root folder", ["paths.root_dir=''"], ["paths.root_dir='' names no folder"]),
     ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null: other settings read paths.log_dir"]),
+    ("a relative config path", ["--config-path", "rel"], ["--config-path=rel: Hydra reads a relative path"]),
+    ("a config path without the config", ["--config-path={files}"], ["train.yaml is in none of"]),
     ("a typo after naming the config", ["-cn", "train", "optimizer.lrr=0.1"], ["optimizer.lrr is not a key"]),
     (
         "an experiment's sweep without -m",

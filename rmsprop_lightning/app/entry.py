@@ -135,7 +135,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
                 f"{where}=<folder>"
             )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
-        check_config_flags(parsed, config_dir, searched=any(o.key_or_group == SEARCH_PATH for o in overrides))
+        searched = any(o.key_or_group == SEARCH_PATH for o in overrides)
+        check_config_flags(parsed, config_dir, config_name, searched)
         check_output_folder(overrides, multirun, None)
         named = (parsed.config_name or "").removesuffix(".yaml")
         own = parsed.config_path or parsed.config_dir or not (config_dir / f"{named}.yaml").is_file()
@@ -235,27 +236,32 @@ def check_flags_first(arguments: Sequence[str]) -> None:
         )
 
 
-def check_config_flags(parsed: Any, config_dir: Path, searched: bool = False) -> None:
-    """Refuses a ``--config-dir`` or an absolute ``--config-path`` that is no folder, and a ``--config-name``
-    none of the config folders has (Hydra answers each in several lines); a relative ``--config-path``,
-    which Hydra reads from the entry point's module, and a name a typed ``hydra.searchpath`` may provide,
-    are Hydra's to check."""
+def check_config_flags(parsed: Any, config_dir: Path, config_name: str, searched: bool = False) -> None:
+    """Refuses a ``--config-dir`` or ``--config-path`` that is no folder (a relative ``--config-path`` Hydra
+    reads from this package's folder), and a config name none of the config folders has (Hydra answers each
+    in several lines); a name a typed ``hydra.searchpath`` may provide is Hydra's to check."""
     folders = [config_dir]
     for flag, typed in (("--config-path", parsed.config_path), ("--config-dir", parsed.config_dir)):
         if typed is None:
             continue
         folder = Path(typed).expanduser()
-        if flag == "--config-path" and not folder.is_absolute():
-            return
+        if flag == "--config-path" and not folder.is_absolute():  # from the folder of @hydra.main's module
+            folder = Path(__file__).parent / folder
+            if not folder.is_dir():
+                raise InputError(
+                    f"--config-path={typed}: Hydra reads a relative path from {Path(__file__).parent}; "
+                    f"allowed: an absolute path, such as --config-path={Path(typed).absolute()}"
+                )
         if not folder.is_dir():
             raise InputError(f"{flag}={typed} is not a folder; allowed: a folder of config files")
         folders = [folder] if flag == "--config-path" else [*folders, folder]
-    name = parsed.config_name
-    found = name and any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file() for folder in folders)
-    if name and not found and not searched:
+    name = parsed.config_name or config_name  # Hydra's default name, in a --config-path too
+    found = any((folder / f"{name.removesuffix('.yaml')}.yaml").is_file() for folder in folders)
+    if not found and not searched:
+        flag = f"--config-name={name}" if parsed.config_name else f"--config-path={parsed.config_path}"
         raise InputError(
-            f"--config-name={name} is in none of {', '.join(map(str, folders))}; allowed: the name of a "
-            "config file there, without .yaml"
+            f"{flag}: {name.removesuffix('.yaml')}.yaml is in none of {', '.join(map(str, folders))}; "
+            "allowed: the name of a config file there (--config-name), without .yaml"
         )
 
 
