@@ -399,6 +399,12 @@ CASES = [
     ),
     ("an empty root folder", ["paths.root_dir=''"], ["paths.root_dir='' names no folder"]),
     ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null: other settings read paths.log_dir"]),
+    (
+        "shell completion without a subcommand",
+        ["--shell-completion"],
+        ["needs one subcommand", "install=bash"],
+    ),
+    ("a rerun of no file", ["--experimental-rerun", "{files}/none.pickle"], ["none.pickle: no such file"]),
     ("a relative config path", ["--config-path", "rel"], ["--config-path=rel: Hydra reads a relative path"]),
     ("a config path without the config", ["--config-path={files}"], ["train.yaml is in none of"]),
     ("a typo after naming the config", ["-cn", "train", "optimizer.lrr=0.1"], ["optimizer.lrr is not a key"]),

@@ -95,6 +95,16 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     from hydra.core.override_parser.types import Glob
 
     parsed = hydra_argument_parser().parse_args(list(arguments))
+    subcommands = [o for o in parsed.overrides if o.partition("=")[0] in ("install", "uninstall", "query")]
+    if parsed.shell_completion and len(subcommands) != 1:  # Hydra's answer is a traceback
+        raise InputError(
+            "--shell-completion needs one subcommand; allowed: install=bash, uninstall=bash, query="
+        )
+    if parsed.experimental_rerun and not Path(parsed.experimental_rerun).is_file():
+        raise InputError(
+            f"--experimental-rerun={parsed.experimental_rerun}: no such file; allowed: a run's "
+            ".hydra/config.pickle"
+        )
     if parsed.shell_completion or parsed.experimental_rerun:  # its arguments are not overrides
         return list(arguments)
     modes = [flag for flag, given in MODES.items() if getattr(parsed, given)]
