@@ -785,6 +785,14 @@ def test_bad_input_is_one_clear_line(case, arguments, words, corpus_root, monkey
     assert_clear_rejection(code, "".join(capfd.readouterr()), words, root, earlier, before)
 
 
+def test_a_runs_checkpoint_folder_as_checkpoint_names_its_files(corpus_root, capfd):
+    root, earlier = corpus_root
+    capfd.readouterr()
+    assert train_in_process(root, f"ckpt_path={earlier}/checkpoints", check=False) == 2
+    line = "".join(capfd.readouterr()).strip()
+    assert line.endswith(f"such as {earlier}/checkpoints/last.ckpt, or resume={earlier} to continue that run")
+
+
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
 @pytest.mark.parametrize("sweep", [(), ("-m", "seed=0,1")], ids=["run", "sweep"])
 def test_a_gpu_on_a_machine_without_one_is_one_clear_line(corpus_root, monkeypatch, capfd, sweep):

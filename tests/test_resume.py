@@ -25,7 +25,12 @@ from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.app import resume_records
-from rmsprop_lightning.app.resume import check_followers, check_override, started_where_it_was
+from rmsprop_lightning.app.resume import (
+    check_followers,
+    check_override,
+    resume_arguments,
+    started_where_it_was,
+)
 from rmsprop_lightning.app.run_lock import folder_lock
 from rmsprop_lightning.app.validation import check_same_processes
 from rmsprop_lightning.callbacks import GracefulInterrupt, LastCheckpoint
@@ -33,7 +38,7 @@ from rmsprop_lightning.data import synthetic
 from rmsprop_lightning.errors import InputError, InterruptedRun
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.optim import RMSprop
-from tests.conftest import ROOT, TRAIN, run_dirs, run_train, train_in_process
+from tests.conftest import CONF, ROOT, TRAIN, run_dirs, run_train, train_in_process
 
 # dropout (random state), a centered momentum RMSprop (three buffers), a plateau scheduler
 # fed by validation every 10 steps, a checkpoint every 5 steps, 13 batches an epoch
@@ -653,3 +658,7 @@ def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
         check_same_processes(cfg)
     cfg.trainer.devices = 2
     check_same_processes(cfg)
+
+
+def test_resume_null_is_the_default_no_resume():
+    assert resume_arguments(["resume=null", "seed=1"], CONF) == ["resume=null", "seed=1"]

@@ -268,9 +268,12 @@ def check_input_files(cfg: DictConfig) -> None:
         if not str(path).strip():
             raise InputError(f"{key}='{path}' names no file; allowed: the path of a file, or null")
         if key == "ckpt_path" and Path(str(path)).expanduser().is_dir():
+            run = Path(str(path)).parent if Path(str(path)).name == "checkpoints" else Path(str(path))
+            saved = [run / "checkpoints" / "last.ckpt", *sorted(Path(str(path)).expanduser().glob("*.ckpt"))]
+            example = next((file for file in saved if file.expanduser().is_file()), saved[0])
             raise InputError(
-                f"ckpt_path={path} is a folder; allowed: a checkpoint file such as "
-                f"{Path(str(path)) / 'checkpoints' / 'last.ckpt'}, or resume={path} to continue that run"
+                f"ckpt_path={path} is a folder; allowed: a checkpoint file such as {example}, or "
+                f"resume={run} to continue that run"
             )
         if Path(str(path)).expanduser().is_dir():
             raise InputError(f"{key}={path} is a folder; allowed: a data file")

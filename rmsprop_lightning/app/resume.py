@@ -89,6 +89,8 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     if position is None:
         return list(arguments)
     typed_dir = parsed.overrides[position].split("=", 1)[1]
+    if typed_dir == "null":  # the default: no run to continue
+        return list(arguments)
     run_dir = Path(unquoted(typed_dir)).expanduser().absolute()
     saved_config = run_dir / HYDRA_FOLDER / "config.yaml"
     if not saved_config.is_file():
