@@ -395,7 +395,7 @@ CASES = [
     (
         "a flag between overrides",
         ["debug=fast", "-m", "seed=0,1"],
-        ["-m comes between the overrides debug=fast and seed=0,1", "-m debug=fast seed=0,1"],
+        ["seed=0,1 comes after a flag that follows overrides", "as in -m debug=fast seed=0,1"],
     ),
     ("an empty root folder", ["paths.root_dir=''"], ["paths.root_dir='' names no folder"]),
     ("no log folder", ["paths.log_dir=null"], ["paths.log_dir=null: other settings read paths.log_dir"]),

@@ -468,3 +468,32 @@ def test_the_groups_of_a_search_path_are_listed_two_levels_deep(tmp_path):
         (tmp_path / group / "one.yaml").write_text("{}\n")
     groups = entry.group_options(CONF, "train", [f"hydra.searchpath=[file://{tmp_path}]"])
     assert groups["model/encoder"] == ["one"] and "deep/er/still" not in groups
+
+
+def test_a_run_folder_is_refused_inside_a_run_only(tmp_path):
+    project, run = tmp_path / "project", tmp_path / "run"
+    project.mkdir()
+    (project / "metrics.json").write_text("{}\n")  # another tool's file of that name: not a run
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("{}\n")
+    (run / "metrics.json").write_text("{}\n")
+    for folder in (project / "out", run / ".." / "sibling"):
+        checked_command_line(CONF, "train", [f"hydra.run.dir={folder}"])
+    with pytest.raises(InputError, match="lies in the run folder"):
+        checked_command_line(CONF, "train", [f"hydra.run.dir={run}/sub"])
+
+
+def test_a_flags_value_holding_an_equals_sign_is_no_override():
+    entry.check_flags_first(["-cp", "/runs/0_seed=0/.hydra", "-cn", "config", "seed=1"])
+    entry.check_flags_first(["seed=1", "--cfg", "job"])  # overrides, then flags: Hydra takes them
+    with pytest.raises(InputError, match="~seed comes after a flag that follows overrides"):
+        entry.check_flags_first(["seed=1", "-m", "~seed"])
+
+
+def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mysweep.yaml").write_text(
+        "# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      seed: 0,1\n"
+    )
+    arguments = ["experiment=mysweep", f"hydra.searchpath=[file://{tmp_path}]"]
+    assert checked_command_line(CONF, "train", arguments)[:2] == arguments

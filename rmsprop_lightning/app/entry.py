@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on
-from rmsprop_lightning.app.resume import resume_arguments
+from rmsprop_lightning.app.resume import HYDRA_FOLDER, resume_arguments
 from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
@@ -147,10 +147,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         searched = any(o.key_or_group == SEARCH_PATH for o in overrides)
         check_config_flags(parsed, config_dir, config_name, searched)
-        check_output_folder(overrides, multirun, None)
         named = (parsed.config_name or "").removesuffix(".yaml")
         own = parsed.config_path or parsed.config_dir or not (config_dir / f"{named}.yaml").is_file()
         if own or not is_rank_zero():  # configs of the user's own, which Hydra checks; a DDP rank's job
+            check_output_folder(overrides, multirun, None)
             return list(arguments)
         config_name = named  # one of these configs, checked as the default one
     typed_paths = [o for o in overrides if o.key_or_group == SEARCH_PATH and not o.is_delete()]
@@ -216,6 +216,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     check_output_folder(overrides, multirun, cfg)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
+    multirun = multirun or "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode") if cfg is not None else "")
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
         typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
         raise InputError(
@@ -232,18 +233,20 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
 
 
 def check_flags_first(arguments: Sequence[str]) -> None:
-    """Refuses overrides on both sides of a flag: Hydra's parser takes one run of them (it answers with its
-    usage)."""
-    overrides = [i for i, typed in enumerate(arguments) if "=" in typed and not typed.startswith("-")]
-    start = overrides[0] if overrides else len(arguments)
-    flag = next((i for i in range(start, len(arguments)) if arguments[i].startswith("-")), None)
-    if flag is not None and overrides[-1] > flag:
-        typed = [arguments[i] for i in overrides]
-        flags = [argument for i, argument in enumerate(arguments) if i not in overrides]
+    """Refuses overrides after a flag that follows overrides: Hydra's parser takes one run of them (it answers
+    with its usage)."""
+    parsed, later = hydra_argument_parser().parse_known_args(list(arguments))
+    if later:
+        flags = [argument for argument in arguments if argument not in (*parsed.overrides, *later)]
         raise InputError(
-            f"{arguments[flag]} comes between the overrides {arguments[overrides[0]]} and "
-            f"{arguments[overrides[-1]]}; allowed: the flags first, as in {' '.join([*flags, *typed])}"
+            f"{later[0]} comes after a flag that follows overrides; allowed: the flags first, as in "
+            f"{' '.join([*flags, *parsed.overrides, *later])}"
         )
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is a run's folder: Hydra's saved config and the run's summary."""
+    return (path / SUMMARY_FILE).is_file() and (path / HYDRA_FOLDER / "config.yaml").is_file()
 
 
 def check_config_flags(parsed: Any, config_dir: Path, config_name: str, searched: bool = False) -> None:
@@ -314,18 +317,21 @@ def check_output_folder(overrides: Sequence[Any], multirun: bool, cfg: DictConfi
     if not typed or not is_rank_zero():
         return
     folder = typed[-1]
-    if cfg is not None and "${" in folder:  # resolved in the composed config
+    if "${" in folder:  # resolved in the composed config
+        if cfg is None:
+            return
         OmegaConf.update(cfg, key, folder)
         try:
             folder = str(OmegaConf.select(cfg, key))
         except OmegaConfBaseException:  # a resolver only Hydra's run has (${hydra:...})
             return
-    if any(Path(folder).glob(SUMMARY_FILE)) or any(Path(folder).glob(f"*/{SUMMARY_FILE}")):  # a run, runs
+    below = Path(folder).iterdir() if Path(folder).is_dir() else []
+    if is_run_folder(Path(folder)) or any(is_run_folder(path) for path in below):  # a run, runs
         raise InputError(
             f"{key}={typed[-1]} already holds a run; allowed: another folder, or resume=<its run folder> "
             "to continue one"
         )
     if (Path(folder) / "multirun.yaml").is_file():  # a sweep whose jobs wrote nothing yet (a population's)
         raise InputError(f"{key}={typed[-1]} already holds a sweep; allowed: another folder")
-    if run := next((p for p in Path(folder).absolute().parents if (p / SUMMARY_FILE).is_file()), None):
+    if run := next((path for path in Path(folder).resolve().parents if is_run_folder(path)), None):
         raise InputError(f"{key}={typed[-1]} lies in the run folder {run}; allowed: a folder outside it")
