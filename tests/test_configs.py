@@ -497,3 +497,9 @@ def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path
     )
     arguments = ["experiment=mysweep", f"hydra.searchpath=[file://{tmp_path}]"]
     assert checked_command_line(CONF, "train", arguments)[:2] == arguments
+
+
+def test_a_relative_config_path_is_a_package_beside_the_apps():
+    # Hydra reads ../conf from rmsprop_lightning.app as the package rmsprop_lightning.conf
+    arguments = ["--config-path", "../conf", "--cfg", "job"]
+    assert checked_command_line(CONF, "train", arguments) == arguments

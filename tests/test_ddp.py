@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import run_dirs, run_train
+from tests.conftest import CONF, run_dirs, run_train
 
 DDP_QUICK = (
     "trainer=ddp_cpu",
@@ -33,6 +35,16 @@ def test_ddp_cpu_run_writes_one_folder(tmp_path):
     # 51 test rows, 26 and 25 per rank: the MSE loss weighs every row once, as RMSE does
     assert final["test/loss"] == pytest.approx(final["test/rmse"] ** 2, rel=1e-5)
     assert not (tmp_path / "logs" / "train" / "multiruns").exists()
+
+
+@pytest.mark.slow
+def test_every_rank_reads_the_config_folder_the_command_line_names(tmp_path):
+    # a copy of the configs under another name: a rank reading conf/ would not find it
+    shutil.copytree(CONF, tmp_path / "mine")
+    (tmp_path / "mine" / "train.yaml").rename(tmp_path / "mine" / "other.yaml")
+    run_train(tmp_path, f"--config-path={tmp_path / 'mine'}", "--config-name=other", *DDP_QUICK)
+    (run_dir,) = run_dirs(tmp_path)
+    assert_one_set_of_logs(run_dir)
 
 
 @pytest.mark.slow

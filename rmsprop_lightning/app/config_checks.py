@@ -268,9 +268,10 @@ def check_input_files(cfg: DictConfig) -> None:
         if not str(path).strip():
             raise InputError(f"{key}='{path}' names no file; allowed: the path of a file, or null")
         if key == "ckpt_path" and Path(str(path)).expanduser().is_dir():
-            run = Path(str(path)).parent if Path(str(path)).name == "checkpoints" else Path(str(path))
-            saved = [run / "checkpoints" / "last.ckpt", *sorted(Path(str(path)).expanduser().glob("*.ckpt"))]
-            example = next((file for file in saved if file.expanduser().is_file()), saved[0])
+            folder = Path(str(path)).expanduser().resolve()
+            run = folder.parent if folder.name == "checkpoints" else folder
+            saved = [run / "checkpoints" / "last.ckpt", *sorted(folder.glob("*.ckpt"))]
+            example = next((file for file in saved if file.is_file()), saved[0])
             raise InputError(
                 f"ckpt_path={path} is a folder; allowed: a checkpoint file such as {example}, or "
                 f"resume={run} to continue that run"

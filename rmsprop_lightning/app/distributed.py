@@ -36,9 +36,10 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     else:
         command = [sys.executable, "-m", __main__.__spec__.name]
     command.append(f"--config-name={hydra_cfg.job.config_name}")
-    for source in hydra_cfg.runtime.config_sources:  # a command line's --config-dir
-        if source.provider == "command-line" and source.schema == "file":
-            command.append(f"--config-dir={source.path}")
+    for source in hydra_cfg.runtime.config_sources:  # the primary folder (--config-path), a --config-dir
+        if source.provider in ("main", "command-line") and source.schema == "file":
+            flag = "--config-path" if source.provider == "main" else "--config-dir"
+            command.append(f"{flag}={source.path}")
     command += list(hydra_cfg.overrides.task)
     command += [
         f"hydra.run.dir={quote(hydra_cfg.runtime.output_dir)}",

@@ -3,6 +3,8 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 
 from __future__ import annotations
 
+import importlib.util
+import posixpath
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -220,7 +222,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
         typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
         raise InputError(
-            f"{typed} sweeps {', '.join(params)} (hydra.sweeper.params); allowed: the same with -m"
+            f"{typed} sweeps {', '.join(params)} (hydra.sweeper.params); allowed: the same with -m, or "
+            "hydra.sweeper.params=null for one run"
         )
     if not multirun or printing or cfg is None or any(o.key_or_group == EXCLUDE_KEYS for o in overrides):
         return list(arguments)
@@ -250,21 +253,26 @@ def is_run_folder(path: Path) -> bool:
 
 
 def check_config_flags(parsed: Any, config_dir: Path, config_name: str, searched: bool = False) -> None:
-    """Refuses a ``--config-dir`` or ``--config-path`` that is no folder (a relative ``--config-path`` Hydra
-    reads from this package's folder), and a config name none of the config folders has (Hydra answers each
-    in several lines); a name a typed ``hydra.searchpath`` may provide is Hydra's to check."""
+    """Refuses a ``--config-dir`` or ``--config-path`` that is no folder (a relative ``--config-path``, which
+    Hydra reads as a package beside this one, no package), and a config name none of the config folders has
+    (Hydra answers each in several lines); a name a typed ``hydra.searchpath`` may provide is Hydra's."""
     folders = [config_dir]
     for flag, typed in (("--config-path", parsed.config_path), ("--config-dir", parsed.config_dir)):
         if typed is None:
             continue
         folder = Path(typed).expanduser()
-        if flag == "--config-path" and not folder.is_absolute():  # from the folder of @hydra.main's module
-            folder = Path(__file__).parent / folder
-            if not folder.is_dir():
+        if flag == "--config-path" and not folder.is_absolute():  # a package beside @hydra.main's module's
+            package = posixpath.normpath(f"{__package__.replace('.', '/')}/{typed}").replace("/", ".")
+            try:
+                found = not package.startswith(".") and importlib.util.find_spec(package) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
                 raise InputError(
-                    f"--config-path={typed}: Hydra reads a relative path from {Path(__file__).parent}; "
-                    f"allowed: an absolute path, such as --config-path={Path(typed).absolute()}"
+                    f"--config-path={typed}: Hydra reads a relative path as a package beside {__package__}, "
+                    f"and {package} is none; allowed: an absolute path"
                 )
+            return  # its configs are Hydra's to check
         if not folder.is_dir():
             raise InputError(f"{flag}={typed} is not a folder; allowed: a folder of config files")
         folders = [folder] if flag == "--config-path" else [*folders, folder]
