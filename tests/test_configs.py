@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rmsprop_lightning.app import cli, entry
+from rmsprop_lightning.app import cli, command_flags, entry
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.fit_length import check_schedule_length, check_val_interval, validation_at_the_end
@@ -484,10 +484,10 @@ def test_a_run_folder_is_refused_inside_a_run_only(tmp_path):
 
 
 def test_a_flags_value_holding_an_equals_sign_is_no_override():
-    entry.check_flags_first(["-cp", "/runs/0_seed=0/.hydra", "-cn", "config", "seed=1"])
-    entry.check_flags_first(["seed=1", "--cfg", "job"])  # overrides, then flags: Hydra takes them
+    command_flags.check_flags_first(["-cp", "/runs/0_seed=0/.hydra", "-cn", "config", "seed=1"])
+    command_flags.check_flags_first(["seed=1", "--cfg", "job"])  # overrides, then flags: Hydra takes them
     with pytest.raises(InputError, match="~seed comes after a flag that follows overrides"):
-        entry.check_flags_first(["seed=1", "-m", "~seed"])
+        command_flags.check_flags_first(["seed=1", "-m", "~seed"])
 
 
 def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path):
