@@ -488,6 +488,8 @@ def test_a_flags_value_holding_an_equals_sign_is_no_override():
     command_flags.check_flags_first(["seed=1", "--cfg", "job"])  # overrides, then flags: Hydra takes them
     with pytest.raises(InputError, match="~seed comes after a flag that follows overrides"):
         command_flags.check_flags_first(["seed=1", "-m", "~seed"])
+    with pytest.raises(InputError, match=r"--multirn is not a flag \(did you mean --multirun\?\)"):
+        command_flags.check_flags_first(["seed=1", "--multirn"])
 
 
 def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path):
@@ -497,6 +499,11 @@ def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path
     )
     arguments = ["experiment=mysweep", f"hydra.searchpath=[file://{tmp_path}]"]
     assert checked_command_line(CONF, "train", arguments)[:2] == arguments
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)  # a finished run's folder, which it must not write into
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("{}\n")
+    (tmp_path / "run" / "metrics.json").write_text("{}\n")
+    with pytest.raises(InputError, match=r"hydra.sweep.dir=.* already holds a run"):
+        checked_command_line(CONF, "train", [*arguments, f"hydra.sweep.dir={tmp_path / 'run'}"])
 
 
 def test_a_relative_config_path_is_a_package_beside_the_apps():

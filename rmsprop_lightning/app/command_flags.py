@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.resume import HYDRA_FOLDER
-from rmsprop_lightning.errors import InputError, is_rank_zero
+from rmsprop_lightning.errors import InputError, close_match, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import SUMMARY_FILE
 
@@ -23,9 +23,14 @@ SWEEP_SUBDIR = "hydra.sweep.subdir"
 
 
 def check_flags_first(arguments: Sequence[str]) -> None:
-    """Refuses overrides after a flag that follows overrides: Hydra's parser takes one run of them (it answers
-    with its usage)."""
-    parsed, later = hydra_argument_parser().parse_known_args(list(arguments))
+    """Refuses a flag Hydra's parser lacks, and overrides after a flag that follows overrides: the parser
+    takes one run of them (it answers each with its usage)."""
+    parser = hydra_argument_parser()
+    parsed, later = parser.parse_known_args(list(arguments))
+    if unknown := next((argument for argument in later if argument.startswith("-")), None):
+        flags = sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", parser.format_usage())))
+        name = unknown.split("=")[0]
+        raise InputError(f"{name} is not a flag{close_match(name, flags)}; allowed: {', '.join(flags)}")
     if later:
         flags = [argument for argument in arguments if argument not in (*parsed.overrides, *later)]
         raise InputError(

@@ -98,8 +98,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
     if parsed.experimental_rerun and not Path(parsed.experimental_rerun).is_file():
         raise InputError(
-            f"--experimental-rerun={parsed.experimental_rerun}: no such file; allowed: a run's "
-            ".hydra/config.pickle"
+            f"--experimental-rerun={parsed.experimental_rerun}: no such file; allowed: the config.pickle "
+            "that Hydra's PickleJobInfoCallback wrote for a run"
         )
     if parsed.shell_completion or parsed.experimental_rerun:  # its arguments are not overrides
         return list(arguments)
@@ -135,10 +135,9 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     )
     for override in overrides:  # a run's folder is Hydra's: set apart, it would split the run in two
         if override.key_or_group == "paths.output_dir":
-            where = "hydra.sweep.dir" if multirun else "hydra.run.dir"
             raise InputError(
                 f"{override.input_line}: paths.output_dir is the folder Hydra makes for each run; allowed: "
-                f"{where}=<folder>"
+                "hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for a sweep)"
             )
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         searched = any(o.key_or_group == SEARCH_PATH for o in overrides)
@@ -210,9 +209,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
+    # a config may ask for a sweep itself (hydra.mode: MULTIRUN)
+    multirun = multirun or "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode") if cfg is not None else "")
     check_output_folder(overrides, multirun, cfg)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
-    multirun = multirun or "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode") if cfg is not None else "")
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
         typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
         raise InputError(
