@@ -142,7 +142,10 @@ CASES = [
     (
         "a launcher setting of another launcher",
         ["-m", "hydra.launcher.n_jobs=2", "seed=0,1"],
-        ["hydra.launcher.n_jobs is not a key of hydra.launcher; allowed: none"],
+        [
+            "hydra.launcher.n_jobs is not a key of hydra.launcher; allowed: none",
+            "may: hydra/launcher=<option>",
+        ],
     ),
     (
         "a bad launcher setting in a sweep",

@@ -266,8 +266,10 @@ def check_key(cfg: DictConfig, key: str, context: str = "", removing: bool = Fal
         allowed = sorted(name for name in names if not name.startswith("_"))
         hint = close_match(parts[depth - 1], allowed, f"{parent_path}." if parent_path else "")
         where = (parent_path or "the config's top level") + (f" with {context}" if context else "")
-        # a launcher takes only its own arguments; a mapping among them (Slurm's) takes new keys
-        adds = "" if removing or f"{parent_path}." in SWEEP_KEYS else f" (+{key}=... adds a new key)"
+        adds = "" if removing else f" (+{key}=... adds a new key)"
+        if f"{parent_path}." in SWEEP_KEYS:  # a launcher takes its own arguments only: another may have it
+            group = parent_path.replace(".", "/")  # (a mapping among them, Slurm's, takes new keys)
+            adds = f" (another {group.split('/')[1]} may: {group}=<option>)"
         raise InputError(
             f"{'.'.join(parts[:depth])} is not a key of {where}{hint}; "
             f"allowed: {', '.join(allowed) or 'none'}{adds}"
