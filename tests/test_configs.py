@@ -499,6 +499,8 @@ def test_an_experiment_that_sets_multirun_mode_runs_its_sweep_without_m(tmp_path
     )
     arguments = ["experiment=mysweep", f"hydra.searchpath=[file://{tmp_path}]"]
     assert checked_command_line(CONF, "train", arguments)[:2] == arguments
+    swept = [*arguments, "seed=5,6"]  # what it sweeps, typed: a sweep's values
+    assert checked_command_line(CONF, "train", swept)[:3] == swept
     (tmp_path / "run" / ".hydra").mkdir(parents=True)  # a finished run's folder, which it must not write into
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text("{}\n")
     (tmp_path / "run" / "metrics.json").write_text("{}\n")

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.command_flags import check_config_flags, check_flags_first, check_output_folder
-from rmsprop_lightning.app.override_checks import check_keys, check_option, hydra_on
+from rmsprop_lightning.app.override_checks import check_keys, check_option, compose_config, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
@@ -160,6 +160,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if printing or not (multirun or parsed.help or parsed.hydra_help):  # one job
         for override in overrides:
             if override.is_sweep_override() or (override.key_or_group in SWEEP_GROUPS and not printing):
+                edits = [*searchpath, *(o.input_line for o in overrides if not o.is_sweep_override())]
+                if not printing and sweeps_itself(compose_config(config_dir, config_name, edits)):
+                    multirun = True  # an experiment's hydra.mode: MULTIRUN
+                    break
                 allowed = "one value, as --cfg and --info show one job" if printing else "the same with -m"
                 raise InputError(f"{override.input_line} is for a sweep; allowed: {allowed}")
     groups = group_options(config_dir, config_name, searchpath)
@@ -209,8 +213,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     for index, other in others:  # a key or value may hold in one option of a group and not in another
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
-    # a config may ask for a sweep itself (hydra.mode: MULTIRUN)
-    multirun = multirun or "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode") if cfg is not None else "")
+    multirun = multirun or sweeps_itself(cfg)
     check_output_folder(overrides, multirun, cfg)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
@@ -227,6 +230,11 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
+
+
+def sweeps_itself(cfg: DictConfig | None) -> bool:
+    """Whether a composed config asks for a sweep itself (``hydra.mode: MULTIRUN``, an experiment's)."""
+    return cfg is not None and "MULTIRUN" in str(OmegaConf.select(cfg, "hydra.mode"))
 
 
 def check_hydra_options(
