@@ -89,8 +89,8 @@ def check_keys(
             continue  # a search space's keys are checked as the keys they name
         if override.is_hydra_override() and not key.startswith(SWEEP_KEYS):
             check_key(cfg, key, context)
-            refusal = composition_error(config_dir, config_name, [*selections, override.input_line])
-            if refusal:  # a value of Hydra's own settings, which Hydra answers with a block of text
+            refusal = try_compose(config_dir, config_name, [*selections, override.input_line])
+            if isinstance(refusal, str):  # a value of Hydra's own settings, which Hydra answers with a block
                 raise InputError(f"{override.input_line}: {refusal}")
             continue
         try:
@@ -152,28 +152,23 @@ def hydra_on(config_dir: Path) -> Iterator[Any]:
         GlobalHydra.instance().clear()
 
 
-def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
-    """The config composed with the group ``selections`` and Hydra's own keys, or ``None`` where Hydra
-    cannot compose it."""
+def try_compose(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | str:
+    """The config composed with the group ``selections`` and Hydra's own keys, or the first line of the
+    reason Hydra gives for not composing it."""
     from hydra import compose
 
     try:
         with hydra_on(config_dir):
             return compose(config_name, overrides=list(selections), return_hydra_config=True)
-    except Exception:
-        return None
-
-
-def composition_error(config_dir: Path, config_name: str, selections: Sequence[str]) -> str | None:
-    """The first line of the reason Hydra gives for not composing the config with ``selections``, if any."""
-    from hydra import compose
-
-    try:
-        with hydra_on(config_dir):
-            compose(config_name, overrides=list(selections), return_hydra_config=True)
     except Exception as error:  # "Error merging override …", caused by what is wrong with it
         return str(error.__cause__ or error).splitlines()[0]
-    return None
+
+
+def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
+    """The config composed with the group ``selections`` and Hydra's own keys, or ``None`` where Hydra
+    cannot compose it."""
+    composed = try_compose(config_dir, config_name, selections)
+    return None if isinstance(composed, str) else composed
 
 
 def has_key(cfg: DictConfig | None, key: str) -> bool:
