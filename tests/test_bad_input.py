@@ -32,6 +32,8 @@ EARLIER_RUN = (
     "callbacks.last_checkpoint.every_n_train_steps=10",
 )
 
+# the folder of a user's own config files that the corpus writes
+OWN_CONFIGS = "hydra.searchpath=[file://{files}/configs]"
 # (case id, command-line arguments, words the message must contain); {files} and {earlier} are filled in
 CASES = [
     # optimizer hyper-parameters, keys and options
@@ -116,6 +118,71 @@ CASES = [
         "a search over a glob",
         ["-m", "hparams_search=rmsprop_optuna", "optimizer=glob(rmsprop_c*)"],
         ["optimizer=glob(rmsprop_c*)", "choice(...)"],
+    ),
+    (
+        "an experiment file without its package line",
+        [OWN_CONFIGS, "experiment=no_package"],
+        ["experiment=no_package sets experiment.trainer", "# @package _global_"],
+    ),
+    (
+        "a misspelt key in a config file",
+        [OWN_CONFIGS, "experiment=misspelt"],
+        ["seeds is", "did you mean seed?"],
+    ),
+    (
+        "an entry that builds nothing",
+        [OWN_CONFIGS, "experiment=stray_callback"],
+        ["callbacks.optimizer_state_monitor has no _target_", "callbacks=none"],
+    ),
+    (
+        "a file's misspelt option in a sweep",
+        ["-m", OWN_CONFIGS, "experiment=trainer_typo", "seed=0,1"],
+        ["trainer.max_step is not an option", "did you mean trainer.max_steps?"],
+    ),
+    (
+        "a file's misspelt module option",
+        ["--config-dir={files}/configs", "experiment=module_typo"],
+        ["module.los is not an option", "did you mean module.loss?"],
+    ),
+    (
+        "a group a file sets null",
+        [OWN_CONFIGS, "experiment=no_optimizer"],
+        ["optimizer is null", "optimizer="],
+    ),
+    (
+        "an optimizer file without a class",
+        [OWN_CONFIGS, "optimizer=no_target"],
+        ["optimizer has no _target_"],
+    ),
+    (
+        "an optimizer class that cannot be imported",
+        [OWN_CONFIGS, "optimizer=not_importable"],
+        ["optimizer._target_=no_such_module.Optimizer cannot be imported", "No module named", "PYTHONPATH"],
+    ),
+    (
+        "a scheduler's class at the top of its file",
+        [OWN_CONFIGS, "scheduler=flat"],
+        ["scheduler._target_=torch.optim.lr_scheduler.StepLR", "scheduler.scheduler"],
+    ),
+    (
+        "an option of one's own that the project's hides",
+        [OWN_CONFIGS, "optimizer=rmsprop_momentum"],
+        ["optimizer=rmsprop_momentum is also an option of this project", "another name"],
+    ),
+    (
+        "a glob that misses the search path",
+        ["-m", OWN_CONFIGS, "experiment=variants"],
+        ["experiment=variants sweeps optimizer=glob(*)", "--config-dir"],
+    ),
+    (
+        "a misspelt key beside a config folder",
+        ["--config-dir={files}/configs", "optimizer.lrr=0.1"],
+        ["optimizer.lrr is not a key of optimizer", "did you mean optimizer.lr?"],
+    ),
+    (
+        "a misspelt option beside a config folder",
+        ["--config-dir={files}/configs", "optimizer=mien"],
+        ["optimizer=mien is not an option", "did you mean mine?"],
     ),
     ("search path not a list", ["hydra.searchpath=/tmp"], ["hydra.searchpath=/tmp", "[file:///abs/dir]"]),
     ("removing a key that is not there", ["~optimizer.lrr"], ["optimizer.lrr", "not a key of optimizer"]),
@@ -730,6 +797,32 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     (folder / "cut_summary_run" / "metrics.json").write_text("{")
     shutil.copytree(earlier, folder / "edited_config_run")
     (folder / "edited_config_run" / ".hydra" / "config.yaml").write_text(": :")
+    write_config_files(folder / "configs")
+
+
+# a user's own config files, beside the project's (hydra.searchpath, --config-dir)
+CONFIG_FILES = {
+    "experiment/no_package.yaml": "trainer: {max_steps: 5}\n",
+    "experiment/misspelt.yaml": "# @package _global_\nseeds: 7\n",
+    "experiment/stray_callback.yaml": (
+        "# @package _global_\ndefaults:\n  - override /callbacks: none\n"
+        "callbacks: {optimizer_state_monitor: {every_n_steps: 1}}\n"
+    ),
+    "experiment/trainer_typo.yaml": "# @package _global_\ntrainer: {max_step: 5}\n",
+    "experiment/module_typo.yaml": "# @package _global_\nmodule: {los: l1}\n",
+    "experiment/no_optimizer.yaml": "# @package _global_\noptimizer: null\n",
+    "optimizer/mine.yaml": "defaults: [rmsprop, _self_]\nlr: 0.004\n",
+    "optimizer/rmsprop_momentum.yaml": "defaults: [rmsprop, _self_]\nmomentum: 0.5\n",
+    "optimizer/no_target.yaml": "lr: 0.01\n",
+    "optimizer/not_importable.yaml": "_target_: no_such_module.Optimizer\nlr: 0.01\n",
+    "scheduler/flat.yaml": "_target_: torch.optim.lr_scheduler.StepLR\nstep_size: 10\n",
+}
+
+
+def write_config_files(folder: Path) -> None:
+    for name, text in CONFIG_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

@@ -267,7 +267,11 @@ def test_the_config_check_knows_the_modules_losses():
         # overrides apply in order, as Hydra applies them: a key a former one made, removed or set
         ["model.hidden=[64,64]", "model.hidden.0=32"],
         ["module.lr_multipliers={bias:0.1}", "module.lr_multipliers.bias=0.2"],
-        ["+module.extra={a:1}", "module.extra.a=2"],
+        [
+            "~callbacks.progress_bar",
+            "+callbacks.progress_bar={_target_:lightning.pytorch.callbacks.TQDMProgressBar,refresh_rate:1}",
+            "callbacks.progress_bar.refresh_rate=2",
+        ],
         ["logger=none", "~callbacks.learning_rate_monitor", "~callbacks.optimizer_state_monitor"],
         ["data=csv", f"++data.source.path={CONF / 'train.yaml'}", "data.source.target=y"],
         ["hydra.mode=MULTIRUN", "seed=0,1"],  # Hydra's -m in the config

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.config_shape import check_shape
 from rmsprop_lightning.app.override_checks import has_key
 from rmsprop_lightning.app.rules import METRICS, RULES, TARGET_RULES, Number, OneOf, Rule, show
 from rmsprop_lightning.errors import InputError
@@ -45,7 +46,8 @@ def select(cfg: DictConfig, key: str) -> Any:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Checks the composed config before anything is built: keys, value ranges and types, limits."""
+    """Checks the composed config before anything is built: its shape, keys, values, limits."""
+    check_shape(cfg)
     optimizer = select(cfg, "optimizer")
     if isinstance(optimizer, Mapping):
         try:
@@ -61,7 +63,8 @@ def validate_config(cfg: DictConfig) -> None:
         if has_key(cfg, key):
             check_value(key, value, rule)
     check_training_length(cfg)
-    check_devices(select(cfg, "trainer.devices"))
+    if has_key(cfg, "trainer.devices"):  # else Lightning's default
+        check_devices(select(cfg, "trainer.devices"))
     check_max_time(select(cfg, "trainer.max_time"))
     try:
         checked_lr_multipliers(select(cfg, "module.lr_multipliers"))

@@ -4,7 +4,7 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmsprop_lightning.app.command_flags import check_config_flags, check_flags_first, check_output_folder
 from rmsprop_lightning.app.override_checks import check_keys, check_option, compose_config, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
-from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values
+from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values, search_space
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
 
@@ -142,8 +142,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     if any(getattr(parsed, option) for option in OTHER_CONFIG):
         searched = any(o.key_or_group == SEARCH_PATH for o in overrides)
         check_config_flags(parsed, config_dir, config_name, searched)
-        named = (parsed.config_name or "").removesuffix(".yaml")
-        own = parsed.config_path or parsed.config_dir or not (config_dir / f"{named}.yaml").is_file()
+        named = (parsed.config_name or config_name).removesuffix(".yaml")
+        own = parsed.config_path or not (config_dir / f"{named}.yaml").is_file()
         if own or not is_rank_zero():  # configs of the user's own, which Hydra checks; a DDP rank's job
             check_output_folder(overrides, multirun, None)
             return list(arguments)
@@ -155,6 +155,12 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
                 f"{override.input_line} is not a list of folders; allowed: {SEARCH_PATH}=[file:///abs/dir]"
             )
     searchpath = [override.input_line for override in typed_paths]
+    if parsed.config_dir:  # Hydra reads its options after conf/'s, as it reads those of hydra.searchpath
+        folders = [
+            *(typed_paths[-1].value() if typed_paths else []),
+            f"file://{Path(parsed.config_dir).absolute()}",
+        ]
+        searchpath = [f"{SEARCH_PATH}=[{','.join(quoted(folder) for folder in folders)}]"]
     check_hydra_options(config_dir, config_name, overrides, searchpath)
     printing = parsed.cfg or parsed.info  # one job's config, which may show a sweep's groups
     if printing or not (multirun or parsed.help or parsed.hydra_help):  # one job
@@ -188,7 +194,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
         if chosen is None:
             continue
-        if searchpath and isinstance(override.value(), Glob):  # Hydra's glob() reads conf/ alone
+        if typed_paths and isinstance(override.value(), Glob):  # Hydra's glob() reads conf/ alone
             raise InputError(
                 f"{override.input_line}: glob() does not see the options of hydra.searchpath; allowed: "
                 f"{group}={','.join(chosen)}"
@@ -214,6 +220,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     multirun = multirun or sweeps_itself(cfg)
+    if searchpath and cfg is not None:
+        check_not_hidden(cfg.hydra.runtime.choices, config_dir, OmegaConf.select(cfg, SEARCH_PATH))
+    if typed_paths and cfg is not None:  # a sweep the config holds, such as experiment=variants
+        check_no_glob(search_space(cfg, overrides), groups, overrides)
     check_output_folder(overrides, multirun, cfg)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
@@ -230,6 +240,44 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
+
+
+def check_no_glob(
+    searched: Sequence[Any], groups: Mapping[str, Sequence[str]], overrides: Sequence[Any]
+) -> None:
+    """Refuses a config's sweep of a group's options by ``glob()``, which misses ``hydra.searchpath``'s."""
+    from hydra.core.override_parser.types import Glob
+
+    for override in searched:
+        if override.key_or_group in groups and isinstance(override.value(), Glob):
+            typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
+            raise InputError(
+                f"{typed} sweeps {override.input_line}, and glob() does not see the options of "
+                f"{SEARCH_PATH}; allowed: --config-dir=<folder> for your options, which glob() sees"
+            )
+
+
+def check_not_hidden(choices: Mapping[str, Any], config_dir: Path, searchpath: Sequence[str]) -> None:
+    """Refuses an option chosen from a folder of ``searchpath`` that ``config_dir`` also has: Hydra reads the
+    latter's, and the user's file would go unread."""
+    for group, option in choices.items():
+        hidden = [Path(entry.removeprefix("file://")) / group / f"{option}.yaml" for entry in searchpath]
+        if (
+            option is None
+            or group.startswith("hydra/")
+            or not (config_dir / group / f"{option}.yaml").is_file()
+        ):
+            continue
+        if mine := next((path for path in hidden if path.is_file()), None):
+            raise InputError(
+                f"{group}={option} is also an option of this project, which Hydra reads, not {mine}; "
+                f"allowed: another name for your option, such as my_{option}"
+            )
+
+
+def quoted(text: str) -> str:
+    """``text`` quoted for Hydra's override grammar."""
+    return f'"{text}"' if "'" in text else f"'{text}'"
 
 
 def sweeps_itself(cfg: DictConfig | None) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import INPUT_FILES, validate_config
+from rmsprop_lightning.app.config_shape import check_shape
 from rmsprop_lightning.app.job_signals import signals_stop, stopped_outside_steps
 from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.app.run_lock import folder_lock
@@ -128,6 +129,7 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     """:func:`recorded_job` holding its run folder (the first rank): a resume of a run still running, in
     another process, would mix their records."""
+    check_shape(cfg)  # before its folders and records are read
     if not is_rank_zero():
         return recorded_job(cfg, train)
     typed = f"resume={cfg.paths.output_dir}" if cfg.get(RESUME_KEY) else cfg.paths.output_dir

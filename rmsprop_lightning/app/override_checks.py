@@ -231,6 +231,9 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             check_study_storage(job)
         if complete:  # each swept option, before any job runs
             check_missing(job)
+            from rmsprop_lightning.app.validation import check_built_nodes  # imports the targets
+
+            check_built_nodes(job)
             if not here:  # the machine the jobs run on has its own devices
                 continue
             check_nodes(OmegaConf.select(job, "trainer.num_nodes"))

@@ -34,11 +34,11 @@ from rmsprop_lightning.app.resume_records import ResumeRecords
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
 from rmsprop_lightning.app.validation import (
     check_accelerator,
+    check_built_nodes,
     check_data,
     check_rows_per_process,
     check_same_data,
     check_same_processes,
-    check_targets,
     input_errors,
     load_checkpoint,
     read_data,
@@ -89,8 +89,11 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
     scheduler = cfg.scheduler
     return RegressionModule(
         model=model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler.scheduler) if scheduler.scheduler is not None else None,
+        # factories, which the module calls with the parameters and the optimizer
+        optimizer=instantiate(cfg.optimizer, _partial_=True),
+        scheduler=instantiate(scheduler.scheduler, _partial_=True)
+        if scheduler.scheduler is not None
+        else None,
         scheduler_interval=scheduler.interval,
         scheduler_frequency=scheduler.frequency,
         scheduler_monitor=scheduler.monitor,
@@ -101,7 +104,7 @@ def build_module(cfg: DictConfig, model: Any) -> RegressionModule:
 def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModule]:
     """Checks the targets and the accelerator, seeds, then builds the data, the model and the module, in
     the order that random sources draw in."""
-    check_targets(cfg)
+    check_built_nodes(cfg)
     backend = OmegaConf.select(cfg, "trainer.strategy.process_group_backend", default=None)
     check_accelerator(*(cfg.trainer.get(key) for key in ("accelerator", "precision", "devices")), backend)
     check_nodes(cfg.trainer.get("num_nodes"))

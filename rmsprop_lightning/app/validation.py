@@ -26,6 +26,16 @@ from rmsprop_lightning.internals import epochs_done, saved_loader_states
 
 # constructor arguments the project passes at call time rather than from the config
 CALL_TIME_ARGUMENTS = {"optimizer": ("params",), "scheduler.scheduler": ("optimizer",)}
+# the LightningModule the run builds, and the arguments it gets from other groups than module
+MODULE = "rmsprop_lightning.module.RegressionModule"
+RUN_ARGUMENTS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scheduler_interval",
+    "scheduler_frequency",
+    "scheduler_monitor",
+)
 # errors that, raised while objects are built from the config and the data is read, mean bad input
 INPUT_ERRORS = (
     ValueError,
@@ -37,6 +47,23 @@ INPUT_ERRORS = (
     MisconfigurationException,
     OmegaConfBaseException,
 )
+
+
+def check_built_nodes(cfg: DictConfig) -> None:
+    """The targets of every node but Hydra's take the node's keys (:func:`check_targets`), and the module
+    takes the keys of ``module``."""
+    for key in cfg:
+        node = cfg.get(key) if key != "hydra" else None
+        if isinstance(node, DictConfig):
+            check_targets(node, str(key))
+    names, _ = target_parameters(MODULE)
+    allowed = sorted(names - set(RUN_ARGUMENTS))
+    for key in cfg.module:
+        if key not in allowed:
+            hint = close_match(str(key), allowed, "module.")
+            raise InputError(
+                f"module.{key} is not an option of {MODULE}{hint}; allowed: {', '.join(allowed)}"
+            )
 
 
 def check_targets(node: DictConfig, path: str = "") -> None:
@@ -67,9 +94,11 @@ def check_options(node: DictConfig, path: str) -> None:
     target_name = node._target_
     try:
         parameters = target_parameters(target_name)
-    except Exception as error:
+    except Exception as error:  # Hydra's ImportError holds the import's error, and paragraphs of advice
+        cause = error.__cause__ or error
         raise InputError(
-            f"{path}._target_={target_name} cannot be imported ({type(error).__name__}: {error})"
+            f"{path}._target_={target_name} cannot be imported ({type(cause).__name__}: {first_line(cause)});"
+            " allowed: a callable importable here (its module's folder on PYTHONPATH)"
         ) from error
     if parameters is None:
         return

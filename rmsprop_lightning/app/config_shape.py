@@ -1,0 +1,117 @@
+"""The composed config's shape, checked before its values: the nodes a run builds from, each naming the class
+it builds, and no key nothing reads (a misspelt key in a config file would otherwise be ignored)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rmsprop_lightning.errors import InputError, close_match
+
+# the nodes that build the run's objects, and those read as they are
+BUILT_NODES = ("data", "model", "optimizer", "trainer")
+NEEDED_NODES = (*BUILT_NODES, "scheduler", "paths", "module")
+# the groups of named entries, each building a callback or a logger
+ENTRY_GROUPS = ("callbacks", "logger")
+# the keys of the config's top level that the template reads
+TOP_LEVEL_KEYS = frozenset(
+    {
+        *NEEDED_NODES,
+        *ENTRY_GROUPS,
+        "task_name",
+        "seed",
+        "optimized_metric",
+        "ckpt_path",
+        "ckpt_restore",
+        "resume",
+        "on_nonfinite",
+        "train",
+        "test",
+        "threads_per_job",
+        "hydra",
+    }
+)
+# the names an interpolation may read: ${name}, ${oc.select:name,0}, ${name.key}
+NAME = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def check_shape(cfg: DictConfig) -> None:
+    """Refuses a config lacking a node a run builds from, a node or entry without the class it builds, or a
+    top-level key that neither the template nor an interpolation reads and no ``+key=`` override added."""
+    choices, added = hydra_choices_and_additions()
+    for key in NEEDED_NODES:
+        if not isinstance(OmegaConf.select(cfg, key, throw_on_resolution_failure=False), DictConfig):
+            state = "null" if key in cfg else "missing"
+            allowed = f"{key}=<option>" if key in choices else f"the {key}: mapping of conf/train.yaml"
+            raise InputError(
+                f"{key} is {state} in the config, and every run builds from it; allowed: {allowed}"
+            )
+    for key in BUILT_NODES:
+        check_target(cfg[key], key, choices.get(key))
+    if "_target_" in cfg.scheduler:
+        raise InputError(
+            f"scheduler._target_={cfg.scheduler._target_}: a scheduler's class goes in scheduler.scheduler, "
+            "with interval and frequency beside it; allowed: a file shaped as conf/scheduler/step.yaml"
+        )
+    if cfg.scheduler.get("scheduler") is not None:
+        check_target(cfg.scheduler.scheduler, "scheduler.scheduler", choices.get("scheduler"))
+    for group in ENTRY_GROUPS:
+        for name, entry in (cfg.get(group) or {}).items():
+            if entry is not None:
+                check_target(entry, f"{group}.{name}", choices.get(group))
+    read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
+    for key in cfg:
+        if key in read:
+            continue
+        if key in choices:  # an option's keys, placed under its group's name
+            raise InputError(
+                f"{key}={choices[key]} sets {key}.{next(iter(cfg[key]), '')}, which nothing reads: its file "
+                f"lacks '# @package _global_' as its first line; allowed: that line, as conf/{key}/ has it"
+            )
+        allowed = sorted(TOP_LEVEL_KEYS - {"hydra"})
+        raise InputError(
+            f"{key} is not a key the template reads{close_match(str(key), allowed)}; allowed: "
+            f"{', '.join(allowed)}, or a key an interpolation reads"
+        )
+
+
+def check_target(node: Any, path: str, choice: str | None) -> None:
+    """Refuses a node that names no class to build (``_target_``)."""
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        option = f"{path.split('.')[0]}={choice}" if choice else "the config"
+        raise InputError(
+            f"{path} has no _target_ in {option}, so nothing builds it; allowed: {path}._target_=<class>, "
+            "or an option that names one"
+        )
+
+
+def hydra_choices_and_additions() -> tuple[Mapping[str, str], set[str]]:
+    """The config groups' chosen options, and the top-level keys ``+key=``/``++key=`` overrides added, as
+    Hydra records them for this job (none outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}, set()
+    hydra_cfg = HydraConfig.get()
+    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # text, not interpolations
+    added = {line.lstrip("+").split("=")[0].split(".")[0] for line in typed if line.startswith("+")}
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices, resolve=False)
+    return {str(key): str(value) for key, value in choices.items() if value is not None}, added
+
+
+def interpolated_names(cfg: DictConfig) -> set[str]:
+    """Every name inside the interpolations of the config's values, unresolved."""
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping | list):
+            for item in value.values() if isinstance(value, Mapping) else value:
+                walk(item)
+        elif isinstance(value, str) and "${" in value:
+            names.update(NAME.findall(value))
+
+    walk(OmegaConf.to_container(cfg, resolve=False))
+    return names
