@@ -174,9 +174,9 @@ def canonical(text: str) -> str:
         return text
 
 
-def short_number(value: str, width: int = 8) -> str:
-    """``value`` as is, or to 4 significant digits when it is a number longer than ``width`` characters."""
-    if len(value) <= width:
+def short_number(value: str) -> str:
+    """``value`` as is, or to 4 significant digits when it is a number longer than 8 characters."""
+    if len(value) <= 8:
         return value
     try:
         return f"{float(value):.4g}"

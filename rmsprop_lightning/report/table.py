@@ -28,10 +28,10 @@ class Row:
     cells: dict[str, Any]
 
 
-def default_threshold(configurations: Sequence[Configuration], tag: str = THRESHOLD_TAG) -> float:
-    """The lower median over configurations of their mean best ``tag``, which at least half of them reach
-    (NaN when fewer than half have a finite best)."""
-    means = [mean_std(c.values("best", tag))[0] for c in configurations]
+def default_threshold(configurations: Sequence[Configuration]) -> float:
+    """The lower median over configurations of their mean best ``val/loss``, which at least half of them
+    reach (NaN when fewer than half have a finite best)."""
+    means = [mean_std(c.values("best", THRESHOLD_TAG))[0] for c in configurations]
     median = statistics.median_low([mean if math.isfinite(mean) else math.inf for mean in means])
     return median if math.isfinite(median) else math.nan
 
@@ -55,16 +55,14 @@ def thresholds(configurations: Sequence[Configuration], fixed: float | None) -> 
     }
 
 
-def build_rows(
-    configurations: Sequence[Configuration], limits: dict[str, float], tag: str = THRESHOLD_TAG
-) -> list[Row]:
+def build_rows(configurations: Sequence[Configuration], limits: dict[str, float]) -> list[Row]:
     """One row per configuration, by loss scale, then by mean best ``val/loss`` (missing ones last)."""
     rows = []
     for configuration in configurations:
         completed = configuration.with_status("completed")
         limit = limits[scale_of(configuration)]
-        curves = [job for job in completed if tag in job.scalars]  # a job that logged none cannot tell
-        reached = [steps for job in curves if (steps := job.steps_to(tag, limit)) is not None]
+        curves = [job for job in completed if THRESHOLD_TAG in job.scalars]  # others cannot tell
+        reached = [steps for job in curves if (steps := job.steps_to(THRESHOLD_TAG, limit)) is not None]
         cells: dict[str, Any] = {
             "n": len(configuration.jobs),
             "completed": len(completed),
