@@ -33,6 +33,11 @@ def stored_values(tensor: Tensor) -> Tensor:
     return tensor.coalesce().values() if tensor.is_sparse else tensor
 
 
+def precise_dtype(device: torch.device) -> torch.dtype:
+    """float64 where ``device`` has it (MPS has not): the precision of the optimizer's Python arithmetic."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def step_form(group: dict[str, Any]) -> tuple[bool, bool, bool]:
     """``(eps_in_sqrt, centered, bias_correction)``: the form of the group's step size."""
     return bool(group.get("eps_in_sqrt")), bool(group.get("centered")), bool(group.get("bias_correction"))
@@ -68,10 +73,9 @@ def inverse_step_sizes_(
     eps_in_sqrt, centered, bias_correction = step_form(groups[0])
     torch._foreach_copy_(out, [as_real(state["square_avg"]) for state in states])
     if bias_correction:
-        # c in float64 (where the device has it), as the optimizer works it out in Python
+        # c in the precision the optimizer works it out in
         steps = torch.stack([state["step"] for state in states])
-        precise = torch.float32 if steps.device.type == "mps" else torch.float64
-        corrections = 1 - groups[0]["alpha"] ** steps.to(precise)
+        corrections = 1 - groups[0]["alpha"] ** steps.to(precise_dtype(steps.device))
         torch._foreach_mul_(out, list(corrections.unbind()))  # v·c² = square_avg·c − grad_avg²
     if centered:
         means = [as_real(state["grad_avg"]) for state in states]
@@ -158,7 +162,7 @@ class StateNorms:
         device = params[0].device
         # the tensors' norms summed as squares in float64 where the device has it: in float32 the squares of
         # several norms near 1.8e19 would sum to inf
-        self.dtype = dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.dtype = dtype = precise_dtype(device)
         weights = torch.zeros(len(rows), len(columns) + len(rms), dtype=dtype)
         for r, row in enumerate(rows):
             weights[r, list(row)] = torch.tensor(list(row.values()), dtype=dtype)

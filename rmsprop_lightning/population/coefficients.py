@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from rmsprop_lightning.callbacks.state_norms import precise_dtype
 from rmsprop_lightning.optim.functional import OPTIONAL_STATES, hyper
 from rmsprop_lightning.optim.rmsprop import RMSprop
 
@@ -102,9 +103,9 @@ def coefficient(values: Tensor, like: Tensor) -> Tensor:
 
 
 def corrections(k: MemberCoefficients, step: Tensor) -> Tensor:
-    """Per member ``1 - alpha^t`` at step counts ``step`` with bias correction, else 1; in float64 (the
-    optimizer's Python floats) where the device has it."""
-    precise = torch.float32 if step.device.type == "mps" else torch.float64
+    """Per member ``1 - alpha^t`` at step counts ``step`` with bias correction, else 1, in the precision of
+    the optimizer's Python floats."""
+    precise = precise_dtype(step.device)
     return torch.where(k.bias_correction > 0, 1 - k.alpha.to(precise) ** step.to(precise), 1.0)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, group_scopes
+from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES, group_scopes, precise_dtype
 from rmsprop_lightning.population.coefficients import (
     STATE_KEYS,
     MemberCoefficients,
@@ -91,7 +91,7 @@ class StackedStateNorms:
         self.applies = applies[:, kept]
 
         device = params[0].device
-        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # the squares', as StateNorms'
+        self.dtype = precise_dtype(device)  # the squares', as StateNorms'
         self.kept = kept.nonzero().squeeze(1).to(device)
         self.missing = ~self.applies.to(device)
         # which tensors each scope sums (selected, not weighted: an overflow to inf must not make 0 × inf)
