@@ -68,18 +68,18 @@ class PopulationModule(pl.LightningModule):
         model: StackedFeedForward,
         param_groups: list[dict[str, Any]],
         shadows: Sequence[torch.optim.Optimizer],
-        schedulers: Sequence[Any] = (),
-        scheduler_settings: dict[str, Any] | None = None,
-        loss: str = "mse",
-        monitor_every: int | None = None,
-        lr_every: int | None = None,
+        schedulers: Sequence[Any],
+        scheduler_settings: dict[str, Any],
+        loss: str,
+        monitor_every: int | None,
+        lr_every: int | None,
     ) -> None:
         super().__init__()
         self.model = model
         self.param_groups = param_groups
         self.shadows = list(shadows)
         self.schedulers = list(schedulers)
-        self.scheduler_settings = scheduler_settings or {}
+        self.scheduler_settings = scheduler_settings
         self.criterion = LOSSES[loss](reduction="none")
         self.monitor_every = monitor_every
         self.lr_every = lr_every
