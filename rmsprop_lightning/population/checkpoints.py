@@ -60,11 +60,11 @@ def keep_best(best: ModelCheckpoint, record: PopulationRecord, index: int, step:
 
 def write_best(best: ModelCheckpoint, member: Member, record: PopulationRecord, index: int) -> None:
     """The member's best checkpoint: its weights at its best validation."""
-    step, population = record.best_step[index], record.result.module
-    module = member.module.to(population.dtype)  # the run's precision (float64 with 64-true)
-    module.load_state_dict({f"model.{name}": value[index] for name, value in population.best_params.items()})
+    step, trained = record.best_step[index], record.result.module
+    module = member.module.to(trained.dtype)  # the run's precision (float64 with 64-true)
+    module.load_state_dict({f"model.{name}": value[index] for name, value in trained.best_params.items()})
     checkpoint = {
-        "epoch": population.validation_epochs[step],
+        "epoch": trained.validation_epochs[step],
         "global_step": step,
         "pytorch-lightning_version": lightning.__version__,
         "state_dict": module.state_dict(),
@@ -85,11 +85,11 @@ def write_checkpoints(
     if best is not None and record.best_step and record.best_step[index] >= 0:
         write_best(best, member, record, index)
     diverged = record.frozen_at[index] >= 0
-    population = record.result.before_divergence.get(index) if diverged else record.result.checkpoint
+    saved = record.result.before_divergence.get(index) if diverged else record.result.checkpoint
     last = find_callback(callbacks, LastCheckpoint)
-    if population is None or last is None:
+    if saved is None or last is None:
         return None
-    saved_at = population["global_step"]
+    saved_at = saved["global_step"]
     random_state, guard, stats = RandomState(), DivergenceGuard(cfg.get("on_nonfinite", "stop")), FitStats()
     stats.best, stats.best_step = best_values(scalars, saved_at)
     stats.batches = [batches_per_epoch(cfg.trainer, member.datamodule), 1]  # members accumulate no gradients
@@ -113,7 +113,7 @@ def write_checkpoints(
         for tag, value in scalars[step].items()
         if not tag.startswith(("test/", "train/", "optim/")) and tag != "epoch"
     }
-    in_validation = population["callbacks"].get(last.state_key, {}).get(SAVED_IN_VALIDATION)
+    in_validation = saved["callbacks"].get(last.state_key, {}).get(SAVED_IN_VALIDATION)
     if validated and in_validation:  # RegressionModule's logged step, kept until its validation ends
         final["step"] = torch.tensor(float(validated[-1]))
     states[last.state_key] = {"written_by_me": True, "callback_metrics": final}
@@ -124,15 +124,15 @@ def write_checkpoints(
         states[monitor.state_key] = monitor_state(interval, [first_due(saved_at, interval)])
     # as they were at the save: the optimizer's state, the scheduler's and its learning rates (a plateau
     # scheduler steps after the save that ends an epoch, a step the resumed solo run takes itself)
-    optimizer_state = trained.optimizer.member_state_dict(index, population["optimizer_states"][0])
-    schedulers = [population["lr_schedulers"][0]["members"][index]] if member.scheduler else []
+    optimizer_state = trained.optimizer.member_state_dict(index, saved["optimizer_states"][0])
+    schedulers = [saved["lr_schedulers"][0]["members"][index]] if member.scheduler else []
     for scheduler in schedulers:
         for group, lr in zip(optimizer_state["param_groups"], scheduler[SCHEDULER_LAST_LRS], strict=True):
             group["lr"] = lr
     checkpoint = {
-        **{key: population[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
+        **{key: saved[key] for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")},
         "state_dict": {  # the member's slice of each stacked parameter, under RegressionModule's names
-            f"model.{name}": population["state_dict"][f"model.{trained.model.attribute(name)}"][index].clone()
+            f"model.{name}": saved["state_dict"][f"model.{trained.model.attribute(name)}"][index].clone()
             for name in trained.model.names
         },
         "callbacks": states,
