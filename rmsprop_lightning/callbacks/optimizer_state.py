@@ -227,7 +227,7 @@ class OptimizerStateMonitor(BufferedStepLogger):
         if counted < watch.due:
             watch.minus_before = None
             return
-        watch.due = (counted // self._interval + 1) * self._interval
+        watch.due = first_due(counted, self._interval)
         with torch.no_grad():
             watch.minus_before = torch._foreach_neg([p for g in optimizer.param_groups for p in g["params"]])
 
