@@ -65,7 +65,7 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
                 elif group.get(setting) and name not in state:
                     state[name] = torch.zeros_like(state["square_avg"])
                     changes.append(f"new {name}")
-    return list(dict.fromkeys(changes))
+    return changes
 
 
 def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) -> None:
