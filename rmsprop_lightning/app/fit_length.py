@@ -25,18 +25,22 @@ def batches_per_epoch(trainer: DictConfig, datamodule: RegressionDataModule) -> 
     return limited_batches(datamodule.train_batches(processes(trainer)), 1.0 if limit is None else limit)
 
 
+def batches_before(step: int, epoch: int, window: int) -> int:
+    """Training batches taken by ``step``, with epochs of ``epoch`` batches stepping every ``window``."""
+    epochs, steps = divmod(step, -(-epoch // window))  # an epoch's last window steps too, full or not
+    return epochs * epoch + steps * window
+
+
 def run_length(trainer: DictConfig, epoch: int) -> tuple[int, int] | None:
     """``(batches, steps)`` of a fit on each process, where ``max_steps`` or ``max_epochs`` ends it first,
     with epochs of ``epoch`` batches."""
     window = trainer.get("accumulate_grad_batches", 1)
-    steps_per_epoch = -(-epoch // window)  # an epoch's last window of batches steps too, full or not
     ends = []
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     if max_steps >= 1 and epoch:
-        epochs, steps = divmod(max_steps, steps_per_epoch)
-        ends.append((epochs * epoch + steps * window, max_steps))
+        ends.append((batches_before(max_steps, epoch, window), max_steps))
     if max_epochs is not None and max_epochs >= 0:
-        ends.append((max_epochs * epoch, max_epochs * steps_per_epoch))
+        ends.append((max_epochs * epoch, max_epochs * -(-epoch // window)))
     return min(ends) if ends else None
 
 
@@ -52,8 +56,7 @@ def restored_batches(cfg: DictConfig, epoch: int) -> int | None:
     if stats.get("batches", [epoch, window]) != [epoch, window]:  # an older run's is taken as the same
         return None
     start = stats.get("start_step", 0) if continues_itself(cfg) else checkpoint["global_step"]
-    epochs, steps = divmod(start, -(-epoch // window))
-    return epochs * epoch + steps * window
+    return batches_before(start, epoch, window)
 
 
 def next_validation(trainer: DictConfig, epoch: int, done: int, end: int) -> int | None:
