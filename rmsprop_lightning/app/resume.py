@@ -108,7 +108,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
     check_free(run_dir, f"resume={typed_dir}")
     try:
         saved = OmegaConf.load(saved_config)
-        read_summary(run_dir)  # read again below: a record edited or cut short is named here
+        summary = read_summary(run_dir)  # a record edited or cut short is named here
     except (ValueError, yaml.YAMLError) as error:
         raise InputError(
             f"resume={typed_dir}: its records cannot be read ({first_line(error)}); allowed: a run folder "
@@ -146,7 +146,6 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
 
         state = load_checkpoint(checkpoint)
         new_limits = any(f"trainer.{key}" in changed for key in limits)
-        summary = read_summary(run_dir)
         if new_limits or summary.get("status") == "completed":
             check_steps_left(state, limits, f"resume={run_dir}: its {checkpoint.name}")
         check_test_kept(changed.get("test"), summary, run_dir)
@@ -154,22 +153,21 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         check_not_moved(state, run_dir)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
-        check_nothing_trained(run_dir, checkpoint.name)
+        check_nothing_trained(summary, run_dir)
         print(
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
 
 
-def check_nothing_trained(run_dir: Path, checkpoint: str) -> None:
+def check_nothing_trained(summary: dict[str, Any], run_dir: Path) -> None:
     """Refuses to start again from step 0 a run that completed without a checkpoint to continue it from
     (``callbacks=none``, or deleted since): its results would be replaced, not continued. A run killed or
     diverged before its first save starts again."""
-    summary = read_summary(run_dir)
     if summary.get("status") == "completed" and summary.get("steps"):
         raise InputError(
-            f"resume={run_dir}: it completed {summary['steps']} steps and has no {checkpoint} to continue "
-            "from; allowed: ckpt_path=<a checkpoint of it> for a new run from it, or a new run"
+            f"resume={run_dir}: it completed {summary['steps']} steps and has no {LAST_CHECKPOINT} to "
+            "continue from; allowed: ckpt_path=<a checkpoint of it> for a new run from it, or a new run"
         )
 
 
