@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rmsprop_lightning.app import cli, command_flags, entry
+from rmsprop_lightning.app import cli, command_flags, search_path
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.fit_length import check_schedule_length, check_val_interval, validation_at_the_end
@@ -470,7 +470,7 @@ def test_the_groups_of_a_search_path_are_listed_two_levels_deep(tmp_path):
     for group in ("model/encoder", "deep/er/still"):
         (tmp_path / group).mkdir(parents=True)
         (tmp_path / group / "one.yaml").write_text("{}\n")
-    groups = entry.group_options(CONF, "train", [f"hydra.searchpath=[file://{tmp_path}]"])
+    groups = search_path.group_options(CONF, "train", [f"hydra.searchpath=[file://{tmp_path}]"])
     assert groups["model/encoder"] == ["one"] and "deep/er/still" not in groups
 
 

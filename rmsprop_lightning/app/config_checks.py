@@ -151,16 +151,6 @@ def check_max_time(limit: Any) -> None:
     )
 
 
-def check_missing(cfg: DictConfig, path: str = "") -> None:
-    """Refuses a value the config leaves for the command line (``???``), such as a CSV's path."""
-    for key, value in cfg.items_ex(resolve=False):
-        name = f"{path}{key}"
-        if OmegaConf.is_missing(cfg, key):
-            raise InputError(f"{name} is missing; allowed: set {name}=... on the command line")
-        if isinstance(value, DictConfig) and name != "hydra":
-            check_missing(value, f"{name}.")
-
-
 def check_training_length(cfg: DictConfig) -> None:
     """Refuses limits that train forever or whose minimum exceeds their maximum."""
     max_steps, max_epochs = select(cfg, "trainer.max_steps"), select(cfg, "trainer.max_epochs")

@@ -78,6 +78,16 @@ def check_shape(cfg: DictConfig) -> None:
         )
 
 
+def check_missing(cfg: DictConfig, path: str = "") -> None:
+    """Refuses a value the config leaves for the command line (``???``), such as a CSV's path."""
+    for key, value in cfg.items_ex(resolve=False):
+        name = f"{path}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            raise InputError(f"{name} is missing; allowed: set {name}=... on the command line")
+        if isinstance(value, DictConfig) and name != "hydra":
+            check_missing(value, f"{name}.")
+
+
 def check_target(node: Any, path: str, choice: str | None) -> None:
     """Refuses a node that names no class to build (``_target_``)."""
     if not (isinstance(node, DictConfig) and "_target_" in node):

@@ -4,7 +4,7 @@ Hydra would answer with a block of text (what was typed, what is allowed, a clos
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from rmsprop_lightning.app.command_flags import check_config_flags, check_flags_first, check_output_folder
 from rmsprop_lightning.app.override_checks import check_keys, check_option, compose_config, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
+from rmsprop_lightning.app.search_path import (
+    SEARCH_PATH,
+    check_no_glob,
+    check_not_hidden,
+    group_options,
+    search_path_overrides,
+)
 from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values, search_space
 from rmsprop_lightning.errors import InputError, exit_with, is_rank_zero
 from rmsprop_lightning.internals import hydra_argument_parser
@@ -29,8 +36,6 @@ SWEEP_GROUPS = ("hparams_search", *HYDRA_GROUPS)
 NEEDED_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "paths")
 # keys other settings read, which a command line may change but neither remove nor set to null
 NEEDED_KEYS = ("seed", "module", "paths.root_dir", "paths.log_dir")
-# where Hydra looks for configs besides conf/: a user's own options of the groups
-SEARCH_PATH = "hydra.searchpath"
 # the keys left out of a multirun job's folder name
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # the lines of Hydra's grammar errors around the one that says what is wrong
@@ -48,38 +53,6 @@ def run_app(hydra_main: Callable[[], Any], config_dir: str | Path, config_name: 
     except InputError as error:
         exit_with(error)
     hydra_main()
-
-
-def group_options(
-    config_dir: Path, config_name: str = "train", searchpath: Sequence[str] = ()
-) -> dict[str, list[str]]:
-    """``{group: [option, ...]}`` for every config group (Hydra's own ``hydra/`` groups aside): the folders of
-    ``config_dir``, or with a typed ``hydra.searchpath`` every group Hydra finds on that path, two levels
-    deep (a path naming a large folder would have every folder below it walked)."""
-    if not searchpath:
-        groups = {}
-        for folder in sorted(path for path in config_dir.rglob("*") if path.is_dir()):
-            group = folder.relative_to(config_dir).as_posix()
-            if not group.startswith("hydra") and not folder.name.startswith("__"):
-                groups[group] = sorted(path.stem for path in folder.glob("*.yaml"))
-        return groups
-    from hydra.core.object_type import ObjectType
-
-    groups = {}
-    with hydra_on(config_dir) as hydra:
-        loader = hydra.config_loader()
-
-        def listed(group: str, kind: ObjectType) -> list[str]:
-            return sorted(loader.get_group_options(group, kind, config_name, list(searchpath)))
-
-        pending = [name for name in listed("", ObjectType.GROUP) if name != "hydra"]
-        while pending:
-            group = pending.pop()
-            if options := listed(group, ObjectType.CONFIG):
-                groups[group] = options
-            if "/" not in group:
-                pending += [f"{group}/{name}" for name in listed(group, ObjectType.GROUP)]
-    return dict(sorted(groups.items()))
 
 
 def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence[str]) -> list[str]:
@@ -154,13 +127,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
             raise InputError(
                 f"{override.input_line} is not a list of folders; allowed: {SEARCH_PATH}=[file:///abs/dir]"
             )
-    searchpath = [override.input_line for override in typed_paths]
-    if parsed.config_dir:  # Hydra reads its options after conf/'s, as it reads those of hydra.searchpath
-        folders = [
-            *(typed_paths[-1].value() if typed_paths else []),
-            f"file://{Path(parsed.config_dir).absolute()}",
-        ]
-        searchpath = [f"{SEARCH_PATH}=[{','.join(quoted(folder) for folder in folders)}]"]
+    searchpath = search_path_overrides(typed_paths, parsed.config_dir)
     check_hydra_options(config_dir, config_name, overrides, searchpath)
     printing = parsed.cfg or parsed.info  # one job's config, which may show a sweep's groups
     if printing or not (multirun or parsed.help or parsed.hydra_help):  # one job
@@ -240,44 +207,6 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
-
-
-def check_no_glob(
-    searched: Sequence[Any], groups: Mapping[str, Sequence[str]], overrides: Sequence[Any]
-) -> None:
-    """Refuses a config's sweep of a group's options by ``glob()``, which misses ``hydra.searchpath``'s."""
-    from hydra.core.override_parser.types import Glob
-
-    for override in searched:
-        if override.key_or_group in groups and isinstance(override.value(), Glob):
-            typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
-            raise InputError(
-                f"{typed} sweeps {override.input_line}, and glob() does not see the options of "
-                f"{SEARCH_PATH}; allowed: --config-dir=<folder> for your options, which glob() sees"
-            )
-
-
-def check_not_hidden(choices: Mapping[str, Any], config_dir: Path, searchpath: Sequence[str]) -> None:
-    """Refuses an option chosen from a folder of ``searchpath`` that ``config_dir`` also has: Hydra reads the
-    latter's, and the user's file would go unread."""
-    for group, option in choices.items():
-        hidden = [Path(entry.removeprefix("file://")) / group / f"{option}.yaml" for entry in searchpath]
-        if (
-            option is None
-            or group.startswith("hydra/")
-            or not (config_dir / group / f"{option}.yaml").is_file()
-        ):
-            continue
-        if mine := next((path for path in hidden if path.is_file()), None):
-            raise InputError(
-                f"{group}={option} is also an option of this project, which Hydra reads, not {mine}; "
-                f"allowed: another name for your option, such as my_{option}"
-            )
-
-
-def quoted(text: str) -> str:
-    """``text`` quoted for Hydra's override grammar."""
-    return f'"{text}"' if "'" in text else f"'{text}'"
 
 
 def sweeps_itself(cfg: DictConfig | None) -> bool:

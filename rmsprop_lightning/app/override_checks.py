@@ -195,12 +195,12 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
     from hydra.core.hydra_config import HydraConfig
 
     from rmsprop_lightning.app.config_checks import (
-        check_missing,
         check_nodes,
         check_searched_metric,
         counts_processes,
         validate_config,
     )
+    from rmsprop_lightning.app.config_shape import check_missing
     from rmsprop_lightning.app.rules import FLOAT16_MIXED, show
 
     base = cfg.copy()
@@ -231,7 +231,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             check_study_storage(job)
         if complete:  # each swept option, before any job runs
             check_missing(job)
-            from rmsprop_lightning.app.validation import check_built_nodes  # imports the targets
+            from rmsprop_lightning.app.targets import check_built_nodes  # imports the targets
 
             check_built_nodes(job)
             if not here:  # the machine the jobs run on has its own devices

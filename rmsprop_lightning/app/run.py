@@ -32,9 +32,9 @@ from rmsprop_lightning.app.resolvers import on_terminal
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
 from rmsprop_lightning.app.resume_records import ResumeRecords
 from rmsprop_lightning.app.safeguards import is_weights_branch, safeguards
+from rmsprop_lightning.app.targets import check_built_nodes
 from rmsprop_lightning.app.validation import (
     check_accelerator,
-    check_built_nodes,
     check_data,
     check_rows_per_process,
     check_same_data,
