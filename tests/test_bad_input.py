@@ -175,6 +175,16 @@ CASES = [
         ["experiment=variants sweeps optimizer=glob(*)", "--config-dir"],
     ),
     (
+        "a config file that is not YAML",
+        [OWN_CONFIGS, "experiment=tabbed"],
+        ["experiment/tabbed.yaml, line 3", "cannot start any token"],
+    ),
+    (
+        "a config file's defaults naming no option",
+        [OWN_CONFIGS, "experiment=missing_option"],
+        ["Could not find 'optimizer/rmsprop_momentm'", "rmsprop_momentum"],
+    ),
+    (
         "a misspelt key beside a config folder",
         ["--config-dir={files}/configs", "optimizer.lrr=0.1"],
         ["optimizer.lrr is not a key of optimizer", "did you mean optimizer.lr?"],
@@ -815,6 +825,10 @@ CONFIG_FILES = {
     "optimizer/rmsprop_momentum.yaml": "defaults: [rmsprop, _self_]\nmomentum: 0.5\n",
     "optimizer/no_target.yaml": "lr: 0.01\n",
     "optimizer/not_importable.yaml": "_target_: no_such_module.Optimizer\nlr: 0.01\n",
+    "experiment/tabbed.yaml": "# @package _global_\ntrainer:\n\tmax_steps: 5\n",
+    "experiment/missing_option.yaml": (
+        "# @package _global_\ndefaults:\n  - override /optimizer: rmsprop_momentm\n"
+    ),
     "scheduler/flat.yaml": "_target_: torch.optim.lr_scheduler.StepLR\nstep_size: 10\n",
 }
 

@@ -49,8 +49,11 @@ def check_keys(
     # each override that sweeps nothing nor chooses a group, in order (+key, ++key, ~key included)
     edits = [o for o in overrides if not o.is_sweep_override() and o.key_or_group not in groups]
     cfg, applied = compose_edits(config_dir, config_name, selections, edits)
-    if cfg is None:  # anything else Hydra finds wrong, it reports itself
-        return None
+    if cfg is None:  # a config file Hydra cannot read, or one naming what is not there
+        refusal = try_compose(config_dir, config_name, selections)
+        if isinstance(refusal, str):
+            raise InputError(refusal)
+        return None  # anything else Hydra finds wrong, it reports itself
     composed = {id(edit) for edit in edits[:applied]}  # their keys exist, their values are in cfg
     searched = search_space(cfg, overrides)
     chosen = {}  # the groups the search space chooses options of, and those options
@@ -161,7 +164,20 @@ def try_compose(config_dir: Path, config_name: str, selections: Sequence[str]) -
         with hydra_on(config_dir):
             return compose(config_name, overrides=list(selections), return_hydra_config=True)
     except Exception as error:  # "Error merging override …", caused by what is wrong with it
-        return str(error.__cause__ or error).splitlines()[0]
+        return composition_error(error.__cause__ or error)
+
+
+def composition_error(error: BaseException) -> str:
+    """Hydra's reason for not composing a config, in one line: where a file is not YAML, the options of a
+    group a defaults list names an option of that is not there."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{mark.name}, line {mark.line + 1}: {error.problem}; allowed: YAML (indented with spaces)"
+    first, *rest = str(error).splitlines() or [type(error).__name__]
+    options = [line.strip() for line in rest if line.startswith("\t") and "=" not in line]
+    return f"{first}; allowed: {', '.join(options)}" if "Could not find" in first and options else first
 
 
 def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
