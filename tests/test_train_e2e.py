@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from rmsprop_lightning import FeedForward, RegressionDataModule
 from rmsprop_lightning.app.rules import METRICS
@@ -276,3 +277,33 @@ def test_a_checkpoint_saved_between_validations_is_named_after_its_own_step(tmp_
 )
 def test_a_limit_of_no_batch_that_does_not_apply_is_not_refused(tmp_path, overrides):
     assert train_in_process(tmp_path, *QUICK, "trainer.max_steps=4", *overrides, check=False) == 0
+
+
+def test_config_files_of_ones_own_run_as_written(tmp_path):
+    """A trainer file without devices, an optimizer file without _partial_, a key of one's own that an
+    interpolation reads and a +key the command line adds pass the checks, and the run takes what they set."""
+    mine = tmp_path / "myconf"
+    files = {
+        "trainer/mine.yaml": "_target_: lightning.pytorch.Trainer\naccelerator: cpu\nmax_steps: 12\n",
+        "optimizer/mine.yaml": "_target_: rmsprop_lightning.optim.RMSprop\nlr: ${base_lr}\n",
+        "experiment/mine.yaml": (
+            "# @package _global_\ndefaults:\n  - override /trainer: mine\n  - override /optimizer: mine\n"
+            "base_lr: 0.004\n"
+        ),
+    }
+    for name, text in files.items():
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text(text)
+    train_in_process(
+        tmp_path,
+        f"--config-dir={mine}",
+        "experiment=mine",
+        "+note=first try",
+        "logger=none",
+        "callbacks=none",
+    )
+    (run,) = run_dirs(tmp_path)
+    checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False)
+    assert checkpoint["global_step"] == 12
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.004
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").note == "first try"

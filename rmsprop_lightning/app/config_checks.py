@@ -123,6 +123,18 @@ def check_devices(devices: Any) -> None:
         )
 
 
+def accelerator_settings(trainer: DictConfig) -> tuple[Any, Any, Any, Any]:
+    """The trainer's ``accelerator``, ``precision``, ``devices`` and DDP's ``process_group_backend``, with
+    Lightning's defaults for those a trainer config leaves out."""
+    backend = OmegaConf.select(trainer, "strategy.process_group_backend", default=None)
+    return (
+        trainer.get("accelerator", "auto"),
+        trainer.get("precision"),
+        trainer.get("devices", "auto"),
+        backend,
+    )
+
+
 def counts_processes(devices: Any) -> bool:
     """Whether ``trainer.devices`` is a number of processes (or ``auto``), as the CPU takes, not GPU ids."""
     return devices == "auto" or (str(devices).strip().isdigit() and int(devices) > 0)

@@ -211,6 +211,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
     from hydra.core.hydra_config import HydraConfig
 
     from rmsprop_lightning.app.config_checks import (
+        accelerator_settings,
         check_nodes,
         check_searched_metric,
         counts_processes,
@@ -253,8 +254,7 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             if not here:  # the machine the jobs run on has its own devices
                 continue
             check_nodes(OmegaConf.select(job, "trainer.num_nodes"))
-            keys = ("accelerator", "precision", "devices", "strategy.process_group_backend")
-            settings = [OmegaConf.select(job, f"trainer.{key}", default=None) for key in keys]
+            settings = accelerator_settings(job.trainer)
             accelerator, precision, devices, backend = settings
             gpu = str(accelerator) in ("gpu", "cuda", "mps") or not counts_processes(devices)
             # float16 mixed precision, or a backend other than the gloo that every build of torch has

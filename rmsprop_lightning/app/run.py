@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
-from rmsprop_lightning.app.config_checks import check_nodes
+from rmsprop_lightning.app.config_checks import accelerator_settings, check_nodes
 from rmsprop_lightning.app.distributed import (
     HydraDDPStrategy,
     clean_distributed_state,
@@ -105,8 +105,7 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
     """Checks the targets and the accelerator, seeds, then builds the data, the model and the module, in
     the order that random sources draw in."""
     check_built_nodes(cfg)
-    backend = OmegaConf.select(cfg, "trainer.strategy.process_group_backend", default=None)
-    check_accelerator(*(cfg.trainer.get(key) for key in ("accelerator", "precision", "devices")), backend)
+    check_accelerator(*accelerator_settings(cfg.trainer))
     check_nodes(cfg.trainer.get("num_nodes"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with input_errors():
@@ -119,10 +118,12 @@ def build_objects(cfg: DictConfig) -> tuple[RegressionDataModule, RegressionModu
 def build_trainer(
     cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger], datamodule: RegressionDataModule
 ) -> pl.Trainer:
-    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically, and
-    Lightning's own progress bar (where no callback is one) on a terminal only; where Lightning would pick
-    its own DDP, the same with :class:`HydraDDPStrategy`."""
+    """The ``trainer`` group's Trainer with these callbacks and loggers, writing checkpoints atomically (in
+    the run's folder unless it names another), and Lightning's own progress bar (where no callback is one)
+    on a terminal only; where Lightning would pick its own DDP, the same with :class:`HydraDDPStrategy`."""
     settings = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    if "default_root_dir" not in cfg.trainer:  # Lightning's own checkpoints go in the run's folder
+        settings["default_root_dir"] = cfg.paths.output_dir
     settings.update(validation_at_the_end(cfg, datamodule))
     if not any(isinstance(callback, ProgressBar) for callback in callbacks):  # Lightning would add its own
         settings["enable_progress_bar"] = on_terminal(cfg.trainer.get("enable_progress_bar", True), False)
