@@ -217,6 +217,22 @@ def test_a_run_on_defaults_joins_the_configuration_that_typed_them(tmp_path):
     )
 
 
+def test_runs_of_one_preset_whose_file_changed_between_them_are_two_configurations(tmp_path):
+    for seed, lr in ((0, "0.003"), (1, "0.03"), (2, "0.03")):
+        run = make_job(tmp_path / "runs", seed, ["optimizer=mine", f"seed={seed}"])
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  runtime:\n    choices:\n      optimizer: mine\n"
+        )
+        config = f"seed: {seed}\noptimizer:\n  lr: {lr}\npaths:\n  output_dir: {run}\n"
+        (run / ".hydra" / "config.yaml").write_text(config)
+    configurations = load_sweep(sorted((tmp_path / "runs").iterdir())).configurations()
+    assert [(c.setting, len(c.jobs)) for c in configurations] == [
+        ({"optimizer.lr": "0.003"}, 1),
+        ({"optimizer.lr": "0.03"}, 2),
+    ]
+
+
 def test_settings_compare_as_hydra_reads_them_in_the_table_and_the_heat_map(tmp_path):
     sweep = tmp_path / "sweep"
     grid = [("1e-8", "0.0"), ("1.0e-08", "0.9"), ("0.1", "0.0"), ("0.1", "0.9")]

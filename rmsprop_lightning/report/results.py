@@ -53,6 +53,23 @@ class Job:
         runtime = (read_yaml(folder / "hydra.yaml").get("hydra") or {}).get("runtime") or {}
         return runtime.get("choices") or {}, read_yaml(folder / "config.yaml")
 
+    @functools.cached_property
+    def saved_keys(self) -> list[str]:
+        """The groups and the keys of its saved config, but the run's folders: a preset edited between two
+        runs changes a key no override typed."""
+        choices, config = self.saved_config
+        keys = [key for key in choices if not key.startswith("hydra")]
+        pending = [("", config)]
+        while pending:
+            prefix, node = pending.pop()
+            for key, value in node.items():
+                name = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    pending.append((f"{name}.", value))
+                elif not name.startswith("paths."):
+                    keys.append(name)
+        return keys
+
     @property
     def status(self) -> str:
         """``completed``, ``failed``, ``diverged``, ``interrupted`` or ``running`` (never finished)."""
@@ -117,9 +134,16 @@ class Sweep:
     optuna: dict[str, Any] | None
 
     def varying_keys(self, over: Sequence[str]) -> list[str]:
-        """Override keys that take more than one value across the jobs (typed or default), except ``over``."""
-        keys = dict.fromkeys(key for job in self.jobs for key in job.overrides if key not in over)
-        return [key for key in keys if len({canonical(job.setting(key)) for job in self.jobs}) > 1]
+        """Keys that take more than one value across the jobs, except ``over``: those the overrides typed (or
+        their defaults), then the other groups and keys of the saved configs, but those of a varying group."""
+        typed = dict.fromkeys(key for job in self.jobs for key in job.overrides)
+        saved = dict.fromkeys(key for job in self.jobs for key in job.saved_keys if key not in typed)
+        varying: list[str] = []
+        for key in [*typed, *saved]:
+            within = key in saved and any(key.startswith(f"{group}.") for group in varying)
+            if key not in over and not within and len({canonical(job.setting(key)) for job in self.jobs}) > 1:
+                varying.append(key)
+        return varying
 
     def configurations(self, over: Sequence[str] = ("seed",)) -> list[Configuration]:
         """Jobs grouped by the varying keys (in first-seen order of settings)."""
@@ -153,7 +177,7 @@ def saved_setting(saved: tuple[dict[str, Any], dict[str, Any]], key: str) -> str
         if not isinstance(value, dict) or part not in value:
             return "-"
         value = value[part]
-    return "-" if isinstance(value, dict | list) else typed(value)
+    return "-" if isinstance(value, dict) else typed(value)
 
 
 def typed(value: Any) -> str:
