@@ -662,3 +662,13 @@ def test_a_resume_with_another_number_of_processes_is_refused(tmp_path):
 
 def test_resume_null_is_the_default_no_resume():
     assert resume_arguments(["resume=null", "seed=1"], CONF) == ["resume=null", "seed=1"]
+
+
+def test_a_run_with_a_key_of_its_own_resumes(tmp_path):
+    """A key the first command line added (``+note=``) is in the saved config the resume reads, not in its
+    command line: the run goes on."""
+    train_in_process(
+        tmp_path, "data.source.num_samples=256", "trainer.max_steps=8", "+note=x", "hydra.run.dir=run"
+    )
+    train_in_process(tmp_path, "resume=run", "trainer.max_steps=16")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 16

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import InputError, close_match
 
 # the nodes that build the run's objects, and those read as they are
@@ -62,6 +63,8 @@ def check_shape(cfg: DictConfig) -> None:
         for name, entry in (cfg.get(group) or {}).items():
             if entry is not None:
                 check_target(entry, f"{group}.{name}", choices.get(group))
+    if cfg.get(RESUME_KEY):  # the run's saved config, whose keys were checked as it started
+        return
     read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
     for key in cfg:
         if key in read:
