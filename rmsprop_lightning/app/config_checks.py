@@ -22,8 +22,6 @@ from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_
 
 # keys Hydra's instantiate reads itself, never passed to the target
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
-# callbacks Lightning refuses to run without a logger
-NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # config keys that name an input file
 INPUT_FILES = ("data.source.path", "ckpt_path")
 # the environment variable conf/paths/default.yaml reads paths.root_dir from
@@ -70,7 +68,6 @@ def validate_config(cfg: DictConfig) -> None:
         checked_lr_multipliers(select(cfg, "module.lr_multipliers"))
     except ValueError as error:
         raise InputError(f"module.{error}") from None
-    check_loggers(cfg)
     check_scheduler_validation(cfg)
     check_warmup(cfg)
     check_task_name(select(cfg, "task_name"))
@@ -88,24 +85,6 @@ def check_launcher_threads(launcher: DictConfig) -> None:
     """A launcher's ``cpus_per_task``, torch's threads per process, is a positive integer or null."""
     key = "hydra.launcher.cpus_per_task"
     check_value(key, launcher.get("cpus_per_task"), RULES[key])
-
-
-def check_loggers(cfg: DictConfig) -> None:
-    """Refuses a callback that needs a logger when there is none (Lightning would fail at the start)."""
-    loggers = select(cfg, "logger") or {}
-    if any(isinstance(entry, Mapping) and "_target_" in entry for entry in loggers.values()):
-        return
-    names = [
-        f"callbacks.{name}"
-        for name, entry in (select(cfg, "callbacks") or {}).items()
-        if isinstance(entry, Mapping) and str(entry.get("_target_", "")).endswith(NEEDS_LOGGER)
-    ]
-    if names:
-        drop = " ".join(f"~{name}" for name in names)
-        raise InputError(
-            f"{' and '.join(names)} need a logger but logger is empty; "
-            f"allowed: logger=tensorboard or logger=csv, or callbacks=none or {drop}"
-        )
 
 
 def check_devices(devices: Any) -> None:

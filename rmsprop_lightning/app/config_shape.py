@@ -17,6 +17,8 @@ BUILT_NODES = ("data", "model", "optimizer", "trainer")
 NEEDED_NODES = (*BUILT_NODES, "scheduler", "paths", "module")
 # the groups of named entries, each building a callback or a logger
 ENTRY_GROUPS = ("callbacks", "logger")
+# callbacks Lightning refuses to run without a logger
+NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
 # the keys of the config's top level that the template reads
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -43,6 +45,14 @@ def check_shape(cfg: DictConfig) -> None:
     """Refuses a config lacking a node a run builds from, a node or entry without the class it builds, or a
     top-level key that neither the template nor an interpolation reads and no ``+key=`` override added."""
     choices, added = hydra_choices_and_additions()
+    check_nodes_built(cfg, choices)
+    check_entries(cfg, choices)
+    if not cfg.get(RESUME_KEY):  # else the run's saved config, whose keys were checked as it started
+        check_top_level(cfg, choices, added)
+
+
+def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """Every node a run builds from is there and names its class; a scheduler's class sits where it goes."""
     for key in NEEDED_NODES:
         if not isinstance(OmegaConf.select(cfg, key, throw_on_resolution_failure=False), DictConfig):
             state = "null" if key in cfg else "missing"
@@ -59,20 +69,43 @@ def check_shape(cfg: DictConfig) -> None:
         )
     if cfg.scheduler.get("scheduler") is not None:
         check_target(cfg.scheduler.scheduler, "scheduler.scheduler", choices.get("scheduler"))
+
+
+def check_entries(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """Every callback and logger entry names its class (null drops it), and a callback that needs a logger
+    has one (Lightning would fail at the start)."""
+    targets = {}  # of the entries, by key
     for group in ENTRY_GROUPS:
         for name, entry in (cfg.get(group) or {}).items():
             if entry is not None:
                 check_target(entry, f"{group}.{name}", choices.get(group))
-    if cfg.get(RESUME_KEY):  # the run's saved config, whose keys were checked as it started
-        return
+                targets[f"{group}.{name}"] = str(entry._target_)
+    needing = [
+        key
+        for key, target in targets.items()
+        if key.startswith("callbacks.") and target.endswith(NEEDS_LOGGER)
+    ]
+    if needing and not any(key.startswith("logger.") for key in targets):
+        drop = " ".join(f"~{name}" for name in needing)
+        raise InputError(
+            f"{' and '.join(needing)} need a logger but logger is empty; "
+            f"allowed: logger=tensorboard or logger=csv, or callbacks=none or {drop}"
+        )
+
+
+def check_top_level(cfg: DictConfig, choices: Mapping[str, str], added: set[str]) -> None:
+    """Every top-level key is one the template reads, an interpolation reads or a ``+key=`` override added;
+    a group's name there is an option whose file lacks its package line."""
     read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
     for key in cfg:
         if key in read:
             continue
         if key in choices:  # an option's keys, placed under its group's name
+            node = cfg[key]
+            first = f".{next(iter(node), '')}" if isinstance(node, DictConfig) else ""
             raise InputError(
-                f"{key}={choices[key]} sets {key}.{next(iter(cfg[key]), '')}, which nothing reads: its file "
-                f"lacks '# @package _global_' as its first line; allowed: that line, as conf/{key}/ has it"
+                f"{key}={choices[key]} sets {key}{first}, which nothing reads: its file lacks "
+                f"'# @package _global_' as its first line; allowed: that line, as conf/{key}/ has it"
             )
         allowed = sorted(TOP_LEVEL_KEYS - {"hydra"})
         raise InputError(
