@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from rmsprop_lightning.logging.events import read_csv_scalars
@@ -217,20 +218,52 @@ def test_a_run_on_defaults_joins_the_configuration_that_typed_them(tmp_path):
     )
 
 
+def saved_job(folder: Path, num: int, overrides: list[str], choices: dict[str, str], config: str) -> Path:
+    """A job as ``make_job`` makes it, with the ``.hydra`` folder a run saves."""
+    job = make_job(folder, num, overrides)
+    (job / ".hydra").mkdir()
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    (job / ".hydra" / "config.yaml").write_text(f"{config}\npaths:\n  output_dir: {job}\n")
+    return job
+
+
 def test_runs_of_one_preset_whose_file_changed_between_them_are_two_configurations(tmp_path):
-    for seed, lr in ((0, "0.003"), (1, "0.03"), (2, "0.03")):
-        run = make_job(tmp_path / "runs", seed, ["optimizer=mine", f"seed={seed}"])
-        (run / ".hydra").mkdir()
-        (run / ".hydra" / "hydra.yaml").write_text(
-            "hydra:\n  runtime:\n    choices:\n      optimizer: mine\n"
-        )
-        config = f"seed: {seed}\noptimizer:\n  lr: {lr}\npaths:\n  output_dir: {run}\n"
-        (run / ".hydra" / "config.yaml").write_text(config)
-    configurations = load_sweep(sorted((tmp_path / "runs").iterdir())).configurations()
-    assert [(c.setting, len(c.jobs)) for c in configurations] == [
-        ({"optimizer.lr": "0.003"}, 1),
-        ({"optimizer.lr": "0.03"}, 2),
+    runs = [  # optimizer=mine edited between the runs: lr 0.003, then 0.03
+        ("mine", "lr: 0.003\n  centered: false"),
+        ("mine", "lr: 0.03\n  centered: false"),
+        ("mine", "lr: 0.03\n  centered: false"),
+        ("rmsprop_centered", "lr: 0.01\n  centered: true"),
     ]
+    for num, (option, optimizer) in enumerate(runs):
+        config = f"seed: {num}\ntrainer:\n  max_steps: 40\noptimizer:\n  {optimizer}"
+        saved_job(tmp_path, num, [f"optimizer={option}", f"seed={num}"], {"optimizer": option}, config)
+    sweep = load_sweep(sorted(path for path in tmp_path.iterdir() if path.is_dir()))
+    assert [(c.setting, len(c.jobs)) for c in sweep.configurations()] == [
+        ({"optimizer": "mine", "optimizer.lr": "0.003"}, 1),
+        ({"optimizer": "mine", "optimizer.lr": "0.03"}, 2),
+        ({"optimizer": "rmsprop_centered", "optimizer.lr": "0.01"}, 1),
+    ]
+    assert [len(c.jobs) for c in sweep.configurations(over=("seed", "optimizer"))] == [4]
+
+
+def test_settings_a_group_of_global_keys_sets_and_jobs_saving_no_config_split_nothing(tmp_path):
+    """``debug=fast`` sets trainer keys, which its choice already tells apart; a job without a saved config
+    (``hydra.output_subdir=null``) leaves the saved configs out of the comparison."""
+    fast = "seed: 0\ntrainer:\n  max_steps: 20\n  log_every_n_steps: 1"
+    saved_job(tmp_path, 0, ["debug=fast", "seed=0"], {"debug": "fast"}, fast)
+    saved_job(
+        tmp_path,
+        1,
+        ["seed=1"],
+        {"debug": None},
+        "seed: 1\ntrainer:\n  max_steps: 20\n  log_every_n_steps: 50",
+    )
+    assert [c.setting for c in load_sweep(sorted(tmp_path.iterdir())).configurations()] == [
+        {"debug": "fast"},
+        {"debug": "null"},
+    ]
+    make_job(tmp_path, 2, ["seed=2"])  # no .hydra
+    assert [len(c.jobs) for c in load_sweep(sorted(tmp_path.iterdir())[1:]).configurations()] == [2]
 
 
 def test_settings_compare_as_hydra_reads_them_in_the_table_and_the_heat_map(tmp_path):

@@ -55,8 +55,7 @@ class Job:
 
     @functools.cached_property
     def saved_keys(self) -> list[str]:
-        """The groups and the keys of its saved config, but the run's folders: a preset edited between two
-        runs changes a key no override typed."""
+        """The groups, then the keys, of its saved config, but the run's folders."""
         choices, config = self.saved_config
         keys = [key for key in choices if not key.startswith("hydra")]
         pending = [("", config)]
@@ -134,14 +133,30 @@ class Sweep:
     optuna: dict[str, Any] | None
 
     def varying_keys(self, over: Sequence[str]) -> list[str]:
-        """Keys that take more than one value across the jobs, except ``over``: those the overrides typed (or
-        their defaults), then the other groups and keys of the saved configs, but those of a varying group."""
-        typed = dict.fromkeys(key for job in self.jobs for key in job.overrides)
-        saved = dict.fromkeys(key for job in self.jobs for key in job.saved_keys if key not in typed)
-        varying: list[str] = []
-        for key in [*typed, *saved]:
-            within = key in saved and any(key.startswith(f"{group}.") for group in varying)
-            if key not in over and not within and len({canonical(job.setting(key)) for job in self.jobs}) > 1:
+        """Keys whose settings tell configurations apart, but ``over`` and its keys: those overrides typed
+        that take several values (defaults where a job did not type one), then, where every job saved its
+        config, each group and key of the saved configs that splits jobs alike so far (a preset edited)."""
+
+        def pooled(key: str) -> bool:
+            return any(key == name or key.startswith(f"{name}.") for name in over)
+
+        def setting(job: Job, key: str) -> str:
+            return canonical(job.setting(key))
+
+        typed = [
+            key for key in dict.fromkeys(k for job in self.jobs for k in job.overrides) if not pooled(key)
+        ]
+        varying = [key for key in typed if len({setting(job, key) for job in self.jobs}) > 1]
+        if not all(job.saved_config[1] for job in self.jobs):
+            return varying
+        saved = dict.fromkeys(key for job in self.jobs for key in job.saved_keys)
+        for key in sorted(saved, key=lambda name: "." in name):  # groups and top-level keys first
+            if key in typed or pooled(key):
+                continue
+            alike: dict[tuple[str, ...], set[str]] = {}
+            for job in self.jobs:
+                alike.setdefault(tuple(setting(job, k) for k in varying), set()).add(setting(job, key))
+            if any(len(settings) > 1 for settings in alike.values()):
                 varying.append(key)
         return varying
 
