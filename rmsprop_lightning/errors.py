@@ -148,8 +148,7 @@ def write_to_log_files(message: str) -> None:
 
 def discard_rejected_run() -> None:
     """Removes the folder Hydra created for a single run rejected before any work, if it holds nothing
-    but Hydra's files, its log and the job summary (a resumed run's or a multirun job's is kept), and the
-    empty folders above it inside the working folder."""
+    but Hydra's files, its log and the job summary (a resumed run's or a multirun job's is kept)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -167,8 +166,3 @@ def discard_rejected_run() -> None:
                     logger.removeHandler(handler)
                     handler.close()
         shutil.rmtree(folder)
-        cwd = Path(hydra_cfg.runtime.cwd)
-        for parent in folder.parents:  # the folders Hydra made for it (logs/train/runs), if empty now
-            if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
-                break
-            parent.rmdir()

@@ -130,11 +130,6 @@ CASES = [
         ["seeds is", "did you mean seed?"],
     ),
     (
-        "an entry that builds nothing",
-        [OWN_CONFIGS, "experiment=stray_callback"],
-        ["callbacks.optimizer_state_monitor has no _target_", "callbacks=none"],
-    ),
-    (
         "a file's misspelt option in a sweep",
         ["-m", OWN_CONFIGS, "experiment=trainer_typo", "seed=0,1"],
         ["trainer.max_step is not an option", "did you mean trainer.max_steps?"],
@@ -814,10 +809,6 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
 CONFIG_FILES = {
     "experiment/no_package.yaml": "trainer: {max_steps: 5}\n",
     "experiment/misspelt.yaml": "# @package _global_\nseeds: 7\n",
-    "experiment/stray_callback.yaml": (
-        "# @package _global_\ndefaults:\n  - override /callbacks: none\n"
-        "callbacks: {optimizer_state_monitor: {every_n_steps: 1}}\n"
-    ),
     "experiment/trainer_typo.yaml": "# @package _global_\ntrainer: {max_step: 5}\n",
     "experiment/module_typo.yaml": "# @package _global_\nmodule: {los: l1}\n",
     "experiment/no_optimizer.yaml": "# @package _global_\noptimizer: null\n",

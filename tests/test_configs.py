@@ -281,6 +281,8 @@ def test_the_config_check_knows_the_modules_losses():
         ["--shell-completion", "install=bash"],  # its arguments are not overrides
         ["-m", "optimizer.lr=0.01,0.02", "hydra.sweep.subdir=${hydra.job.num}_lr"],
         ["task_name=20261207"],  # a number, as Hydra reads it, names a folder too
+        [f"--config-dir={CONF}", "optimizer=rmsprop_centered"],  # the project's own options, as a folder
+        ["+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,_args_:[val/loss]}"],
         [  # a scheduler of one's own whose options have the names of the shipped ones' (mode, total_steps)
             "scheduler=cosine",
             "~scheduler.scheduler",
@@ -516,3 +518,16 @@ def test_a_relative_config_path_is_a_package_beside_the_apps():
     # Hydra reads ../conf from rmsprop_lightning.app as the package rmsprop_lightning.conf
     arguments = ["--config-path", "../conf", "--cfg", "job"]
     assert checked_command_line(CONF, "train", arguments) == arguments
+
+
+def test_a_search_path_adding_no_option_of_a_globbed_group_and_a_key_only_hydra_reads_pass(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mydata.yaml").write_text("defaults: [synthetic]\nbatch_size: 64\n")
+    (tmp_path / "experiment").mkdir()
+    named = "# @package _global_\nstudy: s1\nhydra: {run: {dir: 'logs/${study}'}}\n"
+    (tmp_path / "experiment" / "named.yaml").write_text(named)
+    path = f"hydra.searchpath=[file://{tmp_path}]"
+    checked_command_line(
+        CONF, "train", ["-m", path, "experiment=variants", "hydra.sweeper.params.data=mydata"]
+    )
+    checked_command_line(CONF, "train", [path, "experiment=named"])

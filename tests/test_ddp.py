@@ -48,6 +48,19 @@ def test_every_rank_reads_the_config_folder_the_command_line_names(tmp_path):
 
 
 @pytest.mark.slow
+def test_every_rank_finds_an_option_of_the_search_path(tmp_path):
+    # a trainer option of one's own: a rank without the search path would not find it
+    (tmp_path / "mine" / "trainer").mkdir(parents=True)
+    (tmp_path / "mine" / "trainer" / "my_ddp.yaml").write_text("defaults: [ddp_cpu]\n")
+    quick = [setting for setting in DDP_QUICK if not setting.startswith("trainer=")]
+    run_train(
+        tmp_path, f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "trainer=my_ddp", *quick, timeout=300
+    )
+    (run_dir,) = run_dirs(tmp_path)
+    assert_one_set_of_logs(run_dir)
+
+
+@pytest.mark.slow
 def test_lightnings_own_ddp_in_a_multirun_runs_the_job_in_every_rank(tmp_path):
     # two devices and no strategy: Lightning picks its DDP, whose extra rank would start the sweep again
     devices = ("trainer.accelerator=cpu", "trainer.devices=2", *DDP_QUICK[1:])

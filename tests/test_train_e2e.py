@@ -280,15 +280,17 @@ def test_a_limit_of_no_batch_that_does_not_apply_is_not_refused(tmp_path, overri
 
 
 def test_config_files_of_ones_own_run_as_written(tmp_path):
-    """A trainer file without devices, an optimizer file without _partial_, a key of one's own that an
-    interpolation reads and a +key the command line adds pass the checks, and the run takes what they set."""
+    """A trainer file without devices, an optimizer file without _partial_, keys of one's own that an
+    interpolation reads (Hydra's too) and a +key the command line adds pass the checks, and the run takes
+    what they set."""
     mine = tmp_path / "myconf"
     files = {
         "trainer/mine.yaml": "_target_: lightning.pytorch.Trainer\naccelerator: cpu\nmax_steps: 12\n",
         "optimizer/mine.yaml": "_target_: rmsprop_lightning.optim.RMSprop\nlr: ${base_lr}\n",
         "experiment/mine.yaml": (
             "# @package _global_\ndefaults:\n  - override /trainer: mine\n  - override /optimizer: mine\n"
-            "base_lr: 0.004\n"
+            "base_lr: 0.004\nstudy: first\n"
+            "hydra: {run: {dir: '${paths.log_dir}/${task_name}/runs/${study}'}}\n"
         ),
     }
     for name, text in files.items():
@@ -303,7 +305,22 @@ def test_config_files_of_ones_own_run_as_written(tmp_path):
         "callbacks=none",
     )
     (run,) = run_dirs(tmp_path)
+    assert run.name == "first"  # a key only Hydra's settings read
     checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False)
     assert checkpoint["global_step"] == 12
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.004
     assert OmegaConf.load(run / ".hydra" / "config.yaml").note == "first try"
+
+
+def test_an_entry_that_names_no_class_is_said_to_build_nothing(tmp_path, capfd):
+    """``callbacks=none`` with a setting of a callback it dropped (an experiment's progress bar, say) runs,
+    and says that setting goes unused."""
+    settings = (
+        "trainer.max_steps=5",
+        "logger=none",
+        "callbacks=none",
+        "+callbacks.progress_bar={refresh_rate:0}",
+    )
+    train_in_process(tmp_path, *settings)
+    output = "".join(capfd.readouterr())
+    assert "callbacks.progress_bar names no class (_target_): nothing builds it" in output

@@ -9,7 +9,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.errors import InputError, close_match
 
 # the nodes that build the run's objects, and those read as they are
@@ -42,24 +41,20 @@ NAME = re.compile(r"[A-Za-z_][\w-]*")
 
 
 def check_shape(cfg: DictConfig) -> None:
-    """Refuses a config lacking a node a run builds from, a node or entry without the class it builds, or a
-    top-level key that neither the template nor an interpolation reads and no ``+key=`` override added."""
+    """Refuses a config lacking a node a run builds from, a node without the class it builds, a callback
+    needing a logger without one, or a
+    top-level key that neither the template nor an interpolation reads and no ``+key=`` override added
+    (checked before Hydra starts: a job's config lacks Hydra's settings, and a resumed one is the run's)."""
     choices, added = hydra_choices_and_additions()
     check_nodes_built(cfg, choices)
-    check_entries(cfg, choices)
-    if not cfg.get(RESUME_KEY):  # else the run's saved config, whose keys were checked as it started
+    check_entries(cfg)
+    if "hydra" in cfg:  # before Hydra starts, where Hydra's own settings may read a key too
         check_top_level(cfg, choices, added)
 
 
 def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
     """Every node a run builds from is there and names its class; a scheduler's class sits where it goes."""
-    for key in NEEDED_NODES:
-        if not isinstance(OmegaConf.select(cfg, key, throw_on_resolution_failure=False), DictConfig):
-            state = "null" if key in cfg else "missing"
-            allowed = f"{key}=<option>" if key in choices else f"the {key}: mapping of conf/train.yaml"
-            raise InputError(
-                f"{key} is {state} in the config, and every run builds from it; allowed: {allowed}"
-            )
+    check_needed(cfg, *NEEDED_NODES, choices=choices)
     for key in BUILT_NODES:
         check_target(cfg[key], key, choices.get(key))
     if "_target_" in cfg.scheduler:
@@ -71,15 +66,26 @@ def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
         check_target(cfg.scheduler.scheduler, "scheduler.scheduler", choices.get("scheduler"))
 
 
-def check_entries(cfg: DictConfig, choices: Mapping[str, str]) -> None:
-    """Every callback and logger entry names its class (null drops it), and a callback that needs a logger
-    has one (Lightning would fail at the start)."""
-    targets = {}  # of the entries, by key
-    for group in ENTRY_GROUPS:
-        for name, entry in (cfg.get(group) or {}).items():
-            if entry is not None:
-                check_target(entry, f"{group}.{name}", choices.get(group))
-                targets[f"{group}.{name}"] = str(entry._target_)
+def check_needed(cfg: DictConfig, *keys: str, choices: Mapping[str, str] | None = None) -> None:
+    """Refuses a config in which one of the mappings ``keys`` is missing or null."""
+    for key in keys:
+        if not isinstance(OmegaConf.select(cfg, key, throw_on_resolution_failure=False), DictConfig):
+            state = "null" if key in cfg else "missing"
+            chosen = hydra_choices_and_additions()[0] if choices is None else choices
+            allowed = f"{key}=<option>" if key in chosen else f"the {key}: mapping of conf/train.yaml"
+            raise InputError(
+                f"{key} is {state} in the config, and every run builds from it; allowed: {allowed}"
+            )
+
+
+def check_entries(cfg: DictConfig) -> None:
+    """A callback that needs a logger has one (Lightning would fail at the start)."""
+    targets = {
+        f"{group}.{name}": str(entry.get("_target_"))
+        for group in ENTRY_GROUPS
+        for name, entry in (cfg.get(group) or {}).items()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    }
     needing = [
         key
         for key, target in targets.items()
@@ -156,8 +162,21 @@ def interpolated_names(cfg: DictConfig) -> set[str]:
         if isinstance(value, Mapping | list):
             for item in value.values() if isinstance(value, Mapping) else value:
                 walk(item)
-        elif isinstance(value, str) and "${" in value:
-            names.update(NAME.findall(value))
+        elif isinstance(value, str):
+            names.update(name for body in interpolations(value) for name in NAME.findall(body))
 
     walk(OmegaConf.to_container(cfg, resolve=False))
     return names
+
+
+def interpolations(text: str) -> list[str]:
+    """The text inside each outermost ``${...}`` of ``text``."""
+    bodies, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if text.startswith("${", index):
+            depth, start = depth + 1, index + 2 if depth == 0 else start
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                bodies.append(text[start:index])
+    return bodies

@@ -41,6 +41,8 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
             flag = "--config-path" if source.provider == "main" else "--config-dir"
             command.append(f"{flag}={source.path}")
     command += list(hydra_cfg.overrides.task)
+    if hydra_cfg.searchpath:  # where the job's options of its own are
+        command.append(f"hydra.searchpath=[{','.join(quote(entry) for entry in hydra_cfg.searchpath)}]")
     command += [
         f"hydra.run.dir={quote(hydra_cfg.runtime.output_dir)}",
         "hydra.output_subdir=null",

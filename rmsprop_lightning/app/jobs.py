@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import INPUT_FILES, validate_config
-from rmsprop_lightning.app.config_shape import check_shape
+from rmsprop_lightning.app.config_shape import check_needed
 from rmsprop_lightning.app.job_signals import signals_stop, stopped_outside_steps
 from rmsprop_lightning.app.resume import RESUME_KEY
 from rmsprop_lightning.app.run_lock import folder_lock
@@ -129,7 +129,7 @@ def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:
     """:func:`recorded_job` holding its run folder (the first rank): a resume of a run still running, in
     another process, would mix their records."""
-    check_shape(cfg)  # before its folders and records are read
+    check_needed(cfg, "paths")  # where its records go; the rest is checked with the job's config
     if not is_rank_zero():
         return recorded_job(cfg, train)
     typed = f"resume={cfg.paths.output_dir}" if cfg.get(RESUME_KEY) else cfg.paths.output_dir
@@ -163,7 +163,7 @@ def recorded_job(cfg: DictConfig, train: Training) -> float | None:
             error=None,
             started_at=started,
             seed=cfg.get("seed"),
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True) if cfg.get("optimizer") else None,
             optimized_metric=cfg.get("optimized_metric"),
             population=None,  # a population's writer sets it; a resumed member then runs alone
             final=None,  # the end values are this job's: an earlier part's came from other checkpoints

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.app.config_checks import accelerator_settings, check_nodes
+from rmsprop_lightning.app.config_shape import interpolated_names
 from rmsprop_lightning.app.distributed import (
     HydraDDPStrategy,
     clean_distributed_state,
@@ -52,15 +53,20 @@ log = logging.getLogger(__name__)
 
 
 def instantiate_entries(cfg: DictConfig, group: str) -> list[Any]:
-    """Instantiates every entry of the ``name: {_target_: ...}`` group ``cfg[group]`` that has a target; an
-    entry refusing its arguments is named in the error (:func:`entry_error`)."""
-    built = []
+    """Instantiates every entry of the ``name: {_target_: ...}`` group ``cfg[group]`` that has a target, and
+    warns of one with settings but none (unless an interpolation reads them); an entry refusing its arguments
+    is named in the error (:func:`entry_error`)."""
+    built, read = [], interpolated_names(cfg)
     for name, entry in (cfg.get(group) or {}).items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
             try:
                 built.append(instantiate(entry))
             except InstantiationException as error:
                 raise entry_error(f"{group}.{name}", entry, error.__cause__ or error) from error
+        elif entry is not None and name not in read:  # an option's settings for an entry another dropped
+            log.warning(
+                "%s.%s names no class (_target_): nothing builds it, its settings go unused", group, name
+            )
     return built
 
 

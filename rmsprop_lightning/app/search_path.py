@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rmsprop_lightning.app.override_checks import hydra_on
+from rmsprop_lightning.app.resume import quote
 from rmsprop_lightning.errors import InputError
 
 # where Hydra looks for configs besides conf/: a user's own options of the groups
@@ -20,7 +21,7 @@ def search_path_overrides(typed: Sequence[Any], config_dir: str | None) -> list[
     if not config_dir:
         return [override.input_line for override in typed]
     folders = [*(typed[-1].value() if typed else []), f"file://{Path(config_dir).absolute()}"]
-    return [f"{SEARCH_PATH}=[{','.join(quoted(folder) for folder in folders)}]"]
+    return [f"{SEARCH_PATH}=[{','.join(quote(folder) for folder in folders)}]"]
 
 
 def group_options(
@@ -56,38 +57,37 @@ def group_options(
 
 
 def check_no_glob(
-    searched: Sequence[Any], groups: Mapping[str, Sequence[str]], overrides: Sequence[Any]
+    searched: Sequence[Any], groups: Mapping[str, Sequence[str]], config_dir: Path, typed: str
 ) -> None:
-    """Refuses a config's sweep of a group's options by ``glob()``, which misses ``hydra.searchpath``'s."""
+    """Refuses a config's sweep by ``glob()`` of a group to which ``hydra.searchpath`` adds options: Hydra's
+    ``glob()`` reads ``config_dir``'s alone."""
     from hydra.core.override_parser.types import Glob
 
     for override in searched:
-        if override.key_or_group in groups and isinstance(override.value(), Glob):
-            typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
+        group = override.key_or_group
+        if isinstance(override.value(), Glob) and set(groups.get(group, [])) - options_in(config_dir, group):
             raise InputError(
                 f"{typed} sweeps {override.input_line}, and glob() does not see the options of "
                 f"{SEARCH_PATH}; allowed: --config-dir=<folder> for your options, which glob() sees"
             )
 
 
+def options_in(config_dir: Path, group: str) -> set[str]:
+    """The options of ``group`` in ``config_dir``."""
+    return {path.stem for path in (config_dir / group).glob("*.yaml")}
+
+
 def check_not_hidden(choices: Mapping[str, Any], config_dir: Path, searchpath: Sequence[str]) -> None:
     """Refuses an option chosen from a folder of ``searchpath`` that ``config_dir`` also has: Hydra reads the
     latter's, and the user's file would go unread."""
     for group, option in choices.items():
-        hidden = [Path(entry.removeprefix("file://")) / group / f"{option}.yaml" for entry in searchpath]
-        if (
-            option is None
-            or group.startswith("hydra/")
-            or not (config_dir / group / f"{option}.yaml").is_file()
-        ):
+        ours = config_dir / group / f"{option}.yaml"
+        if option is None or group.split("/")[0] == "hydra" or not ours.is_file():
             continue
-        if mine := next((path for path in hidden if path.is_file()), None):
-            raise InputError(
-                f"{group}={option} is also an option of this project, which Hydra reads, not {mine}; "
-                f"allowed: another name for your option, such as my_{option}"
-            )
-
-
-def quoted(text: str) -> str:
-    """``text`` quoted for Hydra's override grammar."""
-    return f'"{text}"' if "'" in text else f"'{text}'"
+        for entry in searchpath:
+            mine = Path(entry.removeprefix("file://")) / group / f"{option}.yaml"
+            if mine.is_file() and mine.resolve() != ours.resolve():
+                raise InputError(
+                    f"{group}={option} is also an option of this project, which Hydra reads, not {mine}; "
+                    f"allowed: another name for your option, such as my_{option}"
+                )

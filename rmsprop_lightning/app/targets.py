@@ -34,7 +34,7 @@ def check_built_nodes(cfg: DictConfig) -> None:
         if isinstance(node, DictConfig):
             check_targets(node, str(key))
     names, _ = target_parameters(MODULE)
-    allowed = sorted(names - set(RUN_ARGUMENTS))
+    allowed = sorted(set(names) - set(RUN_ARGUMENTS))
     for key in cfg.module:
         if key not in allowed:
             hint = close_match(str(key), allowed, "module.")
@@ -54,15 +54,15 @@ def check_targets(node: DictConfig, path: str = "") -> None:
 
 
 @functools.cache
-def target_parameters(target_name: str) -> tuple[frozenset[str], frozenset[str]] | None:
-    """The names ``target_name``'s callable takes and those it requires, or ``None`` when it takes
+def target_parameters(target_name: str) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """The names ``target_name``'s callable takes, in order, and those it requires, or ``None`` when it takes
     ``**kwargs``; a sweep's jobs share their targets, so each is imported and inspected once."""
     parameters = inspect.signature(get_object(target_name)).parameters.values()
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
         return None
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     required = {p.name for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty}
-    return frozenset(p.name for p in parameters), frozenset(required)
+    return tuple(p.name for p in parameters), frozenset(required)
 
 
 def check_options(node: DictConfig, path: str) -> None:
@@ -80,13 +80,14 @@ def check_options(node: DictConfig, path: str) -> None:
     if parameters is None:
         return
     names, required = parameters
-    allowed = sorted(names - set(CALL_TIME_ARGUMENTS.get(path, ())))
+    allowed = sorted(set(names) - set(CALL_TIME_ARGUMENTS.get(path, ())))
+    given = names[: len(node.get("_args_") or ())]  # positionally, by _args_
     for key in node:
         if key not in HYDRA_KEYS and key not in allowed:
             hint = close_match(str(key), allowed, f"{path}.")
             raise InputError(
                 f"{path}.{key} is not an option of {target_name}{hint}; allowed: {', '.join(allowed)}"
             )
-    for name in sorted(required.intersection(allowed)):
+    for name in sorted(required.intersection(allowed).difference(given)):
         if name not in node or OmegaConf.is_missing(node, name):
             raise InputError(f"{path}.{name} is missing; {target_name} needs it: set {path}.{name}=...")
