@@ -42,9 +42,8 @@ NAME = re.compile(r"[A-Za-z_][\w-]*")
 
 def check_shape(cfg: DictConfig) -> None:
     """Refuses a config lacking a node a run builds from, a node without the class it builds, a callback
-    needing a logger without one, or a
-    top-level key that neither the template nor an interpolation reads and no ``+key=`` override added
-    (checked before Hydra starts: a job's config lacks Hydra's settings, and a resumed one is the run's)."""
+    needing a logger without one, or a top-level key that neither the template nor an interpolation reads
+    and no ``+key=`` override added (checked before Hydra starts: a job's config lacks Hydra's settings)."""
     choices, added = hydra_choices_and_additions()
     check_nodes_built(cfg, choices)
     check_entries(cfg)
