@@ -125,9 +125,19 @@ CASES = [
         ["experiment=no_package sets experiment.trainer", "# @package _global_"],
     ),
     (
-        "a misspelt key in a config file",
-        [OWN_CONFIGS, "experiment=misspelt"],
-        ["seeds is", "did you mean seed?"],
+        "a misspelt scheduler key in a config file",
+        [OWN_CONFIGS, "scheduler=typo"],
+        ["scheduler.intervall is not a key of scheduler", "did you mean scheduler.interval?"],
+    ),
+    (
+        "a misspelt callback in a config file",
+        [OWN_CONFIGS, "callbacks=typo"],
+        ["callbacks.model_checkpont names no class", "did you mean callbacks.model_checkpoint?"],
+    ),
+    (
+        "a misspelt key of Hydra's in a config file",
+        [OWN_CONFIGS, "experiment=hydra_typo"],
+        ["experiment/hydra_typo", "chdirr"],
     ),
     (
         "a file's misspelt option in a sweep",
@@ -808,7 +818,9 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
 # a user's own config files, beside the project's (hydra.searchpath, --config-dir)
 CONFIG_FILES = {
     "experiment/no_package.yaml": "trainer: {max_steps: 5}\n",
-    "experiment/misspelt.yaml": "# @package _global_\nseeds: 7\n",
+    "scheduler/typo.yaml": "defaults: [step]\nintervall: step\n",
+    "callbacks/typo.yaml": "defaults: [default]\nmodel_checkpont: {mode: max}\n",
+    "experiment/hydra_typo.yaml": "# @package _global_\nhydra: {job: {chdirr: true}}\n",
     "experiment/trainer_typo.yaml": "# @package _global_\ntrainer: {max_step: 5}\n",
     "experiment/module_typo.yaml": "# @package _global_\nmodule: {los: l1}\n",
     "experiment/no_optimizer.yaml": "# @package _global_\noptimizer: null\n",

@@ -531,3 +531,18 @@ def test_a_search_path_adding_no_option_of_a_globbed_group_and_a_key_only_hydra_
         CONF, "train", ["-m", path, "experiment=variants", "hydra.sweeper.params.data=mydata"]
     )
     checked_command_line(CONF, "train", [path, "experiment=named"])
+
+
+def test_a_key_nothing_reads_is_a_warning_naming_a_close_match(tmp_path, capsys):
+    """A misspelt key, or an experiment's own key that an override left unread, is said before the run."""
+    (tmp_path / "experiment").mkdir()
+    knob = "# @package _global_\nsteps: 30\ntrainer: {max_steps: '${steps}'}\n"
+    (tmp_path / "experiment" / "knob.yaml").write_text(knob)
+    path = f"hydra.searchpath=[file://{tmp_path}]"
+    checked_command_line(CONF, "train", [path, "experiment=knob"])
+    assert capsys.readouterr().err == ""
+    checked_command_line(CONF, "train", [path, "experiment=knob", "trainer.max_steps=5", "+seeds=1"])
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: steps is set, but nothing reads it (did you mean test?)",
+    ]
+    checked_command_line(CONF, "train", ["-m", path, "scheduler=glob(*)"])  # the path adds no scheduler

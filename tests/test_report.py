@@ -262,6 +262,8 @@ def test_settings_a_group_of_global_keys_sets_and_jobs_saving_no_config_split_no
         {"debug": "fast"},
         {"debug": "null"},
     ]
+    pooled = load_sweep(sorted(tmp_path.iterdir())).configurations(over=("seed", "debug"))
+    assert [len(c.jobs) for c in pooled] == [2]  # the trainer keys debug=fast sets go with it
     make_job(tmp_path, 2, ["seed=2"])  # no .hydra
     assert [len(c.jobs) for c in load_sweep(sorted(tmp_path.iterdir())[1:]).configurations()] == [2]
 

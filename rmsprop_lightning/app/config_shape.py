@@ -14,6 +14,8 @@ from rmsprop_lightning.errors import InputError, close_match
 # the nodes that build the run's objects, and those read as they are
 BUILT_NODES = ("data", "model", "optimizer", "trainer")
 NEEDED_NODES = (*BUILT_NODES, "scheduler", "paths", "module")
+# the keys of the scheduler node: the scheduler and when Lightning steps it
+SCHEDULER_KEYS = ("scheduler", "interval", "frequency", "monitor")
 # the groups of named entries, each building a callback or a logger
 ENTRY_GROUPS = ("callbacks", "logger")
 # callbacks Lightning refuses to run without a logger
@@ -41,14 +43,13 @@ NAME = re.compile(r"[A-Za-z_][\w-]*")
 
 
 def check_shape(cfg: DictConfig) -> None:
-    """Refuses a config lacking a node a run builds from, a node without the class it builds, a callback
-    needing a logger without one, or a top-level key that neither the template nor an interpolation reads
-    and no ``+key=`` override added (checked before Hydra starts: a job's config lacks Hydra's settings)."""
-    choices, added = hydra_choices_and_additions()
+    """Refuses a config lacking a node a run builds from, a node without the class it builds, a key of
+    ``scheduler`` it lacks, a callback needing a logger without one or an entry whose name is a close match of
+    another's, or an option whose keys went under its group's name."""
+    choices, added = hydra_choices(), hydra_additions()
     check_nodes_built(cfg, choices)
     check_entries(cfg)
-    if "hydra" in cfg:  # before Hydra starts, where Hydra's own settings may read a key too
-        check_top_level(cfg, choices, added)
+    check_top_level(cfg, {key: option for key, option in choices.items() if key not in added})
 
 
 def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
@@ -61,6 +62,12 @@ def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
             f"scheduler._target_={cfg.scheduler._target_}: a scheduler's class goes in scheduler.scheduler, "
             "with interval and frequency beside it; allowed: a file shaped as conf/scheduler/step.yaml"
         )
+    for key in cfg.scheduler:
+        if key not in SCHEDULER_KEYS:
+            hint = close_match(str(key), SCHEDULER_KEYS, "scheduler.")
+            raise InputError(
+                f"scheduler.{key} is not a key of scheduler{hint}; allowed: {', '.join(SCHEDULER_KEYS)}"
+            )
     if cfg.scheduler.get("scheduler") is not None:
         check_target(cfg.scheduler.scheduler, "scheduler.scheduler", choices.get("scheduler"))
 
@@ -68,9 +75,10 @@ def check_nodes_built(cfg: DictConfig, choices: Mapping[str, str]) -> None:
 def check_needed(cfg: DictConfig, *keys: str, choices: Mapping[str, str] | None = None) -> None:
     """Refuses a config in which one of the mappings ``keys`` is missing or null."""
     for key in keys:
-        if not isinstance(OmegaConf.select(cfg, key, throw_on_resolution_failure=False), DictConfig):
-            state = "null" if key in cfg else "missing"
-            chosen = hydra_choices_and_additions()[0] if choices is None else choices
+        node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if not isinstance(node, DictConfig):
+            state = "missing" if key not in cfg else "null" if node is None else f"{node!r}, not a mapping,"
+            chosen = hydra_choices() if choices is None else choices
             allowed = f"{key}=<option>" if key in chosen else f"the {key}: mapping of conf/train.yaml"
             raise InputError(
                 f"{key} is {state} in the config, and every run builds from it; allowed: {allowed}"
@@ -78,13 +86,22 @@ def check_needed(cfg: DictConfig, *keys: str, choices: Mapping[str, str] | None 
 
 
 def check_entries(cfg: DictConfig) -> None:
-    """A callback that needs a logger has one (Lightning would fail at the start)."""
+    """An entry without a class is not a misspelt name of one with a class, and a callback that needs a
+    logger has one (Lightning would fail at the start)."""
     targets = {
         f"{group}.{name}": str(entry.get("_target_"))
         for group in ENTRY_GROUPS
         for name, entry in (cfg.get(group) or {}).items()
         if isinstance(entry, DictConfig) and "_target_" in entry
     }
+    for group in ENTRY_GROUPS:
+        for name, entry in (cfg.get(group) or {}).items():
+            hint = close_match(f"{group}.{name}", [key for key in targets if key.startswith(f"{group}.")])
+            if isinstance(entry, DictConfig) and "_target_" not in entry and hint:
+                raise InputError(
+                    f"{group}.{name} names no class (_target_), so nothing builds it{hint}; allowed: "
+                    f"{', '.join(targets)}"
+                )
     needing = [
         key
         for key, target in targets.items()
@@ -98,25 +115,25 @@ def check_entries(cfg: DictConfig) -> None:
         )
 
 
-def check_top_level(cfg: DictConfig, choices: Mapping[str, str], added: set[str]) -> None:
-    """Every top-level key is one the template reads, an interpolation reads or a ``+key=`` override added;
-    a group's name there is an option whose file lacks its package line."""
-    read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
+def check_top_level(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
+    """Refuses a group's name among the top-level keys: an option whose file lacks its package line, so
+    that its keys went under the group's name (an empty one sets nothing)."""
     for key in cfg:
-        if key in read:
-            continue
-        if key in choices:  # an option's keys, placed under its group's name
-            node = cfg[key]
-            first = f".{next(iter(node), '')}" if isinstance(node, DictConfig) else ""
+        node = cfg.get(key) if key in choices and key not in TOP_LEVEL_KEYS else None
+        if isinstance(node, DictConfig) and len(node):
             raise InputError(
-                f"{key}={choices[key]} sets {key}{first}, which nothing reads: its file lacks "
+                f"{key}={choices[key]} sets {key}.{next(iter(node))}, which nothing reads: its file lacks "
                 f"'# @package _global_' as its first line; allowed: that line, as conf/{key}/ has it"
             )
-        allowed = sorted(TOP_LEVEL_KEYS - {"hydra"})
-        raise InputError(
-            f"{key} is not a key the template reads{close_match(str(key), allowed)}; allowed: "
-            f"{', '.join(allowed)}, or a key an interpolation reads"
-        )
+
+
+def unread_keys(cfg: DictConfig, added: set[str]) -> list[tuple[str, str]]:
+    """The top-level keys of a config composed with Hydra's settings that neither the template, an
+    interpolation nor a ``+key=`` override reads or added, with a close match (if any): the warnings a run
+    starts with (a key an experiment adds for an interpolation is unread once an override replaces it)."""
+    read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
+    allowed = sorted(TOP_LEVEL_KEYS - {"hydra"})
+    return [(str(key), close_match(str(key), allowed)) for key in cfg if key not in read]
 
 
 def check_missing(cfg: DictConfig, path: str = "") -> None:
@@ -139,18 +156,25 @@ def check_target(node: Any, path: str, choice: str | None) -> None:
         )
 
 
-def hydra_choices_and_additions() -> tuple[Mapping[str, str], set[str]]:
-    """The config groups' chosen options, and the top-level keys ``+key=``/``++key=`` overrides added, as
-    Hydra records them for this job (none outside Hydra)."""
+def hydra_choices() -> Mapping[str, str]:
+    """The config groups' chosen options, as Hydra records them for this job (none outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return {}, set()
-    hydra_cfg = HydraConfig.get()
-    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # text, not interpolations
-    added = {line.lstrip("+").split("=")[0].split(".")[0] for line in typed if line.startswith("+")}
-    choices = OmegaConf.to_container(hydra_cfg.runtime.choices, resolve=False)
-    return {str(key): str(value) for key, value in choices.items() if value is not None}, added
+        return {}
+    choices = OmegaConf.to_container(HydraConfig.get().runtime.choices, resolve=False)
+    return {str(key): str(value) for key, value in choices.items() if value is not None}
+
+
+def hydra_additions() -> set[str]:
+    """The top-level keys and groups that ``+key=``/``++key=`` overrides added, as Hydra records them for this
+    job (none outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # text: no interpolation
+    return {line.lstrip("+").split("=")[0].split(".")[0] for line in typed if line.startswith("+")}
 
 
 def interpolated_names(cfg: DictConfig) -> set[str]:

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.command_flags import check_config_flags, check_flags_first, check_output_folder
+from rmsprop_lightning.app.config_shape import unread_keys
 from rmsprop_lightning.app.override_checks import check_keys, check_option, compose_config, hydra_on
 from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.app.search_path import (
@@ -18,6 +19,7 @@ from rmsprop_lightning.app.search_path import (
     check_no_glob,
     check_not_hidden,
     group_options,
+    options_in,
     search_path_overrides,
 )
 from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values, search_space
@@ -161,7 +163,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
         if chosen is None:
             continue
-        if typed_paths and isinstance(override.value(), Glob):  # Hydra's glob() reads conf/ alone
+        added_options = set(groups.get(group, [])) - options_in(config_dir, group)
+        if typed_paths and isinstance(override.value(), Glob) and added_options:  # Hydra's glob() reads conf/
             raise InputError(
                 f"{override.input_line}: glob() does not see the options of hydra.searchpath; allowed: "
                 f"{group}={','.join(chosen)}"
@@ -187,6 +190,9 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         swept = [*selections[:index], other, *selections[index + 1 :]]
         check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
     multirun = multirun or sweeps_itself(cfg)
+    added = {o.key_or_group.split(".")[0] for o in overrides if o.input_line.startswith("+")}
+    for key, hint in unread_keys(cfg, added) if jobs and cfg is not None else []:
+        print(f"warning: {key} is set, but nothing reads it{hint}", file=sys.stderr, flush=True)
     if searchpath and cfg is not None:
         check_not_hidden(cfg.hydra.runtime.choices, config_dir, OmegaConf.select(cfg, SEARCH_PATH))
     if typed_paths and cfg is not None:  # a sweep the config holds, such as experiment=variants

@@ -175,9 +175,11 @@ def composition_error(error: BaseException) -> str:
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
         return f"{mark.name}, line {mark.line + 1}: {error.problem}; allowed: YAML (indented with spaces)"
-    first, *rest = str(error).splitlines() or [type(error).__name__]
+    first, *rest = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     options = [line.strip() for line in rest if line.startswith("\t") and "=" not in line]
-    return f"{first}; allowed: {', '.join(options)}" if "Could not find" in first and options else first
+    if "Could not find" in first and options:
+        return f"{first}; allowed: {', '.join(options)}"
+    return f"{first} {rest[0].strip()}" if first.endswith(":") and rest else first  # the reason follows
 
 
 def compose_config(config_dir: Path, config_name: str, selections: Sequence[str]) -> DictConfig | None:
