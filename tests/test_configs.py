@@ -545,4 +545,7 @@ def test_a_key_nothing_reads_is_a_warning_naming_a_close_match(tmp_path, capsys)
     assert capsys.readouterr().err.splitlines() == [
         "warning: steps is set, but nothing reads it (did you mean test?)",
     ]
+    (tmp_path / "experiment" / "empty.yaml").write_text("# nothing yet\n")
+    checked_command_line(CONF, "train", [path, "experiment=empty"])
+    assert capsys.readouterr().err == ""
     checked_command_line(CONF, "train", ["-m", path, "scheduler=glob(*)"])  # the path adds no scheduler

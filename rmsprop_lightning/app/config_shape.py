@@ -133,7 +133,10 @@ def unread_keys(cfg: DictConfig, added: set[str]) -> list[tuple[str, str]]:
     starts with (a key an experiment adds for an interpolation is unread once an override replaces it)."""
     read = TOP_LEVEL_KEYS | added | interpolated_names(cfg)
     allowed = sorted(TOP_LEVEL_KEYS - {"hydra"})
-    return [(str(key), close_match(str(key), allowed)) for key in cfg if key not in read]
+    unread = [
+        key for key, value in cfg.items_ex(resolve=False) if key not in read and value not in (None, {})
+    ]
+    return [(str(key), close_match(str(key), allowed)) for key in unread]
 
 
 def check_missing(cfg: DictConfig, path: str = "") -> None:
