@@ -16,7 +16,8 @@ import numpy as np
 
 from rmsprop_lightning.callbacks.state_norms import BASE_QUANTITIES
 from rmsprop_lightning.logging.events import Series
-from rmsprop_lightning.report.results import Configuration, Sweep, canonical, mean_std, short_number
+from rmsprop_lightning.report.results import Configuration, Sweep, mean_std
+from rmsprop_lightning.report.settings import canonical, short_number
 
 # OptimizerStateMonitor's norm of each state over all parameter groups
 STATE_TAG = re.compile(r"^optim/(?P<state>[^/]+)_norm$")
