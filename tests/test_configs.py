@@ -526,11 +526,21 @@ def test_a_search_path_adding_no_option_of_a_globbed_group_and_a_key_only_hydra_
     (tmp_path / "experiment").mkdir()
     named = "# @package _global_\nstudy: s1\nhydra: {run: {dir: 'logs/${study}'}}\n"
     (tmp_path / "experiment" / "named.yaml").write_text(named)
+    (tmp_path / "mygroup").mkdir()  # a group of one's own that an experiment chooses and reads
+    (tmp_path / "mygroup" / "small.yaml").write_text("width: 16\n")
+    grouped = "# @package _global_\ndefaults:\n  - /mygroup: small\nmodel:\n  hidden: ${mygroup.width}\n"
+    (tmp_path / "experiment" / "grouped.yaml").write_text(grouped)
+    (tmp_path / "callbacks").mkdir()  # callbacks without the monitor an experiment tunes
+    lean = "defaults:\n  - default\n  - _self_\noptimizer_state_monitor: null\n"
+    (tmp_path / "callbacks" / "lean.yaml").write_text(lean)
     path = f"hydra.searchpath=[file://{tmp_path}]"
     checked_command_line(
         CONF, "train", ["-m", path, "experiment=variants", "hydra.sweeper.params.data=mydata"]
     )
     checked_command_line(CONF, "train", [path, "experiment=named"])
+    checked_command_line(CONF, "train", [path, "experiment=grouped"])
+    lean_grid = ["experiment=lr_alpha_grid", "callbacks=lean", "hydra.sweeper.params=null"]
+    checked_command_line(CONF, "train", [path, *lean_grid])
 
 
 def test_a_key_nothing_reads_is_a_warning_naming_a_close_match(tmp_path, capsys):
@@ -548,4 +558,9 @@ def test_a_key_nothing_reads_is_a_warning_naming_a_close_match(tmp_path, capsys)
     (tmp_path / "experiment" / "empty.yaml").write_text("# nothing yet\n")
     checked_command_line(CONF, "train", [path, "experiment=empty"])
     assert capsys.readouterr().err == ""
+    (tmp_path / "experiment" / "misspelt.yaml").write_text("# @package _global_\nseeds: 3\n")
+    checked_command_line(CONF, "train", ["-m", path, "experiment=empty,misspelt"])
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: seeds is set, but nothing reads it (did you mean seed?) (with experiment=misspelt)",
+    ]
     checked_command_line(CONF, "train", ["-m", path, "scheduler=glob(*)"])  # the path adds no scheduler

@@ -246,9 +246,10 @@ def test_runs_of_one_preset_whose_file_changed_between_them_are_two_configuratio
     assert [len(c.jobs) for c in sweep.configurations(over=("seed", "optimizer"))] == [4]
 
 
-def test_settings_a_group_of_global_keys_sets_and_jobs_saving_no_config_split_nothing(tmp_path):
-    """``debug=fast`` sets trainer keys, which its choice already tells apart; a job without a saved config
-    (``hydra.output_subdir=null``) leaves the saved configs out of the comparison."""
+def test_the_keys_a_group_of_global_keys_sets_and_jobs_saving_no_config(tmp_path):
+    """``debug=fast`` sets trainer keys, which its choice already tells apart (pooled, they split: a saved
+    config does not say which keys it set); a job without a saved config (``hydra.output_subdir=null``)
+    leaves the saved configs out of the comparison."""
     fast = "seed: 0\ntrainer:\n  max_steps: 20\n  log_every_n_steps: 1"
     saved_job(tmp_path, 0, ["debug=fast", "seed=0"], {"debug": "fast"}, fast)
     saved_job(
@@ -263,7 +264,7 @@ def test_settings_a_group_of_global_keys_sets_and_jobs_saving_no_config_split_no
         {"debug": "null"},
     ]
     pooled = load_sweep(sorted(tmp_path.iterdir())).configurations(over=("seed", "debug"))
-    assert [len(c.jobs) for c in pooled] == [2]  # the trainer keys debug=fast sets go with it
+    assert [len(c.jobs) for c in pooled] == [1, 1]  # which keys debug=fast set, a saved config does not say
     make_job(tmp_path, 2, ["seed=2"])  # no .hydra
     assert [len(c.jobs) for c in load_sweep(sorted(tmp_path.iterdir())[1:]).configurations()] == [2]
 

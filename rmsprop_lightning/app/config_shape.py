@@ -3,6 +3,7 @@ it builds, and no key nothing reads (a misspelt key in a config file would other
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,8 @@ SCHEDULER_KEYS = ("scheduler", "interval", "frequency", "monitor")
 ENTRY_GROUPS = ("callbacks", "logger")
 # callbacks Lightning refuses to run without a logger
 NEEDS_LOGGER = (".LearningRateMonitor", ".OptimizerStateMonitor")
+# how alike an entry's name must be to another's to be taken for a misspelling of it (model_checkpont)
+TYPO_CUTOFF = 0.85
 # the keys of the config's top level that the template reads
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -95,12 +98,13 @@ def check_entries(cfg: DictConfig) -> None:
         if isinstance(entry, DictConfig) and "_target_" in entry
     }
     for group in ENTRY_GROUPS:
+        built = [key.removeprefix(f"{group}.") for key in targets if key.startswith(f"{group}.")]
         for name, entry in (cfg.get(group) or {}).items():
-            hint = close_match(f"{group}.{name}", [key for key in targets if key.startswith(f"{group}.")])
-            if isinstance(entry, DictConfig) and "_target_" not in entry and hint:
+            typo = difflib.get_close_matches(str(name), built, n=1, cutoff=TYPO_CUTOFF)
+            if isinstance(entry, DictConfig) and "_target_" not in entry and typo:
                 raise InputError(
-                    f"{group}.{name} names no class (_target_), so nothing builds it{hint}; allowed: "
-                    f"{', '.join(targets)}"
+                    f"{group}.{name} names no class (_target_), so nothing builds it (did you mean "
+                    f"{group}.{typo[0]}?); allowed: the names of {group}: {', '.join(built)}"
                 )
     needing = [
         key
@@ -116,14 +120,15 @@ def check_entries(cfg: DictConfig) -> None:
 
 
 def check_top_level(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
-    """Refuses a group's name among the top-level keys: an option whose file lacks its package line, so
-    that its keys went under the group's name (an empty one sets nothing)."""
+    """Refuses a group's name among the top-level keys that nothing reads: an option whose file lacks its
+    package line, so that its keys went under the group's name (an empty one sets nothing)."""
+    read = TOP_LEVEL_KEYS | interpolated_names(cfg)
     for key in cfg:
-        node = cfg.get(key) if key in choices and key not in TOP_LEVEL_KEYS else None
+        node = cfg.get(key) if key in choices and key not in read else None
         if isinstance(node, DictConfig) and len(node):
             raise InputError(
                 f"{key}={choices[key]} sets {key}.{next(iter(node))}, which nothing reads: its file lacks "
-                f"'# @package _global_' as its first line; allowed: that line, as conf/{key}/ has it"
+                f"'# @package _global_' as its first line; allowed: that line, or a value reading {key}.*"
             )
 
 

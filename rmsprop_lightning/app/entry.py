@@ -186,13 +186,16 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         others += [(len(selections) - 1, f"{override.get_key_element()}={option}") for option in options[1:]]
     jobs = not (parsed.cfg or parsed.info or parsed.help or parsed.hydra_help)  # these leave ??? for later
     cfg = check_keys(config_dir, config_name, selections, overrides, groups, complete=jobs)
-    for index, other in others:  # a key or value may hold in one option of a group and not in another
+    composed = [("", cfg)]  # each option of a swept group: a key or value may hold in one and not another
+    for index, other in others:
         swept = [*selections[:index], other, *selections[index + 1 :]]
-        check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
+        checked = check_keys(config_dir, config_name, swept, overrides, groups, context=other, complete=jobs)
+        composed.append((other, checked))
     multirun = multirun or sweeps_itself(cfg)
-    added = {o.key_or_group.split(".")[0] for o in overrides if o.input_line.startswith("+")}
-    for key, hint in unread_keys(cfg, added) if jobs and cfg is not None else []:
-        print(f"warning: {key} is set, but nothing reads it{hint}", file=sys.stderr, flush=True)
+    if jobs:
+        warn_unread_keys(
+            composed, {o.key_or_group.split(".")[0] for o in overrides if o.input_line[0] == "+"}
+        )
     if searchpath and cfg is not None:
         check_not_hidden(cfg.hydra.runtime.choices, config_dir, OmegaConf.select(cfg, SEARCH_PATH))
     if typed_paths and cfg is not None:  # a sweep the config holds, such as experiment=variants
@@ -214,6 +217,20 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
     after = max((i + 1 for i, argument in enumerate(arguments) if argument in parsed.overrides), default=0)
     exclude = f"{EXCLUDE_KEYS}=[{','.join(dict.fromkeys(excluded))}]"
     return [*arguments[:after], exclude, *arguments[after:]]
+
+
+def warn_unread_keys(composed: Sequence[tuple[str, DictConfig | None]], added: set[str]) -> None:
+    """Prints a warning for each top-level key that the composed configs set and nothing reads (with the
+    option of a swept group that sets it, where it is not the first)."""
+    said = set()
+    for option, cfg in composed:
+        for key, hint in unread_keys(cfg, added) if cfg is not None else []:
+            if key not in said:
+                said.add(key)
+                where = f" (with {option})" if option else ""
+                print(
+                    f"warning: {key} is set, but nothing reads it{hint}{where}", file=sys.stderr, flush=True
+                )
 
 
 def sweeps_itself(cfg: DictConfig | None) -> bool:

@@ -140,8 +140,8 @@ class Sweep:
     def varying_keys(self, over: Sequence[str]) -> list[str]:
         """Keys whose settings tell configurations apart, but ``over`` and its keys: those overrides typed
         that take several values (defaults where a job did not type one), then, where every job saved its
-        config, each group and key of the saved configs that splits jobs alike so far and in the groups of
-        ``over`` (a preset edited between runs, not the keys a pooled experiment sets)."""
+        config, each group and key of the saved configs that splits jobs alike so far (a preset edited
+        between runs; a pooled group whose option sets keys elsewhere, as ``debug`` does, splits by them)."""
 
         def pooled(key: str) -> bool:
             return any(key == name or key.startswith(f"{name}.") for name in over)
@@ -156,15 +156,12 @@ class Sweep:
         if not all(job.saved_config[1] for job in self.jobs):
             return varying
         saved = dict.fromkeys(key for job in self.jobs for key in job.saved_keys)
-        groups = [name for name in over if any(name in job.saved_config[0] for job in self.jobs)]
         for key in sorted(saved, key=lambda name: "." in name):  # groups and top-level keys first
             if key in typed or pooled(key):
                 continue
-            alike: dict[tuple[str, ...], set[str]] = {}  # by the keys told apart and the groups pooled
+            alike: dict[tuple[str, ...], set[str]] = {}  # by the keys told apart so far
             for job in self.jobs:
-                alike.setdefault(tuple(setting(job, k) for k in [*varying, *groups]), set()).add(
-                    setting(job, key)
-                )
+                alike.setdefault(tuple(setting(job, k) for k in varying), set()).add(setting(job, key))
             if any(len(settings) > 1 for settings in alike.values()):
                 varying.append(key)
         return varying
