@@ -163,8 +163,8 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
         if chosen is None:
             continue
-        added_options = set(groups.get(group, [])) - options_in(config_dir, group)
-        if typed_paths and isinstance(override.value(), Glob) and added_options:  # Hydra's glob() reads conf/
+        globbed = typed_paths and isinstance(override.value(), Glob)  # Hydra's glob() reads conf/ alone
+        if globbed and set(groups[group]) - options_in(config_dir, group):  # which the path adds to
             raise InputError(
                 f"{override.input_line}: glob() does not see the options of hydra.searchpath; allowed: "
                 f"{group}={','.join(chosen)}"
