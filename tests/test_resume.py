@@ -665,10 +665,12 @@ def test_resume_null_is_the_default_no_resume():
 
 
 def test_a_run_with_a_key_of_its_own_resumes(tmp_path):
-    """A key the first command line added (``+note=``) is in the saved config the resume reads, not in its
-    command line: the run goes on."""
-    train_in_process(
-        tmp_path, "data.source.num_samples=256", "trainer.max_steps=8", "+note=x", "hydra.run.dir=run"
-    )
+    """A key the first command line added (``+note=``), its value an interpolation, is in the saved config
+    the resume reads, not in its command line: the run goes on, and its record keeps the override as typed."""
+    first = ("data.source.num_samples=256", "trainer.max_steps=8", "+note=${seed}", "hydra.run.dir=run")
+    train_in_process(tmp_path, *first)
+    assert "+note=${seed}" in json.loads((tmp_path / "run" / "metrics.json").read_text())["overrides"]
     train_in_process(tmp_path, "resume=run", "trainer.max_steps=16")
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 16
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["steps"] == 16
+    assert "+note=${seed}" in summary["overrides"]

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import lightning.pytorch as pl
 import torch.distributed
 from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import OmegaConf
 
 from rmsprop_lightning.app.resume import quote
 from rmsprop_lightning.internals import subprocess_script_launcher
@@ -40,7 +41,7 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
         if source.provider in ("main", "command-line") and source.schema == "file":
             flag = "--config-path" if source.provider == "main" else "--config-dir"
             command.append(f"{flag}={source.path}")
-    command += list(hydra_cfg.overrides.task)
+    command += OmegaConf.to_container(hydra_cfg.overrides.task)  # as typed
     if hydra_cfg.searchpath:  # where the job's options of its own are
         command.append(f"hydra.searchpath=[{','.join(quote(entry) for entry in hydra_cfg.searchpath)}]")
     command += [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import check_writable
 from rmsprop_lightning.errors import InputError, exit_with
@@ -26,7 +26,10 @@ class OutputFolderCheck(Callback):
 
     @staticmethod
     def _check(config: DictConfig, path: str, key: str) -> None:
-        typed = {line.split("=", 1)[0].lstrip("+"): line for line in config.hydra.overrides.task}
+        typed = {
+            line.split("=", 1)[0].lstrip("+"): line
+            for line in OmegaConf.to_container(config.hydra.overrides.task)
+        }
         named = next((typed[name] for name in (key, *OUTPUT_KEYS) if name in typed), None)
         try:
             check_writable(path, key if named is None else f"{named}: {key}")

@@ -38,7 +38,9 @@ def job_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
         return run_hparams(started)
     choices = hydra_cfg.runtime.choices
     keys = []
-    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+    for override in OverridesParser.create().parse_overrides(
+        OmegaConf.to_container(hydra_cfg.overrides.task)
+    ):
         key = override.key_or_group
         skipped = override.is_delete() or override.package or key in choices or key in SAFE_KEYS
         if not skipped and key.split(".")[0] not in UNRECORDED:

@@ -94,7 +94,7 @@ def hydra_job_fields() -> tuple[dict[str, Any], DictConfig | None, bool]:
         return {"overrides": []}, None, False
     hydra_cfg = HydraConfig.get()
     fields = {
-        "overrides": list(hydra_cfg.overrides.task),
+        "overrides": OmegaConf.to_container(hydra_cfg.overrides.task),  # as typed, not resolved
         "job_num": hydra_cfg.job.get("num"),
         "job_name": hydra_cfg.job.name,
     }

@@ -41,7 +41,8 @@ def record_resume(cfg: DictConfig) -> None:
         OmegaConf.update(saved, key, value, force_add=True)
     replace_atomically(hydra_dir / "config.yaml", lambda file: file.write(OmegaConf.to_yaml(saved).encode()))
     overrides_file = hydra_dir / "overrides.yaml"
-    previous = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    # as text: an override's value may hold an interpolation, which the list alone cannot resolve
+    previous = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     kept = [line for line in previous if line.split("=", 1)[0].lstrip("+~") not in changed]
     # as Hydra's override grammar reads them back
     lines = kept + [f"{key}={quote(v) if isinstance(v, str) else show(v)}" for key, v in changed.items()]

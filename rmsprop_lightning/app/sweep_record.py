@@ -47,7 +47,9 @@ def sweeper_params(config: DictConfig) -> dict[str, Any]:
 
     params = config.hydra.sweeper.get("params")
     space = OmegaConf.to_container(params, resolve=True) if params else {}
-    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+    for override in OverridesParser.create().parse_overrides(
+        OmegaConf.to_container(config.hydra.overrides.task)
+    ):
         if override.is_sweep_override() or override.key_or_group in space:
             space[override.key_or_group] = override.input_line.split("=", 1)[1]  # as typed
     return space
@@ -65,7 +67,7 @@ class SweepRecord(Callback):
         record = {
             "process_started_at": process_started_at(),
             "started_at": time.time(),
-            "overrides": list(config.hydra.overrides.task),
+            "overrides": OmegaConf.to_container(config.hydra.overrides.task),
             "launcher": config.hydra.launcher.get("_target_"),
             "sweeper": config.hydra.sweeper.get("_target_"),
             "sweeper_params": sweeper_params(config),
