@@ -16,10 +16,10 @@ from rmsprop_lightning.app.override_checks import check_keys, check_option, comp
 from rmsprop_lightning.app.resume import resume_arguments
 from rmsprop_lightning.app.search_path import (
     SEARCH_PATH,
+    adds_options,
     check_no_glob,
     check_not_hidden,
     group_options,
-    options_in,
     search_path_overrides,
 )
 from rmsprop_lightning.app.sweep_values import check_hydra_settings, override_values, search_space
@@ -164,7 +164,7 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         if chosen is None:
             continue
         globbed = typed_paths and isinstance(override.value(), Glob)  # Hydra's glob() reads conf/ alone
-        if globbed and set(groups[group]) - options_in(config_dir, group):  # which the path adds to
+        if globbed and adds_options(groups, config_dir, group):
             raise InputError(
                 f"{override.input_line}: glob() does not see the options of hydra.searchpath; allowed: "
                 f"{group}={','.join(chosen)}"

@@ -65,16 +65,17 @@ def check_no_glob(
 
     for override in searched:
         group = override.key_or_group
-        if isinstance(override.value(), Glob) and set(groups.get(group, [])) - options_in(config_dir, group):
+        if isinstance(override.value(), Glob) and adds_options(groups, config_dir, group):
             raise InputError(
                 f"{typed} sweeps {override.input_line}, and glob() does not see the options of "
                 f"{SEARCH_PATH}; allowed: --config-dir=<folder> for your options, which glob() sees"
             )
 
 
-def options_in(config_dir: Path, group: str) -> set[str]:
-    """The options of ``group`` in ``config_dir``."""
-    return {path.stem for path in (config_dir / group).glob("*.yaml")}
+def adds_options(groups: Mapping[str, Sequence[str]], config_dir: Path, group: str) -> bool:
+    """Whether ``groups`` (listed along the search path) holds options of ``group`` that ``config_dir``
+    lacks, which Hydra's ``glob()`` would not see."""
+    return bool(set(groups.get(group, [])) - {path.stem for path in (config_dir / group).glob("*.yaml")})
 
 
 def check_not_hidden(choices: Mapping[str, Any], config_dir: Path, searchpath: Sequence[str]) -> None:
