@@ -68,6 +68,12 @@ CASES = [
     # sweeps: every value and every option is checked before any job runs
     ("a bad value in a sweep", ["-m", "optimizer.lr=0.01,-1"], ["optimizer.lr", "-1", ">= 0"]),
     ("a bad seed in a sweep", ["-m", "seed=0,1.5"], ["seed=1.5", "integer"]),
+    (
+        "a misspelt added key in a sweep",
+        ["-m", "+optimizer.lrr=0.1,0.2"],
+        ["optimizer.lrr", "did you mean optimizer.lr"],
+    ),
+    ("a bad value forced in a sweep", ["-m", "++optimizer.lr=0.1,-1"], ["optimizer.lr", "-1", ">= 0"]),
     ("a bad width in a sweep", ["-m", "model.hidden=4,-3"], ["model.hidden=-3 is invalid", "[64,64]"]),
     (
         "a key of one swept option only",

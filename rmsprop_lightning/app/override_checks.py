@@ -80,7 +80,8 @@ def check_keys(
         if override.type == OverrideType.ADD and has_key(cfg, key):  # Hydra adds no key that is there
             line = override.input_line.removeprefix("+")
             raise InputError(f"{override.input_line}: {key} is already set; allowed: {line} (or ++{line})")
-        if override.type != OverrideType.CHANGE:
+        adding = override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)  # a swept +key or ++key
+        if override.type != OverrideType.CHANGE and not (adding and not override.is_hydra_override()):
             continue
         if key.startswith(SEARCH_SPACE) and OmegaConf.select(cfg, SEARCH_SPACE[:-1]) is None:
             entry, value = search_entry(override)
@@ -97,7 +98,8 @@ def check_keys(
                 raise InputError(f"{override.input_line}: {refusal}")
             continue
         try:
-            check_key(cfg, key, context)
+            if not adding:
+                check_key(cfg, key, context)
         except InputError:  # a key of another option the search space chooses is checked when a job runs
             group = key.split(".")[0]
             options = [f"{group}={option}" for option in chosen.get(group, []) if override in searched]
@@ -241,7 +243,8 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
         for key, value in variant:
             try:
                 with read_write(job.hydra):  # read-only since set_config; a launcher's settings are typed
-                    OmegaConf.update(job, key, value)  # as Hydra applies an override (a mapping merges)
+                    # as Hydra applies an override (a mapping merges); a swept +key adds its key
+                    OmegaConf.update(job, key, value, force_add=True)
             except (OmegaConfBaseException, AttributeError) as error:  # AttributeError: into a null mapping
                 raise InputError(f"{key}={show(value)}: {str(error).splitlines()[0]}") from None
         validate_config(job)
