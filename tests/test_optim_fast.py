@@ -135,6 +135,20 @@ def test_compile_failure_logs_once_and_steps_eagerly(
         assert torch.equal(mine, reference)
 
 
+def test_the_recompile_limit_is_named_as_the_cause(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hits_the_limit(parts: object) -> None:
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("Hard failure due to fullgraph=True")
+
+    monkeypatch.setattr(compiled, "_compiled", lambda: hits_the_limit)
+    with caplog.at_level(logging.WARNING, logger="rmsprop_lightning.optim"):
+        train(2, True, {("plain", torch.float32): {}})
+    (record,) = caplog.records
+    assert "FailOnRecompileLimitHit" in record.getMessage()
+    assert "each set of parameters with a gradient, dtypes and options is a graph" in record.getMessage()
+
+
 def test_a_runs_log_says_its_fast_step_fell_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(compiled, "_compiled", lambda: compiled_fails)
     train_in_process(tmp_path, "optimizer.fast=true", "trainer.max_steps=3", "callbacks=none", "test=false")

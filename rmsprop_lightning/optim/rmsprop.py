@@ -51,8 +51,9 @@ class RMSprop(torch.optim.RMSprop):
             differs from torch's placement once the learning rate changes.
         nesterov: Nesterov momentum as optax's ``trace(nesterov=True)``; needs ``momentum > 0``.
         bias_correction: divide the running averages by ``1 - alpha**t`` as optax does (with ``centered``
-            and ``initial_square_avg=0`` the first variance is 0 up to rounding, so the first step is
-            ``lr·g/sqrt(eps)`` with ``eps_in_sqrt`` and up to ``lr·g/eps`` without).
+            and ``initial_square_avg=0`` the first variance is 0 up to rounding, so the first step is up
+            to ``lr·g/sqrt(eps)`` with ``eps_in_sqrt`` and ``lr·g/eps`` without: that bound in float64, a
+            fraction of it set by the rounding in float32).
         decoupled_weight_decay: shrink the parameters by ``1 - lr * weight_decay`` instead of adding
             ``weight_decay * θ`` to the gradient.
         fast: run each step as one ``torch.compile``-d graph, equal to the eager step up to rounding and
@@ -162,11 +163,14 @@ class RMSprop(torch.optim.RMSprop):
             compiled.step(parts)
         except Exception as error:  # any compiler failure (no C++ compiler, unsupported op, ...)
             self._fast_failed = True
+            limit = "RecompileLimit" in type(error).__name__  # torch's cap on the graphs of one function
+            cause = "; each set of parameters with a gradient, dtypes and options is a graph" if limit else ""
             # logged, not warned: nothing in the calling code causes it, and a run's log keeps it
             log.warning(
-                "RMSprop fast step unavailable (torch.compile failed: %s: %s); using the eager step",
+                "RMSprop fast step unavailable (torch.compile failed: %s: %s%s); using the eager step",
                 type(error).__name__,
                 error,
+                cause,
             )
             for part in parts:
                 update(*part, foreach=None)
