@@ -78,15 +78,29 @@ def batches(count: int = 6, poisoned: int | None = None, zero_feature: bool = Fa
     return Batches(data)
 
 
+class LossRecorder(RegressionModule):
+    """The template's module, keeping each batch's loss as its training step returns it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(loss.item())
+        return loss
+
+
 def fit(
-    guard: DivergenceGuard, data: list, **optimizer_options
-) -> tuple[RegressionModule, ParameterRecorder, MemoryLogger]:
+    guard: DivergenceGuard, data: list, accumulate: int = 1, **optimizer_options
+) -> tuple[LossRecorder, ParameterRecorder, MemoryLogger]:
     torch.manual_seed(0)
     options = {"lr": 0.01, **optimizer_options}
-    module = RegressionModule(FeedForward(4, 3, 1), partial(torch.optim.RMSprop, **options))
+    module = LossRecorder(FeedForward(4, 3, 1), partial(torch.optim.RMSprop, **options))
     recorder, logger = ParameterRecorder(), MemoryLogger()
     trainer = pl.Trainer(
         max_epochs=1,
+        accumulate_grad_batches=accumulate,
         logger=logger,
         callbacks=[guard, recorder],
         enable_checkpointing=False,
@@ -124,14 +138,14 @@ def test_many_skipped_updates_take_a_few_lines(caplog):
 
 class TwoOptimizers(pl.LightningModule):
     """Manual optimization: ``first`` steps on a loss that is NaN at batch ``poisoned``, then ``second`` on
-    its own finite loss; records which of them changed their parameters at each batch."""
+    its own loss (NaN there too if ``both``); records which of them changed their parameters at each batch."""
 
-    def __init__(self, poisoned: int) -> None:
+    def __init__(self, poisoned: int, both: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.first, self.second = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)
         self.automatic_optimization = False
-        self.poisoned = poisoned
+        self.poisoned, self.both = poisoned, both
         self.updated: list[tuple[bool, bool]] = []
 
     def training_step(self, batch, batch_idx):
@@ -140,7 +154,7 @@ class TwoOptimizers(pl.LightningModule):
         for optimizer, layer in zip(self.optimizers(), (self.first, self.second), strict=True):
             hidden = self.first(features) if layer is self.first else self.first(features).detach()
             loss = torch.nn.functional.mse_loss(self.second(hidden), targets)
-            if layer is self.first and batch_idx == self.poisoned:
+            if (layer is self.first or self.both) and batch_idx == self.poisoned:
                 loss = loss * math.nan
             optimizer.zero_grad()
             self.manual_backward(loss)
@@ -156,19 +170,36 @@ class TwoOptimizers(pl.LightningModule):
         return [torch.optim.SGD(layer.parameters(), lr=0.01) for layer in (self.first, self.second)]
 
 
-def test_skip_drops_only_the_update_of_the_optimizer_whose_loss_is_not_finite():
-    guard, module = DivergenceGuard("skip"), TwoOptimizers(poisoned=2)
+def fit_two(guard: DivergenceGuard, module: TwoOptimizers, logger: Logger | bool = False) -> None:
     trainer = pl.Trainer(
         max_epochs=1,
-        logger=False,
+        logger=logger,
         callbacks=[guard],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(module, train_dataloaders=batches(count=4))
+
+
+def test_skip_drops_only_the_update_of_the_optimizer_whose_loss_is_not_finite():
+    guard, module = DivergenceGuard("skip"), TwoOptimizers(poisoned=2)
+    fit_two(guard, module)
     assert module.updated == [(True, True), (True, True), (False, True), (True, True)]
     assert guard.skipped == 1
+
+
+def test_manual_optimization_counts_the_loggers_steps():
+    # global_step counts both optimizers' steps: 4 before the third batch
+    guard, module, logger = DivergenceGuard("skip"), TwoOptimizers(poisoned=2, both=True), MemoryLogger()
+    fit_two(guard, module, logger)
+    assert module.updated == [(True, True), (True, True), (False, False), (True, True)]
+    assert guard.skipped == 1
+    assert [entry for entry in logger.logged if "train/skipped_steps" in entry[1]] == [
+        (2, {"train/skipped_steps": 1.0})
+    ]
+    with pytest.raises(DivergedError, match="diverged at step 2: non-finite loss"):
+        fit_two(DivergenceGuard("stop"), TwoOptimizers(poisoned=2, both=True))
 
 
 def test_stop_raises_at_the_first_nonfinite_loss(tmp_path):
@@ -177,6 +208,14 @@ def test_stop_raises_at_the_first_nonfinite_loss(tmp_path):
         fit(guard, batches(poisoned=2))
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == 2
+
+
+def test_a_skipped_accumulated_step_names_its_batches_losses(caplog):
+    # Lightning divides the loss by accumulate_grad_batches before its backward
+    with caplog.at_level(logging.WARNING, logger="rmsprop_lightning.callbacks.divergence"):
+        module, _, _ = fit(DivergenceGuard("skip"), batches(poisoned=3), accumulate=2)
+    (line,) = [record.getMessage() for record in caplog.records if "update skipped" in record.getMessage()]
+    assert line.startswith(f"step 1: non-finite loss or gradient (loss {module.losses[2]:.6g}, inf)")
 
 
 def test_stop_catches_nonfinite_parameters_with_a_finite_loss():

@@ -235,6 +235,34 @@ def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
     assert all(torch.equal(a, b) for a, b in zip(reported, fit(), strict=True))
 
 
+def test_the_update_report_reports_each_update_of_accumulated_steps(capfd):
+    module = RegressionModule(FeedForward(hidden=5), partial(RMSprop, lr=0.01))
+    trainer = pl.Trainer(
+        max_steps=3,
+        accumulate_grad_batches=2,
+        callbacks=[UpdateReport(num_steps=2)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256)))
+    lines = [line.split(":")[0] for line in capfd.readouterr().out.splitlines() if line.startswith("Loss")]
+    assert lines == [
+        "Loss before the update",
+        "Loss after one update",
+        "Loss before the update",
+        "Loss after 2 updates",
+    ]
+
+
+@pytest.mark.parametrize("num_steps", [0, 1.5, "2", True])
+def test_the_update_report_takes_a_positive_integer(num_steps):
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        UpdateReport(num_steps=num_steps)
+
+
 class ThreadsAtSetUp(pl.Callback):
     """Sets torch's threads as the trainer sets up, as Lightning's DDP on the CPU does for each process."""
 

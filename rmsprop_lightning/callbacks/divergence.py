@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
 from rmsprop_lightning.errors import DivergedError
+from rmsprop_lightning.internals import logger_step
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ def likely_cause(
     return "lower optimizer.lr, raise optimizer.eps, or clip gradients with trainer.gradient_clip_val"
 
 
-def loss_text(losses: Iterable[torch.Tensor]) -> str:
-    """The losses' values as text, for a log line or an error."""
-    values = [value for loss in losses for value in loss.float().reshape(-1).tolist()]
+def loss_text(losses: Iterable[torch.Tensor], scale: float = 1.0) -> str:
+    """The losses' values times ``scale`` as text, for a log line or an error."""
+    values = [value * scale for loss in losses for value in loss.double().reshape(-1).tolist()]
     return ", ".join(f"{value:.6g}" for value in values) or "unknown"
 
 
@@ -103,7 +104,8 @@ class DivergenceGuard(Callback):
     step whose loss or updated parameters are not finite, before that step's checkpoint is written, so the
     last checkpoint on disk is the last good state. ``"skip"`` drops the update of a step whose loss or
     gradients are not finite, counts it and logs the count as ``train/skipped_steps``; non-finite parameters
-    still stop the run. With ``summary_dir`` the run's ``metrics.json`` is marked ``diverged``.
+    still stop the run. With ``summary_dir`` the run's ``metrics.json`` is marked ``diverged``. Steps are
+    the loggers' (under manual optimization the batches, however many optimizers each steps).
     """
 
     def __init__(self, on_nonfinite: str = "stop", summary_dir: str | Path | None = None) -> None:
@@ -116,10 +118,13 @@ class DivergenceGuard(Callback):
         self._stepped = 0  # how many of them an earlier optimizer's step checked (manual optimization)
         self._parameters: list[torch.Tensor] = []
         self._checked_step: int | None = None
+        self._skipped_at: int | None = None  # the loggers' step of the last skip, counted once
+        self._loss_scale = 1.0  # what Lightning divided the loss by before its backward
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._checked_step = trainer.global_step
-        self._losses, self._stepped = [], 0
+        self._losses, self._stepped, self._skipped_at = [], 0, None
+        self._loss_scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1.0
         self._parameters = list(pl_module.parameters())
 
     def on_before_backward(
@@ -138,19 +143,23 @@ class DivergenceGuard(Callback):
             return
         for parameter in parameters:
             parameter.grad = None
+        step = logger_step(trainer)
+        if step == self._skipped_at:  # another optimizer of the same step
+            return
+        self._skipped_at = step
         self.skipped += 1
         if self.skipped & (self.skipped - 1) == 0:  # the 1st, 2nd, 4th, 8th, …: a few lines for many skips
             log.warning(
                 "step %d: non-finite loss or gradient (loss %s); update skipped (%d so far; the next line "
                 "comes at %d)",
-                trainer.global_step,
-                loss_text(losses),
+                step,
+                loss_text(losses, self._loss_scale),
                 self.skipped,
                 2 * self.skipped,
             )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({SKIPPED_TAG: float(self.skipped)}, step=trainer.global_step)
+                logger.log_metrics({SKIPPED_TAG: float(self.skipped)}, step=step)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -162,11 +171,12 @@ class DivergenceGuard(Callback):
         if not any_rank(trainer, not all_finite(checked)):
             self._losses, self._stepped = [], 0
             return
-        step = trainer.global_step - 1
+        step = logger_step(trainer)  # the updates done before this batch's
         last = find_last_checkpoint(trainer)
         kept = last.path if last is not None and last.path.is_file() else None
         loss_finite = bool(all_finite(self._losses))
-        message = diverged_message(step, loss_text(self._losses), loss_finite, trainer.optimizers[0], kept)
+        losses = loss_text(self._losses, self._loss_scale)
+        message = diverged_message(step, losses, loss_finite, trainer.optimizers[0], kept)
         if self.summary_dir is not None and trainer.is_global_zero:
             write_summary(self.summary_dir, status="diverged", error=message, diverged_at_step=step)
         raise DivergedError(message)

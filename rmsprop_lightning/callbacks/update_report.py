@@ -10,17 +10,18 @@ from lightning.pytorch.callbacks import Callback
 
 
 class UpdateReport(Callback):
-    """For the first ``num_steps`` steps, prints the batch loss before and after the optimizer step.
+    """For the first ``num_steps`` steps, prints the loss on the batch that completes the step (the last one
+    it accumulates) before and after the optimizer step.
 
     The module computes it with its ``criterion`` (as :class:`~rmsprop_lightning.RegressionModule` has), in
     eval mode: a dropout layer draws no random numbers the training would otherwise have drawn.
     """
 
     def __init__(self, num_steps: int = 1) -> None:
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         self.num_steps = num_steps
-        self._before: torch.Tensor | None = None
+        self._before: tuple[int, torch.Tensor] | None = None  # the steps done at the batch's start, its loss
 
     @torch.no_grad()
     def _batch_loss(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
@@ -37,15 +38,16 @@ class UpdateReport(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_step < self.num_steps:
-            self._before = self._batch_loss(pl_module, batch)
+            self._before = trainer.global_step, self._batch_loss(pl_module, batch)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._before is None or not trainer.is_global_zero:
+        before, self._before = self._before, None
+        # a batch that only accumulates gradients has no update to report
+        if before is None or trainer.global_step == before[0] or not trainer.is_global_zero:
             return
         after = self._batch_loss(pl_module, batch)
-        print(f"Loss before the update: {self._before.item():.4f}")
+        print(f"Loss before the update: {before[1].item():.4f}")
         label = "one update" if trainer.global_step == 1 else f"{trainer.global_step} updates"
         print(f"Loss after {label}: {after.item():.4f}", flush=True)
-        self._before = None
