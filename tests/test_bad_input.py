@@ -111,7 +111,11 @@ CASES = [
         ["data.standardize_targets='no'", "true or false"],
     ),
     ("a split seed not an integer", ["data.split_seed=1.5"], ["data.split_seed=1.5", "integer"]),
-    ("an empty data path", ["data=csv", "data.source.path=''"], ["data.source.path=''", "names no file"]),
+    (
+        "an empty data path",
+        ["data=csv", "data.source.path=''"],
+        ["data.source.path=''", "names no file; allowed: the path of a data file"],
+    ),
     ("threads per job of zero", ["threads_per_job=0"], ["threads_per_job=0", "auto", "null"]),
     ("negative refresh rate", ["callbacks.progress_bar.refresh_rate=-1"], ["refresh_rate=-1", "≥ 0"]),
     ("a range of no values", ["-m", "seed=range(0,3,0)"], ["seed=range(0,3,0) has no values"]),
@@ -540,13 +544,33 @@ CASES = [
     (
         "values too large to standardise",
         ["data=csv", "data.source.path={files}/huge.csv"],
-        ["data column 'b' is too large", "allowed: values below about 1e38"],
+        ["data column 'b' is too large", "allowed: values below 1e154"],
     ),
     (
         "values too large for float32",
         ["data=csv", "data.source.path={files}/large.csv", "data.standardize_features=false"],
-        ["data column 'b' is too large", "float32"],
+        [
+            "data column 'b' is too large",
+            "allowed: values below about 3e38",
+            "data.standardize_features=true",
+        ],
     ),
+    (
+        "an offset float32 rounds away",
+        [
+            "data=csv",
+            "data.source.path={files}/times.csv",
+            "data.source.target=t",
+            "data.standardize_targets=false",
+        ],
+        ["data column 't' varies by", "float32 rounds by up to", "allowed: data.standardize_targets=true"],
+    ),
+    (
+        "a text file as NumPy's",
+        ["data=npy", "data.source.path={files}/text.npy"],
+        ["text.npy is not a numeric NumPy file", "allowed: an .npy array"],
+    ),
+    ("a home folder unquoted", ["data=csv", "data.source.path=~/table.csv"], ["starting with '~' is quoted"]),
     (
         "a batch larger than the training split, dropped",
         ["data=csv", "data.source.path={files}/good.csv", "data.batch_size=64", "data.drop_last=true"],
@@ -807,6 +831,9 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     (folder / "large.csv").write_text("\n".join([rows[0], *(f"{i},{i}e38,{i}" for i in range(40))]) + "\n")
     np.save(folder / "objects.npy", np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
     (folder / "empty.npy").write_bytes(b"")
+    (folder / "text.npy").write_text("not numbers\n")
+    times = "\n".join(f"{i},{1_700_000_000 + 37 * i % 101}" for i in range(40))  # a Unix time's offset
+    (folder / "times.csv").write_text(f"a,t\n{times}\n")
     checkpoint = (earlier / "checkpoints" / "last.ckpt").read_bytes()
     (folder / "truncated.ckpt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (folder / "garbage.ckpt").write_bytes(bytes(range(256)) * 40)

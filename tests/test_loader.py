@@ -392,3 +392,8 @@ def test_a_scaling_one_side_applies_and_the_other_does_not_is_a_change_of_the_da
     raw, scaled = (RegressionDataModule(table, standardize_targets=flag) for flag in (False, True))
     assert scaled.changes(raw.state_dict()) == ["targets_mean", "targets_scale"]
     assert raw.changes(scaled.state_dict()) == ["targets_mean", "targets_scale"]
+
+
+def test_a_source_that_is_neither_a_table_nor_a_function_is_refused_at_once():
+    with pytest.raises(ValueError, match=r"data.source must be a Table or a function returning one"):
+        RegressionDataModule(source="table.csv")

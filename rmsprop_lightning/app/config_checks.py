@@ -250,7 +250,8 @@ def check_input_files(cfg: DictConfig) -> None:
         if path is None or Path(str(path)).expanduser().is_file():
             continue
         if not str(path).strip():
-            raise InputError(f"{key}='{path}' names no file; allowed: the path of a file, or null")
+            allowed = "a checkpoint file, or null" if key == "ckpt_path" else "the path of a data file"
+            raise InputError(f"{key}='{path}' names no file; allowed: {allowed}")
         if key == "ckpt_path" and Path(str(path)).expanduser().is_dir():
             folder = Path(str(path)).expanduser().resolve()
             run = folder.parent if folder.name == "checkpoints" else folder

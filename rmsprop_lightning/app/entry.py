@@ -94,9 +94,10 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         except Exception as error:  # Hydra's message says where the override is malformed
             key, _, value = argument.partition("=")
             path = "/" in value or not any(mark in value for mark in "[]{}(),")  # a job folder's: 0_seed=0
-            if "=" in value and path and not any(quote in value for quote in "'\""):
+            special = "holding '='" if "=" in value else "starting with '~'" if value.startswith("~") else ""
+            if special and path and not any(quote in value for quote in "'\""):
                 raise InputError(
-                    f"{argument}: a value holding '=' is quoted for Hydra; allowed: \"{key}='{value}'\""
+                    f"{argument}: a value {special} is quoted for Hydra; allowed: \"{key}='{value}'\""
                 ) from None
             detail = [line for line in str(error).splitlines() if not line.startswith(GRAMMAR_NOISE)]
             raise InputError(

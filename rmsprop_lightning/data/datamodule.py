@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -54,6 +54,11 @@ class RegressionDataModule(pl.LightningDataModule):
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}"
+            )
+        if not isinstance(source, Table) and not callable(source):
+            raise ValueError(
+                f"data.source must be a Table or a function returning one (e.g. partial(from_csv, path, "
+                f"target)), got {source!r}"
             )
         self.source = source
         self.batch_size = batch_size
@@ -227,23 +232,50 @@ def split_and_standardize(
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     parts = dict(zip(("train", "val", "test"), order.split([num_train, num_val, num_test]), strict=True))
-    features, targets = table.features, table.targets
-    if standardize_features:
-        features = _standardize(features, features[parts["train"]], "features", scaling)
-    if standardize_targets:
-        targets = _standardize(targets, targets[parts["train"]], "targets", scaling)
-    # standardised in the table's precision, served in float32
-    served = {"features": features.float(), "targets": targets.float()}
-    for kind, names in (("features", table.feature_names), ("targets", table.target_names)):
-        fits = served[kind].isfinite().all(0)
-        for statistic in ("mean", "scale"):  # the mean or std of huge values overflows float64
-            fits &= scaling.get(f"{kind}_{statistic}", torch.zeros(())).isfinite()
-        if not fits.all():
-            raise ValueError(
-                f"data column {names[int((~fits).nonzero()[0])]!r} is too large to train on in float32 (or "
-                "to standardise in float64); allowed: values below about 1e38 in magnitude (rescale it)"
-            )
+    columns = {
+        "features": (table.features, table.feature_names),
+        "targets": (table.targets, table.target_names),
+    }
+    standardized = {"features": standardize_features, "targets": standardize_targets}
+    served = {}  # standardised in the table's precision, served in float32
+    for kind, (values, names) in columns.items():
+        if standardized[kind]:
+            values = _standardize(values, values[parts["train"]], kind, scaling)
+        served[kind] = values.float()
+        check_float32(values, served[kind], names, kind, standardized[kind], scaling)
     return {name: (served["features"][index], served["targets"][index]) for name, index in parts.items()}
+
+
+def check_float32(
+    values: torch.Tensor,
+    served: torch.Tensor,
+    names: Sequence[str],
+    kind: str,
+    standardized: bool,
+    scaling: dict[str, torch.Tensor],
+) -> None:
+    """Refuses a column of ``values`` that ``served``, their float32 copy, cannot stand for: beyond its range,
+    or (an offset such as a Unix time's, unstandardised) rounded by more than a hundredth of its spread."""
+    fits = served.isfinite().all(0)
+    for statistic in ("mean", "scale"):  # the mean or std of huge values overflows float64
+        fits &= scaling.get(f"{kind}_{statistic}", torch.zeros(())).isfinite()
+    flag = f"data.standardize_{kind}"
+    if not fits.all():
+        limit = "1e154 (rescale it)" if standardized else f"about 3e38 (float32's range), or {flag}=true"
+        raise ValueError(
+            f"data column {names[int((~fits).nonzero()[0])]!r} is too large to train on in float32 (or to "
+            f"standardise in float64); allowed: values below {limit}"
+        )
+    spread = values.std(0, unbiased=False)
+    moved = (served.to(values.dtype) - values).abs().amax(0)
+    varying = ~(values == values[:1]).all(0)  # a constant's spread is rounding (see _standardize)
+    if (lost := varying & (moved > 0.01 * spread)).any():
+        column = int(lost.nonzero()[0])
+        raise ValueError(
+            f"data column {names[column]!r} varies by {spread[column]:.3g} around "
+            f"{values[:, column].mean():.3g}, which float32 rounds by up to {moved[column]:.3g}; "
+            f"allowed: {flag}=true (or subtract an offset)"
+        )
 
 
 def _standardize(

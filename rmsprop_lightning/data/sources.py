@@ -187,14 +187,21 @@ def read_rows(
     return np.frombuffer(values, dtype=np.float64).reshape(-1, len(used))
 
 
+def not_numpy(path: Path) -> ValueError:
+    """The refusal of a file NumPy cannot read as numbers (its own reason suggests unpickling it)."""
+    return ValueError(
+        f"{path} is not a numeric NumPy file; allowed: an .npy array or .npz archive of numbers, no objects"
+    )
+
+
 def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y") -> Table:
     """Reads ``X`` and ``y`` from an ``.npz`` archive, or an ``.npy`` array whose last column is ``y``;
     pickled objects are refused."""
     path = existing_file(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError) as error:
-        raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
+    except (ValueError, EOFError):
+        raise not_numpy(path) from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             if features_key == targets_key:
@@ -209,8 +216,8 @@ def from_numpy(path: str | Path, features_key: str = "X", targets_key: str = "y"
                 )
             try:  # a compressed archive's arrays are read here
                 arrays = {features_key: loaded[features_key], targets_key: loaded[targets_key]}
-            except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
-                raise ValueError(f"{path} is not a numeric NumPy file ({error})") from None
+            except (ValueError, EOFError, zlib.error, zipfile.BadZipFile):
+                raise not_numpy(path) from None
     else:
         if loaded.ndim != 2 or loaded.shape[1] < 2:
             raise ValueError(f"{path}: an .npy file must be 2-D with the target in the last column")
