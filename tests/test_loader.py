@@ -397,3 +397,10 @@ def test_a_scaling_one_side_applies_and_the_other_does_not_is_a_change_of_the_da
 def test_a_source_that_is_neither_a_table_nor_a_function_is_refused_at_once():
     with pytest.raises(ValueError, match=r"data.source must be a Table or a function returning one"):
         RegressionDataModule(source="table.csv")
+
+
+def test_a_csv_that_is_not_utf8_is_refused_saying_so(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("a,b,y\n1,2,3\n\xe9,2,3\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"table.csv is not UTF-8 text .*allowed: a CSV file saved as UTF-8"):
+        from_csv(path, "y")

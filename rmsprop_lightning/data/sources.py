@@ -42,9 +42,12 @@ class Table:
             bad = ~torch.isfinite(values)
             if bad.any():
                 row, col = (int(i) for i in bad.nonzero()[0])
+                value = (
+                    "a NaN" if values[row, col].isnan() else "an inf (or a value beyond float64's ±1.8e308)"
+                )
                 raise ValueError(
-                    f"{kind} hold a NaN or inf value (first in data row {row + 1}, column {names[col]!r}; "
-                    "values beyond float64's ±1.8e308 read as inf)"
+                    f"{kind} hold {value}, first in data row {row + 1}, column {names[col]!r}; allowed: "
+                    "finite numbers (fill or drop the rows missing one)"
                 )
 
     @classmethod
@@ -121,8 +124,15 @@ def from_csv(
             values = read_rows(path, rows, header, [header.index(name) for name in feature_names + targets])
         except csv.Error as error:  # e.g. a quote left open, which makes the rest of the file one field
             raise ValueError(f"{path}, line {lines.line_num}: {error}") from None
+        except UnicodeDecodeError as error:  # Latin-1, UTF-16, or not text
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                "allowed: a CSV file saved as UTF-8"
+            ) from None
     if not len(values):
-        raise ValueError(f"{path} has a header but no data rows")
+        raise ValueError(
+            f"{path} has a header but no data rows; allowed: a header row, then a row per sample"
+        )
     columns = torch.from_numpy(values).split([len(feature_names), len(targets)], dim=1)
     return Table(*columns, tuple(feature_names), tuple(targets))
 
@@ -154,7 +164,8 @@ def check_columns(path: Path, header: list[str], targets: list[str], feature_nam
     for name in dict.fromkeys(header + targets + feature_names):
         if (header + targets + feature_names).count(name) > 1 + (name in header):
             raise ValueError(
-                f"{path}: column {name!r} is named twice (in the header, or as target and feature)"
+                f"{path}: column {name!r} is named twice (in the header, or as target and feature); "
+                "allowed: distinct header names, each column chosen once"
             )
         if name not in header:
             key = "target" if name in targets else "features"
@@ -176,13 +187,17 @@ def read_rows(
     values = array("d")
     for number, row in rows:
         if len(row) != len(header):
-            raise ValueError(f"{path} line {number}: {len(row)} cells, the header has {len(header)}")
+            raise ValueError(
+                f"{path} line {number}: {len(row)} cells, the header has {len(header)}; "
+                "allowed: one cell per header column"
+            )
         for index in used:
             try:
                 values.append(float(row[index]))
             except ValueError:
                 raise ValueError(
-                    f"{path} line {number}, column {header[index]!r}: {row[index]!r} is not a number"
+                    f"{path} line {number}, column {header[index]!r}: {row[index]!r} is not a number; "
+                    "allowed: a number in each column used (data.source.features lists the feature columns)"
                 ) from None
     return np.frombuffer(values, dtype=np.float64).reshape(-1, len(used))
 
