@@ -103,6 +103,28 @@ def count_the_validated_step(trainer: pl.Trainer) -> None:
         loop._batches_that_stepped += 1
 
 
+def end_the_restored_epoch(trainer: pl.Trainer) -> bool:
+    """Ends the epoch whose last batch a checkpoint written in its validation was restored at, where the fit
+    validates elsewhere; returns whether it did (then call :func:`restart_done` at that epoch's end).
+
+    A restarted loop stays in the epoch until the validation due at the restored batch has run (the restart
+    stages of Lightning PR #20379); with none due there (a branch validating at its own last step), it trained
+    one batch of the next epoch in the old one, which put the data's epochs out of step with the run it
+    continues. Call it once the fit loop is restored and before its first batch (``on_train_start``).
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not (loop.restarted_on_last and is_last_batch(trainer) and not validation_follows(trainer)):
+        return False
+    loop.val_loop._has_run = True  # what a restarted epoch waits for before it ends
+    return True
+
+
+def restart_done(trainer: pl.Trainer) -> None:
+    """Ends the restart of an epoch :func:`end_the_restored_epoch` ended: without a batch, the epoch loop
+    never finished an iteration, which is where it stops restarting, and would restart every epoch."""
+    trainer.fit_loop.epoch_loop.restarting = False
+
+
 def count_the_restored_step(trainer: pl.Trainer) -> None:
     """Counts for the loggers the step of a checkpoint written during that step (at its batch end or in its
     validation), where the fit has no step left: its loop never restarts to count it, and its test would be

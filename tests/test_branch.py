@@ -209,3 +209,23 @@ def test_a_branch_with_larger_batches_serves_the_rest_of_its_parents_epoch(compo
     saved = torch.load(tmp_path / "branch" / "checkpoints" / "last.ckpt", weights_only=True)
     (loader,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert (loader["epoch"], loader["position"]) == (1, 64)  # the epoch's 4 batches, then the next's first
+
+
+@pytest.mark.parametrize("checkpoint", ["last.ckpt", "best-000013.ckpt"])
+def test_a_branch_from_an_epochs_end_trains_and_logs_as_the_run_it_continues(
+    compose_cfg, tmp_path, checkpoint
+):
+    # both written in the validation at the end of the first 13-batch epoch; the branch validates at its end
+    each_epoch = (
+        "trainer.val_check_interval=1.0",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+    )
+    job(compose_cfg, tmp_path / "first", *each_epoch, "trainer.max_steps=13")
+    job(compose_cfg, tmp_path / "whole", *each_epoch, "trainer.max_steps=20")
+    parent = tmp_path / "first" / "checkpoints" / checkpoint
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *each_epoch, "trainer.max_steps=20")
+    whole, branch = (
+        read_scalars(tmp_path / name / "tensorboard")["train/loss"] for name in ("whole", "branch")
+    )
+    assert branch == whole[13:]

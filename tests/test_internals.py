@@ -228,6 +228,56 @@ def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_
     assert fit(3, 3, CountRestoredStep(), ckpt_path=path) == 3
 
 
+class EndRestoredEpoch(pl.Callback):
+    """Ends the epoch restored at its last batch, as ``LastCheckpoint`` does; records each batch's epoch."""
+
+    def __init__(self) -> None:
+        self.ended, self.batches = False, []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.ended = internals.end_the_restored_epoch(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append((trainer.current_epoch, batch_idx))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.ended:
+            internals.restart_done(trainer)
+            self.ended = False
+
+
+def test_a_checkpoint_of_an_epochs_last_validation_resumes_in_the_next_epoch(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
+    path = tmp_path / "validated.ckpt"
+
+    def fit(max_steps, interval, callback=None, ckpt_path=None) -> pl.Trainer:
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            max_epochs=4,  # a loop that restarted every epoch would end here, short of max_steps
+            val_check_interval=interval,  # None: at the end of each five-batch epoch
+            check_val_every_n_epoch=None if interval else 1,
+            callbacks=[callback or SaveAfterValidation(path)],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(Unscheduled(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
+        return trainer
+
+    fit(5, None)  # saved in the validation at the end of its first epoch
+    # validating every three batches, none at batch 5: Lightning takes one more batch in the first epoch (if
+    # it stops one day, drop the fix)
+    unfixed = EndRestoredEpoch()
+    unfixed.on_train_start = lambda trainer, pl_module: None
+    fit(8, 3, unfixed, ckpt_path=path)
+    assert unfixed.batches[0] == (0, 5)
+    fixed = EndRestoredEpoch()
+    trainer = fit(8, 3, fixed, ckpt_path=path)
+    assert fixed.batches == [(1, 0), (1, 1), (1, 2)] and trainer.global_step == 8
+
+
 def test_a_checkpoint_holds_the_training_loaders_state_where_internals_reads_it(tmp_path):
     datamodule = RegressionDataModule(batch_size=32)
     module = RegressionModule(FeedForward(10, 5, 1), partial(torch.optim.RMSprop, lr=0.01))

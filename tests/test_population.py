@@ -184,7 +184,7 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
         ("optimizer_state_monitor.per_parameter=true", "optimizer_state_monitor.per_parameter=True"),
         ("learning_rate_monitor.logging_interval=epoch", "learning_rate_monitor.logging_interval=epoch"),
         ("+learning_rate_monitor.log_momentum=true", "learning_rate_monitor.log_momentum=True"),
-        ("+model_checkpoint.save_on_train_epoch_end=true", "model_checkpoint.save_on_train_epoch_end=True"),
+        ("model_checkpoint.save_on_train_epoch_end=true", "model_checkpoint.save_on_train_epoch_end=True"),
     ):
         plus = "+" if option.startswith("+") else ""
         assert solo_reason(composer(f"{plus}callbacks.{option.lstrip('+')}")) == f"callbacks.{reason}"

@@ -14,8 +14,10 @@ from rmsprop_lightning.atomic import remove_stale_temporaries
 from rmsprop_lightning.internals import (
     count_the_restored_step,
     count_the_validated_step,
+    end_the_restored_epoch,
     fit_restarting,
     is_last_batch,
+    restart_done,
     resumed_after_epoch_end,
     step_epoch_schedulers,
     validation_follows,
@@ -62,7 +64,8 @@ class LastCheckpoint(Checkpoint):
     has no metrics to feed them). The checkpoint keeps the metrics, and this callback makes those steps.
     A checkpoint written during a validation holds Lightning's logger step before that step counted, which
     a resumed run that does not validate there never counts: this callback counts it, as it counts the step
-    of any of its checkpoints restored by a fit with no step left (whose test would log it a step early).
+    of any of its checkpoints restored by a fit with no step left (whose test would log it a step early);
+    restored at an epoch's last batch, it ends that epoch (Lightning would train a batch of the next in it).
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
@@ -78,6 +81,7 @@ class LastCheckpoint(Checkpoint):
         self._resumed_from_mine = False
         self._restored_in_validation = False
         self._restored_uncounted = False  # a restored step the loggers' count lacks until training starts
+        self._epoch_ended_unrun = False  # the restored epoch ended without a batch: its restart ends with it
         self._restored_metrics: dict[str, Any] = {}
         self._step_seen: int | None = None  # the trainer's step count at the last batch end
         self._stepped = False  # whether that batch ended an optimizer step (not inside an accumulation)
@@ -176,6 +180,7 @@ class LastCheckpoint(Checkpoint):
         self._restored_uncounted = False
         if self._restored_in_validation:  # a run validating at that step counts it when it skips it
             count_the_validated_step(trainer)
+            self._epoch_ended_unrun = end_the_restored_epoch(trainer)
             self._restored_in_validation = False
         if self._resumed_from_mine and resumed_after_epoch_end(trainer):
             step_epoch_schedulers(trainer)  # that epoch's end-of-epoch step was skipped
@@ -186,6 +191,9 @@ class LastCheckpoint(Checkpoint):
             self._restored_uncounted = False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_ended_unrun:
+            restart_done(trainer)
+            self._epoch_ended_unrun = False
         if self._resumed_from_mine and fit_restarting(trainer):
             step_epoch_schedulers(trainer)  # the epoch resumed in ends without its step
         self._resumed_from_mine = False

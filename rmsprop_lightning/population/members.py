@@ -41,7 +41,7 @@ LR_MONITOR_OPTIONS = {"logging_interval": "step", "log_momentum": False, "log_we
 UNSUPPORTED_OPTIONS = {
     **{monitor: dict(LR_MONITOR_OPTIONS) for monitor in LR_MONITORS},
     "rmsprop_lightning.callbacks.OptimizerStateMonitor": {"per_parameter": False},
-    MODEL_CHECKPOINT: {"save_on_train_epoch_end": None},
+    MODEL_CHECKPOINT: {"save_on_train_epoch_end": False},  # the shipped value: the best of each validation
 }
 # what members may differ in (where they write, too): the rest of their configs must be equal
 MEMBER_KEYS = ("optimizer", "seed", "hydra", "paths")
