@@ -674,3 +674,28 @@ def test_a_run_with_a_key_of_its_own_resumes(tmp_path):
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["steps"] == 16
     assert "+note=${seed}" in summary["overrides"]
+
+
+def test_a_resume_ending_before_the_best_that_replaced_its_checkpoints_best_is_refused(tmp_path, capfd):
+    # last.ckpt at step 20 names best-000020.ckpt, which the better best-000030.ckpt replaced before the kill
+    quick = (*RUN[:5], "trainer.max_steps=40", "callbacks.last_checkpoint.every_n_train_steps=20", RUN[-1])
+    quick = (*quick, "optimizer.lr=0.001")  # each validation better than the one before
+    killed = train(tmp_path, *quick, kill="train_batch_start:35", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+        "best-000030.ckpt",
+        "last.ckpt",
+    ]
+    capfd.readouterr()
+    code = train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=25", check=False)
+    out, err = capfd.readouterr()
+    assert code == 2, out + err
+    (line,) = (out + err).strip().splitlines()
+    assert line == (
+        "error: resume: trainer.max_steps=25 would test on best-000020.ckpt, which last.ckpt names but is "
+        "gone; best-000030.ckpt replaced it, which a run ending before step 30 does not write again; "
+        "allowed: trainer.max_steps >= 30, or test=false"
+    )
+    train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
+    assert json.loads((run_dir / "metrics.json").read_text())["best_step"]["val/loss"] == 30

@@ -13,15 +13,21 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rmsprop_lightning.app.resume_checks import (
+    CHECKPOINT_FOLDER,
+    LAST_CHECKPOINT,
+    check_best_kept,
+    check_not_moved,
+    check_nothing_trained,
+    check_test_kept,
+    last_checkpoint,
+)
 from rmsprop_lightning.app.run_lock import check_free
 from rmsprop_lightning.errors import InputError, first_line
 from rmsprop_lightning.internals import hydra_argument_parser
 from rmsprop_lightning.summary import read_summary
 
 RESUME_KEY = "resume"
-CHECKPOINT_FOLDER = "checkpoints"
-# the file name of rmsprop_lightning.callbacks.LastCheckpoint, whose folder the template's config puts here
-LAST_CHECKPOINT = "last.ckpt"
 HYDRA_FOLDER = ".hydra"
 DATA_PATH = "data.source.path"
 # overrides that leave the experiment as it is: when to stop, how often to save, what to show
@@ -46,11 +52,6 @@ CONFIG_OPTIONS = ("config_path", "config_name", "config_dir", "multirun")
 def lenient_select(cfg: DictConfig, key: str) -> Any:
     """The value at ``key``, or ``None`` where it is absent or does not resolve."""
     return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """Where a run keeps the checkpoint a resume starts from."""
-    return Path(run_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
 
 
 def continues_itself(cfg: DictConfig) -> bool:
@@ -151,6 +152,8 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         check_test_kept(changed.get("test"), summary, run_dir)
         # else a run that stopped after its training, before its test ended, has its test run
         check_not_moved(state, run_dir)
+        test = changed.get("test", OmegaConf.select(saved, "test", default=True))
+        check_best_kept(state, limits["max_steps"], test, checkpoint)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
         check_nothing_trained(summary, run_dir)
@@ -158,17 +161,6 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
             f"resume={run_dir}: no {checkpoint.name} yet, so the run starts again from step 0 in its folder"
         )
     return rewritten
-
-
-def check_nothing_trained(summary: dict[str, Any], run_dir: Path) -> None:
-    """Refuses to start again from step 0 a run that completed without a checkpoint to continue it from
-    (``callbacks=none``, or deleted since): its results would be replaced, not continued. A run killed or
-    diverged before its first save starts again."""
-    if summary.get("status") == "completed" and summary.get("steps"):
-        raise InputError(
-            f"resume={run_dir}: it completed {summary['steps']} steps and has no {LAST_CHECKPOINT} to "
-            "continue from; allowed: ckpt_path=<a checkpoint of it> for a new run from it, or a new run"
-        )
 
 
 def recorded_logging(saved: DictConfig, run_dir: Path, config_dir: Path) -> list[str]:
@@ -202,32 +194,6 @@ def started_where_it_was(saved: DictConfig, run_dir: Path) -> list[str]:
     if started_in is None or not (Path(started_in) / path).is_file():
         return []
     return [f"++{DATA_PATH}={quote(str(Path(started_in) / path))}"]
-
-
-def check_not_moved(state: dict[str, Any], run_dir: Path) -> None:
-    """Refuses to resume a run whose checkpoints were written in another folder: Lightning would not take
-    up its best checkpoint there, and the run would end tested on another."""
-    folders = [
-        entry.get("dirpath") for entry in state.get("callbacks", {}).values() if isinstance(entry, dict)
-    ]
-    for folder in filter(None, folders):
-        if not Path(folder).resolve().is_relative_to(run_dir.resolve()):
-            raise InputError(
-                f"resume={run_dir}: the run was written in {Path(folder).parent} and moved since; allowed: "
-                f"resume it there, or start a new run from it with ckpt_path={last_checkpoint(run_dir)}"
-            )
-
-
-def check_test_kept(test: Any, summary: dict[str, Any], run_dir: Path) -> None:
-    """Refuses ``test=false`` for a run whose earlier part tested: its test metrics would stay the last in
-    TensorBoard, and so in HPARAMS, though they are not the continued run's."""
-    tested = sorted(key for key in summary.get("final") or {} if key.startswith("test/"))
-    if test is False and tested:
-        raise InputError(
-            f"resume: test=false would leave the {', '.join(tested)} of the run's earlier part as its last "
-            "in TensorBoard and HPARAMS; allowed: test=true, or a new run from it with its settings and "
-            f"test=false ckpt_path={last_checkpoint(run_dir)}"
-        )
 
 
 def check_override(override: Override, saved: DictConfig) -> None:

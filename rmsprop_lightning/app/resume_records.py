@@ -10,15 +10,14 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.resume import (
-    CHECKPOINT_FOLDER,
     HYDRA_FOLDER,
-    LAST_CHECKPOINT,
     RESUME_KEY,
     SAFE_KEYS,
     continues_itself,
     lenient_select,
     quote,
 )
+from rmsprop_lightning.app.resume_checks import CHECKPOINT_FOLDER, LAST_CHECKPOINT
 from rmsprop_lightning.app.rules import show
 from rmsprop_lightning.app.validation import load_checkpoint
 from rmsprop_lightning.atomic import replace_atomically
