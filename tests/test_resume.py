@@ -266,7 +266,7 @@ def test_a_run_diverged_before_its_first_save_starts_again_with_skip(tmp_path):
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
     train_in_process(tmp_path, f"resume={run_dir}", "on_nonfinite=skip")
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert (summary["status"], summary["steps"]) == ("completed", 20)
+    assert (summary["status"], summary["steps"], summary["diverged_at_step"]) == ("completed", 20, None)
 
 
 def test_a_run_started_again_keeps_only_its_own_best_checkpoint(tmp_path):

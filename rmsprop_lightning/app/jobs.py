@@ -167,6 +167,7 @@ def recorded_job(cfg: DictConfig, train: Training) -> float | None:
             optimized_metric=cfg.get("optimized_metric"),
             population=None,  # a population's writer sets it; a resumed member then runs alone
             final=None,  # the end values are this job's: an earlier part's came from other checkpoints
+            diverged_at_step=None,  # an earlier part's divergence is not this one's
             **job_fields,
         )
     try:
