@@ -457,6 +457,7 @@ def test_a_completed_run_continued_logs_at_the_steps_of_the_run_never_stopped(tm
                 point for point in expected[tag] if point[0] >= since
             ], tag
         assert scalars["test/loss"][-1][0] == expected["test/loss"][-1][0] == 25
+        assert [step for step, _ in scalars["val/loss_best"]] == [25]  # not the completed part's too
         state = last_checkpoint(folder)
         for key in ("global_step", "state_dict", "optimizer_states", "lr_schedulers"):
             assert_same(expected_state[key], state[key], key)

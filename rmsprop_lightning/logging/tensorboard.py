@@ -156,10 +156,13 @@ class TensorBoardRunLogger(TensorBoardLogger):
             for step, value in earlier.get(self.tag_prefix + tag, []):
                 if step <= kept:
                     self.keep_best({tag: value})
+        closing = {
+            f"{self.tag_prefix}{tag}_best" for tag, _ in self._tracked
+        }  # the run's end writes them anew
         validation = {
             tag: value
             for tag, points in earlier.items()
-            if tag.startswith(f"{self.tag_prefix}val/")
+            if tag.startswith(f"{self.tag_prefix}val/") and tag not in closing
             for step, value in points
             if step == kept
         }
