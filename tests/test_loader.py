@@ -404,3 +404,12 @@ def test_a_csv_that_is_not_utf8_is_refused_saying_so(tmp_path):
     path.write_text("a,b,y\n1,2,3\n\xe9,2,3\n", encoding="latin-1")
     with pytest.raises(ValueError, match=r"table.csv is not UTF-8 text .*allowed: a CSV file saved as UTF-8"):
         from_csv(path, "y")
+
+
+def test_a_column_constant_but_for_rounding_is_neither_scaled_nor_refused():
+    features = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    constant = torch.full((200, 1), 0.3, dtype=torch.float64)
+    constant[::7] = 0.1 + 0.2  # 0.30000000000000004, as a table written from sums holds it
+    table = Table(torch.cat([features, constant], 1), features[:, :1].clone(), ("a", "b", "k"), ("y",))
+    assert RegressionDataModule(table).state_dict()["features_scale"][2].item() == 1.0
+    assert len(RegressionDataModule(table, standardize_features=False).splits["train"][0]) == 160

@@ -268,8 +268,7 @@ def check_float32(
         )
     spread = values.std(0, unbiased=False)
     moved = (served.to(values.dtype) - values).abs().amax(0)
-    varying = ~(values == values[:1]).all(0)  # a constant's spread is rounding (see _standardize)
-    if (lost := varying & (moved > 0.01 * spread)).any():
+    if (lost := ~constant_columns(values) & (moved > 0.01 * spread)).any():
         column = int(lost.nonzero()[0])
         raise ValueError(
             f"data column {names[column]!r} varies by {spread[column]:.3g} around "
@@ -278,12 +277,19 @@ def check_float32(
         )
 
 
+def constant_columns(values: torch.Tensor) -> torch.Tensor:
+    """Which columns hold one value up to their dtype's rounding (0.3 and 0.1 + 0.2 alike): scaling their
+    spread would turn rounding into a feature."""
+    spread = values.amax(0) - values.amin(0)
+    return spread <= 4 * torch.finfo(values.dtype).eps * values.abs().amax(0)
+
+
 def _standardize(
     values: torch.Tensor, reference: torch.Tensor, name: str, scaling: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Centres and scales columns by the reference rows' mean and std; a constant column is only centred, by
-    its value (its computed mean and std are rounded: the std of a constant 0.1 is 1e-17, not 0)."""
-    constant = (reference == reference[:1]).all(0)
+    its first value (its computed mean and std are rounded: the std of a constant 0.1 is 1e-17, not 0)."""
+    constant = constant_columns(reference)
     mean = scaling[f"{name}_mean"] = torch.where(constant, reference[0], reference.mean(0))
     std = reference.std(0, unbiased=False)
     scale = scaling[f"{name}_scale"] = torch.where(constant, torch.ones_like(std), std)
