@@ -677,7 +677,7 @@ def test_a_run_with_a_key_of_its_own_resumes(tmp_path):
     assert "+note=${seed}" in summary["overrides"]
 
 
-def test_a_resume_ending_before_the_best_that_replaced_its_checkpoints_best_is_refused(tmp_path, capfd):
+def test_a_resume_ending_before_a_validation_with_its_best_checkpoint_gone_is_refused(tmp_path, capfd):
     # last.ckpt at step 20 names best-000020.ckpt, which the better best-000030.ckpt replaced before the kill
     quick = (*RUN[:5], "trainer.max_steps=40", "callbacks.last_checkpoint.every_n_train_steps=20", RUN[-1])
     quick = (*quick, "optimizer.lr=0.001")  # each validation better than the one before
@@ -694,9 +694,9 @@ def test_a_resume_ending_before_the_best_that_replaced_its_checkpoints_best_is_r
     assert code == 2, out + err
     (line,) = (out + err).strip().splitlines()
     assert line == (
-        "error: resume: trainer.max_steps=25 would test on best-000020.ckpt, which last.ckpt names but is "
-        "gone; best-000030.ckpt replaced it, which a run ending before step 30 does not write again; "
-        "allowed: trainer.max_steps >= 30, or test=false"
+        "error: resume: trainer.max_steps=25 ends before its next validation (at step 30), and the best "
+        "checkpoint last.ckpt names, best-000020.ckpt, is gone (a better one replaced it before the run "
+        "stopped); allowed: trainer.max_steps >= 30, or test=false"
     )
     train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
     assert json.loads((run_dir / "metrics.json").read_text())["best_step"]["val/loss"] == 30

@@ -153,7 +153,7 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
         # else a run that stopped after its training, before its test ended, has its test run
         check_not_moved(state, run_dir)
         test = changed.get("test", OmegaConf.select(saved, "test", default=True))
-        check_best_kept(state, limits["max_steps"], test, checkpoint)
+        check_best_kept(state, saved.trainer, limits["max_steps"], test, checkpoint)
         rewritten.append(f"++ckpt_path={quote(str(checkpoint))}")
     else:
         check_nothing_trained(summary, run_dir)

@@ -54,26 +54,32 @@ def check_test_kept(test: Any, summary: dict[str, Any], run_dir: Path) -> None:
         )
 
 
-def check_best_kept(state: dict[str, Any], max_steps: Any, test: Any, checkpoint: Path) -> None:
-    """Refuses a resume that would test on a best checkpoint deleted after ``checkpoint`` was written: a
-    better one replaced it, which a run ending before that one's step does not write again."""
+def check_best_kept(state: dict[str, Any], trainer: Any, max_steps: Any, test: Any, checkpoint: Path) -> None:
+    """Refuses a resume that ends before its next validation and would test on a best checkpoint deleted after
+    ``checkpoint`` was written (a better one replaced it before the run stopped): no validation of the
+    resumed part writes a new one. Where a validation comes, it may, and the run goes on."""
     if test is False or isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         return
-    from rmsprop_lightning.app.validation import load_checkpoint
+    best = next(
+        (e for e in state.get("callbacks", {}).values() if isinstance(e, dict) and "best_model_path" in e), {}
+    )
+    path = Path(best.get("best_model_path") or "")
+    batches = state.get("callbacks", {}).get("FitStats", {}).get("batches")  # an older run's: not known
+    if not path.name or path.is_file() or not batches:
+        return
+    from rmsprop_lightning.app.fit_length import batches_before, next_validation
 
-    for entry in state.get("callbacks", {}).values():
-        best = Path(entry.get("best_model_path") or "") if isinstance(entry, dict) else Path()
-        if not best.name or best.is_file():
-            continue
-        saved = {load_checkpoint(path)["global_step"]: path.name for path in best.parent.glob("*.ckpt")}
-        later = sorted(step for step in saved if step > state["global_step"])
-        if later and max_steps >= later[0]:
-            continue  # its validation comes again, and keeps the same checkpoint
-        replaced = (
-            f"; {saved[later[0]]} replaced it, which a run ending before step {later[0]}" if later else ""
-        )
-        raise InputError(
-            f"resume: trainer.max_steps={max_steps} would test on {best.name}, which {checkpoint.name} names "
-            f"but is gone{replaced} does not write again; allowed: "
-            + (f"trainer.max_steps >= {later[0]}, or test=false" if later else "test=false")
-        )
+    epoch, window = batches
+    saved_at = state["global_step"]
+    upcoming = next_validation(trainer, epoch, batches_before(saved_at, epoch, window), 2**62)
+    step = saved_at + 1  # the first step whose batches reach that validation
+    while upcoming is not None and batches_before(step, epoch, window) < upcoming:
+        step += 1
+    if upcoming is not None and step <= max_steps:
+        return
+    when = f"its next validation (at step {step})" if upcoming else "any validation"
+    allowed = f"trainer.max_steps >= {step}, or test=false" if upcoming else "test=false"
+    raise InputError(
+        f"resume: trainer.max_steps={max_steps} ends before {when}, and the best checkpoint {checkpoint.name} "
+        f"names, {path.name}, is gone (a better one replaced it before the run stopped); allowed: {allowed}"
+    )
