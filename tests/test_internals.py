@@ -175,6 +175,29 @@ def test_epochs_done_counts_an_epoch_whose_last_batch_a_checkpoint_holds(tmp_pat
     assert done == {"2": 0, "4": 1, "6": 1, "end": 2}
 
 
+def fit_five_batch_epochs(
+    max_steps: int, interval: int | None, callbacks, ckpt_path=None, **options
+) -> pl.Trainer:
+    """A fit of ``Unscheduled`` on epochs of five batches, validating every ``interval`` batches across
+    epochs (``None``: at each epoch's end)."""
+    rows = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(rows), batch_size=2)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        val_check_interval=interval,
+        check_val_every_n_epoch=None if interval else 1,
+        callbacks=list(callbacks),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **options,
+    )
+    trainer.fit(Unscheduled(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
+    return trainer
+
+
 class SaveAfterValidation(pl.Callback):
     """Writes ``path`` at the end of the validation of the fit's last step."""
 
@@ -198,22 +221,10 @@ class CountRestoredStep(pl.Callback):
 
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch")
 def test_a_checkpoint_written_in_a_validation_resumes_with_its_step_counted_for_the_loggers(tmp_path):
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
     path = tmp_path / "validated.ckpt"
 
     def fit(max_steps, interval, *callbacks, ckpt_path=None) -> int:
-        trainer = pl.Trainer(
-            max_steps=max_steps,
-            val_check_interval=interval,  # None: at the end of each five-batch epoch
-            check_val_every_n_epoch=None if interval else 1,
-            callbacks=list(callbacks),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        trainer.fit(Unscheduled(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
+        trainer = fit_five_batch_epochs(max_steps, interval, callbacks, ckpt_path)
         assert trainer.global_step == max_steps
         return internals.logger_step(trainer)
 
@@ -247,24 +258,12 @@ class EndRestoredEpoch(pl.Callback):
 
 
 def test_a_checkpoint_of_an_epochs_last_validation_resumes_in_the_next_epoch(tmp_path):
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 2)), batch_size=2)
     path = tmp_path / "validated.ckpt"
 
     def fit(max_steps, interval, callback=None, ckpt_path=None) -> pl.Trainer:
-        trainer = pl.Trainer(
-            max_steps=max_steps,
-            max_epochs=4,  # a loop that restarted every epoch would end here, short of max_steps
-            val_check_interval=interval,  # None: at the end of each five-batch epoch
-            check_val_every_n_epoch=None if interval else 1,
-            callbacks=[callback or SaveAfterValidation(path)],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
-        trainer.fit(Unscheduled(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
-        return trainer
+        # a loop that restarted every epoch would end at max_epochs, short of max_steps
+        callbacks = [callback or SaveAfterValidation(path)]
+        return fit_five_batch_epochs(max_steps, interval, callbacks, ckpt_path, max_epochs=4)
 
     fit(5, None)  # saved in the validation at the end of its first epoch
     # validating every three batches, none at batch 5: Lightning takes one more batch in the first epoch (if

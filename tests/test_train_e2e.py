@@ -213,20 +213,22 @@ def test_overfitting_one_batch_validates_at_its_epochs(tmp_path):
     assert [step for step, _ in read_scalars(run_dir / "tensorboard")["val/loss"]] == [100, 200]
 
 
+# a fit that writes nothing and does not validate
+UNRECORDED = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "limit_val_batches": 0,
+}
+
+
 def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
     def fit(*callbacks):
         pl.seed_everything(0, verbose=False)
         module = RegressionModule(FeedForward(hidden=[8, 8], dropout=0.5), partial(RMSprop, lr=0.01))
         module.model[2].eval()  # the first dropout layer stays off, as its user set it
-        trainer = pl.Trainer(
-            max_steps=5,
-            callbacks=list(callbacks),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
+        trainer = pl.Trainer(max_steps=5, callbacks=list(callbacks), **UNRECORDED)
         trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256)))
         return list(module.parameters())
 
@@ -238,14 +240,7 @@ def test_the_update_report_leaves_a_dropout_models_training_as_it_was(capfd):
 def test_the_update_report_reports_each_update_of_accumulated_steps(capfd):
     module = RegressionModule(FeedForward(hidden=5), partial(RMSprop, lr=0.01))
     trainer = pl.Trainer(
-        max_steps=3,
-        accumulate_grad_batches=2,
-        callbacks=[UpdateReport(num_steps=2)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+        max_steps=3, accumulate_grad_batches=2, callbacks=[UpdateReport(num_steps=2)], **UNRECORDED
     )
     trainer.fit(module, datamodule=RegressionDataModule(partial(synthetic, num_samples=256)))
     lines = [line.split(":")[0] for line in capfd.readouterr().out.splitlines() if line.startswith("Loss")]
