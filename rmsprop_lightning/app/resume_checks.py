@@ -80,6 +80,7 @@ def check_best_kept(state: dict[str, Any], trainer: Any, max_steps: Any, test: A
     when = f"its next validation (at step {step})" if upcoming else "any validation"
     allowed = f"trainer.max_steps >= {step}, or test=false" if upcoming else "test=false"
     raise InputError(
-        f"resume: trainer.max_steps={max_steps} ends before {when}, and the best checkpoint {checkpoint.name} "
-        f"names, {path.name}, is gone (a better one replaced it before the run stopped); allowed: {allowed}"
+        f"resume: trainer.max_steps={max_steps} ends before {when}, and the best checkpoint "
+        f"{checkpoint.name} names, {path.name}, is gone (a better one replaced it before the run stopped); "
+        f"allowed: {allowed}"
     )
