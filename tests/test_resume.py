@@ -694,9 +694,9 @@ def test_a_resume_ending_before_a_validation_with_its_best_checkpoint_gone_is_re
     assert code == 2, out + err
     (line,) = (out + err).strip().splitlines()
     assert line == (
-        "error: resume: trainer.max_steps=25 ends before its next validation (at step 30), and the best "
-        "checkpoint last.ckpt names, best-000020.ckpt, is gone (a better one replaced it before the run "
-        "stopped); allowed: trainer.max_steps >= 30, or test=false"
+        "error: resume: trainer.max_steps=25 ends before its next validation, which step 30 reaches, and "
+        "would test on best-000020.ckpt, the best checkpoint last.ckpt names, which is gone; allowed: "
+        "trainer.max_steps >= 30, or test=false"
     )
     train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=30")
     assert json.loads((run_dir / "metrics.json").read_text())["best_step"]["val/loss"] == 30

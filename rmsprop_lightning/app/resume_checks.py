@@ -77,10 +77,9 @@ def check_best_kept(state: dict[str, Any], trainer: Any, max_steps: Any, test: A
         step += 1
     if upcoming is not None and step <= max_steps:
         return
-    when = f"its next validation (at step {step})" if upcoming else "any validation"
+    when = f"its next validation, which step {step} reaches," if upcoming else "any validation"
     allowed = f"trainer.max_steps >= {step}, or test=false" if upcoming else "test=false"
     raise InputError(
-        f"resume: trainer.max_steps={max_steps} ends before {when}, and the best checkpoint "
-        f"{checkpoint.name} names, {path.name}, is gone (a better one replaced it before the run stopped); "
-        f"allowed: {allowed}"
+        f"resume: trainer.max_steps={max_steps} ends before {when} and would test on {path.name}, the best "
+        f"checkpoint {checkpoint.name} names, which is gone; allowed: {allowed}"
     )
