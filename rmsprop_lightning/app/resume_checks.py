@@ -64,11 +64,13 @@ def check_best_kept(state: dict[str, Any], trainer: Any, max_steps: Any, test: A
         (e for e in state.get("callbacks", {}).values() if isinstance(e, dict) and "best_model_path" in e), {}
     )
     path = Path(best.get("best_model_path") or "")
-    batches = state.get("callbacks", {}).get("FitStats", {}).get("batches")  # an older run's: not known
-    if not path.name or path.is_file() or not batches:
+    if not path.name or path.is_file():
         return
-    from rmsprop_lightning.app.fit_length import batches_before, next_validation
+    from rmsprop_lightning.app.fit_length import FitStats, batches_before, next_validation
 
+    batches = state["callbacks"].get(FitStats.__qualname__, {}).get("batches")
+    if not batches:  # an older run's: its validations cannot be told
+        return
     epoch, window = batches
     saved_at = state["global_step"]
     upcoming = next_validation(trainer, epoch, batches_before(saved_at, epoch, window), 2**62)
