@@ -61,9 +61,14 @@ def write_summary(output_dir: str | Path, **fields: Any) -> dict[str, Any]:
             summary[key] = {**summary[key], **value}
         else:
             summary[key] = value
-    text = json.dumps(_jsonable(summary), indent=2, sort_keys=True) + "\n"
-    replace_atomically(summary_path(directory), lambda file: file.write(text.encode()))
+    write_json(summary_path(directory), summary)
     return summary
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> None:
+    """Replaces ``path`` atomically with ``record`` as strict JSON, so a killed writer leaves the old one."""
+    text = json.dumps(_jsonable(record), indent=2, sort_keys=True) + "\n"
+    replace_atomically(path, lambda file: file.write(text.encode()))
 
 
 def _jsonable(value: Any) -> Any:

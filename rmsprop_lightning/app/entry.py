@@ -199,13 +199,12 @@ def checked_command_line(config_dir: Path, config_name: str, arguments: Sequence
         )
     if searchpath and cfg is not None:
         check_not_hidden(cfg.hydra.runtime.choices, config_dir, OmegaConf.select(cfg, SEARCH_PATH))
+    typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
     if typed_paths and cfg is not None:  # a sweep the config holds, such as experiment=variants
-        typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
         check_no_glob(search_space(cfg, overrides), groups, config_dir, typed)
     check_output_folder(overrides, multirun, cfg)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg is not None else None
     if jobs and not multirun and params:  # an experiment's sweep (hparams_search's is refused above)
-        typed = next((o.input_line for o in overrides if o.key_or_group == "experiment"), "the config")
         raise InputError(
             f"{typed} sweeps {', '.join(params)} (hydra.sweeper.params); allowed: the same with -m, or "
             "hydra.sweeper.params=null for one run"

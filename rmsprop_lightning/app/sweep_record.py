@@ -3,7 +3,6 @@ set its cost against its jobs' fit times; it also creates the folder of a SQLite
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -15,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.summary import SUMMARY_FILE, read_summary
+from rmsprop_lightning.summary import SUMMARY_FILE, read_json, read_summary, write_json
 
 SWEEP_FILE = "sweep.json"
 SQLITE_PREFIX = "sqlite:///"
@@ -72,14 +71,14 @@ class SweepRecord(Callback):
             "sweeper": config.hydra.sweeper.get("_target_"),
             "sweeper_params": sweeper_params(config),
         }
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(sweep_dir / SWEEP_FILE, record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         path = sweep_dir / SWEEP_FILE
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        record = read_json(path) if path.is_file() else {}
         statuses = Counter(read_summary(folder).get("status", "unknown") for folder in job_folders(sweep_dir))
         record.update(finished_at=time.time(), statuses=dict(statuses))
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(path, record)
         tally = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "no jobs"
         log.info("Multirun finished: %s. Report: rmsprop-report %s", tally, shlex.quote(str(sweep_dir)))
