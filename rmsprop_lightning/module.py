@@ -198,19 +198,27 @@ class RegressionModule(pl.LightningModule):
         apply_lr_multipliers(optimizer)
         return optimizer
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.build_optimizer()
-        if self.scheduler_factory is None:
-            return optimizer
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The configured scheduler of ``optimizer``. Under a plateau scheduler each group keeps its
+        configured lr as ``initial_lr``, as under torch's other ones, for a branch to carry its reductions."""
         multiplied = [group["lr"] for group in optimizer.param_groups]
         built = self.scheduler_factory(optimizer)
+        if isinstance(built, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            for group, lr in zip(optimizer.param_groups, multiplied, strict=True):
+                group.setdefault("initial_lr", lr)
         if not lr_ratios_kept(multiplied, [group["lr"] for group in optimizer.param_groups]):
             raise ValueError(
                 f"{type(built).__name__} sets every parameter group's lr itself, so module.lr_multipliers "
                 "would not apply; allowed: no lr_multipliers, or a scheduler that scales each group's lr"
             )
+        return built
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        if self.scheduler_factory is None:
+            return optimizer
         scheduler: dict[str, Any] = {
-            "scheduler": built,
+            "scheduler": self.build_scheduler(optimizer),
             "interval": self.hparams.scheduler_interval,
             "frequency": self.hparams.scheduler_frequency,
         }

@@ -628,7 +628,7 @@ CASES = [
     (
         "a warm-up past the end",
         ["scheduler=warmup_cosine", "debug=fast"],
-        ["warmup_steps=100", "total_steps=20"],
+        ["warmup_steps=100", "trainer.max_steps=20"],
     ),
     ("a negative lr floor", ["scheduler=cosine", "scheduler.scheduler.eta_min=-1"], ["eta_min=-1", "≥ 0"]),
     # devices, data sizes, the output folders and callbacks' options
@@ -710,6 +710,51 @@ CASES = [
         "plateau every step",
         ["scheduler=plateau", "scheduler.interval=step"],
         ["scheduler.interval=step", "every 1 batch(es) of an epoch", "allowed: scheduler.interval=epoch"],
+    ),
+    (
+        "a plateau scheduler without a metric",
+        ["scheduler=plateau", "scheduler.monitor=null"],
+        ["scheduler.monitor=null", "allowed: scheduler.monitor=val/loss"],
+    ),
+    (
+        "a monitor no scheduler reads",
+        ["scheduler=step", "scheduler.monitor=val/loss"],
+        ["scheduler.monitor=val/loss", "StepLR", "allowed: scheduler.monitor=null, or scheduler=plateau"],
+    ),
+    (
+        "an interval without a scheduler",
+        ["scheduler=none", "scheduler.interval=step"],
+        ["scheduler.interval='step' applies to no scheduler", "scheduler=cosine"],
+    ),
+    (
+        "a frequency counted in each epoch's batches",
+        ["scheduler=cosine", "scheduler.frequency=3"],
+        ["scheduler.frequency=3", "each epoch's start", "allowed: scheduler.frequency=1"],
+    ),
+    (
+        "a schedule in steps stepped every epoch",
+        ["scheduler=cosine", "scheduler.interval=epoch"],
+        ["scheduler.interval=epoch", "T_max follows trainer.max_steps", "scheduler.scheduler.T_max=<epochs>"],
+    ),
+    (
+        "a schedule following no step limit",
+        ["scheduler=cosine", "trainer.max_steps=-1", "trainer.max_epochs=2"],
+        ["T_max follows trainer.max_steps=-1", "allowed: trainer.max_steps=<steps>"],
+    ),
+    (
+        "a warm-up as long as the run",
+        ["scheduler=warmup_cosine", "trainer.max_steps=60"],
+        ["warmup_steps=100 is not below trainer.max_steps=60", "total_steps follows"],
+    ),
+    (
+        "a plateau whose epochs end between validations",
+        [
+            "scheduler=plateau",
+            "trainer.val_check_interval=150",
+            "trainer.check_val_every_n_epoch=null",
+            "trainer.max_steps=300",
+        ],
+        ["trainer.val_check_interval=150", "follow no new validation", "val_check_interval ≤ 103"],
     ),
     (
         "unknown scheduler interval",

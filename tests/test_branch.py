@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import open_dict
 
+from rmsprop_lightning import FeedForward, RegressionDataModule, RegressionModule
 from rmsprop_lightning.app.jobs import run_job
+from rmsprop_lightning.callbacks import CheckpointBranch
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.summary import read_summary
 from tests.conftest import QUICK, ROOT, run_train, train_in_process
@@ -134,8 +139,57 @@ def test_a_branch_at_an_epochs_end_has_that_epochs_scheduler_step(compose_cfg, t
     assert branch == pytest.approx({step: lr for step, lr in whole.items() if step >= 26})
 
 
+EACH_EPOCH = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")  # 13 batches each
+# mode=max: the lr halves after a validation whose loss went down
+HALVING = ("scheduler=plateau", "scheduler.scheduler.patience=0", "scheduler.scheduler.mode=max", *EACH_EPOCH)
+
+
+def test_a_plateau_branch_keeps_the_reductions_made(compose_cfg, tmp_path):
+    longer = ("trainer.max_steps=52", "trainer.log_every_n_steps=1")
+    job(compose_cfg, tmp_path / "whole", *HALVING, *longer)
+    job(compose_cfg, tmp_path / "first", *HALVING, "trainer.max_steps=40")  # halved at step 39
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *HALVING, *longer)
+    job(compose_cfg, tmp_path / "faster", f"ckpt_path={parent}", *HALVING, "optimizer.lr=0.02", *longer)
+    whole, branch, faster = (
+        dict(read_scalars(tmp_path / name / "tensorboard")["lr-RMSprop/decay"])
+        for name in ("whole", "branch", "faster")
+    )
+    assert whole[38] == pytest.approx(0.01) and whole[40] == pytest.approx(0.005)
+    assert branch == {step: lr for step, lr in whole.items() if step >= 40}
+    assert faster[40] == pytest.approx(0.01)  # the new lr, halved as the parent's was
+    saved = torch.load(tmp_path / "faster" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert [group["initial_lr"] for group in saved["optimizer_states"][0]["param_groups"]] == [0.02, 0.02]
+
+
+def test_a_branch_refuses_a_step_frequency_it_cannot_replay(tmp_path):
+    def fit(frequency: int, max_steps: int, ckpt_path: Path | None = None) -> None:
+        module = RegressionModule(
+            FeedForward(),
+            functools.partial(torch.optim.RMSprop, lr=0.01),
+            scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+            scheduler_interval="step",
+            scheduler_frequency=frequency,
+        )
+        callbacks = [CheckpointBranch()] if ckpt_path else []
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=False,
+        )
+        trainer.fit(module, datamodule=RegressionDataModule(batch_size=32), ckpt_path=ckpt_path)
+
+    fit(1, 5)
+    parent = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    fit(1, 8, parent)
+    with pytest.raises(MisconfigurationException, match="frequency=3: Lightning counts"):
+        fit(3, 8, parent)
+
+
 def test_a_plateau_branch_takes_every_new_setting_and_keeps_the_progress(compose_cfg, tmp_path):
-    plateau = ("scheduler=plateau", "scheduler.scheduler.patience=0")
+    plateau = ("scheduler=plateau", "scheduler.scheduler.patience=0", *EACH_EPOCH)
     job(compose_cfg, tmp_path / "first", *plateau, "trainer.max_steps=30")
     parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
     options = ("+scheduler.scheduler.min_lr=0.008", "scheduler.scheduler.patience=2")

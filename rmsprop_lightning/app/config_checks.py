@@ -7,16 +7,25 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.app.config_shape import check_shape
 from rmsprop_lightning.app.override_checks import has_key
-from rmsprop_lightning.app.rules import METRICS, RULES, TARGET_RULES, Number, OneOf, Rule, show
+from rmsprop_lightning.app.rules import (
+    METRICS,
+    RULES,
+    TARGET_RULES,
+    Number,
+    OneOf,
+    Rule,
+    select,
+    show,
+    unused_split,
+)
+from rmsprop_lightning.app.scheduler_checks import check_scheduler, check_steps_to_follow
 from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.optim.validation import checked_lr_multipliers, validate_options
 
@@ -32,17 +41,6 @@ WRITABLE_RUN_FOLDER = f"a writable folder (set paths.log_dir, or the {ROOT_ENV} 
 CLUSTER_ENV_VARS = ("SLURM_NTASKS", "MASTER_ADDR", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "LSB_JOBID")
 
 
-def select(cfg: DictConfig, key: str) -> Any:
-    """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
-    try:
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-        return value.name if isinstance(value, Enum) else value  # as typed: a structured config's enums
-    except OmegaConfBaseException as error:
-        raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Checks the composed config before anything is built: its shape, keys, values, limits."""
     check_shape(cfg)
@@ -52,6 +50,7 @@ def validate_config(cfg: DictConfig) -> None:
             validate_options({key: value for key, value in optimizer.items() if key not in HYDRA_KEYS})
         except ValueError as error:
             raise InputError(f"optimizer.{error}") from None
+    check_steps_to_follow(cfg)
     rules = dict(RULES)
     for node, by_target in TARGET_RULES.items():  # the options of the target the node builds
         target_rules = by_target.get(select(cfg, f"{node}._target_"), {})
@@ -68,8 +67,7 @@ def validate_config(cfg: DictConfig) -> None:
         checked_lr_multipliers(select(cfg, "module.lr_multipliers"))
     except ValueError as error:
         raise InputError(f"module.{error}") from None
-    check_scheduler_validation(cfg)
-    check_warmup(cfg)
+    check_scheduler(cfg)
     check_task_name(select(cfg, "task_name"))
     check_log_folders(cfg)
     check_input_files(cfg)
@@ -157,51 +155,6 @@ def check_training_length(cfg: DictConfig) -> None:
                 f"trainer.min_{unit}={minimum} exceeds trainer.max_{unit}={limit}; "
                 f"allowed: min_{unit} ≤ max_{unit}"
             )
-
-
-def check_warmup(cfg: DictConfig) -> None:
-    """``warmup_cosine`` warms up for fewer steps than it lasts (``total_steps``: ``trainer.max_steps``)."""
-    warmup, total = (select(cfg, f"scheduler.scheduler.{key}") for key in ("warmup_steps", "total_steps"))
-    ours = select(cfg, "scheduler.scheduler._target_") == "rmsprop_lightning.optim.schedulers.warmup_cosine"
-    if ours and isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
-        raise InputError(
-            f"scheduler.scheduler.warmup_steps={warmup} is not below scheduler.scheduler.total_steps="
-            f"{total}; allowed: fewer warm-up steps, or more steps"
-        )
-
-
-def check_scheduler_validation(cfg: DictConfig) -> None:
-    """A scheduler that follows a validation metric (``plateau``) steps only after a validation: Lightning
-    stops the fit at a step without one, and a step between two would read the earlier one again."""
-    monitor = select(cfg, "scheduler.monitor")
-    if not str(monitor).startswith("val/"):
-        return
-    interval, frequency = select(cfg, "scheduler.interval"), select(cfg, "scheduler.frequency") or 1
-    if interval == "step":  # Lightning counts its frequency in each epoch's batches: no validation follows
-        raise InputError(
-            f"scheduler.interval=step steps the scheduler on {monitor} every {frequency} batch(es) of an "
-            "epoch, not after each validation; allowed: scheduler.interval=epoch"
-        )
-    if (setting := unused_split(cfg, "val")) is not None:
-        raise InputError(
-            f"scheduler.monitor={monitor} needs a validation, but {setting} leaves none; allowed: a "
-            "validation, or a scheduler that follows the steps (cosine, step, warmup_cosine)"
-        )
-    every = select(cfg, "trainer.check_val_every_n_epoch")
-    if interval == "epoch" and isinstance(every, int) and frequency % every:
-        raise InputError(
-            f"scheduler.frequency={frequency} steps the scheduler on {monitor} every {frequency} epoch(s), "
-            f"but trainer.check_val_every_n_epoch={every} validates every {every}; "
-            f"allowed: scheduler.frequency={every} or a multiple of it"
-        )
-
-
-def unused_split(cfg: DictConfig, stage: str) -> str | None:
-    """The setting (as typed) that leaves the ``val`` or ``test`` stage no rows or batches, if one does."""
-    for key in (f"data.{stage}_fraction", f"trainer.limit_{stage}_batches"):
-        if select(cfg, key) == 0:
-            return f"{key}=0"
-    return "test=false" if stage == "test" and select(cfg, "test") is False else None
 
 
 def check_searched_metric(cfg: DictConfig) -> None:

@@ -159,3 +159,33 @@ def check_schedule_length(cfg: DictConfig, datamodule: RegressionDataModule) -> 
                 f"scheduler.scheduler.{key}, which follows trainer.max_steps={max_steps}, ends the schedule; "
                 f"allowed: trainer.max_steps={length[1]}, or a scheduler.scheduler.{key} of its own"
             )
+
+
+def check_plateau_validations(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
+    """Refuses a plateau scheduler, stepped at epoch ends, with validations counted across epochs
+    (``check_val_every_n_epoch=null``) further apart than those steps: Lightning would step it on a value
+    not yet logged (a traceback after the first epoch) or on one it has read already."""
+    trainer, scheduler = cfg.trainer, cfg.scheduler
+    monitor, interval = scheduler.get("monitor"), trainer.get("val_check_interval")
+    counted_across = trainer.get("check_val_every_n_epoch") is None and type(interval) is int
+    if not str(monitor).startswith("val/") or not counted_across or scheduler.get("interval") != "epoch":
+        return
+    epoch, frequency = batches_per_epoch(trainer, datamodule), scheduler.get("frequency") or 1
+    length = run_length(trainer, epoch)
+    reached = length is None or length[0] >= epoch * frequency  # else the fit ends before its first step
+    if epoch and reached and interval > epoch * frequency:
+        raise InputError(
+            f"scheduler.monitor={monitor} steps the scheduler at the end of every {frequency} epoch(s) of "
+            f"{epoch} batches, but trainer.val_check_interval={interval} with "
+            f"trainer.check_val_every_n_epoch=null validates every {interval} batches, so some of those "
+            f"steps follow no new validation; allowed: trainer.val_check_interval ≤ {epoch * frequency}, or "
+            "trainer.check_val_every_n_epoch=1"
+        )
+
+
+def check_fit_settings(cfg: DictConfig, datamodule: RegressionDataModule) -> None:
+    """The checks of the trainer's and the scheduler's settings against the data's batches."""
+    check_batch_limits(cfg, datamodule)
+    check_val_interval(cfg, datamodule)
+    check_schedule_length(cfg, datamodule)
+    check_plateau_validations(cfg, datamodule)

@@ -1,11 +1,18 @@
-"""What each checked config key allows: a table of rules, and the values they describe to the user."""
+"""What each checked config key allows: a table of rules, how a value is read from the composed config, and
+how it is shown to the user."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rmsprop_lightning.errors import InputError
 
 # Lightning's precision settings
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
@@ -203,3 +210,22 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def select(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at ``key`` (``None`` when absent); a broken interpolation is an input error."""
+    try:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+        return value.name if isinstance(value, Enum) else value  # as typed: a structured config's enums
+    except OmegaConfBaseException as error:
+        raise InputError(f"{key}: {str(error).splitlines()[0]}") from error
+
+
+def unused_split(cfg: DictConfig, stage: str) -> str | None:
+    """The setting (as typed) that leaves the ``val`` or ``test`` stage no rows or batches, if one does."""
+    for key in (f"data.{stage}_fraction", f"trainer.limit_{stage}_batches"):
+        if select(cfg, key) == 0:
+            return f"{key}=0"
+    return "test=false" if stage == "test" and select(cfg, "test") is False else None

@@ -22,12 +22,7 @@ from rmsprop_lightning.app.distributed import (
     clean_distributed_state,
     runs_the_job_in_every_rank,
 )
-from rmsprop_lightning.app.fit_length import (
-    check_batch_limits,
-    check_schedule_length,
-    check_val_interval,
-    validation_at_the_end,
-)
+from rmsprop_lightning.app.fit_length import check_fit_settings, validation_at_the_end
 from rmsprop_lightning.app.job_hparams import job_hparams
 from rmsprop_lightning.app.resolvers import on_terminal
 from rmsprop_lightning.app.resume import RESUME_KEY, continues_itself
@@ -158,9 +153,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
         datamodule, module = build_objects(cfg)
         with input_errors():
             check_rows_per_process(cfg, datamodule)
-            check_batch_limits(cfg, datamodule)
-            check_val_interval(cfg, datamodule)
-            check_schedule_length(cfg, datamodule)
+            check_fit_settings(cfg, datamodule)
             if continues_itself(cfg):
                 check_same_data(cfg, datamodule)
                 check_same_processes(cfg)

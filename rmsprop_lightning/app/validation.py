@@ -16,8 +16,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmsprop_lightning.app.config_checks import counts_processes, select
-from rmsprop_lightning.app.rules import BACKENDS, FLOAT16_MIXED
+from rmsprop_lightning.app.config_checks import counts_processes
+from rmsprop_lightning.app.rules import BACKENDS, FLOAT16_MIXED, select
 from rmsprop_lightning.errors import InputError, first_line
 from rmsprop_lightning.internals import epochs_done, saved_loader_states
 

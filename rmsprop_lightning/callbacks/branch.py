@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # what a plateau scheduler has learnt of the run; the rest of its state is its settings
 PLATEAU_PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", SCHEDULER_LAST_LRS)
+# a group's configured lr, which torch's schedulers keep in the group (RegressionModule's plateau one too)
+BASE_LR = "initial_lr"
 
 
 def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
@@ -40,18 +44,35 @@ def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimiz
     )
 
 
-def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> list[str]:
+def plateau_lr(saved_group: dict[str, Any], lr: float, floor: float) -> dict[str, float]:
+    """A saved group's lr and base lr for the configured ``lr``: the plateau scheduler's reductions so far,
+    carried over (none where the group does not record its base lr), and no lower than its new ``floor``."""
+    base = saved_group.get(BASE_LR)
+    if base is None or base == lr:
+        reduced = saved_group["lr"] if base is not None else lr
+    else:
+        reduced = lr * saved_group["lr"] / base
+    return {"lr": max(reduced, floor), BASE_LR: lr}
+
+
+def apply_group_settings(
+    saved: dict[str, Any], optimizer: torch.optim.Optimizer, plateau_floors: Sequence[float] | None = None
+) -> list[str]:
     """Puts ``optimizer``'s group settings into a saved optimizer state; returns what changed, in words.
 
     State tensors the new settings use are kept; those they no longer use are dropped, and
     those they need but the checkpoint lacks start at zero (a momentum buffer, the centered
-    gradient average), as they would in a new optimizer.
+    gradient average), as they would in a new optimizer. Under a plateau scheduler (the minimum lrs of
+    whose groups are ``plateau_floors``) the lr keeps the reductions it made.
     """
     changes = []
-    for group, fresh in zip(saved["param_groups"], optimizer.param_groups, strict=True):
-        for key, value in fresh.items():
-            if key != "params" and group.get(key) != value:
-                if key != "initial_lr":  # a scheduler's bookkeeping
+    for index, (group, fresh) in enumerate(zip(saved["param_groups"], optimizer.param_groups, strict=True)):
+        settings = {key: value for key, value in fresh.items() if key != "params"}
+        if plateau_floors is not None:
+            settings.update(plateau_lr(group, fresh["lr"], plateau_floors[index]))
+        for key, value in settings.items():
+            if group.get(key) != value:
+                if key != BASE_LR:  # a scheduler's bookkeeping
                     changes.append(f"{key} {group.get(key)!r} → {value!r}")
                 group[key] = value
         for param_id in group["params"]:
@@ -68,15 +89,20 @@ def apply_group_settings(saved: dict[str, Any], optimizer: torch.optim.Optimizer
     return changes
 
 
+def is_plateau(config: Mapping[str, Any]) -> bool:
+    """Whether a Lightning scheduler config's scheduler follows a metric (steps on its plateaus)."""
+    return isinstance(config["scheduler"], ReduceLROnPlateau)
+
+
 def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) -> None:
     """Puts the new run's scheduler into a saved scheduler state (empty when the parent had none), as it
     stands after ``steps`` scheduler steps.
 
     The schedule is replayed with the new settings, so it goes on at the checkpoint's step and sets the
     fresh optimizer's learning rates to its values there. A plateau scheduler takes the new settings and
-    keeps the parent's progress (best value, counters).
+    keeps the parent's progress (best value, counters; the lr's reductions are the optimizer's).
     """
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    if isinstance(scheduler, ReduceLROnPlateau):
         progress = PLATEAU_PROGRESS if saved else ()
         saved.update({key: value for key, value in scheduler.state_dict().items() if key not in progress})
         return
@@ -110,11 +136,28 @@ class CheckpointBranch(Callback):
         saved_schedulers += [{} for _ in range(len(schedulers) - len(saved_schedulers))]
         for saved, config in zip(saved_schedulers, schedulers, strict=False):
             by_step = config["interval"] == "step"
+            if by_step and config["frequency"] != 1:
+                raise MisconfigurationException(
+                    f"a branch cannot replay a scheduler stepped with interval='step' and frequency="
+                    f"{config['frequency']}: Lightning counts that frequency in each epoch's batches; "
+                    "use frequency=1, with the schedule's lengths in steps"
+                )
             done = checkpoint.get("global_step", 0) if by_step else epochs_done(checkpoint)
             apply_scheduler_settings(saved, config["scheduler"], done // config["frequency"])
+        plateau = next(
+            (
+                saved
+                for saved, config in zip(saved_schedulers, schedulers, strict=False)
+                if is_plateau(config)
+            ),
+            None,
+        )
+        floors = None if plateau is None else plateau["min_lrs"]
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
-            changes += apply_group_settings(saved, optimizer)
+            changes += apply_group_settings(saved, optimizer, floors)
+        if plateau is not None and saved_optimizers:  # its record of the lrs, as they now start
+            plateau[SCHEDULER_LAST_LRS] = [group["lr"] for group in saved_optimizers[0]["param_groups"]]
         callback_states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
             if isinstance(callback, ModelCheckpoint | FitStats):

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rmsprop_lightning.app.config_checks import validate_config
-from rmsprop_lightning.app.fit_length import check_batch_limits, check_schedule_length, check_val_interval
+from rmsprop_lightning.app.fit_length import check_fit_settings
 from rmsprop_lightning.app.run import build_objects
 from rmsprop_lightning.app.validation import input_errors
 from rmsprop_lightning.callbacks.random_state import RandomState
@@ -137,10 +137,8 @@ def build_member(job: int, cfg: DictConfig) -> Member:
     validate_config(cfg)
     datamodule, module = build_objects(cfg)
     with input_errors():
-        check_batch_limits(cfg, datamodule)
-        check_val_interval(cfg, datamodule)
-        check_schedule_length(cfg, datamodule)
+        check_fit_settings(cfg, datamodule)
         optimizer = module.build_optimizer()
-        scheduler = module.scheduler_factory(optimizer) if module.scheduler_factory else None
+        scheduler = module.build_scheduler(optimizer) if module.scheduler_factory else None
     key = population_key(cfg, datamodule)
     return Member(job, cfg, datamodule, module, optimizer, scheduler, key, RandomState().state_dict())
