@@ -707,6 +707,21 @@ CASES = [
     ("no nodes", ["trainer.num_nodes=0"], ["trainer.num_nodes=0", "integer ≥ 1"]),
     ("no devices", ["trainer.devices=0"], ["trainer.devices=0", "-1 (all)"]),
     (
+        "a strategy that spawns its processes",
+        ["trainer=cpu", "+trainer.strategy=ddp_spawn", "trainer.devices=2"],
+        ["trainer.strategy=ddp_spawn trains in processes it starts itself", "allowed: trainer=ddp"],
+    ),
+    (
+        "a DDP config forking its processes",
+        ["trainer=ddp_cpu", "+trainer.strategy.start_method=fork"],
+        ["HydraDDPStrategy with start_method=fork", "allowed: trainer=ddp"],
+    ),
+    (
+        "a TPU on a machine without one",
+        ["trainer.accelerator=tpu"],
+        ["trainer.accelerator=tpu: this machine"],
+    ),
+    (
         "plateau every step",
         ["scheduler=plateau", "scheduler.interval=step"],
         ["scheduler.interval=step", "every 1 batch(es) of an epoch", "allowed: scheduler.interval=epoch"],

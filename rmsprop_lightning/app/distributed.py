@@ -7,15 +7,17 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import lightning.pytorch as pl
 import torch.distributed
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from omegaconf import OmegaConf
 
 from rmsprop_lightning.app.resume import quote
+from rmsprop_lightning.errors import InputError
 from rmsprop_lightning.internals import subprocess_script_launcher
 
 SubprocessScriptLauncher = subprocess_script_launcher()
@@ -118,6 +120,30 @@ class HydraDDPStrategy(DDPStrategy):
         super()._configure_launcher()
         if isinstance(self._launcher, SubprocessScriptLauncher):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+def shown_strategy(strategy: Any) -> str:
+    """A ``trainer.strategy`` setting in a message: its name, or its config's class."""
+    return strategy.get("_target_", "{...}") if isinstance(strategy, Mapping) else str(strategy)
+
+
+def check_start_method(strategy: Any) -> None:
+    """Refuses a ``trainer.strategy`` (a name, or a config of a DDP strategy) that trains in processes it
+    starts itself (``ddp_spawn``, ``ddp_fork``): what they train never reaches the job's callbacks."""
+    if isinstance(strategy, str):
+        known = strategy in StrategyRegistry
+        method, typed = (
+            StrategyRegistry[strategy]["init_params"].get("start_method") if known else None,
+            strategy,
+        )
+    else:
+        method = strategy.get("start_method") if isinstance(strategy, Mapping) else None
+        typed = f"{shown_strategy(strategy)} with start_method={method}"
+    if method in ("spawn", "fork", "forkserver"):
+        raise InputError(
+            f"trainer.strategy={typed} trains in processes it starts itself, whose results never reach "
+            "this job's records; allowed: trainer=ddp or trainer=ddp_cpu"
+        )
 
 
 def runs_the_job_in_every_rank(trainer: pl.Trainer) -> bool:

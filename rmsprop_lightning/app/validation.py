@@ -39,7 +39,7 @@ def check_accelerator(accelerator: Any, precision: Any, devices: Any, backend: A
     CPU asks for a number of processes and no float16 mixed precision, which Lightning there replaces with
     bfloat16, and DDP's ``process_group_backend`` is one this build of torch has."""
     import torch.distributed
-    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 
     built = [name for name in BACKENDS if getattr(torch.distributed, f"is_{name}_available", bool)()]
     if backend is not None and backend not in built:
@@ -49,7 +49,8 @@ def check_accelerator(accelerator: Any, precision: Any, devices: Any, backend: A
         )
 
     cuda, mps = CUDAAccelerator.is_available(), MPSAccelerator.is_available()
-    if not {"gpu": cuda or mps, "cuda": cuda, "mps": mps}.get(str(accelerator), True):
+    available = {"gpu": cuda or mps, "cuda": cuda, "mps": mps, "tpu": XLAAccelerator.is_available()}
+    if not available.get(str(accelerator), True):
         raise InputError(
             f"trainer.accelerator={accelerator}: this machine has none; allowed: trainer=cpu, or "
             "trainer.accelerator=auto (a GPU where there is one)"
