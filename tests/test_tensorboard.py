@@ -210,6 +210,7 @@ def test_hparams_name_the_presets_and_each_key_the_command_line_set_also_after_a
     first, resumed = (read_hparams(path) for path in event_files(run_dir / "tensorboard"))
     assert first == resumed and first["ckpt_path"] == f"{parent}/checkpoints/last.ckpt"
     assert first["optimizer"] == "rmsprop_centered" and first["data"] == "synthetic"
+    assert first["trainer"] == "default"  # a sweep of trainer=cpu,ddp_cpu compares processes
     assert (
         first["optimizer/centered"] is True and first["optimizer/lr"] == 0.01 and first["model/hidden"] == "5"
     )

@@ -11,7 +11,7 @@ from rmsprop_lightning.app.resume import HYDRA_FOLDER, RESUME_KEY, SAFE_KEYS
 from rmsprop_lightning.logging.tensorboard import HParamValue, run_hparams
 
 # the config groups whose chosen option the HPARAMS tab shows (a sweep of presets, of data sets)
-CHOSEN_GROUPS = ("experiment", "debug", "data", "model", "optimizer", "scheduler")
+CHOSEN_GROUPS = ("experiment", "debug", "data", "model", "optimizer", "scheduler", "trainer")
 # sections of the config that say where and how a run records, not what it trains
 UNRECORDED = ("hydra", "paths", "callbacks", "logger", RESUME_KEY)
 
