@@ -12,11 +12,23 @@ from typing import Any
 from rmsprop_lightning.atomic import replace_atomically
 
 SUMMARY_FILE = "metrics.json"
+# a val/ metric's name with this suffix names its best value: the validation whose checkpoint is tested
+BEST_SUFFIX = "_best"
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 # set by what stopped the run (the divergence check, the signal handler); the job wrapper's
 # later, generic end status ("completed" or "failed") keeps them
 STOP_STATUSES = ("diverged", "interrupted")
 END_STATUSES = ("completed", "failed")
+
+
+def objective(fields: Mapping[str, Any], metric: str | None) -> float | None:
+    """The value of ``metric`` a sweeper optimizes, from a job's summary fields: its final value or, with
+    :data:`BEST_SUFFIX`, its best validation's; ``None`` where the job has none."""
+    if not metric:
+        return None
+    if metric.endswith(BEST_SUFFIX):
+        return (fields.get("best") or {}).get(metric.removesuffix(BEST_SUFFIX))
+    return (fields.get("final") or {}).get(metric)
 
 
 def summary_path(output_dir: str | Path) -> Path:

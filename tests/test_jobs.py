@@ -266,3 +266,14 @@ def test_lightnings_own_stop_on_sigterm_is_recorded_as_interrupted(compose_cfg, 
     assert stop.value.exit_code == 143
     summary = read_summary(tmp_path)
     assert summary["status"] == "interrupted" and summary["steps"] == 20
+
+
+@pytest.mark.parametrize(("metric", "field"), [("val/loss_best", "best"), ("val/loss", "final")])
+def test_a_sweeper_gets_the_best_or_the_last_validation(compose_cfg, tmp_path, metric, field):
+    cfg = compose_cfg(*QUICK, "optimizer.lr=0.03", "optimizer.momentum=0.9", f"optimized_metric={metric}")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    value = run_job(cfg)
+    summary = read_summary(tmp_path)
+    assert summary["best"]["val/loss"] < summary["final"]["val/loss"]  # validations that got worse
+    assert value == summary["value"] == summary[field]["val/loss"]

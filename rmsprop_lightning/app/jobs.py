@@ -29,7 +29,7 @@ from rmsprop_lightning.errors import (
     RunError,
     is_rank_zero,
 )
-from rmsprop_lightning.summary import closing_line, read_summary, write_summary
+from rmsprop_lightning.summary import closing_line, objective, read_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,17 @@ def check_job_config(cfg: DictConfig) -> None:
 
 
 def train_alone(cfg: DictConfig, fields: dict[str, Any]) -> float | None:
-    """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails)."""
+    """Runs ``run(cfg)``, adding what the fit reached to ``fields`` (also when it fails); returns the
+    optimized metric."""
     from rmsprop_lightning.app.run import run
     from rmsprop_lightning.callbacks.fit_stats import FitStats
 
     stats = FitStats()
     try:
-        return run(cfg, extra_callbacks=[stats])
+        run(cfg, extra_callbacks=[stats])
     finally:
         fields.update(stats.fields())
+    return objective(fields, cfg.get("optimized_metric"))
 
 
 def run_job(cfg: DictConfig, train: Training = train_alone) -> float | None:

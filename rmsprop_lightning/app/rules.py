@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rmsprop_lightning.errors import InputError
+from rmsprop_lightning.summary import BEST_SUFFIX
 
 # Lightning's precision settings
 PRECISION_NAMES = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "32", "16")
@@ -25,7 +26,14 @@ BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
 LOSS_NAMES = ("mse", "l1", "huber")
 # what RegressionModule logs at each validation and at its test (train/loss goes to the loggers only)
 VAL_METRICS = ("val/loss", "val/rmse")
-METRICS = (*VAL_METRICS, "test/loss", "test/rmse", "test/r2")
+# what a sweeper may optimize: a metric's last value, or a val/ metric's best (summary.BEST_SUFFIX)
+METRICS = (
+    *VAL_METRICS,
+    *(f"{metric}{BEST_SUFFIX}" for metric in VAL_METRICS),
+    "test/loss",
+    "test/rmse",
+    "test/r2",
+)
 
 
 @dataclass(frozen=True)

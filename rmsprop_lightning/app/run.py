@@ -145,9 +145,9 @@ def build_trainer(
     return instantiate(cfg.trainer, **settings, strategy=HydraDDPStrategy())
 
 
-def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
+def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
     """Trains (from ``cfg.ckpt_path`` when set) and tests (the best checkpoint, if one was kept) one
-    experiment; returns ``cfg.optimized_metric`` for sweepers.
+    experiment, whose metrics go to its loggers and callbacks.
 
     Bad input raises ``InputError`` before work.
     """
@@ -189,15 +189,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | No
             except DivergedError:  # an HPARAMS row for its settings too, which a sweep's tab compares
                 finish_tensorboard(trainer.loggers, job_hparams(cfg))
                 raise
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
-            metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
         finish_tensorboard(trainer.loggers, job_hparams(cfg))
-        return metrics.get(cfg.get("optimized_metric") or "")
     finally:
         clean_distributed_state(trainer)

@@ -25,7 +25,7 @@ from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
 from rmsprop_lightning.population.checkpoints import write_checkpoints
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.train import PopulationResult
-from rmsprop_lightning.summary import write_summary
+from rmsprop_lightning.summary import objective, write_summary
 
 Scalars = dict[int, dict[str, float]]  # step -> {tag: value}
 
@@ -169,4 +169,4 @@ def write_member(
         error = divergence(record, index, member, last)
         write_summary(cfg.paths.output_dir, status="diverged", error=str(error), diverged_at_step=frozen)
         raise error
-    return None if interrupted else fields["final"].get(cfg.get("optimized_metric") or "")
+    return None if interrupted else objective(fields, cfg.get("optimized_metric"))
