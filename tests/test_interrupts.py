@@ -191,3 +191,12 @@ def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["-c"])  # as in a joblib worker
     assert stopped_outside_steps(signal.SIGINT, "/runs/r").args[0].endswith("rmsprop-train resume=/runs/r")
+
+
+def test_a_stop_without_a_last_checkpoint_callback_suggests_no_resume(tmp_path):
+    # the resume would start again from step 0
+    result, run_dir, summary = stopped(tmp_path, "train_batch_end:TERM", "~callbacks.last_checkpoint")
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 143 and summary["status"] == "interrupted"
+    assert line.endswith("no checkpoint saved (no last_checkpoint callback)") and "resume" not in line
+    assert "and saving a checkpoint" not in result.stderr

@@ -49,8 +49,9 @@ class GracefulInterrupt(Callback):
             raise InterruptedRun(message + self._resume(), signum)
         self.received = signum
         log.warning(
-            "Received %s: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
+            "Received %s: stopping after this step%s (Ctrl-C again stops at once)",
             signal.Signals(signum).name,
+            "" if self._last is None else " and saving a checkpoint",
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -97,7 +98,9 @@ class GracefulInterrupt(Callback):
         self._restore()
 
     def _resume(self) -> str:
-        return f"; resume with: {resume_command(self.run_dir)}" if self.run_dir is not None else ""
+        """How to go on, where a ``last.ckpt`` is kept to go on from."""
+        kept = self.run_dir is not None and self._last is not None
+        return f"; resume with: {resume_command(self.run_dir)}" if kept else ""
 
     def _saved_at_stop(self) -> str:
         """``checkpoint saved to <path>`` once the stopped step's checkpoint is written, else ``""``."""
