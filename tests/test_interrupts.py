@@ -195,7 +195,7 @@ def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep
 
 def test_a_stop_without_a_last_checkpoint_callback_suggests_no_resume(tmp_path):
     # the resume would start again from step 0
-    result, run_dir, summary = stopped(tmp_path, "train_batch_end:TERM", "~callbacks.last_checkpoint")
+    result, _, summary = stopped(tmp_path, "train_batch_end:TERM", "~callbacks.last_checkpoint")
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 143 and summary["status"] == "interrupted"
     assert line.endswith("no checkpoint saved (no last_checkpoint callback)") and "resume" not in line

@@ -190,6 +190,16 @@ def test_steps_to_threshold_read_csv_logs_and_ignore_far_off_configurations(tmp_
     assert [table[f"optimizer.lr={lr}"]["logged_val_loss"] for lr in ("1e6", "0.03")] == ["1", "0"]
 
 
+def test_steps_to_threshold_are_not_applicable_without_a_threshold(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["optimizer.lr=0.01"])
+    for num, lr in enumerate(("1e6", "1e7"), start=1):  # fewer than half the configurations have a best
+        make_job(sweep, num, [f"optimizer.lr={lr}"], status="diverged")
+    assert report.main([str(sweep), "--no-plots"]) == 0
+    rows = [line for line in (sweep / "report.md").read_text().splitlines() if "optimizer.lr=" in line]
+    assert "| n/a |" in rows[0] and "(0/1)" not in rows[0]
+
+
 def report_text(*folders: Path) -> str:
     """The report of ``folders`` (no plots), written into the first."""
     assert report.main([*map(str, folders), "--no-plots"]) == 0

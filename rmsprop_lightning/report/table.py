@@ -74,6 +74,7 @@ def build_rows(configurations: Sequence[Configuration], limits: dict[str, float]
             "steps_to_threshold": mean_std(reached),
             "reached": len(reached),
             "curves": len(curves),
+            "threshold": limit,
             "wall_seconds": mean_std(job.wall_seconds for job in completed),
             "fit_seconds": mean_std(job.fit_seconds for job in completed),
             "in_population": sum(job.population is not None for job in completed),
@@ -109,6 +110,11 @@ MARKDOWN_COLUMNS = (
 )
 
 
+def has_threshold(cells: dict[str, Any]) -> bool:
+    """Whether a row's steps to threshold say something: a threshold to reach, and curves to reach it."""
+    return bool(cells["curves"]) and math.isfinite(cells["threshold"])
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a GitHub Markdown table."""
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
@@ -124,7 +130,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             _pm(cells["best_val_loss"]),
             _pm(cells["final_val_loss"]),
             _pm(cells["test_loss"]),
-            f"{steps} ({cells['reached']}/{cells['curves']})" if cells["curves"] else "n/a",
+            f"{steps} ({cells['reached']}/{cells['curves']})" if has_threshold(cells) else "n/a",
             f"{wall_mean:.2f}{marker}" if math.isfinite(wall_mean) else "—",
             str(cells["failed"]),
             str(cells["diverged"]),
