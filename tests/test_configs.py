@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rmsprop_lightning.app import cli, command_flags, search_path
+from rmsprop_lightning.app.config_checks import validate_config
 from rmsprop_lightning.app.distributed import HydraDDPStrategy
 from rmsprop_lightning.app.entry import checked_command_line
 from rmsprop_lightning.app.fit_length import check_schedule_length, check_val_interval, validation_at_the_end
@@ -564,3 +565,13 @@ def test_a_key_nothing_reads_is_a_warning_naming_a_close_match(tmp_path, capsys)
         "warning: seeds is set, but nothing reads it (did you mean seed?) (with experiment=misspelt)",
     ]
     checked_command_line(CONF, "train", ["-m", path, "scheduler=glob(*)"])  # the path adds no scheduler
+
+
+class OwnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """A plateau scheduler under another name, as a project of one's own may have."""
+
+
+def test_a_scheduler_class_of_ones_own_may_follow_a_metric(compose_cfg):
+    validate_config(
+        compose_cfg("scheduler=plateau", "scheduler.scheduler._target_=tests.test_configs.OwnPlateau")
+    )

@@ -52,11 +52,11 @@ def check_scheduler_settings(cfg: DictConfig) -> None:
             if value is not None and value != UNSCHEDULED[key]:
                 raise InputError(
                     f"scheduler.{key}={show(value)} applies to no scheduler (scheduler.scheduler is null); "
-                    "allowed: a scheduler with it (scheduler=cosine, plateau, step or warmup_cosine)"
+                    "allowed: scheduler=none, or a scheduler (cosine, plateau, step or warmup_cosine)"
                 )
         return
     monitor, interval, frequency = settings["monitor"], settings["interval"], settings["frequency"]
-    if monitor is not None and target != PLATEAU:
+    if monitor is not None and target != PLATEAU and is_known(target):
         raise InputError(
             f"scheduler.monitor={monitor} is read by a plateau scheduler only, not by {target}; "
             "allowed: scheduler.monitor=null, or scheduler=plateau"
@@ -78,6 +78,12 @@ def check_scheduler_settings(cfg: DictConfig) -> None:
             f"follows {STEPS_KEY}, a number of steps; allowed: scheduler.interval=step, or "
             f"scheduler.scheduler.{keys[0]}=<epochs>"
         )
+
+
+def is_known(target: str | None) -> bool:
+    """Whether a scheduler's class is torch's or this project's, which the checks know (a class of one's own
+    may be a plateau scheduler under another name)."""
+    return str(target).startswith("torch.optim.lr_scheduler.") or target == WARMUP_COSINE
 
 
 def check_warmup(cfg: DictConfig) -> None:
