@@ -737,6 +737,11 @@ CASES = [
         ["scheduler.monitor=val/loss", "StepLR", "allowed: scheduler.monitor=null, or scheduler=plateau"],
     ),
     (
+        "a monitor a scheduler stepped every step does not read",
+        ["scheduler=cosine", "scheduler.monitor=val/loss"],
+        ["scheduler.monitor=val/loss is read by a plateau scheduler only", "CosineAnnealingLR"],
+    ),
+    (
         "an interval without a scheduler",
         ["scheduler=none", "scheduler.interval=step"],
         ["scheduler.interval='step' applies to no scheduler", "allowed: scheduler=none, or a scheduler"],

@@ -162,6 +162,19 @@ def test_a_plateau_branch_keeps_the_reductions_made(compose_cfg, tmp_path):
     assert [group["initial_lr"] for group in saved["optimizer_states"][0]["param_groups"]] == [0.02, 0.02]
 
 
+@pytest.mark.parametrize("parent", [("scheduler=cosine",), ("scheduler=none", "optimizer.lr=0.005")])
+def test_a_plateau_branch_carries_no_reductions_but_a_plateaus(compose_cfg, tmp_path, parent):
+    # a cosine's decay is none, nor is the base lr an earlier plateau left in the groups of a run without one
+    job(compose_cfg, tmp_path / "plateau", *HALVING, "trainer.max_steps=40")
+    grandparent = tmp_path / "plateau" / "checkpoints" / "last.ckpt"
+    job(compose_cfg, tmp_path / "parent", f"ckpt_path={grandparent}", *parent, "trainer.max_steps=45")
+    parent_ckpt = tmp_path / "parent" / "checkpoints" / "last.ckpt"
+    each = ("trainer.max_steps=46", "trainer.log_every_n_steps=1")
+    job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent_ckpt}", *HALVING, *each)
+    lrs = dict(read_scalars(tmp_path / "branch" / "tensorboard")["lr-RMSprop/decay"])
+    assert lrs[45] == pytest.approx(0.01)  # the configured lr, which its own plateau then reduces
+
+
 def test_a_branch_refuses_a_step_frequency_it_cannot_replay(tmp_path):
     def fit(frequency: int, max_steps: int, ckpt_path: Path | None = None) -> None:
         module = RegressionModule(

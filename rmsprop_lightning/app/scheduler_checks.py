@@ -36,8 +36,8 @@ def check_steps_to_follow(cfg: DictConfig) -> None:
 
 def check_scheduler(cfg: DictConfig) -> None:
     """Refuses scheduler settings that would not apply as they read (each check says why)."""
-    check_scheduler_validation(cfg)
     check_scheduler_settings(cfg)
+    check_scheduler_validation(cfg)
     check_warmup(cfg)
 
 

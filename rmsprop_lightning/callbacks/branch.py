@@ -44,10 +44,11 @@ def optimizers_and_schedulers(configured: Any) -> tuple[list[torch.optim.Optimiz
     )
 
 
-def plateau_lr(saved_group: dict[str, Any], lr: float, floor: float) -> dict[str, float]:
-    """A saved group's lr and base lr for the configured ``lr``: the plateau scheduler's reductions so far,
-    carried over (none where the group does not record its base lr), and no lower than its new ``floor``."""
-    base = saved_group.get(BASE_LR)
+def plateau_lr(saved_group: dict[str, Any], lr: float, floor: float, carried: bool) -> dict[str, float]:
+    """A saved group's lr and base lr for the configured ``lr`` under a plateau scheduler: no lower than its
+    new ``floor``, with the ``carried`` reductions of the parent's plateau scheduler (where the group records
+    the base lr they started from)."""
+    base = saved_group.get(BASE_LR) if carried else None
     if base is None or base == lr:
         reduced = saved_group["lr"] if base is not None else lr
     else:
@@ -56,20 +57,23 @@ def plateau_lr(saved_group: dict[str, Any], lr: float, floor: float) -> dict[str
 
 
 def apply_group_settings(
-    saved: dict[str, Any], optimizer: torch.optim.Optimizer, plateau_floors: Sequence[float] | None = None
+    saved: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    plateau_floors: Sequence[float] | None = None,
+    carried: bool = False,
 ) -> list[str]:
     """Puts ``optimizer``'s group settings into a saved optimizer state; returns what changed, in words.
 
     State tensors the new settings use are kept; those they no longer use are dropped, and
     those they need but the checkpoint lacks start at zero (a momentum buffer, the centered
     gradient average), as they would in a new optimizer. Under a plateau scheduler (the minimum lrs of
-    whose groups are ``plateau_floors``) the lr keeps the reductions it made.
+    whose groups are ``plateau_floors``) the lr keeps the reductions the parent's made, if ``carried``.
     """
     changes = []
     for index, (group, fresh) in enumerate(zip(saved["param_groups"], optimizer.param_groups, strict=True)):
         settings = {key: value for key, value in fresh.items() if key != "params"}
         if plateau_floors is not None:
-            settings.update(plateau_lr(group, fresh["lr"], plateau_floors[index]))
+            settings.update(plateau_lr(group, fresh["lr"], plateau_floors[index], carried))
         for key, value in settings.items():
             if group.get(key) != value:
                 if key != BASE_LR:  # a scheduler's bookkeeping
@@ -94,17 +98,26 @@ def is_plateau(config: Mapping[str, Any]) -> bool:
     return isinstance(config["scheduler"], ReduceLROnPlateau)
 
 
+def is_plateau_state(saved: Mapping[str, Any]) -> bool:
+    """Whether a saved scheduler state is a plateau scheduler's: its progress, not a schedule's."""
+    return "num_bad_epochs" in saved
+
+
 def apply_scheduler_settings(saved: dict[str, Any], scheduler: Any, steps: int) -> None:
     """Puts the new run's scheduler into a saved scheduler state (empty when the parent had none), as it
     stands after ``steps`` scheduler steps.
 
     The schedule is replayed with the new settings, so it goes on at the checkpoint's step and sets the
     fresh optimizer's learning rates to its values there. A plateau scheduler takes the new settings and
-    keeps the parent's progress (best value, counters; the lr's reductions are the optimizer's).
+    keeps the parent's progress, if the parent's was one (best value, counters; the lr's reductions are the
+    optimizer's).
     """
     if isinstance(scheduler, ReduceLROnPlateau):
-        progress = PLATEAU_PROGRESS if saved else ()
-        saved.update({key: value for key, value in scheduler.state_dict().items() if key not in progress})
+        progress = (
+            {key: saved[key] for key in PLATEAU_PROGRESS if key in saved} if is_plateau_state(saved) else {}
+        )
+        saved.clear()
+        saved.update({**scheduler.state_dict(), **progress})
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")  # on purpose
@@ -134,6 +147,7 @@ class CheckpointBranch(Callback):
         saved_schedulers = checkpoint.setdefault("lr_schedulers", [])
         # a scheduler the parent lacked starts empty; schedules go first: they move the fresh optimizer's lr
         saved_schedulers += [{} for _ in range(len(schedulers) - len(saved_schedulers))]
+        continued = [is_plateau_state(saved) for saved in saved_schedulers]  # a plateau's reductions go on
         for saved, config in zip(saved_schedulers, schedulers, strict=False):
             by_step = config["interval"] == "step"
             if by_step and config["frequency"] != 1:
@@ -144,18 +158,18 @@ class CheckpointBranch(Callback):
                 )
             done = checkpoint.get("global_step", 0) if by_step else epochs_done(checkpoint)
             apply_scheduler_settings(saved, config["scheduler"], done // config["frequency"])
-        plateau = next(
+        plateau, carried = next(
             (
-                saved
-                for saved, config in zip(saved_schedulers, schedulers, strict=False)
+                (saved, parent)
+                for saved, config, parent in zip(saved_schedulers, schedulers, continued, strict=False)
                 if is_plateau(config)
             ),
-            None,
+            (None, False),
         )
         floors = None if plateau is None else plateau["min_lrs"]
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
-            changes += apply_group_settings(saved, optimizer, floors)
+            changes += apply_group_settings(saved, optimizer, floors, carried)
         if plateau is not None and saved_optimizers:  # its record of the lrs, as they now start
             plateau[SCHEDULER_LAST_LRS] = [group["lr"] for group in saved_optimizers[0]["param_groups"]]
         callback_states = checkpoint.get("callbacks", {})
