@@ -147,6 +147,22 @@ def test_the_recompile_limit_is_named_as_the_cause(
     (record,) = caplog.records
     assert "FailOnRecompileLimitHit" in record.getMessage()
     assert "each set of parameters with a gradient, dtypes and options is a graph" in record.getMessage()
+    assert "counted over every RMSprop of this process" in record.getMessage()
+
+
+def test_a_run_is_told_that_the_fast_step_compiles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # on a small CPU the first compiled step of a net of many tensors waits for minutes
+    monkeypatch.setattr(torch, "compile", lambda function, **options: function)
+    compiled._compiled.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="rmsprop_lightning.optim"):
+            compiled._compiled()
+    finally:
+        compiled._compiled.cache_clear()
+    (record,) = caplog.records
+    assert "compiling its step" in record.getMessage()
 
 
 def test_a_runs_log_says_its_fast_step_fell_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ so a scheduled learning rate never recompiles.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,8 @@ from rmsprop_lightning.optim.functional import (
 )
 
 Part = tuple[list[Row], list[float], Variant, Coefficients]
+
+log = logging.getLogger(__name__)
 
 
 class GraphOps(TensorOps):
@@ -48,6 +51,7 @@ def _graph_step(parts: list[tuple[list[Row], Tensor, Variant]]) -> None:
 @functools.cache
 def _compiled() -> Callable[[list[tuple[list[Row], Tensor, Variant]]], None]:
     """``torch.compile`` of :func:`_graph_step`, created on first use (importing the compiler is slow)."""
+    log.info("RMSprop fast=True: compiling its step; the first step of each parameter layout waits for it")
     return torch.compile(_graph_step, fullgraph=True, dynamic=False)
 
 

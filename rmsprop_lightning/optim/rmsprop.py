@@ -164,7 +164,13 @@ class RMSprop(torch.optim.RMSprop):
         except Exception as error:  # any compiler failure (no C++ compiler, unsupported op, ...)
             self._fast_failed = True
             limit = "RecompileLimit" in type(error).__name__  # torch's cap on the graphs of one function
-            cause = "; each set of parameters with a gradient, dtypes and options is a graph" if limit else ""
+            cause = (
+                "; each set of parameters with a gradient, dtypes and options is a graph, counted over every "
+                "RMSprop of this process (a one-process multirun's jobs too; joblib_local gives each job its "
+                "own process)"
+                if limit
+                else ""
+            )
             # logged, not warned: nothing in the calling code causes it, and a run's log keeps it
             log.warning(
                 "RMSprop fast step unavailable (torch.compile failed: %s: %s%s); using the eager step",
