@@ -742,11 +742,6 @@ CASES = [
         ["scheduler.monitor=val/loss is read by a plateau scheduler only", "CosineAnnealingLR"],
     ),
     (
-        "an interval without a scheduler",
-        ["scheduler=none", "scheduler.interval=step"],
-        ["scheduler.interval='step' applies to no scheduler", "allowed: scheduler=none, or a scheduler"],
-    ),
-    (
         "a frequency counted in each epoch's batches",
         ["scheduler=cosine", "scheduler.frequency=3"],
         ["scheduler.frequency=3", "each epoch's start", "allowed: scheduler.frequency=1"],

@@ -175,6 +175,24 @@ def test_a_plateau_branch_carries_no_reductions_but_a_plateaus(compose_cfg, tmp_
     assert lrs[45] == pytest.approx(0.01)  # the configured lr, which its own plateau then reduces
 
 
+def test_a_plateau_branch_from_an_older_checkpoint_says_it_starts_at_the_configured_lr(
+    compose_cfg, tmp_path, caplog
+):
+    job(compose_cfg, tmp_path / "first", *HALVING, "trainer.max_steps=40")  # halved at step 39
+    parent = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(parent, weights_only=True)
+    for group in checkpoint["optimizer_states"][0]["param_groups"]:  # as a run before they recorded it
+        del group["initial_lr"]
+    torch.save(checkpoint, parent)
+    each = ("trainer.max_steps=41", "trainer.log_every_n_steps=1")
+    with caplog.at_level("WARNING", logger="rmsprop_lightning.callbacks.branch"):
+        job(compose_cfg, tmp_path / "branch", f"ckpt_path={parent}", *HALVING, *each)
+    assert "the branch starts at the configured lr" in caplog.text
+    assert dict(read_scalars(tmp_path / "branch" / "tensorboard")["lr-RMSprop/decay"])[40] == pytest.approx(
+        0.01
+    )
+
+
 def test_a_branch_refuses_a_step_frequency_it_cannot_replay(tmp_path):
     def fit(frequency: int, max_steps: int, ckpt_path: Path | None = None) -> None:
         module = RegressionModule(

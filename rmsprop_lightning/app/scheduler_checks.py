@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.app.rules import select, show, unused_split
+from rmsprop_lightning.app.rules import select, unused_split
 from rmsprop_lightning.errors import InputError
 
 PLATEAU = "torch.optim.lr_scheduler.ReduceLROnPlateau"
 WARMUP_COSINE = "rmsprop_lightning.optim.schedulers.warmup_cosine"
 STEPS_KEY = "trainer.max_steps"
-# Lightning's scheduler settings and the values that leave them unused (conf/scheduler/none.yaml's)
-UNSCHEDULED = {"interval": "epoch", "frequency": 1, "monitor": None}
 
 
 def following_steps(cfg: DictConfig) -> list[str]:
@@ -42,20 +40,15 @@ def check_scheduler(cfg: DictConfig) -> None:
 
 
 def check_scheduler_settings(cfg: DictConfig) -> None:
-    """Refuses Lightning's settings without a scheduler, ``monitor`` where no plateau scheduler reads it (or a
-    plateau scheduler without it), a ``frequency`` of batches counted from each epoch's start (Lightning's
-    count with ``interval=step``), and a schedule stepped every epoch whose length counts steps."""
-    target = select(cfg, "scheduler.scheduler._target_")
-    settings = {key: select(cfg, f"scheduler.{key}") for key in UNSCHEDULED}
-    if OmegaConf.select(cfg, "scheduler.scheduler") is None:
-        for key, value in settings.items():
-            if value is not None and value != UNSCHEDULED[key]:
-                raise InputError(
-                    f"scheduler.{key}={show(value)} applies to no scheduler (scheduler.scheduler is null); "
-                    "allowed: scheduler=none, or a scheduler (cosine, plateau, step or warmup_cosine)"
-                )
+    """Refuses ``monitor`` where no plateau scheduler reads it (or a plateau scheduler without it), a
+    ``frequency`` of batches counted from each epoch's start (Lightning's count with ``interval=step``), and a
+    schedule stepped every epoch whose length counts steps."""
+    if OmegaConf.select(cfg, "scheduler.scheduler") is None:  # Lightning's settings then apply to nothing
         return
-    monitor, interval, frequency = settings["monitor"], settings["interval"], settings["frequency"]
+    target = select(cfg, "scheduler.scheduler._target_")
+    monitor, interval, frequency = (
+        select(cfg, f"scheduler.{key}") for key in ("monitor", "interval", "frequency")
+    )
     if monitor is not None and target != PLATEAU and is_known(target):
         raise InputError(
             f"scheduler.monitor={monitor} is read by a plateau scheduler only, not by {target}; "
@@ -69,8 +62,8 @@ def check_scheduler_settings(cfg: DictConfig) -> None:
     if interval == "step" and frequency not in (None, 1):
         raise InputError(
             f"scheduler.frequency={frequency} with scheduler.interval=step steps the scheduler where an "
-            f"epoch's batches count a multiple of {frequency} (Lightning counts from each epoch's start), "
-            f"not every {frequency} steps; allowed: scheduler.frequency=1, the schedule's lengths in steps"
+            f"epoch's batches count a multiple of {frequency} (Lightning counts from each epoch's start, "
+            "which a branch cannot replay); allowed: scheduler.frequency=1, the schedule's lengths in steps"
         )
     if interval == "epoch" and (keys := following_steps(cfg)):
         raise InputError(

@@ -167,6 +167,12 @@ class CheckpointBranch(Callback):
             (None, False),
         )
         floors = None if plateau is None else plateau["min_lrs"]
+        groups = saved_optimizers[0]["param_groups"] if saved_optimizers else []
+        if carried and any(BASE_LR not in group for group in groups):
+            log.warning(
+                "The checkpoint's groups do not record the lr its plateau scheduler's reductions started "
+                "from (an older checkpoint): the branch starts at the configured lr"
+            )
         changes = []
         for saved, optimizer in zip(saved_optimizers, optimizers, strict=False):
             changes += apply_group_settings(saved, optimizer, floors, carried)
