@@ -714,12 +714,18 @@ CASES = [
     (
         "a DDP config forking its processes",
         ["trainer=ddp_cpu", "+trainer.strategy.start_method=fork"],
-        ["HydraDDPStrategy with start_method=fork", "allowed: trainer=ddp"],
+        ["trainer.strategy.start_method=fork trains", "allowed: trainer.strategy.start_method=popen"],
     ),
     (
         "a TPU on a machine without one",
         ["trainer.accelerator=tpu"],
         ["trainer.accelerator=tpu: this machine"],
+    ),
+    ("a swept TPU", ["-m", "trainer.accelerator=cpu,tpu"], ["trainer.accelerator=tpu: this machine"]),
+    (
+        "a swept strategy that spawns its processes",
+        ["-m", "+trainer.strategy=auto,ddp_spawn"],
+        ["trainer.strategy=ddp_spawn trains in processes it starts itself"],
     ),
     (
         "plateau every step",

@@ -155,7 +155,7 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     assert list((sweep / ".submitit").glob("*/*_result.pkl"))
 
 
-def optuna_values(storage: Path, study_name: str = "rmsprop_optuna_train") -> list:
+def optuna_values(storage: Path, study_name: str = "rmsprop_optuna_train_val/loss_best") -> list:
     optuna = pytest.importorskip("optuna")
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage}")
     return study.trials

@@ -132,17 +132,15 @@ def check_start_method(strategy: Any) -> None:
     starts itself (``ddp_spawn``, ``ddp_fork``): what they train never reaches the job's callbacks."""
     if isinstance(strategy, str):
         known = strategy in StrategyRegistry
-        method, typed = (
-            StrategyRegistry[strategy]["init_params"].get("start_method") if known else None,
-            strategy,
-        )
+        method = StrategyRegistry[strategy]["init_params"].get("start_method") if known else None
+        typed, allowed = f"trainer.strategy={strategy}", "trainer=ddp or trainer=ddp_cpu"
     else:
         method = strategy.get("start_method") if isinstance(strategy, Mapping) else None
-        typed = f"{shown_strategy(strategy)} with start_method={method}"
+        typed, allowed = f"trainer.strategy.start_method={method}", "trainer.strategy.start_method=popen"
     if method in ("spawn", "fork", "forkserver"):
         raise InputError(
-            f"trainer.strategy={typed} trains in processes it starts itself, whose results never reach "
-            "this job's records; allowed: trainer=ddp or trainer=ddp_cpu"
+            f"{typed} trains in processes it starts itself, whose results never reach this job's records; "
+            f"allowed: {allowed}"
         )
 
 

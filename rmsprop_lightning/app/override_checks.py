@@ -261,12 +261,17 @@ def check_values(cfg: DictConfig, values: Sequence[tuple[str, list[Any]]], compl
             check_nodes(OmegaConf.select(job, "trainer.num_nodes"))
             settings = accelerator_settings(job.trainer)
             accelerator, precision, devices, backend = settings
-            gpu = str(accelerator) in ("gpu", "cuda", "mps") or not counts_processes(devices)
+            gpu = str(accelerator) in ("gpu", "cuda", "mps", "tpu") or not counts_processes(devices)
             # float16 mixed precision, or a backend other than the gloo that every build of torch has
             if gpu or str(precision) in FLOAT16_MIXED or backend not in (None, "gloo"):
                 from rmsprop_lightning.app.validation import check_accelerator  # torch only then
 
                 check_accelerator(*settings)
+            strategy = OmegaConf.select(job, "trainer.strategy")
+            if strategy not in (None, "auto", "ddp"):
+                from rmsprop_lightning.app.distributed import check_start_method  # Lightning only then
+
+                check_start_method(strategy)
 
 
 def check_key(cfg: DictConfig, key: str, context: str = "", removing: bool = False) -> None:
