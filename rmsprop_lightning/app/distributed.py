@@ -122,11 +122,6 @@ class HydraDDPStrategy(DDPStrategy):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
-def shown_strategy(strategy: Any) -> str:
-    """A ``trainer.strategy`` setting in a message: its name, or its config's class."""
-    return strategy.get("_target_", "{...}") if isinstance(strategy, Mapping) else str(strategy)
-
-
 def check_start_method(strategy: Any) -> None:
     """Refuses a ``trainer.strategy`` (a name, or a config of a DDP strategy) that trains in processes it
     starts itself (``ddp_spawn``, ``ddp_fork``): what they train never reaches the job's callbacks."""

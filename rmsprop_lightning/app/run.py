@@ -22,7 +22,6 @@ from rmsprop_lightning.app.distributed import (
     check_start_method,
     clean_distributed_state,
     runs_the_job_in_every_rank,
-    shown_strategy,
 )
 from rmsprop_lightning.app.fit_length import check_fit_settings, validation_at_the_end
 from rmsprop_lightning.app.job_hparams import job_hparams
@@ -136,10 +135,10 @@ def build_trainer(
         return trainer
     strategy = cfg.trainer.get("strategy", "auto")
     if strategy not in ("auto", "ddp"):  # a variant whose settings HydraDDPStrategy would not carry over
+        shown = strategy.get("_target_", "{...}") if isinstance(strategy, DictConfig) else strategy
         raise InputError(
-            f"trainer.strategy={shown_strategy(strategy)} starts its extra processes with the whole "
-            "command line; allowed: trainer=ddp or trainer=ddp_cpu, whose HydraDDPStrategy takes "
-            "DDPStrategy's arguments"
+            f"trainer.strategy={shown} starts its extra processes with the whole command line; allowed: "
+            "trainer=ddp or trainer=ddp_cpu, whose HydraDDPStrategy takes DDPStrategy's arguments"
         )
     log.info("DDP with HydraDDPStrategy, whose extra processes run this job (Lightning's run the command)")
     return instantiate(cfg.trainer, **settings, strategy=HydraDDPStrategy())
