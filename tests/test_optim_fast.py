@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rmsprop_lightning.optim import RMSprop, compiled
-from tests.conftest import run_dirs, train_in_process
+from rmsprop_lightning.summary import read_summary
+from tests.conftest import read_hparams, run_dirs, train_in_process
 
 # inductor's own deprecation warnings
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -98,7 +99,7 @@ def test_fast_matches_eager_for_every_variant_and_dtype() -> None:
     groups[("tf", torch.bfloat16)] = VARIANTS["tf"]
     fast = train(20, True, groups)
     eager = train(20, False, groups)
-    assert not fast._fast_failed
+    assert not fast.fast_failed
     for mine, reference in zip(tensors(fast), tensors(eager), strict=True):
         tol = TOLERANCE.get(reference.dtype, TOLERANCE[torch.float32])  # the step counters: float32
         torch.testing.assert_close(mine, reference, rtol=tol, atol=tol)
@@ -115,11 +116,11 @@ def test_a_scheduled_learning_rate_never_recompiles() -> None:
             optimizer.step()
             scheduler.step()
         assert optimizer.param_groups[0]["lr"] < 0.01 / 20  # the schedule did change the learning rate
-        assert not optimizer._fast_failed
+        assert not optimizer.fast_failed
         # the check can fail: a new variant would need a new graph, which the stance refuses
         optimizer.param_groups[0]["centered"] = True
         optimizer.step()
-    assert optimizer._fast_failed
+    assert optimizer.fast_failed
 
 
 def test_compile_failure_logs_once_and_steps_eagerly(
@@ -165,11 +166,17 @@ def test_a_run_is_told_that_the_fast_step_compiles(
     assert "compiling its step" in record.getMessage()
 
 
-def test_a_runs_log_says_its_fast_step_fell_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(compiled, "_compiled", lambda: compiled_fails)
+@pytest.mark.parametrize("fails", [True, False], ids=["falls back", "compiles"])
+def test_a_runs_records_say_whether_its_fast_step_fell_back(
+    fails: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(compiled, "_compiled", lambda: compiled_fails if fails else compiled._graph_step)
     train_in_process(tmp_path, "optimizer.fast=true", "trainer.max_steps=3", "callbacks=none", "test=false")
     (run,) = run_dirs(tmp_path)
-    assert "[WARNING] - RMSprop fast step unavailable" in (run / "train.log").read_text()
+    assert ("[WARNING] - RMSprop fast step unavailable" in (run / "train.log").read_text()) is fails
+    assert read_summary(run)["fast_fell_back"] is fails
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    assert read_hparams(events)["optimizer/fast"] is not fails
 
 
 def test_fast_none_is_the_eager_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,5 +224,5 @@ def test_lightning_fit_uses_the_fast_step_through_the_optimizer_config() -> None
     )
     trainer.fit(module, data)
     optimizer = trainer.optimizers[0]
-    assert isinstance(optimizer, RMSprop) and not optimizer._fast_failed
+    assert isinstance(optimizer, RMSprop) and not optimizer.fast_failed
     assert all(float(state["step"]) == 20 for state in optimizer.state.values())

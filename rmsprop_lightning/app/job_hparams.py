@@ -30,20 +30,23 @@ def run_configs(cfg: DictConfig) -> tuple[DictConfig, DictConfig | None]:
     return cfg, HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def job_hparams(cfg: DictConfig) -> dict[str, HParamValue]:
+def job_hparams(cfg: DictConfig, fast_fell_back: bool | None = None) -> dict[str, HParamValue]:
     """:func:`run_hparams`, the option each of :data:`CHOSEN_GROUPS` chose, and each other key of the run's
-    command line: what a sweep varies, but what a resume may change (TensorBoard keeps the first record)."""
+    command line: what a sweep varies, but what a resume may change (TensorBoard keeps the first record).
+    ``optimizer/fast`` is false where the fast step fell back to the eager one, as the run's log says."""
     started, hydra_cfg = run_configs(cfg)
-    if hydra_cfg is None:
-        return run_hparams(started)
-    choices = hydra_cfg.runtime.choices
-    keys = []
-    for override in OverridesParser.create().parse_overrides(
-        OmegaConf.to_container(hydra_cfg.overrides.task)
-    ):
-        key = override.key_or_group
-        skipped = override.is_delete() or override.package or key in choices or key in SAFE_KEYS
-        if not skipped and key.split(".")[0] not in UNRECORDED:
-            keys.append(key)
-    chosen = {group: choices[group] for group in CHOSEN_GROUPS if choices.get(group) is not None}
-    return run_hparams(started, chosen, keys)
+    chosen, keys = {}, []
+    if hydra_cfg is not None:
+        choices = hydra_cfg.runtime.choices
+        for override in OverridesParser.create().parse_overrides(
+            OmegaConf.to_container(hydra_cfg.overrides.task)
+        ):
+            key = override.key_or_group
+            skipped = override.is_delete() or override.package or key in choices or key in SAFE_KEYS
+            if not skipped and key.split(".")[0] not in UNRECORDED:
+                keys.append(key)
+        chosen = {group: choices[group] for group in CHOSEN_GROUPS if choices.get(group) is not None}
+    params = run_hparams(started, chosen, keys)
+    if fast_fell_back and "optimizer/fast" in params:
+        params["optimizer/fast"] = False
+    return params

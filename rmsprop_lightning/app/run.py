@@ -44,6 +44,7 @@ from rmsprop_lightning.data import RegressionDataModule
 from rmsprop_lightning.errors import DivergedError, InputError, first_line, is_rank_zero
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard
 from rmsprop_lightning.module import RegressionModule
+from rmsprop_lightning.optim.rmsprop import fast_fell_back
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except DivergedError:  # an HPARAMS row for its settings too, which a sweep's tab compares
-                finish_tensorboard(trainer.loggers, job_hparams(cfg))
+                finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)))
                 raise
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback
@@ -194,6 +195,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
-        finish_tensorboard(trainer.loggers, job_hparams(cfg))
+        finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)))
     finally:
         clean_distributed_state(trainer)

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.logging.tensorboard import is_better
+from rmsprop_lightning.optim.rmsprop import fast_fell_back
 
 
 def keep_best(
@@ -49,6 +50,7 @@ class FitStats(Callback):
         self.best_step: dict[str, int] = {}
         self.batches: list[int] | None = None  # the fit's training batches per epoch and per step
         self.start_step: int | None = None  # the step the run's first fit started at (a branch's parent's)
+        self.fast_fell_back: bool | None = None  # None: no fast=True RMSprop
         self._fit_start: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class FitStats(Callback):
             self.fit_seconds = time.perf_counter() - self._fit_start
             self._fit_start = None
         self.steps = trainer.global_step
+        self.fast_fell_back = fast_fell_back(trainer.optimizers)
         self.final.update(_scalars(trainer))
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -97,11 +100,13 @@ class FitStats(Callback):
 
     def fields(self) -> dict[str, Any]:
         """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best``, ``best_step`` and, once a fit
-        started, ``threads``; none before a trainer set it up."""
+        started, ``threads`` and, with a ``fast=True`` RMSprop, ``fast_fell_back``; none before a trainer set
+        it up."""
         if not self.started:
             return {}
         return {
             **({"threads": self.threads} if self.threads else {}),
+            **({"fast_fell_back": self.fast_fell_back} if self.fast_fell_back is not None else {}),
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
             "final": dict(self.final),

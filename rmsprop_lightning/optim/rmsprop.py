@@ -106,6 +106,11 @@ class RMSprop(torch.optim.RMSprop):
         self._fast_failed = False
         torch.optim.Optimizer.__init__(self, params, defaults)
 
+    @property
+    def fast_failed(self) -> bool:
+        """Whether ``torch.compile`` failed, so that its ``fast=True`` groups step eagerly from then on."""
+        return self._fast_failed
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group after checking its options (with the defaults it inherits)."""
         validate_options({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
@@ -180,3 +185,10 @@ class RMSprop(torch.optim.RMSprop):
             )
             for part in parts:
                 update(*part, foreach=None)
+
+
+def fast_fell_back(optimizers: Iterable[torch.optim.Optimizer]) -> bool | None:
+    """Whether a ``fast=True`` RMSprop among ``optimizers`` took eager steps after a compile failure;
+    ``None`` when none asked for the fast step."""
+    asked = [o for o in optimizers if isinstance(o, RMSprop) and any(g["fast"] for g in o.param_groups)]
+    return any(optimizer.fast_failed for optimizer in asked) if asked else None
