@@ -99,6 +99,16 @@ def as_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def outcome(summary: Mapping[str, Any]) -> str:
+    """A job's status as a sweep counts it: one that completed with a non-finite final ``val/loss``
+    (``on_nonfinite=skip``) diverged; one without a status never finished."""
+    status = summary.get("status", "running")
+    final = summary.get("final") or {}
+    if status == "completed" and "val/loss" in final and not math.isfinite(as_float(final["val/loss"])):
+        return "diverged"
+    return status
+
+
 def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     """The run in one line: its end metrics, its folder and, if it has event files, how to look at them."""
     metrics = {f"{tag}_best": value for tag, value in summary.get("best", {}).items() if tag == "val/loss"}

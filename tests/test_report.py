@@ -15,13 +15,15 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from rmsprop_lightning.app.sweep_record import SWEEP_FILE, SweepRecord
 from rmsprop_lightning.logging.events import read_csv_scalars
 from rmsprop_lightning.population.outputs import summary_fields
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.report.results import load_sweep
-from rmsprop_lightning.summary import write_summary
+from rmsprop_lightning.summary import read_json, write_summary
 from tests.conftest import ROOT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -567,7 +569,10 @@ def test_jobs_of_several_sweeps_are_named_with_their_sweep(tmp_path):
 
 def test_a_run_completed_with_a_non_finite_loss_is_diverged_and_says_so(tmp_path):
     make_job(tmp_path / "sweep", 0, ["on_nonfinite=skip"], final={"val/loss": "inf"})
+    make_job(tmp_path / "sweep", 1, ["on_nonfinite=skip"])
     assert "- `0_job`: **diverged** completed with a final val/loss of inf" in report_text(tmp_path / "sweep")
+    SweepRecord().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}))
+    assert read_json(tmp_path / "sweep" / SWEEP_FILE)["statuses"] == {"completed": 1, "diverged": 1}
 
 
 def test_a_file_given_as_a_folder_is_one_line_saying_so(sweep, tmp_path, capsys, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rmsprop_lightning.summary import SUMMARY_FILE, read_json, read_summary, write_json
+from rmsprop_lightning.summary import SUMMARY_FILE, outcome, read_json, read_summary, write_json
 
 SWEEP_FILE = "sweep.json"
 SQLITE_PREFIX = "sqlite:///"
@@ -77,7 +77,7 @@ class SweepRecord(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         path = sweep_dir / SWEEP_FILE
         record = read_json(path) if path.is_file() else {}
-        statuses = Counter(read_summary(folder).get("status", "unknown") for folder in job_folders(sweep_dir))
+        statuses = Counter(outcome(read_summary(folder)) for folder in job_folders(sweep_dir))
         record.update(finished_at=time.time(), statuses=dict(statuses))
         write_json(path, record)
         tally = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "no jobs"

@@ -26,7 +26,7 @@ from rmsprop_lightning.report.settings import (
     saved_setting,
     short_number,
 )
-from rmsprop_lightning.summary import as_float, read_json, read_summary, summary_path
+from rmsprop_lightning.summary import as_float, outcome, read_json, read_summary, summary_path
 
 OPTUNA_RESULTS = "optimization_results.yaml"
 # what rmsprop-report reads
@@ -77,10 +77,7 @@ class Job:
     @property
     def status(self) -> str:
         """``completed``, ``failed``, ``diverged``, ``interrupted`` or ``running`` (never finished)."""
-        status = self.summary.get("status", "running")
-        if status == "completed" and not math.isfinite(self.value("final", "val/loss")):
-            return "diverged" if "val/loss" in self.summary.get("final", {}) else status
-        return status
+        return outcome(self.summary)
 
     def value(self, read: str, tag: str) -> float:
         """The ``final`` or ``best`` value of ``tag`` in the summary; NaN where none was recorded."""
