@@ -49,7 +49,9 @@ def check_scheduler_settings(cfg: DictConfig) -> None:
     monitor, interval, frequency = (
         select(cfg, f"scheduler.{key}") for key in ("monitor", "interval", "frequency")
     )
-    if monitor is not None and target != PLATEAU and is_known(target):
+    # a scheduler class of one's own (not torch's or warmup_cosine) may be a plateau scheduler by another name
+    known = str(target).startswith("torch.optim.lr_scheduler.") or target == WARMUP_COSINE
+    if monitor is not None and target != PLATEAU and known:
         raise InputError(
             f"scheduler.monitor={monitor} is read by a plateau scheduler only, not by {target}; "
             "allowed: scheduler.monitor=null, or scheduler=plateau"
@@ -71,12 +73,6 @@ def check_scheduler_settings(cfg: DictConfig) -> None:
             f"follows {STEPS_KEY}, a number of steps; allowed: scheduler.interval=step, or "
             f"scheduler.scheduler.{keys[0]}=<epochs>"
         )
-
-
-def is_known(target: str | None) -> bool:
-    """Whether a scheduler's class is torch's or this project's, which the checks know (a class of one's own
-    may be a plateau scheduler under another name)."""
-    return str(target).startswith("torch.optim.lr_scheduler.") or target == WARMUP_COSINE
 
 
 def check_warmup(cfg: DictConfig) -> None:

@@ -93,11 +93,6 @@ def apply_group_settings(
     return changes
 
 
-def is_plateau(config: Mapping[str, Any]) -> bool:
-    """Whether a Lightning scheduler config's scheduler follows a metric (steps on its plateaus)."""
-    return isinstance(config["scheduler"], ReduceLROnPlateau)
-
-
 def is_plateau_state(saved: Mapping[str, Any]) -> bool:
     """Whether a saved scheduler state is a plateau scheduler's: its progress, not a schedule's."""
     return "num_bad_epochs" in saved
@@ -162,7 +157,7 @@ class CheckpointBranch(Callback):
             (
                 (saved, parent)
                 for saved, config, parent in zip(saved_schedulers, schedulers, continued, strict=False)
-                if is_plateau(config)
+                if isinstance(config["scheduler"], ReduceLROnPlateau)
             ),
             (None, False),
         )

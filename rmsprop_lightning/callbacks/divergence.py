@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from rmsprop_lightning.callbacks.last_checkpoint import find_last_checkpoint
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_callback
 from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.internals import logger_step
 from rmsprop_lightning.summary import write_summary
@@ -172,7 +172,7 @@ class DivergenceGuard(Callback):
             self._losses, self._stepped = [], 0
             return
         step = logger_step(trainer)  # the updates done before this batch's
-        last = find_last_checkpoint(trainer)
+        last = find_callback(trainer.callbacks, LastCheckpoint)
         kept = last.path if last is not None and last.path.is_file() else None
         loss_finite = bool(all_finite(self._losses))
         losses = loss_text(self._losses, self._loss_scale)

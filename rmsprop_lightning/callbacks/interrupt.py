@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.divergence import any_rank
-from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_last_checkpoint
+from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_callback
 from rmsprop_lightning.errors import InterruptedRun, requested_stop, resume_command
 from rmsprop_lightning.summary import write_summary
 
@@ -56,7 +56,7 @@ class GracefulInterrupt(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._step = trainer.global_step
-        self._last = find_last_checkpoint(trainer)
+        self._last = find_callback(trainer.callbacks, LastCheckpoint)
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
         self.received = self.received or requested_stop()  # one taken while distributed ranks started

@@ -44,11 +44,6 @@ def find_callback(callbacks: Iterable[Any], kind: type[C]) -> C | None:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
-def find_last_checkpoint(trainer: pl.Trainer) -> LastCheckpoint | None:
-    """The trainer's :class:`LastCheckpoint` callback, if it has one."""
-    return find_callback(trainer.callbacks, LastCheckpoint)
-
-
 class LastCheckpoint(Checkpoint):
     """Saves the full training state to ``dirpath/last.ckpt`` every ``every_n_train_steps`` steps.
 
