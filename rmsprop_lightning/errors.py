@@ -90,6 +90,13 @@ def resume_command(run_dir: str | Path) -> str:
     return f"{program()} {shlex.quote(f'resume={run_dir}')}"
 
 
+def resume_hint(run_dir: str | Path, kept: bool) -> str:
+    """How to go on with the run in ``run_dir``: resume it from the ``last.ckpt`` it ``kept``, or start it
+    again (a resume without one starts from step 0)."""
+    command = resume_command(run_dir)
+    return f"resume with: {command}" if kept else f"no last.ckpt to go on from: {command} starts it again"
+
+
 # the variables launchers (torchrun, SLURM, Lightning's own) set to a process's rank
 RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
 

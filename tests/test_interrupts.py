@@ -76,11 +76,14 @@ def stopped(
     return result, records[0].parent, json.loads(records[0].read_text())
 
 
-def error_line(result: Any, run_dir: Path) -> str:
-    """The one error line, which ends with the resume command."""
+def error_line(result: Any, run_dir: Path, kept: bool = True) -> str:
+    """The one error line, which ends with the resume command: one that goes on from the ``last.ckpt`` kept,
+    else one that starts the run again."""
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert line.endswith(f"; resume with: python {TRAIN} resume={run_dir}")
+    command = f"python {TRAIN} resume={run_dir}"
+    hint = f"resume with: {command}" if kept else f"no last.ckpt to go on from: {command} starts it again"
+    assert line.endswith(f"; {hint}")
     return line
 
 
@@ -108,7 +111,8 @@ def test_a_signal_after_the_last_step_stops_before_the_test(tmp_path):
 def test_a_signal_before_training_stops_the_job_as_interrupted(tmp_path):
     result, run_dir, summary = stopped(tmp_path, "init:TERM")
     assert result.returncode == 143, result.stderr[-3000:]
-    assert error_line(result, run_dir).startswith("error: stopped by SIGTERM outside the training steps;")
+    line = error_line(result, run_dir, kept=False)
+    assert line.startswith("error: stopped by SIGTERM outside the training steps;")
     assert summary["status"] == "interrupted" and summary["error"].startswith("stopped by SIGTERM")
 
 
@@ -139,7 +143,7 @@ def test_a_second_ctrl_c_after_the_stops_checkpoint_says_it_was_saved(tmp_path):
 def test_a_second_ctrl_c_during_training_stops_at_once_as_interrupted(tmp_path):
     result, run_dir, summary = stopped(tmp_path, "train_batch_end:INT:2")
     assert result.returncode == 130, result.stderr[-3000:]
-    line = error_line(result, run_dir)
+    line = error_line(result, run_dir, kept=False)
     assert line.startswith("error: stopped by SIGINT again during step 1; no checkpoint saved;")
     assert summary["status"] == "interrupted" and summary["steps"] == 1
     assert not (run_dir / "checkpoints" / LAST_CHECKPOINT).exists()
@@ -181,7 +185,8 @@ def test_a_run_stopped_during_its_test_resumes_to_that_test(tmp_path, monkeypatc
 def test_the_resume_command_a_message_suggests_is_the_one_that_started_the_run(started, command, monkeypatch):
     monkeypatch.delenv(PROGRAM_ENV, raising=False)  # as a process a launcher did not start
     monkeypatch.setattr(sys, "argv", [started, "seed=1"])
-    assert stopped_outside_steps(signal.SIGTERM, "/runs/r").args[0].endswith(f"{command} resume=/runs/r")
+    message = stopped_outside_steps(signal.SIGTERM, "/runs/r").args[0]  # a run without a last.ckpt
+    assert message.endswith(f"{command} resume=/runs/r starts it again")
 
 
 def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep(monkeypatch, capsys):
@@ -190,13 +195,13 @@ def test_a_job_in_a_launchers_worker_suggests_the_command_that_started_the_sweep
     train_main()
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["-c"])  # as in a joblib worker
-    assert stopped_outside_steps(signal.SIGINT, "/runs/r").args[0].endswith("rmsprop-train resume=/runs/r")
+    message = stopped_outside_steps(signal.SIGINT, "/runs/r").args[0]
+    assert message.endswith("rmsprop-train resume=/runs/r starts it again")
 
 
-def test_a_stop_without_a_last_checkpoint_callback_suggests_no_resume(tmp_path):
-    # the resume would start again from step 0
-    result, _, summary = stopped(tmp_path, "train_batch_end:TERM", "~callbacks.last_checkpoint")
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+def test_a_stop_without_a_last_checkpoint_callback_says_a_resume_starts_it_again(tmp_path):
+    result, run_dir, summary = stopped(tmp_path, "train_batch_end:TERM", "~callbacks.last_checkpoint")
     assert result.returncode == 143 and summary["status"] == "interrupted"
-    assert line.endswith("no checkpoint saved (no last_checkpoint callback)") and "resume" not in line
+    line = error_line(result, run_dir, kept=False)
+    assert "no checkpoint saved (no last_checkpoint callback); no last.ckpt to go on from" in line
     assert "and saving a checkpoint" not in result.stderr

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from rmsprop_lightning.errors import InterruptedRun, is_rank_zero, request_stop, resume_command
+from rmsprop_lightning.app.resume_checks import last_checkpoint
+from rmsprop_lightning.errors import InterruptedRun, is_rank_zero, request_stop, resume_hint
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def is_one_of_several_ranks() -> bool:
 
 def stopped_outside_steps(signum: int, run_dir: str) -> InterruptedRun:
     """The stop of a job by a signal outside its training steps, which takes no checkpoint."""
-    name = signal.Signals(signum).name
+    hint = resume_hint(run_dir, last_checkpoint(run_dir).is_file())
     return InterruptedRun(
-        f"stopped by {name} outside the training steps; resume with: {resume_command(run_dir)}", signum
+        f"stopped by {signal.Signals(signum).name} outside the training steps; {hint}", signum
     )

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rmsprop_lightning.callbacks.divergence import any_rank
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint, find_callback
-from rmsprop_lightning.errors import InterruptedRun, requested_stop, resume_command
+from rmsprop_lightning.errors import InterruptedRun, requested_stop, resume_hint
 from rmsprop_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,10 @@ class GracefulInterrupt(Callback):
         self._restore()
 
     def _resume(self) -> str:
-        """How to go on, where a ``last.ckpt`` is kept to go on from."""
-        kept = self.run_dir is not None and self._last is not None
-        return f"; resume with: {resume_command(self.run_dir)}" if kept else ""
+        """How to go on with a template run (whose ``run_dir`` is set)."""
+        if self.run_dir is None:
+            return ""
+        return f"; {resume_hint(self.run_dir, self._last is not None and self._last.path.is_file())}"
 
     def _saved_at_stop(self) -> str:
         """``checkpoint saved to <path>`` once the stopped step's checkpoint is written, else ``""``."""
