@@ -29,6 +29,10 @@ class GracefulInterrupt(Callback):
     that step and the next batch raises :class:`~rmsprop_lightning.errors.InterruptedRun` with the resume
     command; nothing unscheduled runs, so the resumed run is the one stopped. A signal at the last step
     stops at the end of the fit, before any test; a second Ctrl-C stops at once, without a checkpoint.
+
+    Args:
+        run_dir: a template run's folder (``train.py``'s): the stop goes into its ``metrics.json`` and the
+            message ends with its ``resume=`` command; ``None`` elsewhere.
     """
 
     def __init__(self, run_dir: str | Path | None = None) -> None:

@@ -52,7 +52,8 @@ class LastCheckpoint(Checkpoint):
     not repeat a validation due at a checkpoint's step).
     As a ``Checkpoint`` it runs after the other callbacks, so a step they reject is never saved; it also
     takes the place of Lightning's default ``ModelCheckpoint``, and a ``ModelCheckpoint`` goes before it in
-    the list, as ``trainer.checkpoint_callback`` (what ``ckpt_path="best"`` reads) is the first.
+    the list, as ``trainer.checkpoint_callback`` (what ``ckpt_path="best"`` reads) is the first. A resume
+    of a fit that draws random numbers (dropout) is exact with :class:`RandomState` among the callbacks.
 
     Lightning's resume skips two plateau-scheduler steps that these checkpoints come before: that of the
     epoch whose last batch the checkpoint holds, and the one at the end of the epoch the run resumes in (it
