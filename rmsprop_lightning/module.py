@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from rmsprop_lightning.internals import logger_step
@@ -175,8 +176,10 @@ class RegressionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if "val" in self._totals:
             self._log_epoch_scores("val")
-        # a logged ``step`` is the loggers' step: the optimizer steps done (Lightning's default is one less)
-        self.log("step", float(self.trainer.global_step), sync_dist=True)
+        # a logged ``step`` is the loggers' step: the optimizer steps done (Lightning's default is one less);
+        # a fit's only, as trainer.validate would return it among the scores
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.log("step", float(self.trainer.global_step), sync_dist=True)
 
     def on_validation_end(self) -> None:
         # once the loggers and the checkpoints of this validation have it: kept among the callback metrics,

@@ -42,6 +42,7 @@ def test_scores_of_large_errors_are_summed_without_overflow():
         module.model[-1].bias.fill_(1e19)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     (scores,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert set(scores) == {"val/loss", "val/rmse"}  # what a fit logs beside them for its loggers aside
     assert scores["val/loss"] == pytest.approx(1e38, rel=1e-3)
     assert scores["val/rmse"] == pytest.approx(1e19, rel=1e-3)
 
