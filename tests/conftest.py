@@ -141,6 +141,14 @@ def run_dirs(root: Path, task: str = "train") -> list[Path]:
     return sorted((root / "logs" / task / "runs").glob("*"))
 
 
+def session_status(folder: Path) -> int:
+    """The end status HPARAMS record for the run of the event files in ``folder`` (``api_pb2.STATUS_*``)."""
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_END_INFO_TAG]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
+
+
 def read_hparams(event_file: Path) -> dict[str, object]:
     """The HPARAMS an event file records for its run: name → value."""
     accumulator = EventAccumulator(str(event_file))

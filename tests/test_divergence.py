@@ -13,14 +13,14 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams import api_pb2, metadata
 
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard, likely_cause
 from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.model import FeedForward
 from rmsprop_lightning.module import RegressionModule
-from tests.conftest import QUICK, run_dirs, train_in_process
+from tests.conftest import QUICK, run_dirs, session_status, train_in_process
 
 
 class MemoryLogger(Logger):
@@ -278,7 +278,8 @@ def test_forced_divergence_stops_at_the_first_nonfinite_step_keeping_the_last_go
     losses = read_scalars(run_dir / "tensorboard")["train/loss"]
     assert [s for s, _ in losses] == list(range(step))
     assert all(math.isfinite(value) for _, value in losses)
-    # its settings have their HPARAMS row, with the best val/loss it reached
+    # its settings have their HPARAMS row, with the best val/loss it reached, as a failed run
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
     accumulator.Reload()
     assert metadata.SESSION_START_INFO_TAG in accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
+    assert session_status(run_dir / "tensorboard") == api_pb2.STATUS_FAILURE

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2
 
 from rmsprop_lightning.app.jobs import available_cores
 from rmsprop_lightning.app.run import run
@@ -29,7 +30,7 @@ from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
 from rmsprop_lightning.summary import read_summary
-from tests.conftest import CONF, QUICK, TRAIN, read_hparams, run_train, train_in_process
+from tests.conftest import CONF, QUICK, TRAIN, read_hparams, run_train, session_status, train_in_process
 from tests.test_sweeps import only_sweep
 
 PRESETS = sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml"))
@@ -364,10 +365,11 @@ def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path)
     ours, theirs = (read_scalars(folder / "tensorboard")["lr-RMSprop/decay"] for folder in (member, solo))
     assert [step for step, _ in ours] == [step for step, _ in theirs]
     assert [value for _, value in ours] == pytest.approx([value for _, value in theirs], rel=1e-6)
-    for folder in (member, solo):  # an HPARAMS row of its settings, as a finished run has
+    for folder in (member, solo):  # an HPARAMS row of its settings, as a failed run
         accumulator = EventAccumulator(str(folder / "tensorboard"))
         accumulator.Reload()
         assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
+        assert session_status(folder / "tensorboard") == api_pb2.STATUS_FAILURE
 
 
 def test_a_member_that_diverges_in_half_precision_is_told_why_as_its_solo_run(tmp_path):

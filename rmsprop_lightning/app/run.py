@@ -187,7 +187,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except DivergedError:  # an HPARAMS row for its settings too, which a sweep's tab compares
-                finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)))
+                params = job_hparams(cfg, fast_fell_back(trainer.optimizers))
+                finish_tensorboard(trainer.loggers, params, status="failed")
                 raise
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback

@@ -76,8 +76,11 @@ def run_hparams(
     return params
 
 
-def hparams_summaries(params: Mapping[str, HParamValue], metric_tags: Iterable[str]) -> list[Summary]:
-    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run.
+def hparams_summaries(
+    params: Mapping[str, HParamValue], metric_tags: Iterable[str], status: str = "success"
+) -> list[Summary]:
+    """The HPARAMS plugin's experiment, session-start and session-end summaries for one run, which ended
+    with Lightning's ``status`` (``success``; ``failed``: the run diverged).
 
     Built from TensorBoard's protos rather than torch's ``hparams`` (which types booleans as
     numbers) or ``summary_v2.hparams_pb`` (which names the session by a hash, not the run).
@@ -96,7 +99,8 @@ def hparams_summaries(params: Mapping[str, HParamValue], metric_tags: Iterable[s
             start.hparams[name].string_value = str(value)
         infos.append(api_pb2.HParamInfo(name=name, type=kind))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags]
-    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    ended = api_pb2.STATUS_SUCCESS if status == "success" else api_pb2.STATUS_FAILURE
+    end = plugin_data_pb2.SessionEndInfo(status=ended, end_time_secs=time.time())
     plugin_data = {
         metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(
             experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
@@ -189,11 +193,11 @@ class TensorBoardRunLogger(TensorBoardLogger):
                 if is_better(value, self.best.get(tag), mode):
                     self.best[tag] = value
 
-    def closing_summaries(self, params: Mapping[str, HParamValue]) -> list[Summary]:
+    def closing_summaries(self, params: Mapping[str, HParamValue], status: str = "success") -> list[Summary]:
         """The summaries that close a run: its best values as ``<tag>_best`` scalars, then its HPARAMS."""
         best = {f"{tag}_best": value for tag, value in self.best.items()}
         closing = [scalars_summary(best, self.tag_prefix)] if best else []
-        return closing + hparams_summaries(params, self.metric_tags)
+        return closing + hparams_summaries(params, self.metric_tags, status)
 
     @property
     def metric_tags(self) -> list[str]:
@@ -219,16 +223,16 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.save()
 
     @rank_zero_only
-    def write_hparams(self, params: Mapping[str, HParamValue]) -> None:
+    def write_hparams(self, params: Mapping[str, HParamValue], status: str = "success") -> None:
         """Logs the best values, then the HPARAMS summaries of ``params``, and closes the event file."""
-        for summary in self.closing_summaries(params):
+        for summary in self.closing_summaries(params, status):
             self.experiment.file_writer.add_summary(summary, self._last_step)
-        self.close()
+        self.close(status)
 
     @rank_zero_only
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         """Flushes and closes the event file; logging after this starts a new one."""
-        super().finalize("success")
+        super().finalize(status)
 
 
 def continue_tensorboard(loggers: Iterable[Logger], resumed_step: int | None) -> None:
@@ -238,8 +242,10 @@ def continue_tensorboard(loggers: Iterable[Logger], resumed_step: int | None) ->
             logger.continue_run(resumed_step)
 
 
-def finish_tensorboard(loggers: Iterable[Logger], params: Mapping[str, HParamValue]) -> None:
+def finish_tensorboard(
+    loggers: Iterable[Logger], params: Mapping[str, HParamValue], status: str = "success"
+) -> None:
     """Writes the HPARAMS summary of every :class:`TensorBoardRunLogger` among ``loggers`` and closes it."""
     for logger in loggers:
         if isinstance(logger, TensorBoardRunLogger):
-            logger.write_hparams(params)
+            logger.write_hparams(params, status)

@@ -107,11 +107,11 @@ def summary_fields(record: PopulationRecord, index: int, scalars: Scalars) -> di
 
 
 def write_tensorboard(
-    logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any], layout: bool, finished: bool
+    logger: TensorBoardRunLogger, scalars: Scalars, params: dict[str, Any], layout: bool, status: str | None
 ) -> None:
     """The member's event file, as :class:`TensorBoardRunLogger` writes a solo run's, in one pass: with the
-    optimizer-state charts' ``layout``, and the best values and HPARAMS that a ``finished`` fit (one that
-    completed or diverged) adds."""
+    optimizer-state charts' ``layout``, and the best values and HPARAMS that a fit that ended adds (with
+    Lightning's ``status``: ``success``, or ``failed`` when it diverged; ``None``: interrupted)."""
     events = EventFile(logger.log_dir)
     for step, metrics in sorted(scalars.items()):
         logger.keep_best(metrics)
@@ -120,24 +120,25 @@ def write_tensorboard(
     optim = [tag for metrics in scalars.values() for tag in metrics if tag.startswith("optim/")]
     if optim and layout:
         events.summary(custom_scalars(custom_scalars_layout(dict.fromkeys(optim))), last)
-    for summary in logger.closing_summaries(params) if finished else ():
+    for summary in logger.closing_summaries(params, status) if status else ():
         events.summary(summary, last)
     events.close()
 
 
-def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, finished: bool) -> None:
-    """Hands the member's scalars and hyper-parameters to the loggers its config names."""
+def write_loggers(cfg: DictConfig, member: Member, scalars: Scalars, status: str | None) -> None:
+    """Hands the member's scalars and hyper-parameters to the loggers its config names; ``status`` as
+    :func:`write_tensorboard`'s."""
     monitor = (cfg.get("callbacks") or {}).get("optimizer_state_monitor") or {}
     layout = bool(monitor.get("tensorboard_layout", True))
     for logger in instantiate_entries(cfg, "logger"):
         logger.log_hyperparams(member.module.hparams)
         if isinstance(logger, TensorBoardRunLogger):  # its writer stays closed: the file is written here
-            write_tensorboard(logger, scalars, job_hparams(cfg), layout, finished)
+            write_tensorboard(logger, scalars, job_hparams(cfg), layout, status)
             save_hparams_to_yaml(Path(logger.log_dir) / TensorBoardLogger.NAME_HPARAMS_FILE, logger.hparams)
             continue
         for step in sorted(scalars):
             logger.log_metrics(scalars[step], step)
-        logger.finalize("success")  # which saves (Lightning's CSV and TensorBoard loggers)
+        logger.finalize(status or "success")  # which saves (Lightning's CSV and TensorBoard loggers)
 
 
 def divergence(record: PopulationRecord, index: int, member: Member, last: Path | None) -> DivergedError:
@@ -163,7 +164,8 @@ def write_member(
     if interrupted:
         message = f"{record.result.interrupted}; resume with: {resume_command(cfg.paths.output_dir)}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    write_loggers(cfg, member, scalars, finished=not interrupted)  # a diverged run has its HPARAMS row
+    status = None if interrupted else "failed" if frozen >= 0 else "success"
+    write_loggers(cfg, member, scalars, status)  # a diverged run has its HPARAMS row
     last = write_checkpoints(cfg, member, record, index, scalars)
     if frozen >= 0:
         error = divergence(record, index, member, last)
