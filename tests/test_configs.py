@@ -53,7 +53,7 @@ def test_default_config_builds_every_object(compose_cfg):
     assert (module.model[0].in_features, module.model[0].out_features) == (10, 5)
     assert (module.model[2].in_features, module.model[2].out_features) == (5, 1)
     assert {type(c).__name__ for c in callbacks} == {
-        "ModelCheckpoint",
+        "BestCheckpoint",
         "LastCheckpoint",
         "LearningRateMonitor",
         "OptimizerStateMonitor",

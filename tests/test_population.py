@@ -494,14 +494,15 @@ def test_a_signal_while_the_jobs_are_set_up_stops_the_sweep_in_one_line(tmp_path
 @pytest.mark.parametrize(
     ("losses", "until", "kept"),
     [
-        ((float("nan"), float("inf"), float("inf")), 30, 10),  # the first counts, NaN as inf
+        ((float("nan"), float("inf"), float("inf")), 30, -1),  # no finite value: none
+        ((float("inf"), 0.7, float("nan")), 30, 20),
         ((float("nan"), 0.5, 0.2), 30, 30),
         ((0.5, 0.5, 0.7), 30, 10),  # a tie keeps the earlier
         ((0.5, 0.2, 0.1), 20, 20),  # nothing after the save counts
         ((0.5, 0.2), 5, -1),  # no validation before the save
     ],
 )
-def test_a_members_best_checkpoint_at_a_save_is_the_one_model_checkpoint_keeps(losses, until, kept) -> None:
+def test_a_members_best_checkpoint_at_a_save_is_the_one_best_checkpoint_keeps(losses, until, kept) -> None:
     validations = [(10 * (i + 1), {"val/loss": [0.9, loss]}) for i, loss in enumerate(losses)]
     assert best_until(SimpleNamespace(validations=validations), 1, until) == kept
 

@@ -182,7 +182,11 @@ TARGET_RULES: dict[str, dict[str, dict[str, Rule]]] = {
         ),
     },
     "callbacks.model_checkpoint": {
-        "lightning.pytorch.callbacks.ModelCheckpoint": {"save_top_k": Number(integer=True, low=-1)}
+        target: {"save_top_k": Number(integer=True, low=-1)}
+        for target in (
+            "rmsprop_lightning.callbacks.BestCheckpoint",
+            "lightning.pytorch.callbacks.ModelCheckpoint",
+        )
     },
     "callbacks.last_checkpoint": {
         "rmsprop_lightning.callbacks.LastCheckpoint": {"every_n_train_steps": SIZE}

@@ -1,5 +1,6 @@
 """Lightning callbacks of the project."""
 
+from rmsprop_lightning.callbacks.best_checkpoint import BestCheckpoint
 from rmsprop_lightning.callbacks.branch import CheckpointBranch
 from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.interrupt import GracefulInterrupt
@@ -10,6 +11,7 @@ from rmsprop_lightning.callbacks.random_state import RandomState
 from rmsprop_lightning.callbacks.update_report import UpdateReport
 
 __all__ = [
+    "BestCheckpoint",
     "CheckpointBranch",
     "DivergenceGuard",
     "GracefulInterrupt",

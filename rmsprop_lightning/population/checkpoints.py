@@ -32,13 +32,12 @@ if TYPE_CHECKING:
 
 
 def best_until(record: PopulationRecord, index: int, step: int) -> int:
-    """The step of the member's best ``val/loss`` up to ``step`` as ``ModelCheckpoint`` keeps it (its
-    first validation counts whatever the score, NaN as inf; ties keep the earlier), or -1."""
+    """The step of the member's best ``val/loss`` up to ``step`` as ``BestCheckpoint`` keeps it (finite
+    values only; ties keep the earlier), or -1."""
     best, kept = math.inf, -1
     for validated, scores in record.validations:
         loss = scores["val/loss"][index]
-        loss = math.inf if math.isnan(loss) else loss
-        if validated <= step and (kept < 0 or loss < best):
+        if validated <= step and loss < best:  # NaN and inf never are
             best, kept = loss, validated
     return kept
 

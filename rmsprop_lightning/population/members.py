@@ -23,7 +23,7 @@ OPTIMIZERS = ("rmsprop_lightning.optim.RMSprop", "torch.optim.RMSprop")
 MODELS = ("rmsprop_lightning.model.FeedForward",)
 DATA = ("rmsprop_lightning.data.RegressionDataModule",)
 # the callbacks a population reproduces for its members (others need a run of their own)
-MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+MODEL_CHECKPOINT = "rmsprop_lightning.callbacks.BestCheckpoint"
 CHECKPOINT_TIMERS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
 LR_MONITORS = (
     "rmsprop_lightning.callbacks.LearningRateMonitor",
@@ -103,7 +103,8 @@ def callback_entries(cfg: DictConfig) -> list[DictConfig]:
 
 def keeps_best_checkpoint(cfg: DictConfig) -> bool:
     """Whether the job's callbacks keep a best checkpoint (its test then uses the best weights)."""
-    return any(entry.get("_target_") == MODEL_CHECKPOINT for entry in callback_entries(cfg))
+    kinds = (MODEL_CHECKPOINT, "lightning.pytorch.callbacks.ModelCheckpoint")
+    return any(entry.get("_target_") in kinds for entry in callback_entries(cfg))
 
 
 def keeps_best_by_step(checkpoint: DictConfig) -> bool:

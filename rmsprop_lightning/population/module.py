@@ -171,13 +171,12 @@ class PopulationModule(pl.LightningModule):
         self.log("val/loss", loss.mean())  # for Lightning: the plateau scheduler's monitor
 
     def _keep_best(self, loss: Tensor, step: int) -> None:
-        """Keeps each live member's parameters at its lowest ``val/loss`` (ties keep the earlier), as
-        ``ModelCheckpoint`` does: its first validation counts whatever the score, NaN counting as inf."""
+        """Keeps each live member's parameters at its lowest finite ``val/loss`` (ties keep the earlier), as
+        ``BestCheckpoint`` does."""
         if self.best_loss is None:
             self.best_loss = torch.full_like(loss, float("inf"))
             self.best_step = torch.full_like(loss, -1, dtype=torch.long)
-        loss = torch.nan_to_num(loss, nan=float("inf"), posinf=float("inf"))
-        better = self.optimizer.alive & ((loss < self.best_loss) | (self.best_step < 0))
+        better = self.optimizer.alive & (loss < self.best_loss)  # NaN and inf never are
         self.best_loss = torch.where(better, loss, self.best_loss)
         self.best_step = torch.where(better, step, self.best_step)
         for name in self.model.names:
