@@ -12,7 +12,9 @@ import fractions
 import hashlib
 import runpy
 import shutil
+import struct
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -790,6 +792,11 @@ CASES = [
         ["truncated.ckpt", "truncated or corrupt"],
     ),
     ("garbage checkpoint", ["ckpt_path={files}/garbage.ckpt"], ["garbage.ckpt", "truncated or corrupt"]),
+    (
+        "checkpoint with a damaged tensor",
+        ["ckpt_path={files}/damaged.ckpt"],
+        ["damaged.ckpt is corrupt: its entry", "/data/0 does not match the checksum"],
+    ),
     ("pickled checkpoint", ["ckpt_path={files}/pickled.ckpt"], ["pickled.ckpt", "weights-only"]),
     (
         "checkpoint of another shape",
@@ -870,6 +877,17 @@ CASES = [
 SUBPROCESS_CASES = ("unknown optimizer key", "text in a cell", "resume changing lr")
 
 
+def damaged(checkpoint: Path) -> bytes:
+    """``checkpoint``'s bytes with the first of its first tensor's overwritten: a zip archive still, which
+    torch loads."""
+    data = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:
+        entry = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    data[entry.header_offset + 30 + name_length + extra_length] ^= 0xFF
+    return bytes(data)
+
+
 def write_bad_files(folder: Path, earlier: Path) -> None:
     """The broken data and checkpoint files the corpus points at."""
     folder.mkdir()
@@ -903,6 +921,7 @@ def write_bad_files(folder: Path, earlier: Path) -> None:
     checkpoint = (earlier / "checkpoints" / "last.ckpt").read_bytes()
     (folder / "truncated.ckpt").write_bytes(checkpoint[: len(checkpoint) // 2])
     (folder / "garbage.ckpt").write_bytes(bytes(range(256)) * 40)
+    (folder / "damaged.ckpt").write_bytes(damaged(earlier / "checkpoints" / "last.ckpt"))
     torch.save({"state_dict": {}, "note": fractions.Fraction(1, 3)}, folder / "pickled.ckpt")
     shutil.copytree(earlier, folder / "moved_run")
     shutil.copytree(earlier, folder / "no_last_run")  # trained, with its last.ckpt gone

@@ -193,10 +193,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def check_intact(path: str | Path) -> None:
+    """Refuses a checkpoint whose bytes changed since torch wrote them: torch's load does not read the
+    checksums its zip archive keeps, and damaged tensors or random states load without an error."""
+    if not zipfile.is_zipfile(path):  # torch's legacy format, which keeps none
+        return
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise InputError(
+            f"ckpt_path={path} is corrupt: its entry {damaged} does not match the checksum written with it; "
+            "allowed: a checkpoint as it was saved"
+        )
+
+
 def check_checkpoint(path: str | Path, module: Any, optimizer: Any, limits: Mapping[str, Any]) -> None:
-    """The checkpoint to start from fits this model (and ``optimizer``, unless ``None``) and leaves steps
-    under the trainer's ``limits`` (``max_steps``, ``max_epochs``)."""
+    """The checkpoint to start from is intact, fits this model (and ``optimizer``, unless ``None``) and
+    leaves steps under the trainer's ``limits`` (``max_steps``, ``max_epochs``)."""
     checkpoint = load_checkpoint(path)
+    check_intact(path)
     saved, current = checkpoint["state_dict"], module.state_dict()
     for name in [*current, *(name for name in saved if name not in current)]:
         if name not in current or name not in saved:
