@@ -10,10 +10,12 @@ the data loader's position and Lightning's step counters.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import random
 import signal
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -255,6 +257,29 @@ def test_a_resume_of_a_run_still_running_elsewhere_is_one_line_and_touches_nothi
     assert code == 2 and error == (
         f"error: resume={run_dir}: the run is still running in another process; allowed: once it has ended "
         "(stopped with Ctrl-C or SIGTERM, it saves its step), resume it"
+    )
+    assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")} == before
+
+
+def test_a_resume_of_a_folder_that_cannot_be_written_is_one_line_and_touches_nothing(
+    tmp_path, capfd, monkeypatch
+):
+    train_in_process(tmp_path, *replaced(RUN, "trainer.max_steps=10"))
+    (run_dir,) = run_dirs(tmp_path)
+    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")}
+    writable = tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):  # as a read-only mount, which root cannot write either
+        if Path(dir) == run_dir:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return writable(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    capfd.readouterr()
+    code = train_in_process(tmp_path, f"resume={run_dir}", "trainer.max_steps=20", check=False)
+    assert code == 2 and capfd.readouterr().err.strip() == (
+        f"error: resume={run_dir} cannot be written: Read-only file system; "
+        "allowed: a run folder this process can write in"
     )
     assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")} == before
 

@@ -106,6 +106,10 @@ def resume_arguments(arguments: Sequence[str], config_dir: Path) -> list[str]:
             raise InputError(
                 f"resume= continues one run with its own config; it cannot be combined with {flag}"
             )
+    from rmsprop_lightning.app.config_checks import check_writable  # whose checks import this module
+
+    # before Hydra's job logging opens its train.log
+    check_writable(run_dir, RESUME_KEY, "a run folder this process can write in", make=False)
     check_free(run_dir, f"resume={typed_dir}")
     try:
         saved = OmegaConf.load(saved_config)
