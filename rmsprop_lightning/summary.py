@@ -118,7 +118,10 @@ def closing_line(output_dir: str, summary: dict[str, Any]) -> str:
     took = (
         f"in a population of {population['members']}" if population else f"in {summary['wall_seconds']:.1f} s"
     )
-    line = f"Done: {summary.get('steps')} steps {took}{'; ' + shown if shown else ''}; folder {output_dir}"
+    steps, start, skipped = summary.get("steps"), summary.get("start_step"), summary.get("skipped_steps")
+    done = f"{steps} steps" if not start else f"{steps - start} steps from step {start}"  # a branch's
+    done += f" ({skipped} updates skipped)" if skipped else ""
+    line = f"Done: {done} {took}{'; ' + shown if shown else ''}; folder {output_dir}"
     if any(Path(output_dir).rglob("events.out.tfevents.*")):  # TensorBoard shows 1000 points unless told
         line += f"; tensorboard --logdir {shlex.quote(output_dir)} --samples_per_plugin scalars=1000000"
     return line

@@ -53,7 +53,7 @@ def test_a_branch_trains_and_records_the_new_learning_rate(compose_cfg, parent, 
     assert [group["lr"] for group in groups] == [0.001, 0.001]
     assert [group["centered"] for group in groups] == [False, False]
     assert slow["optimizer"]["lr"] == groups[0]["lr"] and slow["optimizer"]["centered"] is False
-    assert slow["steps"] == same["steps"] == 40
+    assert slow["steps"] == same["steps"] == 40 and slow["start_step"] == 30
     losses = [read_scalars(tmp_path / name / "tensorboard")["train/loss"] for name in ("slow", "same")]
     assert [step for step, _ in losses[0]] == list(range(30, 40))
     assert losses[0] != losses[1]

@@ -20,6 +20,7 @@ from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.model import FeedForward
 from rmsprop_lightning.module import RegressionModule
+from rmsprop_lightning.summary import read_summary
 from tests.conftest import QUICK, run_dirs, session_status, train_in_process
 
 
@@ -124,15 +125,16 @@ def test_skip_leaves_the_parameters_of_that_step_unchanged_and_counts_it():
     assert (2, {"train/skipped_steps": 1.0}) in logger.logged
 
 
-def test_many_skipped_updates_take_a_few_lines(caplog):
+def test_many_skipped_updates_take_a_few_lines_and_the_summary_counts_them(caplog, tmp_path):
     data = batches(count=12)
     for _, targets in data.data:
         targets[0, 0] = math.inf
-    guard = DivergenceGuard("skip")
+    guard = DivergenceGuard("skip", summary_dir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="rmsprop_lightning.callbacks.divergence"):
         fit(guard, data)
     lines = [record.getMessage() for record in caplog.records if "update skipped" in record.getMessage()]
     assert guard.skipped == 12 and len(lines) == 4  # at the 1st, 2nd, 4th and 8th skip
+    assert read_summary(tmp_path)["skipped_steps"] == 12
     assert lines[-1].startswith("step 7: ") and lines[-1].endswith("(8 so far; the next line comes at 16)")
 
 

@@ -51,6 +51,18 @@ def test_a_piped_run_is_quiet_says_where_it_wrote_and_validates_at_its_end(tmp_p
     assert {"test/loss", "test/rmse"} <= set(summary["final"])
 
 
+@pytest.mark.parametrize(
+    ("fields", "done"),
+    [
+        ({"steps": 40, "start_step": 0}, "Done: 40 steps in 1.0 s;"),
+        ({"steps": 220, "start_step": 120}, "Done: 100 steps from step 120 in 1.0 s;"),  # a branch
+        ({"steps": 50, "skipped_steps": 49}, "Done: 50 steps (49 updates skipped) in 1.0 s;"),
+    ],
+)
+def test_the_closing_line_says_how_many_steps_the_run_took(tmp_path, fields, done):
+    assert closing_line(str(tmp_path), {"wall_seconds": 1.0, **fields}).startswith(done)
+
+
 def test_steps_agree_between_tensorboard_checkpoints_metrics_and_report(tmp_path, capsys):
     train_in_process(
         tmp_path,

@@ -104,8 +104,9 @@ class DivergenceGuard(Callback):
     step whose loss or updated parameters are not finite, before that step's checkpoint is written, so the
     last checkpoint on disk is the last good state. ``"skip"`` drops the update of a step whose loss or
     gradients are not finite, counts it and logs the count as ``train/skipped_steps``; non-finite parameters
-    still stop the run. With ``summary_dir`` the run's ``metrics.json`` is marked ``diverged``. Steps are
-    the loggers' (under manual optimization the batches, however many optimizers each steps).
+    still stop the run. With ``summary_dir`` the run's ``metrics.json`` is marked ``diverged``, or holds the
+    ``skipped_steps`` once training ends. Steps are the loggers' (under manual optimization the batches,
+    however many optimizers each steps).
     """
 
     def __init__(self, on_nonfinite: str = "stop", summary_dir: str | Path | None = None) -> None:
@@ -180,6 +181,19 @@ class DivergenceGuard(Callback):
         if self.summary_dir is not None and trainer.is_global_zero:
             write_summary(self.summary_dir, status="diverged", error=message, diverged_at_step=step)
         raise DivergedError(message)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_skipped(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._record_skipped(trainer)
+
+    def _record_skipped(self, trainer: pl.Trainer) -> None:
+        """The count of skipped updates in ``metrics.json``, which the last of the lines above may not say."""
+        if self.skipped and self.summary_dir is not None and trainer.is_global_zero:
+            write_summary(self.summary_dir, skipped_steps=self.skipped)
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped}

@@ -100,13 +100,14 @@ class FitStats(Callback):
 
     def fields(self) -> dict[str, Any]:
         """The summary fields: ``fit_seconds``, ``steps``, ``final``, ``best``, ``best_step`` and, once a fit
-        started, ``threads`` and, with a ``fast=True`` RMSprop, ``fast_fell_back``; none before a trainer set
-        it up."""
+        started, ``threads``, ``start_step`` (a branch's parent's step) and, with a ``fast=True`` RMSprop,
+        ``fast_fell_back``; none before a trainer set it up."""
         if not self.started:
             return {}
         return {
             **({"threads": self.threads} if self.threads else {}),
             **({"fast_fell_back": self.fast_fell_back} if self.fast_fell_back is not None else {}),
+            **({"start_step": self.start_step} if self.start_step is not None else {}),
             "fit_seconds": self.fit_seconds,
             "steps": self.steps,
             "final": dict(self.final),

@@ -82,6 +82,7 @@ def solo_reason(cfg: DictConfig) -> str | None:
         "Lightning's own checkpointing is on without a ModelCheckpoint": keeps_best_checkpoint(cfg)
         or trainer.get("enable_checkpointing") is False,
         "it starts from a checkpoint": not cfg.get("ckpt_path") and not cfg.get("resume"),
+        "optimizer.fast=true (a population's step is not compiled)": not cfg.optimizer.get("fast"),
         "train=false": cfg.get("train", True),
         "on_nonfinite=skip": cfg.get("on_nonfinite", "stop") == "stop",
     }
@@ -90,7 +91,7 @@ def solo_reason(cfg: DictConfig) -> str | None:
             continue
         checks[f"callbacks.{name} ({entry._target_})"] = entry._target_ in CALLBACKS
         if entry._target_ == MODEL_CHECKPOINT:
-            checks[f"callbacks.{name} keeps more than the lowest val/loss"] = keeps_best_by_step(entry)
+            checks.update(best_checkpoint_checks(f"callbacks.{name}", entry))
         for option, default in UNSUPPORTED_OPTIONS.get(entry._target_, {}).items():
             checks[f"callbacks.{name}.{option}={entry.get(option)}"] = entry.get(option, default) == default
     return next((reason for reason, fine in checks.items() if not fine), None)
@@ -107,18 +108,22 @@ def keeps_best_checkpoint(cfg: DictConfig) -> bool:
     return any(entry.get("_target_") in kinds for entry in callback_entries(cfg))
 
 
-def keeps_best_by_step(checkpoint: DictConfig) -> bool:
-    """Whether a ``ModelCheckpoint`` keeps exactly what a population keeps: the lowest ``val/loss``, once,
-    in a file named by the step."""
-    fields = {field for _, field, _, _ in string.Formatter().parse(checkpoint.get("filename") or "") if field}
-    return (
-        checkpoint.get("monitor") == "val/loss"
-        and checkpoint.get("mode", "min") == "min"
-        and checkpoint.get("save_top_k", 1) == 1
-        and not checkpoint.get("save_last")
-        and not any(checkpoint.get(key) for key in CHECKPOINT_TIMERS)
-        and fields <= {"step"}
+def best_checkpoint_checks(key: str, checkpoint: DictConfig) -> dict[str, bool]:
+    """Whether a ``ModelCheckpoint`` at ``key`` keeps exactly what a population keeps (the lowest
+    ``val/loss``, once, in a file named by the step), by setting: ``{"<key>.<option>=<value>": kept}``."""
+    filename = checkpoint.get("filename") or ""
+    fields = {field for _, field, _, _ in string.Formatter().parse(filename) if field}
+    checks = {
+        f"{key}.monitor={checkpoint.get('monitor')}": checkpoint.get("monitor") == "val/loss",
+        f"{key}.mode={checkpoint.get('mode')}": checkpoint.get("mode", "min") == "min",
+        f"{key}.save_top_k={checkpoint.get('save_top_k')}": checkpoint.get("save_top_k", 1) == 1,
+        f"{key}.save_last={checkpoint.get('save_last')}": not checkpoint.get("save_last"),
+        f"{key}.filename={filename}": fields <= {"step"},
+    }
+    checks.update(
+        {f"{key}.{timer}={checkpoint.get(timer)}": not checkpoint.get(timer) for timer in CHECKPOINT_TIMERS}
     )
+    return checks
 
 
 def population_key(cfg: DictConfig, datamodule: RegressionDataModule) -> str:
