@@ -49,7 +49,9 @@ def group(configs: Sequence[DictConfig]) -> tuple[list[list[Member]], list[DictC
         log.info("Job #%d runs alone: %s", config.hydra.job.num, reason)
         alone.append(config)
     for (member,) in [m for m in populations.values() if len(m) == 1]:
-        log.info("Job #%d runs alone: no other job trains with its settings", member.job)
+        log.info(
+            "Job #%d runs alone: no other job trains with its settings on the same data splits", member.job
+        )
         alone.append(member.cfg)
     return [m for m in populations.values() if len(m) > 1], alone
 
