@@ -11,7 +11,8 @@ calls cost any callback); a monitor at the trainer's ``log_every_n_steps`` (50, 
 monitor at every step; and one at every step whose values are dropped instead of written (the
 cost of measuring alone). A callback takes part in its own blocks only: a monitor's
 ``on_train_start`` puts its step hooks on and its ``on_train_end`` flushes what it buffered and
-takes them off, inside the block's time. The table gives, per mode and
+takes them off, inside the block's time; every block then waits for TensorBoard's writer thread to
+write what it was handed, so that no block pays for the one before. The table gives, per mode and
 clock, the median µs/step over its blocks and the median over rounds of its ratio to the same
 round's block without a monitor, with the quartiles of those ratios. Wall time is what the user
 waits; the process's CPU time (all its threads) is less disturbed by other work on a shared
@@ -70,6 +71,7 @@ class RotatingModule(RegressionModule):
         if callback is not None:  # a monitor's flush counts in its block
             callback.on_train_end(trainer, self)
             trainer.callbacks.remove(callback)
+        self.logger.experiment.flush()  # returns once the writer thread has written what it holds
         if self._mode and self._round:  # round 0 warms up
             wall, cpu = (now - start for now, start in zip(clocks(), self._start, strict=True))
             self.seconds.append((self._round, self._mode, wall / self.block, cpu / self.block))
@@ -122,10 +124,12 @@ def summary(pairs: list[tuple[float, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of the modes per net")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of the modes per net (at least 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--canonical-only", action="store_true", help="leave out the 1e6-parameter net")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the quartiles of the ratios need two")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -112,7 +112,7 @@ def main() -> None:
             low = {name: min(values) for name, values in samples.items()}
             (eager, fast), (eager_low, fast_low) = (ratios(stat) for stat in (median, low))
             print(
-                f"{numel:>6.0e} | "
+                f"{numel if numel < 100 else f'{numel:.0e}'.replace('e+0', 'e'):>6} | "
                 + " ".join(f"{median[name] * 1e3:>10.4f} ms" for name in IMPLEMENTATIONS)
                 + f" | {eager:>5.2f} ({eager_low:.2f}) | {fast:>5.2f} ({fast_low:>5.2f})"
                 + f" | {first_fast:>5.1f} s"

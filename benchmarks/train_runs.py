@@ -48,15 +48,13 @@ def run_once(variant: str, env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds of one run of ``variant``, from process start to exit, in a temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
         start, cpu = time.perf_counter(), cpu_seconds()
-        subprocess.run(
-            command(variant, folder),
-            cwd=folder,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        done = subprocess.run(
+            command(variant, folder), cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        return time.perf_counter() - start, cpu_seconds() - cpu
+        seconds = time.perf_counter() - start, cpu_seconds() - cpu
+    if done.returncode:
+        sys.exit(f"{variant or 'train.py'} exited {done.returncode}: {done.stderr.decode().strip()[-500:]}")
+    return seconds
 
 
 def main() -> None:
