@@ -99,12 +99,16 @@ def as_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def nonfinite(value: Any) -> bool:
+    """Whether a recorded value (a number, its text, a 0-dim tensor; ``None``: none) is NaN or inf."""
+    return value is not None and not math.isfinite(as_float(value))
+
+
 def outcome(summary: Mapping[str, Any]) -> str:
     """A job's status as a sweep counts it: one that completed with a non-finite final ``val/loss``
     (``on_nonfinite=skip``) diverged; one without a status never finished."""
     status = summary.get("status", "running")
-    final = summary.get("final") or {}
-    if status == "completed" and "val/loss" in final and not math.isfinite(as_float(final["val/loss"])):
+    if status == "completed" and nonfinite((summary.get("final") or {}).get("val/loss")):
         return "diverged"
     return status
 

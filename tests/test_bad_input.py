@@ -22,6 +22,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
+from rmsprop_lightning.app.validation import check_intact
 from rmsprop_lightning.errors import InputError
 from tests.conftest import TRAIN, run_dirs, run_train, train_in_process
 
@@ -886,6 +887,14 @@ def damaged(checkpoint: Path) -> bytes:
     name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
     data[entry.header_offset + 30 + name_length + extra_length] ^= 0xFF
     return bytes(data)
+
+
+def test_a_checkpoint_saved_without_checksums_is_taken(tmp_path, monkeypatch):
+    from torch.utils.serialization import config
+
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    torch.save({"state_dict": {"weight": torch.ones(3)}}, tmp_path / "unchecked.ckpt")
+    check_intact(tmp_path / "unchecked.ckpt")  # torch's option, not damage
 
 
 def write_bad_files(folder: Path, earlier: Path) -> None:

@@ -49,3 +49,9 @@ def test_only_a_finite_validation_is_kept(tmp_path: Path, losses: list[float], k
     ).fit(Scripted(losses), data, data)
     assert sorted(path.name for path in tmp_path.iterdir()) == ([kept] if kept else [])
     assert best.best_model_path == (str(tmp_path / kept) if kept else "")
+
+
+def test_its_state_is_model_checkpoints(tmp_path: Path) -> None:
+    # checkpoints a ModelCheckpoint wrote restore into it, and the other way round
+    settings = {"dirpath": tmp_path, "monitor": "val/loss", "mode": "min"}
+    assert BestCheckpoint(**settings).state_key == pl.callbacks.ModelCheckpoint(**settings).state_key

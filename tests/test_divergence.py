@@ -20,7 +20,7 @@ from rmsprop_lightning.errors import DivergedError
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.model import FeedForward
 from rmsprop_lightning.module import RegressionModule
-from rmsprop_lightning.summary import read_summary
+from rmsprop_lightning.summary import outcome, read_summary
 from tests.conftest import QUICK, run_dirs, session_status, train_in_process
 
 
@@ -210,6 +210,26 @@ def test_stop_raises_at_the_first_nonfinite_loss(tmp_path):
         fit(guard, batches(poisoned=2))
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == 2
+
+
+def test_skipped_updates_that_leave_a_nonfinite_loss_are_a_divergence_and_a_branch_counts_its_own(tmp_path):
+    # lr 1e30: the first update blows the weights up, every later loss is inf and its update skipped
+    quick = ("data.source.num_samples=512", "on_nonfinite=skip", "callbacks.progress_bar.refresh_rate=0")
+    train_in_process(tmp_path, *quick, "optimizer.lr=1e30", "trainer.max_steps=20")
+    (parent,) = run_dirs(tmp_path)
+    summary = read_summary(parent)
+    assert (summary["status"], outcome(summary), summary["skipped_steps"]) == ("completed", "diverged", 19)
+    assert summary["best"] == {} and not list((parent / "checkpoints").glob("best-*"))
+    assert session_status(parent / "tensorboard") == api_pb2.STATUS_FAILURE
+    branch = tmp_path / "branch"
+    train_in_process(
+        tmp_path,
+        *quick,
+        f"ckpt_path={parent}/checkpoints/last.ckpt",
+        "trainer.max_steps=30",
+        f"hydra.run.dir={branch}",
+    )
+    assert (read_summary(branch)["start_step"], read_summary(branch)["skipped_steps"]) == (20, 10)
 
 
 def test_a_skipped_accumulated_step_names_its_batches_losses(caplog):

@@ -202,6 +202,12 @@ def test_a_resumed_runs_fit_seconds_add_up_its_own_parts(tmp_path, earlier, fit,
     assert summary["fit_seconds"] == expected
 
 
+@pytest.mark.parametrize(("earlier", "now"), [(True, False), (False, True), (None, False)])
+def test_a_fast_step_that_fell_back_in_any_part_of_a_run_stays_recorded(tmp_path, earlier, now):
+    summary = record_end(str(tmp_path), "completed", 0.0, {"fast_fell_back": earlier}, fast_fell_back=now)
+    assert summary["fast_fell_back"] is bool(earlier or now)
+
+
 def test_a_ctrl_c_before_the_fit_is_recorded_as_interrupted(compose_cfg):
     cfg = compose_cfg(*QUICK)
 

@@ -25,7 +25,7 @@ from rmsprop_lightning.app.run import run
 from rmsprop_lightning.app.sweep_record import job_folders
 from rmsprop_lightning.logging.events import read_scalars
 from rmsprop_lightning.population.checkpoints import best_until
-from rmsprop_lightning.population.members import build_member, solo_reason
+from rmsprop_lightning.population.members import MODEL_CHECKPOINT, build_member, solo_reason
 from rmsprop_lightning.population.outputs import PopulationRecord, lr_tags
 from rmsprop_lightning.population.train import train_population
 from rmsprop_lightning.report import cli as report
@@ -193,6 +193,8 @@ def test_jobs_that_cannot_join_a_population_say_why(composer):
         reason = solo_reason(composer(f"callbacks.model_checkpoint.{kept}"))
         assert reason == f"callbacks.model_checkpoint.{kept}".replace("'", "")
     assert solo_reason(composer("optimizer.fast=true")).startswith("optimizer.fast=true")
+    lightnings = composer("callbacks.model_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint")
+    assert solo_reason(lightnings).endswith("keeps only finite val/loss values, as " + MODEL_CHECKPOINT)
 
 
 def test_jobs_whose_splits_follow_their_seed_train_apart(composer):

@@ -221,10 +221,13 @@ def record_end(
 ) -> dict[str, Any]:
     """Writes the job's end state (a ``diverged`` or ``interrupted`` status set meanwhile is kept).
 
-    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them;
-    a population member's earlier fit was its population's, which the report counts with the population.
+    A resumed run's wall and fit seconds add up its parts that ended, as ``earlier`` (its summary) has them,
+    and a part's fast step that fell back stays recorded; a population member's earlier fit was its
+    population's, which the report counts with the population.
     """
     earlier = {} if earlier.get("population") else earlier
+    if earlier.get("fast_fell_back"):  # an earlier part's eager steps stay in the record
+        fields["fast_fell_back"] = True
     wall = time.perf_counter() - clock + (earlier.get("wall_seconds") or 0.0)
     fits = [
         seconds for seconds in (fields.get("fit_seconds"), earlier.get("fit_seconds")) if seconds is not None

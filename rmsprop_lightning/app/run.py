@@ -45,6 +45,7 @@ from rmsprop_lightning.errors import DivergedError, InputError, first_line, is_r
 from rmsprop_lightning.logging.tensorboard import finish_tensorboard
 from rmsprop_lightning.module import RegressionModule
 from rmsprop_lightning.optim.rmsprop import fast_fell_back
+from rmsprop_lightning.summary import nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
                 params = job_hparams(cfg, fast_fell_back(trainer.optimizers))
                 finish_tensorboard(trainer.loggers, params, status="failed")
                 raise
+        # a run whose updates on_nonfinite=skip dropped until its val/loss is not finite diverged, as its
+        # sweep counts it (read before a test replaces the trainer's metrics)
+        status = "failed" if nonfinite(trainer.callback_metrics.get("val/loss")) else "success"
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
-        finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)))
+        finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)), status)
     finally:
         clean_distributed_state(trainer)

@@ -199,6 +199,8 @@ def check_intact(path: str | Path) -> None:
     if not zipfile.is_zipfile(path):  # torch's legacy format, which keeps none
         return
     with zipfile.ZipFile(path) as archive:
+        if any(entry.CRC == 0 and entry.file_size for entry in archive.infolist()):
+            return  # saved without checksums (torch's serialization config, save.compute_crc32=False)
         damaged = archive.testzip()
     if damaged is not None:
         raise InputError(

@@ -15,6 +15,11 @@ class BestCheckpoint(ModelCheckpoint):
     first validation after an update that blew the weights up kept them as the run's best.
     """
 
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key for the same settings: either one restores the other's checkpoints."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def check_monitor_top_k(self, trainer: pl.Trainer, current: Tensor | None = None) -> bool:
         if current is not None and not bool(torch.isfinite(current).all()):
             return False

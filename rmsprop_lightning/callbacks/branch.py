@@ -14,6 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from rmsprop_lightning.callbacks.divergence import DivergenceGuard
 from rmsprop_lightning.callbacks.fit_stats import FitStats
 from rmsprop_lightning.callbacks.last_checkpoint import SAVED_IN_VALIDATION, LastCheckpoint
 from rmsprop_lightning.data.loader import InMemoryBatchLoader
@@ -174,8 +175,10 @@ class CheckpointBranch(Callback):
         if plateau is not None and saved_optimizers:  # its record of the lrs, as they now start
             plateau[SCHEDULER_LAST_LRS] = [group["lr"] for group in saved_optimizers[0]["param_groups"]]
         callback_states = checkpoint.get("callbacks", {})
-        for callback in trainer.callbacks:  # the new run's best checkpoint and values are its own
-            if isinstance(callback, ModelCheckpoint | FitStats):
+        for (
+            callback
+        ) in trainer.callbacks:  # the new run's best checkpoint, values and skipped updates are its own
+            if isinstance(callback, ModelCheckpoint | FitStats | DivergenceGuard):
                 callback_states.pop(callback.state_key, None)
             elif isinstance(callback, LastCheckpoint) and callback.state_key in callback_states:
                 # the parent's last validation: no checkpoint or plateau step of the new run acts on it;

@@ -115,8 +115,9 @@ def hparams_summaries(
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
-    """Whether ``value`` improves on ``best`` under ``mode`` (``min`` or ``max``); NaN never does."""
-    return not math.isnan(value) and (best is None or (value < best if mode == "min" else value > best))
+    """Whether ``value`` improves on ``best`` under ``mode`` (``min`` or ``max``); NaN and inf never do, as
+    the best checkpoint keeps none of them."""
+    return math.isfinite(value) and (best is None or (value < best if mode == "min" else value > best))
 
 
 class TensorBoardRunLogger(TensorBoardLogger):

@@ -24,6 +24,7 @@ MODELS = ("rmsprop_lightning.model.FeedForward",)
 DATA = ("rmsprop_lightning.data.RegressionDataModule",)
 # the callbacks a population reproduces for its members (others need a run of their own)
 MODEL_CHECKPOINT = "rmsprop_lightning.callbacks.BestCheckpoint"
+LIGHTNING_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"  # keeps a NaN or inf val/loss
 CHECKPOINT_TIMERS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
 LR_MONITORS = (
     "rmsprop_lightning.callbacks.LearningRateMonitor",
@@ -89,7 +90,10 @@ def solo_reason(cfg: DictConfig) -> str | None:
     for name, entry in (cfg.get("callbacks") or {}).items():
         if not isinstance(entry, DictConfig) or entry.get("_target_") is None:
             continue
-        checks[f"callbacks.{name} ({entry._target_})"] = entry._target_ in CALLBACKS
+        reason = f"callbacks.{name} ({entry._target_})"
+        if entry._target_ == LIGHTNING_CHECKPOINT:
+            reason += f": a population keeps only finite val/loss values, as {MODEL_CHECKPOINT}"
+        checks[reason] = entry._target_ in CALLBACKS
         if entry._target_ == MODEL_CHECKPOINT:
             checks.update(best_checkpoint_checks(f"callbacks.{name}", entry))
         for option, default in UNSUPPORTED_OPTIONS.get(entry._target_, {}).items():
@@ -104,7 +108,7 @@ def callback_entries(cfg: DictConfig) -> list[DictConfig]:
 
 def keeps_best_checkpoint(cfg: DictConfig) -> bool:
     """Whether the job's callbacks keep a best checkpoint (its test then uses the best weights)."""
-    kinds = (MODEL_CHECKPOINT, "lightning.pytorch.callbacks.ModelCheckpoint")
+    kinds = (MODEL_CHECKPOINT, LIGHTNING_CHECKPOINT)
     return any(entry.get("_target_") in kinds for entry in callback_entries(cfg))
 
 
