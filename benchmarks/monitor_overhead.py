@@ -7,7 +7,8 @@ biases in their own no-decay group) on ``RegressionDataModule``'s synthetic data
 logging ``train/loss`` to the template's TensorBoard logger, runs in blocks of steps. Each
 round runs the modes once each, starting one mode later than the round before, so drifts of a
 shared machine's speed meet them alike: no monitor; an empty ``Callback`` (what Lightning's hook
-calls cost any callback); a monitor at the trainer's ``log_every_n_steps`` (50, the default); a
+calls cost any callback); a monitor whose interval is never reached (its per-step hooks alone); a
+monitor at the trainer's ``log_every_n_steps`` (50, the default); a
 monitor at every step; and one at every step whose values are dropped instead of written (the
 cost of measuring alone). A callback takes part in its own blocks only: a monitor's
 ``on_train_start`` puts its step hooks on and its ``on_train_end`` flushes what it buffered and
@@ -42,7 +43,14 @@ NETS = {
     "canonical 10-5-1": (5, 100),
     "1e6 params, hidden [1000, 1000]": ([1000, 1000], 50),
 }
-MODES = ("off", "empty Callback", "default interval (50)", "every step", "every step, unwritten")
+MODES = (
+    "off",
+    "empty Callback",
+    "never due",
+    "default interval (50)",
+    "every step",
+    "every step, unwritten",
+)
 
 
 class UnwrittenMonitor(OptimizerStateMonitor):
@@ -94,9 +102,10 @@ def measure(hidden: int | list[int], block: int, rounds: int) -> list[tuple[int,
     torch.manual_seed(0)
     callbacks = {
         MODES[1]: pl.Callback(),
-        MODES[2]: OptimizerStateMonitor(),
-        MODES[3]: OptimizerStateMonitor(every_n_steps=1),
-        MODES[4]: UnwrittenMonitor(every_n_steps=1),
+        MODES[2]: OptimizerStateMonitor(every_n_steps=10**9),
+        MODES[3]: OptimizerStateMonitor(),
+        MODES[4]: OptimizerStateMonitor(every_n_steps=1),
+        MODES[5]: UnwrittenMonitor(every_n_steps=1),
     }
     module = RotatingModule(hidden, block, callbacks)
     data = RegressionDataModule(partial(synthetic, num_samples=40_000), batch_size=32)
