@@ -361,6 +361,20 @@ def test_a_member_that_diverges_keeps_the_last_checkpoint_its_solo_run_keeps(tmp
     torch.testing.assert_close(our_optimizer["state"], their_optimizer["state"], rtol=1e-4, atol=1e-6)
 
 
+def test_members_whose_val_loss_ends_nonfinite_are_failed_runs_in_hparams(tmp_path):
+    # validation rows far out of the training rows' range: the losses overflow, training stays finite
+    rows, val = 500, slice(400, 450)  # the split's defaults: 80% train, then 10% val, 10% test
+    features = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0)).double()
+    features[torch.randperm(rows, generator=torch.Generator().manual_seed(0))[val]] = 1e25
+    table = "\n".join(["a,b,c,y", *(f"{a},{b},{c},{a - b}" for a, b, c in features.tolist())])
+    (tmp_path / "outliers.csv").write_text(table + "\n")
+    data = ("data=csv", f"data.source.path={tmp_path / 'outliers.csv'}", "data.source.target=y")
+    train_in_process(tmp_path, "-m", "hydra/launcher=population", *data, "optimizer.lr=0.01,0.03", *QUICK[1:])
+    for job in job_folders(only_sweep(tmp_path)):
+        assert read_summary(job)["final"]["val/loss"] == "inf"
+        assert session_status(job / "tensorboard") == api_pb2.STATUS_FAILURE
+
+
 def test_a_diverging_member_records_the_learning_rate_of_its_last_step(tmp_path):
     # the learning rate grows 100-fold a step, logged at every step: the last one is the one that diverged
     member, solo = diverging_member_and_its_solo_run(tmp_path, 1, "100", "trainer.log_every_n_steps=1")

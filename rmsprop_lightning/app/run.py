@@ -191,7 +191,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
                 params = job_hparams(cfg, fast_fell_back(trainer.optimizers))
                 finish_tensorboard(trainer.loggers, params, status="failed")
                 raise
-        # a run whose updates on_nonfinite=skip dropped until its val/loss is not finite diverged, as its
+        # a run whose val/loss ends non-finite (on_nonfinite=skip, or rows out of range) diverged, as its
         # sweep counts it (read before a test replaces the trainer's metrics)
         status = "failed" if nonfinite(trainer.callback_metrics.get("val/loss")) else "success"
         if cfg.get("test", True) and datamodule.splits["test"][0].numel():

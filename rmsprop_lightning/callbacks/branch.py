@@ -175,9 +175,8 @@ class CheckpointBranch(Callback):
         if plateau is not None and saved_optimizers:  # its record of the lrs, as they now start
             plateau[SCHEDULER_LAST_LRS] = [group["lr"] for group in saved_optimizers[0]["param_groups"]]
         callback_states = checkpoint.get("callbacks", {})
-        for (
-            callback
-        ) in trainer.callbacks:  # the new run's best checkpoint, values and skipped updates are its own
+        # the new run's best checkpoint, values and skipped updates are its own
+        for callback in trainer.callbacks:
             if isinstance(callback, ModelCheckpoint | FitStats | DivergenceGuard):
                 callback_states.pop(callback.state_key, None)
             elif isinstance(callback, LastCheckpoint) and callback.state_key in callback_states:

@@ -25,7 +25,7 @@ from rmsprop_lightning.logging.tensorboard import TensorBoardRunLogger
 from rmsprop_lightning.population.checkpoints import write_checkpoints
 from rmsprop_lightning.population.members import Member
 from rmsprop_lightning.population.train import PopulationResult
-from rmsprop_lightning.summary import objective, write_summary
+from rmsprop_lightning.summary import nonfinite, objective, write_summary
 
 Scalars = dict[int, dict[str, float]]  # step -> {tag: value}
 
@@ -164,7 +164,8 @@ def write_member(
     if interrupted:
         message = f"{record.result.interrupted}; resume with: {resume_command(cfg.paths.output_dir)}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    status = None if interrupted else "failed" if frozen >= 0 else "success"
+    ended_nonfinite = nonfinite(fields["final"].get("val/loss"))  # on_nonfinite=skip: as its solo run
+    status = None if interrupted else "failed" if frozen >= 0 or ended_nonfinite else "success"
     write_loggers(cfg, member, scalars, status)  # a diverged run has its HPARAMS row
     last = write_checkpoints(cfg, member, record, index, scalars)
     if frozen >= 0:
