@@ -18,6 +18,7 @@ from rmsprop_lightning.app.checkpoint_io import AtomicCheckpointIO
 from rmsprop_lightning.atomic import remove_stale_temporaries, replace_atomically
 from rmsprop_lightning.callbacks.last_checkpoint import LastCheckpoint
 from rmsprop_lightning.callbacks.random_state import RandomState
+from rmsprop_lightning.errors import InterruptedRun
 
 # rewrites a ~32 MB checkpoint through AtomicCheckpointIO until killed, counting versions
 WRITER = """
@@ -70,6 +71,23 @@ def test_replace_atomically_keeps_the_old_file_when_the_write_fails(tmp_path):
         replace_atomically(path, failing)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_stop_raised_while_torch_writes_a_checkpoint_is_the_stop(tmp_path):
+    # a second Ctrl-C raises from its handler while torch's zip writer is at work, which then fails itself
+    def stop(signum, frame):
+        raise InterruptedRun("stopped by SIGINT again", signal.SIGINT)
+
+    checkpoint = {"weights": torch.ones(2**25)}  # 128 MiB: written in far more than 10 ms
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        with pytest.raises(InterruptedRun, match="again"):
+            AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / "x.ckpt")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert list(tmp_path.iterdir()) == []  # nor a temporary file
 
 
 def test_checkpoint_files_get_the_permissions_of_a_plain_open(tmp_path):

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rmsprop_lightning.atomic import replace_atomically
+from rmsprop_lightning.errors import InterruptedRun
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,4 +30,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"Trainer.save_checkpoint(..., storage_options=...) is not supported by {type(self).__name__}"
             )
-        replace_atomically(Path(path), lambda file: torch.save(checkpoint, file))
+        try:
+            replace_atomically(Path(path), lambda file: torch.save(checkpoint, file))
+        except RuntimeError as error:
+            # a stop (a second Ctrl-C) raised while torch's zip writer ran comes out as the writer's error
+            if isinstance(error.__context__, InterruptedRun | KeyboardInterrupt):
+                raise error.__context__ from None
+            raise
