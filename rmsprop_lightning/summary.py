@@ -106,7 +106,7 @@ def nonfinite(value: Any) -> bool:
 
 def outcome(summary: Mapping[str, Any]) -> str:
     """A job's status as a sweep counts it: one that completed with a non-finite final ``val/loss``
-    (``on_nonfinite=skip``) diverged; one without a status never finished."""
+    (``on_nonfinite=skip``, validation rows out of range) diverged; one without a status never finished."""
     status = summary.get("status", "running")
     if status == "completed" and nonfinite((summary.get("final") or {}).get("val/loss")):
         return "diverged"

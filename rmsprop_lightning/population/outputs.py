@@ -164,7 +164,7 @@ def write_member(
     if interrupted:
         message = f"{record.result.interrupted}; resume with: {resume_command(cfg.paths.output_dir)}"
         write_summary(cfg.paths.output_dir, status="interrupted", error=message)
-    ended_nonfinite = nonfinite(fields["final"].get("val/loss"))  # on_nonfinite=skip: as its solo run
+    ended_nonfinite = nonfinite(fields["final"].get("val/loss"))  # a failed run, as its solo run's
     status = None if interrupted else "failed" if frozen >= 0 or ended_nonfinite else "success"
     write_loggers(cfg, member, scalars, status)  # a diverged run has its HPARAMS row
     last = write_checkpoints(cfg, member, record, index, scalars)
