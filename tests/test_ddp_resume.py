@@ -100,6 +100,33 @@ def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
             time.sleep(0.2)
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_ends_a_ddp_run_within_seconds(tmp_path):
+    # the other rank may be blocked in a collective its peer left: it was waited for a minute
+    command = [sys.executable, str(TRAIN), "trainer=ddp_cpu", *RUN[:1], "trainer.max_steps=100000"]
+    command += ["model.hidden=[512,512]", "callbacks.progress_bar.refresh_rate=0", *RUN[5:6]]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and took < 30, (took, stderr[-2000:])
+    (run_dir,) = run_dirs(tmp_path)
+    assert read_summary(run_dir)["status"] == "interrupted"
+
+
 def ranks_started(group: int) -> list[str]:
     """The command lines of the processes in the process group ``group``."""
     commands = []

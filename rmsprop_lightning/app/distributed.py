@@ -146,15 +146,16 @@ def runs_the_job_in_every_rank(trainer: pl.Trainer) -> bool:
     return type(strategy) is not DDPStrategy or not isinstance(strategy.launcher, SubprocessScriptLauncher)
 
 
-def clean_distributed_state(trainer: pl.Trainer | None) -> None:
+def clean_distributed_state(trainer: pl.Trainer | None, ended: bool = True) -> None:
     """Ends the job's other ranks, destroys the process group and forgets the rank variables a launcher set.
 
     Without this a later job in the same process would take itself for a child rank
-    (``LOCAL_RANK`` is set) and reuse a stale port.
+    (``LOCAL_RANK`` is set) and reuse a stale port. A job that did not end (``ended=False``: stopped at once
+    by a second Ctrl-C, or failed) may leave a rank blocked in a collective: it gets seconds, not a minute.
     """
     launcher = trainer.strategy.launcher if trainer is not None else None
     if isinstance(launcher, _HydraJobLauncher):
-        launcher.release_ranks()
+        launcher.release_ranks(timeout=60.0 if ended else 5.0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     for name in DISTRIBUTED_ENV_VARS:

@@ -152,7 +152,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
 
     Bad input raises ``InputError`` before work.
     """
-    trainer = None
+    trainer, ended = None, False
     try:
         datamodule, module = build_objects(cfg)
         with input_errors():
@@ -201,5 +201,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> None:
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
             )
         finish_tensorboard(trainer.loggers, job_hparams(cfg, fast_fell_back(trainer.optimizers)), status)
+        ended = True
     finally:
-        clean_distributed_state(trainer)
+        clean_distributed_state(trainer, ended)
