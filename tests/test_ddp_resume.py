@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,17 +65,11 @@ def test_ddp_matches_one_process_and_resumes_exactly_after_sigkill(tmp_path):
     assert_same_training_state(two_state, last_checkpoint(run_dir))
 
 
-@pytest.mark.slow
-def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
-    command = [
-        sys.executable,
-        str(TRAIN),
-        *RUN[:1],
-        "trainer.max_steps=100000",
-        "callbacks.progress_bar.refresh_rate=0",
-        "trainer=ddp_cpu",
-        f"data.batch_size={GLOBAL_BATCH // 2}",
-    ]
+@contextmanager
+def ddp_run_training(tmp_path: Path, *overrides: str) -> Iterator[subprocess.Popen]:
+    """A ``trainer=ddp_cpu`` run of ``overrides`` in its own process group, once it has saved a ``last.ckpt``;
+    killed with its ranks where the block leaves it running."""
+    command = [sys.executable, str(TRAIN), "trainer=ddp_cpu", *overrides]
     process = subprocess.Popen(
         command, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
@@ -81,12 +77,19 @@ def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")):
             assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
+            time.sleep(0.1)
+        yield process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
+    overrides = (*RUN[:1], "trainer.max_steps=100000", "callbacks.progress_bar.refresh_rate=0")
+    with ddp_run_training(tmp_path, *overrides, f"data.batch_size={GLOBAL_BATCH // 2}") as process:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.startswith("error: stopped by SIGTERM")]
     assert len(lines) == 1, stderr[-2000:]
@@ -103,25 +106,14 @@ def test_sigterm_to_the_first_rank_stops_every_rank_at_the_same_step(tmp_path):
 @pytest.mark.slow
 def test_a_second_ctrl_c_ends_a_ddp_run_within_seconds(tmp_path):
     # the other rank may be blocked in a collective its peer left: it was waited for a minute
-    command = [sys.executable, str(TRAIN), "trainer=ddp_cpu", *RUN[:1], "trainer.max_steps=100000"]
-    command += ["model.hidden=[512,512]", "callbacks.progress_bar.refresh_rate=0", *RUN[5:6]]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")):
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.1)
+    overrides = (*RUN[:1], "trainer.max_steps=100000", "model.hidden=[512,512]", *RUN[4:6])
+    with ddp_run_training(tmp_path, *overrides) as process:
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.01)
         os.killpg(process.pid, signal.SIGINT)
         stopped = time.monotonic()
         _, stderr = process.communicate(timeout=120)
         took = time.monotonic() - stopped
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130 and took < 30, (took, stderr[-2000:])
     (run_dir,) = run_dirs(tmp_path)
     assert read_summary(run_dir)["status"] == "interrupted"
